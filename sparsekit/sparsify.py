@@ -1,0 +1,502 @@
+"""Apply weight sparsity to a copy of a model, with a per-layer report.
+
+``sparsify`` never touches the model it is given: the app shares one loaded model between every
+browser session, so the masks are applied to a deep copy.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import math
+import re
+import zlib
+from dataclasses import asdict, dataclass, field, fields
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from .masks import conv_nm_mask, nm_mask, topk_keep, unstructured_mask
+
+PATTERNS = ("dense", "nm", "unstructured")
+METHODS = ("magnitude", "random")
+SCOPES = ("layer", "global")
+LAYER_SETS = ("all", "mlp", "attention")
+CONV_GROUPINGS = ("channel", "kernel")
+MAX_M = 32
+MAX_SPARSITY = 0.99
+
+_ATTENTION_WORDS = re.compile(
+    r"(^|[._])(attn|attention|self_attn|q_proj|k_proj|v_proj|o_proj|query|key|value|qkv|c_attn|q|k|v|proj_q|proj_k|proj_v)([._]|$)"
+)
+_MLP_WORDS = re.compile(
+    r"(^|[._])(mlp|ffn|feed_forward|intermediate|fc1|fc2|c_fc|gate_proj|up_proj|down_proj|dense_h_to_4h|dense_4h_to_h|w1|w2|w3)([._]|$)"
+)
+
+
+@dataclass(frozen=True)
+class SparsifyConfig:
+    """What to prune and how. Serialises to JSON (``to_json``/``from_json``) for cache keys and exports."""
+
+    pattern: str = "nm"
+    """``dense`` (no pruning), ``nm`` (keep N of every M along the input dim) or ``unstructured``."""
+    n: int = 2
+    """N:M only: weights kept in each group of M (N = kept)."""
+    m: int = 4
+    """N:M only: group size, 2..32."""
+    sparsity: float = 0.5
+    """Unstructured only: fraction of weights pruned, 0 <= sparsity <= 0.99."""
+    scope: str = "layer"
+    """Unstructured only: ``layer`` prunes each layer to the sparsity; ``global`` ranks all selected
+    weights together, so layers end up with different sparsities."""
+    method: str = "magnitude"
+    """``magnitude`` keeps the largest |w|; ``random`` keeps a seeded random choice."""
+    seed: int = 0
+    """Seed of the random method (each layer gets its own stream derived from it and its name)."""
+    layers: str = "all"
+    """``all`` Linear/Conv layers, only ``mlp`` (feed-forward) layers, or only ``attention`` projections."""
+    include: str = ""
+    """Regular expression; when set, only layers whose name matches it are pruned."""
+    exclude: str = ""
+    """Regular expression; layers whose name matches it stay dense."""
+    keep_first_dense: bool = False
+    """Leave the first selected layer dense (the input layer is often the most sensitive)."""
+    keep_last_dense: bool = False
+    """Leave the last selected layer dense (e.g. a classifier head)."""
+    conv_grouping: str = "channel"
+    """Conv N:M groups: ``channel`` (M input channels at one kernel position; NVIDIA ASP) or
+    ``kernel`` (M consecutive entries of the flattened in*kh*kw axis; original SR-STE code)."""
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` with a clear message for any setting out of bounds."""
+        if self.pattern not in PATTERNS:
+            raise ValueError(f"pattern must be one of {PATTERNS}, got {self.pattern!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+        if self.layers not in LAYER_SETS:
+            raise ValueError(f"layers must be one of {LAYER_SETS}, got {self.layers!r}")
+        if self.conv_grouping not in CONV_GROUPINGS:
+            raise ValueError(f"conv_grouping must be one of {CONV_GROUPINGS}, got {self.conv_grouping!r}")
+        for name in ("n", "m", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+        if self.pattern == "nm":
+            if not 2 <= self.m <= MAX_M:
+                raise ValueError(f"M must be between 2 and {MAX_M}, got M={self.m}")
+            if not 1 <= self.n < self.m:
+                raise ValueError(f"N:M needs 1 <= N < M (keep N of every M), got N={self.n}, M={self.m}")
+        if self.pattern == "unstructured":
+            s = self.sparsity
+            if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 <= s <= MAX_SPARSITY:
+                raise ValueError(f"sparsity must be between 0 and {MAX_SPARSITY} (fraction pruned), got {s!r}")
+        if not 0 <= self.seed < 2**31:
+            raise ValueError(f"seed must be in [0, 2**31), got {self.seed}")
+        for name in ("include", "exclude"):
+            pattern = getattr(self, name)
+            if len(pattern) > 500:
+                raise ValueError(f"{name} regex is too long ({len(pattern)} characters, at most 500)")
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"{name} is not a valid regular expression: {err}") from None
+
+    @property
+    def target_density(self) -> float:
+        """Kept fraction of each pruned layer (per-layer scope)."""
+        if self.pattern == "nm":
+            return self.n / self.m
+        if self.pattern == "unstructured":
+            return 1.0 - float(self.sparsity)
+        return 1.0
+
+    def label(self) -> str:
+        """Short human label, e.g. ``2:4 magnitude`` or ``70% unstructured (global) random``."""
+        if self.pattern == "dense":
+            return "dense"
+        if self.pattern == "nm":
+            head = f"{self.n}:{self.m} (keep {self.n} of {self.m})"
+        else:
+            head = f"{self.sparsity:.0%} unstructured" + (" (global)" if self.scope == "global" else "")
+        return f"{head} {self.method}"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "SparsifyConfig":
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown SparsifyConfig fields: {sorted(unknown)}")
+        return cls(**data)
+
+
+@dataclass
+class LayerReport:
+    """One prunable layer: what was done to it and what its weight costs in each format."""
+
+    name: str
+    layer_type: str
+    group: str
+    shape: tuple[int, ...]
+    numel: int
+    kept: int
+    skipped_reason: str = ""
+    semi_structured: str = ""
+    dense_bytes: int = 0
+    bitmask_bytes: int = 0
+    csr_bytes: int = 0
+    nm_bytes: int | None = None
+
+    @property
+    def kept_fraction(self) -> float:
+        return self.kept / self.numel if self.numel else 1.0
+
+    @property
+    def pruned(self) -> bool:
+        return not self.skipped_reason
+
+    def as_row(self) -> dict:
+        """A flat dict for tables and CSV (sizes in bytes)."""
+        row = asdict(self)
+        row["shape"] = "×".join(map(str, self.shape))
+        row["kept_fraction"] = self.kept_fraction
+        return row
+
+
+@dataclass
+class SparsifyResult:
+    """The sparsified copy, its masks (True = kept, in each weight's own layout) and the report."""
+
+    model: nn.Module
+    masks: dict[str, torch.Tensor]
+    report: list[LayerReport]
+    config: SparsifyConfig
+    weight_names: dict[str, str] = field(default_factory=dict)
+    """layer name -> parameter name in ``model.state_dict()``."""
+
+    def summary(self) -> dict[str, float]:
+        """Totals over pruned layers and over all candidate layers."""
+        pruned = [r for r in self.report if r.pruned]
+        total = sum(r.numel for r in self.report)
+        kept = sum(r.kept for r in self.report)
+        p_total = sum(r.numel for r in pruned)
+        p_kept = sum(r.kept for r in pruned)
+        return {
+            "layers_pruned": len(pruned),
+            "layers_total": len(self.report),
+            "kept_fraction_pruned_layers": p_kept / p_total if p_total else 1.0,
+            "kept_fraction_all_layers": kept / total if total else 1.0,
+            "dense_bytes": sum(r.dense_bytes for r in self.report),
+            "bitmask_bytes": sum(r.bitmask_bytes for r in self.report),
+            "csr_bytes": sum(r.csr_bytes for r in self.report),
+        }
+
+
+def _is_conv1d_transposed(module: nn.Module) -> bool:
+    # GPT-2's transformers.pytorch_utils.Conv1D stores its weight as [in, out].
+    return type(module).__name__ == "Conv1D" and not isinstance(module, nn.Conv1d)
+
+
+def layer_group(name: str) -> str:
+    """``attention``, ``mlp`` or ``other``, from the layer's qualified name."""
+    lowered = name.lower()
+    if _ATTENTION_WORDS.search(lowered):
+        return "attention"
+    if _MLP_WORDS.search(lowered):
+        return "mlp"
+    # BERT names its feed-forward output `layer.N.output.dense` and the attention output
+    # `layer.N.attention.output.dense` (caught above).
+    if re.search(r"(^|\.)output\.dense$", lowered):
+        return "mlp"
+    return "other"
+
+
+def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Linear and Conv layers (and GPT-2 style Conv1D), in module order."""
+    out = []
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) or _is_conv1d_transposed(module):
+            if isinstance(getattr(module, "weight", None), torch.Tensor):
+                out.append((name, module))
+    return out
+
+
+def _layer_type(module: nn.Module) -> str:
+    if _is_conv1d_transposed(module):
+        return "Conv1D (GPT-2, [in, out])"
+    return type(module).__name__
+
+
+def semi_structured_check(shape: tuple[int, ...], pattern: tuple[int, int] | None, dtype=torch.float16) -> str:
+    """Whether a weight would run on PyTorch's 2:4 semi-structured kernels.
+
+    The rules are read from ``torch.sparse``'s backend classes: a 2-D weight, a 2:4 pattern, a dtype
+    the backend takes, and both dimensions at least and a multiple of the backend's minimum.
+
+    Returns:
+        ``"ok (...)"`` naming the backends that accept it, or the failing rules joined by ``"; "``.
+    """
+    from torch.sparse import semi_structured as ss
+
+    failures = []
+    if pattern != (2, 4):
+        failures.append("needs a 2:4 pattern" + (f" (got {pattern[0]}:{pattern[1]})" if pattern else ""))
+    if len(shape) != 2:
+        failures.append(f"weight is {len(shape)}-D; only 2-D (Linear) weights")
+    backends = {
+        "cuSPARSELt": ss.SparseSemiStructuredTensorCUSPARSELT._DTYPE_SHAPE_CONSTRAINTS,
+        "CUTLASS": ss.SparseSemiStructuredTensorCUTLASS._DTYPE_SHAPE_CONSTRAINTS,
+    }
+    accepted, shape_failures = [], []
+    for backend, constraints in backends.items():
+        rule = constraints.get(dtype)
+        if rule is None:
+            shape_failures.append(f"{backend} does not take {dtype}")
+            continue
+        if len(shape) == 2:
+            rows, cols = shape
+            if rows < rule.sparse_min_rows or rows % rule.sparse_min_rows or cols < rule.sparse_min_cols or cols % rule.sparse_min_cols:
+                shape_failures.append(
+                    f"{backend} needs rows a multiple of {rule.sparse_min_rows} and columns of {rule.sparse_min_cols}"
+                )
+                continue
+        accepted.append(backend)
+    if len(shape) == 2 and not accepted:
+        failures.extend(shape_failures)
+    if failures:
+        return "; ".join(failures)
+    return f"ok ({', '.join(accepted)}; as {str(dtype).replace('torch.', '')} on CUDA)"
+
+
+def format_bytes(shape: tuple[int, ...], kept: int, element_size: int, nm: tuple[int, int] | None) -> dict:
+    """Weight memory in bytes: dense; bitmask (kept values + 1 bit per entry); CSR as torch stores
+    it (kept values + int64 column index each + int64 row pointers); N:M compressed (kept values +
+    ceil(log2 M) index bits per kept value, which is PyTorch's 2-bit metadata for 2:4)."""
+    numel = math.prod(shape)
+    rows = shape[0] if len(shape) >= 1 else 1
+    out = {
+        "dense_bytes": numel * element_size,
+        "bitmask_bytes": kept * element_size + math.ceil(numel / 8),
+        "csr_bytes": kept * (element_size + 8) + (rows + 1) * 8,
+        "nm_bytes": None,
+    }
+    if nm is not None:
+        n, m = nm
+        kept_nm = numel * n // m
+        out["nm_bytes"] = kept_nm * element_size + math.ceil(kept_nm * max(1, (m - 1).bit_length()) / 8)
+    return out
+
+
+def _scores(weight: torch.Tensor, config: SparsifyConfig, name: str) -> torch.Tensor:
+    if config.method == "magnitude":
+        return weight
+    gen = torch.Generator().manual_seed((config.seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
+    return torch.rand(weight.shape, generator=gen)
+
+
+def _selection(names: list[str], config: SparsifyConfig) -> dict[str, str]:
+    """name -> reason it stays dense ('' when selected)."""
+    inc = re.compile(config.include) if config.include else None
+    exc = re.compile(config.exclude) if config.exclude else None
+    reasons = {}
+    for name in names:
+        group = layer_group(name)
+        if config.layers != "all" and group != config.layers:
+            reasons[name] = f"outside the '{config.layers}' layer selection (a {group} layer)"
+        elif inc is not None and not inc.search(name):
+            reasons[name] = "does not match include regex"
+        elif exc is not None and exc.search(name):
+            reasons[name] = "matches exclude regex"
+        else:
+            reasons[name] = ""
+    chosen = [n for n in names if not reasons[n]]
+    if chosen and config.keep_first_dense:
+        reasons[chosen[0]] = "first layer kept dense"
+    if chosen and config.keep_last_dense and (len(chosen) > 1 or not config.keep_first_dense):
+        reasons[chosen[-1]] = "last layer kept dense"
+    return reasons
+
+
+def _tied_names(model: nn.Module, layers: list[tuple[str, nn.Module]]) -> set[str]:
+    """Layers whose weight tensor is also registered elsewhere (e.g. an LM head tied to embeddings)."""
+    seen: dict[int, int] = {}
+    for _, module in model.named_modules(remove_duplicate=False):
+        for p in module.parameters(recurse=False):
+            seen[id(p)] = seen.get(id(p), 0) + 1
+    return {name for name, mod in layers if seen.get(id(mod.weight), 0) > 1}
+
+
+def _layer_mask(weight: torch.Tensor, module: nn.Module, config: SparsifyConfig, scores: torch.Tensor) -> torch.Tensor:
+    if config.pattern == "nm":
+        if _is_conv1d_transposed(module):
+            return nm_mask(weight, config.n, config.m, dim=0, scores=scores)
+        if weight.dim() > 2:
+            return conv_nm_mask(weight, config.n, config.m, grouping=config.conv_grouping, scores=scores)
+        return nm_mask(weight, config.n, config.m, dim=-1, scores=scores)
+    return unstructured_mask(weight, float(config.sparsity), scores=scores)
+
+
+def sparsify(
+    model,
+    config: SparsifyConfig,
+    *,
+    progress: Callable[[float, str], None] | None = None,
+) -> SparsifyResult:
+    """Prune a deep copy of ``model`` according to ``config``.
+
+    Args:
+        model: an ``nn.Module`` or a ``LoadedModel`` (its ``.module`` is used). Never modified.
+        config: what to prune; validated first.
+        progress: optional ``progress(fraction, message)`` callback.
+
+    Returns:
+        A ``SparsifyResult`` with the pruned copy, masks (True = kept) and a per-layer report.
+        Layers that cannot take the pattern (e.g. input features not a multiple of M) stay dense
+        and say why in ``skipped_reason``.
+    """
+    config.validate()
+    source = getattr(model, "module", model)
+    if not isinstance(source, nn.Module):
+        raise TypeError(f"sparsify needs an nn.Module or a LoadedModel, got {type(model).__name__}")
+    layers = prunable_layers(source)
+    if not layers:
+        raise ValueError("the model has no Linear or Conv layers to prune")
+    reasons = _selection([n for n, _ in layers], config)
+    if config.pattern != "dense" and all(reasons.values()):
+        raise ValueError(
+            f"the layer selection is empty: none of the {len(layers)} Linear/Conv layers matches "
+            f"(layers={config.layers!r}, include={config.include!r}, exclude={config.exclude!r})"
+        )
+    tied = _tied_names(source, layers)
+    pruned_model = copy.deepcopy(source)
+    pruned_model.eval()
+    new_modules = dict(pruned_model.named_modules())
+    nm = (config.n, config.m) if config.pattern == "nm" else None
+
+    masks: dict[str, torch.Tensor] = {}
+    report: list[LayerReport] = []
+    todo: list[tuple[str, nn.Module]] = []
+    for name, module in layers:
+        weight = module.weight
+        reason = reasons[name] if config.pattern != "dense" else "dense config"
+        if not reason and name in tied:
+            reason = "weight tied to another layer (e.g. embeddings)"
+        if not reason and not weight.is_floating_point():
+            reason = f"weight dtype {weight.dtype} is not floating point"
+        if not reason and nm is not None:
+            dim_size = _group_dim_size(weight, module, config)
+            if dim_size % config.m:
+                reason = f"{_group_dim_label(weight, module, config)} = {dim_size} is not a multiple of M={config.m}"
+        if reason:
+            report.append(_report(name, module, weight.shape, weight.numel(), reason, nm, weight.element_size()))
+        else:
+            todo.append((name, module))
+            report.append(None)  # filled below, keeps module order
+
+    global_keep = None
+    if config.pattern == "unstructured" and config.scope == "global" and todo:
+        flat = torch.cat([_scores(m.weight.detach(), config, n).reshape(-1) for n, m in todo])
+        keep_count = flat.numel() - int(round(float(config.sparsity) * flat.numel()))
+        global_keep = topk_keep(flat, keep_count)
+
+    offset = 0
+    slots = [i for i, r in enumerate(report) if r is None]
+    with torch.no_grad():
+        for step, ((name, module), slot) in enumerate(zip(todo, slots)):
+            if progress is not None:
+                progress(step / max(1, len(todo)), f"pruning {name}")
+            weight = module.weight.detach()
+            if global_keep is not None:
+                mask = global_keep[offset : offset + weight.numel()].reshape(weight.shape)
+                offset += weight.numel()
+            else:
+                mask = _layer_mask(weight, module, config, _scores(weight, config, name))
+            new_modules[name].weight.mul_(mask.to(weight.dtype))
+            masks[name] = mask
+            kept = int(mask.sum())
+            report[slot] = _report(name, module, weight.shape, kept, "", nm, weight.element_size())
+    if progress is not None:
+        progress(1.0, "done")
+    return SparsifyResult(
+        model=pruned_model,
+        masks=masks,
+        report=report,
+        config=config,
+        weight_names={name: f"{name}.weight" for name in masks},
+    )
+
+
+def _group_dim_size(weight: torch.Tensor, module: nn.Module, config: SparsifyConfig) -> int:
+    if _is_conv1d_transposed(module):
+        return weight.shape[0]
+    if weight.dim() > 2:
+        return weight.shape[1] if config.conv_grouping == "channel" else math.prod(weight.shape[1:])
+    return weight.shape[-1]
+
+
+def _group_dim_label(weight: torch.Tensor, module: nn.Module, config: SparsifyConfig) -> str:
+    if weight.dim() > 2:
+        return "in_channels" if config.conv_grouping == "channel" else "in_channels*kernel"
+    return "in_features"
+
+
+def _report(name, module, shape, kept, reason, nm, element_size) -> LayerReport:
+    shape = tuple(int(s) for s in shape)
+    numel = math.prod(shape)
+    matrix_shape = (shape[1], shape[0]) if _is_conv1d_transposed(module) else shape
+    sizes = format_bytes(matrix_shape, kept, element_size, nm if not reason else None)
+    return LayerReport(
+        name=name,
+        layer_type=_layer_type(module),
+        group=layer_group(name),
+        shape=shape,
+        numel=numel,
+        kept=kept,
+        skipped_reason=reason,
+        semi_structured=semi_structured_check(matrix_shape, nm if not reason else None),
+        **sizes,
+    )
+
+
+def report_csv(result: SparsifyResult) -> str:
+    """The per-layer report as CSV text (sizes in bytes; kept_fraction in [0, 1])."""
+    rows = [r.as_row() for r in result.report]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0].keys()) if rows else ["name"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def masks_safetensors(result: SparsifyResult, metadata: dict[str, str] | None = None) -> bytes:
+    """Masks as safetensors bytes: one bool tensor per layer, keyed ``<layer>.weight_mask``."""
+    from safetensors.torch import save
+
+    tensors = {f"{name}.weight_mask": mask.contiguous() for name, mask in result.masks.items()}
+    meta = {"sparsify_config": result.config.to_json(), "convention": "True = kept"}
+    meta.update(metadata or {})
+    return save(tensors, metadata=meta)
+
+
+def weights_safetensors(result: SparsifyResult, metadata: dict[str, str] | None = None) -> bytes:
+    """The pruned model's state dict as safetensors bytes (tied tensors saved once each name)."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().contiguous().clone() for k, v in result.model.state_dict().items()}
+    meta = {"sparsify_config": result.config.to_json()}
+    meta.update(metadata or {})
+    return save(state, metadata=meta)
+
+
+def iter_layer_weights(result: SparsifyResult) -> Iterable[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(name, pruned weight, mask) for every pruned layer."""
+    modules = dict(result.model.named_modules())
+    for name, mask in result.masks.items():
+        yield name, modules[name].weight.detach(), mask

@@ -350,3 +350,11 @@ def sad(mask_a, mask_b) -> int:
     if a.shape != b.shape:
         raise ValueError(f"mask shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
     return int(torch.count_nonzero(a ^ b))
+
+
+def warmup() -> None:
+    """Compile (or load from the on-disk cache) the CPU mask kernels for the common dtypes."""
+    w = torch.randn(8, 16)
+    for n, m in ((2, 4), (2, 8)):
+        nm_mask(w, n, m)
+    nm_mask(w.double(), 2, 4)

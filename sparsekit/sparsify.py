@@ -181,6 +181,19 @@ class SparsifyResult:
     weight_names: dict[str, str] = field(default_factory=dict)
     """layer name -> parameter name in ``model.state_dict()``."""
 
+    def matrix_view(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """A layer's weight or mask as a 2-D matrix whose rows hold the N:M groups as consecutive
+        columns: GPT-2 Conv1D ``[in, out]`` is transposed; a conv weight is laid out
+        ``[out, kh*kw*in]`` for channel grouping and ``[out, in*kh*kw]`` for kernel grouping."""
+        layer_type = next((r.layer_type for r in self.report if r.name == name), "")
+        if layer_type.startswith("Conv1D (GPT-2"):
+            return tensor.t()
+        if tensor.dim() > 2:
+            if self.config.conv_grouping == "channel":
+                return tensor.movedim(1, -1).reshape(tensor.shape[0], -1)
+            return tensor.reshape(tensor.shape[0], -1)
+        return tensor if tensor.dim() == 2 else tensor.reshape(1, -1)
+
     def summary(self) -> dict[str, float]:
         """Totals over pruned layers and over all candidate layers."""
         pruned = [r for r in self.report if r.pruned]
@@ -500,3 +513,33 @@ def iter_layer_weights(result: SparsifyResult) -> Iterable[tuple[str, torch.Tens
     modules = dict(result.model.named_modules())
     for name, mask in result.masks.items():
         yield name, modules[name].weight.detach(), mask
+
+
+def layer_table(model: nn.Module) -> list[dict]:
+    """Every prunable layer: name, type, group (attention/mlp/other), weight shape, parameter count."""
+    rows = []
+    for name, module in prunable_layers(getattr(model, "module", model)):
+        shape = tuple(module.weight.shape)
+        rows.append({
+            "name": name,
+            "type": _layer_type(module),
+            "group": layer_group(name),
+            "weight_shape": "×".join(map(str, shape)),
+            "params": sum(p.numel() for p in module.parameters(recurse=False)),
+            "dtype": str(module.weight.dtype).replace("torch.", ""),
+        })
+    return rows
+
+
+def params_by_type(model: nn.Module) -> dict[str, int]:
+    """Parameter counts by the type of the module that owns them (shared tensors counted once)."""
+    counts: dict[str, int] = {}
+    seen: set[int] = set()
+    for module in getattr(model, "module", model).modules():
+        for p in module.parameters(recurse=False):
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            key = type(module).__name__
+            counts[key] = counts.get(key, 0) + p.numel()
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))

@@ -246,3 +246,28 @@ def test_gpt2_conv1d_and_tied_head():
     ids = torch.randint(0, 64, (1, 8))
     assert res.model(ids).logits.shape == (1, 8, 64)
     assert math.isclose(rows["transformer.h.0.mlp.c_fc"].kept_fraction, 0.5)
+
+
+def test_layer_table_and_params_by_type():
+    from sparsekit.sparsify import layer_table, params_by_type
+
+    model = Toy()
+    rows = layer_table(model)
+    assert [r["name"] for r in rows] == ["conv", "stem", "block.attn.q", "block.attn.proj", "block.mlp.fc1", "block.mlp.fc2", "head"]
+    assert rows[0]["params"] == 8 * 4 * 9 + 8
+    counts = params_by_type(model)
+    assert counts == {
+        "Linear": sum(p.numel() for m in model.modules() if isinstance(m, nn.Linear) for p in m.parameters(recurse=False)),
+        "Conv2d": 8 * 4 * 9 + 8,
+    }
+    assert sum(counts.values()) == sum(p.numel() for p in model.parameters())
+
+
+def test_matrix_view_puts_groups_in_rows():
+    model = Toy()
+    res = sparsify(model, SparsifyConfig(pattern="nm", n=2, m=4))
+    mat = res.matrix_view("conv", res.masks["conv"])
+    assert mat.shape == (8, 9 * 4)
+    assert (mat.reshape(-1, 4).sum(1) == 2).all()
+    res_k = sparsify(model, SparsifyConfig(pattern="nm", n=2, m=4, conv_grouping="kernel"))
+    assert (res_k.matrix_view("conv", res_k.masks["conv"]).reshape(-1, 4).sum(1) == 2).all()

@@ -1,0 +1,17 @@
+"""Sparsity Lab: the entry point only declares navigation and draws the shared model picker."""
+import streamlit as st
+
+from ui.state import sidebar_model
+
+st.set_page_config(page_title="Sparsity Lab", page_icon=":material/grid_on:", layout="wide")
+
+pages = [
+    st.Page("pages/model.py", title="Model", icon=":material/model_training:", default=True),
+    st.Page("pages/sparsify.py", title="Sparsify", icon=":material/content_cut:"),
+    st.Page("pages/masks.py", title="Masks", icon=":material/grid_on:"),
+]
+loaded, key = sidebar_model()
+page = st.navigation(pages)
+st.session_state["_loaded"] = loaded
+st.session_state["_model_key"] = key
+page.run()

@@ -1,0 +1,99 @@
+"""Masks: look inside one layer's mask, and compare two masks."""
+import pandas as pd
+import streamlit as st
+
+import sparsekit
+from sparsekit import maskstats, viz
+from ui.state import get_model, sparsified
+from ui.widgets import config_form, current_config
+
+st.title("Masks")
+st.markdown(
+    "A mask says which weights survive (kept = 1). Magnitude masks keep the large weights, so the "
+    "kept and pruned |w| histograms separate; N:M masks keep exactly N in every group of M along a "
+    "row. **SAD** (Sparse Architecture Divergence, from SR-STE) counts the positions where two masks "
+    "disagree."
+)
+
+loaded, key = get_model()
+if loaded is None:
+    st.info("Choose a model in the sidebar.")
+    st.stop()
+
+config = current_config()
+st.caption(f"Showing the masks of **{config.label()}** (change it on the Sparsify page).")
+try:
+    result, _ = sparsified(key, loaded, config)
+except ValueError as err:
+    st.error(f"Cannot apply the current settings: {err}")
+    st.stop()
+if not result.masks:
+    st.info("The current settings prune nothing (dense, or every layer was skipped). Pick a pattern on the Sparsify page.")
+    st.stop()
+
+names = list(result.masks)
+layer = st.selectbox("Layer", names, key="mask_layer")
+orig = dict(loaded.module.named_modules())[layer].weight.detach()
+mask = result.masks[layer]
+w2, m2 = result.matrix_view(layer, orig), result.matrix_view(layer, mask)
+rows, cols = m2.shape
+st.caption(f"Weight {tuple(orig.shape)} shown as a {rows}×{cols} matrix (rows = outputs, N:M groups run along "
+           f"each row; conv weights as [out, kh·kw·in] for channel grouping). Kept "
+           f"{int(mask.sum()):,} of {mask.numel():,} ({mask.float().mean().item():.1%}).")
+
+st.plotly_chart(viz.mask_heatmap(m2, title=f"{layer}: kept fraction per tile"), width="stretch")
+
+st.subheader("Zoom to exact cells")
+z1, z2, z3 = st.columns(3)
+size = z3.slider("Block size", 4, 64, 16, key="zoom_size")
+row0 = int(z1.number_input("First row", 0, max(0, rows - 1), 0, key="zoom_row"))
+col0 = int(z2.number_input("First column", 0, max(0, cols - 1), 0, key="zoom_col"))
+st.plotly_chart(viz.mask_zoom_figure(w2, m2, row0, col0, size, size), width="stretch")
+
+left, right = st.columns(2)
+with left:
+    if config.pattern == "nm" and cols % config.m == 0:
+        st.subheader("N:M group inspector")
+        g1, g2 = st.columns(2)
+        irow = int(g1.number_input("Row", 0, rows - 1, 0, key="grp_row"))
+        n_groups = cols // config.m
+        start = int(g2.number_input("First group", 0, n_groups - 1, 0, key="grp_start"))
+        count = min(8, n_groups - start)
+        st.plotly_chart(viz.nm_group_figure(w2, m2, config.m, irow, start, count), width="stretch")
+    else:
+        st.subheader("Row and column density")
+        st.plotly_chart(viz.density_profile(m2), width="stretch")
+with right:
+    st.subheader("|w| of kept vs pruned")
+    st.plotly_chart(viz.magnitude_histogram(w2, m2), width="stretch")
+if config.pattern == "nm" and cols % config.m == 0:
+    st.plotly_chart(viz.density_profile(m2), width="stretch")
+
+st.subheader("Compare with another mask")
+st.caption("Pick a second setting (e.g. random instead of magnitude, or 1:4 instead of 2:4).")
+default_b = config.__class__(**{**config.__dict__, "method": "random" if config.method == "magnitude" else "magnitude"})
+other = config_form("cmp", default_b, compact=True)
+if other is not None:
+    try:
+        result_b, _ = sparsified(key, loaded, other)
+    except ValueError as err:
+        st.error(f"Cannot apply the comparison settings: {err}")
+    else:
+        if layer not in result_b.masks:
+            st.warning(f"{layer} is not pruned under {other.label()}, so there is nothing to compare.")
+        else:
+            mask_b = result_b.masks[layer]
+            mb2 = result.matrix_view(layer, mask_b)
+            stats = maskstats.mask_diff(m2, mb2)
+            d1, d2, d3 = st.columns(3)
+            d1.metric(f"SAD, this layer", f"{stats.sad:,}", f"{stats.fraction:.2%} of weights", delta_color="off")
+            common = [n for n in result.masks if n in result_b.masks]
+            total = sparsekit.sad({n: result.masks[n] for n in common}, {n: result_b.masks[n] for n in common})
+            numel = sum(result.masks[n].numel() for n in common)
+            d2.metric(f"SAD, {len(common)} layers", f"{total:,}", f"{total / numel:.2%} of weights", delta_color="off")
+            d3.metric("Kept in both", f"{stats.both_kept:,}")
+            st.plotly_chart(viz.mask_diff_figure(m2, mb2,
+                                                 labels=(config.label(), other.label())), width="stretch")
+            st.dataframe(pd.DataFrame([{"both kept": stats.both_kept, f"only {config.label()}": stats.only_a,
+                                        f"only {other.label()}": stats.only_b, "both pruned": stats.both_pruned}]),
+                         hide_index=True)

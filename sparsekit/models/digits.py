@@ -1,0 +1,476 @@
+"""Three small classifiers for scikit-learn's 8x8 handwritten digits, trained on first use.
+
+The models are tiny on purpose: they train in seconds on a laptop CPU, so a browser user can see
+what sparsity does to an MLP, a CNN and a vision transformer without downloading anything.
+Trained weights are cached on disk as safetensors bytes, keyed by architecture, training config
+and ``VERSION`` (bump it whenever an architecture changes shape or behaviour).
+
+Every model takes a float tensor ``[batch, 1, 8, 8]`` with values in 0..1 (the raw 0..16 pixel
+values divided by 16) and returns logits ``[batch, 10]``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..cache import get_cache, make_key
+from .base import LoadedModel, check_budget
+from .weights import load_state_dict_strict, safetensors_header
+
+VERSION = 1
+"""Bump when an architecture or the training recipe changes, so stale cached weights are ignored."""
+
+ARCHITECTURES = ("mlp", "cnn", "vit")
+N_CLASSES = 10
+PIXEL_MAX = 16.0
+CALIBRATION_SIZE = 256
+
+ProgressFn = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class DigitsTrainConfig:
+    """How a digits model is trained; part of the cache key."""
+
+    epochs: int = 20
+    """Passes over the training split."""
+    batch_size: int = 64
+    """Images per optimiser step."""
+    lr: float = 2e-3
+    """Peak AdamW learning rate (one-cycle schedule: 10% warm-up, then cosine decay)."""
+    weight_decay: float = 1e-4
+    """AdamW decoupled weight decay."""
+    seed: int = 0
+    """Seed for weight initialisation and batch order."""
+    test_fraction: float = 0.2
+    """Share of the 1797 images held out for the accuracy metric (stratified by label)."""
+    split_seed: int = 0
+    """Seed of the train/test split; changing it changes the held-out set."""
+
+
+DEFAULT_TRAIN_CONFIGS: Mapping[str, DigitsTrainConfig] = {
+    "mlp": DigitsTrainConfig(epochs=20, lr=2e-3),
+    "cnn": DigitsTrainConfig(epochs=20, lr=3e-3),
+    # Transformers lack the convolutional prior, so the ViT needs more passes and stronger decay.
+    "vit": DigitsTrainConfig(epochs=30, lr=2e-3, weight_decay=0.05),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Architectures
+
+
+class DigitsMLP(nn.Module):
+    """64 -> 256 -> 128 -> 10 with ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(64, 256)
+        self.fc2 = nn.Linear(256, 128)
+        self.head = nn.Linear(128, N_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.head(x)
+
+
+class DigitsCNN(nn.Module):
+    """Two 3x3 conv layers (1 -> 16 -> 32 channels), a 2x2 max-pool, and a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(16, 32, kernel_size=3, padding=1)
+        self.head = nn.Linear(32 * 4 * 4, N_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv1(x))
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.head(x.flatten(1))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention in plain torch, so its probabilities can be read and masked.
+
+    Attributes:
+        record_attention: when True, every forward stores the softmax probabilities
+            ``[batch, heads, queries, keys]`` (detached) in ``last_attention``.
+        last_attention: the probabilities of the latest recorded forward, else None.
+        score_mask: optional bool tensor broadcastable to ``[batch, heads, queries, keys]``;
+            False entries are excluded before the softmax (True = attend).
+    """
+
+    def __init__(self, dim: int, n_heads: int) -> None:
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"dim {dim} is not divisible by n_heads {n_heads}")
+        self.n_heads = n_heads
+        self.head_dim = dim // n_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+        self.record_attention = False
+        self.last_attention: torch.Tensor | None = None
+        self.score_mask: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+
+        def heads(y: torch.Tensor) -> torch.Tensor:
+            return y.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+
+        q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
+        if self.score_mask is not None:
+            # The most negative finite value rather than -inf: a fully masked row then becomes
+            # uniform instead of NaN.
+            scores = scores.masked_fill(~self.score_mask.to(torch.bool), torch.finfo(scores.dtype).min)
+        probs = scores.softmax(dim=-1)
+        if self.record_attention:
+            self.last_attention = probs.detach()
+        out = (probs @ v).transpose(1, 2).reshape(b, t, c)
+        return self.proj(out)
+
+
+class MLPBlock(nn.Module):
+    """The transformer feed-forward part: fc1 -> GELU -> fc2."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, dim: int, n_heads: int, mlp_hidden: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, n_heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLPBlock(dim, mlp_hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class DigitsViT(nn.Module):
+    """A two-block vision transformer: 2x2 patches give 16 tokens, plus a class token (17 total)."""
+
+    patch = 2
+    dim = 64
+    n_heads = 4
+    depth = 2
+    mlp_hidden = 128
+
+    def __init__(self) -> None:
+        super().__init__()
+        n_patches = (8 // self.patch) ** 2
+        self.patch_embed = nn.Linear(self.patch * self.patch, self.dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, self.dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, n_patches + 1, self.dim) * 0.02)
+        self.blocks = nn.ModuleList(Block(self.dim, self.n_heads, self.mlp_hidden) for _ in range(self.depth))
+        self.norm = nn.LayerNorm(self.dim)
+        self.head = nn.Linear(self.dim, N_CLASSES)
+
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """``[b, 1, 8, 8]`` -> ``[b, 16, 4]``: row-major 2x2 patches, each flattened row-major."""
+        b, p = x.shape[0], self.patch
+        x = x.reshape(b, 8 // p, p, 8 // p, p).permute(0, 1, 3, 2, 4)
+        return x.reshape(b, (8 // p) ** 2, p * p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch_embed(self.patchify(x))
+        cls = self.cls_token.expand(tokens.shape[0], -1, -1)
+        x = torch.cat([cls, tokens], dim=1) + self.pos_embed
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x[:, 0]))
+
+
+_BUILDERS: dict[str, Callable[[], nn.Module]] = {"mlp": DigitsMLP, "cnn": DigitsCNN, "vit": DigitsViT}
+_NAMES = {"mlp": "digits MLP (64-256-128-10)", "cnn": "digits CNN (2 conv + linear)", "vit": "digits ViT (2 blocks, dim 64)"}
+
+
+def build_digits_model(arch: str) -> nn.Module:
+    """A freshly initialised (untrained) digits model.
+
+    Args:
+        arch: ``"mlp"``, ``"cnn"`` or ``"vit"``.
+
+    Returns:
+        The module, in train mode.
+    """
+    if arch not in _BUILDERS:
+        raise ValueError(f"unknown digits architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    return _BUILDERS[arch]()
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass(frozen=True)
+class DigitsData:
+    """The digits split as model-ready tensors (``x`` is ``[n, 1, 8, 8]`` in 0..1)."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+def digits_split(test_fraction: float = 0.2, split_seed: int = 0) -> DigitsData:
+    """scikit-learn's digits, split stratified by label.
+
+    Args:
+        test_fraction: share of the images held out.
+        split_seed: ``random_state`` of ``train_test_split``.
+
+    Returns:
+        The train and held-out tensors.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    x_train, x_test, y_train, y_test = train_test_split(
+        data.images, data.target, test_size=test_fraction, random_state=split_seed, stratify=data.target
+    )
+    return DigitsData(
+        x_train=preprocess_digits(x_train),
+        y_train=torch.as_tensor(y_train, dtype=torch.long),
+        x_test=preprocess_digits(x_test),
+        y_test=torch.as_tensor(y_test, dtype=torch.long),
+    )
+
+
+def preprocess_digits(images: Any) -> torch.Tensor:
+    """Raw 8x8 digit images (pixel values 0..16) -> model input.
+
+    Args:
+        images: an array or tensor shaped ``[8, 8]``, ``[n, 8, 8]``, ``[n, 64]`` or ``[n, 1, 8, 8]``.
+
+    Returns:
+        float32 tensor ``[n, 1, 8, 8]`` with values in 0..1.
+    """
+    x = torch.as_tensor(np.asarray(images, dtype=np.float32))
+    shape = tuple(x.shape)
+    if shape == (8, 8):
+        x = x.reshape(1, 1, 8, 8)
+    elif x.ndim == 3 and shape[1:] == (8, 8):
+        x = x.unsqueeze(1)
+    elif x.ndim == 2 and shape[1] == 64:
+        x = x.reshape(-1, 1, 8, 8)
+    elif not (x.ndim == 4 and shape[1:] == (1, 8, 8)):
+        raise ValueError(f"expected 8x8 images shaped [8, 8], [n, 8, 8], [n, 64] or [n, 1, 8, 8]; got {list(shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError("digit images contain NaN or infinite values")
+    if x.numel() and (x.min() < 0 or x.max() > PIXEL_MAX):
+        raise ValueError(f"digit pixel values must lie in 0..16, got {x.min().item():g}..{x.max().item():g}")
+    return (x / PIXEL_MAX).contiguous()
+
+
+# ---------------------------------------------------------------------------------------------
+# Training and the cache
+
+
+def train_digits_model(
+    arch: str, config: DigitsTrainConfig, data: DigitsData, progress: ProgressFn | None = None
+) -> nn.Module:
+    """Train a digits model from scratch, deterministically for a given config.
+
+    Args:
+        arch: ``"mlp"``, ``"cnn"`` or ``"vit"``.
+        config: training settings.
+        data: the split to train on (only the training half is used).
+        progress: optional ``progress(fraction, message)`` callback, called once per epoch.
+
+    Returns:
+        The trained module, in eval mode.
+    """
+    # Seed a forked RNG so that training is reproducible without resetting the caller's RNG state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return _train(arch, config, data, progress)
+
+
+def _train(arch: str, config: DigitsTrainConfig, data: DigitsData, progress: ProgressFn | None) -> nn.Module:
+    model = build_digits_model(arch)
+    gen = torch.Generator().manual_seed(config.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    n = data.x_train.shape[0]
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.1, anneal_strategy="cos"
+    )
+    model.train()
+    for epoch in range(config.epochs):
+        order = torch.randperm(n, generator=gen)
+        for start in range(0, n, config.batch_size):
+            idx = order[start : start + config.batch_size]
+            loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        if progress is not None:
+            progress((epoch + 1) / config.epochs, f"training digits {arch}: epoch {epoch + 1}/{config.epochs}")
+    return model.eval()
+
+
+def _state_bytes(model: nn.Module, metadata: dict[str, str]) -> bytes:
+    from safetensors.torch import save
+
+    return save({k: v.detach().contiguous() for k, v in model.state_dict().items()}, metadata=metadata)
+
+
+def trained_digits_model(
+    arch: str,
+    config: DigitsTrainConfig | None = None,
+    data: DigitsData | None = None,
+    progress: ProgressFn | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """A trained digits model, from the disk cache or trained now (and then cached).
+
+    Args:
+        arch: ``"mlp"``, ``"cnn"`` or ``"vit"``.
+        config: training settings (default: ``DEFAULT_TRAIN_CONFIGS[arch]``).
+        data: the split (default: ``digits_split`` with the config's split settings).
+        progress: optional ``progress(fraction, message)`` callback.
+
+    Returns:
+        ``(module in eval mode, details)`` where details has ``cached`` and ``train_seconds``.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    if arch not in DEFAULT_TRAIN_CONFIGS:
+        raise ValueError(f"unknown digits architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    config = config or DEFAULT_TRAIN_CONFIGS[arch]
+    if data is None:
+        data = digits_split(config.test_fraction, config.split_seed)
+    key = make_key("digits-model", arch, dataclasses.asdict(config), VERSION)
+    cache = get_cache()
+    blob = cache.get(key)
+    if isinstance(blob, bytes):
+        try:
+            model = build_digits_model(arch)
+            load_state_dict_strict(model, load(blob), f"digits:{arch}")
+            train_seconds = float(_metadata(blob).get("train_seconds", "nan"))
+            return model.eval(), {"cached": True, "train_seconds": train_seconds}
+        except (SafetensorError, ValueError):
+            pass  # An unreadable or stale entry: fall through and retrain over it.
+    start = time.perf_counter()
+    model = train_digits_model(arch, config, data, progress)
+    seconds = time.perf_counter() - start
+    cache.set(key, _state_bytes(model, {"arch": arch, "train_seconds": f"{seconds:.3f}"}))
+    return model, {"cached": False, "train_seconds": seconds}
+
+
+def _metadata(blob: bytes) -> dict[str, str]:
+    return safetensors_header(blob).get("__metadata__", {}) or {}
+
+
+# ---------------------------------------------------------------------------------------------
+# LoadedModel
+
+
+def digits_accuracy(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Top-1 accuracy in percent.
+
+    Args:
+        module: a digits model.
+        x: model input ``[n, 1, 8, 8]``.
+        y: labels ``[n]``.
+
+    Returns:
+        100 x the fraction of images whose argmax logit equals the label.
+    """
+    with torch.inference_mode():
+        pred = module(x).argmax(dim=-1)
+    return 100.0 * int((pred == y).sum()) / max(int(y.numel()), 1)
+
+
+def load_digits(
+    arch: str,
+    *,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
+    memory_budget_mb: float | None = None,
+    progress: ProgressFn | None = None,
+) -> LoadedModel:
+    """A digits model as a ``LoadedModel`` (trained or cached, or with the given weights).
+
+    Args:
+        arch: ``"mlp"``, ``"cnn"`` or ``"vit"``.
+        state_dict: user weights to use instead of training; must match the architecture exactly.
+        memory_budget_mb: size limit (default ``$SPARSEKIT_MEMORY_BUDGET_MB``).
+        progress: optional ``progress(fraction, message)`` callback.
+
+    Returns:
+        The loaded model; ``quality_fn`` gives held-out accuracy in percent.
+    """
+    config = DEFAULT_TRAIN_CONFIGS[arch] if arch in DEFAULT_TRAIN_CONFIGS else None
+    if config is None:
+        raise ValueError(f"unknown digits architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    data = digits_split(config.test_fraction, config.split_seed)
+    notes: list[str] = []
+    if state_dict is not None:
+        module = build_digits_model(arch)
+        load_state_dict_strict(module, state_dict, f"digits:{arch}")
+        module.eval()
+        source = "upload"
+        notes.append("weights supplied by the user; accuracy is measured on the built-in held-out split")
+        details: dict[str, Any] = {}
+    else:
+        module, details = trained_digits_model(arch, config, data, progress)
+        source = "cache" if details["cached"] else "trained"
+    check_budget(sum(p.numel() * p.element_size() for p in module.parameters()), memory_budget_mb, f"digits:{arch}")
+    x_test, y_test = data.x_test, data.y_test
+
+    def quality_fn(m: nn.Module) -> dict[str, float]:
+        return {"accuracy": digits_accuracy(m, x_test, y_test)}
+
+    info: dict[str, Any] = {
+        "source": source,
+        "architecture": type(module).__name__,
+        "dtype": "float32",
+        "notes": notes,
+        "train_config": dataclasses.asdict(config),
+        "n_train": int(data.x_train.shape[0]),
+        "n_test": int(x_test.shape[0]),
+        "weights_sha256": hashlib.sha256(_state_bytes(module, {})).hexdigest(),
+    }
+    if "train_seconds" in details:
+        info["train_seconds"] = details["train_seconds"]
+    if progress is not None:
+        progress(1.0, f"digits:{arch} ready")
+    return LoadedModel(
+        spec=f"digits:{arch}",
+        name=_NAMES[arch],
+        kind="image-classifier",
+        module=module,
+        quality_fn=quality_fn,
+        calibration=data.x_train[:CALIBRATION_SIZE].clone(),
+        preprocess=preprocess_digits,
+        metric_names={"accuracy": "held-out accuracy (%)"},
+        higher_is_better={"accuracy": True},
+        info=info,
+    )

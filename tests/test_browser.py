@@ -1,0 +1,110 @@
+"""One real-browser test: start the app, switch pages, apply 2:4, see the mask view.
+
+Drives Debian's chromium through Playwright (no browser download). Set SPARSEKIT_SCREENSHOT_DIR to
+keep screenshots of each page.
+"""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+pytestmark = pytest.mark.browser
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed: scripts/setup.sh --dev installs it")
+        pytest.skip("chromium is not installed")
+    port = _free_port()
+    env = dict(os.environ, SPARSEKIT_CACHE_DIR=os.environ.get("SPARSEKIT_CACHE_DIR", str(tmp_path_factory.mktemp("cache"))))
+    log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w+")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.3)
+        else:
+            log.seek(0)
+            pytest.fail("streamlit did not start:\n" + log.read()[-3000:])
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_switch_pages_apply_2_4_and_see_masks(app_url):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    shots = os.environ.get("SPARSEKIT_SCREENSHOT_DIR")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+        page.goto(app_url)
+        # Model page: the dense quality table and the layer table appear once MiniLM is loaded.
+        page.get_by_role("heading", name="Model").first.wait_for()
+        page.get_by_text("Prunable layers (36)").wait_for()
+        if shots:
+            page.screenshot(path=f"{shots}/model.png", full_page=True)
+
+        page.locator('[data-testid="stSidebarNavLink"]', has_text="Sparsify").click()
+        page.get_by_role("heading", name="Sparsify").first.wait_for()
+        m_input = page.get_by_role("spinbutton", name="M (group size)")
+        n_input = page.get_by_role("spinbutton", name="N (kept per group)")
+        metric = page.locator('[data-testid="stMetric"]', has_text="Kept in pruned layers")
+        # Go to 2:8 first, then apply 2:4, and read each applied result off the page.
+        m_input.fill("8")
+        m_input.press("Enter")
+        metric.get_by_text("25.0%").wait_for()
+        m_input.fill("4")
+        m_input.press("Enter")
+        metric.get_by_text("50.0%").wait_for()
+        assert n_input.input_value() == "2" and m_input.input_value() == "4"
+        page.get_by_text("Per-layer report").wait_for()
+        if shots:
+            page.screenshot(path=f"{shots}/sparsify.png", full_page=True)
+
+        page.locator('[data-testid="stSidebarNavLink"]', has_text="Masks").click()
+        page.get_by_role("heading", name="Masks").first.wait_for()
+        page.get_by_text("Showing the masks of").wait_for()
+        page.get_by_text("2:4 (keep 2 of 4) magnitude").first.wait_for()
+        # The heatmap is a real plotly chart drawn in the page.
+        page.locator(".js-plotly-plot").first.wait_for()
+        assert page.locator(".js-plotly-plot").count() >= 3
+        assert page.locator('[data-testid="stException"]').count() == 0
+        if shots:
+            page.screenshot(path=f"{shots}/masks.png", full_page=True)
+        browser.close()

@@ -1,0 +1,91 @@
+"""The sidebar model picker and the cached objects every page shares."""
+from __future__ import annotations
+
+import hashlib
+
+import streamlit as st
+
+import sparsekit
+from sparsekit.models import BUILTIN_SPECS, list_model_dirs, model_roots
+from sparsekit.sparsify import SparsifyConfig
+
+SOURCES = {
+    "minilm": "MiniLM (all-MiniLM-L6-v2, bundled)",
+    "digits:mlp": "Digits MLP (trained here)",
+    "digits:cnn": "Digits CNN (trained here)",
+    "digits:vit": "Digits ViT (trained here)",
+    "hf": "Hugging Face directory",
+    "upload": "Upload weights (.safetensors)",
+}
+UPLOAD_ARCHS = [s for s in BUILTIN_SPECS]
+MAX_UPLOAD_MB = 512
+
+
+@st.cache_resource(show_spinner=False, max_entries=6)
+def _load(spec: str, weights_digest: str = "", _weights: bytes | None = None):
+    # The digest is the cache key for uploads; the bytes themselves are not hashed by Streamlit.
+    return sparsekit.load_model(spec, weights=_weights)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _sparsify(model_key: str, config_json: str, _loaded):
+    config = SparsifyConfig.from_json(config_json)
+    result = sparsekit.sparsify(_loaded, config)
+    quality = _loaded.quality(result.model)
+    return result, quality
+
+
+def sidebar_model():
+    """Draw the model picker in the sidebar; returns (LoadedModel or None, model key)."""
+    with st.sidebar:
+        st.header("Model")
+        source = st.selectbox("Source", list(SOURCES), format_func=SOURCES.get, key="model_source")
+        weights = None
+        spec = source
+        if source == "hf":
+            dirs = [str(p) for p in list_model_dirs()]
+            roots = [str(r) for r in model_roots()]
+            if not roots:
+                st.info("No model roots are configured. Set SPARSEKIT_MODEL_ROOTS to folders of "
+                        "Hugging Face models to load them here.")
+                return None, ""
+            choice = st.selectbox("Model directory", dirs, index=None, placeholder="pick a folder under the roots",
+                                  key="hf_choice")
+            typed = st.text_input("…or a path under the roots", key="hf_path", max_chars=400,
+                                  help="Allowed roots: " + ", ".join(roots))
+            path = typed.strip() or choice
+            if not path:
+                st.caption("Allowed roots: " + ", ".join(roots))
+                return None, ""
+            spec = f"hf:{path}"
+        elif source == "upload":
+            arch = st.selectbox("Architecture of the weights", UPLOAD_ARCHS, key="upload_arch")
+            up = st.file_uploader("Weights (.safetensors)", type=["safetensors"], key="upload_file",
+                                  help=f"Only safetensors (no pickles); at most {MAX_UPLOAD_MB} MB.")
+            if up is None:
+                st.caption("Upload a .safetensors state dict for the chosen architecture.")
+                return None, ""
+            if up.size > MAX_UPLOAD_MB * 2**20:
+                st.error(f"The file is {up.size / 2**20:,.0f} MB, over the {MAX_UPLOAD_MB} MB upload limit.")
+                return None, ""
+            weights = up.getvalue()
+            spec = arch
+        digest = hashlib.sha256(weights).hexdigest() if weights is not None else ""
+        try:
+            with st.spinner(f"Loading {spec} (digits models train on first use, a few seconds)…"):
+                loaded = _load(spec, digest, weights)
+        except (ValueError, OSError) as err:
+            st.error(f"Could not load the model: {err}")
+            return None, ""
+        st.caption(f"**{loaded.name}** · {loaded.kind} · {loaded.n_params / 1e6:,.2f} M parameters")
+        return loaded, f"{spec}#{digest}"
+
+
+def get_model():
+    """The model chosen in the sidebar (drawn once per run by app.py)."""
+    return st.session_state.get("_loaded"), st.session_state.get("_model_key", "")
+
+
+def sparsified(model_key: str, loaded, config: SparsifyConfig):
+    """Cached (result, quality) for this model and config; shared read-only between sessions."""
+    return _sparsify(model_key, config.to_json(), loaded)

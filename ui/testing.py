@@ -1,0 +1,37 @@
+"""Drive one page with Streamlit's AppTest (used by the tests and the responsiveness benchmark).
+
+AppTest re-runs of an ``st.navigation`` app drop the entry script's sidebar widgets (a limitation
+of the test runner, not of the served app), so this harness draws the same sidebar and then runs a
+single page file, which AppTest can re-run any number of times.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_HARNESS = """
+import runpy, sys
+sys.path.insert(0, {root!r})
+import streamlit as st
+from ui.state import sidebar_model
+loaded, key = sidebar_model()
+st.session_state["_loaded"] = loaded
+st.session_state["_model_key"] = key
+runpy.run_path({page!r}, run_name="__page__")
+"""
+
+
+def page_app(page: str, source: str = "digits:mlp", timeout: float = 120, **state) -> AppTest:
+    """An AppTest of ``pages/<page>.py`` with ``source`` picked in the sidebar (not yet run).
+
+    Extra keyword arguments are put into session state before the first run.
+    """
+    script = _HARNESS.format(root=str(ROOT), page=str(ROOT / "pages" / f"{page}.py"))
+    at = AppTest.from_string(script, default_timeout=timeout)
+    at.session_state["model_source"] = source
+    for key, value in state.items():
+        at.session_state[key] = value
+    return at

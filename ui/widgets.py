@@ -1,0 +1,67 @@
+"""The sparsity config form, shared by the Sparsify and Masks pages."""
+from __future__ import annotations
+
+import streamlit as st
+
+from sparsekit.sparsify import MAX_M, MAX_SPARSITY, SparsifyConfig
+
+PATTERN_LABELS = {"nm": "N:M (keep N of every M)", "unstructured": "Unstructured", "dense": "Dense (no pruning)"}
+LAYER_LABELS = {"all": "All Linear/Conv", "mlp": "MLP (feed-forward) only", "attention": "Attention projections only"}
+
+
+def current_config() -> SparsifyConfig:
+    """The config last applied on the Sparsify page (kept in session state across pages)."""
+    raw = st.session_state.get("config_json")
+    return SparsifyConfig.from_json(raw) if raw else SparsifyConfig()
+
+
+def config_form(prefix: str, initial: SparsifyConfig, *, compact: bool = False) -> SparsifyConfig | None:
+    """Widgets for a SparsifyConfig. Returns None (after showing why) when the settings are invalid."""
+    cols = st.columns(3)
+    with cols[0]:
+        pattern = st.radio("Pattern", list(PATTERN_LABELS), index=list(PATTERN_LABELS).index(initial.pattern),
+                           format_func=PATTERN_LABELS.get, key=f"{prefix}_pattern", horizontal=compact)
+        method = st.selectbox("Scoring", ["magnitude", "random"], index=["magnitude", "random"].index(initial.method),
+                              key=f"{prefix}_method", help="magnitude keeps the largest |w|; random is the seeded baseline")
+        seed = initial.seed
+        if method == "random":
+            seed = int(st.number_input("Seed", 0, 2**31 - 1, initial.seed, key=f"{prefix}_seed"))
+    n, m, sparsity, scope = initial.n, initial.m, initial.sparsity, initial.scope
+    with cols[1]:
+        if pattern == "nm":
+            m = int(st.number_input("M (group size)", 2, MAX_M, initial.m, key=f"{prefix}_m"))
+            n = int(st.number_input("N (kept per group)", 1, MAX_M - 1, min(initial.n, MAX_M - 1), key=f"{prefix}_n",
+                                    help="N counts the weights kept in each group of M (SR-STE convention)"))
+            st.caption(f"Keeps {n} of every {m} weights along the input dimension: density {n / m:.1%}.")
+        elif pattern == "unstructured":
+            pct = st.slider("Sparsity (% pruned)", 0, int(MAX_SPARSITY * 100), int(round(initial.sparsity * 100)),
+                            key=f"{prefix}_sparsity")
+            sparsity = pct / 100
+            scope = st.radio("Scope", ["layer", "global"], index=["layer", "global"].index(initial.scope),
+                             key=f"{prefix}_scope", horizontal=True,
+                             help="layer: every layer pruned to the sparsity; global: one ranking across layers")
+    with cols[2]:
+        layers = st.selectbox("Layers", list(LAYER_LABELS), index=list(LAYER_LABELS).index(initial.layers),
+                              format_func=LAYER_LABELS.get, key=f"{prefix}_layers")
+        if compact:
+            include, exclude = initial.include, initial.exclude
+            first, last, grouping = initial.keep_first_dense, initial.keep_last_dense, initial.conv_grouping
+        else:
+            include = st.text_input("Include regex", initial.include, max_chars=500, key=f"{prefix}_include",
+                                    placeholder="e.g. encoder\\.layer\\.[0-2]\\.")
+            exclude = st.text_input("Exclude regex", initial.exclude, max_chars=500, key=f"{prefix}_exclude")
+            first = st.checkbox("Keep first layer dense", initial.keep_first_dense, key=f"{prefix}_first")
+            last = st.checkbox("Keep last layer dense", initial.keep_last_dense, key=f"{prefix}_last")
+            grouping = st.selectbox("Conv grouping", ["channel", "kernel"],
+                                    index=["channel", "kernel"].index(initial.conv_grouping), key=f"{prefix}_grouping",
+                                    help="channel: M input channels at one kernel position (NVIDIA ASP); "
+                                         "kernel: along the flattened in×kh×kw axis (original SR-STE)")
+    config = SparsifyConfig(pattern=pattern, n=n, m=m, sparsity=sparsity, scope=scope, method=method, seed=seed,
+                            layers=layers, include=include, exclude=exclude, keep_first_dense=first,
+                            keep_last_dense=last, conv_grouping=grouping)
+    try:
+        config.validate()
+    except ValueError as err:
+        st.error(f"Invalid settings: {err}")
+        return None
+    return config

@@ -23,7 +23,7 @@ if loaded is None:
 config = current_config()
 st.caption(f"Showing the masks of **{config.label()}** (change it on the Sparsify page).")
 try:
-    result, _ = sparsified(key, loaded, config)
+    result = sparsified(key, loaded, config)
 except ValueError as err:
     st.error(f"Cannot apply the current settings: {err}")
     st.stop()
@@ -45,7 +45,7 @@ st.plotly_chart(viz.mask_heatmap(m2, title=f"{layer}: kept fraction per tile"), 
 
 st.subheader("Zoom to exact cells")
 z1, z2, z3 = st.columns(3)
-size = z3.slider("Block size", 4, 64, 16, key="zoom_size")
+size = z3.slider("Block size", 4, 64, 12, key="zoom_size", help="values are printed up to 20×20")
 row0 = int(z1.number_input("First row", 0, max(0, rows - 1), 0, key="zoom_row"))
 col0 = int(z2.number_input("First column", 0, max(0, cols - 1), 0, key="zoom_col"))
 st.plotly_chart(viz.mask_zoom_figure(w2, m2, row0, col0, size, size), width="stretch")
@@ -75,7 +75,7 @@ default_b = config.__class__(**{**config.__dict__, "method": "random" if config.
 other = config_form("cmp", default_b, compact=True)
 if other is not None:
     try:
-        result_b, _ = sparsified(key, loaded, other)
+        result_b = sparsified(key, loaded, other)
     except ValueError as err:
         st.error(f"Cannot apply the comparison settings: {err}")
     else:

@@ -4,7 +4,7 @@ import streamlit as st
 
 from sparsekit import viz
 from sparsekit.sparsify import masks_safetensors, report_csv, weights_safetensors
-from ui.state import get_model, sparsified
+from ui.state import get_model, sparse_quality, sparsified
 from ui.widgets import config_form, current_config
 
 st.title("Sparsify")
@@ -27,7 +27,9 @@ st.session_state["config_json"] = config.to_json()
 
 try:
     with st.spinner(f"Pruning a copy of {loaded.name} ({config.label()})…"):
-        result, quality = sparsified(key, loaded, config)
+        result = sparsified(key, loaded, config)
+    with st.spinner("Measuring quality of the sparse model…"):
+        quality = sparse_quality(key, loaded, config)
 except ValueError as err:
     st.error(f"Cannot apply these settings: {err}")
     st.stop()
@@ -69,7 +71,12 @@ with left:
                                              "skipped_reason": r.skipped_reason} for r in result.report]),
                     width="stretch")
 with right:
-    st.plotly_chart(viz.memory_figure([r.as_row() for r in result.report if r.pruned]), width="stretch")
+    pruned_rows = [r for r in result.report if r.pruned]
+    totals = {"name": f"all {len(pruned_rows)} pruned layers",
+              **{k: sum(r.as_row()[k] for r in pruned_rows) for k in ("dense_bytes", "bitmask_bytes", "csr_bytes")},
+              "nm_bytes": sum(r.nm_bytes for r in pruned_rows) if config.pattern == "nm" else None}
+    if pruned_rows:
+        st.plotly_chart(viz.memory_figure([totals]), width="stretch")
 
 st.subheader("Downloads")
 stem = f"{loaded.name}-{config.label()}".replace(" ", "_").replace(":", "-").replace("/", "_")

@@ -23,7 +23,7 @@ PRUNED_COLOR = "#b0b0b0"
 SKIPPED_COLOR = "#b0b0b0"
 # Both-pruned light, both-kept dark, the two kinds of disagreement in contrasting hues.
 DIFF_COLORS = ("#ececec", "#d62728", "#1f77b4", "#4d4d4d")
-TEXT_CELLS_MAX = 32
+TEXT_CELLS_MAX = 20
 """Largest zoom block side that gets the weight value written in each cell."""
 _BYTES_PER_MB = 2**20  # the project's MB (see sparsekit.models.base)
 
@@ -157,7 +157,10 @@ def mask_zoom_figure(weight: Any, mask: Any, row0: int, col0: int, rows: int = 3
         plot_bgcolor="white",
     )
     _matrix_axes(fig)
-    fig.update_yaxes(scaleanchor="x")  # square cells
+    # Cells wide enough for their printed value; the height follows the number of rows.
+    fig.update_xaxes(range=[block.col0 - 0.5, c1 + 0.5])
+    fig.update_yaxes(range=[r1 + 0.5, block.row0 - 0.5], autorange=False)
+    fig.update_layout(height=int(min(900, max(320, 30 * w.shape[0] + 140))))
     return fig
 
 

@@ -71,13 +71,14 @@ def test_switch_pages_apply_2_4_and_see_masks(app_url):
             args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"],
         )
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page = browser.new_page(viewport={"width": 1400, "height": 1800 if shots else 1000})
         page.set_default_timeout(60_000)
         page.goto(app_url)
         # Model page: the dense quality table and the layer table appear once MiniLM is loaded.
         page.get_by_role("heading", name="Model").first.wait_for()
         page.get_by_text("Prunable layers (36)").wait_for()
         if shots:
+            page.wait_for_timeout(2000)  # let tables and charts finish drawing
             page.screenshot(path=f"{shots}/model.png", full_page=True)
 
         page.locator('[data-testid="stSidebarNavLink"]', has_text="Sparsify").click()
@@ -95,6 +96,7 @@ def test_switch_pages_apply_2_4_and_see_masks(app_url):
         assert n_input.input_value() == "2" and m_input.input_value() == "4"
         page.get_by_text("Per-layer report").wait_for()
         if shots:
+            page.wait_for_timeout(2000)  # let tables and charts finish drawing
             page.screenshot(path=f"{shots}/sparsify.png", full_page=True)
 
         page.locator('[data-testid="stSidebarNavLink"]', has_text="Masks").click()
@@ -106,5 +108,6 @@ def test_switch_pages_apply_2_4_and_see_masks(app_url):
         assert page.locator(".js-plotly-plot").count() >= 3
         assert page.locator('[data-testid="stException"]').count() == 0
         if shots:
+            page.wait_for_timeout(2000)  # let tables and charts finish drawing
             page.screenshot(path=f"{shots}/masks.png", full_page=True)
         browser.close()

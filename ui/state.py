@@ -29,10 +29,12 @@ def _load(spec: str, weights_digest: str = "", _weights: bytes | None = None):
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _sparsify(model_key: str, config_json: str, _loaded):
-    config = SparsifyConfig.from_json(config_json)
-    result = sparsekit.sparsify(_loaded, config)
-    quality = _loaded.quality(result.model)
-    return result, quality
+    return sparsekit.sparsify(_loaded, SparsifyConfig.from_json(config_json))
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _quality(model_key: str, config_json: str, _loaded) -> dict[str, float]:
+    return _loaded.quality(_sparsify(model_key, config_json, _loaded).model)
 
 
 def sidebar_model():
@@ -87,5 +89,10 @@ def get_model():
 
 
 def sparsified(model_key: str, loaded, config: SparsifyConfig):
-    """Cached (result, quality) for this model and config; shared read-only between sessions."""
+    """Cached SparsifyResult for this model and config; shared read-only between sessions."""
     return _sparsify(model_key, config.to_json(), loaded)
+
+
+def sparse_quality(model_key: str, loaded, config: SparsifyConfig) -> dict[str, float]:
+    """Cached quality of the sparsified model (a small dict, kept for many configs)."""
+    return _quality(model_key, config.to_json(), loaded)

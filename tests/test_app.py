@@ -161,3 +161,36 @@ def test_hf_source_refuses_paths_outside_roots(tmp_path, monkeypatch):
     assert any("not a Hugging Face model directory" in e.value for e in at.sidebar.error)
     assert not at.exception
     assert at.title[0].value == "Model"
+
+
+def _upload(at, arch, name, data):
+    at.selectbox(key="upload_arch").set_value(arch)
+    at.file_uploader(key="upload_file").set_value((name, data, "application/octet-stream"))
+    at.run()
+    return at
+
+
+def test_upload_weights_round_trip_and_bad_files(mlp, monkeypatch):
+    from safetensors.torch import save
+
+    at = app("upload")
+    assert any("Upload a .safetensors" in c.value for c in at.sidebar.caption)
+    # A pruned MLP exported by the library loads back as the user's own weights.
+    pruned = sparsekit.sparsify(mlp, SparsifyConfig(pattern="unstructured", sparsity=0.5))
+    good = save({k: v.contiguous() for k, v in pruned.model.state_dict().items()})
+    _upload(at, "digits:mlp", "mine.safetensors", good)
+    assert not at.sidebar.error, [e.value for e in at.sidebar.error]
+    acc = at.dataframe[0].value["value"].iloc[0]
+    assert acc == pytest.approx(mlp.quality(pruned.model)["accuracy"])
+    # Corrupt bytes, a pickle in disguise, and weights of another architecture: clear messages.
+    _upload(at, "digits:mlp", "bad.safetensors", b"\x00\x01garbage" * 10)
+    assert any("not a valid safetensors file" in e.value for e in at.sidebar.error)
+    _upload(at, "digits:mlp", "evil.safetensors", b"\x80\x04\x95" + b"\x00" * 64)
+    assert any("pickle" in e.value.lower() for e in at.sidebar.error)
+    _upload(at, "digits:cnn", "mine.safetensors", good)
+    assert any("architecture" in e.value.lower() or "missing" in e.value.lower() for e in at.sidebar.error)
+    monkeypatch.setenv("SPARSEKIT_MEMORY_BUDGET_MB", "0.05")
+    other = save({k: v.contiguous() * 0.5 for k, v in pruned.model.state_dict().items()})
+    _upload(at, "digits:mlp", "big.safetensors", other)
+    assert any("over the memory budget of 0.05 MB" in e.value for e in at.sidebar.error)
+    assert not at.exception

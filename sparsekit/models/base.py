@@ -32,7 +32,7 @@ def check_budget(n_bytes: int, budget_mb: float | None, what: str) -> None:
     size_mb = n_bytes / 2**20
     if size_mb > budget:
         raise ValueError(
-            f"{what} needs {size_mb:,.1f} MB of weights, over the memory budget of {budget:,.0f} MB "
+            f"{what} needs {size_mb:,.1f} MB of weights, over the memory budget of {budget:,.4g} MB "
             "(raise SPARSEKIT_MEMORY_BUDGET_MB or pass memory_budget_mb to allow it)"
         )
 

@@ -4,7 +4,7 @@ import streamlit as st
 
 import sparsekit
 from sparsekit import maskstats, viz
-from ui.state import get_model, sparsified
+from ui.state import require_model, sparsified
 from ui.widgets import config_form, current_config
 
 st.title("Masks")
@@ -15,10 +15,7 @@ st.markdown(
     "disagree."
 )
 
-loaded, key = get_model()
-if loaded is None:
-    st.info("Choose a model in the sidebar.")
-    st.stop()
+loaded, key = require_model()
 
 config = current_config()
 st.caption(f"Showing the masks of **{config.label()}** (change it on the Sparsify page).")

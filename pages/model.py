@@ -4,7 +4,7 @@ import streamlit as st
 
 from sparsekit import viz
 from sparsekit.sparsify import layer_table, params_by_type
-from ui.state import get_model
+from ui.state import require_model
 
 st.title("Model")
 st.markdown(
@@ -13,10 +13,7 @@ st.markdown(
     "dense model's quality: the baseline every sparse version is compared with."
 )
 
-loaded, _ = get_model()
-if loaded is None:
-    st.info("Choose a model in the sidebar.")
-    st.stop()
+loaded, _ = require_model()
 
 table = layer_table(loaded)
 counts = params_by_type(loaded)

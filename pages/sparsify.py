@@ -4,7 +4,7 @@ import streamlit as st
 
 from sparsekit import viz
 from sparsekit.sparsify import masks_safetensors, report_csv, weights_safetensors
-from ui.state import get_model, sparse_quality, sparsified
+from ui.state import require_model, sparse_quality, sparsified
 from ui.widgets import config_form, current_config
 
 st.title("Sparsify")
@@ -15,10 +15,7 @@ st.markdown(
     "model is never changed: every setting prunes a fresh copy."
 )
 
-loaded, key = get_model()
-if loaded is None:
-    st.info("Choose a model in the sidebar.")
-    st.stop()
+loaded, key = require_model()
 
 config = config_form("sp", current_config())
 if config is None:

@@ -79,6 +79,9 @@ def sidebar_model():
         except (ValueError, OSError) as err:
             st.error(f"Could not load the model: {err}")
             return None, ""
+        except Exception as err:  # an unexpected failure must not take the app down
+            st.error(f"Could not load the model ({type(err).__name__}): {err}")
+            return None, ""
         st.caption(f"**{loaded.name}** · {loaded.kind} · {loaded.n_params / 1e6:,.2f} M parameters")
         return loaded, f"{spec}#{digest}"
 
@@ -86,6 +89,15 @@ def sidebar_model():
 def get_model():
     """The model chosen in the sidebar (drawn once per run by app.py)."""
     return st.session_state.get("_loaded"), st.session_state.get("_model_key", "")
+
+
+def require_model():
+    """Like ``get_model``, but stops the page with a hint when no model is loaded."""
+    loaded, key = get_model()
+    if loaded is None:
+        st.info("Choose a model in the sidebar.")
+        st.stop()
+    return loaded, key
 
 
 def sparsified(model_key: str, loaded, config: SparsifyConfig):

@@ -194,3 +194,11 @@ def test_upload_weights_round_trip_and_bad_files(mlp, monkeypatch):
     _upload(at, "digits:mlp", "big.safetensors", other)
     assert any("over the memory budget of 0.05 MB" in e.value for e in at.sidebar.error)
     assert not at.exception
+
+
+def test_hf_source_refuses_hub_ids_by_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSEKIT_MODEL_ROOTS", str(tmp_path))
+    monkeypatch.delenv("SPARSEKIT_ALLOW_HUB", raising=False)
+    at = app("hf")
+    at.sidebar.text_input(key="hf_path").set_value("bert-base-uncased").run()
+    assert any("hub ids are disabled" in e.value for e in at.sidebar.error)

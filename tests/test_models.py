@@ -642,3 +642,9 @@ def test_masked_lm_checkpoint_loads_as_encoder_with_note(scratch_root):
     model = load_model("hf:mlm")
     assert model.kind == "encoder" and model.info["architecture"] == "BertForMaskedLM"
     assert any("pooler.dense" in note for note in model.info["notes"])
+
+
+def test_hub_ids_can_be_disabled(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSEKIT_MODEL_ROOTS", str(tmp_path))
+    with pytest.raises(ValueError, match="hub ids are disabled"):
+        load_model("hf:someone/some-model", allow_hub=False)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import streamlit as st
 
@@ -24,7 +25,8 @@ MAX_UPLOAD_MB = 512
 @st.cache_resource(show_spinner=False, max_entries=6)
 def _load(spec: str, weights_digest: str = "", _weights: bytes | None = None):
     # The digest is the cache key for uploads; the bytes themselves are not hashed by Streamlit.
-    return sparsekit.load_model(spec, weights=_weights)
+    # Browser users may reach the hub only when the server allows it explicitly.
+    return sparsekit.load_model(spec, weights=_weights, allow_hub=os.environ.get("SPARSEKIT_ALLOW_HUB") == "1")
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)

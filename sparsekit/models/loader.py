@@ -254,7 +254,8 @@ def _hub_snapshot(repo_id: str, memory_budget_mb: float | None, notes: list[str]
         ) from None
 
 
-def _load_hf(target: str, memory_budget_mb: float | None, progress: ProgressFn | None) -> LoadedModel:
+def _load_hf(target: str, memory_budget_mb: float | None, progress: ProgressFn | None,
+             allow_hub: bool = True) -> LoadedModel:
     if not target:
         raise ValueError(f"'hf:' needs a model directory or hub id: {_HF_SPEC_HELP}")
     notes: list[str] = []
@@ -266,6 +267,11 @@ def _load_hf(target: str, memory_budget_mb: float | None, progress: ProgressFn |
             if not roots:
                 raise _no_roots_error(target)
             raise ValueError(f"{target!r} was not found under the allowed model roots ({_roots_text(roots)})")
+        if not allow_hub:
+            raise ValueError(
+                f"{target!r} is not a directory under the allowed model roots ({_roots_text(model_roots())}), "
+                "and Hugging Face hub ids are disabled here (the server sets SPARSEKIT_ALLOW_HUB=1 to allow them)"
+            )
         if progress is not None:
             progress(0.05, f"looking up {target} in the Hugging Face hub cache")
         real = _hub_snapshot(target, memory_budget_mb, notes)
@@ -316,6 +322,7 @@ def load_model(
     weights: WeightsArg = None,
     memory_budget_mb: float | None = None,
     progress: ProgressFn | None = None,
+    allow_hub: bool = True,
 ) -> LoadedModel:
     """Load a model from any supported source.
 
@@ -329,6 +336,9 @@ def load_model(
         memory_budget_mb: largest accepted weight size in MB (default
             ``$SPARSEKIT_MEMORY_BUDGET_MB`` or 2048); checked before any weights are read.
         progress: optional ``progress(fraction, message)`` callback for slow steps.
+        allow_hub: whether ``hf:<owner/name>`` may be looked up in the Hugging Face hub (and
+            its local cache). The app turns this off unless ``$SPARSEKIT_ALLOW_HUB`` is ``1``,
+            so browser users reach only the model roots.
 
     Returns:
         The model with its quality metric, calibration inputs and preprocessing.
@@ -353,7 +363,7 @@ def load_model(
                 "weights= replaces the weights of a built-in architecture (minilm, digits:*); "
                 "for a Hugging Face model put the safetensors files in its directory"
             )
-        return _load_hf(text[3:].strip(), memory_budget_mb, progress)
+        return _load_hf(text[3:].strip(), memory_budget_mb, progress, allow_hub)
     if key not in BUILTIN_SPECS:
         raise ValueError(f"unknown model spec {spec!r}; valid specs: {_spec_list()}")
 

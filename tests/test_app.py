@@ -202,3 +202,47 @@ def test_hf_source_refuses_hub_ids_by_default(tmp_path, monkeypatch):
     at = app("hf")
     at.sidebar.text_input(key="hf_path").set_value("bert-base-uncased").run()
     assert any("hub ids are disabled" in e.value for e in at.sidebar.error)
+
+
+@pytest.mark.parametrize("name,kind,metric", [("tiny-bert", "encoder", "cosine"),
+                                              ("tiny-llama", "causal-lm", "perplexity"),
+                                              ("family/tiny-gpt2", "causal-lm", "perplexity")])
+def test_hf_directory_models_in_the_app(model_root, name, kind, metric):
+    at = app("hf")
+    choices = at.sidebar.selectbox(key="hf_choice").options
+    assert any(c.endswith(name) for c in choices)
+    at.sidebar.selectbox(key="hf_choice").set_value(str(model_root / name)).run()
+    assert not at.sidebar.error, [e.value for e in at.sidebar.error]
+    loaded = at.session_state["_loaded"]
+    assert loaded.kind == kind
+    sp = app("hf", "sparsify")
+    sp.sidebar.selectbox(key="hf_choice").set_value(str(model_root / name)).run()
+    assert not sp.exception and not sp.error, [e.value for e in sp.error]
+    report = sp.dataframe[1].value
+    pruned = report[report["skipped_reason"] == ""]
+    assert len(pruned) > 0 and (pruned["kept_fraction"] == 0.5).all()
+    assert list(loaded.quality())[0] == metric
+
+
+def test_masks_page_conv_layer_and_unstructured():
+    cfg = SparsifyConfig(pattern="nm", n=2, m=4)
+    at = page_app("masks", "digits:cnn", TIMEOUT, config_json=cfg.to_json())
+    at.run()
+    assert at.selectbox(key="mask_layer").options == ["conv2", "head"]  # conv1 has 1 input channel
+    at.selectbox(key="mask_layer").set_value("conv2").run()
+    assert not at.exception
+    cnn = sparsekit.load_model("digits:cnn")
+    w = cnn.module.conv2.weight.detach()
+    # Channel grouping: each row of the heatmap is [kh, kw, in] flattened, 2 of every 4 channels kept.
+    z = decode(figures(at)[0]["data"][0]["z"])
+    want = sparsekit.nm_mask(w, 2, 4, dim=1).permute(0, 2, 3, 1).reshape(32, -1).numpy().astype(float)
+    assert np.array_equal(z, want)
+    groups = next(f for f in figures(at) if "groups" in json.dumps(f.get("layout", {}).get("title", {})))
+    assert groups
+    un = SparsifyConfig(pattern="unstructured", sparsity=0.7)
+    at = page_app("masks", "digits:cnn", TIMEOUT, config_json=un.to_json())
+    at.run()
+    assert not at.exception
+    caption = " ".join(c.value for c in at.caption)
+    assert "70% unstructured" in " ".join(m.value for m in at.markdown) + caption
+    assert not any("N:M group inspector" == s.value for s in at.subheader)

@@ -23,11 +23,11 @@ MAX_UPLOAD_MB = 512
 
 
 @st.cache_resource(show_spinner=False, max_entries=6)
-def _load(spec: str, weights_digest: str = "", _weights: bytes | None = None, _progress=None):
+def _load(spec: str, weights_digest: str = "", _weights: bytes | None = None):
     # The digest is the cache key for uploads; the bytes themselves are not hashed by Streamlit.
     # Browser users may reach the hub only when the server allows it explicitly.
-    return sparsekit.load_model(spec, weights=_weights, progress=_progress,
-                                allow_hub=os.environ.get("SPARSEKIT_ALLOW_HUB") == "1")
+    # (No progress callback: Streamlit cannot replay element calls made inside a cached function.)
+    return sparsekit.load_model(spec, weights=_weights, allow_hub=os.environ.get("SPARSEKIT_ALLOW_HUB") == "1")
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -76,22 +76,15 @@ def sidebar_model():
             weights = up.getvalue()
             spec = arch
         digest = hashlib.sha256(weights).hexdigest() if weights is not None else ""
-        bar = st.empty()
-
-        def progress(fraction: float, message: str) -> None:
-            bar.progress(min(max(float(fraction), 0.0), 1.0), text=message)
-
         try:
             with st.spinner(f"Loading {spec} (digits models train on first use, a few seconds)…"):
-                loaded = _load(spec, digest, weights, progress)
+                loaded = _load(spec, digest, weights)
         except (ValueError, OSError) as err:
             st.error(f"Could not load the model: {err}")
             return None, ""
         except Exception as err:  # an unexpected failure must not take the app down
             st.error(f"Could not load the model ({type(err).__name__}): {err}")
             return None, ""
-        finally:
-            bar.empty()
         st.caption(f"**{loaded.name}** · {loaded.kind} · {loaded.n_params / 1e6:,.2f} M parameters")
         return loaded, f"{spec}#{digest}"
 

@@ -246,3 +246,14 @@ def test_masks_page_conv_layer_and_unstructured():
     caption = " ".join(c.value for c in at.caption)
     assert "70% unstructured" in " ".join(m.value for m in at.markdown) + caption
     assert not any("N:M group inspector" == s.value for s in at.subheader)
+
+
+def test_first_use_trains_with_progress_then_loads(tmp_path, monkeypatch):
+    from sparsekit.models.digits import digits_model_cached
+
+    monkeypatch.setenv("SPARSEKIT_CACHE_DIR", str(tmp_path / "fresh-cache"))
+    assert not digits_model_cached("mlp")
+    at = app("digits:mlp")
+    assert not at.sidebar.error and at.session_state["_loaded"] is not None
+    assert digits_model_cached("mlp")
+    assert at.dataframe[0].value["value"].iloc[0] >= 95.0

@@ -648,3 +648,12 @@ def test_hub_ids_can_be_disabled(tmp_path, monkeypatch):
     monkeypatch.setenv("SPARSEKIT_MODEL_ROOTS", str(tmp_path))
     with pytest.raises(ValueError, match="hub ids are disabled"):
         load_model("hf:someone/some-model", allow_hub=False)
+
+
+def test_digits_model_cached_flag(tmp_cache):
+    from sparsekit.models.digits import digits_model_cached, trained_digits_model
+
+    assert not digits_model_cached("cnn")
+    trained_digits_model("cnn")
+    assert digits_model_cached("cnn")
+    assert not digits_model_cached("nope")

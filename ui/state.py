@@ -8,6 +8,7 @@ import streamlit as st
 
 import sparsekit
 from sparsekit.models import BUILTIN_SPECS, list_model_dirs, model_roots
+from sparsekit.models.digits import digits_model_cached, trained_digits_model
 from sparsekit.sparsify import SparsifyConfig
 
 SOURCES = {
@@ -38,6 +39,14 @@ def _sparsify(model_key: str, config_json: str, _loaded):
 @st.cache_data(show_spinner=False, max_entries=256)
 def _quality(model_key: str, config_json: str, _loaded) -> dict[str, float]:
     return _loaded.quality(_sparsify(model_key, config_json, _loaded).model)
+
+
+def _train_with_progress(arch: str) -> None:
+    # Training runs outside the cached loader so its progress can be drawn; the loader then
+    # finds the weights in the disk cache.
+    bar = st.progress(0.0, text=f"Training the digits {arch.upper()} (first use only)…")
+    trained_digits_model(arch, progress=lambda f, msg: bar.progress(min(max(float(f), 0.0), 1.0), text=msg))
+    bar.empty()
 
 
 def sidebar_model():
@@ -76,6 +85,8 @@ def sidebar_model():
             weights = up.getvalue()
             spec = arch
         digest = hashlib.sha256(weights).hexdigest() if weights is not None else ""
+        if spec.startswith("digits:") and not digits_model_cached(spec.split(":", 1)[1]):
+            _train_with_progress(spec.split(":", 1)[1])
         try:
             with st.spinner(f"Loading {spec} (digits models train on first use, a few seconds)…"):
                 loaded = _load(spec, digest, weights)

@@ -342,6 +342,14 @@ def _state_bytes(model: nn.Module, metadata: dict[str, str]) -> bytes:
     return save({k: v.detach().contiguous() for k, v in model.state_dict().items()}, metadata=metadata)
 
 
+def digits_model_cached(arch: str, config: "DigitsTrainConfig | None" = None) -> bool:
+    """Whether the trained weights of ``arch`` (default training config) are in the disk cache."""
+    if arch not in DEFAULT_TRAIN_CONFIGS:
+        return False
+    config = config or DEFAULT_TRAIN_CONFIGS[arch]
+    return make_key("digits-model", arch, dataclasses.asdict(config), VERSION) in get_cache()
+
+
 def trained_digits_model(
     arch: str,
     config: DigitsTrainConfig | None = None,

@@ -1,0 +1,135 @@
+"""Headless benchmark runs: ``python -m sparsekit.bench [--suites ...] --out results.json``.
+
+Prints a table per suite (median ms, IQR, speedup over dense, achieved TFLOP/s) and writes the
+same JSON the Benchmarks page imports.
+
+    python -m sparsekit.bench --gpu-all --out gpu.json      # every suite on CUDA (< 8 min on one GPU)
+    python -m sparsekit.bench --suites formats attention --quick --out cpu.json
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .records import BenchRun
+from .runner import SUITES, BenchConfig, run_benchmarks
+from .suites import verdicts
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def build_config(args: argparse.Namespace) -> BenchConfig:
+    cfg = BenchConfig()
+    kw = {}
+    if args.gpu_all:
+        kw.update(suites=SUITES, device="cuda")
+    if args.suites:
+        kw["suites"] = tuple(args.suites)
+    if args.quick:
+        kw.update(square_sizes=(512, 1024), batches=(1, 16, 256), formats_shape=(1024, 1024), formats_cols=64,
+                  densities=(0.05, 0.2, 0.5), seq_lens=(512, 1024), repeats=5)
+    for name in ("device", "dtype", "repeats", "window"):
+        value = getattr(args, name)
+        if value is not None:
+            kw[name] = value
+    if args.sizes:
+        kw["square_sizes"] = args.sizes
+    if args.batches:
+        kw["batches"] = args.batches
+    if args.densities:
+        kw["densities"] = args.densities
+    if args.seq_lens:
+        kw["seq_lens"] = args.seq_lens
+    if args.model_shapes:
+        from ..models import load_model
+        from ..sparsify import prunable_layers
+
+        loaded = load_model(args.model_shapes)
+        shapes = sorted({tuple(m.weight.shape) for _, m in prunable_layers(loaded.module) if m.weight.dim() == 2})
+        kw["layer_shapes"] = tuple((int(o), int(i)) for o, i in shapes if i % 4 == 0)
+    return BenchConfig(**{**cfg.__dict__, **kw})
+
+
+def print_run(run: BenchRun, out=sys.stdout) -> None:
+    env = run.env
+    print(f"device: {env.get('device_name')} ({env.get('device')}), torch {env.get('torch')}, CUDA {env.get('cuda')}, "
+          f"{env.get('threads')} threads", file=out)
+    c = run.ceilings
+    if c:
+        print(f"ceilings measured now: {c.get('matmul_tflops', 0):.2f} TFLOP/s ({c.get('matmul_dtype')} {c.get('matmul_n')}³ "
+              f"matmul), {c.get('copy_gbps', 0):.1f} GB/s (copy)", file=out)
+    for suite in run.suites:
+        rows = [r for r in run.results if r.suite == suite]
+        if not rows:
+            continue
+        print(f"\n== {suite} ==", file=out)
+        print(f"{'case':<28}{'backend':<26}{'params':<34}{'median ms':>10}{'IQR':>8}{'speedup':>9}{'TFLOP/s':>9}  status",
+              file=out)
+        for r in rows:
+            p = r.params
+            extra = ", ".join(f"{k}={p[k]:.3g}" if isinstance(p[k], float) else f"{k}={p[k]}"
+                              for k in ("density", "block_density", "batch") if k in p)
+            med = f"{r.median_ms:.3f}" if r.median_ms is not None else "-"
+            iqr = f"{r.iqr_ms:.3f}" if r.iqr_ms is not None else "-"
+            sp = f"{r.speedup:.2f}x" if r.speedup is not None else "-"
+            tf = f"{r.achieved_tflops:.2f}" if r.achieved_tflops is not None else "-"
+            status = r.status + (f" ({r.message[:60]})" if r.message else "")
+            print(f"{r.case[:27]:<28}{r.backend[:25]:<26}{extra[:33]:<34}{med:>10}{iqr:>8}{sp:>9}{tf:>9}  {status}",
+                  file=out)
+    v = verdicts(run.results)
+    if v:
+        print("\n== 2:4 verdicts per Linear shape ==", file=out)
+        for row in v:
+            best = f"{row['best_speedup']:.2f}x" if row["best_speedup"] else "-"
+            print(f"{row['shape']:<14}{row['backend']:<18}{row['verdict']}  (best {best})", file=out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sparsekit.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--suites", nargs="+", choices=SUITES, help="suites to run (default: linear formats attention)")
+    parser.add_argument("--gpu-all", action="store_true", help="every suite on CUDA, default sizes")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--dtype", choices=["fp16", "bf16"])
+    parser.add_argument("--sizes", type=_ints, help="square Linear sizes, e.g. 1024,4096,8192")
+    parser.add_argument("--model-shapes", metavar="SPEC", help="also time this model's Linear shapes (e.g. minilm)")
+    parser.add_argument("--batches", type=_ints)
+    parser.add_argument("--densities", type=_floats, help="kept fractions for CSR/BSR, e.g. 0.01,0.1,0.5")
+    parser.add_argument("--seq-lens", type=_ints)
+    parser.add_argument("--window", type=int)
+    parser.add_argument("--repeats", type=int)
+    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    parser.add_argument("--name", default="")
+    parser.add_argument("--out", help="write the run as JSON here")
+    args = parser.parse_args(argv)
+    try:
+        config = build_config(args)
+        t0 = time.perf_counter()
+        run = run_benchmarks(config, name=args.name,
+                             progress=lambda f, msg: print(f"[{f:4.0%}] {msg}", file=sys.stderr, flush=True))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print_run(run)
+    print(f"\nwall time {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(run.to_json())
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,295 @@
+"""The timing harness: correctness gate, warm-up, repeated timing with rotated inputs, environment.
+
+Every case is first checked against its dense reference; a case whose output is wrong is reported
+as failed and never timed, so a fast wrong kernel cannot produce a speedup.
+"""
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+SCHEMA_VERSION = 1
+
+# Relative error allowed against the dense reference, by dtype of the computation.
+TOLERANCE = {
+    torch.float32: 1e-4,
+    torch.float64: 1e-9,
+    torch.float16: 1e-2,
+    torch.bfloat16: 1e-2,
+}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    """``"fp16"``/``"float16"``, ``"bf16"``, ``"fp32"`` -> torch dtype; ValueError otherwise."""
+    table = {"fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+             "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+             "fp32": torch.float32, "float32": torch.float32, "float": torch.float32}
+    try:
+        return table[str(name).lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; use fp32, fp16 or bf16") from None
+
+
+def environment(device: str) -> dict[str, Any]:
+    """What the numbers were measured on: device, versions, threads."""
+    env = {
+        "device": device,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(torch.device(device))
+        env.update({
+            "device_name": props.name,
+            "compute_capability": f"{props.major}.{props.minor}",
+            "device_memory_gb": round(props.total_memory / 2**30, 1),
+            "cusparselt": bool(getattr(torch.backends, "cusparselt", None) and torch.backends.cusparselt.is_available()),
+        })
+    else:
+        env["device_name"] = env["cpu"]
+    return env
+
+
+def free_memory_bytes(device: str) -> int:
+    """Free memory of the device (CUDA: driver's free count; CPU: MemAvailable)."""
+    if device.startswith("cuda"):
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * 2**30
+
+
+def check_fits(n_bytes: int, device: str, what: str, fraction: float = 0.5) -> None:
+    """Raise ``ValueError`` when a case would need more than ``fraction`` of the free memory."""
+    free = free_memory_bytes(device)
+    if n_bytes > fraction * free:
+        raise ValueError(
+            f"{what} needs about {n_bytes / 2**30:.2f} GiB, more than {fraction:.0%} of the "
+            f"{free / 2**30:.1f} GiB free on {device}; choose smaller sizes"
+        )
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_ms(
+    fn: Callable[[Any], Any],
+    inputs: Sequence[Any],
+    *,
+    device: str,
+    warmup: int = 3,
+    repeats: int = 20,
+    max_seconds: float = 10.0,
+) -> list[float]:
+    """Time ``fn(inputs[i % len(inputs)])`` ``repeats`` times after ``warmup`` calls.
+
+    Inputs rotate so repeats do not just re-read a cached operand. CUDA uses device events around
+    each call (synchronised); CPU uses ``perf_counter``. Stops early once ``max_seconds`` is spent
+    (at least 3 timed calls).
+
+    Returns:
+        The per-call times in milliseconds.
+    """
+    if not inputs:
+        raise ValueError("time_ms needs at least one input set")
+    for i in range(warmup):
+        fn(inputs[i % len(inputs)])
+    _sync(device)
+    times: list[float] = []
+    budget_end = time.perf_counter() + max_seconds
+    cuda = device.startswith("cuda")
+    for i in range(repeats):
+        x = inputs[i % len(inputs)]
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn(x)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn(x)
+            times.append((time.perf_counter() - t0) * 1e3)
+        if len(times) >= 3 and time.perf_counter() > budget_end:
+            break
+    return times
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """‖out − ref‖ / ‖ref‖ in float64 (0 when both are zero)."""
+    out64, ref64 = out.detach().double(), ref.detach().double()
+    if out64.shape != ref64.shape:
+        return math.inf
+    denom = torch.linalg.vector_norm(ref64).item()
+    num = torch.linalg.vector_norm(out64 - ref64).item()
+    if denom == 0:
+        return 0.0 if num == 0 else math.inf
+    return num / denom
+
+
+@dataclass
+class CaseResult:
+    """One timed (or refused) case. Times in ms; speedup = baseline / this (> 1 is faster)."""
+
+    suite: str
+    case: str
+    backend: str
+    device: str
+    dtype: str
+    params: dict[str, Any] = field(default_factory=dict)
+    status: str = "ok"
+    """ok | failed (wrong result, not timed) | skipped (not available here) | oom | error."""
+    message: str = ""
+    rel_error: float | None = None
+    median_ms: float | None = None
+    q1_ms: float | None = None
+    q3_ms: float | None = None
+    repeats: int = 0
+    baseline_ms: float | None = None
+    speedup: float | None = None
+    flops: float | None = None
+    bytes_moved: float | None = None
+    achieved_tflops: float | None = None
+    achieved_gbps: float | None = None
+
+    @property
+    def iqr_ms(self) -> float | None:
+        return None if self.q1_ms is None else self.q3_ms - self.q1_ms
+
+    def as_row(self) -> dict[str, Any]:
+        row = asdict(self)
+        params = row.pop("params")
+        row.update({f"p_{k}": v for k, v in params.items()})
+        row["iqr_ms"] = self.iqr_ms
+        return row
+
+
+def summarise(times: list[float]) -> tuple[float, float, float]:
+    """(median, q1, q3) of a list of times."""
+    if len(times) == 1:
+        return times[0], times[0], times[0]
+    q = statistics.quantiles(times, n=4, method="inclusive")
+    return statistics.median(times), q[0], q[2]
+
+
+def run_case(
+    *,
+    suite: str,
+    case: str,
+    backend: str,
+    device: str,
+    dtype: torch.dtype,
+    params: dict[str, Any],
+    fn: Callable[[Any], torch.Tensor],
+    reference: Callable[[Any], torch.Tensor],
+    inputs: Sequence[Any],
+    flops: float | None = None,
+    bytes_moved: float | None = None,
+    warmup: int = 3,
+    repeats: int = 20,
+    tolerance: float | None = None,
+) -> CaseResult:
+    """Check ``fn`` against ``reference`` on the first input, then time it.
+
+    Returns:
+        A ``CaseResult``: ``failed`` (with the error) when the relative error exceeds the dtype's
+        tolerance, ``oom`` when the device ran out of memory, ``error`` for other exceptions.
+    """
+    res = CaseResult(suite=suite, case=case, backend=backend, device=device, dtype=dtype_name(dtype),
+                     params=dict(params), flops=flops, bytes_moved=bytes_moved)
+    tol = tolerance if tolerance is not None else TOLERANCE.get(dtype, 1e-2)
+    try:
+        with torch.inference_mode():
+            got = fn(inputs[0])
+            want = reference(inputs[0])
+            _sync(device)
+            res.rel_error = relative_error(got, want)
+            if not res.rel_error <= tol:
+                res.status = "failed"
+                res.message = f"relative error {res.rel_error:.3g} > tolerance {tol:g} for {res.dtype}; not timed"
+                return res
+            times = time_ms(fn, inputs, device=device, warmup=warmup, repeats=repeats)
+    except torch.OutOfMemoryError as err:
+        res.status, res.message = "oom", f"out of memory: {str(err).splitlines()[0][:200]}"
+        _free_cuda(device)
+        return res
+    except (RuntimeError, NotImplementedError, ValueError, TypeError) as err:
+        if "out of memory" in str(err).lower():
+            res.status = "oom"
+        else:
+            res.status = "error"
+        res.message = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
+        _free_cuda(device)
+        return res
+    res.median_ms, res.q1_ms, res.q3_ms = summarise(times)
+    res.repeats = len(times)
+    if flops and res.median_ms:
+        res.achieved_tflops = flops / (res.median_ms * 1e-3) / 1e12
+    if bytes_moved and res.median_ms:
+        res.achieved_gbps = bytes_moved / (res.median_ms * 1e-3) / 1e9
+    return res
+
+
+def _free_cuda(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def skipped(suite: str, case: str, backend: str, device: str, dtype: torch.dtype, params: dict, why: str) -> CaseResult:
+    return CaseResult(suite=suite, case=case, backend=backend, device=device, dtype=dtype_name(dtype),
+                      params=dict(params), status="skipped", message=why)
+
+
+def attach_baseline(results: list[CaseResult], baseline: CaseResult) -> None:
+    """Set ``baseline_ms`` and ``speedup`` of each result from a dense baseline of the same case."""
+    for r in results:
+        if r.status == "ok" and baseline.status == "ok" and r.median_ms:
+            r.baseline_ms = baseline.median_ms
+            r.speedup = baseline.median_ms / r.median_ms
+
+
+def ceilings(device: str, dtype: torch.dtype = torch.float32, quick: bool = False) -> dict[str, float]:
+    """The device's own ceilings measured now: a large dense matmul (TFLOP/s) and a large copy (GB/s)."""
+    n = 1024 if (quick or not device.startswith("cuda")) else 8192
+    mm_dtype = dtype if device.startswith("cuda") else torch.float32
+    a = torch.randn(n, n, device=device, dtype=mm_dtype)
+    b = torch.randn(n, n, device=device, dtype=mm_dtype)
+    t = time_ms(lambda _: a @ b, [None], device=device, warmup=2, repeats=5 if quick else 10)
+    mm_ms = statistics.median(t)
+    numel = (16 if quick else 64) * 2**20 // 4 if not device.startswith("cuda") else 256 * 2**20
+    src = torch.empty(numel, device=device, dtype=torch.float32).normal_()
+    dst = torch.empty_like(src)
+    t = time_ms(lambda _: dst.copy_(src), [None], device=device, warmup=2, repeats=5 if quick else 10)
+    copy_ms = statistics.median(t)
+    return {
+        "matmul_n": n,
+        "matmul_dtype": dtype_name(mm_dtype),
+        "matmul_tflops": 2 * n**3 / (mm_ms * 1e-3) / 1e12,
+        "copy_gbps": 2 * src.numel() * 4 / (copy_ms * 1e-3) / 1e9,
+    }

@@ -1,0 +1,126 @@
+"""Run the suites as one measured run (shared by the CLI and the Benchmarks page)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .harness import environment, parse_dtype
+from .records import BenchRun
+from .suites import (
+    attention_suite,
+    check_densities,
+    formats_suite,
+    linear_suite,
+    model_suite,
+    semi_structured_available,
+)
+
+SUITES = ("linear", "formats", "attention", "model")
+CUDA_ONLY = {"linear": "2:4 semi-structured kernels", "model": "2:4-accelerated whole-model forward"}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to measure. Sizes are bounded; anything that does not fit in memory is refused."""
+
+    suites: tuple[str, ...] = ("linear", "formats", "attention")
+    """Which suites: linear (2:4 vs dense, CUDA), formats (CSR/BSR vs dense), attention
+    (FlexAttention vs SDPA), model (whole MiniLM 2:4 vs dense, CUDA)."""
+    device: str = "auto"
+    """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
+    dtype: str = "fp16"
+    """Half precision for the 2:4 suites (fp16 or bf16); CSR/BSR and CPU attention run in fp32."""
+    square_sizes: tuple[int, ...] = (1024, 4096, 8192)
+    """Square Linear shapes n×n for the linear suite."""
+    layer_shapes: tuple[tuple[int, int], ...] = ()
+    """Extra (out, in) shapes, e.g. the loaded model's own Linear layers."""
+    batches: tuple[int, ...] = (1, 8, 64, 512, 2048, 8192)
+    """Batch sizes (rows of the input) for the linear and model suites."""
+    formats_shape: tuple[int, int] = (4096, 4096)
+    formats_cols: int = 256
+    densities: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5)
+    """Kept fractions for CSR/BSR."""
+    seq_lens: tuple[int, ...] = (512, 1024, 2048, 4096)
+    window: int = 64
+    """Causal sliding-window width of the attention suite's sparse pattern."""
+    repeats: int = 10
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("CUDA was requested but torch sees no CUDA device here")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    return device
+
+
+def validate(config: BenchConfig) -> None:
+    unknown = set(config.suites) - set(SUITES)
+    if unknown or not config.suites:
+        raise ValueError(f"suites must be a non-empty selection of {SUITES}, got {list(config.suites)}")
+    parse_dtype(config.dtype)
+    check_densities(config.densities)
+    if not 1 <= config.repeats <= 1000:
+        raise ValueError(f"repeats must be between 1 and 1000, got {config.repeats}")
+    for b in config.batches:
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+            raise ValueError(f"batch sizes must be positive whole numbers, got {b!r}")
+
+
+def run_benchmarks(
+    config: BenchConfig,
+    *,
+    loaded=None,
+    progress: Callable[[float, str], None] | None = None,
+    name: str = "",
+) -> BenchRun:
+    """Measure the chosen suites in one run, with the environment and the device ceilings.
+
+    Suites that need CUDA are reported as skipped (with the reason) on a CPU-only machine.
+    """
+    from .harness import ceilings as measure_ceilings
+
+    validate(config)
+    device = resolve_device(config.device)
+    half = parse_dtype(config.dtype)
+    results = []
+    n = len(config.suites)
+
+    def sub(i):
+        if progress is None:
+            return None
+        return lambda f, msg: progress((i + f) / n, msg)
+
+    if progress is not None:
+        progress(0.0, "measuring the device's matmul and copy ceilings")
+    ceil = measure_ceilings(device, half, quick=device == "cpu")
+    for i, suite in enumerate(config.suites):
+        if suite == "linear":
+            shapes = [(s, s) for s in config.square_sizes] + list(config.layer_shapes)
+            results += linear_suite(shapes, config.batches, device=device, dtype=half, repeats=config.repeats,
+                                    progress=sub(i))
+        elif suite == "formats":
+            results += formats_suite(config.formats_shape, config.formats_cols, config.densities, device=device,
+                                     dtype=torch.float32, repeats=config.repeats, progress=sub(i))
+        elif suite == "attention":
+            from .suites import default_attention_patterns
+
+            dtype = half if device.startswith("cuda") else torch.float32
+            results += attention_suite(config.seq_lens, default_attention_patterns(config.window), device=device,
+                                       dtype=dtype, repeats=config.repeats, progress=sub(i))
+        elif suite == "model":
+            if loaded is None:
+                from ..models import load_model
+
+                loaded = load_model("minilm")
+            results += model_suite(loaded, [b for b in config.batches if b <= 1024], device=device, dtype=half,
+                                   repeats=config.repeats, progress=sub(i))
+    if progress is not None:
+        progress(1.0, "done")
+    env = environment(device)
+    env["semi_structured"] = semi_structured_available(device) or "available"
+    return BenchRun(env=env, results=results, ceilings=ceil, suites=list(config.suites), name=name)

@@ -1,0 +1,457 @@
+"""Kernel suites: 2:4 semi-structured Linear, CSR/BSR matmul, FlexAttention block-sparse, whole model.
+
+Each suite returns ``CaseResult``s: a dense baseline and the sparse variants of the same case, every
+one checked against the dense result before it is timed.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..masks import nm_mask
+from .harness import CaseResult, attach_baseline, check_fits, run_case, skipped
+
+ProgressFn = Callable[[float, str], None]
+
+MAX_BATCH = 65536
+MAX_DIM = 65536
+MAX_SEQ = 131072
+
+
+def _check_positive_ints(values: Iterable[int], what: str, hi: int) -> list[int]:
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"{what} must be whole numbers, got {v!r}")
+        if not 1 <= v <= hi:
+            raise ValueError(f"{what} must be between 1 and {hi:,}, got {v}")
+        out.append(v)
+    if not out:
+        raise ValueError(f"give at least one {what[:-1] if what.endswith('s') else what}")
+    return out
+
+
+def check_densities(densities: Iterable[float]) -> list[float]:
+    """Densities (kept fraction) must lie in (0, 1]."""
+    out = []
+    for d in densities:
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not (0.0 < float(d) <= 1.0):
+            raise ValueError(f"density (kept fraction) must be in (0, 1], got {d!r}")
+        out.append(float(d))
+    if not out:
+        raise ValueError("give at least one density")
+    return out
+
+
+def semi_structured_available(device: str) -> str:
+    """'' when 2:4 semi-structured kernels can run on ``device``, else the reason they cannot."""
+    if not device.startswith("cuda"):
+        return "2:4 semi-structured kernels run on CUDA only"
+    if not torch.cuda.is_available():
+        return "CUDA is not available"
+    major, _ = torch.cuda.get_device_capability(torch.device(device))
+    if major < 8:
+        return "2:4 sparse tensor cores need compute capability 8.0 (Ampere) or newer"
+    return ""
+
+
+def _backends(device: str) -> list[str]:
+    names = ["cutlass"]
+    if getattr(torch.backends, "cusparselt", None) is not None and torch.backends.cusparselt.is_available():
+        names.insert(0, "cusparselt")
+    return names
+
+
+def _to_semi_structured(weight: torch.Tensor, backend: str) -> torch.Tensor:
+    from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
+
+    previous = SparseSemiStructuredTensor._FORCE_CUTLASS
+    SparseSemiStructuredTensor._FORCE_CUTLASS = backend == "cutlass"
+    try:
+        return to_sparse_semi_structured(weight)
+    finally:
+        SparseSemiStructuredTensor._FORCE_CUTLASS = previous
+
+
+def linear_suite(
+    shapes: Sequence[tuple[int, int]],
+    batches: Sequence[int],
+    *,
+    device: str,
+    dtype: torch.dtype = torch.float16,
+    repeats: int = 20,
+    n_inputs: int = 3,
+    progress: ProgressFn | None = None,
+    sparse_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> list[CaseResult]:
+    """Dense ``F.linear`` vs 2:4 semi-structured weight, for each (out, in) shape and batch size.
+
+    Args:
+        shapes: Linear weight shapes ``(out_features, in_features)``.
+        batches: rows of the input (tokens).
+        sparse_fn: replaces the semi-structured kernel (tests use it to feed a wrong kernel to the
+            correctness gate, and to run the suite's logic on CPU).
+
+    Returns:
+        Per (shape, batch): a ``dense`` baseline and one result per 2:4 backend (``skipped`` with the
+        reason where 2:4 kernels are unavailable).
+    """
+    shapes = [(int(o), int(i)) for o, i in shapes]
+    for o, i in shapes:
+        _check_positive_ints([o, i], "layer dimensions", MAX_DIM)
+        if i % 4:
+            raise ValueError(f"in_features {i} of shape ({o}, {i}) is not a multiple of 4 (2:4 groups)")
+    batches = _check_positive_ints(batches, "batch sizes", MAX_BATCH)
+    why = "" if sparse_fn is not None else semi_structured_available(device)
+    out: list[CaseResult] = []
+    total = len(shapes) * len(batches)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    for si, (o, i) in enumerate(shapes):
+        w = torch.randn(o, i, generator=gen).to(device=device, dtype=dtype)
+        w = w * nm_mask(w, 2, 4)
+        sparse_weights = {}
+        if not why and sparse_fn is None:
+            for backend in _backends(device):
+                try:
+                    sparse_weights[backend] = _to_semi_structured(w, backend)
+                except (RuntimeError, ValueError) as err:
+                    sparse_weights[backend] = err
+        for bi, b in enumerate(batches):
+            if progress is not None:
+                progress((si * len(batches) + bi) / total, f"linear {o}×{i}, batch {b}")
+            params = {"out_features": o, "in_features": i, "batch": b, "density": 0.5}
+            element = torch.finfo(dtype).bits // 8
+            check_fits((n_inputs * b * i + b * o + o * i) * element * 2, device, f"linear {o}×{i} at batch {b}")
+            xs = [torch.randn(b, i, generator=gen).to(device=device, dtype=dtype) for _ in range(n_inputs)]
+            flops = 2.0 * b * o * i
+            bytes_moved = float((b * i + b * o + o * i) * element)
+            case = f"linear {o}x{i} b{b}"
+
+            def dense(x, w=w):
+                return F.linear(x, w)
+
+            base = run_case(suite="linear", case=case, backend="dense", device=device, dtype=dtype, params=params,
+                            fn=dense, reference=dense, inputs=xs, flops=flops, bytes_moved=bytes_moved, repeats=repeats)
+            variants: list[CaseResult] = []
+            if sparse_fn is not None:
+                variants.append(run_case(suite="linear", case=case, backend="custom", device=device, dtype=dtype,
+                                         params=params, fn=lambda x, w=w: sparse_fn(x, w), reference=dense, inputs=xs,
+                                         flops=flops, bytes_moved=bytes_moved, repeats=repeats))
+            elif why:
+                variants.append(skipped("linear", case, "2:4", device, dtype, params, why))
+            else:
+                for backend, ws in sparse_weights.items():
+                    if isinstance(ws, Exception):
+                        variants.append(skipped("linear", case, f"2:4 {backend}", device, dtype, params,
+                                                f"cannot convert: {str(ws).splitlines()[0][:200]}"))
+                        continue
+                    variants.append(run_case(suite="linear", case=case, backend=f"2:4 {backend}", device=device,
+                                             dtype=dtype, params=params, fn=lambda x, ws=ws: F.linear(x, ws),
+                                             reference=dense, inputs=xs, flops=flops, bytes_moved=bytes_moved,
+                                             repeats=repeats))
+            attach_baseline(variants, base)
+            out.append(base)
+            out.extend(variants)
+    return out
+
+
+def formats_suite(
+    shape: tuple[int, int],
+    n_cols: int,
+    densities: Sequence[float],
+    *,
+    device: str,
+    dtype: torch.dtype = torch.float32,
+    block: int = 32,
+    repeats: int = 10,
+    n_inputs: int = 3,
+    progress: ProgressFn | None = None,
+) -> list[CaseResult]:
+    """Dense matmul vs CSR (unstructured mask) and BSR (block mask) at each density.
+
+    ``A [rows, cols]`` holds the sparse weight, ``X [cols, n_cols]`` the activations; the dense
+    baseline multiplies the same pruned ``A`` stored densely.
+    """
+    rows, cols = (int(shape[0]), int(shape[1]))
+    _check_positive_ints([rows, cols], "matrix dimensions", MAX_DIM)
+    n_cols = _check_positive_ints([n_cols], "columns of X", MAX_BATCH)[0]
+    densities = check_densities(densities)
+    if rows % block or cols % block:
+        raise ValueError(f"shape ({rows}, {cols}) must be a multiple of the BSR block size {block}")
+    element = torch.finfo(dtype).bits // 8
+    check_fits((rows * cols * 3 + n_inputs * cols * n_cols + rows * n_cols) * element, device,
+               f"a {rows}×{cols} matrix times {cols}×{n_cols}")
+    gen = torch.Generator(device="cpu").manual_seed(1)
+    xs = [torch.randn(cols, n_cols, generator=gen).to(device=device, dtype=dtype) for _ in range(n_inputs)]
+    out: list[CaseResult] = []
+    for di, d in enumerate(densities):
+        if progress is not None:
+            progress(di / len(densities), f"CSR/BSR at density {d:.0%}")
+        params = {"rows": rows, "cols": cols, "n_cols": n_cols, "density": d, "block": block}
+        a = torch.randn(rows, cols, generator=gen)
+        keep = torch.rand(rows, cols, generator=gen) < d
+        a_unstructured = (a * keep).to(device=device, dtype=dtype)
+        blocks = torch.rand(rows // block, cols // block, generator=gen) < d
+        block_keep = blocks.repeat_interleave(block, 0).repeat_interleave(block, 1)
+        a_block = (a * block_keep).to(device=device, dtype=dtype)
+        case = f"{rows}x{cols}@{cols}x{n_cols} d{d:g}"
+        flops = 2.0 * rows * cols * n_cols
+
+        def dense_u(x, a=a_unstructured):
+            return a @ x
+
+        def dense_b(x, a=a_block):
+            return a @ x
+
+        base = run_case(suite="formats", case=case, backend="dense", device=device, dtype=dtype, params=params,
+                        fn=dense_u, reference=dense_u, inputs=xs, flops=flops, repeats=repeats)
+        variants = []
+        try:
+            csr = a_unstructured.to_sparse_csr()
+            variants.append(run_case(suite="formats", case=case, backend="CSR", device=device, dtype=dtype,
+                                     params={**params, "actual_density": float(keep.float().mean())},
+                                     fn=lambda x, s=csr: s @ x, reference=dense_u, inputs=xs, flops=flops,
+                                     repeats=repeats))
+        except (RuntimeError, NotImplementedError) as err:
+            variants.append(skipped("formats", case, "CSR", device, dtype, params, str(err).splitlines()[0][:200]))
+        base_b = run_case(suite="formats", case=case, backend="dense (block mask)", device=device, dtype=dtype,
+                          params=params, fn=dense_b, reference=dense_b, inputs=xs, flops=flops, repeats=repeats)
+        try:
+            bsr = a_block.to_sparse_bsr((block, block))
+            bsr_res = run_case(suite="formats", case=case, backend=f"BSR {block}×{block}", device=device, dtype=dtype,
+                               params={**params, "actual_density": float(blocks.float().mean())},
+                               fn=lambda x, s=bsr: s @ x, reference=dense_b, inputs=xs, flops=flops, repeats=repeats)
+        except (RuntimeError, NotImplementedError) as err:
+            bsr_res = skipped("formats", case, f"BSR {block}×{block}", device, dtype, params,
+                              str(err).splitlines()[0][:200])
+        attach_baseline(variants, base)
+        attach_baseline([bsr_res], base_b)
+        out.extend([base, *variants, base_b, bsr_res])
+    return out
+
+
+@dataclass(frozen=True)
+class AttentionPattern:
+    """A named block-sparse pattern for the attention suite: ``mask_mod(b, h, q_idx, kv_idx)``."""
+
+    name: str
+    mask_mod: Callable
+
+
+def default_attention_patterns(window: int = 64) -> list[AttentionPattern]:
+    """Causal sliding window of ``window`` tokens, and the full mask (FlexAttention's overhead)."""
+
+    def sliding(b, h, q_idx, kv_idx):
+        return (q_idx >= kv_idx) & (q_idx - kv_idx <= window)
+
+    def full(b, h, q_idx, kv_idx):
+        return q_idx >= 0
+
+    return [AttentionPattern(f"causal window {window}", sliding), AttentionPattern("full", full)]
+
+
+def block_mask_density(bm, q_len: int, kv_len: int, block_size: int) -> float:
+    """Share of (query block, key block) pairs FlexAttention computes (partial or full).
+
+    Counted from the block mask's per-row block counts. ``BlockMask.sparsity()`` weighs blocks by a
+    full block's area against the true length, which misreports lengths that are not a multiple
+    of the block size.
+    """
+    computed = bm.kv_num_blocks.sum().item()
+    if bm.full_kv_num_blocks is not None:
+        computed += bm.full_kv_num_blocks.sum().item()
+    pairs = math.ceil(q_len / block_size) * math.ceil(kv_len / block_size)
+    return computed / (pairs * bm.kv_num_blocks.shape[0] * bm.kv_num_blocks.shape[1])
+
+
+_COMPILED_FLEX = None
+
+
+def _compiled_flex():
+    global _COMPILED_FLEX
+    if _COMPILED_FLEX is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _COMPILED_FLEX = torch.compile(flex_attention, dynamic=False)
+    return _COMPILED_FLEX
+
+
+def attention_suite(
+    seq_lens: Sequence[int],
+    patterns: Sequence[AttentionPattern] | None = None,
+    *,
+    device: str,
+    dtype: torch.dtype = torch.float32,
+    batch: int = 1,
+    heads: int = 8,
+    head_dim: int = 64,
+    block_size: int = 128,
+    repeats: int = 10,
+    compile: bool = True,
+    progress: ProgressFn | None = None,
+) -> list[CaseResult]:
+    """Dense SDPA vs FlexAttention with each pattern's block mask, per sequence length.
+
+    The correctness reference is SDPA with the pattern materialised as a boolean mask; the speedup
+    baseline is plain dense SDPA (what the sparse kernel would replace). Block density (the share
+    of non-empty blocks, the work FlexAttention cannot skip) is reported next to the speedup.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    seq_lens = _check_positive_ints(seq_lens, "sequence lengths", MAX_SEQ)
+    patterns = list(patterns) if patterns is not None else default_attention_patterns()
+    flex = _compiled_flex() if compile else flex_attention
+    gen = torch.Generator(device="cpu").manual_seed(2)
+    out: list[CaseResult] = []
+    total = len(seq_lens) * len(patterns)
+    for li, L in enumerate(seq_lens):
+        element = torch.finfo(dtype).bits // 8
+        # q, k, v, output, plus the materialised reference mask and scores of one head at a time.
+        check_fits(4 * batch * heads * L * head_dim * element + batch * heads * L * L * (element + 1), device,
+                   f"attention at {L} tokens")
+        q, k, v = (torch.randn(batch, heads, L, head_dim, generator=gen).to(device=device, dtype=dtype)
+                   for _ in range(3))
+        inputs = [(q, k, v)]
+        params = {"seq_len": L, "batch": batch, "heads": heads, "head_dim": head_dim}
+        flops_dense = 4.0 * batch * heads * L * L * head_dim
+        base = run_case(suite="attention", case=f"L{L}", backend="SDPA dense", device=device, dtype=dtype,
+                        params=params, fn=lambda t: F.scaled_dot_product_attention(*t),
+                        reference=lambda t: F.scaled_dot_product_attention(*t), inputs=inputs, flops=flops_dense,
+                        repeats=repeats)
+        out.append(base)
+        for pi, pat in enumerate(patterns):
+            if progress is not None:
+                progress((li * len(patterns) + pi) / total, f"attention {pat.name} at {L} tokens")
+            try:
+                bm = create_block_mask(pat.mask_mod, None, None, L, L, device=device, BLOCK_SIZE=block_size)
+                block_density = block_mask_density(bm, L, L, block_size)
+                idx = torch.arange(L, device=device)
+                dense_mask = pat.mask_mod(0, 0, idx[:, None], idx[None, :])
+                dense_mask = torch.as_tensor(dense_mask, device=device).expand(L, L)
+                density = float(dense_mask.float().mean())
+            except Exception as err:  # a pattern FlexAttention cannot take is reported, not fatal
+                out.append(skipped("attention", f"L{L}", f"flex {pat.name}", device, dtype, params,
+                                   f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"))
+                continue
+            p = {**params, "pattern": pat.name, "density": density, "block_density": block_density,
+                 "block_size": block_size}
+
+            def reference(t, m=dense_mask):
+                return F.scaled_dot_product_attention(*t, attn_mask=m)
+
+            res = run_case(suite="attention", case=f"L{L}", backend=f"flex {pat.name}", device=device, dtype=dtype,
+                           params=p, fn=lambda t, bm=bm: flex(*t, block_mask=bm), reference=reference,
+                           inputs=inputs, flops=flops_dense * density, repeats=repeats,
+                           tolerance=1e-3 if dtype == torch.float32 else None)
+            attach_baseline([res], base)
+            out.append(res)
+    return out
+
+
+def model_suite(
+    loaded,
+    batches: Sequence[int],
+    *,
+    device: str,
+    dtype: torch.dtype = torch.float16,
+    seq_len: int = 128,
+    repeats: int = 10,
+    progress: ProgressFn | None = None,
+) -> list[CaseResult]:
+    """Whole-model forward: dense vs 2:4-accelerated, for a text model (e.g. the bundled MiniLM).
+
+    Both models carry the same 2:4-pruned weights; the sparse one stores every eligible Linear
+    weight as a semi-structured tensor. CUDA only.
+    """
+    batches = _check_positive_ints(batches, "batch sizes", 4096)
+    why = semi_structured_available(device)
+    params0 = {"model": loaded.name, "seq_len": seq_len}
+    if why:
+        return [skipped("model", f"{loaded.name} b{b}", "2:4", device, dtype, {**params0, "batch": b}, why)
+                for b in batches]
+    if loaded.tokenizer is None:
+        raise ValueError(f"{loaded.name} has no tokenizer; the model suite times text models")
+    from ..sparsify import SparsifyConfig, sparsify
+
+    pruned = sparsify(loaded, SparsifyConfig(pattern="nm", n=2, m=4)).model
+    dense_model = copy.deepcopy(pruned).to(device=device, dtype=dtype).eval()
+    sparse_model = copy.deepcopy(dense_model)
+    converted = 0
+    for mod in sparse_model.modules():
+        if isinstance(mod, nn.Linear):
+            try:
+                mod.weight = nn.Parameter(_to_semi_structured(mod.weight.detach(), _backends(device)[0]),
+                                          requires_grad=False)
+                converted += 1
+            except (RuntimeError, ValueError):
+                pass
+    from ..models.sentences import SENTENCES
+
+    out: list[CaseResult] = []
+    for bi, b in enumerate(batches):
+        if progress is not None:
+            progress(bi / len(batches), f"{loaded.name} batch {b}")
+        texts = [SENTENCES[j % len(SENTENCES)] for j in range(b)]
+        enc = loaded.tokenizer(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
+        enc = {k: v.to(device) for k, v in enc.items()}
+        params = {**params0, "batch": b, "converted_linears": converted}
+
+        def run(model):
+            return lambda e: model(**e).last_hidden_state
+
+        base = run_case(suite="model", case=f"{loaded.name} b{b}", backend="dense", device=device, dtype=dtype,
+                        params=params, fn=run(dense_model), reference=run(dense_model), inputs=[enc], repeats=repeats)
+        res = run_case(suite="model", case=f"{loaded.name} b{b}", backend="2:4", device=device, dtype=dtype,
+                       params=params, fn=run(sparse_model), reference=run(dense_model), inputs=[enc],
+                       repeats=repeats, tolerance=2e-2)
+        attach_baseline([res], base)
+        out.extend([base, res])
+    return out
+
+
+def verdicts(results: Sequence[CaseResult]) -> list[dict]:
+    """Per Linear shape: from which batch size 2:4 is faster than dense on this device.
+
+    Returns:
+        Rows ``{shape, backend, verdict, best_speedup, batches}``; "faster from batch N" means
+        faster at N and at every larger batch measured.
+    """
+    by_key: dict[tuple, list[CaseResult]] = {}
+    for r in results:
+        if r.suite != "linear" or r.backend == "dense":
+            continue
+        key = (r.params.get("out_features"), r.params.get("in_features"), r.backend)
+        by_key.setdefault(key, []).append(r)
+    rows = []
+    for (o, i, backend), rs in sorted(by_key.items(), key=lambda kv: (kv[0][0] or 0, kv[0][1] or 0, kv[0][2])):
+        rs = sorted(rs, key=lambda r: r.params.get("batch", 0))
+        timed = [r for r in rs if r.status == "ok" and r.speedup is not None]
+        if not timed:
+            reasons = sorted({r.message or r.status for r in rs})
+            verdict = "not measured: " + "; ".join(reasons)[:200]
+            best = None
+        else:
+            best = max(r.speedup for r in timed)
+            start = None
+            for j in range(len(timed)):
+                if all(r.speedup > 1.0 for r in timed[j:]):
+                    start = timed[j].params["batch"]
+                    break
+            if start is None:
+                verdict = "slower at every size measured" if best <= 1.0 else "faster only at some sizes"
+            else:
+                verdict = f"2:4 faster from batch {start} on this device"
+        rows.append({"shape": f"{o}×{i}", "backend": backend, "verdict": verdict,
+                     "best_speedup": best, "batches": [r.params.get("batch") for r in rs]})
+    return rows
+
+
+def ideal_speedup(density: float) -> float:
+    """The FLOP-count ideal 1/density (what a kernel would give if time followed FLOPs)."""
+    return math.inf if density <= 0 else 1.0 / density

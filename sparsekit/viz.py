@@ -543,3 +543,69 @@ def memory_figure(rows: Sequence[Mapping]) -> go.Figure:
     fig.update_xaxes(title_text="layer", type="category")
     fig.update_yaxes(title_text="weight memory (MB)", rangemode="tozero")
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernel benchmarks (sparsekit.bench results)
+
+
+def speedup_density_figure(rows: Sequence[Mapping], *, x_key: str = "density",
+                           title: str = "measured speedup over dense vs density") -> go.Figure:
+    """Speedup against density (kept fraction) per backend, with the FLOP-count ideal 1/density.
+
+    Args:
+        rows: dicts with ``backend``, ``speedup`` and the ``x_key`` value (e.g. ``density`` or
+            ``block_density``); rows without a speedup are left out.
+        x_key: which density to put on the x axis.
+
+    Returns:
+        A log-log figure; points above the dashed ideal line are impossible, points below 1 are
+        slower than dense.
+    """
+    fig = go.Figure()
+    pts = [r for r in rows if r.get("speedup") is not None and r.get(x_key) is not None]
+    if not pts:
+        return _empty(title, "no timed sparse cases to plot")
+    for backend in sorted({r["backend"] for r in pts}):
+        sel = sorted((r for r in pts if r["backend"] == backend), key=lambda r: r[x_key])
+        fig.add_trace(go.Scatter(
+            x=[r[x_key] for r in sel], y=[r["speedup"] for r in sel], mode="lines+markers", name=backend,
+            text=[r.get("label", "") for r in sel],
+            hovertemplate="%{text}<br>" + x_key + " %{x:.3g}<br>speedup %{y:.2f}×<extra>" + backend + "</extra>",
+        ))
+    xs = sorted({float(r[x_key]) for r in pts})
+    lo, hi = min(xs), max(xs)
+    grid = np.geomspace(lo, hi, 50) if hi > lo else np.array([lo])
+    fig.add_trace(go.Scatter(x=grid, y=1.0 / grid, mode="lines", name="ideal 1/density",
+                             line=dict(dash="dash", color="grey"), hoverinfo="skip"))
+    fig.add_hline(y=1.0, line=dict(color="black", width=1), annotation_text="dense", annotation_position="bottom right")
+    fig.update_layout(title=title, xaxis_title=f"{x_key.replace('_', ' ')} (kept fraction)",
+                      yaxis_title="speedup over dense (×, higher is faster)")
+    fig.update_xaxes(type="log")
+    fig.update_yaxes(type="log")
+    return fig
+
+
+def speedup_batch_figure(rows: Sequence[Mapping], title: str = "2:4 speedup over dense vs batch size") -> go.Figure:
+    """Speedup against batch size, one line per (shape, backend).
+
+    Args:
+        rows: dicts with ``shape``, ``backend``, ``batch`` and ``speedup``.
+
+    Returns:
+        A figure with a log batch axis and a line at 1× (dense).
+    """
+    pts = [r for r in rows if r.get("speedup") is not None]
+    if not pts:
+        return _empty(title, "no timed 2:4 cases (2:4 kernels need an NVIDIA GPU, Ampere or newer)")
+    fig = go.Figure()
+    for key in sorted({(r["shape"], r["backend"]) for r in pts}):
+        sel = sorted((r for r in pts if (r["shape"], r["backend"]) == key), key=lambda r: r["batch"])
+        fig.add_trace(go.Scatter(x=[r["batch"] for r in sel], y=[r["speedup"] for r in sel], mode="lines+markers",
+                                 name=f"{key[0]} {key[1]}",
+                                 hovertemplate="batch %{x}<br>speedup %{y:.2f}×<extra>%{fullData.name}</extra>"))
+    fig.add_hline(y=1.0, line=dict(color="black", width=1), annotation_text="dense", annotation_position="bottom right")
+    fig.update_layout(title=title, xaxis_title="batch size (rows of the input)",
+                      yaxis_title="speedup over dense (×)")
+    fig.update_xaxes(type="log")
+    return fig

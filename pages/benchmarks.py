@@ -1,0 +1,167 @@
+"""Benchmarks: does the sparsity actually run faster, at these shapes, on this hardware?"""
+import pandas as pd
+import streamlit as st
+import torch
+
+from sparsekit import viz
+from sparsekit.bench import BenchConfig, BenchRun, delete_run, list_runs, load_run, results_csv, run_benchmarks, save_run
+from sparsekit.bench.runner import CUDA_ONLY, SUITES
+from sparsekit.bench.suites import semi_structured_available, verdicts
+from sparsekit.sparsify import prunable_layers
+from ui.state import get_model
+
+st.title("Benchmarks")
+st.markdown(
+    "Fewer FLOPs is not the same as faster: a sparse kernel must also read indices or metadata, "
+    "run at the tile sizes its hardware likes, and beat a dense kernel that is already near the "
+    "machine's peak. 2:4 sparse tensor cores pay off on large enough matrices, CSR and BSR only at "
+    "high sparsity, block-sparse attention when whole blocks are empty. Every case below is first "
+    "checked against the dense result, then timed (median of repeats, inputs rotated)."
+)
+
+cuda = torch.cuda.is_available()
+device = "cuda" if cuda else "cpu"
+why_not = semi_structured_available(device)
+if not cuda:
+    st.info("No CUDA device here: the CPU suites (CSR/BSR, FlexAttention) run on this machine; "
+            + ", ".join(f"**{k}** ({v})" for k, v in CUDA_ONLY.items())
+            + " need an NVIDIA GPU. Run `python -m sparsekit.bench --gpu-all --out gpu.json` on a GPU "
+              "server and import the file below.")
+elif why_not:
+    st.warning(f"2:4 suites unavailable on this GPU: {why_not}")
+
+SUITE_LABELS = {"linear": "Linear: dense vs 2:4", "formats": "CSR / BSR vs dense",
+                "attention": "FlexAttention block-sparse vs SDPA", "model": "Whole MiniLM: dense vs 2:4"}
+
+
+def show_run(run: BenchRun, key: str, where: str) -> None:
+    env = run.env
+    st.caption(f"Measured on **{env.get('device_name', env.get('device'))}** · torch {env.get('torch')} · "
+               f"CUDA {env.get('cuda')} · {env.get('threads')} CPU threads · {env.get('measured_at', '')}")
+    c = run.ceilings
+    if c:
+        a, b = st.columns(2)
+        a.metric("Dense matmul ceiling (measured now)", f"{c.get('matmul_tflops', 0):.2f} TFLOP/s",
+                 help=f"{c.get('matmul_dtype')} {c.get('matmul_n')}³ matmul")
+        b.metric("Copy bandwidth (measured now)", f"{c.get('copy_gbps', 0):.1f} GB/s")
+    rows = [r.as_row() for r in run.results]
+    frame = pd.DataFrame(rows)
+    failed = [r for r in run.results if r.status in ("failed", "error", "oom")]
+    if failed:
+        st.error(f"{len(failed)} case(s) did not produce a valid timing: "
+                 + "; ".join(f"{r.case} {r.backend}: {r.message}" for r in failed[:5]))
+    formats = [r for r in run.results if r.suite == "formats" and r.speedup is not None]
+    attention = [r for r in run.results if r.suite == "attention" and r.speedup is not None]
+    linear = [r for r in run.results if r.suite == "linear" and r.speedup is not None]
+    if formats:
+        st.plotly_chart(viz.speedup_density_figure(
+            [{"backend": r.backend, "speedup": r.speedup, "density": r.params.get("density"), "label": r.case}
+             for r in formats], title="CSR / BSR: speedup over dense vs density"), width="stretch",
+            key=f"fig_formats_{where}_{key}")
+    if attention:
+        st.plotly_chart(viz.speedup_density_figure(
+            [{"backend": f"{r.backend} @ {r.params.get('seq_len')} tokens", "speedup": r.speedup,
+              "block_density": r.params.get("block_density"), "label": r.case} for r in attention],
+            x_key="block_density", title="FlexAttention: speedup over dense SDPA vs block density"), width="stretch",
+            key=f"fig_attention_{where}_{key}")
+    if linear or any(r.suite == "linear" for r in run.results):
+        st.plotly_chart(viz.speedup_batch_figure(
+            [{"shape": f"{r.params.get('out_features')}×{r.params.get('in_features')}", "backend": r.backend,
+              "batch": r.params.get("batch"), "speedup": r.speedup} for r in linear]), width="stretch",
+            key=f"fig_linear_{where}_{key}")
+        v = verdicts(run.results)
+        if v:
+            st.subheader("2:4 verdict per Linear shape")
+            st.dataframe(pd.DataFrame(v), hide_index=True, key=f"verdicts_{where}_{key}")
+    st.subheader("All cases")
+    show = [c for c in ["suite", "case", "backend", "status", "median_ms", "iqr_ms", "speedup", "baseline_ms",
+                        "rel_error", "achieved_tflops", "achieved_gbps", "message"] if c in frame.columns]
+    params = [c for c in frame.columns if c.startswith("p_")]
+    st.dataframe(frame[show + params], hide_index=True, height=320, key=f"cases_{where}_{key}")
+    d1, d2, d3 = st.columns(3)
+    d1.download_button("Results (.json)", run.to_json(), "sparsekit-bench.json", mime="application/json",
+                       key=f"dl_json_{where}_{key}")
+    d2.download_button("Results (.csv)", results_csv(run), "sparsekit-bench.csv", mime="text/csv", key=f"dl_csv_{where}_{key}")
+    if d3.button("Delete from history", key=f"del_{where}_{key}"):
+        delete_run(key)
+        st.session_state.pop("bench_last", None)
+        st.rerun()
+
+
+run_tab, history_tab, import_tab = st.tabs(["Run here", "History", "Import results"])
+
+with run_tab:
+    available = list(SUITES) if (cuda and not why_not) else [s for s in SUITES if s not in CUDA_ONLY]
+    suites = st.multiselect("Suites", available, default=[s for s in ("formats", "attention") if s in available],
+                            format_func=SUITE_LABELS.get, key="bench_suites")
+    c1, c2, c3 = st.columns(3)
+    with c1:
+        size = st.select_slider("CSR/BSR matrix size (n×n)", [512, 1024, 2048, 4096, 8192], 2048, key="bench_size")
+        densities = st.multiselect("Densities (kept fraction)", [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0],
+                                   default=[0.01, 0.05, 0.1, 0.3, 0.5], key="bench_densities")
+    with c2:
+        seq_lens = st.multiselect("Attention lengths (tokens)", [256, 512, 1024, 2048, 4096, 8192],
+                                  default=[512, 1024, 2048], key="bench_seq")
+        window = int(st.number_input("Sliding window (tokens)", 1, 8192, 64, key="bench_window"))
+    with c3:
+        batches = st.multiselect("Batch sizes (linear/model)", [1, 8, 16, 64, 256, 512, 2048, 8192],
+                                 default=[1, 16, 256, 2048], key="bench_batches")
+        repeats = int(st.number_input("Timed repeats", 3, 200, 10, key="bench_repeats"))
+        use_model = st.checkbox("Add the loaded model's Linear shapes", value=True, key="bench_model_shapes")
+    loaded, _ = get_model()
+    layer_shapes = ()
+    if use_model and loaded is not None:
+        layer_shapes = tuple(sorted({(int(m.weight.shape[0]), int(m.weight.shape[1]))
+                                     for _, m in prunable_layers(loaded.module)
+                                     if m.weight.dim() == 2 and m.weight.shape[1] % 4 == 0}))[:8]
+    if st.button("Run benchmarks", type="primary", key="bench_run"):
+        if not suites:
+            st.error("Pick at least one suite.")
+        elif "formats" in suites and not densities:
+            st.error("Pick at least one density for CSR/BSR.")
+        elif "attention" in suites and not seq_lens:
+            st.error("Pick at least one attention length.")
+        elif any(s in suites for s in ("linear", "model")) and not batches:
+            st.error("Pick at least one batch size.")
+        else:
+            config = BenchConfig(suites=tuple(suites), device=device, formats_shape=(size, size),
+                                 densities=tuple(sorted(densities)), seq_lens=tuple(sorted(seq_lens)), window=window,
+                                 batches=tuple(sorted(batches)), repeats=repeats, layer_shapes=layer_shapes)
+            bar = st.progress(0.0, text="starting")
+            try:
+                run = run_benchmarks(config, loaded=loaded if loaded is not None and loaded.kind == "encoder" else None,
+                                     progress=lambda f, msg: bar.progress(min(max(f, 0.0), 1.0), text=msg))
+            except ValueError as err:
+                st.error(f"Cannot run these settings: {err}")
+            except torch.OutOfMemoryError as err:
+                st.error(f"Out of memory: {err}")
+            else:
+                st.session_state["bench_last"] = save_run(run)
+            bar.empty()
+    last = st.session_state.get("bench_last")
+    if last and (run := load_run(last)) is not None:
+        show_run(run, last, "run")
+
+with history_tab:
+    runs = list_runs()
+    if not runs:
+        st.caption("No stored runs yet. Runs made here and imported files are kept in the disk cache.")
+    else:
+        titles = dict(runs)
+        pick = st.selectbox("Stored run", list(titles), format_func=titles.get, key="bench_history")
+        run = load_run(pick)
+        if run is not None:
+            show_run(run, pick, "history")
+
+with import_tab:
+    st.caption("JSON written by `python -m sparsekit.bench --out FILE` (e.g. on a GPU server).")
+    up = st.file_uploader("Benchmark results (.json)", type=["json"], key="bench_import")
+    if up is not None:
+        try:
+            imported = BenchRun.from_json(up.getvalue())
+        except ValueError as err:
+            st.error(f"Cannot import {up.name}: {err}")
+        else:
+            key = save_run(imported)
+            st.success(f"Imported {len(imported.results)} results from {up.name} into the history.")
+            show_run(imported, key, "import")

@@ -1,0 +1,64 @@
+"""The Benchmarks page through AppTest: run CPU suites, import CLI output, reject bad files."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from sparsekit.bench import BenchRun
+from ui.testing import page_app
+
+
+@pytest.fixture
+def page(tmp_cache):
+    at = page_app("benchmarks", "digits:mlp", 300)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_run_formats_here_shows_results(page):
+    at = page
+    at.multiselect(key="bench_suites").set_value(["formats"])
+    at.select_slider(key="bench_size").set_value(512)
+    at.multiselect(key="bench_densities").set_value([0.1, 0.5])
+    at.number_input(key="bench_repeats").set_value(3)
+    at.button(key="bench_run").click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    table = at.dataframe[-1].value
+    assert set(table["backend"]) == {"dense", "CSR", "dense (block mask)", "BSR 32×32"}
+    assert (table["status"] == "ok").all()
+    sp = table[table["backend"] == "CSR"]
+    assert ((sp["baseline_ms"] / sp["median_ms"]) - sp["speedup"]).abs().max() < 1e-9
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    names = [t.get("name") for t in fig["data"]]
+    assert "ideal 1/density" in names and "CSR" in names
+
+
+def test_import_cli_output_and_reject_malformed(page, tmp_path):
+    out = tmp_path / "cli.json"
+    proc = subprocess.run([sys.executable, "-m", "sparsekit.bench", "--suites", "formats", "--quick",
+                           "--densities", "0.2", "--repeats", "2", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    at = page
+    at.file_uploader(key="bench_import").set_value(("cli.json", out.read_bytes(), "application/json")).run()
+    assert not at.exception, at.exception
+    assert any("Imported" in s.value for s in at.success)
+    n = len(BenchRun.from_json(out.read_text()).results)
+    assert any(df.value.shape[0] == n for df in at.dataframe)
+    at.file_uploader(key="bench_import").set_value(("bad.json", b"{not json", "application/json")).run()
+    assert any("not valid JSON" in e.value for e in at.error)
+    assert not at.exception
+
+
+def test_bad_selection_messages(page):
+    at = page
+    at.multiselect(key="bench_suites").set_value([])
+    at.button(key="bench_run").click().run()
+    assert any("at least one suite" in e.value for e in at.error)
+    at.multiselect(key="bench_suites").set_value(["formats"])
+    at.multiselect(key="bench_densities").set_value([])
+    at.button(key="bench_run").click().run()
+    assert any("at least one density" in e.value for e in at.error)

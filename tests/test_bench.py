@@ -215,3 +215,19 @@ def test_cpu_run_reports_cuda_suites_as_skipped():
     run = run_benchmarks(BenchConfig(suites=("linear",), device="cpu", square_sizes=(64,), batches=(2,), repeats=2))
     assert all(r.status == "skipped" for r in run.results if r.backend != "dense")
     assert "CUDA only" in json.dumps([r.message for r in run.results])
+
+
+def test_speedup_figures():
+    from sparsekit import viz
+
+    rows = [{"backend": "CSR", "density": d, "speedup": s} for d, s in [(0.01, 4.0), (0.1, 0.9), (0.5, 0.3)]]
+    rows.append({"backend": "CSR", "density": 0.2, "speedup": None})  # untimed: left out
+    fig = viz.speedup_density_figure(rows)
+    csr = next(t for t in fig.data if t.name == "CSR")
+    assert list(csr.x) == [0.01, 0.1, 0.5] and list(csr.y) == [4.0, 0.9, 0.3]
+    ideal = next(t for t in fig.data if t.name == "ideal 1/density")
+    assert all(abs(y - 1 / x) < 1e-9 for x, y in zip(ideal.x, ideal.y))
+    fig = viz.speedup_batch_figure([{"shape": "8×8", "backend": "2:4", "batch": b, "speedup": s}
+                                    for b, s in [(64, 1.2), (1, 0.5)]])
+    assert list(fig.data[0].x) == [1, 64] and list(fig.data[0].y) == [0.5, 1.2]
+    assert "no timed" in viz.speedup_batch_figure([]).layout.annotations[0].text

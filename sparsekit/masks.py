@@ -179,12 +179,17 @@ def _sorted_keep(a: torch.Tensor, n: int) -> torch.Tensor:
 
 def _nm_groups_keep(groups: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """groups: [G, m] scores (any sign). Returns [G, m] bool keep."""
-    num = groups.shape[0]
     if groups.device.type == "cpu" and m <= _PAIRWISE_MAX_M:
         return _cpu_keep(groups, n, m)
     _check_no_nan(groups)
     if m > _PAIRWISE_MAX_M:
         return _sorted_keep(groups.abs(), n)
+    return _torch_keep(groups, n, m)
+
+
+def _torch_keep(groups: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Device-agnostic pairwise ranking in torch ops (the path for CUDA tensors)."""
+    num = groups.shape[0]
     out = torch.empty((num, m), dtype=torch.bool, device=groups.device)
     buf = torch.empty((m, min(num, _CHUNK_GROUPS)), dtype=groups.dtype, device=groups.device)
     for start in range(0, num, _CHUNK_GROUPS):

@@ -188,3 +188,18 @@ def test_nm_brute_force_all_small_patterns():
     rows = torch.tensor(list(itertools.product([0.0, 1.0, -2.0], repeat=4)))
     for n in (1, 2, 3):
         assert torch.equal(sparsekit.nm_mask(rows, n, 4), ref_nm_rows(rows, n, 4))
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (3, 8), (5, 16)])
+def test_torch_pathway_used_on_gpus_matches_loop(n, m):
+    # nm_mask runs this torch-op path on CUDA tensors; check it on CPU against the loop.
+    from sparsekit.masks import _CHUNK_GROUPS, _sorted_keep, _torch_keep
+
+    g = torch.Generator().manual_seed(m)
+    rows = torch.randint(-3, 4, (999, m), generator=g).float()
+    want = ref_nm_rows(rows, n, m)
+    assert torch.equal(_torch_keep(rows, n, m), want)
+    assert torch.equal(_sorted_keep(rows.abs(), n), want)
+    # More groups than one chunk: against the stable-sort selection (checked above).
+    big = torch.randint(-3, 4, (_CHUNK_GROUPS + 77, m), generator=g).float()
+    assert torch.equal(_torch_keep(big, n, m), _sorted_keep(big.abs(), n))

@@ -104,24 +104,37 @@ def sanitize(run: BenchRun) -> BenchRun:
                     name=run.name, created=run.created)
 
 
+def _index() -> list[str]:
+    # Stored as JSON text so that nothing in the cache needs unpickling.
+    raw = get_cache().get(_INDEX_KEY)
+    try:
+        keys = json.loads(raw) if isinstance(raw, str) else []
+    except json.JSONDecodeError:
+        keys = []
+    return [k for k in keys if isinstance(k, str)]
+
+
+def _set_index(keys: list[str]) -> None:
+    get_cache().set(_INDEX_KEY, json.dumps(keys))
+
+
 def save_run(run: BenchRun) -> str:
     """Store a run in the disk cache history; returns its key."""
     run = sanitize(run)
     cache = get_cache()
     key = run.key
     cache.set(key, run.to_json())
-    index = list(cache.get(_INDEX_KEY, []))
+    index = _index()
     if key not in index:
         index.append(key)
-    cache.set(_INDEX_KEY, index)
+    _set_index(index)
     return key
 
 
 def list_runs() -> list[tuple[str, str]]:
     """(key, title) of stored runs, newest first; unreadable entries are skipped."""
-    cache = get_cache()
     out = []
-    for key in reversed(list(cache.get(_INDEX_KEY, []))):
+    for key in reversed(_index()):
         run = load_run(key)
         if run is not None:
             out.append((key, run.title()))
@@ -139,9 +152,8 @@ def load_run(key: str) -> BenchRun | None:
 
 
 def delete_run(key: str) -> None:
-    cache = get_cache()
-    cache.delete(key)
-    cache.set(_INDEX_KEY, [k for k in cache.get(_INDEX_KEY, []) if k != key])
+    get_cache().delete(key)
+    _set_index([k for k in _index() if k != key])
 
 
 def results_csv(run: BenchRun) -> str:

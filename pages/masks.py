@@ -1,4 +1,6 @@
 """Masks: look inside one layer's mask, and compare two masks."""
+import dataclasses
+
 import pandas as pd
 import streamlit as st
 
@@ -68,7 +70,7 @@ if config.pattern == "nm" and cols % config.m == 0:
 
 st.subheader("Compare with another mask")
 st.caption("Pick a second setting (e.g. random instead of magnitude, or 1:4 instead of 2:4).")
-default_b = config.__class__(**{**config.__dict__, "method": "random" if config.method == "magnitude" else "magnitude"})
+default_b = dataclasses.replace(config, method="random" if config.method == "magnitude" else "magnitude")
 other = config_form("cmp", default_b, compact=True)
 if other is not None:
     try:

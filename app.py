@@ -9,6 +9,7 @@ pages = [
     st.Page("pages/model.py", title="Model", icon=":material/model_training:", default=True),
     st.Page("pages/sparsify.py", title="Sparsify", icon=":material/content_cut:"),
     st.Page("pages/masks.py", title="Masks", icon=":material/grid_on:"),
+    st.Page("pages/attention.py", title="Attention", icon=":material/visibility:"),
     st.Page("pages/benchmarks.py", title="Benchmarks", icon=":material/speed:"),
 ]
 loaded, key = sidebar_model()

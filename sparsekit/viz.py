@@ -609,3 +609,567 @@ def speedup_batch_figure(rows: Sequence[Mapping], title: str = "2:4 speedup over
                       yaxis_title="speedup over dense (×)")
     fig.update_xaxes(type="log")
     return fig
+
+
+# ----------------------------------------------------------------------------- training & topology
+# Figures of the Training & topology page. Inputs are plain lists/arrays (from
+# ``sparsekit.training.RunRecord`` and ``sparsekit.topology.SadReport``), so a notebook can build them too.
+
+_SAD_TITLES = {
+    "interval": "SAD between consecutive snapshots",
+    "cumulative": "cumulative SAD (sum of the interval SADs)",
+    "from_first": "SAD from the first snapshot",
+    "to_final": "SAD to the final snapshot",
+}
+
+
+def training_curves_figure(runs: Sequence[Mapping]) -> go.Figure:
+    """Held-out accuracy and loss per epoch of one or more runs, side by side.
+
+    Args:
+        runs: dicts with ``label`` and equal-length lists ``epoch``, ``test_accuracy`` (%),
+            ``train_loss`` and ``test_loss``.
+
+    Returns:
+        A two-panel figure: per run, one accuracy trace (left), then a test-loss trace (solid) and a
+        train-loss trace (dotted) on the right.
+
+    Raises:
+        ValueError: not a list of dicts, a missing key, or lists of different lengths.
+    """
+    runs = _check_rows(runs, ("label", "epoch", "test_accuracy", "train_loss", "test_loss"), "runs")
+    if not runs:
+        return _empty("accuracy and loss", "no runs to show")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("held-out accuracy (%)",
+                                                        "cross-entropy (solid: held-out, dotted: train)"))
+    palette = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+    for i, run in enumerate(runs):
+        n = len(run["epoch"])
+        if any(len(run[k]) != n for k in ("test_accuracy", "train_loss", "test_loss")):
+            raise ValueError(f"runs[{i}] has lists of different lengths")
+        color, label = palette[i % len(palette)], str(run["label"])
+        fig.add_trace(go.Scatter(x=list(run["epoch"]), y=list(run["test_accuracy"]), name=label, legendgroup=label,
+                                 mode="lines+markers", line=dict(color=color),
+                                 hovertemplate=f"{label}<br>epoch %{{x:.2f}}<br>accuracy %{{y:.2f}}%<extra></extra>"),
+                      row=1, col=1)
+        fig.add_trace(go.Scatter(x=list(run["epoch"]), y=list(run["test_loss"]), name=f"{label} (test)",
+                                 legendgroup=label, showlegend=False, mode="lines", line=dict(color=color),
+                                 hovertemplate=f"{label}<br>epoch %{{x:.2f}}<br>test loss %{{y:.4f}}<extra></extra>"),
+                      row=1, col=2)
+        fig.add_trace(go.Scatter(x=list(run["epoch"]), y=list(run["train_loss"]), name=f"{label} (train)",
+                                 legendgroup=label, showlegend=False, mode="lines",
+                                 line=dict(color=color, dash="dot"),
+                                 hovertemplate=f"{label}<br>epoch %{{x:.2f}}<br>train loss %{{y:.4f}}<extra></extra>"),
+                      row=1, col=2)
+    fig.update_xaxes(title_text="epoch")
+    fig.update_yaxes(title_text="accuracy (%)", row=1, col=1)
+    fig.update_yaxes(title_text="loss", type="log", row=1, col=2)
+    fig.update_layout(title="accuracy and loss", legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def sad_series_figure(runs: Sequence[Mapping], *, kind: str = "interval", fraction: bool = False,
+                      log_y: bool | None = None) -> go.Figure:
+    """SAD over training for one or more runs (one line each).
+
+    Args:
+        runs: dicts with ``label``, ``epoch`` (snapshot positions in epochs) and ``sad`` (one value per
+            snapshot; for ``interval`` the value at snapshot i covers the interval ending there, and
+            the first snapshot's 0 is not drawn).
+        kind: which series it is: ``interval``, ``cumulative``, ``from_first`` or ``to_final``.
+        fraction: whether the values are fractions of the weights (axis in %) or raw counts.
+        log_y: log y axis; default True for ``interval``. Zeros cannot sit on a log axis, so they
+            are left out there (a gap), and a note says how many.
+
+    Returns:
+        A figure with one ``Scatter`` per run.
+
+    Raises:
+        ValueError: unknown kind, not a list of dicts, a missing key, or lists of different lengths.
+    """
+    if kind not in _SAD_TITLES:
+        raise ValueError(f"kind must be one of {', '.join(_SAD_TITLES)}, got {kind!r}")
+    runs = _check_rows(runs, ("label", "epoch", "sad"), "runs")
+    title = _SAD_TITLES[kind] + (" (fraction of weights)" if fraction else " (weights)")
+    if not runs:
+        return _empty(title, "no runs to show")
+    log_y = (kind == "interval") if log_y is None else bool(log_y)
+    fig = go.Figure()
+    hidden = 0
+    for i, run in enumerate(runs):
+        x = [float(v) for v in run["epoch"]]
+        y = [float(v) for v in run["sad"]]
+        if len(x) != len(y):
+            raise ValueError(f"runs[{i}] has {len(x)} positions but {len(y)} SAD values")
+        if kind == "interval":
+            x, y = x[1:], y[1:]
+        if log_y:
+            hidden += sum(1 for v in y if v <= 0)
+            y = [v if v > 0 else None for v in y]
+        label = str(run["label"])
+        value = "%{y:.3%}" if fraction else "%{y:,.0f} weights"
+        fig.add_trace(go.Scatter(x=x, y=y, name=label, mode="lines+markers", connectgaps=False,
+                                 hovertemplate=f"{label}<br>epoch %{{x:.2f}}<br>SAD {value}<extra></extra>"))
+    fig.update_layout(title=title, legend=dict(orientation="h", y=-0.25))
+    fig.update_xaxes(title_text="epoch" + (" (end of interval)" if kind == "interval" else ""))
+    # One tick per decade on a log axis: plotly's default labels the 2s and 5s between decades too.
+    fig.update_yaxes(title_text="SAD" + (" (% of weights)" if fraction else " (weights)"),
+                     type="log" if log_y else "linear", dtick=1 if log_y else None,
+                     tickformat="~%" if fraction else None)
+    if hidden:
+        fig.add_annotation(text=f"{hidden} zero value(s) not drawn on the log axis", showarrow=False,
+                           x=1, y=1.02, xref="paper", yref="paper", xanchor="right", font=dict(size=11))
+    return fig
+
+
+def sad_heatmap_figure(layers: Sequence[str], epochs: Sequence[float], values: Any, *,
+                       fraction: bool = True, title: str = "SAD per layer and interval") -> go.Figure:
+    """Layer × time heatmap of interval SAD.
+
+    Args:
+        layers: row labels, in model order (top to bottom).
+        epochs: the snapshot positions; column i is the interval ending at ``epochs[i]`` (the first
+            snapshot's column is dropped).
+        values: ``[layers, snapshots]`` array (``SadReport.matrix``).
+        fraction: values are fractions of each layer's weights (colour scale in %) or raw counts.
+        title: figure title.
+
+    Returns:
+        A figure with one ``Heatmap``.
+
+    Raises:
+        ValueError: shapes that do not match the labels.
+    """
+    z = np.asarray(values, dtype=np.float64)
+    if z.ndim != 2 or z.shape != (len(layers), len(epochs)):
+        raise ValueError(f"values must be [{len(layers)} layers, {len(epochs)} snapshots], got {z.shape}")
+    if z.shape[1] < 2 or not len(layers):
+        return _empty(title, "at least two snapshots of a sparse layer are needed")
+    fig = go.Figure(go.Heatmap(
+        z=z[:, 1:].astype(np.float32), x=[float(e) for e in epochs[1:]], y=[str(n) for n in layers],
+        colorscale="Viridis", colorbar=dict(title=dict(text="SAD" + (" (fraction)" if fraction else ""))),
+        hovertemplate="%{y}<br>interval ending at epoch %{x:.2f}<br>SAD "
+                      + ("%{z:.3%}" if fraction else "%{z:,.0f}") + "<extra></extra>",
+    ))
+    fig.update_layout(title=title, height=max(280, 140 + 28 * len(layers)))
+    fig.update_xaxes(title_text="epoch (end of interval)")
+    fig.update_yaxes(title_text="layer", type="category", autorange="reversed")
+    return fig
+
+
+def flip_count_figure(counts: Any, *, title: str = "flips per weight",
+                      max_cells: int = DEFAULT_MAX_CELLS) -> go.Figure:
+    """Heatmap of how often each weight changed keep/prune state (one layer, as a matrix).
+
+    Args:
+        counts: 2-D array of flip counts, rows = output units, columns = N:M groups' entries in order
+            (``sparsekit.topology.matrix_view`` of ``flip_counts``).
+        title: figure title.
+        max_cells: most cells sent; a larger matrix is averaged over square tiles (the title says so).
+
+    Returns:
+        A figure with one ``Heatmap`` (exact counts when the matrix fits).
+
+    Raises:
+        ValueError: not a 2-D array, or negative counts.
+    """
+    c = torch.as_tensor(np.asarray(counts), dtype=torch.float32)
+    if c.dim() != 2:
+        raise ValueError(f"counts must be a 2-D matrix, got shape {tuple(c.shape)}")
+    if c.numel() and float(c.min()) < 0:
+        raise ValueError("flip counts cannot be negative")
+    rows, cols = c.shape
+    tile = 1
+    if rows * cols > max_cells:
+        tile = math.ceil(math.sqrt(rows * cols / max_cells))
+        c = torch.nn.functional.avg_pool2d(c[None, None], tile, ceil_mode=True, count_include_pad=False)[0, 0]
+        title = f"{title} (mean over {tile}×{tile} tiles)"
+    what = "flips" if tile == 1 else "mean flips"
+    fig = go.Figure(go.Heatmap(
+        z=c.numpy(), x=[j * tile for j in range(c.shape[1])], y=[i * tile for i in range(c.shape[0])],
+        colorscale="Magma", reversescale=True, zmin=0, colorbar=dict(title=dict(text=what)),
+        hovertemplate="row %{y}, column %{x}<br>" + what + ": %{z:.3g}<extra></extra>",
+    ))
+    fig.update_layout(title=title)
+    _matrix_axes(fig)
+    return fig
+
+
+def step_loss_figure(steps: Sequence[int], losses: Sequence[float], *, steps_per_epoch: int | None = None,
+                     title: str = "training loss per step") -> go.Figure:
+    """The training loss of every step (the live curve while a run trains).
+
+    Args:
+        steps: step numbers (1-based).
+        losses: the loss of each step.
+        steps_per_epoch: when given, x is in epochs.
+        title: figure title.
+
+    Returns:
+        A figure with one ``Scatter`` on a log y axis (non-positive or non-finite losses dropped).
+    """
+    if len(steps) != len(losses):
+        raise ValueError(f"{len(steps)} steps but {len(losses)} losses")
+    scale = float(steps_per_epoch) if steps_per_epoch else 1.0
+    x = [s / scale for s in steps]
+    y = [float(v) if math.isfinite(float(v)) and float(v) > 0 else None for v in losses]
+    fig = go.Figure(go.Scatter(x=x, y=y, mode="lines", line=dict(color=KEPT_COLOR),
+                               hovertemplate="%{x:.2f}<br>loss %{y:.4f}<extra></extra>"))
+    fig.update_layout(title=title, height=300)
+    fig.update_xaxes(title_text="epoch" if steps_per_epoch else "step")
+    fig.update_yaxes(title_text="loss", type="log")
+    return fig
+
+
+# ----------------------------------------------------------------------------- attention sparsity (issue 3)
+# Figures for sparsekit.attention: a head's attention with a pattern drawn over it, layer x head
+# grids (recall, density, the per-head plan), and the search's density/recall trade-off.
+
+ATTENTION_FAMILY_COLORS = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173",
+)
+
+
+def _attn_matrix(values: Any, what: str, ndim: int = 2) -> np.ndarray:
+    arr = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    if arr.ndim != ndim:
+        raise ValueError(f"{what} must be {ndim}-D, got shape {list(arr.shape)}")
+    return arr
+
+
+def _token_axis(tokens: Sequence[str], n: int) -> list[str]:
+    # Numbered labels keep repeated tokens ("the" twice) apart on a categorical axis.
+    if len(tokens) != n:
+        raise ValueError(f"{len(tokens)} token labels for {n} positions")
+    return [f"{i} {t}" for i, t in enumerate(tokens)]
+
+
+def attention_heatmap(probs: Any, tokens: Sequence[str], mask: Any = None, *, title: str | None = None) -> go.Figure:
+    """One head's attention with token labels, the pattern drawn over it (dropped cells greyed).
+
+    Args:
+        probs: attention ``[queries, keys]`` (rows sum to 1).
+        tokens: one label per position (queries and keys are the same sequence).
+        mask: optional bool ``[queries, keys]`` pattern, True = kept.
+        title: figure title.
+
+    Returns:
+        ``data[0]``: Heatmap of the probabilities (``x`` keys, ``y`` queries, labels
+        ``"<position> <token>"``); ``data[1]`` (with a mask): Heatmap of the dropped cells (1 where
+        dropped, None where kept) drawn half-transparent grey on top.
+
+    Raises:
+        ValueError: shapes that do not match.
+    """
+    p = _attn_matrix(probs, "probs").astype(np.float32)
+    q_len, kv_len = p.shape
+    if q_len != kv_len:
+        raise ValueError(f"self-attention maps are square; got {q_len}×{kv_len}")
+    labels = _token_axis(tokens, kv_len)
+    fig = go.Figure(go.Heatmap(
+        z=p, x=labels, y=labels, colorscale="Blues", zmin=0.0, zmax=float(p.max()) if p.size else 1.0,
+        colorbar=dict(title=dict(text="attention")),
+        hovertemplate="query %{y}<br>key %{x}<br>attention %{z:.4f}<extra></extra>",
+    ))
+    if mask is not None:
+        m = _attn_matrix(mask, "mask").astype(bool)
+        if m.shape != p.shape:
+            raise ValueError(f"mask shape {list(m.shape)} differs from the attention's {list(p.shape)}")
+        dropped = np.where(m, np.nan, 1.0).astype(np.float32)
+        fig.add_trace(go.Heatmap(
+            z=dropped, x=labels, y=labels, colorscale=[[0, PRUNED_COLOR], [1, PRUNED_COLOR]], opacity=0.75,
+            showscale=False, zmin=0, zmax=1, name="dropped by the pattern",
+            hovertemplate="query %{y}<br>key %{x}<br>dropped by the pattern<extra></extra>",
+        ))
+    if title is None:
+        title = "attention" if mask is None else f"attention, pattern keeps {_percent(float(np.mean(m)))} of the cells"
+    fig.update_layout(title=title, height=min(900, 260 + 9 * q_len))
+    fig.update_xaxes(title_text="key", type="category", tickangle=-60, showgrid=False)
+    fig.update_yaxes(title_text="query", type="category", autorange="reversed", showgrid=False)
+    return fig
+
+
+def head_grid_figure(values: Any, *, title: str, colorbar: str, zmin: float = 0.0, zmax: float | None = 1.0,
+                     text_format: str = ".2f", colorscale: str = "Viridis") -> go.Figure:
+    """A layer × head grid of one number per head (recall, density, output error).
+
+    Args:
+        values: ``[layers, heads]``.
+        title: figure title.
+        colorbar: colour bar label.
+        zmin: colour scale minimum.
+        zmax: colour scale maximum (None: the data's maximum).
+        text_format: d3 format of the number written in each cell.
+        colorscale: plotly colour scale.
+
+    Returns:
+        A figure with one Heatmap: ``z[layer][head]``, ``x`` head indices, ``y`` layer indices
+        (layer 0 at the top).
+    """
+    v = _attn_matrix(values, "values").astype(np.float32)
+    n_layers, n_heads = v.shape
+    fig = go.Figure(go.Heatmap(
+        z=v, x=list(range(n_heads)), y=list(range(n_layers)), zmin=zmin,
+        zmax=float(np.nanmax(v)) if zmax is None and v.size else zmax, colorscale=colorscale,
+        texttemplate=f"%{{z:{text_format}}}", colorbar=dict(title=dict(text=colorbar)),
+        hovertemplate=f"layer %{{y}}, head %{{x}}<br>{colorbar}: %{{z:.4f}}<extra></extra>",
+    ))
+    fig.update_layout(title=title, height=max(260, 120 + 36 * n_layers))
+    fig.update_xaxes(title_text="head", dtick=1)
+    fig.update_yaxes(title_text="layer", dtick=1, autorange="reversed")
+    return fig
+
+
+def plan_grid_figure(families: Sequence[Sequence[str]], labels: Sequence[Sequence[str]], recall: Any,
+                     density: Any, *, title: str = "per-head plan") -> go.Figure:
+    """The per-head plan: each cell coloured by the chosen pattern family, hover with the exact
+    pattern, its recall and density.
+
+    Args:
+        families: ``[layers][heads]`` family names (``"dense"`` for a dense head).
+        labels: ``[layers][heads]`` exact pattern labels.
+        recall: ``[layers, heads]`` recall of each choice.
+        density: ``[layers, heads]`` density of each choice.
+        title: figure title.
+
+    Returns:
+        A figure with one Heatmap whose ``z`` is the family index + 0.5 (``customdata`` holds
+        the label, recall and density of each cell, ``text`` the recall) and one legend entry
+        (an empty Scatter) per family, in order of first appearance.
+    """
+    r = _attn_matrix(recall, "recall").astype(np.float64)
+    d = _attn_matrix(density, "density").astype(np.float64)
+    n_layers, n_heads = r.shape
+    if len(families) != n_layers or any(len(row) != n_heads for row in families):
+        raise ValueError("families must be [layers][heads] like recall")
+    names = list(dict.fromkeys(f for row in families for f in row))
+    index = {f: i for i, f in enumerate(names)}
+    z = np.array([[index[f] for f in row] for row in families], dtype=np.float32)
+    colors = [ATTENTION_FAMILY_COLORS[i % len(ATTENTION_FAMILY_COLORS)] for i in range(len(names))]
+    k = max(len(names), 1)
+    # A stepped colour scale: family i owns the band [i/k, (i+1)/k].
+    scale = []
+    for i, c in enumerate(colors):
+        scale += [[i / k, c], [(i + 1) / k, c]]
+    custom = np.empty((n_layers, n_heads, 3), dtype=object)
+    for layer in range(n_layers):
+        for head in range(n_heads):
+            custom[layer, head] = (labels[layer][head], f"{r[layer, head]:.3f}", f"{d[layer, head]:.3f}")
+    text = [[f"{r[layer, head]:.2f}" for head in range(n_heads)] for layer in range(n_layers)]
+    fig = go.Figure(go.Heatmap(
+        # +0.5 centres each family's index inside its colour band.
+        z=z + 0.5, x=list(range(n_heads)), y=list(range(n_layers)), zmin=0, zmax=k,
+        colorscale=scale if scale else "Greys", showscale=False, customdata=custom, text=text,
+        texttemplate="%{text}",
+        hovertemplate="layer %{y}, head %{x}<br>%{customdata[0]}<br>recall %{customdata[1]}, "
+                      "density %{customdata[2]}<extra></extra>",
+    ))
+    for name, color in zip(names, colors):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", marker=dict(size=12, color=color, symbol="square"),
+                                 name=name, showlegend=True))
+    fig.update_layout(title=title, height=max(280, 140 + 36 * n_layers), legend=dict(title=dict(text="pattern")))
+    fig.update_xaxes(title_text="head", dtick=1)
+    fig.update_yaxes(title_text="layer", dtick=1, autorange="reversed")
+    return fig
+
+
+def search_tradeoff_figure(candidates: Sequence[Mapping], plan: Mapping, uniform: Mapping) -> go.Figure:
+    """Mean density vs mean recall of every searched candidate used uniformly, with the per-head
+    plan and the chosen uniform baseline marked.
+
+    Args:
+        candidates: dicts with ``label``, ``density`` and ``recall`` (means over heads).
+        plan: dict with ``density`` and ``recall`` of the per-head plan.
+        uniform: dict with ``label``, ``density`` and ``recall`` of the uniform baseline.
+
+    Returns:
+        ``data[0]`` the candidates, ``data[1]`` the plan, ``data[2]`` the uniform baseline.
+    """
+    rows = _check_rows(candidates, ("label", "density", "recall"), "candidates")
+    fig = go.Figure([
+        go.Scatter(x=[_number(r["density"], "density", 0, 1) for r in rows],
+                   y=[_number(r["recall"], "recall", 0, 1) for r in rows], mode="markers",
+                   name="one pattern for every head", marker=dict(color=PRUNED_COLOR, size=7),
+                   text=[str(r["label"]) for r in rows],
+                   hovertemplate="%{text}<br>density %{x:.3f}, recall %{y:.3f}<extra></extra>"),
+        go.Scatter(x=[_number(plan["density"], "plan density", 0, 1)], y=[_number(plan["recall"], "plan recall", 0, 1)],
+                   mode="markers", name="per-head plan", marker=dict(color="#d62728", size=14, symbol="star"),
+                   hovertemplate="per-head plan<br>density %{x:.3f}, recall %{y:.3f}<extra></extra>"),
+        go.Scatter(x=[_number(uniform["density"], "uniform density", 0, 1)],
+                   y=[_number(uniform["recall"], "uniform recall", 0, 1)], mode="markers",
+                   name=f"uniform: {uniform.get('label', '')}", marker=dict(color=KEPT_COLOR, size=12, symbol="diamond"),
+                   hovertemplate="uniform baseline<br>density %{x:.3f}, recall %{y:.3f}<extra></extra>"),
+    ])
+    fig.update_layout(title="recall vs density on the calibration inputs (means over heads)")
+    fig.update_xaxes(title_text="density (share of attention pairs kept)", range=[0, 1.02])
+    fig.update_yaxes(title_text="attention recall", range=[0, 1.02])
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Method comparison and attribution drift (sparsekit.compare, sparsekit.attribution)
+
+METHOD_COLORS = {
+    "dense": "#000000", "magnitude": "#1f77b4", "wanda": "#2ca02c", "sparsegpt": "#d62728",
+    "taylor": "#9467bd", "random": "#7f7f7f", "magnitude+perm": "#17becf",
+}
+_FAMILY_SYMBOLS = {"N:M": "diamond", "unstructured": "circle", "dense": "star"}
+
+
+def compare_figure(rows: Sequence[Mapping], metric: str, *, x: str = "sparsity", metric_label: str | None = None,
+                   higher_is_better: bool = True) -> go.Figure:
+    """Quality against sparsity (or weight memory) for each pruning method.
+
+    Args:
+        rows: comparison rows (``sparsekit.compare.compare``): ``method``, ``family``, ``pattern``,
+            ``sparsity``, ``best_bytes`` and ``quality`` (metric -> value); a ``dense`` row is drawn as a
+            dashed reference line.
+        metric: which quality metric to plot.
+        x: ``"sparsity"`` (pruned share of all Linear/Conv weights) or ``"memory"`` (their weight
+            memory in MB, each layer in its cheapest format).
+        metric_label: y-axis title (default: the metric key).
+        higher_is_better: shown in the axis title.
+
+    Returns:
+        A figure with one trace per method and pattern family: unstructured settings as a line,
+        N:M settings as diamonds labelled with their pattern.
+    """
+    rows = _check_rows(rows, ("method", "family", "pattern", "sparsity", "best_bytes", "quality"), "rows")
+    if x not in ("sparsity", "memory"):
+        raise ValueError(f"x must be 'sparsity' or 'memory', got {x!r}")
+    title = f"{metric_label or metric} vs {'sparsity' if x == 'sparsity' else 'weight memory'}"
+    pts = [r for r in rows if metric in r["quality"] and r["quality"][metric] is not None]
+    if not pts:
+        return _empty(title, f"no results for {metric!r}")
+
+    def xval(r: Mapping) -> float:
+        return float(r["sparsity"]) if x == "sparsity" else float(r["best_bytes"]) / _BYTES_PER_MB
+
+    fig = go.Figure()
+    for r in pts:
+        if r["method"] == "dense":
+            fig.add_hline(y=float(r["quality"][metric]), line=dict(color="black", dash="dash", width=1),
+                          annotation_text="dense", annotation_position="bottom left")
+    methods = list(dict.fromkeys(r["method"] for r in pts if r["method"] != "dense"))
+    for method in methods:
+        color = METHOD_COLORS.get(method)
+        for family in ("unstructured", "N:M"):
+            sel = sorted((r for r in pts if r["method"] == method and r["family"] == family), key=xval)
+            if not sel:
+                continue
+            fig.add_trace(go.Scatter(
+                x=[xval(r) for r in sel], y=[float(r["quality"][metric]) for r in sel],
+                mode="lines+markers" if family == "unstructured" else "markers+text",
+                text=[str(r["pattern"]) if family == "N:M" else "" for r in sel], textposition="top center",
+                name=f"{method} ({family})", legendgroup=method,
+                marker=dict(symbol=_FAMILY_SYMBOLS[family], size=10 if family == "N:M" else 8, color=color),
+                line=dict(color=color),
+                customdata=[str(r["pattern"]) for r in sel],
+                hovertemplate="%{customdata} " + method + "<br>x %{x:.3g}<br>" + metric + " %{y:.4g}<extra></extra>",
+            ))
+    direction = "higher is better" if higher_is_better else "lower is better"
+    fig.update_layout(title=title, legend_title_text="method (pattern family)")
+    fig.update_xaxes(title_text="pruned share of Linear/Conv weights" if x == "sparsity"
+                     else "Linear/Conv weight memory, best format per layer (MB)",
+                     tickformat=".0%" if x == "sparsity" else None)
+    fig.update_yaxes(title_text=f"{metric_label or metric} ({direction})")
+    return fig
+
+
+def attribution_maps_figure(image: Any, dense_map: Any, sparse_map: Any, *, title: str = "Integrated Gradients",
+                            correlation: float | None = None) -> go.Figure:
+    """An input image and its dense and sparse attribution maps side by side.
+
+    Args:
+        image: ``[H, W]`` (or ``[1, H, W]``) input.
+        dense_map: ``[H, W]`` attributions of the dense model.
+        sparse_map: ``[H, W]`` attributions of the sparse model.
+        title: figure title.
+        correlation: shown in the title when given.
+
+    Returns:
+        Three heatmaps (``data[0]`` image, ``data[1]`` dense, ``data[2]`` sparse); both maps share one
+        symmetric red-blue colour scale, so equal colours mean equal attributions.
+    """
+    img = np.asarray(torch.as_tensor(image).detach().float().squeeze().cpu(), dtype=np.float32)
+    d = np.asarray(torch.as_tensor(dense_map).detach().float().squeeze().cpu(), dtype=np.float32)
+    s = np.asarray(torch.as_tensor(sparse_map).detach().float().squeeze().cpu(), dtype=np.float32)
+    if img.ndim != 2 or d.shape != img.shape or s.shape != img.shape:
+        raise ValueError(f"image and maps must be 2-D of one shape, got {img.shape}, {d.shape}, {s.shape}")
+    bound = float(max(np.abs(d).max(), np.abs(s).max(), 1e-12))
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("input", "dense model", "sparse model"),
+                        horizontal_spacing=0.06)
+    fig.add_trace(go.Heatmap(z=img, colorscale="Greys", showscale=False,
+                             hovertemplate="row %{y}, col %{x}<br>pixel %{z:.2f}<extra></extra>"), 1, 1)
+    for col, (z, name) in enumerate(((d, "dense"), (s, "sparse")), start=2):
+        fig.add_trace(go.Heatmap(z=z, colorscale="RdBu", zmid=0, zmin=-bound, zmax=bound, showscale=col == 3,
+                                 colorbar=dict(title="attribution"), name=name,
+                                 hovertemplate="row %{y}, col %{x}<br>" + name + " %{z:.4f}<extra></extra>"), 1, col)
+    for col in (1, 2, 3):
+        fig.update_yaxes(autorange="reversed", scaleanchor=f"x{'' if col == 1 else col}", showticklabels=False,
+                         row=1, col=col)
+        fig.update_xaxes(showticklabels=False, row=1, col=col)
+    suffix = f" (Pearson r = {correlation:.3f})" if correlation is not None and not math.isnan(correlation) else ""
+    fig.update_layout(title=title + suffix, height=340)
+    return fig
+
+
+def token_attribution_figure(tokens: Sequence[str], dense: Any, sparse: Any, *,
+                             title: str = "token attributions") -> go.Figure:
+    """Grouped bars of per-token attributions, dense vs sparse.
+
+    Args:
+        tokens: the tokens, in order.
+        dense: one value per token (dense model).
+        sparse: one value per token (sparse model).
+        title: figure title.
+
+    Returns:
+        A figure with ``data[0]`` dense and ``data[1]`` sparse bars; tokens keep their order (a
+        repeated token gets its position appended).
+    """
+    d = [float(v) for v in torch.as_tensor(dense).reshape(-1).tolist()]
+    s = [float(v) for v in torch.as_tensor(sparse).reshape(-1).tolist()]
+    if not (len(tokens) == len(d) == len(s)):
+        raise ValueError(f"{len(tokens)} tokens, {len(d)} dense and {len(s)} sparse values; they must match")
+    seen: dict[str, int] = {}
+    labels = []
+    for tok in tokens:
+        seen[tok] = seen.get(tok, 0) + 1
+        labels.append(tok if seen[tok] == 1 else f"{tok} ({seen[tok]})")
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=labels, y=d, name="dense", marker_color=KEPT_COLOR,
+                         hovertemplate="%{x}<br>dense %{y:.4f}<extra></extra>"))
+    fig.add_trace(go.Bar(x=labels, y=s, name="sparse", marker_color="#d62728",
+                         hovertemplate="%{x}<br>sparse %{y:.4f}<extra></extra>"))
+    fig.update_layout(title=title, barmode="group")
+    fig.update_xaxes(title_text="token", type="category", categoryorder="array", categoryarray=labels)
+    fig.update_yaxes(title_text="attribution to the similarity")
+    return fig
+
+
+def agreement_figure(labels: Sequence[str], correlations: Sequence[float], *,
+                     title: str = "dense vs sparse attribution correlation") -> go.Figure:
+    """Bars of the dense-vs-sparse attribution correlation per example (1 = the same evidence).
+
+    Args:
+        labels: one label per example.
+        correlations: Pearson r per example (NaN drawn as 0 with a note on hover).
+        title: figure title.
+
+    Returns:
+        A figure with one ``Bar`` trace, y in [-1, 1].
+    """
+    if len(labels) != len(correlations):
+        raise ValueError(f"{len(labels)} labels for {len(correlations)} correlations")
+    vals = [float(c) for c in correlations]
+    fig = go.Figure(go.Bar(
+        x=[str(lbl) for lbl in labels], y=[0.0 if math.isnan(v) else v for v in vals], marker_color=KEPT_COLOR,
+        customdata=["undefined (a constant map)" if math.isnan(v) else f"{v:.3f}" for v in vals],
+        hovertemplate="%{x}<br>r = %{customdata}<extra></extra>",
+    ))
+    fig.update_layout(title=title)
+    fig.update_xaxes(title_text="example", type="category")
+    fig.update_yaxes(title_text="Pearson r", range=[-1, 1.05])
+    return fig

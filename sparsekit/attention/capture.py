@@ -1,0 +1,504 @@
+"""Capture attention (probabilities, scores, Q, K, V) of every layer and head of a real model.
+
+The loaded model is shared between browser sessions, so it is never touched: every capture (and
+every sparse run in ``apply``) works on a private structural copy whose modules are new objects
+but whose parameter tensors are the shared ones (no weights are copied, about 5 ms for MiniLM).
+
+- Hugging Face models: the copy's config selects an attention function registered with
+  transformers' ``AttentionInterface`` (and the eager mask builder with ``AttentionMaskInterface``).
+  It computes exactly what the eager implementation computes and hands the scores, Q, K and V
+  (after rotary embeddings, with grouped K/V heads repeated) to the active session. Models whose
+  attention does not go through that interface are reported as unsupported.
+- The digits ViT: its ``Attention`` module records its probabilities (``record_attention``);
+  forward hooks on the copy's ``q``/``k``/``v`` projections record Q, K and V.
+
+Which session is active is held in a ``ContextVar``, so concurrent Streamlit sessions (threads)
+never see each other's hooks.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import itertools
+import math
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..models.base import LoadedModel
+from ..models.digits import Attention as DigitsAttention
+from .patterns import PatternContext
+
+MAX_TOKENS = 256
+"""Default token limit of a captured text (attention maps grow with its square)."""
+ATTN_IMPLEMENTATION = "sparsekit_attention"
+"""The name the capturing attention function is registered under in transformers."""
+CALIBRATION_COUNT = 16
+"""Calibration inputs captured for the per-head search by default."""
+
+_ACTIVE: ContextVar["Session | None"] = ContextVar("sparsekit_attention_session", default=None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sessions: what happens inside each attention call
+
+
+class Session:
+    """Receives every attention call of a forward pass (subclassed by capture and by ``apply``).
+
+    Layers are numbered in the order their attention first runs, which is the model's order.
+    """
+
+    def __init__(self) -> None:
+        self._layers: dict[int, int] = {}
+
+    def layer(self, module: nn.Module) -> int:
+        """The layer index of an attention module (assigned on its first call)."""
+        return self._layers.setdefault(id(module), len(self._layers))
+
+    @property
+    def n_layers(self) -> int:
+        """Attention layers seen so far."""
+        return len(self._layers)
+
+    def before_softmax(self, layer: int, scores: Tensor, query: Tensor, key: Tensor,
+                       allowed: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """May change the scores ``[b, h, q, k]``; may return which query rows keep any key
+        (``[b, h, q]``; rows without one output zeros, as in FlexAttention)."""
+        return scores, None
+
+    def after_softmax(self, layer: int, scores: Tensor, probs: Tensor, query: Tensor, key: Tensor,
+                      value: Tensor, allowed: Tensor | None) -> None:
+        """Sees the final probabilities."""
+
+
+@contextlib.contextmanager
+def active(session: Session) -> Iterator[Session]:
+    """Make ``session`` receive the attention calls of forwards run inside the block (this thread
+    or task only).
+
+    Args:
+        session: the receiver.
+
+    Returns:
+        A context manager yielding the session.
+    """
+    token = _ACTIVE.set(session)
+    try:
+        yield session
+    finally:
+        _ACTIVE.reset(token)
+
+
+def _attention_forward(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
+                       attention_mask: Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                       **kwargs: Any) -> tuple[Tensor, Tensor]:
+    # The eager computation of transformers, with the session called around the softmax.
+    if kwargs.get("s_aux") is not None:
+        raise ValueError("this model uses learned attention sinks (s_aux), which sparsekit's attention capture does not support")
+    session = _ACTIVE.get()
+    n_rep = query.shape[1] // key.shape[1]
+    if n_rep > 1:  # grouped-query attention: K/V head g serves query heads g*n_rep .. (g+1)*n_rep-1
+        key = key.repeat_interleave(n_rep, dim=1)
+        value = value.repeat_interleave(n_rep, dim=1)
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    softcap = kwargs.get("softcap")
+    if softcap:
+        scores = torch.tanh(scores / softcap) * softcap
+    allowed = None
+    if attention_mask is not None:
+        mask = attention_mask[:, :, :, : key.shape[-2]]
+        if mask.dtype == torch.bool:
+            allowed = mask
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + mask
+            allowed = mask > torch.finfo(mask.dtype).min / 2
+    keep = None
+    layer = -1
+    if session is not None:
+        layer = session.layer(module)
+        scores, keep = session.before_softmax(layer, scores, query, key, allowed)
+    probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    if keep is not None:
+        probs = probs * keep.unsqueeze(-1).to(probs.dtype)
+    if session is not None:
+        session.after_softmax(layer, scores, probs, query, key, value, allowed)
+    probs = F.dropout(probs, p=dropout, training=module.training)
+    out = torch.matmul(probs, value).transpose(1, 2).contiguous()
+    return out, probs
+
+
+_REGISTERED = False
+
+
+def _register() -> None:
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(ATTN_IMPLEMENTATION, _attention_forward)
+    # Without a mask builder under the same name transformers would silently drop padding masks.
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, eager_mask)
+    _REGISTERED = True
+
+
+# ---------------------------------------------------------------------------------------------
+# Private copies
+
+
+def _digits_attention(module: nn.Module) -> list[tuple[str, DigitsAttention]]:
+    return [(n, m) for n, m in module.named_modules() if isinstance(m, DigitsAttention)]
+
+
+def _is_hf(module: nn.Module) -> bool:
+    return hasattr(module, "config") and hasattr(module.config, "_attn_implementation")
+
+
+def attention_support(loaded: LoadedModel) -> str | None:
+    """Why attention cannot be captured from a model, or None when it can.
+
+    Args:
+        loaded: the model.
+
+    Returns:
+        None, or a sentence saying why not (no attention layers, or an architecture whose
+        attention does not go through transformers' attention interface is found at capture).
+    """
+    if _digits_attention(loaded.module):
+        return None
+    if _is_hf(loaded.module) and loaded.kind in ("encoder", "causal-lm"):
+        return None
+    return f"{loaded.name} has no attention layers whose probabilities sparsekit can read"
+
+
+def private_copy(loaded: LoadedModel) -> nn.Module:
+    """A structural copy of ``loaded.module`` sharing its parameter and buffer tensors, with the
+    capturing attention selected (Hugging Face models). Safe to hook and to reconfigure.
+
+    Args:
+        loaded: the model (not modified).
+
+    Returns:
+        The copy, in eval mode.
+    """
+    reason = attention_support(loaded)
+    if reason:
+        raise ValueError(reason)
+    module = loaded.module
+    memo = {id(t): t for t in itertools.chain(module.parameters(), module.buffers())}
+    clone = copy.deepcopy(module, memo)
+    if _is_hf(clone):
+        _register()
+        clone.config._attn_implementation = ATTN_IMPLEMENTATION
+    return clone.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# The capture itself
+
+
+@dataclass
+class AttentionCapture:
+    """Attention of one input sequence at every layer and head.
+
+    Scores are the pre-softmax logits (scaled, model mask applied, ``-inf`` where the model
+    itself forbids a pair: causal future, padding); ``probs`` are the model's own softmax.
+    """
+
+    scores: Tensor
+    """float32 ``[layers, heads, n, n]``."""
+    probs: Tensor
+    """float32 ``[layers, heads, n, n]``; rows sum to 1."""
+    query: Tensor
+    """float32 ``[layers, heads, n, d]`` (after rotary embeddings where the model has them)."""
+    key: Tensor
+    """float32 ``[layers, heads, n, d]`` (grouped K/V heads repeated to the query heads)."""
+    value: Tensor
+    """float32 ``[layers, heads, n, d]``."""
+    tokens: list[str]
+    """A label per position (word pieces, or ``CLS`` and patch coordinates)."""
+    causal: bool
+    """The model is a decoder: pairs with ``j > i`` are not allowed."""
+    layer_names: list[str]
+    """Module name of each attention layer."""
+    model: str = ""
+    """Spec of the model it came from."""
+
+    @property
+    def n_layers(self) -> int:
+        """Attention layers."""
+        return self.probs.shape[0]
+
+    @property
+    def n_heads(self) -> int:
+        """Heads per layer."""
+        return self.probs.shape[1]
+
+    @property
+    def seq_len(self) -> int:
+        """Tokens (queries = keys)."""
+        return self.probs.shape[-1]
+
+    @property
+    def allowed(self) -> Tensor:
+        """Bool ``[n, n]``: the pairs the dense model attends over (causal triangle for decoders)."""
+        n = self.seq_len
+        full = torch.ones(n, n, dtype=torch.bool)
+        return full.tril() if self.causal else full
+
+    def context(self, layer: int) -> PatternContext:
+        """The pattern context of one layer (lengths, its attention and Q/K per head)."""
+        n = self.seq_len
+        return PatternContext(n, n, self.causal, probs=self.probs[layer], query=self.query[layer], key=self.key[layer])
+
+
+class _Recorder(Session):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: dict[int, tuple[Tensor, ...]] = {}
+
+    def after_softmax(self, layer, scores, probs, query, key, value, allowed):
+        s = scores.detach().float()
+        if allowed is not None:
+            s = s.masked_fill(~allowed, -math.inf)
+        self.records[layer] = (s, probs.detach().float(), query.detach().float(), key.detach().float(),
+                               value.detach().float())
+
+
+def _hf_names(clone: nn.Module, recorder: _Recorder) -> list[str]:
+    by_id = {id(m): n for n, m in clone.named_modules()}
+    order = sorted(recorder._layers.items(), key=lambda kv: kv[1])
+    return [by_id.get(mid, f"layer {i}") for mid, i in order]
+
+
+def _run_hf(loaded: LoadedModel, batch: dict[str, Tensor]) -> tuple[list[tuple[Tensor, ...]], list[str]]:
+    clone = private_copy(loaded)
+    recorder = _Recorder()
+    kwargs: dict[str, Any] = {"use_cache": False} if loaded.kind == "causal-lm" else {}
+    with torch.inference_mode(), active(recorder):
+        clone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs)
+    if not recorder.records:
+        arch = loaded.info.get("architecture", type(loaded.module).__name__)
+        raise ValueError(
+            f"{loaded.name} ({arch}) does not route its attention through transformers' attention interface, "
+            "so its attention probabilities cannot be captured"
+        )
+    return [recorder.records[i] for i in range(len(recorder.records))], _hf_names(clone, recorder)
+
+
+def _run_digits(loaded: LoadedModel, images: Tensor) -> tuple[list[tuple[Tensor, ...]], list[str]]:
+    clone = private_copy(loaded)
+    found = _digits_attention(clone)
+    outputs: dict[tuple[int, str], Tensor] = {}
+
+    def grab(i: int, which: str) -> Callable:
+        def hook(mod, args, out):
+            outputs[(i, which)] = out.detach()
+
+        return hook
+
+    for i, (_, attn) in enumerate(found):
+        attn.record_attention = True
+        for which in ("q", "k", "v"):
+            getattr(attn, which).register_forward_hook(grab(i, which))
+    with torch.inference_mode():
+        clone(images)
+    records = []
+    for i, (_, attn) in enumerate(found):
+        b, t, _ = outputs[(i, "q")].shape
+
+        def heads(y: Tensor) -> Tensor:
+            return y.view(b, t, attn.n_heads, attn.head_dim).transpose(1, 2).float()
+
+        q, k, v = (heads(outputs[(i, w)]) for w in ("q", "k", "v"))
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(attn.head_dim)
+        records.append((scores, attn.last_attention.float(), q, k, v))
+    return records, [n for n, _ in found]
+
+
+def _digit_tokens(n_tokens: int) -> list[str]:
+    side = int(round(math.sqrt(n_tokens - 1)))
+    return ["CLS"] + [f"r{i // side}c{i % side}" for i in range(n_tokens - 1)]
+
+
+def _split(records: list[tuple[Tensor, ...]], lengths: Sequence[int], tokens: Sequence[list[str]], causal: bool,
+           names: list[str], spec: str) -> list[AttentionCapture]:
+    out = []
+    for row, n in enumerate(lengths):
+        s, p, q, k, v = (torch.stack([r[j][row, :, :n, :n] if j < 2 else r[j][row, :, :n] for r in records])
+                         for j in range(5))
+        out.append(AttentionCapture(s.contiguous(), p.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(),
+                                    list(tokens[row]), causal, names, spec))
+    return out
+
+
+def _token_ids(loaded: LoadedModel, text: Any, max_tokens: int) -> list[int]:
+    if isinstance(text, str):
+        if not text.strip():
+            raise ValueError("the text is empty: type a sentence or pick a built-in one")
+        ids = loaded.tokenizer(text, truncation=False)["input_ids"]
+    elif isinstance(text, Sequence) and all(isinstance(i, int) and not isinstance(i, bool) for i in text):
+        ids = list(text)
+        if not ids:
+            raise ValueError("the token list is empty")
+    else:
+        raise ValueError(f"{loaded.name} takes text (a string) or a list of token ids")
+    limit = max_tokens
+    positions = getattr(getattr(loaded.module, "config", None), "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        limit = min(limit, positions)
+    if len(ids) > limit:
+        raise ValueError(f"the text is {len(ids)} tokens long; the limit here is {limit} tokens: shorten it")
+    n_vocab = loaded.module.get_input_embeddings().num_embeddings
+    if max(ids) >= n_vocab or min(ids) < 0:
+        raise ValueError(f"token ids must lie in 0..{n_vocab - 1}")
+    return ids
+
+
+def _images(loaded: LoadedModel, image: Any) -> Tensor:
+    if isinstance(image, Tensor) and image.ndim == 4 and tuple(image.shape[1:]) == (1, 8, 8):
+        x = image.float()
+        if x.numel() and (x.min() < 0 or x.max() > 1):
+            raise ValueError("preprocessed digit images must have values in 0..1")
+        return x
+    return loaded.preprocess(image)
+
+
+def capture_batch(loaded: LoadedModel, inputs: Sequence[Any], *, max_tokens: int = MAX_TOKENS) -> list[AttentionCapture]:
+    """Capture the attention of several inputs (equal lengths share one forward pass).
+
+    Args:
+        loaded: a text model (inputs: strings or token-id lists) or the digits ViT (inputs: 8x8
+            images with pixel values 0..16, or one preprocessed ``[n, 1, 8, 8]`` tensor).
+        inputs: the inputs.
+        max_tokens: token limit per text (also capped by the model's position count).
+
+    Returns:
+        One ``AttentionCapture`` per input, in order.
+
+    Raises:
+        ValueError: the model cannot give attention, an empty text, too many tokens, a bad image.
+    """
+    reason = attention_support(loaded)
+    if reason:
+        raise ValueError(reason)
+    if _digits_attention(loaded.module):
+        if isinstance(inputs, (Tensor, np.ndarray)):
+            x = _images(loaded, inputs)
+        else:
+            x = torch.cat([_images(loaded, i) for i in inputs]) if len(inputs) else torch.zeros(0, 1, 8, 8)
+        if x.shape[0] == 0:
+            raise ValueError("give at least one digit image")
+        records, names = _run_digits(loaded, x)
+        n = records[0][0].shape[-1]
+        return _split(records, [n] * x.shape[0], [_digit_tokens(n)] * x.shape[0], False, names, loaded.spec)
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if not len(inputs):
+        raise ValueError("give at least one text")
+    ids = [_token_ids(loaded, t, max_tokens) for t in inputs]
+    causal = loaded.kind == "causal-lm"
+    out: list[AttentionCapture | None] = [None] * len(ids)
+    by_len: dict[int, list[int]] = {}
+    for i, x in enumerate(ids):
+        by_len.setdefault(len(x), []).append(i)
+    for n, rows in by_len.items():
+        batch = {"input_ids": torch.tensor([ids[r] for r in rows]), "attention_mask": torch.ones(len(rows), n, dtype=torch.long)}
+        records, names = _run_hf(loaded, batch)
+        tokens = [loaded.tokenizer.convert_ids_to_tokens(ids[r]) for r in rows]
+        for r, cap in zip(rows, _split(records, [n] * len(rows), tokens, causal, names, loaded.spec)):
+            out[r] = cap
+    return [c for c in out if c is not None]
+
+
+def capture_attention(loaded: LoadedModel, inputs: Any, *, max_tokens: int = MAX_TOKENS) -> AttentionCapture:
+    """Capture the attention of one input at every layer and head.
+
+    Args:
+        loaded: a text model or the digits ViT.
+        inputs: a text (string) or token-id list for a text model; one 8x8 image (pixel values
+            0..16) or a ``[1, 1, 8, 8]`` preprocessed tensor for the ViT.
+        max_tokens: token limit of the text (also capped by the model's position count).
+
+    Returns:
+        The capture.
+
+    Raises:
+        ValueError: the model cannot give attention, an empty text, too many tokens, a bad image.
+    """
+    if _digits_attention(loaded.module):
+        x = _images(loaded, inputs)
+        if x.shape[0] != 1:
+            raise ValueError(f"give one digit image, got {x.shape[0]}")
+        return capture_batch(loaded, x)[0]
+    return capture_batch(loaded, [inputs], max_tokens=max_tokens)[0]
+
+
+def passage_ids(loaded: LoadedModel, n_tokens: int) -> list[int]:
+    """Exactly ``n_tokens`` token ids of built-in sentences run together (special tokens kept at
+    both ends), for benchmarks and long examples.
+
+    Args:
+        loaded: a text model.
+        n_tokens: the length wanted (at least 2).
+
+    Returns:
+        The token ids.
+    """
+    from ..models.sentences import SENTENCES
+
+    if loaded.tokenizer is None:
+        raise ValueError(f"{loaded.name} is not a text model")
+    if n_tokens < 2:
+        raise ValueError("a passage needs at least 2 tokens")
+    text = ""
+    for sentence in itertools.cycle(SENTENCES):
+        text = f"{text} {sentence}".strip()
+        ids = loaded.tokenizer(text, truncation=False)["input_ids"]
+        if len(ids) >= n_tokens:
+            return ids[: n_tokens - 1] + ids[-1:]
+    raise AssertionError("unreachable")
+
+
+def calibration_inputs(loaded: LoadedModel, count: int = CALIBRATION_COUNT) -> list[Any]:
+    """Calibration inputs for the per-head search: the model's own calibration set (built-in
+    sentences never used for evaluation where the model has a held-out split; training images
+    for the ViT), the first ``count``.
+
+    Args:
+        loaded: the model.
+        count: how many.
+
+    Returns:
+        Token-id lists (text) or a ``[count, 1, 8, 8]`` tensor (ViT).
+    """
+    if count < 1:
+        raise ValueError("use at least one calibration input")
+    cal = loaded.calibration
+    if isinstance(cal, Tensor):
+        return cal[:count]
+    ids, mask = cal["input_ids"], cal["attention_mask"].bool()
+    return [ids[i][mask[i]].tolist() for i in range(min(count, ids.shape[0]))]
+
+
+def calibration_captures(loaded: LoadedModel, count: int = CALIBRATION_COUNT) -> list[AttentionCapture]:
+    """``capture_batch`` of ``calibration_inputs``.
+
+    Args:
+        loaded: the model.
+        count: how many inputs.
+
+    Returns:
+        One capture per calibration input.
+    """
+    return capture_batch(loaded, calibration_inputs(loaded, count))

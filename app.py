@@ -14,6 +14,9 @@ pages = [
 ]
 loaded, key = sidebar_model()
 page = st.navigation(pages)
+link = st.session_state.pop("_deep_link", None)
+if link:  # see ui.state.ensure_shell
+    st.switch_page(link)
 st.session_state["_loaded"] = loaded
 st.session_state["_model_key"] = key
 page.run()

@@ -13,8 +13,9 @@ from sparsekit.attention.metrics import measure, plan_masks
 from sparsekit.attention.patterns import COMBINATORS, MAX_PARAM
 from sparsekit.attention.search import ALLOCATIONS, DEFAULT_FAMILIES, SEARCH_FAMILIES, SearchConfig, search_heads
 from sparsekit.models.sentences import SENTENCES
-from ui.state import require_model
+from ui.state import ensure_shell, require_model
 
+ensure_shell(__file__)
 st.title("Attention")
 st.markdown(
     "**Attention sparsity** lets each query look at only some of the keys (a window, a few global "

@@ -26,8 +26,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture
+def fresh_app_url(tmp_path_factory):
+    """A server of its own, so that the first request it sees can be a deep link."""
+    yield from _serve(tmp_path_factory)
+
+
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
+    yield from _serve(tmp_path_factory)
+
+
+def _serve(tmp_path_factory):
     if not os.path.exists(CHROMIUM):
         if os.environ.get("CI"):
             pytest.fail("chromium is not installed: scripts/setup.sh --dev installs it")
@@ -110,4 +120,30 @@ def test_switch_pages_apply_2_4_and_see_masks(app_url):
         if shots:
             page.wait_for_timeout(2000)  # let tables and charts finish drawing
             page.screenshot(path=f"{shots}/masks.png", full_page=True)
+        browser.close()
+
+
+def _launch(p):
+    return p.chromium.launch(
+        executable_path=CHROMIUM,
+        args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    )
+
+
+def test_deep_link_on_a_fresh_server_keeps_navigation_and_sidebar(fresh_app_url):
+    # Streamlit routes a first request for /<page> through its legacy pages/ mode, which would
+    # run the page without app.py; ui.state.ensure_shell sends it through app.py and back.
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = _launch(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+        page.goto(f"{fresh_app_url}/masks")
+        page.get_by_role("heading", name="Masks").first.wait_for()
+        page.get_by_text("Showing the masks of").wait_for()
+        nav = page.locator('[data-testid="stSidebarNavLink"]')
+        labels = [nav.nth(i).inner_text().strip() for i in range(nav.count())]
+        assert any("Sparsify" in t for t in labels) and not any(t.strip() == "app" for t in labels)
+        assert page.get_by_text("Source", exact=True).count() >= 1  # the model picker is there
         browser.close()

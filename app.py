@@ -10,6 +10,7 @@ pages = [
     st.Page("pages/sparsify.py", title="Sparsify", icon=":material/content_cut:"),
     st.Page("pages/masks.py", title="Masks", icon=":material/grid_on:"),
     st.Page("pages/attention.py", title="Attention", icon=":material/visibility:"),
+    st.Page("pages/training.py", title="Training & topology", icon=":material/timeline:"),
     st.Page("pages/benchmarks.py", title="Benchmarks", icon=":material/speed:"),
 ]
 loaded, key = sidebar_model()

@@ -17,6 +17,9 @@ _PAIRWISE_MAX_M = 16
 # Groups processed per chunk: small enough that the working set stays in the CPU's L2 cache,
 # large enough that per-op overhead stays small.
 _CHUNK_GROUPS = 1 << 16
+# Below this many entries a stable sort is cheaper than waking the parallel kernel's threads
+# (which costs milliseconds on a loaded machine, e.g. in a training step on small layers).
+_SMALL = 1 << 15
 
 
 def _check_scores(weight: torch.Tensor, scores: torch.Tensor | None) -> torch.Tensor:
@@ -179,9 +182,11 @@ def _sorted_keep(a: torch.Tensor, n: int) -> torch.Tensor:
 
 def _nm_groups_keep(groups: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """groups: [G, m] scores (any sign). Returns [G, m] bool keep."""
-    if groups.device.type == "cpu" and m <= _PAIRWISE_MAX_M:
+    if groups.device.type == "cpu" and m <= _PAIRWISE_MAX_M and groups.numel() >= _SMALL:
         return _cpu_keep(groups, n, m)
     _check_no_nan(groups)
+    if groups.numel() < _SMALL:
+        return _sorted_keep(groups.abs(), n)
     if m > _PAIRWISE_MAX_M:
         return _sorted_keep(groups.abs(), n)
     return _torch_keep(groups, n, m)

@@ -203,3 +203,18 @@ def test_torch_pathway_used_on_gpus_matches_loop(n, m):
     # More groups than one chunk: against the stable-sort selection (checked above).
     big = torch.randint(-3, 4, (_CHUNK_GROUPS + 77, m), generator=g).float()
     assert torch.equal(_torch_keep(big, n, m), _sorted_keep(big.abs(), n))
+
+
+@pytest.mark.parametrize("n,m", NM)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_compiled_cpu_kernels_match_loop(n, m, dtype):
+    # nm_mask sorts small tensors; call the compiled kernels directly on small, tie-heavy input.
+    from sparsekit.masks import _PAIRWISE_MAX_M, _cpu_keep
+
+    if m > _PAIRWISE_MAX_M:
+        pytest.skip("the compiled kernels serve M <= 16")
+    rows = torch.randint(-3, 4, (41, m), generator=torch.Generator().manual_seed(m + n)).to(dtype)
+    assert torch.equal(_cpu_keep(rows, n, m), ref_nm_rows(rows.float(), n, m))
+    rows[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        _cpu_keep(rows, n, m)

@@ -795,32 +795,6 @@ def flip_count_figure(counts: Any, *, title: str = "flips per weight",
     return fig
 
 
-def step_loss_figure(steps: Sequence[int], losses: Sequence[float], *, steps_per_epoch: int | None = None,
-                     title: str = "training loss per step") -> go.Figure:
-    """The training loss of every step (the live curve while a run trains).
-
-    Args:
-        steps: step numbers (1-based).
-        losses: the loss of each step.
-        steps_per_epoch: when given, x is in epochs.
-        title: figure title.
-
-    Returns:
-        A figure with one ``Scatter`` on a log y axis (non-positive or non-finite losses dropped).
-    """
-    if len(steps) != len(losses):
-        raise ValueError(f"{len(steps)} steps but {len(losses)} losses")
-    scale = float(steps_per_epoch) if steps_per_epoch else 1.0
-    x = [s / scale for s in steps]
-    y = [float(v) if math.isfinite(float(v)) and float(v) > 0 else None for v in losses]
-    fig = go.Figure(go.Scatter(x=x, y=y, mode="lines", line=dict(color=KEPT_COLOR),
-                               hovertemplate="%{x:.2f}<br>loss %{y:.4f}<extra></extra>"))
-    fig.update_layout(title=title, height=300)
-    fig.update_xaxes(title_text="epoch" if steps_per_epoch else "step")
-    fig.update_yaxes(title_text="loss", type="log")
-    return fig
-
-
 # ----------------------------------------------------------------------------- attention sparsity (issue 3)
 # Figures for sparsekit.attention: a head's attention with a pattern drawn over it, layer x head
 # grids (recall, density, the per-head plan), and the search's density/recall trade-off.

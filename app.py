@@ -11,6 +11,8 @@ pages = [
     st.Page("pages/masks.py", title="Masks", icon=":material/grid_on:"),
     st.Page("pages/attention.py", title="Attention", icon=":material/visibility:"),
     st.Page("pages/training.py", title="Training & topology", icon=":material/timeline:"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
+    st.Page("pages/attribution.py", title="Attribution", icon=":material/insights:"),
     st.Page("pages/benchmarks.py", title="Benchmarks", icon=":material/speed:"),
 ]
 loaded, key = sidebar_model()

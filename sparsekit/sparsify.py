@@ -21,7 +21,9 @@ from torch import nn
 from .masks import conv_nm_mask, nm_mask, topk_keep, unstructured_mask
 
 PATTERNS = ("dense", "nm", "unstructured")
-METHODS = ("magnitude", "random")
+METHODS = ("magnitude", "random", "wanda", "sparsegpt", "taylor")
+CALIBRATED_METHODS = ("wanda", "sparsegpt", "taylor")
+"""Methods that need calibration inputs (``sparsekit.scoring``)."""
 SCOPES = ("layer", "global")
 LAYER_SETS = ("all", "mlp", "attention")
 CONV_GROUPINGS = ("channel", "kernel")
@@ -52,7 +54,9 @@ class SparsifyConfig:
     """Unstructured only: ``layer`` prunes each layer to the sparsity; ``global`` ranks all selected
     weights together, so layers end up with different sparsities."""
     method: str = "magnitude"
-    """``magnitude`` keeps the largest |w|; ``random`` keeps a seeded random choice."""
+    """``magnitude`` keeps the largest |w|; ``random`` keeps a seeded random choice; ``wanda``
+    (|w| x input norm), ``sparsegpt`` (Hessian-based, rewrites kept weights) and ``taylor``
+    ((gradient x w)^2) use calibration inputs (see ``sparsekit.scoring``)."""
     seed: int = 0
     """Seed of the random method (each layer gets its own stream derived from it and its name)."""
     layers: str = "all"
@@ -94,6 +98,11 @@ class SparsifyConfig:
             s = self.sparsity
             if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 <= s <= MAX_SPARSITY:
                 raise ValueError(f"sparsity must be between 0 and {MAX_SPARSITY} (fraction pruned), got {s!r}")
+        if self.pattern == "unstructured" and self.scope == "global" and self.method in ("wanda", "sparsegpt"):
+            raise ValueError(
+                f"{self.method} compares weights within a layer (its scores are not comparable across layers); "
+                "use scope='layer', or magnitude, random or taylor for a global ranking"
+            )
         if not 0 <= self.seed < 2**31:
             raise ValueError(f"seed must be in [0, 2**31), got {self.seed}")
         for name in ("include", "exclude"):
@@ -180,6 +189,8 @@ class SparsifyResult:
     config: SparsifyConfig
     weight_names: dict[str, str] = field(default_factory=dict)
     """layer name -> parameter name in ``model.state_dict()``."""
+    notes: dict[str, str] = field(default_factory=dict)
+    """layer name -> remark from a calibrated method (e.g. not reached by the calibration forward)."""
 
     def matrix_view(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         """A layer's weight or mask as a 2-D matrix whose rows hold the N:M groups as consecutive
@@ -307,8 +318,10 @@ def format_bytes(shape: tuple[int, ...], kept: int, element_size: int, nm: tuple
     return out
 
 
-def _scores(weight: torch.Tensor, config: SparsifyConfig, name: str) -> torch.Tensor:
-    if config.method == "magnitude":
+def _scores(weight: torch.Tensor, config: SparsifyConfig, name: str, precomputed=None) -> torch.Tensor:
+    if precomputed is not None and name in precomputed:
+        return precomputed[name]
+    if config.method in ("magnitude", "wanda", "sparsegpt"):  # calibrated ones fall back to |w| for unreached layers
         return weight
     gen = torch.Generator().manual_seed((config.seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
     return torch.rand(weight.shape, generator=gen)
@@ -361,6 +374,7 @@ def sparsify(
     config: SparsifyConfig,
     *,
     progress: Callable[[float, str], None] | None = None,
+    calibration=None,
 ) -> SparsifyResult:
     """Prune a deep copy of ``model`` according to ``config``.
 
@@ -368,6 +382,8 @@ def sparsify(
         model: an ``nn.Module`` or a ``LoadedModel`` (its ``.module`` is used). Never modified.
         config: what to prune; validated first.
         progress: optional ``progress(fraction, message)`` callback.
+        calibration: inputs for ``wanda``, ``sparsegpt`` and ``taylor`` (a float tensor batch, or a
+            dict with ``input_ids``/``attention_mask``); default: the LoadedModel's ``calibration``.
 
     Returns:
         A ``SparsifyResult`` with the pruned copy, masks (True = kept) and a per-layer report.
@@ -375,6 +391,12 @@ def sparsify(
         and say why in ``skipped_reason``.
     """
     config.validate()
+    if config.method in CALIBRATED_METHODS and config.pattern != "dense":
+        from .scoring import check_calibration
+
+        if calibration is None:
+            calibration = getattr(model, "calibration", None)
+        check_calibration(calibration, config.method)
     source = getattr(model, "module", model)
     if not isinstance(source, nn.Module):
         raise TypeError(f"sparsify needs an nn.Module or a LoadedModel, got {type(model).__name__}")
@@ -413,9 +435,17 @@ def sparsify(
             todo.append((name, module))
             report.append(None)  # filled below, keeps module order
 
+    calibrated = None
+    if config.method in CALIBRATED_METHODS and todo:
+        from .scoring import calibrated_prune
+
+        # Wanda and SparseGPT prune the copy in place, layer by layer; Taylor returns scores.
+        calibrated = calibrated_prune(pruned_model, [n for n, _ in todo], config, calibration, progress=progress)
+    precomputed = calibrated.scores if calibrated is not None else None
+
     global_keep = None
     if config.pattern == "unstructured" and config.scope == "global" and todo:
-        flat = torch.cat([_scores(m.weight.detach(), config, n).reshape(-1) for n, m in todo])
+        flat = torch.cat([_scores(m.weight.detach(), config, n, precomputed).reshape(-1) for n, m in todo])
         keep_count = flat.numel() - int(round(float(config.sparsity) * flat.numel()))
         global_keep = topk_keep(flat, keep_count)
 
@@ -426,11 +456,13 @@ def sparsify(
             if progress is not None:
                 progress(step / max(1, len(todo)), f"pruning {name}")
             weight = module.weight.detach()
-            if global_keep is not None:
+            if calibrated is not None and name in calibrated.masks:
+                mask = calibrated.masks[name]
+            elif global_keep is not None:
                 mask = global_keep[offset : offset + weight.numel()].reshape(weight.shape)
                 offset += weight.numel()
             else:
-                mask = _layer_mask(weight, module, config, _scores(weight, config, name))
+                mask = _layer_mask(weight, module, config, _scores(weight, config, name, precomputed))
             new_modules[name].weight.mul_(mask.to(weight.dtype))
             masks[name] = mask
             kept = int(mask.sum())
@@ -443,6 +475,7 @@ def sparsify(
         report=report,
         config=config,
         weight_names={name: f"{name}.weight" for name in masks},
+        notes=dict(calibrated.notes) if calibrated is not None else {},
     )
 
 

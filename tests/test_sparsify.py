@@ -158,7 +158,7 @@ def test_layer_group_names():
         (dict(pattern="unstructured", sparsity=1.0), "between 0 and 0.99"),
         (dict(pattern="unstructured", sparsity=-0.2), "between 0 and 0.99"),
         (dict(pattern="weird"), "pattern must be one of"),
-        (dict(method="taylor"), "method must be one of"),
+        (dict(method="movement"), "method must be one of"),
         (dict(include="(unclosed"), "not a valid regular expression"),
         (dict(seed=-1), "seed"),
         (dict(n=2.5), "integer"),

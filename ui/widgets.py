@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from sparsekit.sparsify import MAX_M, MAX_SPARSITY, SparsifyConfig
+from sparsekit.sparsify import MAX_M, MAX_SPARSITY, METHODS, SparsifyConfig
 
 PATTERN_LABELS = {"nm": "N:M (keep N of every M)", "unstructured": "Unstructured", "dense": "Dense (no pruning)"}
+METHOD_HELP = ("magnitude keeps the largest |w|; random is the seeded baseline. With calibration inputs (digits "
+               "training images, the built-in sentences): wanda scores |w|·‖x‖, sparsegpt also rewrites the kept "
+               "weights to make up for the pruned ones, taylor scores (gradient·w)².")
 LAYER_LABELS = {"all": "All Linear/Conv", "mlp": "MLP (feed-forward) only", "attention": "Attention projections only"}
 
 
@@ -21,8 +24,8 @@ def config_form(prefix: str, initial: SparsifyConfig, *, compact: bool = False) 
     with cols[0]:
         pattern = st.radio("Pattern", list(PATTERN_LABELS), index=list(PATTERN_LABELS).index(initial.pattern),
                            format_func=PATTERN_LABELS.get, key=f"{prefix}_pattern", horizontal=compact)
-        method = st.selectbox("Scoring", ["magnitude", "random"], index=["magnitude", "random"].index(initial.method),
-                              key=f"{prefix}_method", help="magnitude keeps the largest |w|; random is the seeded baseline")
+        method = st.selectbox("Scoring", list(METHODS), index=list(METHODS).index(initial.method),
+                              key=f"{prefix}_method", help=METHOD_HELP)
         seed = initial.seed
         if method == "random":
             seed = int(st.number_input("Seed", 0, 2**31 - 1, initial.seed, key=f"{prefix}_seed"))

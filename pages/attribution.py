@@ -1,0 +1,116 @@
+"""Attribution drift: Integrated Gradients of the dense and the sparse model, side by side."""
+import math
+
+import pandas as pd
+import streamlit as st
+
+from sparsekit import attribution as attr
+from sparsekit import viz
+from ui.state import ensure_shell, require_model, sparsified
+from ui.widgets import config_form, current_config
+
+ensure_shell(__file__)
+st.title("Attribution drift")
+st.markdown(
+    "Accuracy can survive pruning while the reasons change. **Integrated Gradients** splits one output into "
+    "contributions of the input features that add up to the output's change from a blank input; if the sparse "
+    "model still looks at the same evidence, its map matches the dense one (correlation near 1). Digits models "
+    "explain the predicted class pixel by pixel; sentence encoders explain a pair's similarity token by token."
+)
+
+loaded, key = require_model()
+is_image = loaded.kind == "image-classifier"
+is_text = loaded.kind == "encoder" and hasattr(loaded.module, "get_input_embeddings") and loaded.tokenizer is not None
+if not (is_image or is_text):
+    st.info(f"Attribution drift covers digits classifiers and sentence encoders; {loaded.name} is a {loaded.kind}.")
+    st.stop()
+
+config = config_form("at", current_config(), compact=True)
+if config is None:
+    st.stop()
+try:
+    with st.spinner(f"Pruning a copy ({config.label()})…"):
+        result = sparsified(key, loaded, config)
+except ValueError as err:
+    st.error(f"Cannot apply these settings: {err}")
+    st.stop()
+if config.pattern == "dense":
+    st.info("The dense setting prunes nothing, so both maps are the same. Pick N:M or unstructured above.")
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def image_maps(model_key: str, config_json: str, steps: int, count: int, _dense, _sparse):
+    images, labels = attr.digits_examples(count)
+    return attr.image_attribution(_dense, _sparse, images, labels, n_steps=steps)
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def pair_maps(model_key: str, config_json: str, steps: int, a: str, b: str, _dense, _sparse, _tokenizer):
+    return attr.pair_attribution(_dense, _sparse, _tokenizer, a, b, n_steps=steps)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def pair_set(model_key: str, config_json: str, steps: int, count: int, _dense, _sparse, _tokenizer):
+    return attr.text_agreement(_dense, _sparse, _tokenizer, attr.DEFAULT_PAIRS[:count], n_steps=steps)
+
+
+if is_image:
+    steps = st.slider("Integration steps", 16, 128, 64, step=16, key="at_steps",
+                      help="More steps make the attributions add up more exactly to the output change.")
+    count = 20
+    with st.spinner("Integrated Gradients on 20 held-out digits…"):
+        maps = image_maps(key, config.to_json(), steps, count, loaded.module, result.model)
+    idx = st.selectbox("Image", list(range(count)), key="at_image",
+                       format_func=lambda i: f"#{i}: digit {maps.labels[i]} (dense says {maps.targets[i]}, "
+                                             f"sparse says {maps.sparse_predictions[i]})")
+    st.plotly_chart(viz.attribution_maps_figure(maps.images[idx], maps.dense[idx], maps.sparse[idx],
+                                                title=f"Integrated Gradients for class {maps.targets[idx]}",
+                                                correlation=maps.correlation[idx]),
+                    width="stretch", key="at_maps")
+    summary = maps.summary()
+    c = st.columns(4)
+    c[0].metric("Correlation (this image)", f"{maps.correlation[idx]:.3f}")
+    c[1].metric("Mean correlation (20 images)", f"{summary['mean_correlation']:.3f}")
+    c[2].metric(f"Top-{attr.TOP_PIXELS} pixel overlap (mean)", f"{summary['mean_top_overlap']:.0%}")
+    c[3].metric("Same prediction", f"{summary['same_prediction']:.0%}")
+    st.caption(f"Both models explain the dense model's predicted class, from a black image. Completeness: the "
+               f"attributions sum to the logit change within {summary['max_abs_delta']:.2g} (largest error).")
+    st.plotly_chart(viz.agreement_figure([f"#{i} ({maps.labels[i]})" for i in range(count)], maps.correlation),
+                    width="stretch", key="at_agreement")
+    st.dataframe(pd.DataFrame(maps.rows()), hide_index=True, width="stretch")
+else:
+    steps = st.slider("Integration steps", 8, 64, 16, step=8, key="at_steps",
+                      help="Each step is one encoder forward and backward per sentence and model.")
+    default_a, default_b = attr.DEFAULT_PAIRS[0]
+    a = st.text_input("Sentence A", default_a, max_chars=attr.MAX_SENTENCE_CHARS, key="at_a")
+    b = st.text_input("Sentence B", default_b, max_chars=attr.MAX_SENTENCE_CHARS, key="at_b")
+    if not a.strip() or not b.strip():
+        st.error("Both sentences need some text.")
+        st.stop()
+    with st.spinner("Layer Integrated Gradients over the token embeddings…"):
+        pair = pair_maps(key, config.to_json(), steps, a, b, loaded.module, result.model, loaded.tokenizer)
+    c = st.columns(3)
+    c[0].metric("Similarity, dense", f"{pair.dense_similarity:.3f}")
+    c[1].metric("Similarity, sparse", f"{pair.sparse_similarity:.3f}",
+                f"{pair.sparse_similarity - pair.dense_similarity:+.3f}")
+    c[2].metric("Token attribution correlation", "–" if math.isnan(pair.correlation) else f"{pair.correlation:.3f}")
+    st.plotly_chart(viz.token_attribution_figure(pair.tokens_a, pair.dense_a, pair.sparse_a, title="Sentence A"),
+                    width="stretch", key="at_tokens_a")
+    st.plotly_chart(viz.token_attribution_figure(pair.tokens_b, pair.dense_b, pair.sparse_b, title="Sentence B"),
+                    width="stretch", key="at_tokens_b")
+    st.caption("Each model explains its own cosine similarity: A with B's embedding fixed, then B with A's. The "
+               "baseline keeps [CLS]/[SEP] and replaces the other tokens by [PAD]; per-token values sum to the "
+               f"similarity change within {max(abs(d) for d in pair.deltas):.2g}.")
+    st.subheader("Agreement over built-in pairs")
+    count = st.slider("Pairs", 2, len(attr.DEFAULT_PAIRS), 4, key="at_pairs")
+    if st.button("Summarise agreement", key="at_summary_run"):
+        st.session_state["at_summary_request"] = (config.to_json(), steps, count)
+    if st.session_state.get("at_summary_request") == (config.to_json(), steps, count):
+        with st.spinner(f"Attributing {count} sentence pairs with both models…"):
+            results, summary = pair_set(key, config.to_json(), steps, count, loaded.module, result.model,
+                                        loaded.tokenizer)
+        c = st.columns(3)
+        c[0].metric("Mean correlation", f"{summary['mean_correlation']:.3f}")
+        c[1].metric("Top token agreement", f"{summary['top_token_agreement']:.0%}")
+        c[2].metric("Mean |similarity change|", f"{summary['mean_abs_similarity_change']:.3f}")
+        st.dataframe(pd.DataFrame([p.row() for p in results]), hide_index=True, width="stretch")

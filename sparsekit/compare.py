@@ -1,0 +1,324 @@
+"""Compare pruning methods on one model: methods x patterns x sparsity levels, with cached results.
+
+Each setting prunes a fresh copy of the model (``sparsekit.sparsify``) and measures its quality
+with the model's own metric. The weight memory of each result is counted in the best compressed
+format per layer (dense, bitmask, CSR or N:M-compressed, see ``sparsify.format_bytes``). Results
+are cached on disk as JSON, keyed by a hash of the model's weights, the config and the
+calibration data, so a sweep is computed once per model.
+"""
+from __future__ import annotations
+
+import json
+import time
+import weakref
+from dataclasses import replace
+from typing import Any, Callable, Iterable, Sequence
+
+from torch import nn
+
+from .cache import get_cache, make_key, tensor_digest
+from .sparsify import METHODS, SparsifyConfig, SparsifyResult, sparsify
+
+COMPARE_VERSION = 1
+"""Bump when a row's contents or meaning change, so stale cached rows are ignored."""
+DEFAULT_METHODS = ("magnitude", "wanda", "sparsegpt", "taylor", "random")
+DEFAULT_NM = ((2, 4), (4, 8), (1, 4))
+DEFAULT_SPARSITIES = (0.5, 0.7)
+MAX_SETTINGS = 80
+"""Most configs one sweep may hold (each one prunes and evaluates a copy)."""
+
+ProgressFn = Callable[[float, str], None]
+_FINGERPRINTS: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()
+
+
+def sweep_configs(
+    methods: Sequence[str] = DEFAULT_METHODS,
+    nm_patterns: Iterable[tuple[int, int]] = DEFAULT_NM,
+    sparsities: Iterable[float] = DEFAULT_SPARSITIES,
+    *,
+    base: SparsifyConfig | None = None,
+) -> list[SparsifyConfig]:
+    """The configs of a sweep: every method at every N:M pattern and unstructured sparsity.
+
+    Args:
+        methods: scoring methods (``sparsify.METHODS``).
+        nm_patterns: ``(n, m)`` pairs, N = kept.
+        sparsities: unstructured fractions pruned, each in [0, 0.99].
+        base: settings shared by all (layer selection, seed, conv grouping); default
+            ``SparsifyConfig()``.
+
+    Returns:
+        Validated configs, N:M first, in the order given.
+
+    Raises:
+        ValueError: an unknown method, an invalid pattern or sparsity, an empty or too large sweep.
+    """
+    methods = list(dict.fromkeys(methods))
+    if not methods:
+        raise ValueError("choose at least one method")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {METHODS}")
+    base = base or SparsifyConfig()
+    configs = []
+    for n, m in dict.fromkeys(tuple(p) for p in nm_patterns):
+        for method in methods:
+            configs.append(replace(base, pattern="nm", n=int(n), m=int(m), method=method))
+    for s in dict.fromkeys(sparsities):
+        if isinstance(s, bool) or not isinstance(s, (int, float)):
+            raise ValueError(f"sparsity must be a number, got {s!r}")
+        for method in methods:
+            configs.append(replace(base, pattern="unstructured", sparsity=float(s), scope="layer", method=method))
+    if not configs:
+        raise ValueError("choose at least one N:M pattern or unstructured sparsity")
+    if len(configs) > MAX_SETTINGS:
+        raise ValueError(f"the sweep has {len(configs)} settings; at most {MAX_SETTINGS}")
+    for c in configs:
+        c.validate()
+    return configs
+
+
+def model_fingerprint(module: nn.Module) -> str:
+    """SHA-256 of a module's state dict (names, shapes, dtypes and bytes); remembered per module."""
+    known = _FINGERPRINTS.get(module)
+    if known is None:
+        state = module.state_dict()
+        names = json.dumps(sorted(state), separators=(",", ":"))
+        known = make_key("weights", names, tensor_digest(*(state[k] for k in sorted(state))))
+        _FINGERPRINTS[module] = known
+    return known
+
+
+def _calibration_digest(calibration: Any) -> str:
+    if calibration is None:
+        return ""
+    if isinstance(calibration, dict):
+        return tensor_digest(*(calibration[k] for k in sorted(calibration)))
+    return tensor_digest(calibration)
+
+
+def best_format_bytes(result: SparsifyResult) -> dict[str, Any]:
+    """Weight memory of the Linear/Conv layers, each in its cheapest format.
+
+    Args:
+        result: a sparsify result.
+
+    Returns:
+        ``{"dense_bytes", "best_bytes", "formats": {format: layer count}}``; layers left dense
+        count at their dense size.
+    """
+    dense = best = 0
+    formats: dict[str, int] = {}
+    for r in result.report:
+        dense += r.dense_bytes
+        if not r.pruned:
+            best += r.dense_bytes
+            formats["dense"] = formats.get("dense", 0) + 1
+            continue
+        # N:M first: on a tie (2:4 costs exactly a bitmask) the format sparse kernels run wins.
+        options = {"n:m": r.nm_bytes} if r.nm_bytes is not None else {}
+        options.update({"dense": r.dense_bytes, "bitmask": r.bitmask_bytes, "csr": r.csr_bytes})
+        fmt = min(options, key=options.get)
+        best += options[fmt]
+        formats[fmt] = formats.get(fmt, 0) + 1
+    return {"dense_bytes": dense, "best_bytes": best, "formats": formats}
+
+
+def pattern_label(config: SparsifyConfig) -> str:
+    """``2:4`` or ``unstructured 70%``."""
+    if config.pattern == "nm":
+        return f"{config.n}:{config.m}"
+    if config.pattern == "unstructured":
+        return f"unstructured {config.sparsity:.0%}"
+    return "dense"
+
+
+def evaluate(loaded: Any, config: SparsifyConfig, *, calibration: Any = None) -> dict[str, Any]:
+    """Prune a copy with ``config`` and measure it: one row of a comparison.
+
+    Args:
+        loaded: a ``LoadedModel`` (its ``quality`` metric is used).
+        config: the setting.
+        calibration: calibration inputs (default: the model's).
+
+    Returns:
+        A JSON-serialisable dict: ``method``, ``pattern``, ``setting``, ``target_sparsity``,
+        ``sparsity`` (pruned share of all Linear/Conv weights), ``quality`` (metric -> value),
+        ``dense_bytes``, ``best_bytes``, ``formats``, ``layers_pruned``, ``layers_total``,
+        ``seconds``, ``notes`` and ``config`` (its JSON).
+    """
+    start = time.perf_counter()
+    result = sparsify(loaded, config, calibration=calibration)
+    prune_seconds = time.perf_counter() - start
+    quality = loaded.quality(result.model)
+    summary = result.summary()
+    memory = best_format_bytes(result)
+    return {
+        "method": config.method,
+        "pattern": pattern_label(config),
+        "family": "N:M" if config.pattern == "nm" else config.pattern,
+        "setting": f"{pattern_label(config)} {config.method}",
+        "target_sparsity": 1.0 - config.target_density,
+        "sparsity": 1.0 - summary["kept_fraction_all_layers"],
+        "quality": {k: float(v) for k, v in quality.items()},
+        "dense_bytes": memory["dense_bytes"],
+        "best_bytes": memory["best_bytes"],
+        "formats": memory["formats"],
+        "layers_pruned": summary["layers_pruned"],
+        "layers_total": summary["layers_total"],
+        "prune_seconds": prune_seconds,
+        "seconds": time.perf_counter() - start,
+        "notes": dict(result.notes),
+        "config": config.to_json(),
+    }
+
+
+def dense_row(loaded: Any) -> dict[str, Any]:
+    """The dense model as a comparison row (sparsity 0, dense memory)."""
+    from .sparsify import prunable_layers
+
+    dense_bytes = sum(m.weight.numel() * m.weight.element_size() for _, m in prunable_layers(loaded.module))
+    return {
+        "method": "dense", "pattern": "dense", "family": "dense", "setting": "dense",
+        "target_sparsity": 0.0, "sparsity": 0.0, "quality": dict(loaded.quality()),
+        "dense_bytes": dense_bytes, "best_bytes": dense_bytes, "formats": {}, "layers_pruned": 0,
+        "layers_total": len(prunable_layers(loaded.module)), "prune_seconds": 0.0, "seconds": 0.0,
+        "notes": {}, "config": SparsifyConfig(pattern="dense").to_json(), "cached": True,
+    }
+
+
+def compare(
+    loaded: Any,
+    configs: Sequence[SparsifyConfig],
+    *,
+    calibration: Any = None,
+    use_cache: bool = True,
+    progress: ProgressFn | None = None,
+) -> list[dict[str, Any]]:
+    """Evaluate every config on ``loaded``, reading and filling the disk cache.
+
+    Args:
+        loaded: a ``LoadedModel`` (never modified).
+        configs: the settings (e.g. from ``sweep_configs``).
+        calibration: calibration inputs for the calibrated methods (default: the model's).
+        use_cache: read cached rows (computed rows are always stored).
+        progress: optional ``progress(fraction, message)`` callback.
+
+    Returns:
+        One row per config (see ``evaluate``), in order, each with ``cached`` (bool).
+    """
+    if not hasattr(loaded, "quality") or not isinstance(getattr(loaded, "module", None), nn.Module):
+        raise TypeError(f"compare needs a LoadedModel (with a quality metric), got {type(loaded).__name__}")
+    if len(configs) > MAX_SETTINGS:
+        raise ValueError(f"{len(configs)} settings; at most {MAX_SETTINGS}")
+    for c in configs:
+        c.validate()
+    fingerprint = model_fingerprint(loaded.module)
+    calib = calibration if calibration is not None else getattr(loaded, "calibration", None)
+    calib_digest = _calibration_digest(calib)
+    cache = get_cache()
+    rows = []
+    for i, config in enumerate(configs):
+        if progress is not None:
+            progress(i / max(len(configs), 1), f"{config.label()} ({i + 1}/{len(configs)})")
+        # Only calibrated methods depend on the calibration data.
+        key = make_key("compare", COMPARE_VERSION, loaded.spec, fingerprint, config.to_json(),
+                       calib_digest if config.method in ("wanda", "sparsegpt", "taylor") else "")
+        raw = cache.get(key) if use_cache else None
+        if isinstance(raw, str):
+            row = json.loads(raw)
+            row["cached"] = True
+        else:
+            row = evaluate(loaded, config, calibration=calibration)
+            cache.set(key, json.dumps(row))
+            row["cached"] = False
+        rows.append(row)
+    if progress is not None:
+        progress(1.0, "done")
+    return rows
+
+
+def flat_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with the quality metrics as top-level columns (for tables and CSV)."""
+    out = []
+    for r in rows:
+        flat = {k: v for k, v in r.items() if k not in ("quality", "formats", "notes", "config")}
+        flat.update({k: v for k, v in r["quality"].items()})
+        flat["formats"] = ", ".join(f"{k}×{v}" for k, v in sorted(r.get("formats", {}).items()))
+        out.append(flat)
+    return out
+
+
+def pivot(rows: Sequence[dict[str, Any]], metric: str) -> tuple[list[str], list[str], list[list[float | None]]]:
+    """A pattern x method table of one metric.
+
+    Args:
+        rows: comparison rows.
+        metric: a quality metric key.
+
+    Returns:
+        ``(patterns, methods, values)`` with ``values[i][j]`` the metric for pattern i and method
+        j (None where that combination was not run).
+    """
+    patterns = list(dict.fromkeys(r["pattern"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    cells = {(r["pattern"], r["method"]): r["quality"].get(metric) for r in rows}
+    return patterns, methods, [[cells.get((p, m)) for m in methods] for p in patterns]
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], metric: str, *, digits: int = 3) -> str:
+    """The pivot of one metric as a Markdown table (patterns down, methods across)."""
+    patterns, methods, values = pivot(rows, metric)
+    lines = ["| setting | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for p, vals in zip(patterns, values):
+        cells = ["" if v is None else f"{v:.{digits}g}" for v in vals]
+        lines.append(f"| {p} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def permuted_nm_row(loaded: Any, n: int = 2, m: int = 4, *, use_cache: bool = True,
+                    max_seconds_per_layer: float = 20.0, progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Magnitude N:M after a function-preserving channel permutation, as a comparison row (cached).
+
+    Args:
+        loaded: a ``LoadedModel`` (never modified).
+        n: kept per group.
+        m: group size.
+        use_cache: read a cached row.
+        max_seconds_per_layer: search time limit per layer (``scoring.permute_channels``).
+        progress: optional ``progress(fraction, message)`` callback.
+
+    Returns:
+        A row like ``evaluate``'s with method ``magnitude+perm``, plus ``recovered_share`` (of the
+        gap in kept magnitude between plain N:M and unstructured, over the permuted layers),
+        ``layers`` (the per-layer search report) and ``skipped`` (layer -> why not permuted).
+    """
+    from .scoring import permute_channels
+
+    config = SparsifyConfig(pattern="nm", n=n, m=m)
+    config.validate()
+    key = make_key("compare-perm", COMPARE_VERSION, loaded.spec, model_fingerprint(loaded.module), n, m,
+                   max_seconds_per_layer, _calibration_digest(getattr(loaded, "calibration", None)))
+    cache = get_cache()
+    raw = cache.get(key) if use_cache else None
+    if isinstance(raw, str):
+        return {**json.loads(raw), "cached": True}
+    start = time.perf_counter()
+    perm = permute_channels(loaded, n, m, max_seconds_per_layer=max_seconds_per_layer, progress=progress)
+    search_seconds = time.perf_counter() - start
+    result = sparsify(perm.model, config)
+    quality = loaded.quality(result.model)
+    summary = result.summary()
+    memory = best_format_bytes(result)
+    row = {
+        "method": "magnitude+perm", "pattern": f"{n}:{m}", "family": "N:M", "setting": f"{n}:{m} magnitude+perm",
+        "target_sparsity": 1 - n / m, "sparsity": 1.0 - summary["kept_fraction_all_layers"],
+        "quality": {k: float(v) for k, v in quality.items()}, "dense_bytes": memory["dense_bytes"],
+        "best_bytes": memory["best_bytes"], "formats": memory["formats"],
+        "layers_pruned": summary["layers_pruned"], "layers_total": summary["layers_total"],
+        "prune_seconds": time.perf_counter() - start, "seconds": time.perf_counter() - start,
+        "search_seconds": search_seconds, "notes": {}, "config": config.to_json(),
+        "recovered_share": perm.recovered_share(), "layers": perm.rows, "skipped": perm.skipped,
+    }
+    cache.set(key, json.dumps(row))
+    return {**row, "cached": False}

@@ -1,0 +1,93 @@
+"""Method comparison: sweep configs, rows against independent runs, the disk cache, memory accounting."""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import sparsekit
+from sparsekit import compare as cmp
+from sparsekit.models.base import LoadedModel
+from sparsekit.sparsify import SparsifyConfig, prunable_layers, sparsify
+
+
+@pytest.fixture(scope="module")
+def mlp(digits_cache_dir):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPARSEKIT_CACHE_DIR", str(digits_cache_dir))
+        yield sparsekit.load_model("digits:mlp")
+
+
+def test_sweep_configs():
+    configs = cmp.sweep_configs(["magnitude", "wanda"], [(2, 4), (1, 4)], [0.5, 0.7])
+    assert [(c.pattern, c.n, c.m, c.sparsity, c.method) for c in configs][:3] == [
+        ("nm", 2, 4, 0.5, "magnitude"), ("nm", 2, 4, 0.5, "wanda"), ("nm", 1, 4, 0.5, "magnitude")]
+    assert len(configs) == 8 and {c.sparsity for c in configs if c.pattern == "unstructured"} == {0.5, 0.7}
+    with pytest.raises(ValueError, match="sparsity must be between 0 and 0.99"):
+        cmp.sweep_configs(["magnitude"], [], [1.5])
+    with pytest.raises(ValueError, match="unknown method"):
+        cmp.sweep_configs(["obs"], [(2, 4)], [])
+    with pytest.raises(ValueError, match="at least one method"):
+        cmp.sweep_configs([], [(2, 4)], [])
+    with pytest.raises(ValueError, match="1 <= N < M"):
+        cmp.sweep_configs(["magnitude"], [(4, 4)], [])
+    with pytest.raises(ValueError, match="at least one N:M pattern"):
+        cmp.sweep_configs(["magnitude"], [], [])
+
+
+def test_compare_rows_match_independent_runs_and_are_cached(mlp, tmp_cache, monkeypatch):
+    configs = cmp.sweep_configs(["magnitude", "wanda", "sparsegpt"], [(2, 4)], [0.5])
+    rows = cmp.compare(mlp, configs)
+    assert [r["cached"] for r in rows] == [False] * 6
+    for config, row in zip(configs, rows):
+        res = sparsify(mlp, config)
+        assert row["quality"]["accuracy"] == pytest.approx(mlp.quality(res.model)["accuracy"])
+        kept = sum(int(m.sum()) for m in res.masks.values())
+        total = sum(mod.weight.numel() for _, mod in prunable_layers(mlp.module))
+        assert row["sparsity"] == pytest.approx(1 - kept / total)
+        # Memory: each pruned layer in its cheapest format, computed here from the report.
+        best = 0
+        for r in res.report:
+            options = [r.dense_bytes, r.bitmask_bytes, r.csr_bytes] + ([r.nm_bytes] if r.nm_bytes else [])
+            best += min(options) if r.pruned else r.dense_bytes
+        assert row["best_bytes"] == best and row["best_bytes"] < row["dense_bytes"]
+        json.dumps(row)  # cached as JSON
+    assert rows[0]["formats"] == {"n:m": 3}  # 2:4 ties with a bitmask; the kernel format wins
+
+    # Second run: from the disk cache, nothing is recomputed.
+    monkeypatch.setattr(cmp, "evaluate", lambda *a, **k: pytest.fail("recomputed a cached setting"))
+    again = cmp.compare(mlp, configs)
+    assert [r["cached"] for r in again] == [True] * 6
+    assert [r["quality"] for r in again] == [r["quality"] for r in rows]
+
+    patterns, methods, values = cmp.pivot(rows, "accuracy")
+    assert patterns == ["2:4", "unstructured 50%"] and methods == ["magnitude", "wanda", "sparsegpt"]
+    assert values[0][2] == rows[2]["quality"]["accuracy"]
+    table = cmp.markdown_table([cmp.dense_row(mlp), *rows], "accuracy")
+    assert table.splitlines()[0] == "| setting | dense | magnitude | wanda | sparsegpt |"
+
+
+def test_permuted_row(mlp, tmp_cache):
+    row = cmp.permuted_nm_row(mlp, 2, 4)
+    plain = sparsify(mlp, SparsifyConfig(pattern="nm", n=2, m=4))
+    assert row["method"] == "magnitude+perm" and 0 < row["recovered_share"] <= 1
+    assert {r["layer"] for r in row["layers"]} == {"fc2", "head"}
+    assert row["sparsity"] == pytest.approx(1 - sum(int(m.sum()) for m in plain.masks.values()) /
+                                            sum(m.numel() for m in plain.masks.values()))
+    assert cmp.permuted_nm_row(mlp, 2, 4)["cached"] is True
+
+
+def test_compare_bad_input(mlp):
+    no_calibration = LoadedModel(spec="toy", name="toy", kind="image-classifier", module=nn.Sequential(nn.Linear(8, 4)),
+                                 quality_fn=lambda m: {"x": 1.0}, calibration=None)
+    with pytest.raises(ValueError, match="needs calibration data"):
+        cmp.evaluate(no_calibration, SparsifyConfig(method="sparsegpt"))
+    with pytest.raises(TypeError, match="needs a LoadedModel"):
+        cmp.compare(nn.Linear(4, 4), [])
+    bad = SparsifyConfig(pattern="unstructured", sparsity=2.0)
+    with pytest.raises(ValueError, match="sparsity must be between"):
+        cmp.compare(mlp, [bad])
+    no_linear = LoadedModel(spec="toy", name="toy", kind="image-classifier", module=nn.Sequential(nn.ReLU()),
+                            quality_fn=lambda m: {"x": 1.0}, calibration=torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="no Linear or Conv layers"):
+        cmp.evaluate(no_linear, SparsifyConfig(method="wanda"))

@@ -76,11 +76,7 @@ def test_switch_pages_apply_2_4_and_see_masks(app_url):
     sync_api = pytest.importorskip("playwright.sync_api")
     shots = os.environ.get("SPARSEKIT_SCREENSHOT_DIR")
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-        )
+        browser = _launch(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1800 if shots else 1000})
         page.set_default_timeout(60_000)
         page.goto(app_url)

@@ -106,3 +106,21 @@ def scratch_root(tmp_path, monkeypatch) -> Path:
     root.mkdir()
     monkeypatch.setenv("SPARSEKIT_MODEL_ROOTS", str(root))
     return root
+
+
+def app_loaded(spec):
+    # The app's own cached loader: the page tests (AppTest runs in this process) and the library
+    # tests then share one model instead of loading it once per file.
+    from ui.state import _load
+
+    return _load(spec)
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return app_loaded("minilm")
+
+
+@pytest.fixture(scope="module")
+def vit():
+    return app_loaded("digits:vit")

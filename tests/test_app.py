@@ -1,5 +1,4 @@
 """App pages driven through Streamlit's AppTest; assertions on the data in tables and figures."""
-import base64
 import json
 
 import numpy as np
@@ -10,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 import sparsekit
 from sparsekit.cache import tensor_digest
 from sparsekit.sparsify import SparsifyConfig, layer_table
-from ui.testing import ROOT, page_app
+from ui.testing import ROOT, decode, figures, page_app
 
 TIMEOUT = 120
 
@@ -20,18 +19,6 @@ def app(source="digits:mlp", page="model") -> AppTest:
     at.run()
     assert not at.exception, at.exception
     return at
-
-
-def decode(arr):
-    """Plotly ships numeric arrays either as lists or as base64 typed arrays."""
-    if isinstance(arr, dict):
-        shape = tuple(int(x) for x in str(arr.get("shape", "-1")).split(","))
-        return np.frombuffer(base64.b64decode(arr["bdata"]), dtype=arr["dtype"]).reshape(shape).astype(float)
-    return np.asarray(arr, dtype=float)
-
-
-def figures(at):
-    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
 
 
 def goto(at, page):

@@ -12,24 +12,6 @@ from sparsekit.attention.search import SearchConfig, candidate_specs, search_hea
 from sparsekit.cache import tensor_digest
 
 
-def app_loaded(spec):
-    # The app's own cached loader: the page tests (AppTest runs in this process) and these tests
-    # then share one MiniLM instead of loading it once per file.
-    from ui.state import _load
-
-    return _load(spec)
-
-
-@pytest.fixture(scope="module")
-def minilm():
-    return app_loaded("minilm")
-
-
-@pytest.fixture(scope="module")
-def vit():
-    return app_loaded("digits:vit")
-
-
 def embed(module, batch):
     with torch.inference_mode():
         return module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state

@@ -11,23 +11,7 @@ from sparsekit.attention import AttentionCapture, PatternSpec, capture_attention
 from sparsekit.attention import metrics as M
 from sparsekit.attention.patterns import materialize_heads
 
-
-def app_loaded(spec):
-    # The app's own cached loader: the page tests (AppTest runs in this process) and these tests
-    # then share one MiniLM instead of loading it once per file.
-    from ui.state import _load
-
-    return _load(spec)
-
-
-@pytest.fixture(scope="module")
-def minilm():
-    return app_loaded("minilm")
-
-
-@pytest.fixture(scope="module")
-def vit():
-    return app_loaded("digits:vit")
+from conftest import app_loaded
 
 
 def synthetic(n=9, heads=2, d=4, causal=False, seed=0):

@@ -1,5 +1,4 @@
 """The Attribution page through AppTest: IG maps against a plain autograd computation."""
-import base64
 import json
 
 import numpy as np
@@ -9,16 +8,9 @@ import torch
 import sparsekit
 from sparsekit.attribution import digits_examples
 from sparsekit.sparsify import SparsifyConfig, sparsify
-from ui.testing import page_app
+from ui.testing import decode, page_app
 
 TIMEOUT = 180
-
-
-def decode(arr):
-    if isinstance(arr, dict):
-        shape = tuple(int(x) for x in str(arr.get("shape", "-1")).split(","))
-        return np.frombuffer(base64.b64decode(arr["bdata"]), dtype=arr["dtype"]).reshape(shape).astype(float)
-    return np.asarray(arr, dtype=float)
 
 
 def riemann_ig(module, x, target, steps=300):

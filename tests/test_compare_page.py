@@ -1,28 +1,12 @@
 """The Compare page through AppTest: figures and tables against independent runs, permutation, export."""
-import base64
-import json
-
-import numpy as np
 import pytest
 
 import sparsekit
 from sparsekit.scoring import permute_channels
 from sparsekit.sparsify import SparsifyConfig, sparsify
-from ui.testing import page_app
+from ui.testing import decode, figures, page_app
 
 TIMEOUT = 180
-
-
-def decode(arr):
-    """Plotly ships numeric arrays either as lists or as base64 typed arrays."""
-    if isinstance(arr, dict):
-        shape = tuple(int(x) for x in str(arr.get("shape", "-1")).split(","))
-        return np.frombuffer(base64.b64decode(arr["bdata"]), dtype=arr["dtype"]).reshape(shape).astype(float)
-    return np.asarray(arr, dtype=float)
-
-
-def figures(at):
-    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
 
 
 @pytest.fixture(scope="module")

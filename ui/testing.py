@@ -6,8 +6,11 @@ single page file, which AppTest can re-run any number of times.
 """
 from __future__ import annotations
 
+import base64
+import json
 from pathlib import Path
 
+import numpy as np
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,3 +38,16 @@ def page_app(page: str, source: str = "digits:mlp", timeout: float = 120, **stat
     for key, value in state.items():
         at.session_state[key] = value
     return at
+
+
+def figures(at: AppTest) -> list[dict]:
+    """The plotly figure specs (JSON) of every chart on the page, in order."""
+    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+
+
+def decode(arr) -> np.ndarray:
+    """A plotly array as floats: plotly ships numbers as lists or as base64 typed arrays."""
+    if isinstance(arr, dict):
+        shape = tuple(int(x) for x in str(arr.get("shape", "-1")).split(","))
+        return np.frombuffer(base64.b64decode(arr["bdata"]), dtype=arr["dtype"]).reshape(shape).astype(float)
+    return np.asarray(arr, dtype=float)

@@ -231,3 +231,120 @@ def test_speedup_figures():
                                     for b, s in [(64, 1.2), (1, 0.5)]])
     assert list(fig.data[0].x) == [1, 64] and list(fig.data[0].y) == [0.5, 1.2]
     assert "no timed" in viz.speedup_batch_figure([]).layout.annotations[0].text
+
+
+# --- The CUDA-only code paths, run on CPU with the 2:4 conversion emulated -----------------------
+# The kernels themselves need a GPU; everything around them (backend loop, conversion refusals,
+# the whole-model conversion, verdicts, records) is exercised here with a stand-in that returns the
+# dense weight (so the output must match the reference exactly) and refuses non-2:4 weights the
+# way the real compressor's caller must.
+
+def _emulate_semi_structured(monkeypatch, refuse: str = ""):
+    from sparsekit.bench import suites
+
+    calls = []
+
+    def convert(weight, backend):
+        if backend == refuse:
+            raise RuntimeError(f"{backend} refuses this shape\nsecond line")
+        assert suites.is_2_4(weight), "a non-2:4 weight reached the compressor"
+        calls.append((backend, tuple(weight.shape)))
+        return weight.clone()
+
+    monkeypatch.setattr(suites, "semi_structured_available", lambda device: "")
+    monkeypatch.setattr(suites, "_backends", lambda device: ["cusparselt", "cutlass"])
+    monkeypatch.setattr(suites, "_to_semi_structured", convert)
+    return calls
+
+
+def test_is_2_4_against_a_loop():
+    from sparsekit.bench.suites import is_2_4
+
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        w = torch.randn(3, 8, generator=gen) * (torch.rand(3, 8, generator=gen) < 0.55)
+        want = all(int((w[r, g * 4:(g + 1) * 4] != 0).sum()) <= 2 for r in range(3) for g in range(2))
+        assert is_2_4(w) == want
+    assert not is_2_4(torch.zeros(2, 6))  # 6 columns cannot form groups of 4
+    assert not is_2_4(torch.zeros(2, 2, 4))
+
+
+def test_linear_suite_backends_emulated(monkeypatch):
+    calls = _emulate_semi_structured(monkeypatch)
+    res = linear_suite([(64, 128), (32, 64)], [1, 16], device="cpu", dtype=torch.float32, repeats=3)
+    assert sorted({b for b, _ in calls}) == ["cusparselt", "cutlass"] and len(calls) == 4  # once per shape
+    backends = [r.backend for r in res]
+    assert backends == ["dense", "2:4 cusparselt", "2:4 cutlass"] * 4
+    for r in res:
+        assert r.status == "ok" and r.rel_error == 0.0 and r.params["density"] == 0.5
+        if r.backend != "dense":
+            assert r.speedup == pytest.approx(r.baseline_ms / r.median_ms)
+    rows = verdicts(res)
+    assert {(row["shape"], row["backend"]) for row in rows} == {
+        ("32×64", "2:4 cusparselt"), ("32×64", "2:4 cutlass"), ("64×128", "2:4 cusparselt"), ("64×128", "2:4 cutlass")}
+    assert all(row["batches"] == [1, 16] and row["best_speedup"] > 0 for row in rows)
+
+
+def test_linear_suite_reports_a_refused_conversion(monkeypatch):
+    _emulate_semi_structured(monkeypatch, refuse="cutlass")
+    res = linear_suite([(32, 64)], [2, 4], device="cpu", dtype=torch.float32, repeats=2)
+    refused = [r for r in res if r.backend == "2:4 cutlass"]
+    assert len(refused) == 2 and all(r.status == "skipped" for r in refused)
+    assert refused[0].message == "cannot convert: cutlass refuses this shape"
+    assert all(r.status == "ok" for r in res if r.backend == "2:4 cusparselt")
+    v = {row["backend"]: row["verdict"] for row in verdicts(res)}
+    assert v["2:4 cutlass"].startswith("not measured: cannot convert")
+
+
+def test_model_suite_converts_every_2_4_linear_emulated(monkeypatch, minilm):
+    from sparsekit.bench.suites import model_suite
+
+    calls = _emulate_semi_structured(monkeypatch)
+    before = {k: v.clone() for k, v in minilm.module.state_dict().items()}
+    res = model_suite(minilm, [1, 2], device="cpu", dtype=torch.float32, seq_len=16, repeats=2)
+    n_linear = sum(isinstance(m, torch.nn.Linear) for m in minilm.module.modules())
+    assert len(calls) == n_linear == 36  # 6 layers × (q, k, v, attention out, FFN in, FFN out)
+    assert [r.backend for r in res] == ["dense", "2:4"] * 2
+    for r in res:
+        assert r.status == "ok", r.message
+        assert r.params["converted_linears"] == 36 and r.params["unconverted_linears"] == 0
+    assert all(r.rel_error < 1e-6 for r in res)
+    after = minilm.module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the shared model is untouched
+
+
+def test_time_budget_skips_late_cases_and_checkpoints(monkeypatch):
+    from sparsekit.bench.harness import budget_spent, time_budget
+
+    assert budget_spent() == ""
+    with time_budget(1e-6):
+        import time as _t
+
+        _t.sleep(0.01)
+        assert "time budget of 1e-06 s was spent" in budget_spent()
+        r = run_case(suite="s", case="c", backend="b", device="cpu", dtype=torch.float32, params={},
+                     fn=lambda x: x, reference=lambda x: x, inputs=[torch.ones(2)])
+        assert r.status == "skipped" and r.median_ms is None and "time budget" in r.message
+    assert budget_spent() == ""  # restored on exit
+    for bad in (0, -5, "60"):
+        with pytest.raises(ValueError, match="time budget"):
+            time_budget(bad)
+    with pytest.raises(ValueError, match="time budget"):
+        run_benchmarks(BenchConfig(suites=("formats",), device="cpu", time_budget_s=-1))
+
+    snapshots = []
+    run = run_benchmarks(BenchConfig(suites=("formats", "attention"), device="cpu", formats_shape=(64, 64),
+                                     formats_cols=8, densities=(0.5,), seq_lens=(128,), repeats=2,
+                                     time_budget_s=1e-6), checkpoint=snapshots.append)
+    assert [s.suites for s in snapshots] == [["formats"]]
+    assert run.suites == ["formats", "attention"] and run.env["time_budget_s"] == 1e-6
+    assert run.results and all(r.status == "skipped" and "time budget" in r.message for r in run.results)
+    assert run.env["wall_s"] >= 0
+    again = BenchRun.from_json(run.to_json())
+    assert [r.message for r in again.results] == [r.message for r in run.results]
+
+
+def test_cli_time_budget_argument(tmp_path):
+    bad = subprocess.run([sys.executable, "-m", "sparsekit.bench", "--suites", "formats", "--time-budget", "-3"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "time budget must be a positive number" in bad.stderr

@@ -9,6 +9,7 @@ same JSON the Benchmarks page imports.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -41,7 +42,7 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
     if args.quick:
         kw.update(square_sizes=(512, 1024), batches=(1, 16, 256), formats_shape=(1024, 1024), formats_cols=64,
                   densities=(0.05, 0.2, 0.5), seq_lens=(512, 1024), repeats=5)
-    for name in ("device", "dtype", "repeats", "window"):
+    for name in ("device", "dtype", "repeats", "window", "time_budget_s"):
         value = getattr(args, name)
         if value is not None:
             kw[name] = value
@@ -110,14 +111,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq-lens", type=_ints)
     parser.add_argument("--window", type=int)
     parser.add_argument("--repeats", type=int)
+    parser.add_argument("--time-budget", dest="time_budget_s", type=float, metavar="SECONDS",
+                        help="cases that would start after this many seconds are reported as skipped")
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     parser.add_argument("--name", default="")
     parser.add_argument("--out", help="write the run as JSON here")
     args = parser.parse_args(argv)
+    def write(run: BenchRun) -> None:
+        if args.out:  # atomic: a reader (or a kill) never sees half a file
+            tmp = f"{args.out}.partial"
+            with open(tmp, "w") as f:
+                f.write(run.to_json())
+            os.replace(tmp, args.out)
+
     try:
         config = build_config(args)
         t0 = time.perf_counter()
-        run = run_benchmarks(config, name=args.name,
+        run = run_benchmarks(config, name=args.name, checkpoint=write,
                              progress=lambda f, msg: print(f"[{f:4.0%}] {msg}", file=sys.stderr, flush=True))
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -125,8 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     print_run(run)
     print(f"\nwall time {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(run.to_json())
+        write(run)
         print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

@@ -92,6 +92,42 @@ def check_fits(n_bytes: int, device: str, what: str, fraction: float = 0.5) -> N
         )
 
 
+_DEADLINE: float | None = None
+_BUDGET_S: float | None = None
+
+
+class time_budget:
+    """Context manager: cases that would start after ``seconds`` are reported as skipped, not run.
+
+    A long run (the whole GPU suite) then ends near its budget with every case accounted for,
+    instead of being killed with nothing written. ``None`` means no budget.
+    """
+
+    def __init__(self, seconds: float | None):
+        if seconds is not None and not (isinstance(seconds, (int, float)) and seconds > 0):
+            raise ValueError(f"time budget must be a positive number of seconds, got {seconds!r}")
+        self.seconds = seconds
+
+    def __enter__(self):
+        global _DEADLINE, _BUDGET_S
+        self._saved = (_DEADLINE, _BUDGET_S)
+        if self.seconds is not None:
+            _DEADLINE, _BUDGET_S = time.perf_counter() + self.seconds, float(self.seconds)
+        return self
+
+    def __exit__(self, *exc):
+        global _DEADLINE, _BUDGET_S
+        _DEADLINE, _BUDGET_S = self._saved
+        return False
+
+
+def budget_spent() -> str:
+    """'' while the current time budget lasts, else the message for cases not run."""
+    if _DEADLINE is not None and time.perf_counter() > _DEADLINE:
+        return f"not run: the run's time budget of {_BUDGET_S:g} s was spent"
+    return ""
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -224,6 +260,10 @@ def run_case(
     res = CaseResult(suite=suite, case=case, backend=backend, device=device, dtype=dtype_name(dtype),
                      params=dict(params), flops=flops, bytes_moved=bytes_moved)
     tol = tolerance if tolerance is not None else TOLERANCE.get(dtype, 1e-2)
+    spent = budget_spent()
+    if spent:
+        res.status, res.message = "skipped", spent
+        return res
     try:
         with torch.inference_mode():
             got = fn(inputs[0])

@@ -6,7 +6,9 @@ from typing import Callable
 
 import torch
 
-from .harness import environment, parse_dtype
+import time
+
+from .harness import environment, parse_dtype, time_budget
 from .records import BenchRun
 from .suites import (
     attention_suite,
@@ -46,6 +48,9 @@ class BenchConfig:
     window: int = 64
     """Causal sliding-window width of the attention suite's sparse pattern."""
     repeats: int = 10
+    time_budget_s: float | None = None
+    """Wall-clock budget for the timed cases; cases that would start later are reported as
+    skipped ("time budget spent") so a long run ends on time with everything accounted for."""
 
 
 def resolve_device(device: str) -> str:
@@ -69,6 +74,7 @@ def validate(config: BenchConfig) -> None:
     for b in config.batches:
         if isinstance(b, bool) or not isinstance(b, int) or b < 1:
             raise ValueError(f"batch sizes must be positive whole numbers, got {b!r}")
+    time_budget(config.time_budget_s)  # validates
 
 
 def run_benchmarks(
@@ -77,10 +83,13 @@ def run_benchmarks(
     loaded=None,
     progress: Callable[[float, str], None] | None = None,
     name: str = "",
+    checkpoint: Callable[[BenchRun], None] | None = None,
 ) -> BenchRun:
     """Measure the chosen suites in one run, with the environment and the device ceilings.
 
     Suites that need CUDA are reported as skipped (with the reason) on a CPU-only machine.
+    ``checkpoint`` receives the run so far after each suite (the CLI writes it to disk, so a run
+    stopped from outside still leaves what it measured).
     """
     from .harness import ceilings as measure_ceilings
 
@@ -95,32 +104,43 @@ def run_benchmarks(
             return None
         return lambda f, msg: progress((i + f) / n, msg)
 
+    t0 = time.perf_counter()
     if progress is not None:
         progress(0.0, "measuring the device's matmul and copy ceilings")
     ceil = measure_ceilings(device, half, quick=device == "cpu")
-    for i, suite in enumerate(config.suites):
-        if suite == "linear":
-            shapes = [(s, s) for s in config.square_sizes] + list(config.layer_shapes)
-            results += linear_suite(shapes, config.batches, device=device, dtype=half, repeats=config.repeats,
-                                    progress=sub(i))
-        elif suite == "formats":
-            results += formats_suite(config.formats_shape, config.formats_cols, config.densities, device=device,
-                                     dtype=torch.float32, repeats=config.repeats, progress=sub(i))
-        elif suite == "attention":
-            from .suites import default_attention_patterns
-
-            dtype = half if device.startswith("cuda") else torch.float32
-            results += attention_suite(config.seq_lens, default_attention_patterns(config.window), device=device,
-                                       dtype=dtype, repeats=config.repeats, progress=sub(i))
-        elif suite == "model":
-            if loaded is None:
-                from ..models import load_model
-
-                loaded = load_model("minilm")
-            results += model_suite(loaded, [b for b in config.batches if b <= 1024], device=device, dtype=half,
-                                   repeats=config.repeats, progress=sub(i))
-    if progress is not None:
-        progress(1.0, "done")
     env = environment(device)
     env["semi_structured"] = semi_structured_available(device) or "available"
-    return BenchRun(env=env, results=results, ceilings=ceil, suites=list(config.suites), name=name)
+    if config.time_budget_s is not None:
+        env["time_budget_s"] = config.time_budget_s
+
+    def snapshot(done: list[str]) -> BenchRun:
+        env["wall_s"] = round(time.perf_counter() - t0, 1)
+        return BenchRun(env=dict(env), results=list(results), ceilings=ceil, suites=done, name=name)
+
+    with time_budget(config.time_budget_s):
+        for i, suite in enumerate(config.suites):
+            if suite == "linear":
+                shapes = [(s, s) for s in config.square_sizes] + list(config.layer_shapes)
+                results += linear_suite(shapes, config.batches, device=device, dtype=half, repeats=config.repeats,
+                                        progress=sub(i))
+            elif suite == "formats":
+                results += formats_suite(config.formats_shape, config.formats_cols, config.densities, device=device,
+                                         dtype=torch.float32, repeats=config.repeats, progress=sub(i))
+            elif suite == "attention":
+                from .suites import default_attention_patterns
+
+                dtype = half if device.startswith("cuda") else torch.float32
+                results += attention_suite(config.seq_lens, default_attention_patterns(config.window), device=device,
+                                           dtype=dtype, repeats=config.repeats, progress=sub(i))
+            elif suite == "model":
+                if loaded is None:
+                    from ..models import load_model
+
+                    loaded = load_model("minilm")
+                results += model_suite(loaded, [b for b in config.batches if b <= 1024], device=device, dtype=half,
+                                       repeats=config.repeats, progress=sub(i))
+            if checkpoint is not None and i < len(config.suites) - 1:
+                checkpoint(snapshot(list(config.suites[: i + 1])))
+    if progress is not None:
+        progress(1.0, "done")
+    return snapshot(list(config.suites))

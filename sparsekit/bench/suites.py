@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..masks import nm_mask
-from .harness import CaseResult, attach_baseline, check_fits, run_case, skipped
+from .harness import CaseResult, attach_baseline, budget_spent, check_fits, run_case, skipped
 
 ProgressFn = Callable[[float, str], None]
 
@@ -66,6 +66,13 @@ def _backends(device: str) -> list[str]:
     if getattr(torch.backends, "cusparselt", None) is not None and torch.backends.cusparselt.is_available():
         names.insert(0, "cusparselt")
     return names
+
+
+def is_2_4(weight: torch.Tensor) -> bool:
+    """Every group of 4 consecutive weights along a row has at most 2 non-zeros."""
+    if weight.dim() != 2 or weight.shape[1] % 4:
+        return False
+    return bool(((weight != 0).reshape(weight.shape[0], -1, 4).sum(-1) <= 2).all())
 
 
 def _to_semi_structured(weight: torch.Tensor, backend: str) -> torch.Tensor:
@@ -370,7 +377,7 @@ def model_suite(
     weight as a semi-structured tensor. CUDA only.
     """
     batches = _check_positive_ints(batches, "batch sizes", 4096)
-    why = semi_structured_available(device)
+    why = semi_structured_available(device) or budget_spent()
     params0 = {"model": loaded.name, "seq_len": seq_len}
     if why:
         return [skipped("model", f"{loaded.name} b{b}", "2:4", device, dtype, {**params0, "batch": b}, why)
@@ -382,15 +389,21 @@ def model_suite(
     pruned = sparsify(loaded, SparsifyConfig(pattern="nm", n=2, m=4)).model
     dense_model = copy.deepcopy(pruned).to(device=device, dtype=dtype).eval()
     sparse_model = copy.deepcopy(dense_model)
-    converted = 0
-    for mod in sparse_model.modules():
+    converted, not_converted = 0, []
+    backend = _backends(device)[0]
+    for name, mod in sparse_model.named_modules():
         if isinstance(mod, nn.Linear):
+            w = mod.weight.detach()
+            if not is_2_4(w):  # the compressor would silently drop weights that break the pattern
+                not_converted.append(f"{name}: not 2:4")
+                continue
             try:
-                mod.weight = nn.Parameter(_to_semi_structured(mod.weight.detach(), _backends(device)[0]),
-                                          requires_grad=False)
+                mod.weight = nn.Parameter(_to_semi_structured(w, backend), requires_grad=False)
                 converted += 1
-            except (RuntimeError, ValueError):
-                pass
+            except (RuntimeError, ValueError) as err:
+                not_converted.append(f"{name}: {str(err).splitlines()[0][:120]}")
+    params0 = {**params0, "backend": backend, "converted_linears": converted,
+               "unconverted_linears": len(not_converted)}
     from ..models.sentences import SENTENCES
 
     out: list[CaseResult] = []
@@ -400,7 +413,7 @@ def model_suite(
         texts = [SENTENCES[j % len(SENTENCES)] for j in range(b)]
         enc = loaded.tokenizer(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
         enc = {k: v.to(device) for k, v in enc.items()}
-        params = {**params0, "batch": b, "converted_linears": converted}
+        params = {**params0, "batch": b}
 
         def run(model):
             return lambda e: model(**e).last_hidden_state

@@ -21,6 +21,8 @@ import csv
 import io
 import json
 import math
+import os
+import socket
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, fields
@@ -288,6 +290,7 @@ class RunRecord:
         dense_layers: Linear/Conv layers left dense, with the reason.
         prune_steps: gradual only: the steps at which masks were updated.
         weights: the final forward weights (masks applied) as a state dict of the plain architecture.
+        owner: the process training the run (see ``owner_alive``).
     """
 
     config: TrainConfig
@@ -305,6 +308,9 @@ class RunRecord:
     dense_layers: dict[str, str] = field(default_factory=dict)
     prune_steps: list[int] = field(default_factory=list)
     weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    owner: str = ""
+    """The training process (host:pid:start time) while the run is ``running``: a run whose process
+    has ended without saving a final status (server killed, crash) is then shown as stopped."""
 
     @property
     def total_steps(self) -> int:
@@ -339,7 +345,7 @@ class RunRecord:
             "run_id": self.run_id, "name": self.name, "label": self.label, "status": self.status,
             "message": self.message, "created": self.created, "seconds": self.seconds,
             "config": asdict(self.config), "epochs_done": self.epochs[-1].epoch if self.epochs else 0.0,
-            "final_accuracy": self.final_accuracy, "snapshots": len(self.history),
+            "final_accuracy": self.final_accuracy, "snapshots": len(self.history), "owner": self.owner,
         }
 
     def to_dict(self, *, include_masks: bool = False) -> dict[str, Any]:
@@ -651,7 +657,7 @@ def _train(config: TrainConfig, name: str, data: DigitsData, callback: StepCallb
     total = config.epochs * spe
     record = RunRecord(config=config, name=name, created=time.time(), steps_per_epoch=spe,
                        history=MaskHistory({k: tuple(v.weight.shape) for k, v in run.sparse.items()}),
-                       dense_layers=dict(run.dense))
+                       dense_layers=dict(run.dense), owner=process_token())
     prune_steps: set[int] = set()
     if config.method == "gradual":
         t0, n_int, dt = config.gradual_schedule(total)
@@ -806,7 +812,7 @@ def run_to_bytes(record: RunRecord) -> bytes:
         "epochs": [asdict(e) for e in record.epochs], "step_loss": record.step_loss,
         "shapes": {k: list(v) for k, v in record.history.shapes.items()},
         "snapshot_steps": record.history.steps, "snapshot_epochs": record.history.epochs,
-        "dense_layers": record.dense_layers, "prune_steps": record.prune_steps,
+        "dense_layers": record.dense_layers, "prune_steps": record.prune_steps, "owner": record.owner,
     }
     # Python's json writes NaN/Infinity literals and reads them back, so a diverged loss survives exactly.
     return save(tensors, metadata={"format": "sparsekit-training-run", "version": str(FORMAT_VERSION),
@@ -848,6 +854,7 @@ def run_from_bytes(blob: bytes) -> RunRecord:
         epochs=[EpochMetrics(**e) for e in info["epochs"]], step_loss=list(info["step_loss"]),
         history=history, dense_layers=dict(info["dense_layers"]), prune_steps=list(info["prune_steps"]),
         weights={k[len("weight/"):]: v for k, v in tensors.items() if k.startswith("weight/")},
+        owner=str(info.get("owner", "")),
     )
 
 
@@ -903,6 +910,55 @@ def runs_json(records: list[RunRecord], *, include_masks: bool = False) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # The disk cache: one key per run, plus an index of summaries
+
+
+def _process_start(pid: int) -> str:
+    """The kernel's start time of ``pid`` (clock ticks since boot), '' when unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        return stat.rsplit(")", 1)[1].split()[19]  # field 22 of proc(5), counted after "(comm)"
+    except (OSError, IndexError):
+        return ""
+
+
+def process_token(pid: int | None = None) -> str:
+    """``host:pid:start`` of a process (default: this one); the start time guards against pid reuse."""
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}:{pid}:{_process_start(pid)}"
+
+
+def owner_alive(token: str) -> bool | None:
+    """Whether the process named by ``process_token`` still runs: True/False, or None when this
+    machine cannot tell (another host shares the cache, or the token is malformed)."""
+    try:
+        host, pid_text, start = token.rsplit(":", 2)
+        pid = int(pid_text)
+    except ValueError:
+        return None
+    if host != socket.gethostname() or pid <= 0:
+        return None
+    if start:
+        return _process_start(pid) == start
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _orphan_message(steps_note: str) -> str:
+    return ("the process training this run ended without saving a final status (server stopped or crashed); "
+            f"kept as of its last checkpoint{steps_note}")
+
+
+def _settle_orphan_entry(entry: dict) -> dict:
+    if entry.get("status") == "running" and entry.get("owner") and owner_alive(entry["owner"]) is False:
+        done = entry.get("epochs_done") or 0.0
+        return {**entry, "status": "stopped", "message": _orphan_message(f" (epoch {done:g})")}
+    return entry
 
 
 def _run_key(run_id: str) -> str:
@@ -982,11 +1038,15 @@ def load_run(run_id: str) -> RunRecord:
     if not isinstance(blob, bytes):
         raise ValueError(f"the cache entry of run {run_id!r} is not a training run")
     try:
-        return run_from_bytes(blob)
+        record = run_from_bytes(blob)
     except ValueError:
         raise
     except Exception as err:  # safetensors raises its own error type for damaged bytes
         raise ValueError(f"the cache entry of run {run_id!r} is damaged: {err}") from None
+    if record.status == "running" and record.owner and owner_alive(record.owner) is False:
+        record.status = "stopped"
+        record.message = _orphan_message(f" (step {record.steps_done:,} of {record.total_steps:,})")
+    return record
 
 
 def list_runs() -> list[dict]:
@@ -996,7 +1056,7 @@ def list_runs() -> list[dict]:
         One dict per run whose entry still exists.
     """
     cache = get_cache()
-    return [e for e in _read_index(cache) if _run_key(e["run_id"]) in cache]
+    return [_settle_orphan_entry(e) for e in _read_index(cache) if _run_key(e["run_id"]) in cache]
 
 
 def rename_run(run_id: str, name: str) -> RunRecord:
@@ -1059,6 +1119,7 @@ def run_and_save(
 
 __all__ = [
     "DEFAULT_LAMBDA_W", "EpochMetrics", "METHODS", "RunRecord", "TrainConfig", "TrainProgress", "delete_run",
-    "layer_plan", "list_runs", "load_run", "metrics_csv", "rename_run", "run_and_save", "run_from_bytes",
+    "layer_plan", "list_runs", "load_run", "metrics_csv", "owner_alive", "process_token", "rename_run",
+    "run_and_save", "run_from_bytes",
     "run_to_bytes", "runs_json", "sad_csv", "save_run", "sparse_forward_weight", "train", "zhu_gupta_sparsity",
 ]

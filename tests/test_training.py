@@ -386,7 +386,48 @@ def test_killed_process_leaves_a_readable_partial_run(tmp_cache):
     assert proc.returncode == 3, proc.stderr[-2000:]
     sparsekit.cache._CACHES.clear()
     runs = list_runs()
-    assert len(runs) == 1 and runs[0]["status"] == "running"
+    # The training process is gone, so the run is shown as stopped, not "running" forever.
+    assert len(runs) == 1 and runs[0]["status"] == "stopped"
+    assert "ended without saving a final status" in runs[0]["message"] and "(epoch 1)" in runs[0]["message"]
     rec = load_run(runs[0]["run_id"])
-    assert rec.status == "running" and rec.steps_done == 12 and len(rec.epochs) == 1
+    assert rec.status == "stopped" and "(step 12 of 36)" in rec.message
+    assert rec.steps_done == 12 and len(rec.epochs) == 1
     assert rec.history.steps == [0, 12]
+    # Renaming re-saves it with the settled status.
+    from sparsekit.training import rename_run
+
+    rename_run(rec.run_id, "killed")
+    assert sparsekit.training.run_from_bytes(
+        sparsekit.cache.get_cache().get(sparsekit.training._run_key(rec.run_id))).status == "stopped"
+
+
+def test_owner_liveness(tmp_cache, data):
+    import os
+    import subprocess
+    import sys
+
+    from sparsekit.training import owner_alive, process_token, save_run
+
+    me = process_token()
+    assert me.endswith(f":{os.getpid()}:" + me.rsplit(":", 1)[1]) and me.rsplit(":", 1)[1].isdigit()
+    assert owner_alive(me) is True
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        token = process_token(child.pid)
+        assert owner_alive(token) is True
+    finally:
+        child.kill()
+        child.wait()
+    assert owner_alive(token) is False
+    host, pid, start = me.rsplit(":", 2)
+    assert owner_alive(f"{host}:{pid}:{int(start) + 1}") is False  # same pid, another process (pid reuse)
+    assert owner_alive(f"another-host-{host}:{pid}:{start}") is None  # cannot tell from here
+    assert owner_alive("garbage") is None and owner_alive("") is None
+    # A run whose owner is alive (this process) stays "running".
+    rec = train(TrainConfig(method="ste", epochs=1, batch_size=256), data=data)
+    rec.status, rec.owner = "running", me
+    save_run(rec)
+    assert list_runs()[0]["status"] == "running" and load_run(rec.run_id).status == "running"
+    rec.owner = token
+    save_run(rec)
+    assert list_runs()[0]["status"] == "stopped" and load_run(rec.run_id).status == "stopped"

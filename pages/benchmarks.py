@@ -26,8 +26,8 @@ why_not = semi_structured_available(device)
 if not cuda:
     st.info("No CUDA device here: the CPU suites (CSR/BSR, FlexAttention) run on this machine; "
             + ", ".join(f"**{k}** ({v})" for k, v in CUDA_ONLY.items())
-            + " need an NVIDIA GPU. Run `python -m sparsekit.bench --gpu-all --out gpu.json` on a GPU "
-              "server and import the file below.")
+            + " need an NVIDIA GPU. On a GPU server, `bash scripts/gpu_bench.sh gpu.json` runs every suite "
+              "(under 8 minutes) and writes a file to import below.")
 elif why_not:
     st.warning(f"2:4 suites unavailable on this GPU: {why_not}")
 
@@ -37,8 +37,9 @@ SUITE_LABELS = {"linear": "Linear: dense vs 2:4", "formats": "CSR / BSR vs dense
 
 def show_run(run: BenchRun, key: str, where: str) -> None:
     env = run.env
+    wall = f" · {env['wall_s']:g} s" if isinstance(env.get("wall_s"), (int, float)) else ""
     st.caption(f"Measured on **{env.get('device_name', env.get('device'))}** · torch {env.get('torch')} · "
-               f"CUDA {env.get('cuda')} · {env.get('threads')} CPU threads · {env.get('measured_at', '')}")
+               f"CUDA {env.get('cuda')} · {env.get('threads')} CPU threads · {env.get('measured_at', '')}{wall}")
     c = run.ceilings
     if c:
         a, b = st.columns(2)
@@ -51,6 +52,10 @@ def show_run(run: BenchRun, key: str, where: str) -> None:
     if failed:
         st.error(f"{len(failed)} case(s) did not produce a valid timing: "
                  + "; ".join(f"{r.case} {r.backend}: {r.message}" for r in failed[:5]))
+    late = [r for r in run.results if r.status == "skipped" and "time budget" in r.message]
+    if late:
+        st.warning(f"{len(late)} case(s) were not run: the run's time budget "
+                   f"({env.get('time_budget_s', '?')} s) was spent. They are listed as skipped below.")
     formats = [r for r in run.results if r.suite == "formats" and r.speedup is not None]
     attention = [r for r in run.results if r.suite == "attention" and r.speedup is not None]
     linear = [r for r in run.results if r.suite == "linear" and r.speedup is not None]
@@ -60,11 +65,10 @@ def show_run(run: BenchRun, key: str, where: str) -> None:
              for r in formats], title="CSR / BSR: speedup over dense vs density"), width="stretch",
             key=f"fig_formats_{where}_{key}")
     if attention:
-        st.plotly_chart(viz.speedup_density_figure(
-            [{"backend": f"{r.backend} @ {r.params.get('seq_len')} tokens", "speedup": r.speedup,
-              "block_density": r.params.get("block_density"), "label": r.case} for r in attention],
-            x_key="block_density", title="FlexAttention: speedup over dense SDPA vs block density"), width="stretch",
-            key=f"fig_attention_{where}_{key}")
+        st.plotly_chart(viz.attention_speedup_figure(
+            [{"pattern": r.params.get("pattern", r.backend), "seq_len": r.params.get("seq_len"),
+              "speedup": r.speedup, "block_density": r.params.get("block_density")} for r in attention]),
+            width="stretch", key=f"fig_attention_{where}_{key}")
     if linear or any(r.suite == "linear" for r in run.results):
         st.plotly_chart(viz.speedup_batch_figure(
             [{"shape": f"{r.params.get('out_features')}×{r.params.get('in_features')}", "backend": r.backend,

@@ -549,6 +549,34 @@ def memory_figure(rows: Sequence[Mapping]) -> go.Figure:
 # Kernel benchmarks (sparsekit.bench results)
 
 
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """1-2-5 tick values covering [lo, hi] (for readable log axes; plotly's minor labels repeat
+    bare digits such as "2 5 2 5")."""
+    if not (lo > 0 and hi > 0):
+        raise ValueError("log ticks need positive bounds")
+    lo, hi = min(lo, hi), max(lo, hi)
+    out = []
+    for e in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1):
+        for m in (1, 2, 5):
+            v = m * 10.0 ** e
+            if lo / 1.0001 <= v * 2.5 and v / 2.5 <= hi * 1.0001:  # one step beyond each end
+                out.append(float(f"{v:.6g}"))
+    return out
+
+
+def _ratio_text(v: float) -> str:
+    return f"{v:g}×"
+
+
+def _pct_text(v: float) -> str:
+    return f"{v * 100:g}%"
+
+
+def _log_axis(values: Sequence[float], fmt) -> dict:
+    ticks = log_ticks(min(values), max(values))
+    return dict(type="log", tickvals=ticks, ticktext=[fmt(t) for t in ticks])
+
+
 def speedup_density_figure(rows: Sequence[Mapping], *, x_key: str = "density",
                            title: str = "measured speedup over dense vs density") -> go.Figure:
     """Speedup against density (kept fraction) per backend, with the FLOP-count ideal 1/density.
@@ -581,8 +609,46 @@ def speedup_density_figure(rows: Sequence[Mapping], *, x_key: str = "density",
     fig.add_hline(y=1.0, line=dict(color="black", width=1), annotation_text="dense", annotation_position="bottom right")
     fig.update_layout(title=title, xaxis_title=f"{x_key.replace('_', ' ')} (kept fraction)",
                       yaxis_title="speedup over dense (×, higher is faster)")
-    fig.update_xaxes(type="log")
-    fig.update_yaxes(type="log")
+    ys = [float(r["speedup"]) for r in pts] + [1.0 / lo, 1.0 / hi, 1.0]
+    fig.update_xaxes(**_log_axis(xs, _pct_text))
+    fig.update_yaxes(**_log_axis(ys, _ratio_text))
+    return fig
+
+
+def attention_speedup_figure(rows: Sequence[Mapping],
+                             title: str = "FlexAttention: speedup over dense SDPA by sequence length") -> go.Figure:
+    """Measured speedup of each block-sparse pattern against sequence length, next to its FLOP
+    ideal (1 / block density, dotted, same colour); each point is labelled with its block density.
+
+    Args:
+        rows: dicts with ``pattern``, ``seq_len``, ``speedup`` and ``block_density``; rows without a
+            speedup are left out.
+    """
+    pts = [r for r in rows if r.get("speedup") is not None and r.get("block_density")]
+    if not pts:
+        return _empty(title, "no timed attention cases to plot")
+    fig = go.Figure()
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#e377c2"]
+    for k, pattern in enumerate(sorted({r["pattern"] for r in pts})):
+        sel = sorted((r for r in pts if r["pattern"] == pattern), key=lambda r: r["seq_len"])
+        color = palette[k % len(palette)]
+        xs = [r["seq_len"] for r in sel]
+        fig.add_trace(go.Scatter(
+            x=xs, y=[r["speedup"] for r in sel], mode="lines+markers+text", name=f"{pattern} (measured)",
+            line=dict(color=color), text=[f"{r['block_density']:.0%} blocks" for r in sel], textposition="top center",
+            hovertemplate="%{x} tokens<br>speedup %{y:.2f}×<br>%{text}<extra>" + pattern + "</extra>",
+        ))
+        fig.add_trace(go.Scatter(
+            x=xs, y=[1.0 / r["block_density"] for r in sel], mode="lines", name=f"{pattern} (ideal 1/block density)",
+            line=dict(color=color, dash="dot"), hovertemplate="ideal %{y:.2f}×<extra>" + pattern + "</extra>",
+        ))
+    fig.add_hline(y=1.0, line=dict(color="black", width=1), annotation_text="dense SDPA",
+                  annotation_position="bottom right")
+    ys = [float(r["speedup"]) for r in pts] + [1.0 / r["block_density"] for r in pts] + [1.0]
+    fig.update_layout(title=title, xaxis_title="sequence length (tokens)", yaxis_title="speedup over dense SDPA (×)")
+    lens = sorted({int(r["seq_len"]) for r in pts})
+    fig.update_xaxes(type="log", tickvals=lens, ticktext=[str(v) for v in lens])
+    fig.update_yaxes(**_log_axis(ys, _ratio_text))
     return fig
 
 
@@ -607,7 +673,8 @@ def speedup_batch_figure(rows: Sequence[Mapping], title: str = "2:4 speedup over
     fig.add_hline(y=1.0, line=dict(color="black", width=1), annotation_text="dense", annotation_position="bottom right")
     fig.update_layout(title=title, xaxis_title="batch size (rows of the input)",
                       yaxis_title="speedup over dense (×)")
-    fig.update_xaxes(type="log")
+    batches = sorted({int(r["batch"]) for r in pts})
+    fig.update_xaxes(type="log", tickvals=batches, ticktext=[str(b) for b in batches])
     return fig
 
 

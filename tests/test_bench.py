@@ -348,3 +348,30 @@ def test_cli_time_budget_argument(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "sparsekit.bench", "--suites", "formats", "--time-budget", "-3"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "time budget must be a positive number" in bad.stderr
+
+
+def test_log_ticks_and_attention_figure():
+    from sparsekit import viz
+
+    ticks = viz.log_ticks(0.3, 40)
+    assert ticks == sorted(ticks)
+    for v in (0.5, 1, 2, 5, 10, 20):  # every 1-2-5 value inside the range is a tick
+        assert v in ticks
+    assert ticks[0] <= 0.3 and ticks[-1] >= 40
+    assert all(f"{t:e}"[0] in "125" for t in ticks)
+    with pytest.raises(ValueError):
+        viz.log_ticks(0, 1)
+    rows = [{"pattern": "window", "seq_len": L, "speedup": s, "block_density": d}
+            for L, s, d in [(2048, 2.5, 0.125), (512, 0.7, 0.44), (1024, 1.3, 0.23)]]
+    rows.append({"pattern": "full", "seq_len": 512, "speedup": 0.3, "block_density": 1.0})
+    rows.append({"pattern": "full", "seq_len": 1024, "speedup": None, "block_density": 1.0})  # untimed
+    fig = viz.attention_speedup_figure(rows)
+    measured = next(t for t in fig.data if t.name == "window (measured)")
+    assert list(measured.x) == [512, 1024, 2048] and list(measured.y) == [0.7, 1.3, 2.5]
+    assert list(measured.text) == ["44% blocks", "23% blocks", "12% blocks"]
+    ideal = next(t for t in fig.data if t.name == "window (ideal 1/block density)")
+    assert list(ideal.y) == pytest.approx([1 / 0.44, 1 / 0.23, 8.0])
+    assert ideal.line.color == measured.line.color
+    assert list(next(t for t in fig.data if t.name == "full (measured)").x) == [512]
+    assert list(fig.layout.xaxis.tickvals) == [512, 1024, 2048]
+    assert "no timed" in viz.attention_speedup_figure([]).layout.annotations[0].text

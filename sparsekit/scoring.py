@@ -172,14 +172,15 @@ def _sparsegpt(weight, hessian, sparsity, nm, blocksize, damp):
         i2 = min(i1 + blocksize, cols)
         count = i2 - i1
         W1 = W[:, i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
         Err1 = torch.zeros_like(W1)
         U1 = U[i1:i2, i1:i2]
         d = torch.diag(U1)
+        inv_d = (1.0 / d).tolist()
         if sparsity is not None:
             keep1 = unstructured_mask(W1, float(sparsity), scores=W1**2 / d.unsqueeze(0) ** 2)
         else:
             keep1 = torch.ones_like(W1, dtype=torch.bool)
+        pruned1 = (~keep1).to(W1.dtype)
         for i in range(count):
             if nm is not None and i % m == 0:
                 # The group's mask is chosen only now, after the errors of the earlier columns
@@ -190,14 +191,15 @@ def _sparsegpt(weight, hessian, sparsity, nm, blocksize, damp):
                 order = torch.sort(score, dim=1, descending=True, stable=True).indices
                 group_keep = torch.zeros_like(score, dtype=torch.bool)
                 keep1[:, i : i + m] = group_keep.scatter_(1, order[:, :n], True)
-            w = W1[:, i]
-            q = torch.where(keep1[:, i], w, torch.zeros_like(w))
-            Q1[:, i] = q
-            err = (w - q) / d[i]
-            loss += float((err**2).sum()) / 2
-            W1[:, i:] -= err.unsqueeze(1) * U1[i, i:].unsqueeze(0)
+                pruned1[:, i : i + m] = (~keep1[:, i : i + m]).to(W1.dtype)
+            # Column i is final once its own error is taken out: the kept weights stay, the pruned
+            # ones go, and the error (w - q) / d is spread over the columns still to come.
+            err = W1[:, i] * pruned1[:, i] * inv_d[i]
+            if i + 1 < count:
+                W1[:, i + 1 :].addr_(err, U1[i, i + 1 :], alpha=-1.0)
             Err1[:, i] = err
-        W[:, i1:i2] = Q1
+        loss += float((Err1**2).sum()) / 2
+        W[:, i1:i2] = W1 * keep1
         keep[:, i1:i2] = keep1
         if i2 < cols:
             W[:, i2:] -= Err1 @ U[i1:i2, i2:]

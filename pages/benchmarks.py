@@ -112,6 +112,9 @@ with run_tab:
         batches = st.multiselect("Batch sizes (linear/model)", [1, 8, 16, 64, 256, 512, 2048, 8192],
                                  default=[1, 16, 256, 2048], key="bench_batches")
         repeats = int(st.number_input("Timed repeats", 3, 200, 10, key="bench_repeats"))
+        budget = float(st.number_input("Time budget (s)", 1, 3600, 300, key="bench_budget",
+                                       help="cases that would start after this many seconds are listed as "
+                                            "skipped instead of run"))
         use_model = st.checkbox("Add the loaded model's Linear shapes", value=True, key="bench_model_shapes")
     loaded, _ = get_model()
     layer_shapes = ()
@@ -131,7 +134,8 @@ with run_tab:
         else:
             config = BenchConfig(suites=tuple(suites), device=device, formats_shape=(size, size),
                                  densities=tuple(sorted(densities)), seq_lens=tuple(sorted(seq_lens)), window=window,
-                                 batches=tuple(sorted(batches)), repeats=repeats, layer_shapes=layer_shapes)
+                                 batches=tuple(sorted(batches)), repeats=repeats, layer_shapes=layer_shapes,
+                                 time_budget_s=budget)
             bar = st.progress(0.0, text="starting")
             try:
                 run = run_benchmarks(config, loaded=loaded if loaded is not None and loaded.kind == "encoder" else None,

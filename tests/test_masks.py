@@ -218,3 +218,15 @@ def test_compiled_cpu_kernels_match_loop(n, m, dtype):
     rows[3, 1] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         _cpu_keep(rows, n, m)
+
+
+def test_small_tensors_use_one_thread_and_restore_the_setting():
+    import numba
+
+    before = numba.get_num_threads()
+    w = torch.randint(-3, 4, (16, 8)).float()  # small: the serial kernel
+    assert torch.equal(sparsekit.nm_mask(w, 2, 4), ref_nm_rows(w.reshape(-1, 4), 2, 4).reshape(16, 8))
+    assert numba.get_num_threads() == before
+    with pytest.raises(ValueError, match="NaN"):
+        sparsekit.nm_mask(torch.tensor([[1.0, float("nan"), 0.0, 2.0]]), 2, 4)
+    assert numba.get_num_threads() == before

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .sparsify import SparsifyResult, masks_safetensors, semi_structured_check, weights_safetensors
+from .sparsify import SparsifyResult, is_2_4, masks_safetensors, semi_structured_check, weights_safetensors
 
 EXPORT_FORMAT = "sparsekit-export"
 EXPORT_VERSION = 1
@@ -196,11 +196,6 @@ class SemiStructuredResult:
     """Whether CUDA (and the semi-structured kernels) were available."""
 
 
-def _is_2_4(weight: torch.Tensor) -> bool:
-    groups = weight.detach().reshape(weight.shape[0], -1, 4)
-    return bool(((groups != 0).sum(-1) <= 2).all())
-
-
 def to_semi_structured(model: Any, *, dtype: torch.dtype = torch.float16, device: str = "cuda") -> SemiStructuredResult:
     """Convert every eligible Linear weight of a 2:4-pruned model to PyTorch's semi-structured format.
 
@@ -235,7 +230,7 @@ def to_semi_structured(model: Any, *, dtype: torch.dtype = torch.float16, device
         if not isinstance(module, nn.Linear):
             continue
         shape = tuple(module.weight.shape)
-        if not _is_2_4(module.weight):
+        if not is_2_4(module.weight):
             out.skipped[name] = "weight is not 2:4 sparse"
             continue
         check = semi_structured_check(shape, (2, 4), dtype)

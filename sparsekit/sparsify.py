@@ -258,6 +258,14 @@ def _layer_type(module: nn.Module) -> str:
     return type(module).__name__
 
 
+def is_2_4(weight: torch.Tensor) -> bool:
+    """Whether a 2-D weight has at most 2 non-zeros in every group of 4 consecutive inputs (what
+    the 2:4 compressors assume: they silently drop any extra non-zero)."""
+    if weight.dim() != 2 or weight.shape[1] % 4:
+        return False
+    return bool(((weight.detach() != 0).reshape(weight.shape[0], -1, 4).sum(-1) <= 2).all())
+
+
 def semi_structured_check(shape: tuple[int, ...], pattern: tuple[int, int] | None, dtype=torch.float16) -> str:
     """Whether a weight would run on PyTorch's 2:4 semi-structured kernels.
 

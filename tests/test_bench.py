@@ -241,13 +241,14 @@ def test_speedup_figures():
 
 def _emulate_semi_structured(monkeypatch, refuse: str = ""):
     from sparsekit.bench import suites
+    from sparsekit.sparsify import is_2_4
 
     calls = []
 
     def convert(weight, backend):
         if backend == refuse:
             raise RuntimeError(f"{backend} refuses this shape\nsecond line")
-        assert suites.is_2_4(weight), "a non-2:4 weight reached the compressor"
+        assert is_2_4(weight), "a non-2:4 weight reached the compressor"
         calls.append((backend, tuple(weight.shape)))
         return weight.clone()
 
@@ -258,7 +259,7 @@ def _emulate_semi_structured(monkeypatch, refuse: str = ""):
 
 
 def test_is_2_4_against_a_loop():
-    from sparsekit.bench.suites import is_2_4
+    from sparsekit.sparsify import is_2_4
 
     gen = torch.Generator().manual_seed(0)
     for trial in range(200):

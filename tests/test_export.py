@@ -99,3 +99,39 @@ def test_minilm_round_trip():
     batch = loaded.preprocess(["Pruning keeps the largest weights.", "Sparse models are smaller."])
     with torch.no_grad():
         assert torch.equal(again.module(**batch).last_hidden_state, result.model(**batch).last_hidden_state)
+
+
+def test_semi_structured_conversion_logic_emulated(monkeypatch):
+    # The kernels need CUDA; the layer selection around them is run here on CPU with the device
+    # checks answered as an H100 would and the compressor replaced by a stand-in that keeps the
+    # dense weight (so outputs must match exactly) and refuses anything that is not 2:4.
+    import torch.sparse
+
+    from sparsekit.sparsify import is_2_4
+
+    seen = []
+
+    def fake_compress(weight):
+        assert is_2_4(weight), "a non-2:4 weight reached the compressor"
+        seen.append(tuple(weight.shape))
+        return weight.clone()
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(torch.sparse, "to_sparse_semi_structured", fake_compress)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 64), nn.Linear(64, 6), nn.Linear(6, 32))
+    result = sparsify(model, SparsifyConfig(pattern="nm", n=2, m=4, exclude="^2$"))
+    before = {k: v.clone() for k, v in result.model.state_dict().items()}
+    out = to_semi_structured(result, device="cpu", dtype=torch.float32)
+    assert out.available and out.converted == ["0"] and seen == [(128, 128)]
+    assert out.skipped["2"] == "weight is not 2:4 sparse"  # excluded from pruning: dense
+    assert "rows a multiple of" in out.skipped["3"]  # 6 outputs: below the kernels' minimum
+    assert out.skipped["4"] == "weight is not 2:4 sparse"  # 6 inputs: no groups of 4 (no crash)
+    x = torch.randn(5, 128)
+    with torch.no_grad():
+        assert torch.equal(out.model(x), result.model(x))
+    assert all(torch.equal(before[k], v) for k, v in result.model.state_dict().items())  # a copy was converted
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    old = to_semi_structured(result, device="cpu")
+    assert not old.available and "Ampere" in old.skipped["*"]

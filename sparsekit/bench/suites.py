@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..masks import nm_mask
+from ..sparsify import is_2_4
 from .harness import CaseResult, attach_baseline, budget_spent, check_fits, run_case, skipped
 
 ProgressFn = Callable[[float, str], None]
@@ -66,13 +67,6 @@ def _backends(device: str) -> list[str]:
     if getattr(torch.backends, "cusparselt", None) is not None and torch.backends.cusparselt.is_available():
         names.insert(0, "cusparselt")
     return names
-
-
-def is_2_4(weight: torch.Tensor) -> bool:
-    """Every group of 4 consecutive weights along a row has at most 2 non-zeros."""
-    if weight.dim() != 2 or weight.shape[1] % 4:
-        return False
-    return bool(((weight != 0).reshape(weight.shape[0], -1, 4).sum(-1) <= 2).all())
 
 
 def _to_semi_structured(weight: torch.Tensor, backend: str) -> torch.Tensor:

@@ -51,9 +51,9 @@ def warm_reruns(repeats: int) -> None:
             assert not masks.exception, masks.exception
             assert len(masks.get("plotly_chart")) >= 5 and any(m.label.startswith("SAD") for m in masks.metric)
         # Clear the cached results so the next round recomputes.
-        from ui.state import _quality, _sparsify
+        from ui.state import _quality, _results
 
-        _sparsify.clear()
+        _results.clear()
         _quality.clear()
     print(f"MiniLM, first Sparsify page run (model load + 2:4 + quality): {first:.2f} s")
     print(f"{'re-run after changing N:M':<34}{'median s':>10}{'max s':>8}{'runs':>6}")

@@ -24,8 +24,7 @@ if config is None:
 st.session_state["config_json"] = config.to_json()
 
 try:
-    with st.spinner(f"Pruning a copy of {loaded.name} ({config.label()})…"):
-        result = sparsified(key, loaded, config)
+    result = sparsified(key, loaded, config)  # draws per-layer progress for the calibrated methods
     with st.spinner("Measuring quality of the sparse model…"):
         quality = sparse_quality(key, loaded, config)
 except ValueError as err:

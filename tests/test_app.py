@@ -244,3 +244,50 @@ def test_first_use_trains_with_progress_then_loads(tmp_path, monkeypatch):
     assert not at.sidebar.error and at.session_state["_loaded"] is not None
     assert digits_model_cached("mlp")
     assert at.dataframe[0].value["value"].iloc[0] >= 95.0
+
+
+def test_result_store_is_an_lru_with_per_key_locks():
+    from ui.state import _Results
+
+    store = _Results(size=2)
+    store.put(("m", "a"), "A")
+    store.put(("m", "b"), "B")
+    assert store.get(("m", "a")) == "A"  # a is now the most recent
+    lock_b = store.key_lock(("m", "b"))
+    assert store.key_lock(("m", "b")) is lock_b
+    store.put(("m", "c"), "C")  # evicts b, the least recently used
+    assert store.get(("m", "b")) is None and store.get(("m", "a")) == "A" and store.get(("m", "c")) == "C"
+    assert store.key_lock(("m", "b")) is not lock_b  # its lock went with it
+
+
+def test_interrupted_sparsify_stores_nothing(mlp, monkeypatch):
+    from ui import state
+
+    state._results.clear()
+    config = SparsifyConfig(pattern="nm", n=2, m=4, method="wanda")
+    calls = []
+
+    def interrupted(loaded, cfg, progress=None):
+        calls.append(cfg)
+        progress(0.3, "halfway")
+        raise KeyboardInterrupt  # what a rerun does to a running script, as far as this code sees
+
+    monkeypatch.setattr(state.sparsekit, "sparsify", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        state.sparsified("k", mlp, config)
+    assert state._results().get(("k", config.to_json())) is None
+    monkeypatch.undo()
+    first = state.sparsified("k", mlp, config)
+    assert state.sparsified("k", mlp, config) is first  # computed once, then shared
+    assert len(calls) == 1
+
+
+def test_sparsify_page_calibrated_method(mlp):
+    at = goto(app(), "sparsify")
+    at.selectbox(key="sp_method").set_value("sparsegpt").run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    res = sparsekit.sparsify(mlp, SparsifyConfig(pattern="nm", n=2, m=4, method="sparsegpt"))
+    quality = at.dataframe[0].value
+    assert quality["sparse"].iloc[0] == pytest.approx(mlp.quality(res.model)["accuracy"])
+    assert not at.get("progress")  # the per-layer progress bar is gone once the result is shown

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import streamlit as st
@@ -10,7 +12,7 @@ import streamlit as st
 import sparsekit
 from sparsekit.models import BUILTIN_SPECS, list_model_dirs, model_roots
 from sparsekit.models.digits import digits_model_cached, trained_digits_model
-from sparsekit.sparsify import SparsifyConfig
+from sparsekit.sparsify import CALIBRATED_METHODS, SparsifyConfig
 
 SOURCES = {
     "minilm": "MiniLM (all-MiniLM-L6-v2, bundled)",
@@ -32,14 +34,48 @@ def _load(spec: str, weights_digest: str = "", _weights: bytes | None = None):
     return sparsekit.load_model(spec, weights=_weights, allow_hub=os.environ.get("SPARSEKIT_ALLOW_HUB") == "1")
 
 
-@st.cache_resource(show_spinner=False, max_entries=8)
-def _sparsify(model_key: str, config_json: str, _loaded):
-    return sparsekit.sparsify(_loaded, SparsifyConfig.from_json(config_json))
+class _Results:
+    """Sparsified models shared (read-only) by every session: an LRU of ``SparsifyResult``s.
+
+    Kept outside ``st.cache_resource``'s own memoisation so that a slow method (SparseGPT, Wanda,
+    Taylor) can draw per-layer progress while it runs; Streamlit cannot replay element calls made
+    inside a cached function. A per-key lock makes concurrent sessions wait for one computation.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple[str, str], object] = OrderedDict()
+        self._key_locks: dict[tuple[str, str], threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def key_lock(self, key) -> threading.Lock:
+        with self._lock:
+            return self._key_locks.setdefault(key, threading.Lock())
+
+    def put(self, key, value) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                old, _ = self._items.popitem(last=False)
+                self._key_locks.pop(old, None)
+
+
+@st.cache_resource(show_spinner=False)
+def _results() -> _Results:
+    return _Results(size=8)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def _quality(model_key: str, config_json: str, _loaded) -> dict[str, float]:
-    return _loaded.quality(_sparsify(model_key, config_json, _loaded).model)
+def _quality(model_key: str, config_json: str, _loaded, _result) -> dict[str, float]:
+    return _loaded.quality(_result.model)
 
 
 def _train_with_progress(arch: str) -> None:
@@ -129,10 +165,37 @@ def require_model():
 
 
 def sparsified(model_key: str, loaded, config: SparsifyConfig):
-    """Cached SparsifyResult for this model and config; shared read-only between sessions."""
-    return _sparsify(model_key, config.to_json(), loaded)
+    """Cached SparsifyResult for this model and config; shared read-only between sessions.
+
+    The calibrated methods draw a progress bar (per layer) while they run; an interrupted run
+    (the user changed a setting) stores nothing.
+    """
+    store = _results()
+    key = (model_key, config.to_json())
+    hit = store.get(key)
+    if hit is not None:
+        return hit
+    with store.key_lock(key):
+        hit = store.get(key)  # another session may have finished it while this one waited
+        if hit is not None:
+            return hit
+        bar = None
+        if config.method in CALIBRATED_METHODS and config.pattern != "dense":
+            bar = st.progress(0.0, text=f"{config.label()}: calibrating on {loaded.name}…")
+
+        def progress(fraction: float, message: str) -> None:
+            if bar is not None:
+                bar.progress(min(max(float(fraction), 0.0), 1.0), text=f"{config.label()}: {message}")
+
+        try:
+            result = sparsekit.sparsify(loaded, config, progress=progress)
+        finally:
+            if bar is not None:
+                bar.empty()
+        store.put(key, result)
+        return result
 
 
 def sparse_quality(model_key: str, loaded, config: SparsifyConfig) -> dict[str, float]:
     """Cached quality of the sparsified model (a small dict, kept for many configs)."""
-    return _quality(model_key, config.to_json(), loaded)
+    return _quality(model_key, config.to_json(), loaded, sparsified(model_key, loaded, config))

@@ -181,11 +181,11 @@ def sparsified(model_key: str, loaded, config: SparsifyConfig):
             return hit
         bar = None
         if config.method in CALIBRATED_METHODS and config.pattern != "dense":
-            bar = st.progress(0.0, text=f"{config.label()}: calibrating on {loaded.name}…")
+            bar = st.progress(0.0, text=f"Pruning a copy of {loaded.name} ({config.label()}): calibrating…")
 
         def progress(fraction: float, message: str) -> None:
             if bar is not None:
-                bar.progress(min(max(float(fraction), 0.0), 1.0), text=f"{config.label()}: {message}")
+                bar.progress(min(max(float(fraction), 0.0), 1.0), text=f"Pruning a copy of {loaded.name}: {message}")
 
         try:
             result = sparsekit.sparsify(loaded, config, progress=progress)

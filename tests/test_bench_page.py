@@ -67,14 +67,15 @@ def test_bad_selection_messages(page):
 def test_time_budget_skips_late_cases(page):
     at = page
     at.multiselect(key="bench_suites").set_value(["formats"])
-    at.select_slider(key="bench_size").set_value(4096)
+    # 36 timed cases of at least 13 calls each: well over the 1 s budget on any machine like this.
+    at.select_slider(key="bench_size").set_value(2048)
     at.multiselect(key="bench_densities").set_value([0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0])
     at.number_input(key="bench_budget").set_value(1)
     at.button(key="bench_run").click().run()
     assert not at.exception, at.exception
     assert any("time budget (1.0 s) was spent" in w.value for w in at.warning)
     table = at.dataframe[-1].value
-    assert (table["status"].iloc[:2] == "ok").all()  # the first density's cases ran
+    assert table["status"].iloc[0] == "ok"  # the first case started inside the budget and ran
     late = table[table["status"] == "skipped"]
     assert len(late) > 0 and late["message"].str.contains("time budget").all()
     assert late["median_ms"].isna().all()

@@ -201,6 +201,7 @@ def test_cli_writes_json_the_page_reads(tmp_path):
     assert bad.returncode == 2 and "density" in bad.stderr
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not CUDA, reason="2:4 semi-structured kernels need CUDA")
 def test_linear_2_4_on_cuda():
     res = linear_suite([(1024, 1024)], [64], device="cuda", dtype=torch.float16, repeats=5)

@@ -75,6 +75,7 @@ def test_semi_structured_without_cuda_skips_cleanly():
     assert out.available is False and out.model is None and "CUDA is not available" in out.skipped["*"]
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="2:4 semi-structured kernels need CUDA")
 def test_semi_structured_on_cuda():
     torch.manual_seed(0)

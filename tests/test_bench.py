@@ -377,3 +377,27 @@ def test_log_ticks_and_attention_figure():
     assert list(next(t for t in fig.data if t.name == "full (measured)").x) == [512]
     assert list(fig.layout.xaxis.tickvals) == [512, 1024, 2048]
     assert "no timed" in viz.attention_speedup_figure([]).layout.annotations[0].text
+
+
+def test_time_budget_belongs_to_its_thread():
+    # Two app sessions run in two threads: one user's short budget must not cut another's run.
+    import threading
+    import time as _t
+
+    from sparsekit.bench.harness import budget_spent, time_budget
+
+    seen = {}
+
+    def other_session():
+        seen["no budget"] = budget_spent()  # this session set none: nothing is spent
+        with time_budget(3600):
+            seen["own budget"] = budget_spent()
+
+    with time_budget(1e-6):
+        _t.sleep(0.01)
+        worker = threading.Thread(target=other_session)
+        worker.start()
+        worker.join()
+        assert "time budget" in budget_spent()  # this thread's own budget is still in force
+    assert seen == {"no budget": "", "own budget": ""}
+    assert budget_spent() == ""

@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="")
     parser.add_argument("--out", help="write the run as JSON here")
     args = parser.parse_args(argv)
+
     def write(run: BenchRun) -> None:
         if args.out:  # atomic: a reader (or a kill) never sees half a file
             tmp = f"{args.out}.partial"

@@ -9,6 +9,7 @@ import math
 import os
 import platform
 import statistics
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
@@ -92,39 +93,41 @@ def check_fits(n_bytes: int, device: str, what: str, fraction: float = 0.5) -> N
         )
 
 
-_DEADLINE: float | None = None
-_BUDGET_S: float | None = None
+# Per thread: each Streamlit session runs its script in its own thread, so one user's budget must
+# not cut another's run short.
+_BUDGET = threading.local()
 
 
 class time_budget:
     """Context manager: cases that would start after ``seconds`` are reported as skipped, not run.
 
     A long run (the whole GPU suite) then ends near its budget with every case accounted for,
-    instead of being killed with nothing written. ``None`` means no budget.
+    instead of being killed with nothing written. ``None`` means no budget. The budget belongs to
+    the calling thread.
     """
 
     def __init__(self, seconds: float | None):
-        if seconds is not None and not (isinstance(seconds, (int, float)) and seconds > 0):
+        if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+                                    or not seconds > 0):
             raise ValueError(f"time budget must be a positive number of seconds, got {seconds!r}")
         self.seconds = seconds
 
     def __enter__(self):
-        global _DEADLINE, _BUDGET_S
-        self._saved = (_DEADLINE, _BUDGET_S)
+        self._saved = getattr(_BUDGET, "value", None)
         if self.seconds is not None:
-            _DEADLINE, _BUDGET_S = time.perf_counter() + self.seconds, float(self.seconds)
+            _BUDGET.value = (time.perf_counter() + self.seconds, float(self.seconds))
         return self
 
     def __exit__(self, *exc):
-        global _DEADLINE, _BUDGET_S
-        _DEADLINE, _BUDGET_S = self._saved
+        _BUDGET.value = self._saved
         return False
 
 
 def budget_spent() -> str:
-    """'' while the current time budget lasts, else the message for cases not run."""
-    if _DEADLINE is not None and time.perf_counter() > _DEADLINE:
-        return f"not run: the run's time budget of {_BUDGET_S:g} s was spent"
+    """'' while the calling thread's time budget lasts, else the message for cases not run."""
+    current = getattr(_BUDGET, "value", None)
+    if current is not None and time.perf_counter() > current[0]:
+        return f"not run: the run's time budget of {current[1]:g} s was spent"
     return ""
 
 

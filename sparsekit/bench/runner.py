@@ -1,12 +1,11 @@
 """Run the suites as one measured run (shared by the CLI and the Benchmarks page)."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-
-import time
 
 from .harness import environment, parse_dtype, time_budget
 from .records import BenchRun

@@ -397,7 +397,7 @@ def model_suite(
             except (RuntimeError, ValueError) as err:
                 not_converted.append(f"{name}: {str(err).splitlines()[0][:120]}")
     params0 = {**params0, "backend": backend, "converted_linears": converted,
-               "unconverted_linears": len(not_converted)}
+               "unconverted_linears": len(not_converted), "unconverted": "; ".join(not_converted)[:300]}
     from ..models.sentences import SENTENCES
 
     out: list[CaseResult] = []

@@ -954,8 +954,13 @@ def _orphan_message(steps_note: str) -> str:
             f"kept as of its last checkpoint{steps_note}")
 
 
+def _orphaned(status: str, owner: str) -> bool:
+    """A run still marked running whose training process is known to have ended."""
+    return status == "running" and bool(owner) and owner_alive(owner) is False
+
+
 def _settle_orphan_entry(entry: dict) -> dict:
-    if entry.get("status") == "running" and entry.get("owner") and owner_alive(entry["owner"]) is False:
+    if _orphaned(entry.get("status", ""), entry.get("owner", "")):
         done = entry.get("epochs_done") or 0.0
         return {**entry, "status": "stopped", "message": _orphan_message(f" (epoch {done:g})")}
     return entry
@@ -1043,7 +1048,7 @@ def load_run(run_id: str) -> RunRecord:
         raise
     except Exception as err:  # safetensors raises its own error type for damaged bytes
         raise ValueError(f"the cache entry of run {run_id!r} is damaged: {err}") from None
-    if record.status == "running" and record.owner and owner_alive(record.owner) is False:
+    if _orphaned(record.status, record.owner):
         record.status = "stopped"
         record.message = _orphan_message(f" (step {record.steps_done:,} of {record.total_steps:,})")
     return record
@@ -1120,6 +1125,6 @@ def run_and_save(
 __all__ = [
     "DEFAULT_LAMBDA_W", "EpochMetrics", "METHODS", "RunRecord", "TrainConfig", "TrainProgress", "delete_run",
     "layer_plan", "list_runs", "load_run", "metrics_csv", "owner_alive", "process_token", "rename_run",
-    "run_and_save", "run_from_bytes",
-    "run_to_bytes", "runs_json", "sad_csv", "save_run", "sparse_forward_weight", "train", "zhu_gupta_sparsity",
+    "run_and_save", "run_from_bytes", "run_to_bytes", "runs_json", "sad_csv", "save_run", "sparse_forward_weight",
+    "train", "zhu_gupta_sparsity",
 ]

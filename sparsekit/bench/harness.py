@@ -151,6 +151,11 @@ def time_ms(
     each call (synchronised); CPU uses ``perf_counter``. Stops early once ``max_seconds`` is spent
     (at least 3 timed calls).
 
+    On CUDA a per-call event pair measures eager time: when a call is launch-bound (tiny shapes,
+    or the Python dispatch of a tensor subclass such as the 2:4 weights) the GPU waits for the
+    launch inside the timed region. That is what an eager PyTorch model sees at that shape, and
+    it is why 2:4 loses at small batch even where its kernel alone would not.
+
     Returns:
         The per-call times in milliseconds.
     """

@@ -154,7 +154,7 @@ def time_ms(
     On CUDA a per-call event pair measures eager time: when a call is launch-bound (tiny shapes,
     or the Python dispatch of a tensor subclass such as the 2:4 weights) the GPU waits for the
     launch inside the timed region. That is what an eager PyTorch model sees at that shape, and
-    it is why 2:4 loses at small batch even where its kernel alone would not.
+    is one reason 2:4 can lose to dense at small batch.
 
     Returns:
         The per-call times in milliseconds.

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from sparsekit import training  # noqa: E402
+from sparsekit.masks import serial_kernels  # noqa: E402
 from sparsekit.models.digits import digits_split  # noqa: E402
 from sparsekit.training import TrainConfig  # noqa: E402
 
@@ -46,7 +47,7 @@ def step_times(arch: str, batch: int, rounds: int, steps: int, data) -> dict:
     methods = ("dense", "ste", "srste")
     x, y = data.x_train[:batch], data.y_train[:batch]
     setups = {}
-    with training._serial_mask_kernels():
+    with serial_kernels():
         for method in methods:
             torch.manual_seed(0)
             run = training._Run(TrainConfig(arch=arch, method=method))

@@ -86,7 +86,7 @@ if other is not None:
             mb2 = result.matrix_view(layer, mask_b)
             stats = maskstats.mask_diff(m2, mb2)
             d1, d2, d3 = st.columns(3)
-            d1.metric(f"SAD, this layer", f"{stats.sad:,}", f"{stats.fraction:.2%} of weights", delta_color="off")
+            d1.metric("SAD, this layer", f"{stats.sad:,}", f"{stats.fraction:.2%} of weights", delta_color="off")
             common = [n for n in result.masks if n in result_b.masks]
             total = sparsekit.sad({n: result.masks[n] for n in common}, {n: result_b.masks[n] for n in common})
             numel = sum(result.masks[n].numel() for n in common)

@@ -5,6 +5,7 @@ Conventions: a mask is a ``torch.bool`` tensor of the weight's shape, True = kep
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Mapping
 
 import numba
@@ -182,16 +183,24 @@ def _sorted_keep(a: torch.Tensor, n: int) -> torch.Tensor:
     return keep
 
 
-def _serial_cpu_keep(groups: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    """``_cpu_keep`` on one numba thread (the setting is per calling thread, restored after)."""
+@contextlib.contextmanager
+def serial_kernels():
+    """Run the compiled mask kernels on one thread inside the block (numba's setting is per
+    calling thread, so other sessions are not affected; restored on exit)."""
     previous = numba.get_num_threads()
     if previous == 1:
-        return _cpu_keep(groups, n, m)
+        yield
+        return
     numba.set_num_threads(1)
     try:
-        return _cpu_keep(groups, n, m)
+        yield
     finally:
         numba.set_num_threads(previous)
+
+
+def _serial_cpu_keep(groups: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    with serial_kernels():
+        return _cpu_keep(groups, n, m)
 
 
 def _nm_groups_keep(groups: torch.Tensor, n: int, m: int) -> torch.Tensor:

@@ -670,7 +670,6 @@ def _search(matrix, n, m, max_rounds, max_seconds) -> PermutationSearch:
     s_sum = torch.zeros(cols)
     t_mat = torch.zeros(rows, cols)
     group_kept = torch.zeros(n_groups)
-    position_group = torch.arange(cols) // m  # group of each position
     col_group = torch.empty(cols, dtype=torch.long)  # group of each column id
 
     def refresh(groups: list[int]) -> torch.Tensor:

@@ -16,7 +16,6 @@ index, each written atomically), so a stopped or crashed run leaves a readable p
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -35,7 +34,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .cache import get_cache, make_key
-from .masks import conv_nm_mask, nm_mask, unstructured_mask
+from .masks import conv_nm_mask, nm_mask, serial_kernels, unstructured_mask
 from .models.digits import ARCHITECTURES, DigitsData, build_digits_model, digits_split
 from .sparsify import prunable_layers
 from .topology import MaskHistory, SadReport, sad_report
@@ -626,25 +625,12 @@ def train(
     n_train = int(data.x_train.shape[0])
     config.validate(n_train)
     # A forked RNG: seeding must not reset the caller's global random state.
-    with torch.random.fork_rng(devices=[]), _serial_mask_kernels():
-        torch.manual_seed(config.seed)
-        return _train(config, name, data, callback, checkpoint)
-
-
-@contextlib.contextmanager
-def _serial_mask_kernels():
     # The per-step masks of these small layers take microseconds; a parallel numba launch costs more
     # than the work, and on a busy machine each parallel region can wait milliseconds for a second
-    # core (measured: 13 ms instead of 75 µs per step on this shared 2-core box). The setting is
-    # per thread, so other sessions are not affected.
-    import numba
-
-    previous = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(previous)
+    # core (measured: 13 ms instead of 75 µs per step on this shared 2-core box).
+    with torch.random.fork_rng(devices=[]), serial_kernels():
+        torch.manual_seed(config.seed)
+        return _train(config, name, data, callback, checkpoint)
 
 
 def _train(config: TrainConfig, name: str, data: DigitsData, callback: StepCallback | None,

@@ -10,7 +10,6 @@ from torch import nn
 
 import sparsekit
 from sparsekit.scoring import (
-    nm_kept_magnitude,
     permute_channels,
     row_unstructured_mask,
     search_permutation,

@@ -19,7 +19,7 @@ from torch import nn
 from .cache import get_cache, make_key, tensor_digest
 from .sparsify import METHODS, SparsifyConfig, SparsifyResult, sparsify
 
-COMPARE_VERSION = 1
+COMPARE_VERSION = 2  # 2: SparseGPT H per sequence, block calibration order
 """Bump when a row's contents or meaning change, so stale cached rows are ignored."""
 DEFAULT_METHODS = ("magnitude", "wanda", "sparsegpt", "taylor", "random")
 DEFAULT_NM = ((2, 4), (4, 8), (1, 4))

@@ -6,17 +6,19 @@ them, using a small set of calibration inputs:
 - **Wanda** (Sun et al., 2023): score ``|W_ij| * ||X_j||_2`` (``X_j`` = input feature j over all
   calibration tokens), compared within each output row (unstructured) or each group of M along the
   row (N:M). No weight update.
-- **SparseGPT** (Frantar & Alistarh, 2023): per layer, ``H = 2 X^T X / n`` dampened by
+- **SparseGPT** (Frantar & Alistarh, 2023): per layer, ``H = 2 X^T X / n`` (n = calibration
+  samples, i.e. sequences or images, as the reference counts them) dampened by
   ``0.01 * mean(diag H)``; the upper Cholesky factor of ``H^-1`` drives a column-by-column pass in
   blocks of 128 that chooses the mask by ``w^2 / [H^-1]_ii^2`` and spreads each pruned weight's
   error over the columns not yet visited, so the kept weights are rewritten.
 - **Taylor** (Molchanov et al., 2019): ``(g * w)^2`` summed over calibration mini-batches, with
   ``g`` the gradient of a label-free calibration loss (see ``calibration_loss``).
 
-Wanda and SparseGPT run layer by layer in one calibration forward: a forward pre-hook on each
-layer sees its input, which was computed by the already-pruned layers before it, prunes the layer
-in place, and lets the forward go on through the pruned layer (the sequential scheme of both
-papers).
+Wanda and SparseGPT run in one calibration forward, in one of two orders (``calibration_order``):
+``block`` (default, the papers' reference code) collects the inputs of every layer of a
+transformer block from one forward of that block, the blocks before it already pruned, then
+prunes them together; ``layer`` prunes each layer when the forward reaches it, on inputs computed
+by every already-pruned layer before it, including those of its own block.
 
 Channel permutation (Pool & Yu, 2021; NVIDIA ASP) reorders a layer's input channels, and the
 producing layer's outputs with them, so that N:M groups hold a better mix of large and small
@@ -410,6 +412,11 @@ class CalibratedPrune:
     """Taylor: layer -> importance scores, weight layout (sparsify then masks as usual)."""
     notes: dict[str, str] = field(default_factory=dict)
     """layer -> remark (e.g. not reached by the calibration forward, extra dampening)."""
+    order: str = ""
+    """Wanda/SparseGPT: the calibration order used, ``block`` or ``layer`` (a model without
+    transformer blocks falls back to ``layer``)."""
+    order_note: str = ""
+    """One line saying which order was used and why."""
 
 
 def calibrated_prune(
@@ -440,49 +447,163 @@ def calibrated_prune(
     raise ValueError(f"{config.method!r} is not a calibrated method; choose one of {CALIBRATED_METHODS}")
 
 
-def _layer_keep(view: _LayerView, weight: torch.Tensor, config: Any, X: torch.Tensor, notes: dict[str, str]):
+class _InputStats:
+    """What a calibrated method needs of one layer's inputs, accumulated over forward calls.
+
+    SparseGPT: ``X^T X`` and the number of calibration *samples* (sequences or images), so that
+    ``H = 2 X^T X / n_samples`` as the reference's ``add_batch`` builds it (it counts sequences, not
+    tokens; the count matters where an input is dead on every token: its diagonal is set to 1 and
+    the 1 % dampening is relative to the live ones). Wanda: the squared L2 norm of every input
+    feature over all calibration tokens.
+    """
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.samples = 0
+        self.total: torch.Tensor | None = None
+
+    def add(self, X: torch.Tensor, samples: int) -> None:
+        Xd = X.double()
+        part = Xd.pow(2).sum(0) if self.method == "wanda" else Xd.T @ Xd
+        self.total = part if self.total is None else self.total + part
+        self.samples += int(samples)
+
+    def hessian(self) -> torch.Tensor:
+        return (2.0 / max(self.samples, 1)) * self.total
+
+
+def _layer_keep(view: _LayerView, weight: torch.Tensor, config: Any, stats: _InputStats, notes: dict[str, str]):
     """Mask (weight layout) for one layer from its calibration inputs; returns (mask, new weight or None)."""
     W = view.matrix(weight.detach())
     nm = (config.n, config.m) if config.pattern == "nm" else None
     if config.method == "wanda":
-        norms = X.double().pow(2).sum(0).sqrt()
+        norms = stats.total.sqrt()
         scores = wanda_scores(W.float(), norms.float())
         if nm is not None:
             keep = nm_mask(W, nm[0], nm[1], scores=scores)
         else:
             keep = row_unstructured_mask(scores, float(config.sparsity))
         return view.from_matrix(keep, weight.shape), None
-    H = (2.0 / max(X.shape[0], 1)) * (X.double().T @ X.double())
-    new, keep, info = sparsegpt_prune(W, H, sparsity=None if nm else float(config.sparsity), nm=nm)
+    new, keep, info = sparsegpt_prune(W, stats.hessian(), sparsity=None if nm else float(config.sparsity), nm=nm)
     if info["damp_raised"]:
         notes[view.name] = f"Hessian not positive definite at 1% dampening; used {info['damp']:.3g}"
     return view.from_matrix(keep, weight.shape), view.from_matrix(new, weight.shape)
 
 
+def transformer_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The repeated blocks of a model: entries of an ``nn.ModuleList`` whose entries are all of one
+    class and each hold a Linear/Conv layer (BERT's ``encoder.layer``, GPT-2's ``transformer.h``,
+    Llama's ``model.layers``, the digits ViT's ``blocks``). Lists nested inside a block (experts,
+    say) are part of that block.
+
+    Args:
+        model: the module.
+
+    Returns:
+        ``(qualified name, block)`` in module order; empty when the model has no such list.
+    """
+    blocks: list[tuple[str, nn.Module]] = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) < 1:
+            continue
+        if any(name == b or name.startswith(b + ".") for b, _ in blocks):
+            continue
+        kinds = {type(child) for child in module}
+        if len(kinds) != 1:
+            continue
+        if not all(any(_is_weight_layer(m) for m in child.modules()) for child in module):
+            continue
+        prefix = f"{name}." if name else ""
+        blocks.extend((f"{prefix}{i}", child) for i, child in enumerate(module))
+    return blocks
+
+
+def _is_weight_layer(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) or _is_conv1d_transposed(module)
+
+
 def _sequential_prune(model, names, config, calibration, progress) -> CalibratedPrune:
+    """Wanda/SparseGPT over the model in one calibration forward.
+
+    ``calibration_order="block"`` (the papers' reference code): at each transformer block, one
+    extra forward of that block alone (previous blocks already pruned, this one still dense) collects
+    the inputs of all its layers; they are pruned together, and the real forward then goes on
+    through the pruned block. ``"layer"``: each layer is pruned when the forward reaches it, so a
+    block's later layers see inputs from its already-pruned earlier ones. Layers outside every
+    block (embeddings, heads) are pruned on arrival in both orders.
+    """
     modules = dict(model.named_modules())
     channel = getattr(config, "conv_grouping", "channel") == "channel" and config.pattern == "nm"
     views = {modules[n]: _LayerView(n, modules[n], channel) for n in names}
     token_mask = _token_mask(calibration)
     out = CalibratedPrune()
     total = len(names)
+    order = getattr(config, "calibration_order", "block")
+    blocks: dict[nn.Module, list[str]] = {}
+    if order == "block":
+        for bname, block in transformer_blocks(model):
+            inside = [n for n in names if n.startswith(bname + ".")]
+            if inside:
+                blocks[block] = inside
+        if blocks:
+            out.order = "block"
+            out.order_note = (f"block order: {len(blocks)} transformer blocks, each pruned on inputs from one "
+                              "forward of the block with the blocks before it already pruned")
+        else:
+            out.order = "layer"
+            out.order_note = "no transformer blocks found in this model: layer order used (each layer on inputs " \
+                             "from the already-pruned layers before it)"
+    else:
+        out.order = "layer"
+        out.order_note = "layer order: each layer pruned on inputs from all already-pruned layers before it"
+    state: dict[str, Any] = {"capture": None, "inside": False}
 
-    def pre_hook(module, args):
-        view = views.get(module)
-        if view is None or view.name in out.masks or not args or not isinstance(args[0], torch.Tensor):
-            return
+    def prune(view: _LayerView, stats: _InputStats) -> None:
         if progress is not None:
             progress(0.9 * len(out.masks) / max(total, 1), f"{config.method}: {view.name}")
-        weight = module.weight
-        X = view.columns(args[0], token_mask)
+        weight = view.module.weight
         with torch.no_grad():
-            keep, new = _layer_keep(view, weight, config, X, out.notes)
+            keep, new = _layer_keep(view, weight, config, stats, out.notes)
             if new is not None:
                 weight.copy_(new.to(weight.dtype))
             weight.mul_(keep.to(weight.dtype))
         out.masks[view.name] = keep
 
-    handles = [m.register_forward_pre_hook(pre_hook) for m in views]
+    def layer_hook(module, args):
+        view = views.get(module)
+        if view is None or view.name in out.masks or not args or not isinstance(args[0], torch.Tensor):
+            return
+        x = args[0]
+        X = view.columns(x, token_mask)
+        samples = x.shape[0] if x.dim() >= 2 else 1  # sequences, images, or rows of a 2-D batch
+        capture = state["capture"]
+        if capture is not None:
+            if view.name in capture:
+                capture[view.name].add(X, samples)
+            return
+        stats = _InputStats(config.method)
+        stats.add(X, samples)
+        prune(view, stats)
+
+    def block_hook(block, args, kwargs):
+        if state["inside"]:
+            return None
+        todo = [n for n in blocks[block] if n not in out.masks]
+        if not todo:
+            return None
+        capture = {n: _InputStats(config.method) for n in todo}
+        state["capture"], state["inside"] = capture, True
+        try:
+            block(*args, **kwargs)
+        finally:
+            state["capture"], state["inside"] = None, False
+        for n in todo:
+            if capture[n].total is not None:
+                prune(views[modules[n]], capture[n])
+        return None
+
+    handles = [m.register_forward_pre_hook(layer_hook) for m in views]
+    handles += [b.register_forward_pre_hook(block_hook, with_kwargs=True) for b in blocks]
     try:
         with torch.no_grad():
             run_model(model, calibration)

@@ -27,6 +27,10 @@ CALIBRATED_METHODS = ("wanda", "sparsegpt", "taylor")
 SCOPES = ("layer", "global")
 LAYER_SETS = ("all", "mlp", "attention")
 CONV_GROUPINGS = ("channel", "kernel")
+CALIBRATION_ORDERS = ("block", "layer")
+"""Wanda/SparseGPT: ``block`` collects all inputs of a transformer block's layers from one forward
+of that block (earlier blocks pruned), as the papers' code does; ``layer`` prunes each layer on
+inputs through every already-pruned layer before it, within its block too."""
 MAX_M = 32
 MAX_SPARSITY = 0.99
 
@@ -72,6 +76,11 @@ class SparsifyConfig:
     conv_grouping: str = "channel"
     """Conv N:M groups: ``channel`` (M input channels at one kernel position; NVIDIA ASP) or
     ``kernel`` (M consecutive entries of the flattened in*kh*kw axis; original SR-STE code)."""
+    calibration_order: str = "block"
+    """Wanda/SparseGPT only: ``block`` (the papers' reference code: every layer of a transformer block
+    is pruned on inputs from one forward of that block, the blocks before it already pruned) or
+    ``layer`` (each layer on inputs through all already-pruned layers, also those of its own block).
+    Models without transformer blocks use ``layer`` either way (the result says so)."""
 
     def validate(self) -> None:
         """Raise ``ValueError`` with a clear message for any setting out of bounds."""
@@ -85,6 +94,8 @@ class SparsifyConfig:
             raise ValueError(f"layers must be one of {LAYER_SETS}, got {self.layers!r}")
         if self.conv_grouping not in CONV_GROUPINGS:
             raise ValueError(f"conv_grouping must be one of {CONV_GROUPINGS}, got {self.conv_grouping!r}")
+        if self.calibration_order not in CALIBRATION_ORDERS:
+            raise ValueError(f"calibration_order must be one of {CALIBRATION_ORDERS}, got {self.calibration_order!r}")
         for name in ("n", "m", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -131,7 +142,8 @@ class SparsifyConfig:
             head = f"{self.n}:{self.m} (keep {self.n} of {self.m})"
         else:
             head = f"{self.sparsity:.0%} unstructured" + (" (global)" if self.scope == "global" else "")
-        return f"{head} {self.method}"
+        order = " (layer order)" if self.method in ("wanda", "sparsegpt") and self.calibration_order == "layer" else ""
+        return f"{head} {self.method}{order}"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -191,6 +203,11 @@ class SparsifyResult:
     """layer name -> parameter name in ``model.state_dict()``."""
     notes: dict[str, str] = field(default_factory=dict)
     """layer name -> remark from a calibrated method (e.g. not reached by the calibration forward)."""
+    calibration_order: str = ""
+    """Wanda/SparseGPT: the order actually used (``block``, or ``layer`` also when the model has no
+    transformer blocks); empty for the other methods."""
+    calibration_note: str = ""
+    """One line on the calibration order used and why (empty for uncalibrated methods)."""
 
     def matrix_view(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         """A layer's weight or mask as a 2-D matrix whose rows hold the N:M groups as consecutive
@@ -484,6 +501,8 @@ def sparsify(
         config=config,
         weight_names={name: f"{name}.weight" for name in masks},
         notes=dict(calibrated.notes) if calibrated is not None else {},
+        calibration_order=calibrated.order if calibrated is not None else "",
+        calibration_note=calibrated.order_note if calibrated is not None else "",
     )
 
 

@@ -11,6 +11,7 @@ from torch import nn
 import sparsekit
 from sparsekit.scoring import (
     permute_channels,
+    transformer_blocks,
     row_unstructured_mask,
     search_permutation,
     sparsegpt_prune,
@@ -376,7 +377,15 @@ def obs_reference(w, h, *, nm=None, sparsity=None, block=128, damp=0.01):
     The mask of a group (N:M) or block (unstructured) is chosen when its first column comes up,
     from w² / (the inverse-Hessian diagonal each column will have when it is processed)."""
     rows, cols = w.shape
-    H = h.double() + damp * torch.diag(h.double()).mean() * torch.eye(cols, dtype=torch.float64)
+    H = h.double().clone()
+    w = w.clone()
+    # As the reference: an input dead on every calibration token gets a unit diagonal and a zero
+    # weight column; the dampening is then 1 % of the mean diagonal.
+    for j in range(cols):
+        if H[j, j] == 0:
+            H[j, j] = 1.0
+            w[:, j] = 0.0
+    H = H + damp * torch.diag(H).mean() * torch.eye(cols, dtype=torch.float64)
     hinv = torch.linalg.inv(H)
     # Pivots: the diagonal entry of each column at the moment it is eliminated (W plays no part).
     piv, tmp = [], hinv.clone()
@@ -425,3 +434,127 @@ def test_sparsegpt_matches_column_by_column_obs(kw):
     assert torch.allclose(new.double(), want_w, rtol=1e-4, atol=1e-4 * float(want_w.abs().max()))
     assert info["loss"] == pytest.approx(want_loss, rel=1e-4)
     assert not info["damp_raised"]
+
+
+def test_sparsegpt_hessian_counts_sequences_with_dead_inputs():
+    # 3-D calibration (24 tokens per sequence), 6 of 128 inputs dead on every token, activations
+    # ~0.1 rms: the reference builds H = 2/n_sequences * sum x x^T, and with dead inputs (unit
+    # diagonal) the scale changes the dampening relative to the live inputs, so the masks differ
+    # from a per-token H. The library's masks must equal the textbook OBS on the reference's H.
+    torch.manual_seed(3)
+    seqs, tokens, d = 40, 24, 128
+    mix = torch.randn(d, d) / math.sqrt(d)
+    x = (torch.randn(seqs, tokens, d) @ mix) * 0.1
+    dead = torch.tensor([3, 17, 40, 41, 90, 127])
+    x[..., dead] = 0.0
+    layer = nn.Linear(d, 12, bias=False)
+    model = nn.Sequential(layer)
+    res = sparsify(model, SparsifyConfig(pattern="nm", n=2, m=4, method="sparsegpt"), calibration=x)
+    X = x.reshape(-1, d).double()
+    h_seq = 2.0 * X.T @ X / seqs
+    want_w, want_keep, _ = obs_reference(layer.weight.detach(), h_seq, nm=(2, 4))
+    assert torch.equal(res.masks["0"], want_keep)
+    got = res.model[0].weight.detach().double()
+    assert torch.allclose(got, want_w, rtol=1e-4, atol=1e-4 * float(want_w.abs().max()))
+    assert (got[:, dead] == 0).all()
+    # The case discriminates: a per-token H gives another mask.
+    _, token_keep, _ = obs_reference(layer.weight.detach(), 2.0 * X.T @ X / (seqs * tokens), nm=(2, 4))
+    assert not torch.equal(token_keep, want_keep)
+
+
+class _TwoLayerBlock(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.fc1 = nn.Linear(d, d)
+        self.fc2 = nn.Linear(d, d)
+
+    def forward(self, x, *, scale=1.0):
+        return x + scale * self.fc2(F.relu(self.fc1(x)))
+
+
+class _TinyStack(nn.Module):
+    def __init__(self, d=8, depth=2):
+        super().__init__()
+        self.embed = nn.Linear(d, d)
+        self.blocks = nn.ModuleList(_TwoLayerBlock(d) for _ in range(depth))
+        self.head = nn.Linear(d, 4)
+
+    def forward(self, x):
+        x = self.embed(x)
+        for block in self.blocks:
+            x = block(x, scale=0.5)  # a keyword argument, as Hugging Face blocks take
+        return self.head(x)
+
+
+def wanda_by_hand(model, x, order):
+    """Wanda 2:4 written out with explicit forwards: in block order each block's two layers are
+    pruned on inputs from the block run dense; in layer order fc2 sees inputs through pruned fc1."""
+    import copy
+
+    model = copy.deepcopy(model)
+    masks = {}
+
+    def prune(name, layer, inputs):
+        keep = keep_top_in_groups(direct_wanda(layer.weight, inputs.reshape(-1, inputs.shape[-1])), 2, 4)
+        with torch.no_grad():
+            layer.weight.mul_(keep)
+        masks[name] = keep
+
+    with torch.no_grad():
+        prune("embed", model.embed, x)
+        h = model.embed(x)
+        for i, block in enumerate(model.blocks):
+            h1 = F.relu(block.fc1(h))  # dense fc1 output
+            prune(f"blocks.{i}.fc1", block.fc1, h)
+            if order == "layer":
+                h1 = F.relu(block.fc1(h))  # recomputed through the pruned fc1
+            prune(f"blocks.{i}.fc2", block.fc2, h1)
+            h = block(h, scale=0.5)
+        prune("head", model.head, h)
+    return masks
+
+
+@pytest.mark.parametrize("order", ["block", "layer"])
+def test_calibration_order_matches_a_hand_written_pass(order):
+    torch.manual_seed(8)
+    model = _TinyStack()
+    x = torch.randn(6, 5, 8)
+    res = sparsify(model, SparsifyConfig(pattern="nm", n=2, m=4, method="wanda", calibration_order=order),
+                   calibration=x)
+    want = wanda_by_hand(model, x, order)
+    assert res.calibration_order == order
+    assert set(res.masks) == set(want)
+    for name in want:
+        assert torch.equal(res.masks[name], want[name]), name
+    # The two orders really differ here (otherwise this test could not tell them apart).
+    other = wanda_by_hand(model, x, "layer" if order == "block" else "block")
+    assert any(not torch.equal(other[k], want[k]) for k in want)
+
+
+def test_block_detection_and_fallback(vit, minilm):
+    assert [n for n, _ in transformer_blocks(vit.module)] == ["blocks.0", "blocks.1"]
+    assert [n for n, _ in transformer_blocks(minilm.module)] == [f"encoder.layer.{i}" for i in range(6)]
+    mlp = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    assert transformer_blocks(mlp) == []
+    res = sparsify(mlp, SparsifyConfig(method="sparsegpt"), calibration=torch.randn(20, 8))
+    assert res.calibration_order == "layer" and "no transformer blocks" in res.calibration_note
+    with pytest.raises(ValueError, match="calibration_order"):
+        SparsifyConfig(calibration_order="blocks").validate()
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "family/tiny-gpt2", "tiny-bert"])
+def test_block_order_on_hugging_face_models(model_root, name):
+    # Hugging Face blocks take keyword arguments (masks, position embeddings); the block forward
+    # must pass them through, and every layer inside the blocks ends up exactly 2:4.
+    loaded = sparsekit.load_model(f"hf:{name}")
+    res = sparsify(loaded, SparsifyConfig(method="sparsegpt"))
+    assert res.calibration_order == "block"
+    blocks = [b for b, _ in transformer_blocks(loaded.module)]
+    assert len(blocks) == 2
+    inside = [n for n in res.masks if any(n.startswith(b + ".") for b in blocks)]
+    assert inside and not any("not reached" in res.notes.get(n, "") for n in inside)
+    for n in inside:
+        mask = res.matrix_view(n, res.masks[n])
+        assert (mask.reshape(mask.shape[0], -1, 4).sum(-1) == 2).all(), n
+    quality = loaded.quality(res.model)
+    assert all(math.isfinite(v) for v in quality.values())

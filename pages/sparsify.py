@@ -16,6 +16,11 @@ st.markdown(
     "model is never changed: every setting prunes a fresh copy."
 )
 
+COUNTING_HELP = ("Unstructured: sparsekit prunes round(s·count) weights of each unit it ranks within (the layer; "
+                 "a row for Wanda; a block of 128 columns for SparseGPT). The authors' code prunes int(cols·s) per "
+                 "row (Wanda) and int(count·s)+1 per block (SparseGPT): a few weights per layer apart, see "
+                 "README 'Counting conventions' or sparsekit.conventions.pruned_counts.")
+
 loaded, key = require_model()
 
 config = config_form("sp", current_config())
@@ -41,6 +46,8 @@ delta = quality[headline] - dense[headline]
 cols[2].metric(loaded.metric_names.get(headline, headline), f"{quality[headline]:.4g}", f"{delta:+.4g} vs dense",
                delta_color="normal" if loaded.higher_is_better.get(headline, True) else "inverse")
 cols[3].metric("Kept in all Linear/Conv", f"{summary['kept_fraction_all_layers']:.1%}")
+if result.calibration_note:
+    st.caption(f"Calibration order: {result.calibration_note}.")
 
 st.subheader("Quality before and after")
 st.dataframe(pd.DataFrame([
@@ -55,7 +62,8 @@ for col in ("dense_bytes", "bitmask_bytes", "csr_bytes", "nm_bytes"):
     frame[col.replace("_bytes", " (KB)")] = frame[col].map(lambda b: None if b is None or pd.isna(b) else b / 1024)
 frame = frame.drop(columns=["dense_bytes", "bitmask_bytes", "csr_bytes", "nm_bytes", "numel"])
 st.dataframe(frame, hide_index=True, height=380, column_config={
-    "kept_fraction": st.column_config.ProgressColumn("kept fraction", min_value=0.0, max_value=1.0, format="%.3f"),
+    "kept_fraction": st.column_config.ProgressColumn(
+        "kept fraction", min_value=0.0, max_value=1.0, format="%.3f", help=COUNTING_HELP),
     "semi_structured": st.column_config.TextColumn("2:4 kernel (PyTorch, fp16 on CUDA)"),
     "skipped_reason": st.column_config.TextColumn("left dense because"),
 })

@@ -290,3 +290,22 @@ def test_sparsify_page_calibrated_method(mlp):
     quality = at.dataframe[0].value
     assert quality["sparse"].iloc[0] == pytest.approx(mlp.quality(res.model)["accuracy"])
     assert not at.get("progress")  # the per-layer progress bar is gone once the result is shown
+
+
+def test_sparsify_page_calibration_order(vit):
+    at = app("digits:vit", "sparsify")
+    assert not at.get("radio") or all(r.key != "sp_order" for r in at.radio)  # magnitude: no order choice
+    at.selectbox(key="sp_method").set_value("wanda").run()
+    assert not at.exception, at.exception
+    assert at.radio(key="sp_order").value == "block"
+    captions = " ".join(c.value for c in at.caption)
+    assert "2 transformer blocks" in captions
+    block_quality = at.dataframe[0].value["sparse"].iloc[0]
+    at.radio(key="sp_order").set_value("layer").run()
+    assert not at.exception, at.exception
+    assert "layer order" in " ".join(c.value for c in at.caption)
+    layer_quality = at.dataframe[0].value["sparse"].iloc[0]
+    for order, shown in (("block", block_quality), ("layer", layer_quality)):
+        res = sparsekit.sparsify(vit, SparsifyConfig(method="wanda", calibration_order=order))
+        assert shown == pytest.approx(vit.quality(res.model)["accuracy"])
+    assert block_quality != layer_quality

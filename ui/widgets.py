@@ -3,12 +3,17 @@ from __future__ import annotations
 
 import streamlit as st
 
-from sparsekit.sparsify import MAX_M, MAX_SPARSITY, METHODS, SparsifyConfig
+from sparsekit.sparsify import CALIBRATION_ORDERS, MAX_M, MAX_SPARSITY, METHODS, SparsifyConfig
 
 PATTERN_LABELS = {"nm": "N:M (keep N of every M)", "unstructured": "Unstructured", "dense": "Dense (no pruning)"}
 METHOD_HELP = ("magnitude keeps the largest |w|; random is the seeded baseline. With calibration inputs (digits "
                "training images, the built-in sentences): wanda scores |w|·‖x‖, sparsegpt also rewrites the kept "
                "weights to make up for the pruned ones, taylor scores (gradient·w)².")
+ORDER_LABELS = {"block": "Block (papers' order)", "layer": "Layer by layer"}
+ORDER_HELP = ("block: each transformer block's layers are all pruned on inputs from one forward of that block, "
+              "the blocks before it already pruned (the Wanda and SparseGPT reference code). layer: each layer is "
+              "pruned on inputs through every already-pruned layer, those of its own block too. Models without "
+              "transformer blocks use layer order either way.")
 LAYER_LABELS = {"all": "All Linear/Conv", "mlp": "MLP (feed-forward) only", "attention": "Attention projections only"}
 
 
@@ -29,6 +34,13 @@ def config_form(prefix: str, initial: SparsifyConfig, *, compact: bool = False) 
         seed = initial.seed
         if method == "random":
             seed = int(st.number_input("Seed", 0, 2**31 - 1, initial.seed, key=f"{prefix}_seed"))
+        order = initial.calibration_order
+        if method in ("wanda", "sparsegpt") and not compact:
+            order = st.radio("Calibration order", list(CALIBRATION_ORDERS), horizontal=True,
+                             index=list(CALIBRATION_ORDERS).index(initial.calibration_order),
+                             format_func=ORDER_LABELS.get, key=f"{prefix}_order", help=ORDER_HELP)
+            st.caption("Block: a block's layers all see inputs from the block run dense, earlier blocks pruned "
+                       "(as the papers' code). Layer: each layer sees inputs through every pruned layer before it.")
     n, m, sparsity, scope = initial.n, initial.m, initial.sparsity, initial.scope
     with cols[1]:
         if pattern == "nm":
@@ -61,7 +73,7 @@ def config_form(prefix: str, initial: SparsifyConfig, *, compact: bool = False) 
                                          "kernel: along the flattened in×kh×kw axis (original SR-STE)")
     config = SparsifyConfig(pattern=pattern, n=n, m=m, sparsity=sparsity, scope=scope, method=method, seed=seed,
                             layers=layers, include=include, exclude=exclude, keep_first_dense=first,
-                            keep_last_dense=last, conv_grouping=grouping)
+                            keep_last_dense=last, conv_grouping=grouping, calibration_order=order)
     try:
         config.validate()
     except ValueError as err:

@@ -9,7 +9,6 @@ import math
 import os
 import pickle
 import shutil
-import time
 
 import numpy as np
 import pytest
@@ -140,9 +139,7 @@ def test_digits_second_load_hits_cache(tmp_cache, monkeypatch):
         raise AssertionError("retrained despite a cache entry")
 
     monkeypatch.setattr(digits_mod, "train_digits_model", no_training)
-    start = time.perf_counter()
     second = load_model("digits:cnn")
-    assert time.perf_counter() - start < 5
     assert second.info["source"] == "cache"
     x = first.calibration[:32]
     with torch.no_grad():
@@ -340,14 +337,6 @@ def test_minilm_fidelity_drops_for_perturbed_copy(minilm):
     assert q["top5_agreement"] == pytest.approx(sum(len(a & b) / 5 for a, b in zip(nd, ns)) / len(nd), abs=1e-6)
     # The shared module is never touched by the metric.
     assert minilm.quality()["cosine"] == pytest.approx(1.0, abs=1e-5)
-
-
-def test_minilm_quality_fn_is_fast(minilm):
-    minilm.quality_fn(minilm.module)  # warm-up
-    start = time.perf_counter()
-    minilm.quality_fn(minilm.module)
-    # Target is well under 1 s on 2 idle cores; the bound leaves room for a busy shared machine.
-    assert time.perf_counter() - start < 5.0
 
 
 def test_minilm_wrong_architecture_upload(digits_cache, minilm):

@@ -8,6 +8,8 @@ from sparsekit import training, viz
 from sparsekit.models.digits import ARCHITECTURES
 from sparsekit.topology import SAD_KINDS, flip_counts, matrix_view
 from sparsekit.training import METHOD_LABELS, METHODS, TrainConfig
+from sparsekit.seedstudy import parse_patterns
+from ui.seed_study import render_seed_study
 from ui.state import ensure_shell, get_model
 
 MAX_RUNS_PER_CLICK = 8
@@ -24,24 +26,6 @@ st.markdown(
     "counts the weights whose keep/prune state differs between two snapshots: in the SR-STE paper it "
     "stays high under STE and falls under SR-STE as training goes on."
 )
-
-
-def parse_patterns(text: str) -> list[tuple[int, int]]:
-    """``"2:4, 1:4"`` -> ``[(2, 4), (1, 4)]`` (bounds are checked by TrainConfig.validate)."""
-    out = []
-    for part in text.replace(";", ",").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        left, sep, right = part.partition(":")
-        if not sep or not left.strip().isdigit() or not right.strip().isdigit():
-            raise ValueError(f"could not read {part!r} as N:M (two whole numbers, e.g. 2:4)")
-        pair = (int(left), int(right))
-        if pair not in out:
-            out.append(pair)
-    if not out:
-        raise ValueError("give at least one N:M pattern, e.g. 2:4")
-    return out
 
 
 def flash(message: str, kind: str = "success") -> None:
@@ -90,264 +74,269 @@ def sad_data(rec, report, kind: str, layer: str | None, fraction: bool) -> dict:
 loaded, _ = get_model()
 sidebar_arch = loaded.spec.split(":", 1)[1] if loaded is not None and loaded.spec.startswith("digits:") else "cnn"
 defaults = TrainConfig()
+runs_tab, study_tab = st.tabs(["Runs", "Seed study: SR-STE vs STE"])
+with study_tab:
+    render_seed_study(sidebar_arch)
 
-st.subheader("New runs")
-st.caption("Models are trained from scratch (fresh seeded weights), whatever the sidebar shows; every "
-           "method × N:M pattern below becomes one run. Dense and gradual runs ignore the patterns (a "
-           "dense run records the masks the first pattern *would* pick, without applying them).")
-c1, c2, c3 = st.columns(3)
-with c1:
-    arch = st.selectbox("Model", ARCHITECTURES, index=ARCHITECTURES.index(sidebar_arch), format_func=ARCH_LABELS.get,
-                        key="tr_arch")
-    methods = st.multiselect("Methods", METHODS, default=["ste", "srste"], format_func=METHOD_LABELS.get,
-                             key="tr_methods")
-    patterns_text = st.text_input("N:M patterns (keep N of every M)", "2:4, 1:4", max_chars=100, key="tr_patterns",
-                                  help="comma-separated, e.g. 2:4, 1:4, 2:8; N counts the kept weights")
-    grouping = st.selectbox("Conv grouping", ["channel", "kernel"], key="tr_grouping",
-                            help="channel: M input channels at one kernel position (NVIDIA ASP); "
-                                 "kernel: along the flattened in×kh×kw axis (original SR-STE code)")
-with c2:
-    lambda_w = st.number_input("λ_w: SR-STE decay of pruned weights", -1.0, 1.0, defaults.lambda_w, step=1e-4,
-                               format="%.2e", key="tr_lambda", disabled="srste" not in methods,
-                               help="the paper's code uses 2e-4; 0 turns SR-STE into STE")
-    target = st.slider("Gradual: target sparsity (% pruned)", 5, 99, int(defaults.target_sparsity * 100),
-                       key="tr_target", disabled="gradual" not in methods)
-    window = st.slider("Gradual: pruning window (% of training)", 0, 100,
-                       (int(defaults.prune_start * 100), int(defaults.prune_end * 100)), key="tr_window",
-                       disabled="gradual" not in methods)
-    prune_every = int(st.number_input("Gradual: Δt (steps between pruning steps)", 1, 10_000, defaults.prune_every,
-                                      key="tr_every", disabled="gradual" not in methods))
-with c3:
-    optimizer = st.selectbox("Optimiser", ["sgd", "adamw"], format_func={"sgd": "SGD + momentum", "adamw": "AdamW"}.get,
-                             key="tr_opt")
-    lr = st.number_input("Learning rate (peak, cosine decay)", 0.0, 10.0, defaults.lr, step=0.01, format="%.4f",
-                         key="tr_lr")
-    epochs = int(st.number_input("Epochs", 0, 1000, defaults.epochs, key="tr_epochs"))
-    batch_size = int(st.number_input("Batch size", 1, 100_000, defaults.batch_size, key="tr_batch"))
-with st.expander("More settings"):
-    m1, m2, m3 = st.columns(3)
-    momentum = m1.number_input("SGD momentum", 0.0, 0.999, defaults.momentum, step=0.05, key="tr_momentum")
-    weight_decay = m1.number_input("Weight decay", 0.0, 1.0, defaults.weight_decay, step=1e-4, format="%.2e",
-                                   key="tr_wd")
-    schedule = m2.selectbox("Schedule", ["cosine", "constant"], key="tr_schedule")
-    seed = int(m2.number_input("Seed", 0, 2**31 - 1, defaults.seed, key="tr_seed"))
-    snapshot_unit = m3.radio("Mask snapshots every", ["epoch", "step"], horizontal=True, key="tr_unit")
-    snapshot_every = int(m3.number_input(f"…this many {snapshot_unit}s", 1, 10_000, 1, key="tr_snap_every"))
-    prefix = st.text_input("Name prefix (optional)", "", max_chars=40, key="tr_prefix")
+with runs_tab:
 
-errors: list[str] = []
-configs: list[TrainConfig] = []
-try:
-    patterns = parse_patterns(patterns_text)
-except ValueError as err:
-    errors.append(str(err))
-    patterns = [(defaults.n, defaults.m)]
-if not methods:
-    errors.append("choose at least one method")
-shared = dict(arch=arch, conv_grouping=grouping,
-              # A disabled widget cannot be corrected, so its value only counts where it applies.
-              lambda_w=float(lambda_w) if "srste" in methods else defaults.lambda_w, target_sparsity=target / 100,
-              prune_start=window[0] / 100, prune_end=window[1] / 100, prune_every=prune_every, optimizer=optimizer,
-              lr=float(lr), momentum=float(momentum), weight_decay=float(weight_decay), schedule=schedule,
-              epochs=epochs, batch_size=batch_size, seed=seed, snapshot_unit=snapshot_unit,
-              snapshot_every=snapshot_every)
-for method in methods:
-    for n, m in (patterns if method in ("ste", "srste", "random") else patterns[:1]):
-        configs.append(TrainConfig(method=method, n=n, m=m, **shared))
-for cfg in configs:
+    st.subheader("New runs")
+    st.caption("Models are trained from scratch (fresh seeded weights), whatever the sidebar shows; every "
+               "method × N:M pattern below becomes one run. Dense and gradual runs ignore the patterns (a "
+               "dense run records the masks the first pattern *would* pick, without applying them).")
+    c1, c2, c3 = st.columns(3)
+    with c1:
+        arch = st.selectbox("Model", ARCHITECTURES, index=ARCHITECTURES.index(sidebar_arch), format_func=ARCH_LABELS.get,
+                            key="tr_arch")
+        methods = st.multiselect("Methods", METHODS, default=["ste", "srste"], format_func=METHOD_LABELS.get,
+                                 key="tr_methods")
+        patterns_text = st.text_input("N:M patterns (keep N of every M)", "2:4, 1:4", max_chars=100, key="tr_patterns",
+                                      help="comma-separated, e.g. 2:4, 1:4, 2:8; N counts the kept weights")
+        grouping = st.selectbox("Conv grouping", ["channel", "kernel"], key="tr_grouping",
+                                help="channel: M input channels at one kernel position (NVIDIA ASP); "
+                                     "kernel: along the flattened in×kh×kw axis (original SR-STE code)")
+    with c2:
+        lambda_w = st.number_input("λ_w: SR-STE decay of pruned weights", -1.0, 1.0, defaults.lambda_w, step=1e-4,
+                                   format="%.2e", key="tr_lambda", disabled="srste" not in methods,
+                                   help="the paper's code uses 2e-4; 0 turns SR-STE into STE")
+        target = st.slider("Gradual: target sparsity (% pruned)", 5, 99, int(defaults.target_sparsity * 100),
+                           key="tr_target", disabled="gradual" not in methods)
+        window = st.slider("Gradual: pruning window (% of training)", 0, 100,
+                           (int(defaults.prune_start * 100), int(defaults.prune_end * 100)), key="tr_window",
+                           disabled="gradual" not in methods)
+        prune_every = int(st.number_input("Gradual: Δt (steps between pruning steps)", 1, 10_000, defaults.prune_every,
+                                          key="tr_every", disabled="gradual" not in methods))
+    with c3:
+        optimizer = st.selectbox("Optimiser", ["sgd", "adamw"], format_func={"sgd": "SGD + momentum", "adamw": "AdamW"}.get,
+                                 key="tr_opt")
+        lr = st.number_input("Learning rate (peak, cosine decay)", 0.0, 10.0, defaults.lr, step=0.01, format="%.4f",
+                             key="tr_lr")
+        epochs = int(st.number_input("Epochs", 0, 1000, defaults.epochs, key="tr_epochs"))
+        batch_size = int(st.number_input("Batch size", 1, 100_000, defaults.batch_size, key="tr_batch"))
+    with st.expander("More settings"):
+        m1, m2, m3 = st.columns(3)
+        momentum = m1.number_input("SGD momentum", 0.0, 0.999, defaults.momentum, step=0.05, key="tr_momentum")
+        weight_decay = m1.number_input("Weight decay", 0.0, 1.0, defaults.weight_decay, step=1e-4, format="%.2e",
+                                       key="tr_wd")
+        schedule = m2.selectbox("Schedule", ["cosine", "constant"], key="tr_schedule")
+        seed = int(m2.number_input("Seed", 0, 2**31 - 1, defaults.seed, key="tr_seed"))
+        snapshot_unit = m3.radio("Mask snapshots every", ["epoch", "step"], horizontal=True, key="tr_unit")
+        snapshot_every = int(m3.number_input(f"…this many {snapshot_unit}s", 1, 10_000, 1, key="tr_snap_every"))
+        prefix = st.text_input("Name prefix (optional)", "", max_chars=40, key="tr_prefix")
+
+    errors: list[str] = []
+    configs: list[TrainConfig] = []
     try:
-        cfg.validate()
+        patterns = parse_patterns(patterns_text)
     except ValueError as err:
-        if str(err) not in errors:
-            errors.append(str(err))
-if len(configs) > MAX_RUNS_PER_CLICK:
-    errors.append(f"{len(configs)} runs at once is too many; at most {MAX_RUNS_PER_CLICK} per click")
-for message in errors:
-    st.error(f"Invalid settings: {message}")
-if not errors:
-    steps = configs[0].epochs * configs[0].steps_per_epoch()
-    st.caption(f"{len(configs)} run(s), {steps:,} optimiser steps each: " + "; ".join(c.label() for c in configs))
-
-go_col, stop_col = st.columns([1, 4])
-start = go_col.button("Train", type="primary", disabled=bool(errors), key="tr_go",
-                      help="changing anything on the page while runs train stops them")
-interrupted = st.session_state.pop("tr_training", None)
-if interrupted and not start:
-    # With fast reruns Streamlit starts this run while the interrupted one is still saving itself
-    # in its own thread: wait for that save so the table below shows the final status.
-    with st.spinner("Saving the interrupted run…"):
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            entry = next((r for r in training.list_runs() if r["run_id"] == interrupted), None)
-            if entry is None or entry["status"] != "running":
-                break
-            time.sleep(0.1)
-    st.info("Training was interrupted (the Stop button, or a change on the page); the partial run is saved "
-            "with status 'stopped' (see Saved runs).")
-
-if start:
-    # Any click while a run trains makes Streamlit interrupt the script at its next element call;
-    # the run then saves itself as 'stopped' before the interruption goes on.
-    stop_col.button("Stop", key="tr_stop", help="stops the current run; what it learnt so far is kept")
-    new_ids = []
-    for i, cfg in enumerate(configs):
-        name = f"{prefix.strip()} {cfg.label()}" if prefix.strip() else ""
-        # Not used as a context manager: leaving the `with` block would mark the run complete.
-        box = st.status(f"Run {i + 1} of {len(configs)}: {cfg.label()}", expanded=True)
-        bar = box.progress(0.0, text="starting…")
-        left, right = box.columns(2)
-        curves, sads = left.empty(), right.empty()
-        last = {"t": 0.0}
-
-        def on_progress(p, bar=bar, curves=curves, sads=sads, last=last, i=i):
-            if p.event == "start":
-                st.session_state["tr_training"] = p.record.run_id  # saved already: the first checkpoint
-            now = time.perf_counter()
-            if p.event == "step" and now - last["t"] < 0.25:
-                return
-            last["t"] = now
-            bar.progress(min(p.step / p.total_steps, 1.0),
-                         text=f"step {p.step:,}/{p.total_steps:,} · epoch {p.epoch:.2f} · loss {p.loss:.4f}")
-            if p.event == "epoch":
-                rec = p.record
-                curves.plotly_chart(viz.training_curves_figure([curve_data(rec)]), key=f"tr_live_c{i}_{p.step}")
-                if rec.history.layers and len(rec.history) > 1:
-                    fig = viz.sad_series_figure([sad_data(rec, rec.sad(), "interval", None, True)], fraction=True)
-                    sads.plotly_chart(fig, key=f"tr_live_s{i}_{p.step}")
-
+        errors.append(str(err))
+        patterns = [(defaults.n, defaults.m)]
+    if not methods:
+        errors.append("choose at least one method")
+    shared = dict(arch=arch, conv_grouping=grouping,
+                  # A disabled widget cannot be corrected, so its value only counts where it applies.
+                  lambda_w=float(lambda_w) if "srste" in methods else defaults.lambda_w, target_sparsity=target / 100,
+                  prune_start=window[0] / 100, prune_end=window[1] / 100, prune_every=prune_every, optimizer=optimizer,
+                  lr=float(lr), momentum=float(momentum), weight_decay=float(weight_decay), schedule=schedule,
+                  epochs=epochs, batch_size=batch_size, seed=seed, snapshot_unit=snapshot_unit,
+                  snapshot_every=snapshot_every)
+    for method in methods:
+        for n, m in (patterns if method in ("ste", "srste", "random") else patterns[:1]):
+            configs.append(TrainConfig(method=method, n=n, m=m, **shared))
+    for cfg in configs:
         try:
-            rec = training.run_and_save(cfg, name=name, callback=on_progress)
-        except Exception as err:  # the run saved itself as 'failed'; the page carries on
+            cfg.validate()
+        except ValueError as err:
+            if str(err) not in errors:
+                errors.append(str(err))
+    if len(configs) > MAX_RUNS_PER_CLICK:
+        errors.append(f"{len(configs)} runs at once is too many; at most {MAX_RUNS_PER_CLICK} per click")
+    for message in errors:
+        st.error(f"Invalid settings: {message}")
+    if not errors:
+        steps = configs[0].epochs * configs[0].steps_per_epoch()
+        st.caption(f"{len(configs)} run(s), {steps:,} optimiser steps each: " + "; ".join(c.label() for c in configs))
+
+    go_col, stop_col = st.columns([1, 4])
+    start = go_col.button("Train", type="primary", disabled=bool(errors), key="tr_go",
+                          help="changing anything on the page while runs train stops them")
+    interrupted = st.session_state.pop("tr_training", None)
+    if interrupted and not start:
+        # With fast reruns Streamlit starts this run while the interrupted one is still saving itself
+        # in its own thread: wait for that save so the table below shows the final status.
+        with st.spinner("Saving the interrupted run…"):
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                entry = next((r for r in training.list_runs() if r["run_id"] == interrupted), None)
+                if entry is None or entry["status"] != "running":
+                    break
+                time.sleep(0.1)
+        st.info("Training was interrupted (the Stop button, or a change on the page); the partial run is saved "
+                "with status 'stopped' (see Saved runs).")
+
+    if start:
+        # Any click while a run trains makes Streamlit interrupt the script at its next element call;
+        # the run then saves itself as 'stopped' before the interruption goes on.
+        stop_col.button("Stop", key="tr_stop", help="stops the current run; what it learnt so far is kept")
+        new_ids = []
+        for i, cfg in enumerate(configs):
+            name = f"{prefix.strip()} {cfg.label()}" if prefix.strip() else ""
+            # Not used as a context manager: leaving the `with` block would mark the run complete.
+            box = st.status(f"Run {i + 1} of {len(configs)}: {cfg.label()}", expanded=True)
+            bar = box.progress(0.0, text="starting…")
+            left, right = box.columns(2)
+            curves, sads = left.empty(), right.empty()
+            last = {"t": 0.0}
+
+            def on_progress(p, bar=bar, curves=curves, sads=sads, last=last, i=i):
+                if p.event == "start":
+                    st.session_state["tr_training"] = p.record.run_id  # saved already: the first checkpoint
+                now = time.perf_counter()
+                if p.event == "step" and now - last["t"] < 0.25:
+                    return
+                last["t"] = now
+                bar.progress(min(p.step / p.total_steps, 1.0),
+                             text=f"step {p.step:,}/{p.total_steps:,} · epoch {p.epoch:.2f} · loss {p.loss:.4f}")
+                if p.event == "epoch":
+                    rec = p.record
+                    curves.plotly_chart(viz.training_curves_figure([curve_data(rec)]), key=f"tr_live_c{i}_{p.step}")
+                    if rec.history.layers and len(rec.history) > 1:
+                        fig = viz.sad_series_figure([sad_data(rec, rec.sad(), "interval", None, True)], fraction=True)
+                        sads.plotly_chart(fig, key=f"tr_live_s{i}_{p.step}")
+
+            try:
+                rec = training.run_and_save(cfg, name=name, callback=on_progress)
+            except Exception as err:  # the run saved itself as 'failed'; the page carries on
+                st.session_state.pop("tr_training", None)
+                box.update(label=f"Run {i + 1}: {cfg.label()} failed", state="error")
+                st.error(f"{cfg.label()} failed ({type(err).__name__}): {err}")
+                continue
             st.session_state.pop("tr_training", None)
-            box.update(label=f"Run {i + 1}: {cfg.label()} failed", state="error")
-            st.error(f"{cfg.label()} failed ({type(err).__name__}): {err}")
+            new_ids.append(rec.run_id)
+            acc = f"{rec.final_accuracy:.2f}%" if rec.final_accuracy is not None else "n/a"
+            if rec.status == "complete":
+                box.update(label=f"Run {i + 1}: {rec.label} — {acc} held-out accuracy in {rec.seconds:.1f} s",
+                           state="complete", expanded=False)
+            else:
+                box.update(label=f"Run {i + 1}: {rec.label} — {rec.status}", state="error")
+                st.warning(f"{rec.label}: {rec.message}")
+        st.session_state["tr_selected"] = (st.session_state.get("tr_selected", []) + new_ids)[-MAX_COMPARE:]
+
+    # ----------------------------------------------------------------------------- saved runs
+
+    st.subheader("Saved runs")
+    if "tr_flash" in st.session_state:
+        kind, message = st.session_state.pop("tr_flash")
+        (st.error if kind == "error" else st.success)(message)
+    runs = training.list_runs()
+    if not runs:
+        st.info("No saved runs yet: set up runs above and press Train. Runs are kept on disk across restarts.")
+        st.stop()
+    by_id = {r["run_id"]: r for r in runs}
+    labels = {rid: f"{r['name'] or r['label']} · {r['status']} · {rid[:6]}" for rid, r in by_id.items()}
+    table = pd.DataFrame([{
+        "name": r["name"] or r["label"], "status": r["status"], "method": METHOD_LABELS[r["config"]["method"]],
+        "N:M": f"{r['config']['n']}:{r['config']['m']}" if r["config"]["method"] != "gradual"
+        else f"{r['config']['target_sparsity']:.0%} unstructured",
+        "model": r["config"]["arch"], "epochs": r["epochs_done"], "accuracy (%)": r["final_accuracy"],
+        "seconds": r["seconds"], "started": pd.Timestamp(r["created"], unit="s").strftime("%Y-%m-%d %H:%M"),
+        "id": rid,
+    } for rid, r in by_id.items()])
+    st.dataframe(table, hide_index=True)
+
+    with st.expander("Rename or delete a run"):
+        st.selectbox("Run", list(by_id), format_func=labels.get, key="tr_manage")
+        r1, r2 = st.columns(2)
+        r1.text_input("New name (empty: the settings' label)", max_chars=80, key="tr_newname")
+        r1.button("Rename", on_click=do_rename, key="tr_rename")
+        confirm = r2.checkbox("Yes, delete this run", key="tr_confirm")
+        r2.button("Delete", on_click=do_delete, disabled=not confirm, key="tr_delete")
+
+    st.session_state["tr_selected"] = [r for r in st.session_state.get("tr_selected", list(by_id)[-4:]) if r in by_id]
+    selected = st.multiselect("Runs to compare", list(by_id), format_func=labels.get, key="tr_selected",
+                              max_selections=MAX_COMPARE)
+    if not selected:
+        st.info("Pick runs to compare.")
+        st.stop()
+
+    records, reports = [], {}
+    for rid in selected:
+        r = by_id[rid]
+        try:
+            rec, report = cached_run(rid, f"{r['status']}|{r['seconds']}|{r['name']}|{r['epochs_done']}")
+        except (KeyError, ValueError) as err:
+            st.error(f"Run {labels[rid]} cannot be read: {err}")
             continue
-        st.session_state.pop("tr_training", None)
-        new_ids.append(rec.run_id)
-        acc = f"{rec.final_accuracy:.2f}%" if rec.final_accuracy is not None else "n/a"
-        if rec.status == "complete":
-            box.update(label=f"Run {i + 1}: {rec.label} — {acc} held-out accuracy in {rec.seconds:.1f} s",
-                       state="complete", expanded=False)
-        else:
-            box.update(label=f"Run {i + 1}: {rec.label} — {rec.status}", state="error")
-            st.warning(f"{rec.label}: {rec.message}")
-    st.session_state["tr_selected"] = (st.session_state.get("tr_selected", []) + new_ids)[-MAX_COMPARE:]
+        records.append(rec)
+        reports[rid] = report
+    if not records:
+        st.stop()
 
-# ----------------------------------------------------------------------------- saved runs
+    st.subheader("Compare")
+    unit = st.radio("SAD as", ["fraction of the weights", "number of weights"], horizontal=True, key="tr_sad_unit")
+    fraction = unit.startswith("fraction")
+    common = [n for n in records[0].history.layers if all(n in rec.history.shapes for rec in records)]
+    layer_choice = st.selectbox("Layers", ["all sparse layers", *common], key="tr_sad_layer")
+    layer = None if layer_choice == "all sparse layers" else layer_choice
 
-st.subheader("Saved runs")
-if "tr_flash" in st.session_state:
-    kind, message = st.session_state.pop("tr_flash")
-    (st.error if kind == "error" else st.success)(message)
-runs = training.list_runs()
-if not runs:
-    st.info("No saved runs yet: set up runs above and press Train. Runs are kept on disk across restarts.")
-    st.stop()
-by_id = {r["run_id"]: r for r in runs}
-labels = {rid: f"{r['name'] or r['label']} · {r['status']} · {rid[:6]}" for rid, r in by_id.items()}
-table = pd.DataFrame([{
-    "name": r["name"] or r["label"], "status": r["status"], "method": METHOD_LABELS[r["config"]["method"]],
-    "N:M": f"{r['config']['n']}:{r['config']['m']}" if r["config"]["method"] != "gradual"
-    else f"{r['config']['target_sparsity']:.0%} unstructured",
-    "model": r["config"]["arch"], "epochs": r["epochs_done"], "accuracy (%)": r["final_accuracy"],
-    "seconds": r["seconds"], "started": pd.Timestamp(r["created"], unit="s").strftime("%Y-%m-%d %H:%M"),
-    "id": rid,
-} for rid, r in by_id.items()])
-st.dataframe(table, hide_index=True)
+    summary = []
+    for rec in records:
+        rep = reports[rec.run_id]
+        row = {"name": rec.label, "status": rec.status, "accuracy (%)": rec.final_accuracy,
+               "test loss": rec.epochs[-1].test_loss if rec.epochs else None,
+               "kept": rec.epochs[-1].density if rec.epochs else None, "snapshots": len(rec.history),
+               "seconds": rec.seconds}
+        if rep.layers and len(rep.steps) > 1:
+            interval = rep.series("interval", layer if layer in rep.numel else None, fraction=fraction)
+            row["SAD, last interval"] = interval[-1]
+            row["SAD, second half"] = interval[len(interval) // 2 + 1:].sum()
+            row["SAD, first → final"] = rep.series("from_first", layer if layer in rep.numel else None,
+                                                   fraction=fraction)[-1]
+        summary.append(row)
+    st.dataframe(pd.DataFrame(summary), hide_index=True)
+    for rec in records:
+        if rec.dense_layers:
+            st.caption(f"{rec.label}: left dense — " + "; ".join(f"{k} ({v})" for k, v in rec.dense_layers.items()))
 
-with st.expander("Rename or delete a run"):
-    st.selectbox("Run", list(by_id), format_func=labels.get, key="tr_manage")
-    r1, r2 = st.columns(2)
-    r1.text_input("New name (empty: the settings' label)", max_chars=80, key="tr_newname")
-    r1.button("Rename", on_click=do_rename, key="tr_rename")
-    confirm = r2.checkbox("Yes, delete this run", key="tr_confirm")
-    r2.button("Delete", on_click=do_delete, disabled=not confirm, key="tr_delete")
+    st.plotly_chart(viz.training_curves_figure([curve_data(rec) for rec in records]), key="tr_curves")
+    sparse_records = [rec for rec in records if rec.history.layers and len(rec.history) > 1]
+    if not sparse_records:
+        st.info("None of these runs has mask snapshots to compare.")
+        st.stop()
+    sad_rows = {kind: [sad_data(rec, reports[rec.run_id], kind, layer if layer in reports[rec.run_id].numel else None,
+                                fraction) for rec in sparse_records] for kind in SAD_KINDS}
+    left, right = st.columns(2)
+    left.plotly_chart(viz.sad_series_figure(sad_rows["interval"], kind="interval", fraction=fraction), key="tr_sad_int")
+    right.plotly_chart(viz.sad_series_figure(sad_rows["cumulative"], kind="cumulative", fraction=fraction),
+                       key="tr_sad_cum")
+    left, right = st.columns(2)
+    left.plotly_chart(viz.sad_series_figure(sad_rows["from_first"], kind="from_first", fraction=fraction, log_y=False),
+                      key="tr_sad_first")
+    right.plotly_chart(viz.sad_series_figure(sad_rows["to_final"], kind="to_final", fraction=fraction, log_y=False),
+                       key="tr_sad_final")
 
-st.session_state["tr_selected"] = [r for r in st.session_state.get("tr_selected", list(by_id)[-4:]) if r in by_id]
-selected = st.multiselect("Runs to compare", list(by_id), format_func=labels.get, key="tr_selected",
-                          max_selections=MAX_COMPARE)
-if not selected:
-    st.info("Pick runs to compare.")
-    st.stop()
+    st.subheader("One run up close")
+    focus_id = st.selectbox("Run", [rec.run_id for rec in sparse_records], format_func=labels.get, key="tr_focus")
+    focus = next(rec for rec in sparse_records if rec.run_id == focus_id)
+    rep = reports[focus_id]
+    st.plotly_chart(viz.sad_heatmap_figure(rep.layers, rep.epochs, rep.matrix("interval", fraction=fraction),
+                                           fraction=fraction, title=f"{focus.label}: SAD per layer and interval"),
+                    key="tr_heat")
+    flip_layer = st.selectbox("Layer for the flip counts", focus.history.layers, key="tr_flip_layer")
+    counts = flip_counts(focus.history, flip_layer)
+    grid = matrix_view(counts, focus.config.conv_grouping)
+    flipped = int((counts > 0).sum())
+    st.caption(f"{flip_layer}: weight {tuple(counts.shape)} shown as {grid.shape[0]}×{grid.shape[1]} (rows = outputs, "
+               f"N:M groups along each row). {flipped:,} of {counts.numel():,} weights changed state at least once "
+               f"over {len(focus.history) - 1} intervals; most flips of one weight: {int(counts.max())}.")
+    st.plotly_chart(viz.flip_count_figure(grid, title=f"{focus.label}: flips per weight of {flip_layer}"),
+                    key="tr_flips")
 
-records, reports = [], {}
-for rid in selected:
-    r = by_id[rid]
-    try:
-        rec, report = cached_run(rid, f"{r['status']}|{r['seconds']}|{r['name']}|{r['epochs_done']}")
-    except (KeyError, ValueError) as err:
-        st.error(f"Run {labels[rid]} cannot be read: {err}")
-        continue
-    records.append(rec)
-    reports[rid] = report
-if not records:
-    st.stop()
-
-st.subheader("Compare")
-unit = st.radio("SAD as", ["fraction of the weights", "number of weights"], horizontal=True, key="tr_sad_unit")
-fraction = unit.startswith("fraction")
-common = [n for n in records[0].history.layers if all(n in rec.history.shapes for rec in records)]
-layer_choice = st.selectbox("Layers", ["all sparse layers", *common], key="tr_sad_layer")
-layer = None if layer_choice == "all sparse layers" else layer_choice
-
-summary = []
-for rec in records:
-    rep = reports[rec.run_id]
-    row = {"name": rec.label, "status": rec.status, "accuracy (%)": rec.final_accuracy,
-           "test loss": rec.epochs[-1].test_loss if rec.epochs else None,
-           "kept": rec.epochs[-1].density if rec.epochs else None, "snapshots": len(rec.history),
-           "seconds": rec.seconds}
-    if rep.layers and len(rep.steps) > 1:
-        interval = rep.series("interval", layer if layer in rep.numel else None, fraction=fraction)
-        row["SAD, last interval"] = interval[-1]
-        row["SAD, second half"] = interval[len(interval) // 2 + 1:].sum()
-        row["SAD, first → final"] = rep.series("from_first", layer if layer in rep.numel else None,
-                                               fraction=fraction)[-1]
-    summary.append(row)
-st.dataframe(pd.DataFrame(summary), hide_index=True)
-for rec in records:
-    if rec.dense_layers:
-        st.caption(f"{rec.label}: left dense — " + "; ".join(f"{k} ({v})" for k, v in rec.dense_layers.items()))
-
-st.plotly_chart(viz.training_curves_figure([curve_data(rec) for rec in records]), key="tr_curves")
-sparse_records = [rec for rec in records if rec.history.layers and len(rec.history) > 1]
-if not sparse_records:
-    st.info("None of these runs has mask snapshots to compare.")
-    st.stop()
-sad_rows = {kind: [sad_data(rec, reports[rec.run_id], kind, layer if layer in reports[rec.run_id].numel else None,
-                            fraction) for rec in sparse_records] for kind in SAD_KINDS}
-left, right = st.columns(2)
-left.plotly_chart(viz.sad_series_figure(sad_rows["interval"], kind="interval", fraction=fraction), key="tr_sad_int")
-right.plotly_chart(viz.sad_series_figure(sad_rows["cumulative"], kind="cumulative", fraction=fraction),
-                   key="tr_sad_cum")
-left, right = st.columns(2)
-left.plotly_chart(viz.sad_series_figure(sad_rows["from_first"], kind="from_first", fraction=fraction, log_y=False),
-                  key="tr_sad_first")
-right.plotly_chart(viz.sad_series_figure(sad_rows["to_final"], kind="to_final", fraction=fraction, log_y=False),
-                   key="tr_sad_final")
-
-st.subheader("One run up close")
-focus_id = st.selectbox("Run", [rec.run_id for rec in sparse_records], format_func=labels.get, key="tr_focus")
-focus = next(rec for rec in sparse_records if rec.run_id == focus_id)
-rep = reports[focus_id]
-st.plotly_chart(viz.sad_heatmap_figure(rep.layers, rep.epochs, rep.matrix("interval", fraction=fraction),
-                                       fraction=fraction, title=f"{focus.label}: SAD per layer and interval"),
-                key="tr_heat")
-flip_layer = st.selectbox("Layer for the flip counts", focus.history.layers, key="tr_flip_layer")
-counts = flip_counts(focus.history, flip_layer)
-grid = matrix_view(counts, focus.config.conv_grouping)
-flipped = int((counts > 0).sum())
-st.caption(f"{flip_layer}: weight {tuple(counts.shape)} shown as {grid.shape[0]}×{grid.shape[1]} (rows = outputs, "
-           f"N:M groups along each row). {flipped:,} of {counts.numel():,} weights changed state at least once "
-           f"over {len(focus.history) - 1} intervals; most flips of one weight: {int(counts.max())}.")
-st.plotly_chart(viz.flip_count_figure(grid, title=f"{focus.label}: flips per weight of {flip_layer}"),
-                key="tr_flips")
-
-st.subheader("Export")
-d1, d2, d3 = st.columns(3)
-d1.download_button("Metrics per epoch (.csv)", training.metrics_csv(records), "training-metrics.csv",
-                   mime="text/csv", key="tr_dl_metrics")
-d2.download_button("SAD per snapshot and layer (.csv)", training.sad_csv(records), "training-sad.csv",
-                   mime="text/csv", key="tr_dl_sad")
-d3.download_button("Runs (.json)", training.runs_json(records), "training-runs.json", mime="application/json",
-                   key="tr_dl_json")
+    st.subheader("Export")
+    d1, d2, d3 = st.columns(3)
+    d1.download_button("Metrics per epoch (.csv)", training.metrics_csv(records), "training-metrics.csv",
+                       mime="text/csv", key="tr_dl_metrics")
+    d2.download_button("SAD per snapshot and layer (.csv)", training.sad_csv(records), "training-sad.csv",
+                       mime="text/csv", key="tr_dl_sad")
+    d3.download_button("Runs (.json)", training.runs_json(records), "training-runs.json", mime="application/json",
+                       key="tr_dl_json")

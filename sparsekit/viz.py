@@ -1214,3 +1214,102 @@ def agreement_figure(labels: Sequence[str], correlations: Sequence[float], *,
     fig.update_xaxes(title_text="example", type="category")
     fig.update_yaxes(title_text="Pearson r", range=[-1, 1.05])
     return fig
+
+
+# ----------------------------------------------------------------------------- seed studies
+
+STUDY_COLORS = {"ste": "#ff7f0e", "srste": "#1f77b4"}
+
+
+def _ci_error(intervals) -> dict:
+    hi = [0.0 if math.isnan(iv.high) else iv.high - iv.mean for iv in intervals]
+    lo = [0.0 if math.isnan(iv.low) else iv.mean - iv.low for iv in intervals]
+    return {"type": "data", "symmetric": False, "array": hi, "arrayminus": lo, "thickness": 1.5, "width": 6}
+
+
+def seed_study_figure(result, metric: str = "late_sad_pct") -> go.Figure:
+    """Per-seed values of one metric for STE and SR-STE at each pattern: dots joined by seed (the
+    pairing), and each method's mean with its confidence interval.
+
+    Args:
+        result: a ``sparsekit.seedstudy.SeedStudyResult``.
+        metric: a key of ``sparsekit.seedstudy.METRICS``.
+    """
+    from .seedstudy import METRICS
+
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    name, unit, definition = METRICS[metric]
+    fig = go.Figure()
+    lam = result.config.lambda_w
+    rows = {(r.n, r.m, r.method): r for r in result.summary()}
+    for n, m in result.config.patterns:
+        ste = result.values("ste", n, m, 0.0, metric)
+        sr = result.values("srste", n, m, lam, metric)
+        xs = (f"{n}:{m} STE", f"{n}:{m} SR-STE")
+        for seed in [s for s in ste if s in sr]:
+            fig.add_trace(go.Scatter(x=list(xs), y=[ste[seed], sr[seed]], mode="lines+markers",
+                                     line={"color": "rgba(120,120,120,0.35)", "width": 1},
+                                     marker={"size": 5, "color": "rgba(120,120,120,0.6)"}, showlegend=False,
+                                     hovertemplate=f"seed {seed}<br>%{{x}}: %{{y:.3g}}<extra></extra>"))
+        for method, x in zip(("ste", "srste"), xs):
+            iv = rows[(n, m, method)].metrics[metric]
+            fig.add_trace(go.Scatter(
+                x=[x], y=[iv.mean], mode="markers", marker={"size": 13, "color": STUDY_COLORS[method],
+                                                            "symbol": "diamond"},
+                error_y=_ci_error([iv]), name="STE" if method == "ste" else f"SR-STE (λ_w={lam:g})",
+                legendgroup=method, showlegend=(n, m) == result.config.patterns[0],
+                hovertemplate=f"{x}<br>mean %{{y:.3g}} {unit}<br>{iv.confidence:.0%} CI "
+                              f"[{iv.low:.3g}, {iv.high:.3g}]<br>{iv.n} seeds<extra></extra>"))
+    fig.update_layout(title=f"{name} over {result.config.seeds} seeds (grey: one seed, paired; diamond: mean "
+                            f"with {result.config.confidence:.0%} CI)",
+                      yaxis_title=f"{name} ({unit})", xaxis_title=definition, height=420,
+                      legend={"orientation": "h", "y": -0.25})
+    return fig
+
+
+def paired_difference_figure(result, metrics: Sequence[str] = ("late_sad_pct", "late_flipped_pct", "accuracy")
+                             ) -> go.Figure:
+    """SR-STE − STE per pattern, one panel per metric: the mean paired difference with its interval,
+    and a zero line (an interval crossing it shows no difference)."""
+    from .seedstudy import METRICS
+
+    comps = {(c.n, c.m, c.metric): c for c in result.comparisons()}
+    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[METRICS[k][0] for k in metrics])
+    for col, metric in enumerate(metrics, start=1):
+        labels, intervals, texts = [], [], []
+        for n, m in result.config.patterns:
+            c = comps[(n, m, metric)]
+            labels.append(f"{n}:{m}")
+            intervals.append(c.paired.diff)
+            texts.append(f"lower in {c.paired.a_lower}/{c.paired.n}")
+        colors = ["#7f7f7f" if iv.includes_zero else ("#2ca02c" if (iv.mean < 0) == (metric != "accuracy")
+                                                        else "#d62728") for iv in intervals]
+        fig.add_trace(go.Scatter(x=labels, y=[iv.mean for iv in intervals], mode="markers+text", text=texts,
+                                 textposition="middle right", marker={"size": 11, "color": colors},
+                                 error_y=_ci_error(intervals), showlegend=False,
+                                 hovertemplate="%{x}: %{y:+.3g} pp<extra></extra>"), row=1, col=col)
+        fig.add_hline(y=0, line={"color": "black", "width": 1, "dash": "dot"}, row=1, col=col)
+        fig.update_yaxes(title_text="SR-STE − STE (pp)" if col == 1 else None, row=1, col=col)
+    fig.update_layout(title=f"Paired difference SR-STE − STE, mean and {result.config.confidence:.0%} CI "
+                            "(grey: interval includes 0)", height=380)
+    return fig
+
+
+def lambda_sweep_figure(result) -> go.Figure:
+    """Late SAD and final accuracy against SR-STE's λ_w (λ_w = 0 is STE), means with intervals."""
+    rows = result.lambda_rows()
+    if not rows:
+        return _empty("λ_w sweep", "this study has no λ_w sweep")
+    n, m = result.config.patterns[0]
+    labels = [("0 (STE)" if r.lambda_w == 0 else f"{r.lambda_w:g}") for r in rows]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("late SAD (% of sparse weights)", "final accuracy (%)"))
+    for col, metric in enumerate(("late_sad_pct", "accuracy"), start=1):
+        ivs = [r.metrics[metric] for r in rows]
+        fig.add_trace(go.Scatter(x=labels, y=[iv.mean for iv in ivs], mode="lines+markers", error_y=_ci_error(ivs),
+                                 marker={"size": 9, "color": STUDY_COLORS["srste"]}, showlegend=False,
+                                 hovertemplate="λ_w %{x}: %{y:.3g}<extra></extra>"), row=1, col=col)
+        fig.update_xaxes(title_text="λ_w", type="category", row=1, col=col)
+    fig.update_layout(title=f"SR-STE's λ_w at {n}:{m}, {result.config.seeds} seeds, mean and "
+                            f"{result.config.confidence:.0%} CI", height=380)
+    return fig

@@ -187,3 +187,56 @@ def test_figure_builders_edge_cases():
         viz.flip_count_figure(-np.ones((2, 2)))
     with pytest.raises(ValueError, match="layers"):
         viz.sad_heatmap_figure(["a"], [0, 1], np.zeros((2, 2)))
+
+
+def test_seed_study_tab_runs_shows_intervals_and_reopens(page):
+    from sparsekit.seedstudy import SeedStudyConfig, run_seed_study
+
+    at = page()
+    at.selectbox(key="ss_arch").set_value("mlp")
+    at.number_input(key="ss_epochs").set_value(2)
+    at.number_input(key="ss_seeds").set_value(3)
+    at.text_input(key="ss_patterns").set_value("2:4")
+    at.text_input(key="ss_sweep").set_value("0, 1e-3").run()
+    assert not at.exception, at.exception
+    assert any("9 training runs (0 already on disk" in c.value for c in at.caption)
+    at.button(key="ss_go").click().run()
+    assert not at.exception, at.exception
+    cfg = SeedStudyConfig(train=TrainConfig(arch="mlp", epochs=2), patterns=((2, 4),), seeds=3,
+                          lambda_sweep=(0.0, 1e-3))
+    result = run_seed_study(cfg)  # from the cache the page filled
+    assert result.computed == 0
+    shown = [m.value for m in [*at.info, *at.success]]
+    for c in result.comparisons():
+        if c.metric != "early_sad_pct":
+            assert c.sentence in shown
+    table = next(d.value for d in at.dataframe if "run" in d.value.columns)
+    for row, want in zip(table.itertuples(index=False), result.summary()):
+        assert row[table.columns.get_loc("late SAD (% of sparse weights)")] == pytest.approx(
+            want.metrics["late_sad_pct"].mean)
+        assert row[table.columns.get_loc("final accuracy CI low")] == pytest.approx(want.metrics["accuracy"].low)
+    specs = figures(at)
+    titles = [s["layout"]["title"]["text"] for s in specs]
+    assert any(t.startswith("late SAD over 3 seeds") for t in titles)
+    assert any(t.startswith("SR-STE's λ_w at 2:4") for t in titles)
+    paired = next(s for s in specs if s["layout"]["title"]["text"].startswith("Paired difference"))
+    late = next(c for c in result.comparisons() if c.metric == "late_sad_pct")
+    assert decode(paired["data"][0]["y"])[0] == pytest.approx(late.paired.diff.mean)
+    # Reopened in a new session: everything is on disk, nothing to press, nothing retrained.
+    again = page()
+    for key, value in (("ss_arch", "mlp"), ("ss_epochs", 2), ("ss_seeds", 3)):
+        (again.selectbox if key == "ss_arch" else again.number_input)(key=key).set_value(value)
+    again.text_input(key="ss_patterns").set_value("2:4")
+    again.text_input(key="ss_sweep").set_value("0, 1e-3").run()
+    assert again.button(key="ss_go").disabled
+    assert any(s.value == late.sentence for s in [*again.info, *again.success])
+
+
+def test_seed_study_bad_settings(page):
+    at = page()
+    at.text_input(key="ss_patterns").set_value("2-4").run()
+    assert not at.exception
+    assert any("Invalid study settings" in e.value and "N:M" in e.value for e in at.error)
+    at.text_input(key="ss_patterns").set_value("2:4")
+    at.number_input(key="ss_lambda").set_value(0.0).run()
+    assert any("λ_w must be > 0" in e.value for e in at.error)

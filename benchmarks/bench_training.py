@@ -1,18 +1,14 @@
-"""Sparse-training speed and the STE vs SR-STE SAD study, in one run.
+"""Sparse-training speed: step time of STE and SR-STE against dense, and full-run wall times.
 
-    python benchmarks/bench_training.py [--arch cnn] [--batch 64] [--rounds 7] [--steps 60]
-                                        [--seeds 1] [--lambdas 2e-4] [--lr 0.1] [--optimizer sgd]
-                                        [--skip-speed] [--skip-study] [--json out.json]
+    python benchmarks/bench_training.py [--arch cnn] [--batch 64] [--rounds 7] [--steps 60] [--json out.json]
 
 1. Step time: one optimiser step (forward, backward, SGD update) of the same digits model on the
    same batch, dense vs STE vs SR-STE (the masks recomputed from |W| at every step, as in
    training). Methods alternate step by step; each round's median step times are compared within
    the round, because this machine is shared and noisy. Target: STE and SR-STE <= 1.25x dense.
 2. A full 20-epoch digits CNN run (default settings) per method: wall time. Target: about a minute.
-3. The SAD study: STE vs SR-STE at 2:4 and 1:4 on the digits CNN (20 epochs, SGD momentum 0.9,
-   lr 0.1 cosine, lambda_w = 2e-4 unless --lambdas says otherwise): SAD between consecutive epoch
-   snapshots (% of the sparse weights), final held-out accuracy, and the SAD summed over the
-   second half of training. ``--seeds k`` repeats it for seeds 0..k-1 and prints means.
+
+The STE vs SR-STE SAD comparison is a seed study with intervals: ``python -m sparsekit.seedstudy``.
 """
 from __future__ import annotations
 
@@ -96,47 +92,6 @@ def full_runs(data) -> list[dict]:
     return rows
 
 
-def study(data, seeds: int, lambdas: list[float], **overrides) -> list[dict]:
-    rows = []
-    variants = [("ste", 0.0)] + [("srste", lam) for lam in lambdas]
-    for n, m in ((2, 4), (1, 4)):
-        for method, lam in variants:
-            for seed in range(seeds):
-                cfg = TrainConfig(arch="cnn", method=method, n=n, m=m, seed=seed,
-                                  lambda_w=lam if method == "srste" else training.DEFAULT_LAMBDA_W, **overrides)
-                rec = training.train(cfg, data=data)
-                iv = rec.sad().series("interval", fraction=True)
-                epochs = len(iv) - 1
-                rows.append({"pattern": f"{n}:{m}", "method": method, "lambda_w": lam if method == "srste" else None,
-                             "seed": seed, "accuracy": rec.final_accuracy,
-                             "sad_per_epoch_pct": [100 * v for v in iv[1:]],
-                             "sad_second_half_pct": 100 * float(iv[epochs // 2 + 1:].sum()),
-                             "sad_first_half_pct": 100 * float(iv[1:epochs // 2 + 1].sum())})
-    return rows
-
-
-def print_study(rows: list[dict]) -> None:
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["pattern"], r["method"], r["lambda_w"]), []).append(r)
-    print("\nSAD between consecutive epoch snapshots, % of the sparse weights (conv2 + head), mean over seeds")
-    n_epochs = len(rows[0]["sad_per_epoch_pct"])
-    print(f"{'run':<24}" + "".join(f"{e:>6d}" for e in range(1, n_epochs + 1)))
-    for (pattern, method, lam), rs in groups.items():
-        name = f"{pattern} {'SR-STE λ=' + format(lam, 'g') if method == 'srste' else 'STE'}"
-        per_epoch = [statistics.mean(r["sad_per_epoch_pct"][i] for r in rs) for i in range(n_epochs)]
-        print(f"{name:<24}" + "".join(f"{v:6.2f}" for v in per_epoch))
-    print(f"\n{'run':<24}{'seeds':>6}{'accuracy %':>14}{'SAD 1st half %':>16}{'SAD 2nd half %':>16}")
-    for (pattern, method, lam), rs in groups.items():
-        name = f"{pattern} {'SR-STE λ=' + format(lam, 'g') if method == 'srste' else 'STE'}"
-        acc = [r["accuracy"] for r in rs]
-        late = [r["sad_second_half_pct"] for r in rs]
-        early = [r["sad_first_half_pct"] for r in rs]
-        sd = (lambda v: f"±{statistics.stdev(v):.2f}" if len(v) > 1 else "")
-        print(f"{name:<24}{len(rs):>6}{statistics.mean(acc):>9.2f}{sd(acc):>5}"
-              f"{statistics.mean(early):>16.2f}{statistics.mean(late):>10.2f}{sd(late):>6}")
-
-
 def speed(args, data, result: dict) -> None:
     st = step_times(args.arch, args.batch, args.rounds, args.steps, data)
     result["step_times"] = st
@@ -162,12 +117,6 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--seeds", type=int, default=1)
-    parser.add_argument("--lambdas", default="2e-4", help="comma-separated λ_w values for SR-STE")
-    parser.add_argument("--lr", type=float, default=TrainConfig.lr, help="study learning rate")
-    parser.add_argument("--optimizer", default=TrainConfig.optimizer, choices=["sgd", "adamw"])
-    parser.add_argument("--skip-speed", action="store_true", help="only the SAD study")
-    parser.add_argument("--skip-study", action="store_true")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
@@ -176,16 +125,7 @@ def main() -> None:
     print("environment:", json.dumps(env))
     result: dict = {"environment": env}
 
-    if not args.skip_speed:
-        speed(args, data, result)
-    if not args.skip_study:
-        lambdas = [float(v) for v in args.lambdas.split(",") if v.strip()]
-        t0 = time.perf_counter()
-        rows = study(data, args.seeds, lambdas, lr=args.lr, optimizer=args.optimizer)
-        result["study"] = rows
-        print(f"\nSAD study: digits CNN, 20 epochs, {args.optimizer} lr {args.lr:g}, seeds 0..{args.seeds - 1}")
-        print_study(rows)
-        print(f"\nstudy: {len(rows)} runs in {time.perf_counter() - t0:.1f} s")
+    speed(args, data, result)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -88,7 +88,7 @@ def markdown_table(shapes: list[tuple[int, int]], sparsities: list[float]) -> st
 
 
 COMMON_SHAPES = [(384, 384), (1536, 384), (384, 1536), (768, 3072), (3072, 768), (4096, 4096)]
-COMMON_SPARSITIES = [0.5, 0.6, 0.7, 0.9]
+COMMON_SPARSITIES = [0.5, 0.6, 0.7]
 
 if __name__ == "__main__":
     print("Pruned weights, sparsekit minus the reference code (negative: sparsekit prunes fewer)\n")

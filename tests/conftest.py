@@ -21,6 +21,14 @@ def tmp_cache(tmp_path, monkeypatch) -> Path:
     return path
 
 
+@pytest.fixture
+def no_bundled(tmp_path, monkeypatch):
+    """Hide the shipped digits weights, so loading goes through the cache and training."""
+    from sparsekit.models import digits
+
+    monkeypatch.setattr(digits, "BUNDLED_DIR", tmp_path / "no-bundled-weights")
+
+
 @pytest.fixture(scope="session")
 def digits_cache_dir(tmp_path_factory) -> Path:
     """One cache folder for the whole session, so each digits model trains at most once."""

@@ -234,7 +234,7 @@ def test_masks_page_conv_layer_and_unstructured():
     assert not any("N:M group inspector" == s.value for s in at.subheader)
 
 
-def test_first_use_trains_with_progress_then_loads(tmp_path, monkeypatch):
+def test_first_use_trains_with_progress_then_loads(tmp_path, no_bundled, monkeypatch):
     from sparsekit.models.digits import digits_model_cached
 
     monkeypatch.setenv("SPARSEKIT_CACHE_DIR", str(tmp_path / "fresh-cache"))

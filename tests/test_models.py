@@ -9,6 +9,7 @@ import math
 import os
 import pickle
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,7 +128,7 @@ def test_vit_layer_names_and_recorded_attention(digits_cache):
     torch.testing.assert_close(attn.last_attention.sum(-1), torch.ones(5, 4, 17))
 
 
-def test_digits_second_load_hits_cache(tmp_cache, monkeypatch):
+def test_digits_second_load_hits_cache(tmp_cache, no_bundled, monkeypatch):
     calls = []
     original = digits_mod.train_digits_model
     monkeypatch.setattr(digits_mod, "train_digits_model", lambda *a, **k: calls.append(1) or original(*a, **k))
@@ -146,7 +147,7 @@ def test_digits_second_load_hits_cache(tmp_cache, monkeypatch):
         assert torch.equal(first.module(x), second.module(x))
 
 
-def test_digits_cache_stores_safetensors_not_pickles(tmp_cache):
+def test_digits_cache_stores_safetensors_not_pickles(tmp_cache, no_bundled):
     from sparsekit.cache import get_cache, make_key
 
     load_model("digits:mlp")
@@ -160,7 +161,7 @@ def test_digits_cache_stores_safetensors_not_pickles(tmp_cache):
     assert "fc1.weight" in header and header["fc1.weight"]["shape"] == [256, 64]
 
 
-def test_progress_callback_reports_fractions(tmp_cache):
+def test_progress_callback_reports_fractions(tmp_cache, no_bundled):
     seen = []
     load_model("digits:mlp", progress=lambda f, msg: seen.append((f, msg)))
     assert seen and all(0.0 <= f <= 1.0 and isinstance(m, str) for f, m in seen)
@@ -639,10 +640,61 @@ def test_hub_ids_can_be_disabled(tmp_path, monkeypatch):
         load_model("hf:someone/some-model", allow_hub=False)
 
 
-def test_digits_model_cached_flag(tmp_cache):
+def test_digits_model_cached_flag(tmp_cache, no_bundled):
     from sparsekit.models.digits import digits_model_cached, trained_digits_model
 
     assert not digits_model_cached("cnn")
     trained_digits_model("cnn")
     assert digits_model_cached("cnn")
     assert not digits_model_cached("nope")
+
+
+# ---------------------------------------------------------------------------------------------
+# Shipped digits weights
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn", "vit"])
+def test_bundled_digits_weights_load_without_training(arch, tmp_cache, monkeypatch, digits_reference_split):
+    def no_training(*a, **k):
+        raise AssertionError("trained although the weights ship with the package")
+
+    monkeypatch.setattr(digits_mod, "train_digits_model", no_training)
+    assert digits_mod.digits_model_cached(arch)
+    model = load_model(f"digits:{arch}")
+    assert model.info["source"] == "bundled" and any("shipped" in n for n in model.info["notes"])
+    meta = digits_mod._metadata(digits_mod.bundled_path(arch).read_bytes())
+    assert json.loads(meta["train_config"]) == digits_mod.dataclasses.asdict(digits_mod.DEFAULT_TRAIN_CONFIGS[arch])
+    # The recorded accuracy is what the shipped weights score on the held-out split (plain loop).
+    x_test, y_test = digits_reference_split
+    with torch.no_grad():
+        pred = model.module(torch.tensor(x_test, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0).argmax(-1)
+    assert 100.0 * float((pred.numpy() == y_test).mean()) == pytest.approx(float(meta["accuracy"]), abs=1e-6)
+
+
+def test_stale_bundled_weights_are_ignored(tmp_cache, tmp_path, monkeypatch):
+    # A bundled file from another version or config must not be served for the current one.
+    from safetensors.torch import load, save
+
+    blob = digits_mod.bundled_path("cnn").read_bytes()
+    meta = digits_mod._metadata(blob)
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    (stale / "cnn.safetensors").write_bytes(save(load(blob), metadata={**meta, "version": "0"}))
+    monkeypatch.setattr(digits_mod, "BUNDLED_DIR", stale)
+    assert not digits_mod.digits_model_cached("cnn")
+    calls = []
+    original = digits_mod.train_digits_model
+    monkeypatch.setattr(digits_mod, "train_digits_model", lambda *a, **k: calls.append(1) or original(*a, **k))
+    assert load_model("digits:cnn").info["source"] == "trained" and calls == [1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["mlp", "cnn", "vit"])
+def test_bundled_weights_are_reproduced_by_training(arch, tmp_cache, no_bundled):
+    # scripts/train_digits.py retrains them; on another CPU the float order differs, so the
+    # accuracy is compared, not the bits.
+    shipped = Path(digits_mod.__file__).parent / "bundled" / f"{arch}.safetensors"
+    meta = digits_mod._metadata(shipped.read_bytes())
+    model = load_model(f"digits:{arch}")
+    assert model.info["source"] == "trained"
+    assert model.quality()["accuracy"] == pytest.approx(float(meta["accuracy"]), abs=2.0)

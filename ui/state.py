@@ -16,9 +16,9 @@ from sparsekit.sparsify import CALIBRATED_METHODS, SparsifyConfig
 
 SOURCES = {
     "minilm": "MiniLM (all-MiniLM-L6-v2, bundled)",
-    "digits:mlp": "Digits MLP (trained here)",
-    "digits:cnn": "Digits CNN (trained here)",
-    "digits:vit": "Digits ViT (trained here)",
+    "digits:mlp": "Digits MLP (shipped, 8×8 digits)",
+    "digits:cnn": "Digits CNN (shipped, 8×8 digits)",
+    "digits:vit": "Digits ViT (shipped, 8×8 digits)",
     "hf": "Hugging Face directory",
     "upload": "Upload weights (.safetensors)",
 }
@@ -125,7 +125,7 @@ def sidebar_model():
         if spec.startswith("digits:") and not digits_model_cached(spec.split(":", 1)[1]):
             _train_with_progress(spec.split(":", 1)[1])
         try:
-            with st.spinner(f"Loading {spec} (digits models train on first use, a few seconds)…"):
+            with st.spinner(f"Loading {spec}…"):
                 loaded = _load(spec, digest, weights)
         except (ValueError, OSError) as err:
             st.error(f"Could not load the model: {err}")

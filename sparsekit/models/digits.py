@@ -1,9 +1,13 @@
-"""Three small classifiers for scikit-learn's 8x8 handwritten digits, trained on first use.
+"""Three small classifiers for scikit-learn's 8x8 handwritten digits, shipped trained.
 
 The models are tiny on purpose: they train in seconds on a laptop CPU, so a browser user can see
-what sparsity does to an MLP, a CNN and a vision transformer without downloading anything.
-Trained weights are cached on disk as safetensors bytes, keyed by architecture, training config
-and ``VERSION`` (bump it whenever an architecture changes shape or behaviour).
+what sparsity does to an MLP, a CNN and a vision transformer without downloading anything. The
+weights of the default training configs ship with the package (``bundled/<arch>.safetensors``,
+written by ``python scripts/train_digits.py``), so every machine starts from
+the same weights: training is float-order dependent, and a model retrained on another CPU would
+differ slightly. Any other config is trained on first use and cached on disk as safetensors
+bytes, keyed by architecture, training config and ``VERSION`` (bump it whenever an architecture
+changes shape or behaviour; bundled files of an older version are then ignored).
 
 Every model takes a float tensor ``[batch, 1, 8, 8]`` with values in 0..1 (the raw 0..16 pixel
 values divided by 16) and returns logits ``[batch, 10]``.
@@ -12,9 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -342,11 +348,36 @@ def _state_bytes(model: nn.Module, metadata: dict[str, str]) -> bytes:
     return save({k: v.detach().contiguous() for k, v in model.state_dict().items()}, metadata=metadata)
 
 
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
+"""Where the trained weights of the default configs ship."""
+
+
+def bundled_path(arch: str) -> Path:
+    return BUNDLED_DIR / f"{arch}.safetensors"
+
+
+def _bundled_blob(arch: str, config: DigitsTrainConfig) -> bytes | None:
+    """The shipped weights of ``arch`` when they were trained with ``config`` by this ``VERSION``."""
+    path = bundled_path(arch)
+    if arch not in DEFAULT_TRAIN_CONFIGS or not path.is_file():
+        return None
+    blob = path.read_bytes()
+    meta = _metadata(blob)
+    try:
+        same = (meta.get("version") == str(VERSION) and meta.get("arch") == arch
+                and json.loads(meta.get("train_config", "null")) == dataclasses.asdict(config))
+    except ValueError:
+        return None
+    return blob if same else None
+
+
 def digits_model_cached(arch: str, config: "DigitsTrainConfig | None" = None) -> bool:
-    """Whether the trained weights of ``arch`` (default training config) are in the disk cache."""
+    """Whether ``arch`` (default training config) loads without training: shipped or in the disk cache."""
     if arch not in DEFAULT_TRAIN_CONFIGS:
         return False
     config = config or DEFAULT_TRAIN_CONFIGS[arch]
+    if _bundled_blob(arch, config) is not None:
+        return True
     return make_key("digits-model", arch, dataclasses.asdict(config), VERSION) in get_cache()
 
 
@@ -355,17 +386,21 @@ def trained_digits_model(
     config: DigitsTrainConfig | None = None,
     data: DigitsData | None = None,
     progress: ProgressFn | None = None,
+    *,
+    use_bundled: bool = True,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """A trained digits model, from the disk cache or trained now (and then cached).
+    """A trained digits model: the shipped weights, the disk cache, or trained now (and then cached).
 
     Args:
         arch: ``"mlp"``, ``"cnn"`` or ``"vit"``.
         config: training settings (default: ``DEFAULT_TRAIN_CONFIGS[arch]``).
         data: the split (default: ``digits_split`` with the config's split settings).
         progress: optional ``progress(fraction, message)`` callback.
+        use_bundled: take the shipped weights when they match ``config`` (False: cache or train).
 
     Returns:
-        ``(module in eval mode, details)`` where details has ``cached`` and ``train_seconds``.
+        ``(module in eval mode, details)`` where details has ``source`` (``bundled``, ``cache`` or
+        ``trained``), ``cached`` (not trained now) and ``train_seconds``.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load
@@ -373,24 +408,51 @@ def trained_digits_model(
     if arch not in DEFAULT_TRAIN_CONFIGS:
         raise ValueError(f"unknown digits architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
     config = config or DEFAULT_TRAIN_CONFIGS[arch]
-    if data is None:
-        data = digits_split(config.test_fraction, config.split_seed)
+    candidates = []
+    if use_bundled:
+        candidates.append(("bundled", _bundled_blob(arch, config)))
     key = make_key("digits-model", arch, dataclasses.asdict(config), VERSION)
     cache = get_cache()
-    blob = cache.get(key)
-    if isinstance(blob, bytes):
+    candidates.append(("cache", cache.get(key)))
+    for source, blob in candidates:
+        if not isinstance(blob, bytes):
+            continue
         try:
             model = build_digits_model(arch)
             load_state_dict_strict(model, load(blob), f"digits:{arch}")
             train_seconds = float(_metadata(blob).get("train_seconds", "nan"))
-            return model.eval(), {"cached": True, "train_seconds": train_seconds}
+            return model.eval(), {"source": source, "cached": True, "train_seconds": train_seconds}
         except (SafetensorError, ValueError):
-            pass  # An unreadable or stale entry: fall through and retrain over it.
+            continue  # An unreadable or stale entry: fall through (and retrain over a cache entry).
+    if data is None:
+        data = digits_split(config.test_fraction, config.split_seed)
     start = time.perf_counter()
     model = train_digits_model(arch, config, data, progress)
     seconds = time.perf_counter() - start
     cache.set(key, _state_bytes(model, {"arch": arch, "train_seconds": f"{seconds:.3f}"}))
-    return model, {"cached": False, "train_seconds": seconds}
+    return model, {"source": "trained", "cached": False, "train_seconds": seconds}
+
+
+def write_bundled(arch: str) -> Path:
+    """Train ``arch`` with its default config (no cache, no bundled file) and write the shipped file.
+
+    Returns:
+        The path written; its metadata records the config, ``VERSION``, the held-out accuracy and
+        the torch version it was trained with.
+    """
+    config = DEFAULT_TRAIN_CONFIGS[arch]
+    data = digits_split(config.test_fraction, config.split_seed)
+    start = time.perf_counter()
+    model = train_digits_model(arch, config, data)
+    seconds = time.perf_counter() - start
+    accuracy = digits_accuracy(model, data.x_test, data.y_test)
+    BUNDLED_DIR.mkdir(parents=True, exist_ok=True)
+    path = bundled_path(arch)
+    path.write_bytes(_state_bytes(model, {
+        "arch": arch, "version": str(VERSION), "train_config": json.dumps(dataclasses.asdict(config), sort_keys=True),
+        "accuracy": f"{accuracy:.6f}", "train_seconds": f"{seconds:.3f}", "torch": torch.__version__,
+        "written_by": "python scripts/train_digits.py"}))
+    return path
 
 
 def _metadata(blob: bytes) -> dict[str, str]:
@@ -449,7 +511,9 @@ def load_digits(
         details: dict[str, Any] = {}
     else:
         module, details = trained_digits_model(arch, config, data, progress)
-        source = "cache" if details["cached"] else "trained"
+        source = details["source"]
+        if source == "bundled":
+            notes.append("weights shipped with sparsekit (default training config, identical on every machine)")
     check_budget(sum(p.numel() * p.element_size() for p in module.parameters()), memory_budget_mb, f"digits:{arch}")
     x_test, y_test = data.x_test, data.y_test
 
@@ -482,3 +546,4 @@ def load_digits(
         higher_is_better={"accuracy": True},
         info=info,
     )
+

@@ -30,9 +30,9 @@ ROOTS_ENV = "SPARSEKIT_MODEL_ROOTS"
 BUILTIN_SPECS: Mapping[str, str] = MappingProxyType(
     {
         "minilm": "all-MiniLM-L6-v2 sentence encoder (bundled, 22M parameters)",
-        "digits:mlp": "MLP on 8x8 digits (trained on first use, seconds)",
-        "digits:cnn": "CNN on 8x8 digits (trained on first use, seconds)",
-        "digits:vit": "vision transformer on 8x8 digits (trained on first use, seconds)",
+        "digits:mlp": "MLP on 8x8 digits (weights shipped; trained by scripts/train_digits.py)",
+        "digits:cnn": "CNN on 8x8 digits (weights shipped; trained by scripts/train_digits.py)",
+        "digits:vit": "vision transformer on 8x8 digits (weights shipped; trained by scripts/train_digits.py)",
     }
 )
 """Spec -> description of the models that need no download and accept ``weights=`` uploads."""

@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
-# Install (first time) and run the whole test suite, browser test included.
+# Install (first time) and run the test suite, browser test included.
+#   bash scripts/test.sh           the default suite (tests marked slow are skipped)
+#   bash scripts/test.sh --all     every test, the slow ones too (what CI runs)
+# Further arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --dev
 export SPARSEKIT_CACHE_DIR="${SPARSEKIT_CACHE_DIR:-$PWD/.cache/test-cache}"
+if [ "${1:-}" = "--all" ]; then
+  shift
+  exec .venv/bin/python -m pytest -q -m "slow or not slow" "$@"
+fi
 exec .venv/bin/python -m pytest -q "$@"

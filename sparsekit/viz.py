@@ -1277,16 +1277,15 @@ def paired_difference_figure(result, metrics: Sequence[str] = ("late_sad_pct", "
     comps = {(c.n, c.m, c.metric): c for c in result.comparisons()}
     fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[METRICS[k][0] for k in metrics])
     for col, metric in enumerate(metrics, start=1):
-        labels, intervals, texts = [], [], []
+        labels, intervals = [], []
         for n, m in result.config.patterns:
             c = comps[(n, m, metric)]
-            labels.append(f"{n}:{m}")
+            labels.append(f"{n}:{m}<br>SR-STE lower {c.paired.a_lower}/{c.paired.n}")
             intervals.append(c.paired.diff)
-            texts.append(f"lower in {c.paired.a_lower}/{c.paired.n}")
         colors = ["#7f7f7f" if iv.includes_zero else ("#2ca02c" if (iv.mean < 0) == (metric != "accuracy")
                                                         else "#d62728") for iv in intervals]
-        fig.add_trace(go.Scatter(x=labels, y=[iv.mean for iv in intervals], mode="markers+text", text=texts,
-                                 textposition="middle right", marker={"size": 11, "color": colors},
+        fig.add_trace(go.Scatter(x=labels, y=[iv.mean for iv in intervals], mode="markers",
+                                 marker={"size": 11, "color": colors},
                                  error_y=_ci_error(intervals), showlegend=False,
                                  hovertemplate="%{x}: %{y:+.3g} pp<extra></extra>"), row=1, col=col)
         fig.add_hline(y=0, line={"color": "black", "width": 1, "dash": "dot"}, row=1, col=col)

@@ -95,6 +95,9 @@ def render_seed_study(sidebar_arch: str) -> None:
     if missing:
         estimate = f", about {missing * per_run:.0f} s" if per_run else ""
         st.caption(f"{total} training runs ({cached} already on disk; {missing} to train{estimate}).")
+    else:
+        st.caption(f"All {total} training runs of these settings are on disk: the study below is read back, "
+                   "nothing is retrained.")
     start = st.button("Run study", type="primary", key="ss_go", disabled=not missing,
                       help="changing anything on the page while it runs stops it; finished runs are kept")
     if missing and not start:

@@ -17,6 +17,8 @@ from typing import Any, Callable, Iterable, Sequence
 from torch import nn
 
 from .cache import get_cache, make_key, tensor_digest
+from .layers import prunable_layers
+from .permutation import permute_channels
 from .sparsify import METHODS, SparsifyConfig, SparsifyResult, sparsify
 
 COMPARE_VERSION = 2  # 2: SparseGPT H per sequence, block calibration order
@@ -175,7 +177,6 @@ def evaluate(loaded: Any, config: SparsifyConfig, *, calibration: Any = None) ->
 
 def dense_row(loaded: Any) -> dict[str, Any]:
     """The dense model as a comparison row (sparsity 0, dense memory)."""
-    from .sparsify import prunable_layers
 
     dense_bytes = sum(m.weight.numel() * m.weight.element_size() for _, m in prunable_layers(loaded.module))
     return {
@@ -293,7 +294,6 @@ def permuted_nm_row(loaded: Any, n: int = 2, m: int = 4, *, use_cache: bool = Tr
         gap in kept magnitude between plain N:M and unstructured, over the permuted layers),
         ``layers`` (the per-layer search report) and ``skipped`` (layer -> why not permuted).
     """
-    from .scoring import permute_channels
 
     config = SparsifyConfig(pattern="nm", n=n, m=m)
     config.validate()

@@ -11,36 +11,26 @@ import io
 import json
 import math
 import re
-import zlib
 from dataclasses import asdict, dataclass, field, fields
 from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
-from .masks import conv_nm_mask, nm_mask, topk_keep, unstructured_mask
+from .layers import CONV_GROUPINGS, GroupedView, grouped_view, layer_group, layer_type, matrix_view, prunable_layers
+from .masks import nm_mask, topk_keep, unstructured_mask
+from .methods import CALIBRATED_METHODS, METHODS, MethodOutput, get_method
+from .methods.calibration import check_calibration
 
 PATTERNS = ("dense", "nm", "unstructured")
-METHODS = ("magnitude", "random", "wanda", "sparsegpt", "taylor")
-CALIBRATED_METHODS = ("wanda", "sparsegpt", "taylor")
-"""Methods that need calibration inputs (``sparsekit.scoring``)."""
 SCOPES = ("layer", "global")
 LAYER_SETS = ("all", "mlp", "attention")
-CONV_GROUPINGS = ("channel", "kernel")
 CALIBRATION_ORDERS = ("block", "layer")
 """Wanda/SparseGPT: ``block`` collects all inputs of a transformer block's layers from one forward
 of that block (earlier blocks pruned), as the papers' code does; ``layer`` prunes each layer on
 inputs through every already-pruned layer before it, within its block too."""
 MAX_M = 32
 MAX_SPARSITY = 0.99
-
-_ATTENTION_WORDS = re.compile(
-    r"(^|[._])(attn|attention|self_attn|q_proj|k_proj|v_proj|o_proj|query|key|value|qkv|c_attn|q|k|v|proj_q|proj_k|proj_v)([._]|$)"
-)
-_MLP_WORDS = re.compile(
-    r"(^|[._])(mlp|ffn|feed_forward|intermediate|fc1|fc2|c_fc|gate_proj|up_proj|down_proj|dense_h_to_4h|dense_4h_to_h|w1|w2|w3)([._]|$)"
-)
-
 
 @dataclass(frozen=True)
 class SparsifyConfig:
@@ -58,9 +48,9 @@ class SparsifyConfig:
     """Unstructured only: ``layer`` prunes each layer to the sparsity; ``global`` ranks all selected
     weights together, so layers end up with different sparsities."""
     method: str = "magnitude"
-    """``magnitude`` keeps the largest |w|; ``random`` keeps a seeded random choice; ``wanda``
-    (|w| x input norm), ``sparsegpt`` (Hessian-based, rewrites kept weights) and ``taylor``
-    ((gradient x w)^2) use calibration inputs (see ``sparsekit.scoring``)."""
+    """A registered method (``sparsekit.methods``): ``magnitude`` keeps the largest |w|; ``random`` keeps a
+    seeded random choice; ``wanda`` (|w| x input norm), ``sparsegpt`` (Hessian-based, rewrites kept
+    weights) and ``taylor`` ((gradient x w)^2) use calibration inputs."""
     seed: int = 0
     """Seed of the random method (each layer gets its own stream derived from it and its name)."""
     layers: str = "all"
@@ -86,8 +76,7 @@ class SparsifyConfig:
         """Raise ``ValueError`` with a clear message for any setting out of bounds."""
         if self.pattern not in PATTERNS:
             raise ValueError(f"pattern must be one of {PATTERNS}, got {self.pattern!r}")
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        method = get_method(self.method)  # ValueError naming the registered methods
         if self.scope not in SCOPES:
             raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
         if self.layers not in LAYER_SETS:
@@ -109,7 +98,7 @@ class SparsifyConfig:
             s = self.sparsity
             if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 <= s <= MAX_SPARSITY:
                 raise ValueError(f"sparsity must be between 0 and {MAX_SPARSITY} (fraction pruned), got {s!r}")
-        if self.pattern == "unstructured" and self.scope == "global" and self.method in ("wanda", "sparsegpt"):
+        if self.pattern == "unstructured" and self.scope == "global" and method.layer_local:
             raise ValueError(
                 f"{self.method} compares weights within a layer (its scores are not comparable across layers); "
                 "use scope='layer', or magnitude, random or taylor for a global ranking"
@@ -142,7 +131,7 @@ class SparsifyConfig:
             head = f"{self.n}:{self.m} (keep {self.n} of {self.m})"
         else:
             head = f"{self.sparsity:.0%} unstructured" + (" (global)" if self.scope == "global" else "")
-        order = " (layer order)" if self.method in ("wanda", "sparsegpt") and self.calibration_order == "layer" else ""
+        order = " (layer order)" if get_method(self.method).calibration_order and self.calibration_order == "layer" else ""
         return f"{head} {self.method}{order}"
 
     def to_json(self) -> str:
@@ -208,19 +197,17 @@ class SparsifyResult:
     transformer blocks); empty for the other methods."""
     calibration_note: str = ""
     """One line on the calibration order used and why (empty for uncalibrated methods)."""
+    views: dict[str, GroupedView] = field(default_factory=dict)
+    """layer name -> how its weight maps to the grouped matrix (``sparsekit.layers``)."""
 
     def matrix_view(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         """A layer's weight or mask as a 2-D matrix whose rows hold the N:M groups as consecutive
         columns: GPT-2 Conv1D ``[in, out]`` is transposed; a conv weight is laid out
         ``[out, kh*kw*in]`` for channel grouping and ``[out, in*kh*kw]`` for kernel grouping."""
-        layer_type = next((r.layer_type for r in self.report if r.name == name), "")
-        if layer_type.startswith("Conv1D (GPT-2"):
-            return tensor.t()
-        if tensor.dim() > 2:
-            if self.config.conv_grouping == "channel":
-                return tensor.movedim(1, -1).reshape(tensor.shape[0], -1)
-            return tensor.reshape(tensor.shape[0], -1)
-        return tensor if tensor.dim() == 2 else tensor.reshape(1, -1)
+        view = self.views.get(name)
+        if view is not None:
+            return view.matrix(tensor)
+        return matrix_view(tensor, self.config.conv_grouping)
 
     def summary(self) -> dict[str, float]:
         """Totals over pruned layers and over all candidate layers."""
@@ -238,41 +225,6 @@ class SparsifyResult:
             "bitmask_bytes": sum(r.bitmask_bytes for r in self.report),
             "csr_bytes": sum(r.csr_bytes for r in self.report),
         }
-
-
-def _is_conv1d_transposed(module: nn.Module) -> bool:
-    # GPT-2's transformers.pytorch_utils.Conv1D stores its weight as [in, out].
-    return type(module).__name__ == "Conv1D" and not isinstance(module, nn.Conv1d)
-
-
-def layer_group(name: str) -> str:
-    """``attention``, ``mlp`` or ``other``, from the layer's qualified name."""
-    lowered = name.lower()
-    if _ATTENTION_WORDS.search(lowered):
-        return "attention"
-    if _MLP_WORDS.search(lowered):
-        return "mlp"
-    # BERT names its feed-forward output `layer.N.output.dense` and the attention output
-    # `layer.N.attention.output.dense` (caught above).
-    if re.search(r"(^|\.)output\.dense$", lowered):
-        return "mlp"
-    return "other"
-
-
-def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Linear and Conv layers (and GPT-2 style Conv1D), in module order."""
-    out = []
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) or _is_conv1d_transposed(module):
-            if isinstance(getattr(module, "weight", None), torch.Tensor):
-                out.append((name, module))
-    return out
-
-
-def _layer_type(module: nn.Module) -> str:
-    if _is_conv1d_transposed(module):
-        return "Conv1D (GPT-2, [in, out])"
-    return type(module).__name__
 
 
 def is_2_4(weight: torch.Tensor) -> bool:
@@ -343,15 +295,6 @@ def format_bytes(shape: tuple[int, ...], kept: int, element_size: int, nm: tuple
     return out
 
 
-def _scores(weight: torch.Tensor, config: SparsifyConfig, name: str, precomputed=None) -> torch.Tensor:
-    if precomputed is not None and name in precomputed:
-        return precomputed[name]
-    if config.method in ("magnitude", "wanda", "sparsegpt"):  # calibrated ones fall back to |w| for unreached layers
-        return weight
-    gen = torch.Generator().manual_seed((config.seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
-    return torch.rand(weight.shape, generator=gen)
-
-
 def _selection(names: list[str], config: SparsifyConfig) -> dict[str, str]:
     """name -> reason it stays dense ('' when selected)."""
     inc = re.compile(config.include) if config.include else None
@@ -384,13 +327,9 @@ def _tied_names(model: nn.Module, layers: list[tuple[str, nn.Module]]) -> set[st
     return {name for name, mod in layers if seen.get(id(mod.weight), 0) > 1}
 
 
-def _layer_mask(weight: torch.Tensor, module: nn.Module, config: SparsifyConfig, scores: torch.Tensor) -> torch.Tensor:
+def _layer_mask(weight: torch.Tensor, view: GroupedView, config: SparsifyConfig, scores: torch.Tensor) -> torch.Tensor:
     if config.pattern == "nm":
-        if _is_conv1d_transposed(module):
-            return nm_mask(weight, config.n, config.m, dim=0, scores=scores)
-        if weight.dim() > 2:
-            return conv_nm_mask(weight, config.n, config.m, grouping=config.conv_grouping, scores=scores)
-        return nm_mask(weight, config.n, config.m, dim=-1, scores=scores)
+        return view.from_matrix(nm_mask(view.matrix(weight), config.n, config.m, scores=view.matrix(scores)))
     return unstructured_mask(weight, float(config.sparsity), scores=scores)
 
 
@@ -416,9 +355,8 @@ def sparsify(
         and say why in ``skipped_reason``.
     """
     config.validate()
-    if config.method in CALIBRATED_METHODS and config.pattern != "dense":
-        from .scoring import check_calibration
-
+    method = get_method(config.method)
+    if method.needs_calibration and config.pattern != "dense":
         if calibration is None:
             calibration = getattr(model, "calibration", None)
         check_calibration(calibration, config.method)
@@ -439,6 +377,7 @@ def sparsify(
     pruned_model.eval()
     new_modules = dict(pruned_model.named_modules())
     nm = (config.n, config.m) if config.pattern == "nm" else None
+    views = {name: grouped_view(module, config.conv_grouping) for name, module in layers}
 
     masks: dict[str, torch.Tensor] = {}
     report: list[LayerReport] = []
@@ -451,26 +390,31 @@ def sparsify(
         if not reason and not weight.is_floating_point():
             reason = f"weight dtype {weight.dtype} is not floating point"
         if not reason and nm is not None:
-            dim_size = _group_dim_size(weight, module, config)
-            if dim_size % config.m:
-                reason = f"{_group_dim_label(weight, module, config)} = {dim_size} is not a multiple of M={config.m}"
+            size, label = views[name].group_axis
+            if size % config.m:
+                reason = f"{label} = {size} is not a multiple of M={config.m}"
         if reason:
-            report.append(_report(name, module, weight.shape, weight.numel(), reason, nm, weight.element_size()))
+            report.append(_report(name, module, views[name], weight.numel(), reason, nm))
         else:
             todo.append((name, module))
             report.append(None)  # filled below, keeps module order
 
-    calibrated = None
-    if config.method in CALIBRATED_METHODS and todo:
-        from .scoring import calibrated_prune
+    # Model-level methods (Wanda and SparseGPT prune the copy in place; Taylor returns scores) run
+    # once on the copy; layer-local ones score each layer when it comes up.
+    output = MethodOutput()
+    if method.run is not None and todo:
+        output = method.run(pruned_model, [n for n, _ in todo], config, calibration, progress)
 
-        # Wanda and SparseGPT prune the copy in place, layer by layer; Taylor returns scores.
-        calibrated = calibrated_prune(pruned_model, [n for n, _ in todo], config, calibration, progress=progress)
-    precomputed = calibrated.scores if calibrated is not None else None
+    def scores_of(name: str, weight: torch.Tensor) -> torch.Tensor:
+        if name in output.scores:
+            return output.scores[name]
+        if method.layer_scores is not None:
+            return method.layer_scores(weight, name, config)
+        return weight  # a calibrated method's fallback: magnitude (the note says why)
 
     global_keep = None
     if config.pattern == "unstructured" and config.scope == "global" and todo:
-        flat = torch.cat([_scores(m.weight.detach(), config, n, precomputed).reshape(-1) for n, m in todo])
+        flat = torch.cat([scores_of(n, m.weight.detach()).reshape(-1) for n, m in todo])
         keep_count = flat.numel() - int(round(float(config.sparsity) * flat.numel()))
         global_keep = topk_keep(flat, keep_count)
 
@@ -481,17 +425,16 @@ def sparsify(
             if progress is not None:
                 progress(step / max(1, len(todo)), f"pruning {name}")
             weight = module.weight.detach()
-            if calibrated is not None and name in calibrated.masks:
-                mask = calibrated.masks[name]
+            if name in output.masks:
+                mask = output.masks[name]
             elif global_keep is not None:
                 mask = global_keep[offset : offset + weight.numel()].reshape(weight.shape)
                 offset += weight.numel()
             else:
-                mask = _layer_mask(weight, module, config, _scores(weight, config, name, precomputed))
+                mask = _layer_mask(weight, views[name], config, scores_of(name, weight))
             new_modules[name].weight.mul_(mask.to(weight.dtype))
             masks[name] = mask
-            kept = int(mask.sum())
-            report[slot] = _report(name, module, weight.shape, kept, "", nm, weight.element_size())
+            report[slot] = _report(name, module, views[name], int(mask.sum()), "", nm)
     if progress is not None:
         progress(1.0, "done")
     return SparsifyResult(
@@ -500,37 +443,25 @@ def sparsify(
         report=report,
         config=config,
         weight_names={name: f"{name}.weight" for name in masks},
-        notes=dict(calibrated.notes) if calibrated is not None else {},
-        calibration_order=calibrated.order if calibrated is not None else "",
-        calibration_note=calibrated.order_note if calibrated is not None else "",
+        notes=dict(output.notes),
+        calibration_order=output.order,
+        calibration_note=output.order_note,
+        views=views,
     )
 
 
-def _group_dim_size(weight: torch.Tensor, module: nn.Module, config: SparsifyConfig) -> int:
-    if _is_conv1d_transposed(module):
-        return weight.shape[0]
-    if weight.dim() > 2:
-        return weight.shape[1] if config.conv_grouping == "channel" else math.prod(weight.shape[1:])
-    return weight.shape[-1]
-
-
-def _group_dim_label(weight: torch.Tensor, module: nn.Module, config: SparsifyConfig) -> str:
-    if weight.dim() > 2:
-        return "in_channels" if config.conv_grouping == "channel" else "in_channels*kernel"
-    return "in_features"
-
-
-def _report(name, module, shape, kept, reason, nm, element_size) -> LayerReport:
-    shape = tuple(int(s) for s in shape)
-    numel = math.prod(shape)
-    matrix_shape = (shape[1], shape[0]) if _is_conv1d_transposed(module) else shape
+def _report(name: str, module: nn.Module, view: GroupedView, kept: int, reason: str, nm) -> LayerReport:
+    shape = view.shape
+    # A conv weight stays N-D here: the 2:4 kernels take 2-D (Linear) weights only, and the check says so.
+    matrix_shape = view.matrix_shape if view.transposed else shape
+    element_size = module.weight.element_size()
     sizes = format_bytes(matrix_shape, kept, element_size, nm if not reason else None)
     return LayerReport(
         name=name,
-        layer_type=_layer_type(module),
+        layer_type=layer_type(module),
         group=layer_group(name),
         shape=shape,
-        numel=numel,
+        numel=math.prod(shape),
         kept=kept,
         skipped_reason=reason,
         semi_structured=semi_structured_check(matrix_shape, nm if not reason else None),
@@ -582,7 +513,7 @@ def layer_table(model: nn.Module) -> list[dict]:
         shape = tuple(module.weight.shape)
         rows.append({
             "name": name,
-            "type": _layer_type(module),
+            "type": layer_type(module),
             "group": layer_group(name),
             "weight_shape": "×".join(map(str, shape)),
             "params": sum(p.numel() for p in module.parameters(recurse=False)),
@@ -603,3 +534,11 @@ def params_by_type(model: nn.Module) -> dict[str, int]:
             key = type(module).__name__
             counts[key] = counts.get(key, 0) + p.numel()
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+__all__ = [
+    "CALIBRATED_METHODS", "CALIBRATION_ORDERS", "CONV_GROUPINGS", "LAYER_SETS", "LayerReport", "MAX_M", "MAX_SPARSITY",
+    "METHODS", "PATTERNS", "SCOPES", "SparsifyConfig", "SparsifyResult", "format_bytes", "is_2_4",
+    "iter_layer_weights", "layer_group", "layer_table", "masks_safetensors", "params_by_type", "prunable_layers",
+    "report_csv", "semi_structured_check", "sparsify", "weights_safetensors",
+]

@@ -15,7 +15,11 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from .layers import matrix_view
 from .masks import sad
+
+__all__ = ["MaskHistory", "SAD_KINDS", "SadReport", "flip_counts", "matrix_view", "pack_mask", "sad_report",
+           "unpack_mask"]
 
 SAD_KINDS = ("interval", "cumulative", "from_first", "to_final")
 """``interval``: SAD between each snapshot and the one before; ``cumulative``: running sum of the
@@ -52,26 +56,6 @@ def unpack_mask(data: bytes, shape: Sequence[int]) -> torch.Tensor:
         raise ValueError(f"{len(data)} packed bytes do not fit a mask of shape {tuple(shape)} ({numel} bits)")
     bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=numel)
     return torch.from_numpy(bits.astype(np.bool_)).reshape(tuple(shape))
-
-
-def matrix_view(mask: torch.Tensor, grouping: str = "channel") -> torch.Tensor:
-    """A layer's mask (or any per-weight tensor) as a 2-D matrix whose rows hold the N:M groups as
-    consecutive columns: Linear ``[out, in]`` as is; conv ``[out, in, kh, kw]`` as
-    ``[out, kh*kw*in]`` for channel grouping and ``[out, in*kh*kw]`` for kernel grouping (the layout
-    ``SparsifyResult.matrix_view`` uses).
-
-    Args:
-        mask: the tensor.
-        grouping: ``"channel"`` or ``"kernel"`` (conv layers only).
-
-    Returns:
-        A 2-D view or copy.
-    """
-    if mask.dim() > 2:
-        if grouping == "channel":
-            return mask.movedim(1, -1).reshape(mask.shape[0], -1)
-        return mask.reshape(mask.shape[0], -1)
-    return mask if mask.dim() == 2 else mask.reshape(1, -1)
 
 
 @dataclass

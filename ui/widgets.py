@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import streamlit as st
 
+from sparsekit.methods import REGISTRY
 from sparsekit.sparsify import CALIBRATION_ORDERS, MAX_M, MAX_SPARSITY, METHODS, SparsifyConfig
 
 PATTERN_LABELS = {"nm": "N:M (keep N of every M)", "unstructured": "Unstructured", "dense": "Dense (no pruning)"}
-METHOD_HELP = ("magnitude keeps the largest |w|; random is the seeded baseline. With calibration inputs (digits "
-               "training images, the built-in sentences): wanda scores |w|·‖x‖, sparsegpt also rewrites the kept "
-               "weights to make up for the pruned ones, taylor scores (gradient·w)².")
+METHOD_HELP = "  \n".join(
+    f"**{m.name}**: {m.help}" + (" (uses calibration inputs: digits training images or the built-in sentences)"
+                                 if m.needs_calibration else "") for m in REGISTRY.values())
 ORDER_LABELS = {"block": "Block (papers' order)", "layer": "Layer by layer"}
 ORDER_HELP = ("block: each transformer block's layers are all pruned on inputs from one forward of that block, "
               "the blocks before it already pruned (the Wanda and SparseGPT reference code). layer: each layer is "
@@ -35,7 +36,7 @@ def config_form(prefix: str, initial: SparsifyConfig, *, compact: bool = False) 
         if method == "random":
             seed = int(st.number_input("Seed", 0, 2**31 - 1, initial.seed, key=f"{prefix}_seed"))
         order = initial.calibration_order
-        if method in ("wanda", "sparsegpt") and not compact:
+        if REGISTRY[method].calibration_order and not compact:
             order = st.radio("Calibration order", list(CALIBRATION_ORDERS), horizontal=True,
                              index=list(CALIBRATION_ORDERS).index(initial.calibration_order),
                              format_func=ORDER_LABELS.get, key=f"{prefix}_order", help=ORDER_HELP)

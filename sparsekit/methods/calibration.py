@@ -1,0 +1,348 @@
+"""Calibration inputs and the one calibration forward that Wanda and SparseGPT share.
+
+``sequential_prune`` runs the calibration batch through the model copy once, in one of two orders
+(``SparsifyConfig.calibration_order``): ``block`` (default, the papers' reference code) collects
+the inputs of every layer of a transformer block from one forward of that block, the blocks before
+it already pruned, then prunes them together; ``layer`` prunes each layer when the forward reaches
+it, on inputs computed by every already-pruned layer before it, including those of its own block.
+Layers outside every block (embeddings, heads) are pruned on arrival in both orders.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..layers import grouped_view, is_prunable
+from .base import MethodOutput, ProgressFn
+
+CONTRASTIVE_TEMPERATURE = 0.05
+"""Temperature of the encoder calibration loss (SimCSE's value)."""
+
+
+def check_calibration(calibration: Any, method: str = "calibrated") -> None:
+    """Raise ``ValueError`` unless ``calibration`` is a non-empty float tensor or a dict with
+    ``input_ids`` (and optionally ``attention_mask``)."""
+    hint = ("pass calibration=... (a float tensor batch, or a dict with input_ids and attention_mask) or a "
+            "LoadedModel, whose .calibration holds the digits training images or the built-in sentences")
+    if calibration is None:
+        raise ValueError(f"method {method!r} needs calibration data, and none was given; {hint}")
+    if isinstance(calibration, torch.Tensor):
+        if calibration.numel() == 0 or calibration.shape[0] == 0:
+            raise ValueError(f"method {method!r}: the calibration batch is empty; {hint}")
+        if not calibration.is_floating_point():
+            raise ValueError(f"method {method!r}: calibration tensor must be floating point, got {calibration.dtype}")
+        return
+    if isinstance(calibration, dict):
+        ids = calibration.get("input_ids")
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[0] == 0:
+            raise ValueError(f"method {method!r}: calibration dict needs input_ids, a non-empty [batch, length] tensor")
+        mask = calibration.get("attention_mask")
+        if mask is not None and (not isinstance(mask, torch.Tensor) or mask.shape != ids.shape):
+            raise ValueError(f"method {method!r}: calibration attention_mask must match input_ids' shape {tuple(ids.shape)}")
+        return
+    raise ValueError(f"method {method!r}: calibration must be a tensor or a dict of token tensors, got "
+                     f"{type(calibration).__name__}; {hint}")
+
+
+def calibration_size(calibration: Any) -> int:
+    """Number of samples (images or sequences) in a calibration batch."""
+    return int((calibration["input_ids"] if isinstance(calibration, dict) else calibration).shape[0])
+
+
+def calibration_slice(calibration: Any, start: int, stop: int) -> Any:
+    """Samples ``start:stop`` of a calibration batch (tensor or dict of tensors)."""
+    if isinstance(calibration, dict):
+        return {k: v[start:stop] for k, v in calibration.items()}
+    return calibration[start:stop]
+
+
+def token_mask(calibration: Any) -> torch.Tensor | None:
+    if isinstance(calibration, dict) and calibration.get("attention_mask") is not None:
+        return calibration["attention_mask"].bool()
+    return None
+
+
+def run_model(model: nn.Module, inputs: Any) -> Any:
+    """One forward on calibration-style inputs (``model(x)`` or ``model(**token_tensors)``)."""
+    if isinstance(inputs, dict):
+        kwargs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        try:
+            params = inspect.signature(model.forward).parameters
+        except (TypeError, ValueError):
+            params = {}
+        if "use_cache" in params:
+            kwargs["use_cache"] = False  # a KV cache is useless here and costs memory
+        return model(**kwargs)
+    return model(inputs)
+
+
+def main_output(out: Any) -> torch.Tensor:
+    """The tensor a model output stands for: itself, ``logits``, ``last_hidden_state`` or item 0."""
+    if isinstance(out, torch.Tensor):
+        return out
+    for attr in ("logits", "last_hidden_state"):
+        value = getattr(out, attr, None)
+        if isinstance(value, torch.Tensor):
+            return value
+    return out[0]
+
+
+def calibration_loss(model: nn.Module, batch: Any) -> torch.Tensor:
+    """A label-free loss on a calibration batch, for gradient-based (Taylor) importance.
+
+    - classifier (a tensor input, ``[batch, classes]`` output): cross-entropy against the model's
+      own argmax prediction (calibration images carry no labels);
+    - causal LM (an output with ``logits``): next-token cross-entropy on the real tokens;
+    - encoder (hidden states): in-batch contrastive loss on mean-pooled, normalised embeddings, each
+      sentence's positive being its own detached embedding (keeps sentences apart, which is what
+      the embedding-fidelity metrics measure).
+
+    Args:
+        model: the module (in a grad-enabled context).
+        batch: a slice of the calibration inputs.
+
+    Returns:
+        A scalar loss.
+    """
+    out = run_model(model, batch)
+    if isinstance(batch, torch.Tensor):
+        logits = main_output(out)
+        if logits.dim() != 2:
+            raise ValueError(f"Taylor scores need a classifier output [batch, classes], got shape {tuple(logits.shape)}")
+        return F.cross_entropy(logits, logits.detach().argmax(-1))
+    mask = batch.get("attention_mask")
+    if mask is None:
+        mask = torch.ones_like(batch["input_ids"])
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        valid = mask[:, 1:].bool()
+        return F.cross_entropy(logits[:, :-1][valid].float(), batch["input_ids"][:, 1:][valid])
+    hidden = main_output(out).float()
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    emb = F.normalize((hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9), dim=-1)
+    sims = emb @ emb.detach().T / CONTRASTIVE_TEMPERATURE
+    return F.cross_entropy(sims, torch.arange(emb.shape[0]))
+
+
+
+class LayerInputs:
+    """One layer under a calibrated method: its grouped weight view, and its calibration inputs as
+    rows of X in the same column order as the grouped matrix."""
+
+    def __init__(self, name: str, module: nn.Module, channel_grouping: bool) -> None:
+        self.name, self.module = name, module
+        self.conv = isinstance(module, (nn.Conv1d, nn.Conv2d))
+        if isinstance(module, nn.Conv3d):
+            raise ValueError(f"{name}: calibrated methods support Linear, Conv1d and Conv2d layers, not Conv3d; "
+                             "exclude it with the exclude regex")
+        if self.conv:
+            if module.groups != 1:
+                raise ValueError(f"{name}: grouped convolutions (groups={module.groups}) are not supported by the "
+                                 "calibrated methods; exclude it with the exclude regex")
+            if module.padding_mode != "zeros":
+                raise ValueError(f"{name}: padding_mode={module.padding_mode!r} is not supported by the calibrated "
+                                 "methods; exclude it with the exclude regex")
+        # Channel grouping puts the input channel last so that M channels at one kernel position
+        # are consecutive; unstructured masks do not care about the order.
+        self.channel_grouping = channel_grouping and self.conv
+        self.view = grouped_view(module, "channel" if channel_grouping else "kernel")
+
+    def matrix(self, t: torch.Tensor) -> torch.Tensor:
+        return self.view.matrix(t)
+
+    def from_matrix(self, mat: torch.Tensor) -> torch.Tensor:
+        return self.view.from_matrix(mat)
+
+    def columns(self, x: torch.Tensor, token_mask: torch.Tensor | None) -> torch.Tensor:
+        """Rows of X ``[tokens, cols]`` for this layer's input ``x``."""
+        x = x.detach()
+        if not self.conv:
+            if token_mask is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(token_mask.shape):
+                return x[token_mask].float()  # padding tokens are not calibration data
+            return x.reshape(-1, x.shape[-1]).float()
+        mod = self.module
+        if isinstance(mod, nn.Conv1d):
+            x4 = x.unsqueeze(2)
+            kernel, dilation, stride = (1, mod.kernel_size[0]), (1, mod.dilation[0]), (1, mod.stride[0])
+            padding = (0, self._padding()[0])
+        else:
+            x4 = x
+            kernel, dilation, stride, padding = mod.kernel_size, mod.dilation, mod.stride, self._padding()
+        patches = F.unfold(x4.float(), kernel, dilation=dilation, padding=padding, stride=stride)
+        cols = patches.transpose(1, 2).reshape(-1, patches.shape[1])  # c-major: (c, kh, kw)
+        if self.channel_grouping:
+            c = mod.in_channels
+            cols = cols.reshape(-1, c, cols.shape[1] // c).transpose(1, 2).reshape(-1, cols.shape[1])
+        return cols
+
+    def _padding(self) -> tuple[int, ...]:
+        mod = self.module
+        if isinstance(mod.padding, str):
+            if mod.padding == "valid":
+                return tuple(0 for _ in mod.kernel_size)
+            if any(k % 2 == 0 for k in mod.kernel_size):
+                raise ValueError(f"{self.name}: padding='same' with an even kernel is not supported by the calibrated methods")
+            return tuple(d * (k - 1) // 2 for k, d in zip(mod.kernel_size, mod.dilation))
+        return tuple(mod.padding)
+
+
+
+class InputStats:
+    """What a calibrated method needs of one layer's inputs, accumulated over forward calls.
+
+    SparseGPT: ``X^T X`` and the number of calibration *samples* (sequences or images), so that
+    ``H = 2 X^T X / n_samples`` as the reference's ``add_batch`` builds it (it counts sequences, not
+    tokens; the count matters where an input is dead on every token: its diagonal is set to 1 and
+    the 1 % dampening is relative to the live ones). Wanda: the squared L2 norm of every input
+    feature over all calibration tokens.
+    """
+
+    def __init__(self, kind: str) -> None:
+        if kind not in ("norms", "hessian"):
+            raise ValueError(f"stats kind must be 'norms' or 'hessian', got {kind!r}")
+        self.kind = kind
+        self.samples = 0
+        self.total: torch.Tensor | None = None
+
+    def add(self, X: torch.Tensor, samples: int) -> None:
+        Xd = X.double()
+        part = Xd.pow(2).sum(0) if self.kind == "norms" else Xd.T @ Xd
+        self.total = part if self.total is None else self.total + part
+        self.samples += int(samples)
+
+    def hessian(self) -> torch.Tensor:
+        return (2.0 / max(self.samples, 1)) * self.total
+
+
+KeepFn = Callable[["LayerInputs", torch.Tensor, Any, "InputStats", dict], "tuple[torch.Tensor, torch.Tensor | None]"]
+"""``keep(layer, weight, config, stats, notes) -> (mask in the weight's layout, new weight or None)``."""
+
+
+def transformer_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The repeated blocks of a model: entries of an ``nn.ModuleList`` whose entries are all of one
+    class and each hold a Linear/Conv layer (BERT's ``encoder.layer``, GPT-2's ``transformer.h``,
+    Llama's ``model.layers``, the digits ViT's ``blocks``). Lists nested inside a block (experts,
+    say) are part of that block.
+
+    Args:
+        model: the module.
+
+    Returns:
+        ``(qualified name, block)`` in module order; empty when the model has no such list.
+    """
+    blocks: list[tuple[str, nn.Module]] = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) < 1:
+            continue
+        if any(name == b or name.startswith(b + ".") for b, _ in blocks):
+            continue
+        kinds = {type(child) for child in module}
+        if len(kinds) != 1:
+            continue
+        if not all(any(is_prunable(m) for m in child.modules()) for child in module):
+            continue
+        prefix = f"{name}." if name else ""
+        blocks.extend((f"{prefix}{i}", child) for i, child in enumerate(module))
+    return blocks
+
+
+def sequential_prune(model: nn.Module, names: Sequence[str], config: Any, calibration: Any,
+                     progress: ProgressFn | None, keep: KeepFn, stats_kind: str) -> MethodOutput:
+    """Wanda/SparseGPT over the model in one calibration forward.
+
+    ``calibration_order="block"`` (the papers' reference code): at each transformer block, one
+    extra forward of that block alone (previous blocks already pruned, this one still dense) collects
+    the inputs of all its layers; they are pruned together, and the real forward then goes on
+    through the pruned block. ``"layer"``: each layer is pruned when the forward reaches it, so a
+    block's later layers see inputs from its already-pruned earlier ones. Layers outside every
+    block (embeddings, heads) are pruned on arrival in both orders.
+    """
+    modules = dict(model.named_modules())
+    channel = getattr(config, "conv_grouping", "channel") == "channel" and config.pattern == "nm"
+    views = {modules[n]: LayerInputs(n, modules[n], channel) for n in names}
+    tokens = token_mask(calibration)
+    out = MethodOutput()
+    total = len(names)
+    order = getattr(config, "calibration_order", "block")
+    blocks: dict[nn.Module, list[str]] = {}
+    if order == "block":
+        for bname, block in transformer_blocks(model):
+            inside = [n for n in names if n.startswith(bname + ".")]
+            if inside:
+                blocks[block] = inside
+        if blocks:
+            out.order = "block"
+            out.order_note = (f"block order: {len(blocks)} transformer blocks, each pruned on inputs from one "
+                              "forward of the block with the blocks before it already pruned")
+        else:
+            out.order = "layer"
+            out.order_note = "no transformer blocks found in this model: layer order used (each layer on inputs " \
+                             "from the already-pruned layers before it)"
+    else:
+        out.order = "layer"
+        out.order_note = "layer order: each layer pruned on inputs from all already-pruned layers before it"
+    state: dict[str, Any] = {"capture": None, "inside": False}
+
+    def prune(view: LayerInputs, stats: InputStats) -> None:
+        if progress is not None:
+            progress(0.9 * len(out.masks) / max(total, 1), f"{config.method}: {view.name}")
+        weight = view.module.weight
+        with torch.no_grad():
+            mask, new = keep(view, weight, config, stats, out.notes)
+            if new is not None:
+                weight.copy_(new.to(weight.dtype))
+            weight.mul_(mask.to(weight.dtype))
+        out.masks[view.name] = mask
+
+    def layer_hook(module, args):
+        view = views.get(module)
+        if view is None or view.name in out.masks or not args or not isinstance(args[0], torch.Tensor):
+            return
+        x = args[0]
+        X = view.columns(x, tokens)
+        samples = x.shape[0] if x.dim() >= 2 else 1  # sequences, images, or rows of a 2-D batch
+        capture = state["capture"]
+        if capture is not None:
+            if view.name in capture:
+                capture[view.name].add(X, samples)
+            return
+        stats = InputStats(stats_kind)
+        stats.add(X, samples)
+        prune(view, stats)
+
+    def block_hook(block, args, kwargs):
+        if state["inside"]:
+            return None
+        todo = [n for n in blocks[block] if n not in out.masks]
+        if not todo:
+            return None
+        capture = {n: InputStats(stats_kind) for n in todo}
+        state["capture"], state["inside"] = capture, True
+        try:
+            block(*args, **kwargs)
+        finally:
+            state["capture"], state["inside"] = None, False
+        for n in todo:
+            if capture[n].total is not None:
+                prune(views[modules[n]], capture[n])
+        return None
+
+    handles = [m.register_forward_pre_hook(layer_hook) for m in views]
+    handles += [b.register_forward_pre_hook(block_hook, with_kwargs=True) for b in blocks]
+    try:
+        with torch.no_grad():
+            run_model(model, calibration)
+    finally:
+        for h in handles:
+            h.remove()
+    # A layer the forward never calls has no inputs to calibrate on: it falls back to magnitude.
+    for name in names:
+        if name not in out.masks:
+            out.notes[name] = "not reached by the calibration forward: magnitude scores used"
+            out.scores[name] = modules[name].weight.detach()
+    return out
+

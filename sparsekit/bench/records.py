@@ -8,10 +8,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..cache import get_cache
+from ..store import RunStore, finite_dumps, finite_json
 from .harness import SCHEMA_VERSION, CaseResult
 
-_INDEX_KEY = "bench-runs:index"
 MAX_IMPORT_BYTES = 50 * 2**20
 _STATUSES = {"ok", "failed", "skipped", "oom", "error"}
 
@@ -28,11 +27,11 @@ class BenchRun:
     created: float = field(default_factory=time.time)
 
     def to_json(self) -> str:
-        return json.dumps(_clean({
+        return finite_dumps({
             "schema": "sparsekit.bench", "schema_version": SCHEMA_VERSION, "name": self.name,
             "created": self.created, "suites": self.suites, "env": self.env, "ceilings": self.ceilings,
             "results": [dataclasses.asdict(r) for r in self.results],
-        }), indent=1, allow_nan=False, default=str)
+        }, indent=1, default=str)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "BenchRun":
@@ -78,71 +77,77 @@ class BenchRun:
     @property
     def key(self) -> str:
         digest = hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
-        return f"bench-run:{digest}"
+        return _STORE.key(digest)
 
     def title(self) -> str:
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.created))
-        device = self.env.get("device_name") or self.env.get("device", "?")
-        return f"{self.name or ', '.join(self.suites) or 'run'} · {device} · {when}"
+        return _title(self.summary())
+
+    def summary(self) -> dict[str, Any]:
+        """What the history index keeps of the run: enough for its title without reading the results."""
+        return {"name": self.name, "suites": list(self.suites), "created": self.created,
+                "device": self.env.get("device_name") or self.env.get("device", "?")}
 
 
-def _clean(value: Any) -> Any:
-    # JSON has no inf/nan; store them as null.
-    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
+def _title(summary: dict[str, Any]) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(summary.get("created") or 0.0))
+    what = summary.get("name") or ", ".join(summary.get("suites") or []) or "run"
+    return f"{what} · {summary.get('device') or '?'} · {when}"
 
 
 def sanitize(run: BenchRun) -> BenchRun:
     """A copy with non-finite numbers replaced by None (so it serialises as strict JSON)."""
-    results = [CaseResult(**_clean(dataclasses.asdict(r))) for r in run.results]
-    return BenchRun(env=_clean(run.env), results=results, ceilings=_clean(run.ceilings), suites=list(run.suites),
-                    name=run.name, created=run.created)
+    results = [CaseResult(**finite_json(dataclasses.asdict(r))) for r in run.results]
+    return BenchRun(env=finite_json(run.env), results=results, ceilings=finite_json(run.ceilings),
+                    suites=list(run.suites), name=run.name, created=run.created)
 
 
-def _index() -> list[str]:
-    # Stored as JSON text so that nothing in the cache needs unpickling.
-    raw = get_cache().get(_INDEX_KEY)
-    try:
-        keys = json.loads(raw) if isinstance(raw, str) else []
-    except json.JSONDecodeError:
-        keys = []
-    return [k for k in keys if isinstance(k, str)]
+# The history: entries keep the keys of earlier versions (``bench-run:<digest>``, the public key), and
+# the index key too; an index of bare keys, as earlier versions wrote it, is read as such.
+_KIND = "bench-run"
+_STORE = RunStore(_KIND, index_key="bench-runs:index", summarize=lambda text: BenchRun.from_json(text).summary(),
+                  hash_ids=False)
 
 
-def _set_index(keys: list[str]) -> None:
-    get_cache().set(_INDEX_KEY, json.dumps(keys))
+def _run_id(key: str) -> str | None:
+    prefix = f"{_KIND}:"
+    return key[len(prefix):] if isinstance(key, str) and key.startswith(prefix) else None
 
 
 def save_run(run: BenchRun) -> str:
-    """Store a run in the disk cache history; returns its key."""
+    """Store a run in the disk cache history (non-finite numbers as null).
+
+    Args:
+        run: the run; storing the same results again keeps one entry.
+
+    Returns:
+        Its key, for ``load_run``/``delete_run``.
+    """
     run = sanitize(run)
-    cache = get_cache()
     key = run.key
-    cache.set(key, run.to_json())
-    index = _index()
-    if key not in index:
-        index.append(key)
-    _set_index(index)
+    _STORE.put(_run_id(key), run.to_json(), run.summary())
     return key
 
 
 def list_runs() -> list[tuple[str, str]]:
-    """(key, title) of stored runs, newest first; unreadable entries are skipped."""
-    out = []
-    for key in reversed(_index()):
-        run = load_run(key)
-        if run is not None:
-            out.append((key, run.title()))
-    return out
+    """The stored runs, newest first.
+
+    Returns:
+        ``(key, title)`` per run whose entry exists.
+    """
+    return [(_STORE.key(e["run_id"]), _title(e)) for e in reversed(_STORE.summaries())]
 
 
 def load_run(key: str) -> BenchRun | None:
-    text = get_cache().get(key)
+    """A stored run.
+
+    Args:
+        key: as ``save_run``/``list_runs`` gave it.
+
+    Returns:
+        The ``BenchRun``, or None when there is no such run or its entry is unreadable.
+    """
+    run_id = _run_id(key)
+    text = _STORE.get(run_id) if run_id is not None else None
     if not isinstance(text, str):
         return None
     try:
@@ -152,8 +157,14 @@ def load_run(key: str) -> BenchRun | None:
 
 
 def delete_run(key: str) -> None:
-    get_cache().delete(key)
-    _set_index([k for k in _index() if k != key])
+    """Remove a stored run (an unknown key is ignored).
+
+    Args:
+        key: as ``save_run``/``list_runs`` gave it.
+    """
+    run_id = _run_id(key)
+    if run_id is not None:
+        _STORE.delete(run_id)
 
 
 def results_csv(run: BenchRun) -> str:

@@ -1,0 +1,296 @@
+"""What a training run produces (``RunRecord``), its safetensors form, and the CSV/JSON exports."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+from torch import nn
+
+from ..models.digits import build_digits_model
+from ..models.weights import safetensors_header
+from ..store import finite_json
+from ..topology import MaskHistory, SadReport, sad_report
+from .config import TrainConfig
+
+FORMAT_VERSION = 1
+"""Version of the safetensors run entry (``run_to_bytes``); a newer one is refused on load."""
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    """Quality after an epoch (or at the point a run stopped)."""
+
+    epoch: float
+    """Epochs done (fractional when a run stopped mid-epoch)."""
+    step: int
+    """Optimiser steps done."""
+    train_loss: float
+    """Mean cross-entropy of the epoch's batches (each measured before its update)."""
+    train_accuracy: float
+    """Percent of the epoch's training images classified right, as the batches went by."""
+    test_loss: float
+    """Cross-entropy on the held-out split, with the sparse forward weights."""
+    test_accuracy: float
+    """Held-out accuracy in percent, with the sparse forward weights."""
+    lr: float
+    """Learning rate of the epoch's last step."""
+    density: float
+    """Kept fraction of the sparse layers' weights (1.0 when nothing is masked)."""
+    seconds: float
+    """Wall time since the start of the run."""
+
+
+@dataclass
+class RunRecord:
+    """Everything a training run produced; restores exactly from the cache (``load_run``).
+
+    Attributes:
+        config: the settings.
+        name: a user-chosen name (defaults to the config's label).
+        run_id: the cache id (empty until saved).
+        status: ``running``, ``complete``, ``stopped`` or ``failed``.
+        message: why a run stopped or failed.
+        created: Unix time the run started.
+        seconds: wall time of the training so far.
+        steps_per_epoch: optimiser steps in one epoch.
+        steps_done: optimiser steps done.
+        epochs: one ``EpochMetrics`` per finished epoch (plus one at a mid-epoch stop).
+        step_loss: the training loss of every step.
+        history: mask snapshots of the sparse layers.
+        dense_layers: Linear/Conv layers left dense, with the reason.
+        prune_steps: gradual only: the steps at which masks were updated.
+        weights: the final forward weights (masks applied) as a state dict of the plain architecture.
+        owner: the process training the run (see ``owner_alive``).
+    """
+
+    config: TrainConfig
+    name: str = ""
+    run_id: str = ""
+    status: str = "running"
+    message: str = ""
+    created: float = 0.0
+    seconds: float = 0.0
+    steps_per_epoch: int = 0
+    steps_done: int = 0
+    epochs: list[EpochMetrics] = field(default_factory=list)
+    step_loss: list[float] = field(default_factory=list)
+    history: MaskHistory = field(default_factory=lambda: MaskHistory({}))
+    dense_layers: dict[str, str] = field(default_factory=dict)
+    prune_steps: list[int] = field(default_factory=list)
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    owner: str = ""
+    """The training process (host:pid:start time) while the run is ``running``: a run whose process
+    has ended without saving a final status (server killed, crash) is then shown as stopped."""
+
+    @property
+    def total_steps(self) -> int:
+        """Planned optimiser steps."""
+        return self.config.epochs * self.steps_per_epoch
+
+    @property
+    def label(self) -> str:
+        """The name, or the config's label."""
+        return self.name or self.config.label()
+
+    @property
+    def final_accuracy(self) -> float | None:
+        """Held-out accuracy (%) at the last evaluation, None before the first."""
+        return self.epochs[-1].test_accuracy if self.epochs else None
+
+    def sad(self) -> SadReport:
+        """SAD series of the recorded mask snapshots."""
+        return sad_report(self.history)
+
+    def model(self) -> nn.Module:
+        """A fresh module of the architecture holding the final forward weights (eval mode)."""
+        if not self.weights:
+            raise ValueError(f"run {self.label!r} has no saved weights (status {self.status})")
+        module = build_digits_model(self.config.arch)
+        module.load_state_dict(self.weights, strict=True)
+        return module.eval()
+
+    def summary(self) -> dict[str, Any]:
+        """The small JSON-able description kept in the run index."""
+        return {
+            "run_id": self.run_id, "name": self.name, "label": self.label, "status": self.status,
+            "message": self.message, "created": self.created, "seconds": self.seconds,
+            "config": asdict(self.config), "epochs_done": self.epochs[-1].epoch if self.epochs else 0.0,
+            "final_accuracy": self.final_accuracy, "snapshots": len(self.history), "owner": self.owner,
+        }
+
+    def to_dict(self, *, include_masks: bool = False) -> dict[str, Any]:
+        """JSON-able dict: config, metrics, SAD series and layers (no weights).
+
+        Args:
+            include_masks: also add every snapshot's bit-packed mask as hex text.
+        """
+        report = self.sad()
+        out = {
+            **self.summary(),
+            "format": "sparsekit-training-run",
+            "version": FORMAT_VERSION,
+            "steps_per_epoch": self.steps_per_epoch,
+            "steps_done": self.steps_done,
+            "epochs": [asdict(e) for e in self.epochs],
+            "step_loss": list(self.step_loss),
+            "sparse_layers": {k: list(v) for k, v in self.history.shapes.items()},
+            "dense_layers": dict(self.dense_layers),
+            "prune_steps": list(self.prune_steps),
+            "snapshot_steps": list(self.history.steps),
+            "snapshot_epochs": list(self.history.epochs),
+            "sad": {kind: {"total": report.series(kind).astype(int).tolist(),
+                           **{name: report.series(kind, name).astype(int).tolist() for name in report.layers}}
+                    for kind in ("interval", "from_first", "to_final")},
+        }
+        if include_masks:
+            out["masks_hex"] = {name: [b.hex() for b in blobs] for name, blobs in self.history.packed.items()}
+        return finite_json(out)  # a diverged loss (NaN) is exported as null
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """What the step callback sees."""
+
+    event: str
+    """``start`` before the first step, ``step`` after every optimiser step, ``epoch`` after every evaluation."""
+    step: int
+    """Optimiser steps done."""
+    total_steps: int
+    """Planned optimiser steps."""
+    epoch: float
+    """Epochs done."""
+    loss: float
+    """Training loss of the latest step."""
+    metrics: EpochMetrics | None
+    """The new evaluation (``epoch`` events), else None."""
+    record: RunRecord
+    """The run so far (live object: read it, do not keep it across steps)."""
+    model: nn.Module
+    """The model being trained, masks attached as parametrizations (live: read it, never change it);
+    a sparse layer's dense weight is ``layer.parametrizations.weight.original``."""
+
+
+StepCallback = Callable[[TrainProgress], "bool | None"]
+"""Called at the start, after every step and after every epoch; return True to stop the run there
+(status ``stopped``)."""
+
+
+def run_to_bytes(record: RunRecord) -> bytes:
+    """A run as safetensors bytes: final weights and packed mask snapshots as tensors, the rest as
+    JSON metadata (no pickle anywhere).
+
+    Args:
+        record: the run.
+
+    Returns:
+        The bytes ``run_from_bytes`` reads back.
+    """
+    tensors: dict[str, torch.Tensor] = {f"weight/{k}": v.contiguous() for k, v in record.weights.items()}
+    for layer, blobs in record.history.packed.items():
+        width = (record.history.numel(layer) + 7) // 8
+        arr = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(len(blobs), width)
+        tensors[f"masks/{layer}"] = torch.from_numpy(arr.copy())
+    meta = {
+        "config": asdict(record.config), "name": record.name, "run_id": record.run_id, "status": record.status,
+        "message": record.message, "created": record.created, "seconds": record.seconds,
+        "steps_per_epoch": record.steps_per_epoch, "steps_done": record.steps_done,
+        "epochs": [asdict(e) for e in record.epochs], "step_loss": record.step_loss,
+        "shapes": {k: list(v) for k, v in record.history.shapes.items()},
+        "snapshot_steps": record.history.steps, "snapshot_epochs": record.history.epochs,
+        "dense_layers": record.dense_layers, "prune_steps": record.prune_steps, "owner": record.owner,
+    }
+    # Python's json writes NaN/Infinity literals and reads them back, so a diverged loss survives exactly.
+    return save_tensors(tensors, metadata={"format": "sparsekit-training-run", "version": str(FORMAT_VERSION),
+                                   "record": json.dumps(meta)})
+
+
+def run_from_bytes(blob: bytes) -> RunRecord:
+    """Inverse of ``run_to_bytes``.
+
+    Args:
+        blob: bytes written by ``run_to_bytes``.
+
+    Returns:
+        The run, equal to the one saved.
+
+    Raises:
+        ValueError: not a training-run entry, or a newer format.
+    """
+    meta = safetensors_header(blob).get("__metadata__") or {}
+    if meta.get("format") != "sparsekit-training-run":
+        raise ValueError("not a sparsekit training-run entry")
+    if int(meta.get("version", "0")) > FORMAT_VERSION:
+        raise ValueError(f"training-run format {meta.get('version')} is newer than this sparsekit ({FORMAT_VERSION})")
+    info = json.loads(meta["record"])
+    tensors = load_tensors(blob)
+    history = MaskHistory({k: tuple(v) for k, v in info["shapes"].items()},
+                          steps=list(info["snapshot_steps"]), epochs=list(info["snapshot_epochs"]))
+    for layer in history.shapes:
+        arr = tensors[f"masks/{layer}"].numpy()
+        history.packed[layer] = [row.tobytes() for row in arr]
+    return RunRecord(
+        config=TrainConfig.from_json(info["config"]), name=info["name"], run_id=info["run_id"],
+        status=info["status"], message=info["message"], created=info["created"], seconds=info["seconds"],
+        steps_per_epoch=info["steps_per_epoch"], steps_done=info["steps_done"],
+        epochs=[EpochMetrics(**e) for e in info["epochs"]], step_loss=list(info["step_loss"]),
+        history=history, dense_layers=dict(info["dense_layers"]), prune_steps=list(info["prune_steps"]),
+        weights={k[len("weight/"):]: v for k, v in tensors.items() if k.startswith("weight/")},
+        owner=str(info.get("owner", "")),
+    )
+
+
+def metrics_csv(records: list[RunRecord]) -> str:
+    """Per-epoch metrics of several runs, one row per (run, epoch), with the SAD of the snapshot
+    taken at that epoch's step where there is one.
+
+    Args:
+        records: the runs.
+
+    Returns:
+        CSV text.
+    """
+    buf = io.StringIO()
+    cols = ["run_id", "name", "method", "n", "m", "arch", *[f.name for f in fields(EpochMetrics)],
+            "sad_interval", "sad_interval_fraction", "sad_from_first", "sad_to_final"]
+    writer = csv.DictWriter(buf, fieldnames=cols)
+    writer.writeheader()
+    for rec in records:
+        rep = rec.sad()
+        at_step = {s: i for i, s in enumerate(rep.steps)}
+        for e in rec.epochs:
+            row = {"run_id": rec.run_id, "name": rec.label, "method": rec.config.method, "n": rec.config.n,
+                   "m": rec.config.m, "arch": rec.config.arch, **asdict(e)}
+            i = at_step.get(e.step)
+            if i is not None and rep.layers:
+                row.update(sad_interval=int(rep.series("interval")[i]),
+                           sad_interval_fraction=float(rep.series("interval", fraction=True)[i]),
+                           sad_from_first=int(rep.series("from_first")[i]),
+                           sad_to_final=int(rep.series("to_final")[i]))
+            writer.writerow(row)
+    return buf.getvalue()
+
+
+def sad_csv(records: list[RunRecord]) -> str:
+    """SAD per snapshot and layer (plus totals) of several runs, as CSV text."""
+    buf = io.StringIO()
+    writer = None
+    for rec in records:
+        for row in rec.sad().rows():
+            row = {"run_id": rec.run_id, "name": rec.label, **row}
+            if writer is None:
+                writer = csv.DictWriter(buf, fieldnames=list(row))
+                writer.writeheader()
+            writer.writerow(row)
+    return buf.getvalue()
+
+
+def runs_json(records: list[RunRecord], *, include_masks: bool = False) -> str:
+    """Several runs as one JSON document (``RunRecord.to_dict`` each, no weights)."""
+    return json.dumps({"runs": [r.to_dict(include_masks=include_masks) for r in records]}, indent=1)

@@ -1,0 +1,324 @@
+"""SR-STE vs STE as a seed study: the same configs over K seeds, paired by seed, with intervals.
+
+The SR-STE paper's claim (its topology settles sooner: lower SAD late in training, at similar or
+better accuracy) is about distributions, and on a model this small one seed can go either way
+(float sums differ between CPUs). A study trains, for every N:M pattern and every seed, an STE run
+and an SR-STE run that share the initial weights and the batch order, then reports per method the
+mean and a 95 % Student-t interval of
+
+- **late SAD**: interval SAD summed over the second half of training (epoch snapshots), as % of
+  the sparse weights;
+- **final accuracy** on the held-out digits (%);
+- **late flips**: % of the sparse weights whose keep bit changed at least once in the second half;
+
+and the paired difference SR-STE − STE with its interval and in how many seeds SR-STE was lower.
+A λ_w sweep (SR-STE at several decays, λ_w = 0 being STE itself) shows how the effect depends on
+it. Every run's numbers are kept in the disk cache, so a study that is stopped resumes where it
+was, and a repeated study recomputes nothing.
+
+Command line: ``python -m sparsekit.seedstudy --help``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Callable, Mapping, Sequence
+
+from ..cache import get_cache, make_key
+from ..models.digits import digits_split
+from ..stats import DEFAULT_CONFIDENCE
+from .config import DEFAULT_LAMBDA_W, TrainConfig, config_fields
+from .loop import train
+from .seedresults import STUDY_VERSION, SeedRun, SeedStudyResult, run_metrics
+
+MAX_SEEDS = 64
+MAX_PATTERNS = 6
+MAX_LAMBDAS = 8
+MAX_RUNS = 600
+DEFAULT_LAMBDA_SWEEP = (0.0, 2e-5, 2e-4, 6e-4, 2e-3)
+
+
+def parse_patterns(text: str) -> list[tuple[int, int]]:
+    """``"2:4, 1:4"`` -> ``[(2, 4), (1, 4)]`` (duplicates dropped; bounds are checked by the configs).
+
+    Raises:
+        ValueError: a part that is not two whole numbers separated by a colon, or no pattern at all.
+    """
+    out: list[tuple[int, int]] = []
+    for part in text.replace(";", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        left, sep, right = part.partition(":")
+        if not sep or not left.strip().isdigit() or not right.strip().isdigit():
+            raise ValueError(f"could not read {part!r} as N:M (two whole numbers, e.g. 2:4)")
+        pair = (int(left), int(right))
+        if pair not in out:
+            out.append(pair)
+    if not out:
+        raise ValueError("give at least one N:M pattern, e.g. 2:4")
+    return out
+
+
+def parse_floats(text: str) -> list[float]:
+    """``"0, 2e-4, 6e-4"`` -> ``[0.0, 0.0002, 0.0006]`` (duplicates dropped, order kept)."""
+    out: list[float] = []
+    for part in text.replace(";", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            value = float(part)
+        except ValueError:
+            raise ValueError(f"could not read {part!r} as a number") from None
+        if not math.isfinite(value):
+            raise ValueError(f"{part!r} is not a finite number")
+        if value not in out:
+            out.append(value)
+    return out
+
+
+@dataclass(frozen=True)
+class SeedStudyConfig:
+    """A seed study. Serialises to JSON (``to_json``/``from_json``)."""
+
+    train: Any = None
+    """Base ``TrainConfig`` (model, epochs, optimiser, learning rate, conv grouping, SR-STE's λ_w for the
+    main comparison); method, N:M, seed and snapshots are set per run. None = ``TrainConfig()``."""
+    patterns: tuple[tuple[int, int], ...] = ((2, 4), (1, 4))
+    """N:M patterns compared (N = kept)."""
+    seeds: int = 8
+    """K, the number of seeds (paired runs per pattern), 2..64."""
+    first_seed: int = 0
+    """Seeds ``first_seed .. first_seed + K − 1``."""
+    lambda_sweep: tuple[float, ...] = DEFAULT_LAMBDA_SWEEP
+    """SR-STE λ_w values run at the first pattern for the λ_w plot (0 = STE; empty = no sweep)."""
+    confidence: float = DEFAULT_CONFIDENCE
+    """Coverage of the intervals."""
+
+    def __post_init__(self) -> None:
+        base = TrainConfig() if self.train is None else self.train
+        if isinstance(base, Mapping):
+            base = TrainConfig.from_json(base)
+        object.__setattr__(self, "train", replace(base, snapshot_unit="epoch", snapshot_every=1))
+        object.__setattr__(self, "patterns", tuple(tuple(int(v) for v in p) for p in self.patterns))
+        object.__setattr__(self, "lambda_sweep", tuple(float(v) for v in self.lambda_sweep))
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.first_seed, self.first_seed + self.seeds))
+
+    @property
+    def lambda_w(self) -> float:
+        """SR-STE's decay in the main comparison."""
+        return self.train.lambda_w
+
+    def run_configs(self) -> list[Any]:
+        """Every run of the study (no duplicates), main comparison first, in seed-major order so that a
+        study stopped early already has complete pairs."""
+        out: list[Any] = []
+        seen: set[str] = set()
+
+        def add(cfg):
+            key = cfg.to_json()
+            if key not in seen:
+                seen.add(key)
+                out.append(cfg)
+
+        for seed in self.seed_list:
+            for n, m in self.patterns:
+                add(self._cell("ste", n, m, seed, 0.0))
+                add(self._cell("srste", n, m, seed, self.lambda_w))
+        n, m = self.patterns[0]
+        for seed in self.seed_list:
+            for lam in self.lambda_sweep:
+                add(self._cell("ste" if lam == 0 else "srste", n, m, seed, lam))
+        return out
+
+    def _cell(self, method: str, n: int, m: int, seed: int, lam: float):
+        # STE ignores λ_w; a fixed value keeps one cache entry per STE run.
+        return replace(self.train, method=method, n=n, m=m, seed=seed,
+                       lambda_w=lam if method == "srste" else DEFAULT_LAMBDA_W)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` with a clear message for any setting out of bounds."""
+        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or not 2 <= self.seeds <= MAX_SEEDS:
+            raise ValueError(f"a seed study needs between 2 and {MAX_SEEDS} seeds (intervals need at least two), "
+                             f"got {self.seeds!r}")
+        if isinstance(self.first_seed, bool) or not isinstance(self.first_seed, int) or self.first_seed < 0:
+            raise ValueError(f"first seed must be a whole number >= 0, got {self.first_seed!r}")
+        if not self.patterns or len(self.patterns) > MAX_PATTERNS:
+            raise ValueError(f"give between 1 and {MAX_PATTERNS} N:M patterns, got {len(self.patterns)}")
+        if len(self.lambda_sweep) > MAX_LAMBDAS:
+            raise ValueError(f"the λ_w sweep takes at most {MAX_LAMBDAS} values, got {len(self.lambda_sweep)}")
+        if any(v < 0 for v in self.lambda_sweep):
+            raise ValueError("λ_w values must be >= 0")
+        if not self.lambda_w > 0:
+            raise ValueError("SR-STE's λ_w must be > 0 for the comparison (λ_w = 0 is STE itself)")
+        if not 0.5 <= self.confidence < 1.0:
+            raise ValueError(f"confidence must be in [0.5, 1), got {self.confidence!r}")
+        runs = self.run_configs()
+        if len(runs) > MAX_RUNS:
+            raise ValueError(f"this study has {len(runs)} runs, over the limit of {MAX_RUNS}; use fewer seeds, "
+                             "patterns or λ_w values")
+        for cfg in runs:
+            cfg.validate()
+
+    def to_json(self) -> str:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["train"] = asdict(self.train)
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | Mapping[str, Any]) -> "SeedStudyConfig":
+        return cls(**config_fields(cls, text))
+
+
+@dataclass(frozen=True)
+class StudyProgress:
+    """What the progress callback sees after every run."""
+
+    done: int
+    """Runs finished (computed or from the cache)."""
+    total: int
+    computed: int
+    """Runs trained so far in this call."""
+    message: str
+    eta_s: float | None
+    """Seconds left, estimated from the runs trained so far (None before the first)."""
+
+
+def _run_key(cfg) -> str:
+    return make_key("seed-study-run", STUDY_VERSION, cfg.to_json())
+
+
+def cached_runs(config: SeedStudyConfig) -> tuple[int, float]:
+    """How much of a study the disk cache already holds.
+
+    Returns:
+        ``(runs found, mean training seconds of those runs)`` (0.0 seconds when none is found).
+    """
+    cache = get_cache()
+    found, seconds = 0, 0.0
+    for cfg in config.run_configs():
+        raw = cache.get(_run_key(cfg))
+        if raw is None:
+            continue
+        try:
+            seconds += float(json.loads(raw).get("seconds", 0.0))
+        except (TypeError, ValueError, AttributeError):
+            continue
+        found += 1
+    return found, seconds / found if found else 0.0
+
+
+def run_seed_study(
+    config: SeedStudyConfig,
+    *,
+    progress: Callable[[StudyProgress], "bool | None"] | None = None,
+    data=None,
+    use_cache: bool = True,
+) -> SeedStudyResult:
+    """Train every run of a study (or take it from the disk cache) and collect the numbers.
+
+    Args:
+        config: the study (validated here).
+        progress: called after every run; return True to stop (the result then has ``complete=False``).
+        data: the digits split (default ``digits_split()``).
+        use_cache: read and write finished runs in the disk cache.
+
+    Returns:
+        A ``SeedStudyResult``.
+    """
+    config.validate()
+    data = data if data is not None else digits_split()
+    cache = get_cache() if use_cache else None
+    todo = config.run_configs()
+    result = SeedStudyResult(config)
+    trained_seconds = 0.0
+    for i, cfg in enumerate(todo):
+        cached = cache.get(_run_key(cfg)) if cache is not None else None
+        run = None
+        if cached is not None:
+            try:
+                run = SeedRun(**json.loads(cached))
+            except (TypeError, ValueError):
+                run = None  # unreadable entry: recompute and overwrite
+        if run is None:
+            start = time.perf_counter()
+            run = run_metrics(train(cfg, data=data))
+            trained_seconds += time.perf_counter() - start
+            result.computed += 1
+            if cache is not None:
+                cache.set(_run_key(cfg), json.dumps(asdict(run)))
+        result.runs.append(run)
+        if progress is not None:
+            left = len(todo) - i - 1
+            uncached = sum(1 for c in todo[i + 1:] if cache is None or _run_key(c) not in cache)
+            eta = trained_seconds / result.computed * uncached if result.computed else None
+            label = "STE" if cfg.method == "ste" else f"SR-STE λ={cfg.lambda_w:g}"
+            if progress(StudyProgress(i + 1, len(todo), result.computed, f"{label} {cfg.n}:{cfg.m} seed {cfg.seed}",
+                                      eta)) and left:
+                result.complete = False
+                break
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sparsekit.seedstudy",
+                                     description="SR-STE vs STE over seeds on the digits models, with intervals.")
+    parser.add_argument("--arch", default="cnn", help="mlp, cnn or vit (default cnn)")
+    parser.add_argument("--patterns", default="2:4,1:4", help="N:M patterns, N kept (default 2:4,1:4)")
+    parser.add_argument("--seeds", type=int, default=8, help="K seeds, paired (default 8)")
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: TrainConfig's)")
+    parser.add_argument("--optimizer", default=None, help="sgd or adamw (default: TrainConfig's)")
+    parser.add_argument("--lambda-w", type=float, default=None, help="SR-STE λ_w of the main comparison (default 2e-4)")
+    parser.add_argument("--lambdas", default=",".join(f"{v:g}" for v in DEFAULT_LAMBDA_SWEEP),
+                        help="λ_w sweep at the first pattern, comma-separated ('' for none)")
+    parser.add_argument("--json", dest="json_out", default=None, help="write the study's JSON here")
+    parser.add_argument("--csv", dest="csv_out", default=None, help="write every run's numbers here")
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the disk cache")
+    args = parser.parse_args(argv)
+    try:
+        overrides = {"arch": args.arch, "epochs": args.epochs}
+        for name in ("lr", "optimizer", "lambda_w"):
+            if getattr(args, name) is not None:
+                overrides[name] = getattr(args, name)
+        config = SeedStudyConfig(train=TrainConfig(**overrides), patterns=tuple(parse_patterns(args.patterns)),
+                                 seeds=args.seeds, first_seed=args.first_seed,
+                                 lambda_sweep=tuple(parse_floats(args.lambdas)))
+        config.validate()
+    except ValueError as err:
+        parser.error(str(err))
+    total = len(config.run_configs())
+    print(f"{total} training runs ({args.arch}, {args.epochs} epochs); cached runs are not retrained", file=sys.stderr)
+    t0 = time.perf_counter()
+
+    def report(p: StudyProgress) -> None:
+        eta = f", about {p.eta_s:.0f} s left" if p.eta_s is not None else ""
+        print(f"[{p.done}/{p.total}] {p.message}{eta}", file=sys.stderr)
+
+    result = run_seed_study(config, progress=report, use_cache=not args.no_cache)
+    print(f"wall time {time.perf_counter() - t0:.0f} s, {result.computed} runs trained", file=sys.stderr)
+    print(f"command: python -m sparsekit.seedstudy {' '.join(sys.argv[1:] if argv is None else argv)}\n")
+    print(result.markdown())
+    print()
+    for c in result.comparisons():
+        print(c.sentence)
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            f.write(result.to_json())
+    if args.csv_out:
+        with open(args.csv_out, "w") as f:
+            f.write(result.runs_csv())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

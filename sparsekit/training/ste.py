@@ -1,0 +1,108 @@
+"""Masked forward weights: the straight-through estimator (STE, SR-STE's decay), the weight
+parametrizations each training method attaches, and which layers a run makes sparse."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..masks import conv_nm_mask, nm_mask
+from ..sparsify import prunable_layers
+from .config import TrainConfig
+
+
+class _StraightThrough(torch.autograd.Function):
+    # Forward E⊙W; backward passes the gradient straight to the dense W, plus SR-STE's
+    # λ_w(1−E)⊙W on the pruned weights when decay > 0.
+
+    @staticmethod
+    def forward(ctx, weight, mask, decay):
+        ctx.decay = decay
+        if decay:
+            ctx.save_for_backward(weight, mask)
+        return weight * mask
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.decay:
+            weight, mask = ctx.saved_tensors
+            return grad + ctx.decay * weight * (~mask), None, None
+        return grad, None, None
+
+
+def sparse_forward_weight(weight: torch.Tensor, mask: torch.Tensor, lambda_w: float = 0.0) -> torch.Tensor:
+    """STE / SR-STE forward weight ``E ⊙ W`` with the straight-through backward.
+
+    Args:
+        weight: the dense weight W (requires grad).
+        mask: bool keep-mask E of the same shape.
+        lambda_w: 0 for STE; SR-STE's λ_w adds ``λ_w (1 − E) ⊙ W`` to W's gradient.
+
+    Returns:
+        ``W * E``; its gradient reaches W unmasked.
+    """
+    if mask.dtype != torch.bool or mask.shape != weight.shape:
+        raise ValueError(f"mask must be a bool tensor of shape {tuple(weight.shape)}")
+    return _StraightThrough.apply(weight, mask, float(lambda_w))
+
+
+class _NMStraightThrough(nn.Module):
+    """Parametrization: recompute the N:M mask from |W| on every access (every forward)."""
+
+    def __init__(self, mask_fn: Callable[[torch.Tensor], torch.Tensor], decay: float) -> None:
+        super().__init__()
+        self.mask_fn = mask_fn
+        self.decay = decay
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return _StraightThrough.apply(weight, self.mask_fn(weight.detach()), self.decay)
+
+
+class _FixedMask(nn.Module):
+    """Parametrization: a mask held in a buffer; pruned weights get no gradient."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.mask
+
+
+def _nm_mask_fn(module: nn.Module, config: TrainConfig) -> Callable[..., torch.Tensor]:
+    n, m = config.n, config.m
+    if isinstance(module, nn.Linear):
+        return lambda w, scores=None: nm_mask(w, n, m, scores=scores)
+    return lambda w, scores=None: conv_nm_mask(w, n, m, grouping=config.conv_grouping, scores=scores)
+
+
+def layer_plan(module: nn.Module, config: TrainConfig) -> tuple[dict[str, nn.Module], dict[str, str]]:
+    """Which Linear/Conv layers a run makes sparse.
+
+    Args:
+        module: a digits model.
+        config: the run's settings.
+
+    Returns:
+        ``(sparse, dense)``: name -> layer for the sparse ones, name -> reason for those left dense
+        (an N:M grouped dimension that is not a multiple of M).
+    """
+    sparse: dict[str, nn.Module] = {}
+    dense: dict[str, str] = {}
+    for name, layer in prunable_layers(module):
+        if not config.uses_nm:
+            sparse[name] = layer
+            continue
+        w = layer.weight
+        if isinstance(layer, nn.Linear):
+            size, what = w.shape[1], "input features"
+        elif config.conv_grouping == "channel":
+            size, what = w.shape[1], "input channels"
+        else:
+            size, what = w[0].numel(), "in·kh·kw entries"
+        if size % config.m:
+            dense[name] = f"{size} {what}, not a multiple of M={config.m}"
+        else:
+            sparse[name] = layer
+    return sparse, dense

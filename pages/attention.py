@@ -270,15 +270,9 @@ compare = pd.DataFrame([
      **{loaded.metric_names.get(k, k): v for k, v in uniform_q.sparse.items()}},
 ])
 st.dataframe(compare, hide_index=True)
-plan_families = [[s.name for s in row] for row in result.plan.heads]
-st.plotly_chart(viz.plan_grid_figure(plan_families, result.plan.labels(), result.plan_recall, result.plan_density,
-                                     title="chosen pattern per head (cell text: recall on the calibration inputs)"),
-                width="stretch")
-cands = [{"label": s.label, "density": float(result.density[c].mean()), "recall": float(result.recall[c].mean())}
-         for c, s in enumerate(result.candidates)]
-st.plotly_chart(viz.search_tradeoff_figure(cands, {"density": summary["plan_density"], "recall": summary["plan_recall"]},
-                                           {"label": summary["uniform"], "density": summary["uniform_density"],
-                                            "recall": summary["uniform_recall"]}), width="stretch")
+st.plotly_chart(viz.plan_grid_figure(
+    result, title="chosen pattern per head (cell text: recall on the calibration inputs)"), width="stretch")
+st.plotly_chart(viz.search_tradeoff_figure(result), width="stretch")
 st.dataframe(pd.DataFrame(result.rows()), hide_index=True, height=320)
 
 st.markdown("**Downloads**")

@@ -56,24 +56,10 @@ def show_run(run: BenchRun, key: str, where: str) -> None:
     if late:
         st.warning(f"{len(late)} case(s) were not run: the run's time budget "
                    f"({env.get('time_budget_s', '?')} s) was spent. They are listed as skipped below.")
-    formats = [r for r in run.results if r.suite == "formats" and r.speedup is not None]
-    attention = [r for r in run.results if r.suite == "attention" and r.speedup is not None]
-    linear = [r for r in run.results if r.suite == "linear" and r.speedup is not None]
-    if formats:
-        st.plotly_chart(viz.speedup_density_figure(
-            [{"backend": r.backend, "speedup": r.speedup, "density": r.params.get("density"), "label": r.case}
-             for r in formats], title="CSR / BSR: speedup over dense vs density"), width="stretch",
-            key=f"fig_formats_{where}_{key}")
-    if attention:
-        st.plotly_chart(viz.attention_speedup_figure(
-            [{"pattern": r.params.get("pattern", r.backend), "seq_len": r.params.get("seq_len"),
-              "speedup": r.speedup, "block_density": r.params.get("block_density")} for r in attention]),
-            width="stretch", key=f"fig_attention_{where}_{key}")
-    if linear or any(r.suite == "linear" for r in run.results):
-        st.plotly_chart(viz.speedup_batch_figure(
-            [{"shape": f"{r.params.get('out_features')}×{r.params.get('in_features')}", "backend": r.backend,
-              "batch": r.params.get("batch"), "speedup": r.speedup} for r in linear]), width="stretch",
-            key=f"fig_linear_{where}_{key}")
+    figures = viz.bench_figures(run.results)
+    for suite, fig in figures.items():
+        st.plotly_chart(fig, width="stretch", key=f"fig_{suite}_{where}_{key}")
+    if "linear" in figures:
         v = verdicts(run.results)
         if v:
             st.subheader("2:4 verdict per Linear shape")

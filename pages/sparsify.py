@@ -72,16 +72,10 @@ st.caption("Memory: dense = all values; bitmask = kept values + 1 bit per weight
            "per kept value (PyTorch's 2-bit metadata for 2:4).")
 left, right = st.columns(2)
 with left:
-    st.plotly_chart(viz.layer_kept_figure([{"name": r.name, "kept_fraction": r.kept_fraction,
-                                             "skipped_reason": r.skipped_reason} for r in result.report]),
-                    width="stretch")
+    st.plotly_chart(viz.layer_kept_figure(result.report), width="stretch")
 with right:
-    pruned_rows = [r for r in result.report if r.pruned]
-    totals = {"name": f"all {len(pruned_rows)} pruned layers",
-              **{k: sum(r.as_row()[k] for r in pruned_rows) for k in ("dense_bytes", "bitmask_bytes", "csr_bytes")},
-              "nm_bytes": sum(r.nm_bytes for r in pruned_rows) if config.pattern == "nm" else None}
-    if pruned_rows:
-        st.plotly_chart(viz.memory_figure([totals]), width="stretch")
+    if any(r.pruned for r in result.report):
+        st.plotly_chart(viz.memory_figure(result.report), width="stretch")
 
 st.subheader("Downloads")
 stem = f"{loaded.name}-{config.label()}".replace(" ", "_").replace(":", "-").replace("/", "_")

@@ -6,7 +6,7 @@ import streamlit as st
 
 from sparsekit import training, viz
 from sparsekit.models.digits import ARCHITECTURES
-from sparsekit.topology import SAD_KINDS, flip_counts, matrix_view
+from sparsekit.topology import flip_counts, matrix_view
 from sparsekit.training import METHOD_LABELS, METHODS, TrainConfig
 from sparsekit.seedstudy import parse_patterns
 from ui.seed_study import render_seed_study
@@ -57,16 +57,6 @@ def cached_run(run_id: str, stamp: str):
     # is never served. Shared read-only between sessions, with its SAD report computed once.
     rec = training.load_run(run_id)
     return rec, rec.sad()
-
-
-def curve_data(rec) -> dict:
-    return {"label": rec.label, "epoch": [e.epoch for e in rec.epochs],
-            "test_accuracy": [e.test_accuracy for e in rec.epochs],
-            "train_loss": [e.train_loss for e in rec.epochs], "test_loss": [e.test_loss for e in rec.epochs]}
-
-
-def sad_data(rec, report, kind: str, layer: str | None, fraction: bool) -> dict:
-    return {"label": rec.label, "epoch": report.epochs, "sad": report.series(kind, layer, fraction=fraction).tolist()}
 
 
 # ----------------------------------------------------------------------------- new runs
@@ -199,9 +189,9 @@ with runs_tab:
                              text=f"step {p.step:,}/{p.total_steps:,} · epoch {p.epoch:.2f} · loss {p.loss:.4f}")
                 if p.event == "epoch":
                     rec = p.record
-                    curves.plotly_chart(viz.training_curves_figure([curve_data(rec)]), key=f"tr_live_c{i}_{p.step}")
+                    curves.plotly_chart(viz.training_curves_figure([rec]), key=f"tr_live_c{i}_{p.step}")
                     if rec.history.layers and len(rec.history) > 1:
-                        fig = viz.sad_series_figure([sad_data(rec, rec.sad(), "interval", None, True)], fraction=True)
+                        fig = viz.sad_series_figure([rec], fraction=True)
                         sads.plotly_chart(fig, key=f"tr_live_s{i}_{p.step}")
 
             try:
@@ -298,21 +288,20 @@ with runs_tab:
         if rec.dense_layers:
             st.caption(f"{rec.label}: left dense — " + "; ".join(f"{k} ({v})" for k, v in rec.dense_layers.items()))
 
-    st.plotly_chart(viz.training_curves_figure([curve_data(rec) for rec in records]), key="tr_curves")
+    st.plotly_chart(viz.training_curves_figure(records), key="tr_curves")
     sparse_records = [rec for rec in records if rec.history.layers and len(rec.history) > 1]
     if not sparse_records:
         st.info("None of these runs has mask snapshots to compare.")
         st.stop()
-    sad_rows = {kind: [sad_data(rec, reports[rec.run_id], kind, layer if layer in reports[rec.run_id].numel else None,
-                                fraction) for rec in sparse_records] for kind in SAD_KINDS}
+    # The layer choice lists only layers every run recorded, so each run has its series.
+    sad_options = dict(layer=layer, fraction=fraction, reports=[reports[rec.run_id] for rec in sparse_records])
     left, right = st.columns(2)
-    left.plotly_chart(viz.sad_series_figure(sad_rows["interval"], kind="interval", fraction=fraction), key="tr_sad_int")
-    right.plotly_chart(viz.sad_series_figure(sad_rows["cumulative"], kind="cumulative", fraction=fraction),
-                       key="tr_sad_cum")
+    left.plotly_chart(viz.sad_series_figure(sparse_records, kind="interval", **sad_options), key="tr_sad_int")
+    right.plotly_chart(viz.sad_series_figure(sparse_records, kind="cumulative", **sad_options), key="tr_sad_cum")
     left, right = st.columns(2)
-    left.plotly_chart(viz.sad_series_figure(sad_rows["from_first"], kind="from_first", fraction=fraction, log_y=False),
+    left.plotly_chart(viz.sad_series_figure(sparse_records, kind="from_first", log_y=False, **sad_options),
                       key="tr_sad_first")
-    right.plotly_chart(viz.sad_series_figure(sad_rows["to_final"], kind="to_final", fraction=fraction, log_y=False),
+    right.plotly_chart(viz.sad_series_figure(sparse_records, kind="to_final", log_y=False, **sad_options),
                        key="tr_sad_final")
 
     st.subheader("One run up close")

@@ -7,7 +7,7 @@ import pytest
 
 from sparsekit import training
 from sparsekit.models.digits import digits_split
-from sparsekit.topology import matrix_view
+from sparsekit.topology import SadReport, matrix_view
 from sparsekit.training import TrainConfig
 from ui.testing import page_app
 
@@ -165,16 +165,25 @@ def test_dense_gradual_and_random_runs(page):
 def test_figure_builders_edge_cases():
     from sparsekit import viz
 
+    def run_with_sad(interval):
+        # One layer whose interval SAD is given; the other series are not drawn here.
+        n = len(interval)
+        zeros = np.zeros(n, dtype=np.int64)
+        report = SadReport(layers=["fc"], numel={"fc": 100}, steps=list(range(n)), epochs=[float(i) for i in range(n)],
+                           interval={"fc": np.array(interval, dtype=np.int64)}, from_first={"fc": zeros},
+                           to_final={"fc": zeros})
+        return [training.RunRecord(config=TrainConfig(), name="r")], [report]
+
     # Zeros cannot sit on a log axis: they become gaps, and a note counts them.
-    fig = viz.sad_series_figure([{"label": "r", "epoch": [0, 1, 2, 3], "sad": [0, 5, 0, 2]}])
+    runs, reports = run_with_sad([0, 5, 0, 2])
+    fig = viz.sad_series_figure(runs, reports=reports)
     assert list(fig.data[0].y) == [5.0, None, 2.0] and list(fig.data[0].x) == [1.0, 2.0, 3.0]
     assert "1 zero value(s)" in fig.layout.annotations[0].text
-    cum = viz.sad_series_figure([{"label": "r", "epoch": [0, 1], "sad": [0, 3]}], kind="cumulative")
+    runs, reports = run_with_sad([0, 3])
+    cum = viz.sad_series_figure(runs, kind="cumulative", reports=reports)
     assert cum.layout.yaxis.type == "linear" and list(cum.data[0].y) == [0.0, 3.0]
     with pytest.raises(ValueError, match="kind"):
         viz.sad_series_figure([], kind="sideways")
-    with pytest.raises(ValueError, match="positions"):
-        viz.sad_series_figure([{"label": "r", "epoch": [0, 1], "sad": [0]}])
     # A matrix over the cell budget is averaged over square tiles.
     counts = np.arange(40 * 60, dtype=float).reshape(40, 60)
     big = viz.flip_count_figure(counts, max_cells=600)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from sparsekit import viz
+from sparsekit.sparsify import LayerReport
 
 
 def _rand_mask(rows, cols, p=0.5, seed=0):
@@ -223,22 +224,23 @@ def test_mask_diff_figure_bad_input():
 # ----------------------------------------------------------------------------- reports
 
 
+def _layer(name, kept, numel, skipped_reason="", **sizes):
+    return LayerReport(name=name, layer_type="Linear", group="", shape=(numel,), numel=numel, kept=kept,
+                       skipped_reason=skipped_reason, **sizes)
+
+
 def test_layer_kept_figure_splits_skipped_layers():
-    rows = [
-        {"name": "enc.0.q", "kept_fraction": 0.5},
-        {"name": "enc.0.k", "kept_fraction": 0.25, "skipped_reason": ""},
-        {"name": "head", "kept_fraction": 1.0, "skipped_reason": "output layer"},
+    report = [
+        _layer("enc.0.q", 2, 4),
+        _layer("enc.0.k", 1, 4, skipped_reason=""),
+        _layer("head", 4, 4, skipped_reason="output layer"),
     ]
-    fig = viz.layer_kept_figure(rows)
+    fig = viz.layer_kept_figure(report)
     assert list(fig.data[0].y) == ["enc.0.q", "enc.0.k"] and list(fig.data[0].x) == [0.5, 0.25]
     assert list(fig.data[1].y) == ["head"] and list(fig.data[1].x) == [1.0]
     assert list(fig.data[1].customdata) == ["output layer"]
     assert fig.data[0].marker.color != fig.data[1].marker.color
     assert list(fig.layout.yaxis.categoryarray) == ["enc.0.q", "enc.0.k", "head"]
-    with pytest.raises(ValueError, match="kept_fraction"):
-        viz.layer_kept_figure([{"name": "x"}])
-    with pytest.raises(ValueError, match="between 0 and 1"):
-        viz.layer_kept_figure([{"name": "x", "kept_fraction": 1.5}])
     assert isinstance(viz.layer_kept_figure([]), go.Figure)
 
 
@@ -265,21 +267,37 @@ def test_quality_figure_grouped_bars():
 
 
 def test_memory_figure_megabytes_per_format():
-    rows = [
-        {"name": "q", "dense_bytes": 2**21, "bitmask_bytes": 2**20 + 2**16, "csr_bytes": 3 * 2**19, "nm_bytes": 2**20},
-        {"name": "conv", "dense_bytes": 2**20, "bitmask_bytes": 2**19, "csr_bytes": 2**19, "nm_bytes": None},
+    report = [
+        _layer("q", 1, 2, dense_bytes=2**21, bitmask_bytes=2**20 + 2**16, csr_bytes=3 * 2**19, nm_bytes=2**20),
+        _layer("conv", 1, 2, dense_bytes=2**20, bitmask_bytes=2**19, csr_bytes=2**19, nm_bytes=None),
     ]
-    fig = viz.memory_figure(rows)
+    fig = viz.memory_figure(report, per_layer=True)
     by_name = {t.name: list(t.y) for t in fig.data}
     assert by_name["dense"] == [2.0, 1.0]
     assert by_name["bitmask"] == [1.0625, 0.5]
     assert by_name["CSR"] == [1.5, 0.5]
     assert by_name["N:M"] == [1.0, None]
     assert fig.layout.yaxis.title.text == "weight memory (MB)"
-    no_nm = viz.memory_figure([{k: v for k, v in rows[1].items() if k != "nm_bytes"}])
+    no_nm = viz.memory_figure(report[1:], per_layer=True)
     assert [t.name for t in no_nm.data] == ["dense", "bitmask", "CSR"]
-    with pytest.raises(ValueError, match="csr_bytes"):
-        viz.memory_figure([{"name": "q", "dense_bytes": 1, "bitmask_bytes": 1}])
+
+
+def test_memory_figure_totals_pruned_layers():
+    sizes = [dict(dense_bytes=2**21, bitmask_bytes=2**19, csr_bytes=2**20, nm_bytes=2**20),
+             dict(dense_bytes=2**20, bitmask_bytes=2**18, csr_bytes=2**19, nm_bytes=2**19),
+             dict(dense_bytes=2**22, bitmask_bytes=2**22, csr_bytes=2**23, nm_bytes=None)]
+    report = [_layer("a", 1, 2, **sizes[0]), _layer("b", 1, 2, **sizes[1]),
+              _layer("head", 2, 2, skipped_reason="output layer", **sizes[2])]
+    fig = viz.memory_figure(report)
+    by_name = {t.name: list(t.y) for t in fig.data}
+    assert list(fig.data[0].x) == ["all 2 pruned layers"]
+    for label, key in (("dense", "dense_bytes"), ("bitmask", "bitmask_bytes"), ("CSR", "csr_bytes"),
+                       ("N:M", "nm_bytes")):
+        assert by_name[label] == [(sizes[0][key] + sizes[1][key]) / 2**20]
+    # One pruned layer without an N:M size: no N:M total at all.
+    report[1] = _layer("b", 1, 2, **{**sizes[1], "nm_bytes": None})
+    assert [t.name for t in viz.memory_figure(report).data] == ["dense", "bitmask", "CSR"]
+    assert "no pruned layers" in viz.memory_figure(report[2:]).layout.annotations[0].text
 
 
 def test_figures_serialise_to_json():
@@ -289,3 +307,25 @@ def test_figures_serialise_to_json():
                 viz.nm_group_figure(w, mask, 4, 0), viz.magnitude_histogram(w, mask),
                 viz.density_profile(mask), viz.mask_diff_figure(mask, ~mask)):
         assert fig.to_json()
+
+
+def test_bench_figures_one_per_suite_from_case_results():
+    from sparsekit.bench import CaseResult
+
+    def case(suite, backend, speedup, **params):
+        return CaseResult(suite=suite, case=f"{suite} {backend}", backend=backend, device="cpu", dtype="float32",
+                          params=params, speedup=speedup)
+
+    results = [case("formats", "CSR", 4.0, density=0.01), case("formats", "CSR", 0.9, density=0.1),
+               case("formats", "dense", None, density=1.0),
+               case("attention", "flex", 2.5, pattern="window", seq_len=2048, block_density=0.125),
+               case("linear", "2:4", None, out_features=8, in_features=8, batch=1)]
+    figs = viz.bench_figures(results)
+    assert list(figs) == ["formats", "attention", "linear"]
+    csr = next(t for t in figs["formats"].data if t.name == "CSR")
+    assert list(csr.x) == [0.01, 0.1] and list(csr.y) == [4.0, 0.9]
+    measured = next(t for t in figs["attention"].data if t.name == "window (measured)")
+    assert list(measured.x) == [2048] and list(measured.y) == [2.5]
+    # Linear cases that were all refused still get their figure, which says why.
+    assert "no timed" in figs["linear"].layout.annotations[0].text
+    assert list(viz.bench_figures(results[:2])) == ["formats"]

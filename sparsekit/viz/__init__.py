@@ -1,0 +1,50 @@
+"""Plotly figure builders: the library's records (or tensors) in, ``go.Figure`` out. No Streamlit here.
+
+One module per area: ``masks`` (one layer's mask), ``reports`` (a sparsified model), ``bench``
+(kernel timings), ``training`` (training runs, SAD, seed studies), ``attention``, ``compare`` and
+``attribution``; ``_style`` holds what they share. Every public name is importable from here, so
+``from sparsekit import viz; viz.mask_heatmap(...)`` works whatever module a builder lives in.
+"""
+from ..maskstats import DEFAULT_MAX_CELLS
+from ._style import DIFF_COLORS, KEPT_COLOR, PRUNED_COLOR, SKIPPED_COLOR, log_ticks
+from .attention import (
+    ATTENTION_FAMILY_COLORS,
+    attention_heatmap,
+    head_grid_figure,
+    plan_grid_figure,
+    search_tradeoff_figure,
+)
+from .attribution import agreement_figure, attribution_maps_figure, token_attribution_figure
+from .bench import attention_speedup_figure, bench_figures, speedup_batch_figure, speedup_density_figure
+from .compare import METHOD_COLORS, compare_figure
+from .masks import (
+    TEXT_CELLS_MAX,
+    density_profile,
+    magnitude_histogram,
+    mask_diff_figure,
+    mask_heatmap,
+    mask_zoom_figure,
+    nm_group_figure,
+)
+from .reports import layer_kept_figure, memory_figure, params_by_type_figure, quality_figure
+from .training import (
+    STUDY_COLORS,
+    flip_count_figure,
+    lambda_sweep_figure,
+    paired_difference_figure,
+    sad_heatmap_figure,
+    sad_series_figure,
+    seed_study_figure,
+    training_curves_figure,
+)
+
+__all__ = [
+    "ATTENTION_FAMILY_COLORS", "DEFAULT_MAX_CELLS", "DIFF_COLORS", "KEPT_COLOR", "METHOD_COLORS", "PRUNED_COLOR",
+    "SKIPPED_COLOR", "STUDY_COLORS", "TEXT_CELLS_MAX", "agreement_figure", "attention_heatmap",
+    "attention_speedup_figure", "attribution_maps_figure", "bench_figures", "compare_figure", "density_profile",
+    "flip_count_figure", "head_grid_figure", "lambda_sweep_figure", "layer_kept_figure", "log_ticks",
+    "magnitude_histogram", "mask_diff_figure", "mask_heatmap", "mask_zoom_figure", "memory_figure",
+    "nm_group_figure", "paired_difference_figure", "params_by_type_figure", "plan_grid_figure", "quality_figure",
+    "sad_heatmap_figure", "sad_series_figure", "search_tradeoff_figure", "seed_study_figure", "speedup_batch_figure",
+    "speedup_density_figure", "token_attribution_figure", "training_curves_figure",
+]

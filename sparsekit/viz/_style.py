@@ -1,0 +1,71 @@
+"""What every figure area shares: colours, the empty-figure note, number text and log-axis ticks."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import plotly.graph_objects as go
+
+KEPT_COLOR = "#1f77b4"
+PRUNED_COLOR = "#b0b0b0"
+SKIPPED_COLOR = "#b0b0b0"
+# Both-pruned light, both-kept dark, the two kinds of disagreement in contrasting hues.
+DIFF_COLORS = ("#ececec", "#d62728", "#1f77b4", "#4d4d4d")
+_BYTES_PER_MB = 2**20  # the project's MB (see sparsekit.models.base)
+
+
+def _empty(title: str, note: str) -> go.Figure:
+    fig = go.Figure()
+    fig.update_layout(title=title, xaxis_visible=False, yaxis_visible=False)
+    fig.add_annotation(text=note, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    return fig
+
+
+def _percent(fraction: float) -> str:
+    # Three significant digits so a tiny but non-zero change never prints as 0.00%.
+    return "0%" if fraction == 0 else f"{100 * fraction:.3g}%"
+
+
+def _matrix_axes(fig: go.Figure) -> None:
+    fig.update_xaxes(title_text="input feature (column index)")
+    # Row 0 at the top, as in the matrix.
+    fig.update_yaxes(title_text="output unit (row index)", autorange="reversed")
+
+
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """1-2-5 tick values covering [lo, hi] (for readable log axes; plotly's minor labels repeat
+    bare digits such as "2 5 2 5").
+
+    Args:
+        lo: one end of the range (> 0).
+        hi: the other end (> 0).
+
+    Returns:
+        Ascending tick values, one 1-2-5 step beyond each end.
+
+    Raises:
+        ValueError: a bound that is not positive.
+    """
+    if not (lo > 0 and hi > 0):
+        raise ValueError("log ticks need positive bounds")
+    lo, hi = min(lo, hi), max(lo, hi)
+    out = []
+    for e in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1):
+        for m in (1, 2, 5):
+            v = m * 10.0 ** e
+            if lo / 1.0001 <= v * 2.5 and v / 2.5 <= hi * 1.0001:  # one step beyond each end
+                out.append(float(f"{v:.6g}"))
+    return out
+
+
+def _ratio_text(v: float) -> str:
+    return f"{v:g}×"
+
+
+def _pct_text(v: float) -> str:
+    return f"{v * 100:g}%"
+
+
+def _log_axis(values: Sequence[float], fmt) -> dict:
+    ticks = log_ticks(min(values), max(values))
+    return dict(type="log", tickvals=ticks, ticktext=[fmt(t) for t in ticks])

@@ -20,18 +20,9 @@ from .capture import (
     passage_ids,
 )
 from .metrics import HeadMetrics, density, masked_output, measure, measure_many, output_error, plan_masks, recall
-from .patterns import (
-    PATTERNS,
-    AttentionPlan,
-    MaskMod,
-    PatternContext,
-    PatternSpec,
-    and_masks,
-    materialize,
-    materialize_heads,
-    or_masks,
-)
+from .masks import PATTERNS, MaskMod, PatternContext, and_masks, materialize, materialize_heads, or_masks
 from .search import DEFAULT_FAMILIES, SEARCH_FAMILIES, SearchConfig, SearchResult, search_heads
+from .specs import AttentionPlan, PatternSpec
 
 __all__ = [
     "AttentionCapture",

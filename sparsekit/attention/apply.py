@@ -24,7 +24,8 @@ from torch import Tensor, nn
 
 from ..models.base import LoadedModel
 from .capture import Session, _digits_attention, active, private_copy
-from .patterns import AttentionPlan, PatternContext, PatternSpec, layer_mask, materialize_heads, static_mask
+from .masks import PatternContext, materialize_heads
+from .specs import AttentionPlan, PatternSpec, layer_mask, static_mask
 
 
 def model_shape(loaded: LoadedModel) -> tuple[int, int]:

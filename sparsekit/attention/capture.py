@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..models.base import LoadedModel
 from ..models.digits import Attention as DigitsAttention
-from .patterns import PatternContext
+from .masks import PatternContext
 
 MAX_TOKENS = 256
 """Default token limit of a captured text (attention maps grow with its square)."""

@@ -26,7 +26,8 @@ import torch
 from torch import Tensor
 
 from .capture import AttentionCapture
-from .patterns import AttentionPlan, PatternContext, PatternSpec, layer_mask, materialize_heads, static_mask
+from .masks import PatternContext, materialize_heads
+from .specs import AttentionPlan, PatternSpec, layer_mask, static_mask
 
 
 def density(mask: Tensor, allowed: Tensor | None = None) -> Tensor:

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from .capture import AttentionCapture
 from .metrics import density, recall, spec_masks
-from .patterns import AttentionPlan, PatternSpec
+from .specs import AttentionPlan, PatternSpec
 
 ALLOCATIONS = ("head", "global")
 

@@ -21,6 +21,10 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from .models.digits import digits_split
+from .models.sentences import SENTENCES
+from .models.text import sentence_embeddings
+
 DEFAULT_IG_STEPS = 64
 """Integration steps (Gauss-Legendre) for image maps: completeness holds to ~1e-4 on the digits models."""
 DEFAULT_LIG_STEPS = 32
@@ -187,8 +191,6 @@ def digits_examples(count: int = 16) -> tuple[torch.Tensor, list[int]]:
     Returns:
         ``(images [count, 1, 8, 8], labels)``.
     """
-    from .models.digits import digits_split
-
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 200:
         raise ValueError(f"count must be an integer between 1 and 200, got {count!r}")
     data = digits_split()
@@ -209,8 +211,6 @@ def digits_examples(count: int = 16) -> tuple[torch.Tensor, list[int]]:
 
 
 def _default_pairs() -> tuple[tuple[str, str], ...]:
-    from .models.sentences import SENTENCES
-
     # Each topic holds 12 sentences, the first four short; pair the first two of 8 topics.
     return tuple((SENTENCES[12 * t], SENTENCES[12 * t + 1]) for t in range(8))
 
@@ -220,14 +220,10 @@ DEFAULT_PAIRS: tuple[tuple[str, str], ...] = _default_pairs()
 
 
 def _similarity(input_ids, attention_mask, other, module):
-    from .models.text import sentence_embeddings
-
     return (sentence_embeddings(module, input_ids, attention_mask) * other).sum(-1)
 
 
 def _embed(module: nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    from .models.text import sentence_embeddings
-
     with torch.no_grad():
         return sentence_embeddings(module, ids, torch.ones_like(ids))
 

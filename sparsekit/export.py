@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .models import BUILTIN_SPECS, load_model
 from .sparsify import SparsifyResult, is_2_4, masks_safetensors, semi_structured_check, weights_safetensors
 
 EXPORT_FORMAT = "sparsekit-export"
@@ -157,8 +158,6 @@ def reload_export(data: bytes | dict[str, bytes], *, memory_budget_mb: float | N
             ``weights=``, or a weight is non-zero where its mask says pruned.
     """
     from safetensors.torch import load
-
-    from .models import BUILTIN_SPECS, load_model
 
     manifest, files = read_export(data)
     spec = manifest.get("spec")

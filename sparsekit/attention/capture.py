@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from ..models.base import LoadedModel
 from ..models.digits import Attention as DigitsAttention
+from ..models.sentences import SENTENCES
 from .masks import PatternContext
 
 MAX_TOKENS = 256
@@ -455,8 +456,6 @@ def passage_ids(loaded: LoadedModel, n_tokens: int) -> list[int]:
     Returns:
         The token ids.
     """
-    from ..models.sentences import SENTENCES
-
     if loaded.tokenizer is None:
         raise ValueError(f"{loaded.name} is not a text model")
     if n_tokens < 2:

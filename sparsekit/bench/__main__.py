@@ -13,6 +13,8 @@ import os
 import sys
 import time
 
+from ..layers import prunable_layers
+from ..models import load_model
 from .records import BenchRun
 from .runner import SUITES, BenchConfig, run_benchmarks
 from .suites import verdicts
@@ -55,8 +57,6 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
     if args.seq_lens:
         kw["seq_lens"] = args.seq_lens
     if args.model_shapes:
-        from ..models import load_model
-        from ..sparsify import prunable_layers
 
         loaded = load_model(args.model_shapes)
         shapes = sorted({tuple(m.weight.shape) for _, m in prunable_layers(loaded.module) if m.weight.dim() == 2})

@@ -7,6 +7,7 @@ from typing import Callable
 
 import torch
 
+from .harness import ceilings as measure_ceilings
 from .harness import environment, parse_dtype, time_budget
 from .records import BenchRun
 from .suites import (
@@ -90,8 +91,6 @@ def run_benchmarks(
     ``checkpoint`` receives the run so far after each suite (the CLI writes it to disk, so a run
     stopped from outside still leaves what it measured).
     """
-    from .harness import ceilings as measure_ceilings
-
     validate(config)
     device = resolve_device(config.device)
     half = parse_dtype(config.dtype)

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..masks import nm_mask
-from ..sparsify import is_2_4
+from ..models.sentences import SENTENCES
+from ..sparsify import SparsifyConfig, is_2_4, sparsify
 from .harness import CaseResult, attach_baseline, budget_spent, check_fits, run_case, skipped
 
 ProgressFn = Callable[[float, str], None]
@@ -378,7 +379,6 @@ def model_suite(
                 for b in batches]
     if loaded.tokenizer is None:
         raise ValueError(f"{loaded.name} has no tokenizer; the model suite times text models")
-    from ..sparsify import SparsifyConfig, sparsify
 
     pruned = sparsify(loaded, SparsifyConfig(pattern="nm", n=2, m=4)).model
     dense_model = copy.deepcopy(pruned).to(device=device, dtype=dtype).eval()
@@ -398,8 +398,6 @@ def model_suite(
                 not_converted.append(f"{name}: {str(err).splitlines()[0][:120]}")
     params0 = {**params0, "backend": backend, "converted_linears": converted,
                "unconverted_linears": len(not_converted), "unconverted": "; ".join(not_converted)[:300]}
-    from ..models.sentences import SENTENCES
-
     out: list[CaseResult] = []
     for bi, b in enumerate(batches):
         if progress is not None:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import LoadedModel, check_budget
+from .sentences import SENTENCES
 from .weights import load_state_dict_strict, loaded_bytes, safetensors_header
 
 ProgressFn = Callable[[float, str], None]
@@ -76,8 +77,6 @@ def pick_sentences(count: int | None, parity: int) -> list[str]:
     Returns:
         The sentences, in built-in order.
     """
-    from .sentences import SENTENCES
-
     if count is None:
         return list(SENTENCES)
     pool = SENTENCES[parity::2]

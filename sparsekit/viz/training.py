@@ -12,6 +12,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from ..maskstats import DEFAULT_MAX_CELLS
+from ..training.seedresults import METRICS
 from ._style import _empty, _matrix_axes
 
 if TYPE_CHECKING:
@@ -222,8 +223,6 @@ def seed_study_figure(result: SeedStudyResult, metric: str = "late_sad_pct") -> 
         ValueError: an unknown metric.
     """
     # Imported on use: the seed study brings in the training package, which no other figure needs.
-    from ..seedstudy import METRICS
-
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     name, unit, definition = METRICS[metric]
@@ -268,8 +267,6 @@ def paired_difference_figure(result: SeedStudyResult,
         One ``Scatter`` per panel: x the patterns (with how many pairs SR-STE came out lower), y the
         mean difference in percentage points, coloured grey where the interval includes 0.
     """
-    from ..seedstudy import METRICS
-
     comps = {(c.n, c.m, c.metric): c for c in result.comparisons()}
     fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[METRICS[k][0] for k in metrics])
     for col, metric in enumerate(metrics, start=1):

@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["minilm", "digits:vit", "causal-lm"],
                         help="model specs; 'causal-lm' = the small trained one or --causal-lm")
     parser.add_argument("--causal-lm", default=None, help="a Hugging Face causal LM directory to use instead")
-    parser.add_argument("--lm-steps", type=int, default=1200, help="training steps of the small causal LM")
+    parser.add_argument("--lm-steps", type=int, default=600, help="training steps of the small causal LM")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
     tmp = None

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models.base import LoadedModel
-from .capture import Session, _digits_attention, active, private_copy
 from .masks import PatternContext, materialize_heads
+from .session import Session, _digits_attention, active, private_copy
 from .specs import AttentionPlan, PatternSpec, layer_mask, static_mask
 
 

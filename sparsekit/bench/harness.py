@@ -12,7 +12,7 @@ import statistics
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
@@ -91,6 +91,32 @@ def check_fits(n_bytes: int, device: str, what: str, fraction: float = 0.5) -> N
             f"{what} needs about {n_bytes / 2**30:.2f} GiB, more than {fraction:.0%} of the "
             f"{free / 2**30:.1f} GiB free on {device}; choose smaller sizes"
         )
+
+
+def check_positive_ints(values: Iterable[int], what: str, hi: int) -> list[int]:
+    """Validate the sizes a suite was asked for, so a bad input fails before anything is allocated.
+
+    Args:
+        values: the sizes (whole numbers).
+        what: their plural name for the message, e.g. ``"batch sizes"``.
+        hi: the largest size allowed.
+
+    Returns:
+        The sizes, as a list.
+
+    Raises:
+        ValueError: a non-integer, a size outside ``1..hi``, or no sizes at all.
+    """
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"{what} must be whole numbers, got {v!r}")
+        if not 1 <= v <= hi:
+            raise ValueError(f"{what} must be between 1 and {hi:,}, got {v}")
+        out.append(v)
+    if not out:
+        raise ValueError(f"give at least one {what[:-1] if what.endswith('s') else what}")
+    return out
 
 
 # Per thread: each Streamlit session runs its script in its own thread, so one user's budget must

@@ -13,6 +13,7 @@ from .records import BenchRun
 from .suites import (
     attention_suite,
     check_densities,
+    default_attention_patterns,
     formats_suite,
     linear_suite,
     model_suite,
@@ -125,8 +126,6 @@ def run_benchmarks(
                 results += formats_suite(config.formats_shape, config.formats_cols, config.densities, device=device,
                                          dtype=torch.float32, repeats=config.repeats, progress=sub(i))
             elif suite == "attention":
-                from .suites import default_attention_patterns
-
                 dtype = half if device.startswith("cuda") else torch.float32
                 results += attention_suite(config.seq_lens, default_attention_patterns(config.window), device=device,
                                            dtype=dtype, repeats=config.repeats, progress=sub(i))

@@ -1,5 +1,8 @@
 """Kernel suites: 2:4 semi-structured Linear, CSR/BSR matmul, FlexAttention block-sparse, whole model.
 
+The FlexAttention suite lives in ``attention_suite`` (it times attention patterns, not pruned
+weights) and is re-exported here with its helpers.
+
 Each suite returns ``CaseResult``s: a dense baseline and the sparse variants of the same case, every
 one checked against the dense result before it is timed.
 """
@@ -7,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -17,26 +19,19 @@ from torch import nn
 from ..masks import nm_mask
 from ..models.sentences import SENTENCES
 from ..sparsify import SparsifyConfig, is_2_4, sparsify
-from .harness import CaseResult, attach_baseline, budget_spent, check_fits, run_case, skipped
+from .attention_suite import MAX_SEQ, AttentionPattern, attention_suite, block_mask_density, default_attention_patterns
+from .harness import CaseResult, attach_baseline, budget_spent, check_fits, check_positive_ints, run_case, skipped
+
+__all__ = [
+    "MAX_BATCH", "MAX_DIM", "MAX_SEQ", "AttentionPattern", "ProgressFn", "attention_suite", "block_mask_density",
+    "check_densities", "default_attention_patterns", "formats_suite", "ideal_speedup", "linear_suite", "model_suite",
+    "semi_structured_available", "verdicts",
+]
 
 ProgressFn = Callable[[float, str], None]
 
 MAX_BATCH = 65536
 MAX_DIM = 65536
-MAX_SEQ = 131072
-
-
-def _check_positive_ints(values: Iterable[int], what: str, hi: int) -> list[int]:
-    out = []
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise ValueError(f"{what} must be whole numbers, got {v!r}")
-        if not 1 <= v <= hi:
-            raise ValueError(f"{what} must be between 1 and {hi:,}, got {v}")
-        out.append(v)
-    if not out:
-        raise ValueError(f"give at least one {what[:-1] if what.endswith('s') else what}")
-    return out
 
 
 def check_densities(densities: Iterable[float]) -> list[float]:
@@ -106,10 +101,10 @@ def linear_suite(
     """
     shapes = [(int(o), int(i)) for o, i in shapes]
     for o, i in shapes:
-        _check_positive_ints([o, i], "layer dimensions", MAX_DIM)
+        check_positive_ints([o, i], "layer dimensions", MAX_DIM)
         if i % 4:
             raise ValueError(f"in_features {i} of shape ({o}, {i}) is not a multiple of 4 (2:4 groups)")
-    batches = _check_positive_ints(batches, "batch sizes", MAX_BATCH)
+    batches = check_positive_ints(batches, "batch sizes", MAX_BATCH)
     why = "" if sparse_fn is not None else semi_structured_available(device)
     out: list[CaseResult] = []
     total = len(shapes) * len(batches)
@@ -181,8 +176,8 @@ def formats_suite(
     baseline multiplies the same pruned ``A`` stored densely.
     """
     rows, cols = (int(shape[0]), int(shape[1]))
-    _check_positive_ints([rows, cols], "matrix dimensions", MAX_DIM)
-    n_cols = _check_positive_ints([n_cols], "columns of X", MAX_BATCH)[0]
+    check_positive_ints([rows, cols], "matrix dimensions", MAX_DIM)
+    n_cols = check_positive_ints([n_cols], "columns of X", MAX_BATCH)[0]
     densities = check_densities(densities)
     if rows % block or cols % block:
         raise ValueError(f"shape ({rows}, {cols}) must be a multiple of the BSR block size {block}")
@@ -238,124 +233,6 @@ def formats_suite(
     return out
 
 
-@dataclass(frozen=True)
-class AttentionPattern:
-    """A named block-sparse pattern for the attention suite: ``mask_mod(b, h, q_idx, kv_idx)``."""
-
-    name: str
-    mask_mod: Callable
-
-
-def default_attention_patterns(window: int = 64) -> list[AttentionPattern]:
-    """Causal sliding window of ``window`` tokens, and the full mask (FlexAttention's overhead)."""
-
-    def sliding(b, h, q_idx, kv_idx):
-        return (q_idx >= kv_idx) & (q_idx - kv_idx <= window)
-
-    def full(b, h, q_idx, kv_idx):
-        return q_idx >= 0
-
-    return [AttentionPattern(f"causal window {window}", sliding), AttentionPattern("full", full)]
-
-
-def block_mask_density(bm, q_len: int, kv_len: int, block_size: int) -> float:
-    """Share of (query block, key block) pairs FlexAttention computes (partial or full).
-
-    Counted from the block mask's per-row block counts. ``BlockMask.sparsity()`` weighs blocks by a
-    full block's area against the true length, which misreports lengths that are not a multiple
-    of the block size.
-    """
-    computed = bm.kv_num_blocks.sum().item()
-    if bm.full_kv_num_blocks is not None:
-        computed += bm.full_kv_num_blocks.sum().item()
-    pairs = math.ceil(q_len / block_size) * math.ceil(kv_len / block_size)
-    return computed / (pairs * bm.kv_num_blocks.shape[0] * bm.kv_num_blocks.shape[1])
-
-
-_COMPILED_FLEX = None
-
-
-def _compiled_flex():
-    global _COMPILED_FLEX
-    if _COMPILED_FLEX is None:
-        from torch.nn.attention.flex_attention import flex_attention
-
-        _COMPILED_FLEX = torch.compile(flex_attention, dynamic=False)
-    return _COMPILED_FLEX
-
-
-def attention_suite(
-    seq_lens: Sequence[int],
-    patterns: Sequence[AttentionPattern] | None = None,
-    *,
-    device: str,
-    dtype: torch.dtype = torch.float32,
-    batch: int = 1,
-    heads: int = 8,
-    head_dim: int = 64,
-    block_size: int = 128,
-    repeats: int = 10,
-    compile: bool = True,
-    progress: ProgressFn | None = None,
-) -> list[CaseResult]:
-    """Dense SDPA vs FlexAttention with each pattern's block mask, per sequence length.
-
-    The correctness reference is SDPA with the pattern materialised as a boolean mask; the speedup
-    baseline is plain dense SDPA (what the sparse kernel would replace). Block density (the share
-    of non-empty blocks, the work FlexAttention cannot skip) is reported next to the speedup.
-    """
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
-    seq_lens = _check_positive_ints(seq_lens, "sequence lengths", MAX_SEQ)
-    patterns = list(patterns) if patterns is not None else default_attention_patterns()
-    flex = _compiled_flex() if compile else flex_attention
-    gen = torch.Generator(device="cpu").manual_seed(2)
-    out: list[CaseResult] = []
-    total = len(seq_lens) * len(patterns)
-    for li, L in enumerate(seq_lens):
-        element = torch.finfo(dtype).bits // 8
-        # q, k, v, output, plus the materialised reference mask and scores of one head at a time.
-        check_fits(4 * batch * heads * L * head_dim * element + batch * heads * L * L * (element + 1), device,
-                   f"attention at {L} tokens")
-        q, k, v = (torch.randn(batch, heads, L, head_dim, generator=gen).to(device=device, dtype=dtype)
-                   for _ in range(3))
-        inputs = [(q, k, v)]
-        params = {"seq_len": L, "batch": batch, "heads": heads, "head_dim": head_dim}
-        flops_dense = 4.0 * batch * heads * L * L * head_dim
-        base = run_case(suite="attention", case=f"L{L}", backend="SDPA dense", device=device, dtype=dtype,
-                        params=params, fn=lambda t: F.scaled_dot_product_attention(*t),
-                        reference=lambda t: F.scaled_dot_product_attention(*t), inputs=inputs, flops=flops_dense,
-                        repeats=repeats)
-        out.append(base)
-        for pi, pat in enumerate(patterns):
-            if progress is not None:
-                progress((li * len(patterns) + pi) / total, f"attention {pat.name} at {L} tokens")
-            try:
-                bm = create_block_mask(pat.mask_mod, None, None, L, L, device=device, BLOCK_SIZE=block_size)
-                block_density = block_mask_density(bm, L, L, block_size)
-                idx = torch.arange(L, device=device)
-                dense_mask = pat.mask_mod(0, 0, idx[:, None], idx[None, :])
-                dense_mask = torch.as_tensor(dense_mask, device=device).expand(L, L)
-                density = float(dense_mask.float().mean())
-            except Exception as err:  # a pattern FlexAttention cannot take is reported, not fatal
-                out.append(skipped("attention", f"L{L}", f"flex {pat.name}", device, dtype, params,
-                                   f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"))
-                continue
-            p = {**params, "pattern": pat.name, "density": density, "block_density": block_density,
-                 "block_size": block_size}
-
-            def reference(t, m=dense_mask):
-                return F.scaled_dot_product_attention(*t, attn_mask=m)
-
-            res = run_case(suite="attention", case=f"L{L}", backend=f"flex {pat.name}", device=device, dtype=dtype,
-                           params=p, fn=lambda t, bm=bm: flex(*t, block_mask=bm), reference=reference,
-                           inputs=inputs, flops=flops_dense * density, repeats=repeats,
-                           tolerance=1e-3 if dtype == torch.float32 else None)
-            attach_baseline([res], base)
-            out.append(res)
-    return out
-
-
 def model_suite(
     loaded,
     batches: Sequence[int],
@@ -371,7 +248,7 @@ def model_suite(
     Both models carry the same 2:4-pruned weights; the sparse one stores every eligible Linear
     weight as a semi-structured tensor. CUDA only.
     """
-    batches = _check_positive_ints(batches, "batch sizes", 4096)
+    batches = check_positive_ints(batches, "batch sizes", 4096)
     why = semi_structured_available(device) or budget_spent()
     params0 = {"model": loaded.name, "seq_len": seq_len}
     if why:

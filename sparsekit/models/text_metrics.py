@@ -1,0 +1,255 @@
+"""Quality of a text model as fidelity to its dense self on the built-in sentences: batching
+and tokenising the sentences, sentence embeddings, and the two metrics (embedding fidelity for
+encoders, perplexity and next-token agreement for causal LMs).
+
+Metrics re-run on every setting change in the app, so the sentences are tokenised once at load,
+sorted by length and grouped into batches with almost no padding. Loading the models is ``text``,
+which re-exports every name below.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .sentences import SENTENCES
+
+MAX_LENGTH = 128
+"""Token limit per sentence (the built-in sentences are far shorter; user text is truncated)."""
+BATCH_TOKENS = 768
+"""Padded tokens per forward. On a 2-core CPU, MiniLM over the 240 built-in sentences took
+0.56 s at 768 against 0.60-0.67 s at 384, 1024, 1536 and 2048 (one run, interleaved): bigger
+batches pay for padding, smaller ones for per-call overhead."""
+LOGIT_BUDGET = 2**25
+"""Most logits (floats) one causal-LM batch may produce, so a 150k-token vocabulary stays near
+128 MB per batch."""
+TOP_K = 5
+"""Neighbours compared by the top-k agreement metric."""
+
+ENCODER_METRICS = {
+    "cosine": "mean cosine to dense embeddings",
+    "top5_agreement": "top-5 neighbour agreement (fraction)",
+}
+CAUSAL_METRICS = {
+    "perplexity": "perplexity on the built-in sentences (lower is better)",
+    "top1_agreement": "next-token argmax agreement with dense (fraction)",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Sentences and batching
+
+
+def pick_sentences(count: int | None, parity: int) -> list[str]:
+    """Evenly spread built-in sentences from the even (``parity=0``) or odd (``parity=1``) indices.
+
+    Evaluation takes even indices and calibration odd ones, so the two never overlap (unless
+    ``count`` is None: all sentences). Spreading keeps every topic represented.
+
+    Args:
+        count: how many, or None for every built-in sentence.
+        parity: 0 or 1.
+
+    Returns:
+        The sentences, in built-in order.
+    """
+    if count is None:
+        return list(SENTENCES)
+    pool = SENTENCES[parity::2]
+    if count >= len(pool):
+        return list(pool)
+    return [pool[(i * len(pool)) // count] for i in range(count)]
+
+
+def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int = MAX_LENGTH) -> list[list[int]]:
+    """Token ids per text, with the tokenizer's special tokens, truncated to ``max_length``."""
+    return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+
+
+def pad(ids: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad token id lists into ``input_ids`` and ``attention_mask`` tensors.
+
+    Args:
+        ids: one list of token ids per sequence.
+        pad_id: filler id (masked out, so any valid id works).
+
+    Returns:
+        ``{"input_ids": LongTensor[b, L], "attention_mask": LongTensor[b, L]}``.
+    """
+    width = max((len(x) for x in ids), default=0)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for row, x in enumerate(ids):
+        input_ids[row, : len(x)] = torch.tensor(x, dtype=torch.long)
+        mask[row, : len(x)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask}
+
+
+def length_batches(
+    ids: Sequence[Sequence[int]], pad_id: int, max_tokens: int = BATCH_TOKENS
+) -> list[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    """Group sequences of similar length into padded batches of at most ``max_tokens`` tokens.
+
+    Args:
+        ids: token id lists.
+        pad_id: filler id.
+        max_tokens: limit on ``batch size x padded length`` (a single longer sequence still
+            gets its own batch).
+
+    Returns:
+        ``(original indices, padded batch)`` pairs covering every sequence once.
+    """
+    order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
+    groups: list[list[int]] = []
+    for i in order:
+        # Sorted ascending, so the newcomer is the longest and sets the padded width.
+        if groups and (len(groups[-1]) + 1) * len(ids[i]) <= max_tokens:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return [(torch.tensor(g), pad([ids[i] for i in g], pad_id)) for g in groups]
+
+
+def _device(module: nn.Module) -> torch.device:
+    p = next(module.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _pad_id(tokenizer: Any) -> int:
+    for attr in ("pad_token_id", "eos_token_id", "unk_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def _hidden_states(out: Any) -> torch.Tensor:
+    hidden = getattr(out, "last_hidden_state", None)
+    return hidden if hidden is not None else out[0]
+
+
+def sentence_embeddings(module: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Sentence embeddings the sentence-transformers way: mask-weighted mean of the last hidden
+    state, then L2-normalised.
+
+    Args:
+        module: a Hugging Face encoder (returns ``last_hidden_state``).
+        input_ids: ``[b, L]`` token ids.
+        attention_mask: ``[b, L]``, 1 for real tokens.
+
+    Returns:
+        float32 ``[b, hidden]`` unit vectors.
+    """
+    hidden = _hidden_states(module(input_ids=input_ids, attention_mask=attention_mask)).float()
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    return F.normalize(pooled, p=2, dim=-1)
+
+
+def top_k_neighbours(embeddings: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of each row's ``k`` most cosine-similar other rows (itself excluded).
+
+    Args:
+        embeddings: ``[n, d]`` unit vectors.
+        k: neighbours per row (``k < n``).
+
+    Returns:
+        LongTensor ``[n, k]``.
+    """
+    sims = embeddings @ embeddings.T
+    sims.fill_diagonal_(-math.inf)
+    return sims.topk(k, dim=-1).indices
+
+
+def neighbour_agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean over rows of ``|a_row ∩ b_row| / k`` for two ``[n, k]`` neighbour-index tensors."""
+    shared = (a.unsqueeze(-1) == b.unsqueeze(-2)).any(-1).sum(-1)
+    return (shared.float() / a.shape[1]).mean().item()
+
+
+# ---------------------------------------------------------------------------------------------
+# Quality metrics
+
+
+class EmbeddingFidelity:
+    """Quality of an encoder as fidelity to the dense model's sentence embeddings.
+
+    ``__call__(module)`` returns ``{"cosine": mean cosine between the module's and the dense
+    embedding of each sentence, "top5_agreement": mean share of each sentence's 5 nearest
+    neighbours that are the same under both}``.
+
+    Attributes:
+        reference: the dense model's embeddings ``[n, d]``, in sentence order.
+        reference_neighbours: their top-5 neighbour indices ``[n, 5]``.
+    """
+
+    def __init__(self, dense: nn.Module, ids: Sequence[Sequence[int]], pad_id: int) -> None:
+        self.batches = length_batches(ids, pad_id)
+        self.n = len(ids)
+        self.k = min(TOP_K, self.n - 1)
+        self.reference = self.embed(dense)
+        self.reference_neighbours = top_k_neighbours(self.reference, self.k)
+
+    def embed(self, module: nn.Module) -> torch.Tensor:
+        """Embeddings ``[n, d]`` of the evaluation sentences, in their original order."""
+        device = _device(module)
+        parts, order = [], []
+        with torch.inference_mode():
+            for idx, batch in self.batches:
+                parts.append(
+                    sentence_embeddings(module, batch["input_ids"].to(device), batch["attention_mask"].to(device)).cpu()
+                )
+                order.append(idx)
+        out = torch.empty(self.n, parts[0].shape[1])
+        out[torch.cat(order)] = torch.cat(parts)
+        return out
+
+    def __call__(self, module: nn.Module) -> dict[str, float]:
+        emb = self.embed(module)
+        cosine = (emb * self.reference).sum(-1).mean().item()
+        agreement = neighbour_agreement(top_k_neighbours(emb, self.k), self.reference_neighbours)
+        return {"cosine": cosine, "top5_agreement": agreement}
+
+
+class NextTokenFidelity:
+    """Quality of a causal LM: perplexity on the sentences and argmax agreement with the dense model.
+
+    ``__call__(module)`` returns ``{"perplexity": exp(mean next-token NLL), "top1_agreement":
+    share of positions whose argmax next token equals the dense model's}``.
+
+    Attributes:
+        reference: the dense model's argmax next tokens, one flat tensor per batch.
+    """
+
+    def __init__(self, dense: nn.Module, ids: Sequence[Sequence[int]], pad_id: int, vocab_size: int) -> None:
+        ids = [x for x in ids if len(x) >= 2]  # a single token predicts nothing
+        if not ids:
+            raise ValueError("the tokenizer turned every evaluation sentence into fewer than 2 tokens")
+        max_tokens = max(1, min(BATCH_TOKENS, LOGIT_BUDGET // max(vocab_size, 1)))
+        self.batches = [b for _, b in length_batches(ids, pad_id, max_tokens)]
+        self.reference = [argmax for argmax, _, _ in self._scan(dense)]
+
+    def _scan(self, module: nn.Module):
+        device = _device(module)
+        with torch.inference_mode():
+            for batch in self.batches:
+                input_ids = batch["input_ids"].to(device)
+                mask = batch["attention_mask"].to(device)
+                logits = module(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
+                # Position t predicts token t+1; right padding means a valid target marks a valid pair.
+                valid = mask[:, 1:].bool()
+                pred = logits[:, :-1][valid].float()
+                target = input_ids[:, 1:][valid]
+                nll = F.cross_entropy(pred, target, reduction="sum").item()
+                yield pred.argmax(-1).cpu(), nll, int(target.numel())
+
+    def __call__(self, module: nn.Module) -> dict[str, float]:
+        total_nll, total, agree = 0.0, 0, 0
+        for (argmax, nll, count), ref in zip(self._scan(module), self.reference):
+            total_nll += nll
+            total += count
+            agree += int((argmax == ref).sum())
+        return {"perplexity": math.exp(total_nll / total), "top1_agreement": agree / total}

@@ -6,13 +6,12 @@ import pandas as pd
 import streamlit as st
 
 from sparsekit import viz
-from sparsekit.attention import PATTERNS, PatternSpec, attention_support, capture_attention
-from sparsekit.attention.apply import attention_quality, model_shape
-from sparsekit.attention.capture import MAX_TOKENS, calibration_captures, passage_ids
+from sparsekit.attention import attention_support
+from sparsekit.attention.apply import model_shape
 from sparsekit.attention.metrics import measure, plan_masks
-from sparsekit.attention.patterns import COMBINATORS, MAX_PARAM
-from sparsekit.attention.search import ALLOCATIONS, DEFAULT_FAMILIES, SEARCH_FAMILIES, SearchConfig, search_heads
-from sparsekit.models.sentences import SENTENCES
+from sparsekit.attention.search import plan_comparison_rows
+from ui.attention_view import (cached_capture, cached_quality, cached_search, combined_pattern_form, input_form,
+                               scope_form, search_form)
 from ui.state import ensure_shell, require_model
 
 ensure_shell(__file__)
@@ -31,91 +30,15 @@ if reason:
     st.info(f"{reason}. Pick MiniLM, the digits ViT or a Hugging Face text model in the sidebar.")
     st.stop()
 
-MAX_WIDGET = 4096  # parameter inputs accept more than any sequence, so the library can say why it does not fit
-PASSAGE = "Built-in passage (128 tokens)"
-
-
-@st.cache_resource(show_spinner=False, max_entries=16)
-def _capture(model_key: str, input_key: str, _loaded, _inputs):
-    return capture_attention(_loaded, _inputs)
-
-
-@st.cache_resource(show_spinner=False, max_entries=64)
-def _quality(model_key: str, pattern_json: str, _loaded, _pattern, layers: tuple | None, heads: tuple | None):
-    return attention_quality(_loaded, _pattern, layers=None if layers is None else list(layers),
-                             heads=None if heads is None else list(heads))
-
-
-@st.cache_resource(show_spinner=False, max_entries=4)
-def _calibration(model_key: str, count: int, _loaded):
-    return calibration_captures(_loaded, count)
-
-
-@st.cache_resource(show_spinner=False, max_entries=16)
-def _search(model_key: str, config_json: str, count: int, _loaded, _config):
-    return search_heads(_calibration(model_key, count, _loaded), _config)
-
-
-@st.cache_resource(show_spinner=False)
-def _digits():
-    from sparsekit.models.digits import digits_split
-
-    return digits_split()
-
-
-def pattern_form(prefix: str, default: str) -> PatternSpec:
-    """Widgets for one pattern; raises ValueError for an invalid combination of values."""
-    names = list(PATTERNS)
-    name = st.selectbox("Pattern", names, index=names.index(default), format_func=lambda n: PATTERNS[n].title,
-                        key=f"{prefix}_name")
-    info = PATTERNS[name]
-    st.caption(f"Keeps {info.summary}.")
-    values = {}
-    cols = st.columns(3)
-    for i, p in enumerate(info.params):
-        wkey = f"{prefix}_{name}_{p.name}"
-        with cols[i % 3]:
-            if p.kind == "bool":
-                values[p.name] = st.checkbox(p.name, p.default, key=wkey, help=p.help)
-            elif p.kind == "int":
-                values[p.name] = int(st.number_input(p.name, p.minimum, min(p.maximum, MAX_PARAM, MAX_WIDGET),
-                                                     p.default, key=wkey, help=p.help))
-            elif p.kind == "choice":
-                values[p.name] = st.selectbox(p.name, p.choices, index=p.choices.index(p.default), key=wkey,
-                                              help=p.help)
-            else:
-                values[p.name] = st.text_input(p.name, p.default, max_chars=200, key=wkey, help=p.help)
-    return PatternSpec.of(name, **values)
-
-
 # ---------------------------------------------------------------------------------------------
 # Input and capture
 
 st.subheader("Input")
-if loaded.kind == "image-classifier":
-    data = _digits()
-    n_images = data.x_test.shape[0]
-    c1, c2 = st.columns([3, 1])
-    idx = int(c1.number_input(f"Held-out digit image (0–{n_images - 1})", 0, n_images - 1, 0, key="att_image"))
-    c1.caption(f"Label {int(data.y_test[idx])}. Tokens: a class token (CLS) and 16 patches of 2×2 pixels, "
-               "named by patch row and column.")
-    c2.image(data.x_test[idx, 0].numpy(), width=96, clamp=True)
-    inputs, input_key = data.x_test[idx: idx + 1], f"image:{idx}"
-else:
-    source = st.radio("Text", [PASSAGE, "Built-in sentence", "Your text"], key="att_source", horizontal=True)
-    if source == "Your text":
-        text = st.text_area(f"Your text (at most {MAX_TOKENS} tokens)", SENTENCES[0], max_chars=4000, key="att_text")
-        inputs, input_key = text, f"text:{text}"
-    elif source == PASSAGE:
-        inputs = passage_ids(loaded, 128)
-        input_key = "passage:128"
-    else:
-        sentence = st.selectbox("Sentence", SENTENCES, key="att_sentence")
-        inputs, input_key = sentence, f"text:{sentence}"
+inputs, input_key = input_form(loaded)
 
 try:
     with st.spinner("Capturing the attention of every layer and head…"):
-        capture = _capture(key, input_key, loaded, inputs)
+        capture = cached_capture(key, input_key, loaded, inputs)
 except ValueError as err:
     st.error(f"Cannot capture the attention: {err}")
     st.stop()
@@ -127,16 +50,8 @@ st.caption(f"{n} tokens · {capture.n_layers} layers × {capture.n_heads} heads"
 # Pattern
 
 st.subheader("Pattern")
-left, right = st.columns(2)
 try:
-    with left:
-        spec = pattern_form("att_p", "a_shape")
-    with right:
-        combine = st.selectbox("Combine with a second pattern", ["none", *COMBINATORS], key="att_combine",
-                               format_func=lambda c: {"none": "no", "and": "and (keep where both keep)",
-                                                      "or": "or (keep where either keeps)"}[c])
-        if combine != "none":
-            spec = PatternSpec.combine(combine, spec, pattern_form("att_q", "vertical_stripe"))
+    spec = combined_pattern_form()
     spec.validate(n, n)
 except ValueError as err:
     st.error(f"The pattern does not fit this input: {err}")
@@ -187,22 +102,14 @@ d3.download_button("Pattern (.json)", spec.to_json(), f"{stem}-pattern.json", mi
 
 st.subheader("Quality with the pattern inside the model")
 n_layers, n_heads = model_shape(loaded)
-scope = st.radio("Apply to", ["All layers and heads", "Chosen layers and heads"], key="att_scope", horizontal=True)
-layers = heads = None
-if scope != "All layers and heads":
-    s1, s2 = st.columns(2)
-    layers = tuple(s1.multiselect("Layers", list(range(n_layers)), default=[layer], key="att_layers"))
-    heads = tuple(s2.multiselect("Heads", list(range(n_heads)), default=[head], key="att_heads"))
-    if not layers or not heads:
-        st.error("Choose at least one layer and one head to apply the pattern to.")
-        st.stop()
+layers, heads = scope_form(n_layers, n_heads, layer, head)
 st.caption("The quality metric runs on the model's own evaluation set (for MiniLM the 240 built-in sentences, "
            "mostly 10–40 tokens; for the ViT the held-out digits), not on the input above. Each evaluation input "
            "gets the pattern over its own tokens, and a window longer than a short sentence covers all of it, "
            "so the density the pattern actually had there is shown next to the quality.")
 try:
     with st.spinner("Running the model with the pattern in its attention…"):
-        q = _quality(key, spec.to_json(), loaded, spec, layers, heads)
+        q = cached_quality(key, spec.to_json(), loaded, spec, layers, heads)
 except ValueError as err:
     st.error(f"Cannot run the model with this pattern: {err}")
     st.stop()
@@ -227,14 +134,7 @@ st.markdown(
     "within the density budget; it is then compared with the single best pattern used for every "
     "head at no more density."
 )
-f1, f2, f3 = st.columns(3)
-budget_pct = f1.number_input("Density budget (% of attention pairs)", 0.0, 100.0, 30.0, step=5.0, key="att_budget")
-allocation = f2.radio("Budget applies to", ALLOCATIONS, key="att_allocation", horizontal=True,
-                      format_func=lambda a: {"head": "each head", "global": "the mean over heads"}[a])
-count = int(f3.number_input("Calibration inputs", 1, 64, 16, key="att_calib"))
-families = st.multiselect("Pattern families searched", list(SEARCH_FAMILIES), default=list(DEFAULT_FAMILIES),
-                          key="att_families", format_func=lambda f: PATTERNS[f].title)
-config = SearchConfig(budget=budget_pct / 100, allocation=allocation, families=tuple(families))
+config, count = search_form()
 config_json = json.dumps({"config": config.to_json(), "count": count})
 if st.button("Run the per-head search", key="att_search", type="primary"):
     st.session_state["att_search_ran"] = config_json
@@ -243,10 +143,10 @@ if st.session_state.get("att_search_ran") != config_json:
     st.stop()
 try:
     with st.spinner("Measuring every candidate on the calibration inputs…"):
-        result = _search(key, config_json, count, loaded, config)
+        result = cached_search(key, config_json, count, loaded, config)
     with st.spinner("Running the model with the plan and with the uniform pattern…"):
-        plan_q = _quality(key, result.plan.to_json(), loaded, result.plan, None, None)
-        uniform_q = _quality(key, result.uniform_spec.to_json(), loaded, result.uniform_spec, None, None)
+        plan_q = cached_quality(key, result.plan.to_json(), loaded, result.plan, None, None)
+        uniform_q = cached_quality(key, result.uniform_spec.to_json(), loaded, result.uniform_spec, None, None)
 except ValueError as err:
     st.error(f"Cannot search: {err}")
     st.stop()
@@ -259,16 +159,7 @@ r2.metric("Per-head plan: mean recall", f"{summary['plan_recall']:.1%}",
 r3.metric(loaded.metric_names.get(headline, headline), f"{plan_q.sparse[headline]:.4g}",
           f"{plan_q.sparse[headline] - uniform_q.sparse[headline]:+.4g} vs uniform",
           delta_color="normal" if loaded.higher_is_better.get(headline, True) else "inverse")
-compare = pd.DataFrame([
-    {"setting": "dense", "pattern": "full attention", "calibration density": 1.0, "calibration recall": 1.0,
-     "evaluation density": 1.0, **{loaded.metric_names.get(k, k): v for k, v in plan_q.dense.items()}},
-    {"setting": "per-head plan", "pattern": f"{len(result.family_counts())} families",
-     "calibration density": summary["plan_density"], "calibration recall": summary["plan_recall"],
-     "evaluation density": plan_q.mean_density, **{loaded.metric_names.get(k, k): v for k, v in plan_q.sparse.items()}},
-    {"setting": "uniform", "pattern": summary["uniform"], "calibration density": summary["uniform_density"],
-     "calibration recall": summary["uniform_recall"], "evaluation density": uniform_q.mean_density,
-     **{loaded.metric_names.get(k, k): v for k, v in uniform_q.sparse.items()}},
-])
+compare = pd.DataFrame(plan_comparison_rows(result, plan_q, uniform_q, loaded.metric_names))
 st.dataframe(compare, hide_index=True)
 st.plotly_chart(viz.plan_grid_figure(
     result, title="chosen pattern per head (cell text: recall on the calibration inputs)"), width="stretch")

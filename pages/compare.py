@@ -57,18 +57,10 @@ metrics = list(loaded.quality())
 metric = st.selectbox("Quality metric", metrics, format_func=lambda k: loaded.metric_names.get(k, k), key="cmp_metric")
 label = loaded.metric_names.get(metric, metric)
 higher = loaded.higher_is_better.get(metric, True)
-
-
-def best_at(pattern: str) -> str:
-    sel = [r for r in rows if r["pattern"] == pattern]
-    if not sel:
-        return ""
-    sel.sort(key=lambda r: r["quality"][metric], reverse=higher)
-    return f"**{pattern}**: " + ", ".join(f"{r['method']} {r['quality'][metric]:.4g}" for r in sel)
-
-
-st.markdown(f"Dense: {dense['quality'][metric]:.4g} ({label}). Best first:  \n"
-            + "  \n".join(filter(None, (best_at(p) for p in dict.fromkeys(r["pattern"] for r in rows)))))
+ranking = cmp.best_first(rows, metric, higher_is_better=higher)
+st.markdown(f"Dense: {dense['quality'][metric]:.4g} ({label}). Best first:  \n" + "  \n".join(
+    f"**{pattern}**: " + ", ".join(f"{method} {value:.4g}" for method, value in ranked)
+    for pattern, ranked in ranking.items()))
 
 left, right = st.columns(2)
 with left:

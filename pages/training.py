@@ -1,6 +1,4 @@
 """Training & topology: train sparse digits models from scratch and watch their masks move (SAD)."""
-import time
-
 import pandas as pd
 import streamlit as st
 
@@ -8,11 +6,10 @@ from sparsekit import training, viz
 from sparsekit.models.digits import ARCHITECTURES
 from sparsekit.topology import flip_counts, matrix_view
 from sparsekit.training import METHOD_LABELS, METHODS, TrainConfig
-from sparsekit.seedstudy import parse_patterns
 from ui.seed_study import render_seed_study
 from ui.state import ensure_shell, get_model
+from ui.training_runs import load_selected, saved_runs, train_with_progress, wait_for_interrupted
 
-MAX_RUNS_PER_CLICK = 8
 MAX_COMPARE = 8
 ARCH_LABELS = {"mlp": "Digits MLP", "cnn": "Digits CNN", "vit": "Digits ViT"}
 
@@ -26,37 +23,6 @@ st.markdown(
     "counts the weights whose keep/prune state differs between two snapshots: in the SR-STE paper it "
     "stays high under STE and falls under SR-STE as training goes on."
 )
-
-
-def flash(message: str, kind: str = "success") -> None:
-    st.session_state["tr_flash"] = (kind, message)
-
-
-def do_rename() -> None:
-    try:
-        training.rename_run(st.session_state["tr_manage"], st.session_state.get("tr_newname", ""))
-        flash("Renamed.")
-    except (KeyError, ValueError) as err:
-        flash(f"Could not rename: {err}", "error")
-
-
-def do_delete() -> None:
-    run_id = st.session_state["tr_manage"]
-    try:
-        training.delete_run(run_id)
-        flash("Deleted.")
-    except KeyError as err:
-        flash(f"Could not delete: {err}", "error")
-    st.session_state["tr_selected"] = [r for r in st.session_state.get("tr_selected", []) if r != run_id]
-    st.session_state["tr_confirm"] = False
-
-
-@st.cache_resource(show_spinner=False, max_entries=32)
-def cached_run(run_id: str, stamp: str):
-    # The stamp (status, time, name, epochs) changes whenever the entry is rewritten, so a stale copy
-    # is never served. Shared read-only between sessions, with its SAD report computed once.
-    rec = training.load_run(run_id)
-    return rec, rec.sad()
 
 
 # ----------------------------------------------------------------------------- new runs
@@ -114,33 +80,12 @@ with runs_tab:
         snapshot_every = int(m3.number_input(f"…this many {snapshot_unit}s", 1, 10_000, 1, key="tr_snap_every"))
         prefix = st.text_input("Name prefix (optional)", "", max_chars=40, key="tr_prefix")
 
-    errors: list[str] = []
-    configs: list[TrainConfig] = []
-    try:
-        patterns = parse_patterns(patterns_text)
-    except ValueError as err:
-        errors.append(str(err))
-        patterns = [(defaults.n, defaults.m)]
-    if not methods:
-        errors.append("choose at least one method")
-    shared = dict(arch=arch, conv_grouping=grouping,
-                  # A disabled widget cannot be corrected, so its value only counts where it applies.
-                  lambda_w=float(lambda_w) if "srste" in methods else defaults.lambda_w, target_sparsity=target / 100,
-                  prune_start=window[0] / 100, prune_end=window[1] / 100, prune_every=prune_every, optimizer=optimizer,
-                  lr=float(lr), momentum=float(momentum), weight_decay=float(weight_decay), schedule=schedule,
-                  epochs=epochs, batch_size=batch_size, seed=seed, snapshot_unit=snapshot_unit,
-                  snapshot_every=snapshot_every)
-    for method in methods:
-        for n, m in (patterns if method in ("ste", "srste", "random") else patterns[:1]):
-            configs.append(TrainConfig(method=method, n=n, m=m, **shared))
-    for cfg in configs:
-        try:
-            cfg.validate()
-        except ValueError as err:
-            if str(err) not in errors:
-                errors.append(str(err))
-    if len(configs) > MAX_RUNS_PER_CLICK:
-        errors.append(f"{len(configs)} runs at once is too many; at most {MAX_RUNS_PER_CLICK} per click")
+    base = TrainConfig(arch=arch, conv_grouping=grouping, lambda_w=float(lambda_w), target_sparsity=target / 100,
+                       prune_start=window[0] / 100, prune_end=window[1] / 100, prune_every=prune_every,
+                       optimizer=optimizer, lr=float(lr), momentum=float(momentum), weight_decay=float(weight_decay),
+                       schedule=schedule, epochs=epochs, batch_size=batch_size, seed=seed,
+                       snapshot_unit=snapshot_unit, snapshot_every=snapshot_every)
+    configs, errors = training.run_grid(methods, patterns_text, base)
     for message in errors:
         st.error(f"Invalid settings: {message}")
     if not errors:
@@ -150,97 +95,19 @@ with runs_tab:
     go_col, stop_col = st.columns([1, 4])
     start = go_col.button("Train", type="primary", disabled=bool(errors), key="tr_go",
                           help="changing anything on the page while runs train stops them")
-    interrupted = st.session_state.pop("tr_training", None)
-    if interrupted and not start:
-        # With fast reruns Streamlit starts this run while the interrupted one is still saving itself
-        # in its own thread: wait for that save so the table below shows the final status.
-        with st.spinner("Saving the interrupted run…"):
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                entry = next((r for r in training.list_runs() if r["run_id"] == interrupted), None)
-                if entry is None or entry["status"] != "running":
-                    break
-                time.sleep(0.1)
-        st.info("Training was interrupted (the Stop button, or a change on the page); the partial run is saved "
-                "with status 'stopped' (see Saved runs).")
+    wait_for_interrupted(start)
 
     if start:
         # Any click while a run trains makes Streamlit interrupt the script at its next element call;
         # the run then saves itself as 'stopped' before the interruption goes on.
         stop_col.button("Stop", key="tr_stop", help="stops the current run; what it learnt so far is kept")
-        new_ids = []
-        for i, cfg in enumerate(configs):
-            name = f"{prefix.strip()} {cfg.label()}" if prefix.strip() else ""
-            # Not used as a context manager: leaving the `with` block would mark the run complete.
-            box = st.status(f"Run {i + 1} of {len(configs)}: {cfg.label()}", expanded=True)
-            bar = box.progress(0.0, text="starting…")
-            left, right = box.columns(2)
-            curves, sads = left.empty(), right.empty()
-            last = {"t": 0.0}
-
-            def on_progress(p, bar=bar, curves=curves, sads=sads, last=last, i=i):
-                if p.event == "start":
-                    st.session_state["tr_training"] = p.record.run_id  # saved already: the first checkpoint
-                now = time.perf_counter()
-                if p.event == "step" and now - last["t"] < 0.25:
-                    return
-                last["t"] = now
-                bar.progress(min(p.step / p.total_steps, 1.0),
-                             text=f"step {p.step:,}/{p.total_steps:,} · epoch {p.epoch:.2f} · loss {p.loss:.4f}")
-                if p.event == "epoch":
-                    rec = p.record
-                    curves.plotly_chart(viz.training_curves_figure([rec]), key=f"tr_live_c{i}_{p.step}")
-                    if rec.history.layers and len(rec.history) > 1:
-                        fig = viz.sad_series_figure([rec], fraction=True)
-                        sads.plotly_chart(fig, key=f"tr_live_s{i}_{p.step}")
-
-            try:
-                rec = training.run_and_save(cfg, name=name, callback=on_progress)
-            except Exception as err:  # the run saved itself as 'failed'; the page carries on
-                st.session_state.pop("tr_training", None)
-                box.update(label=f"Run {i + 1}: {cfg.label()} failed", state="error")
-                st.error(f"{cfg.label()} failed ({type(err).__name__}): {err}")
-                continue
-            st.session_state.pop("tr_training", None)
-            new_ids.append(rec.run_id)
-            acc = f"{rec.final_accuracy:.2f}%" if rec.final_accuracy is not None else "n/a"
-            if rec.status == "complete":
-                box.update(label=f"Run {i + 1}: {rec.label} — {acc} held-out accuracy in {rec.seconds:.1f} s",
-                           state="complete", expanded=False)
-            else:
-                box.update(label=f"Run {i + 1}: {rec.label} — {rec.status}", state="error")
-                st.warning(f"{rec.label}: {rec.message}")
+        new_ids = train_with_progress(configs, prefix)
         st.session_state["tr_selected"] = (st.session_state.get("tr_selected", []) + new_ids)[-MAX_COMPARE:]
 
     # ----------------------------------------------------------------------------- saved runs
 
     st.subheader("Saved runs")
-    if "tr_flash" in st.session_state:
-        kind, message = st.session_state.pop("tr_flash")
-        (st.error if kind == "error" else st.success)(message)
-    runs = training.list_runs()
-    if not runs:
-        st.info("No saved runs yet: set up runs above and press Train. Runs are kept on disk across restarts.")
-        st.stop()
-    by_id = {r["run_id"]: r for r in runs}
-    labels = {rid: f"{r['name'] or r['label']} · {r['status']} · {rid[:6]}" for rid, r in by_id.items()}
-    table = pd.DataFrame([{
-        "name": r["name"] or r["label"], "status": r["status"], "method": METHOD_LABELS[r["config"]["method"]],
-        "N:M": f"{r['config']['n']}:{r['config']['m']}" if r["config"]["method"] != "gradual"
-        else f"{r['config']['target_sparsity']:.0%} unstructured",
-        "model": r["config"]["arch"], "epochs": r["epochs_done"], "accuracy (%)": r["final_accuracy"],
-        "seconds": r["seconds"], "started": pd.Timestamp(r["created"], unit="s").strftime("%Y-%m-%d %H:%M"),
-        "id": rid,
-    } for rid, r in by_id.items()])
-    st.dataframe(table, hide_index=True)
-
-    with st.expander("Rename or delete a run"):
-        st.selectbox("Run", list(by_id), format_func=labels.get, key="tr_manage")
-        r1, r2 = st.columns(2)
-        r1.text_input("New name (empty: the settings' label)", max_chars=80, key="tr_newname")
-        r1.button("Rename", on_click=do_rename, key="tr_rename")
-        confirm = r2.checkbox("Yes, delete this run", key="tr_confirm")
-        r2.button("Delete", on_click=do_delete, disabled=not confirm, key="tr_delete")
+    by_id, labels = saved_runs()
 
     st.session_state["tr_selected"] = [r for r in st.session_state.get("tr_selected", list(by_id)[-4:]) if r in by_id]
     selected = st.multiselect("Runs to compare", list(by_id), format_func=labels.get, key="tr_selected",
@@ -249,16 +116,7 @@ with runs_tab:
         st.info("Pick runs to compare.")
         st.stop()
 
-    records, reports = [], {}
-    for rid in selected:
-        r = by_id[rid]
-        try:
-            rec, report = cached_run(rid, f"{r['status']}|{r['seconds']}|{r['name']}|{r['epochs_done']}")
-        except (KeyError, ValueError) as err:
-            st.error(f"Run {labels[rid]} cannot be read: {err}")
-            continue
-        records.append(rec)
-        reports[rid] = report
+    records, reports = load_selected(selected, by_id, labels)
     if not records:
         st.stop()
 
@@ -269,20 +127,7 @@ with runs_tab:
     layer_choice = st.selectbox("Layers", ["all sparse layers", *common], key="tr_sad_layer")
     layer = None if layer_choice == "all sparse layers" else layer_choice
 
-    summary = []
-    for rec in records:
-        rep = reports[rec.run_id]
-        row = {"name": rec.label, "status": rec.status, "accuracy (%)": rec.final_accuracy,
-               "test loss": rec.epochs[-1].test_loss if rec.epochs else None,
-               "kept": rec.epochs[-1].density if rec.epochs else None, "snapshots": len(rec.history),
-               "seconds": rec.seconds}
-        if rep.layers and len(rep.steps) > 1:
-            interval = rep.series("interval", layer if layer in rep.numel else None, fraction=fraction)
-            row["SAD, last interval"] = interval[-1]
-            row["SAD, second half"] = interval[len(interval) // 2 + 1:].sum()
-            row["SAD, first → final"] = rep.series("from_first", layer if layer in rep.numel else None,
-                                                   fraction=fraction)[-1]
-        summary.append(row)
+    summary = training.sad_summary(records, reports, layer=layer, fraction=fraction)
     st.dataframe(pd.DataFrame(summary), hide_index=True)
     for rec in records:
         if rec.dense_layers:

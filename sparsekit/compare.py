@@ -267,6 +267,27 @@ def pivot(rows: Sequence[dict[str, Any]], metric: str) -> tuple[list[str], list[
     return patterns, methods, [[cells.get((p, m)) for m in methods] for p in patterns]
 
 
+def best_first(rows: Sequence[dict[str, Any]], metric: str, *,
+               higher_is_better: bool = True) -> dict[str, list[tuple[str, float]]]:
+    """The methods of each setting ranked by one metric, best first.
+
+    Args:
+        rows: comparison rows.
+        metric: a quality metric key.
+        higher_is_better: whether a larger value of the metric is better.
+
+    Returns:
+        pattern -> ``[(method, value), ...]`` best first (ties keep the rows' order), patterns in
+        the order they first appear.
+    """
+    out: dict[str, list[tuple[str, float]]] = {}
+    for r in rows:
+        out.setdefault(r["pattern"], []).append((r["method"], r["quality"][metric]))
+    for ranked in out.values():
+        ranked.sort(key=lambda mv: mv[1], reverse=higher_is_better)
+    return out
+
+
 def markdown_table(rows: Sequence[dict[str, Any]], metric: str, *, digits: int = 3) -> str:
     """The pivot of one metric as a Markdown table (patterns down, methods across)."""
     patterns, methods, values = pivot(rows, metric)

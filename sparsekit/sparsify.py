@@ -209,13 +209,23 @@ class SparsifyResult:
             return view.matrix(tensor)
         return matrix_view(tensor, self.config.conv_grouping)
 
-    def summary(self) -> dict[str, float]:
-        """Totals over pruned layers and over all candidate layers."""
+    def summary(self) -> dict[str, float | int | None]:
+        """Totals over pruned layers and over all candidate layers.
+
+        Returns:
+            ``layers_pruned``, ``layers_total``, ``kept_fraction_pruned_layers``,
+            ``kept_fraction_all_layers``; weight memory of all candidate layers per format
+            (``dense_bytes``, ``bitmask_bytes``, ``csr_bytes``); and of the pruned layers only
+            (``pruned_dense_bytes``, ``pruned_bitmask_bytes``, ``pruned_csr_bytes``,
+            ``pruned_nm_bytes``; the N:M total is None unless every pruned layer has an N:M size,
+            since a sum over some of them would understate the memory).
+        """
         pruned = [r for r in self.report if r.pruned]
         total = sum(r.numel for r in self.report)
         kept = sum(r.kept for r in self.report)
         p_total = sum(r.numel for r in pruned)
         p_kept = sum(r.kept for r in pruned)
+        nm_sizes = [r.nm_bytes for r in pruned]
         return {
             "layers_pruned": len(pruned),
             "layers_total": len(self.report),
@@ -224,6 +234,10 @@ class SparsifyResult:
             "dense_bytes": sum(r.dense_bytes for r in self.report),
             "bitmask_bytes": sum(r.bitmask_bytes for r in self.report),
             "csr_bytes": sum(r.csr_bytes for r in self.report),
+            "pruned_dense_bytes": sum(r.dense_bytes for r in pruned),
+            "pruned_bitmask_bytes": sum(r.bitmask_bytes for r in pruned),
+            "pruned_csr_bytes": sum(r.csr_bytes for r in pruned),
+            "pruned_nm_bytes": None if any(b is None for b in nm_sizes) else sum(nm_sizes),
         }
 
 

@@ -179,3 +179,41 @@ def test_strict_measure_rejects_a_window_larger_than_the_input():
     loose = M.measure_many([cap, synthetic(n=5, seed=1)], PatternSpec.of("sliding_window", window=6))
     assert loose.n_inputs == 2 and loose.density.shape == (1, 2)
     assert "density" in M.measure(cap, PatternSpec.of("full")).to_csv().splitlines()[0]
+
+
+def test_plan_comparison_rows_match_loops_over_heads():
+    from sparsekit.attention.apply import AttentionQuality
+    from sparsekit.attention.search import SearchConfig, SearchResult, plan_comparison_rows
+
+    candidates = [PatternSpec.of("sliding_window", window=1), PatternSpec.of("sliding_window", window=4),
+                  PatternSpec.of("a_shape", sink=1, local=2)]
+    g = torch.Generator().manual_seed(3)
+    dens = torch.rand(3, 2, 4, generator=g, dtype=torch.float64)
+    rec = torch.rand(3, 2, 4, generator=g, dtype=torch.float64)
+    choice = torch.tensor([[0, 2, 2, 1], [2, 0, 2, 2]])
+    result = SearchResult(SearchConfig(budget=0.5), candidates, dens, rec, choice, uniform=1)
+    plan_q = AttentionQuality({"acc": 90.0, "loss": 0.3}, {"acc": 85.0, "loss": 0.4},
+                              torch.tensor([[0.2, float("nan")], [0.4, 0.6]]), "plan")
+    uniform_q = AttentionQuality({"acc": 90.0, "loss": 0.3}, {"acc": 80.0, "loss": 0.5},
+                                 torch.tensor([[0.5, 0.5], [0.5, 0.7]]), "uniform")
+    rows = plan_comparison_rows(result, plan_q, uniform_q, {"acc": "accuracy (%)"})
+
+    cells = [(layer, head) for layer in range(2) for head in range(4)]
+    plan_density = sum(float(dens[choice[la, he], la, he]) for la, he in cells) / len(cells)
+    plan_recall = sum(float(rec[choice[la, he], la, he]) for la, he in cells) / len(cells)
+    families = {candidates[int(choice[la, he])].name for la, he in cells}
+    assert [r["setting"] for r in rows] == ["dense", "per-head plan", "uniform"]
+    assert rows[0] == {"setting": "dense", "pattern": "full attention", "calibration density": 1.0,
+                       "calibration recall": 1.0, "evaluation density": 1.0, "accuracy (%)": 90.0, "loss": 0.3}
+    plan = rows[1]
+    assert plan["pattern"] == f"{len(families)} families"
+    assert plan["calibration density"] == pytest.approx(plan_density)
+    assert plan["calibration recall"] == pytest.approx(plan_recall)
+    assert plan["evaluation density"] == pytest.approx((0.2 + 1.0 + 0.4 + 0.6) / 4)  # NaN: the head kept all
+    assert (plan["accuracy (%)"], plan["loss"]) == (85.0, 0.4)
+    uniform = rows[2]
+    assert uniform["pattern"] == candidates[1].label
+    assert uniform["calibration density"] == pytest.approx(sum(float(dens[1, la, he]) for la, he in cells) / 8)
+    assert uniform["calibration recall"] == pytest.approx(sum(float(rec[1, la, he]) for la, he in cells) / 8)
+    assert uniform["evaluation density"] == pytest.approx(0.55)
+    assert (uniform["accuracy (%)"], uniform["loss"]) == (80.0, 0.5)

@@ -91,3 +91,26 @@ def test_compare_bad_input(mlp):
                             quality_fn=lambda m: {"x": 1.0}, calibration=torch.zeros(2, 4))
     with pytest.raises(ValueError, match="no Linear or Conv layers"):
         cmp.evaluate(no_linear, SparsifyConfig(method="wanda"))
+
+
+@pytest.mark.parametrize("higher", [True, False])
+def test_best_first_ranks_methods_per_setting(higher):
+    rows = [{"pattern": p, "method": m, "quality": {"accuracy": a, "loss": -a}}
+            for p, m, a in [("2:4", "magnitude", 80.0), ("2:4", "wanda", 90.0), ("unstructured 70%", "magnitude", 50.0),
+                            ("2:4", "random", 80.0), ("unstructured 70%", "wanda", 70.0), ("1:4", "magnitude", 10.0)]]
+    ranking = cmp.best_first(rows, "accuracy", higher_is_better=higher)
+    assert list(ranking) == ["2:4", "unstructured 70%", "1:4"]
+    for pattern, ranked in ranking.items():
+        # Reference: repeatedly take the best remaining row (the earliest on a tie).
+        left = [(r["method"], r["quality"]["accuracy"]) for r in rows if r["pattern"] == pattern]
+        ref = []
+        while left:
+            best = left[0]
+            for cand in left[1:]:
+                if (cand[1] > best[1]) if higher else (cand[1] < best[1]):
+                    best = cand
+            ref.append(best)
+            left.remove(best)
+        assert ranked == ref
+    assert cmp.best_first(rows, "loss", higher_is_better=False)["2:4"][0] == ("wanda", -90.0)
+    assert cmp.best_first([], "accuracy") == {}

@@ -271,3 +271,24 @@ def test_matrix_view_puts_groups_in_rows():
     assert (mat.reshape(-1, 4).sum(1) == 2).all()
     res_k = sparsify(model, SparsifyConfig(pattern="nm", n=2, m=4, conv_grouping="kernel"))
     assert (res_k.matrix_view("conv", res_k.masks["conv"]).reshape(-1, 4).sum(1) == 2).all()
+
+
+@pytest.mark.parametrize("cfg", [SparsifyConfig(pattern="nm", n=2, m=4),
+                                 SparsifyConfig(pattern="unstructured", sparsity=0.6)])
+def test_summary_memory_totals_of_pruned_layers(cfg):
+    res = sparsify(Toy(), cfg)
+    s = res.summary()
+    pruned = [r for r in res.report if r.pruned]
+    assert pruned
+    dense = bitmask = csr = 0
+    nm = 0
+    for r in pruned:
+        dense += r.dense_bytes
+        bitmask += r.bitmask_bytes
+        csr += r.csr_bytes
+        nm = None if nm is None or r.nm_bytes is None else nm + r.nm_bytes
+    assert (s["pruned_dense_bytes"], s["pruned_bitmask_bytes"], s["pruned_csr_bytes"]) == (dense, bitmask, csr)
+    assert s["pruned_nm_bytes"] == nm and (nm is None) == (cfg.pattern == "unstructured")
+    # Dense storage of the pruned layers: four bytes per float32 weight.
+    assert s["pruned_dense_bytes"] == sum(4 * res.masks[r.name].numel() for r in pruned)
+    assert s["dense_bytes"] == sum(r.dense_bytes for r in res.report) >= s["pruned_dense_bytes"]

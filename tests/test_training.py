@@ -429,3 +429,70 @@ def test_owner_liveness(tmp_cache, data):
     rec.owner = token
     save_run(rec)
     assert list_runs()[0]["status"] == "stopped" and load_run(rec.run_id).status == "stopped"
+
+
+# ----------------------------------------------------------------------------- grids and summaries
+
+
+def test_run_grid_methods_times_patterns():
+    from sparsekit.training import MAX_GRID_RUNS, run_grid
+
+    base = TrainConfig(epochs=2, batch_size=256, lambda_w=0.5, seed=3, prune_every=1)
+    methods = ["dense", "ste", "gradual", "srste", "random"]
+    patterns = [(2, 4), (1, 4)]
+    configs, errors = run_grid(methods, "2:4, 1:4", base, max_runs=10)
+    ref = []
+    for method in methods:
+        for n, m in patterns:
+            ref.append(dataclasses.replace(base, method=method, n=n, m=m))
+            if method in ("dense", "gradual"):
+                break  # they ignore the patterns: one run on the first
+    assert configs == ref and errors == []
+    assert run_grid(methods, patterns, base, max_runs=10) == (ref, [])
+    # λ_w counts only when SR-STE runs: an out-of-range value elsewhere is reset, not an error.
+    bad = dataclasses.replace(base, lambda_w=-1.0)
+    configs, errors = run_grid(["ste"], "2:4", bad)
+    assert errors == [] and configs[0].lambda_w == TrainConfig().lambda_w
+    assert any("λ_w" in e for e in run_grid(["srste"], "2:4", bad)[1])
+    # Messages: unreadable patterns (falling back to base's N:M), no method, distinct validation
+    # errors, the run limit.
+    configs, errors = run_grid([], "2-4", base)
+    assert configs == [] and errors == ["could not read '2-4' as N:M (two whole numbers, e.g. 2:4)",
+                                        "choose at least one method"]
+    assert run_grid(["dense"], "x", base)[0] == [dataclasses.replace(base, method="dense", lambda_w=2e-4)]
+    configs, errors = run_grid(["ste", "srste"], "4:4, 5:4", base)
+    assert len(configs) == 4 and errors == [  # one message per distinct problem, not per run
+        f"N:M needs 1 <= N < M (keep N of every M), got N={n}, M=4" for n in (4, 5)]
+    many = ", ".join(f"1:{m}" for m in range(2, 2 + MAX_GRID_RUNS))
+    configs, errors = run_grid(["ste", "srste"], many, base)
+    assert len(configs) == 2 * MAX_GRID_RUNS
+    assert errors == [f"{2 * MAX_GRID_RUNS} runs at once is too many; at most {MAX_GRID_RUNS} per click"]
+
+
+@pytest.mark.parametrize("fraction", [True, False])
+def test_sad_summary_against_xor_counts(data, fraction):
+    from sparsekit.training import sad_summary
+
+    recs = [train(quick(method="ste", epochs=3), data=data), train(quick(method="srste", epochs=3), name="b", data=data)]
+    # A run without snapshots to compare: no SAD columns.
+    recs.append(dataclasses.replace(recs[0], run_id="empty", history=type(recs[0].history)({}), epochs=[]))
+    for layer in (None, "conv2", "not-a-layer"):
+        rows = sad_summary(recs, {"empty": recs[2].sad()}, layer=layer, fraction=fraction)
+        assert [r["name"] for r in rows] == [rec.label for rec in recs] and rows[1]["name"] == "b"
+        for rec, row in zip(recs[:2], rows):
+            h = rec.history
+            names = [layer] if layer in h.layers else h.layers
+            total = sum(h.mask(n, 0).numel() for n in names) if fraction else 1
+            interval = [sum(int((h.mask(n, i - 1) ^ h.mask(n, i)).sum()) for n in names) / total
+                        for i in range(1, len(h))]
+            last = len(h) - 1
+            second_half = [interval[i - 1] for i in range(len(h) // 2 + 1, len(h))]
+            first_final = sum(int((h.mask(n, 0) ^ h.mask(n, last)).sum()) for n in names) / total
+            assert row["SAD, last interval"] == pytest.approx(interval[-1])
+            assert row["SAD, second half"] == pytest.approx(sum(second_half))
+            assert row["SAD, first → final"] == pytest.approx(first_final)
+            assert row["accuracy (%)"] == rec.epochs[-1].test_accuracy
+            assert (row["test loss"], row["kept"]) == (rec.epochs[-1].test_loss, rec.epochs[-1].density)
+            assert (row["status"], row["snapshots"], row["seconds"]) == (rec.status, len(h), rec.seconds)
+        assert rows[2]["test loss"] is None and rows[2]["kept"] is None and rows[2]["snapshots"] == 0
+        assert not any(k.startswith("SAD") for k in rows[2])

@@ -23,7 +23,7 @@ import heapq
 import io
 import json
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -31,6 +31,9 @@ from torch import Tensor
 from .capture import AttentionCapture
 from .metrics import density, recall, spec_masks
 from .specs import AttentionPlan, PatternSpec
+
+if TYPE_CHECKING:
+    from .apply import AttentionQuality
 
 ALLOCATIONS = ("head", "global")
 
@@ -374,3 +377,37 @@ def search_heads(captures: Sequence[AttentionCapture], config: SearchConfig = Se
     uniform = _uniform(dens, rec, float(picked.mean()))
     return SearchResult(config=config, candidates=specs, density=dens, recall=rec, choice=choice,
                         uniform=uniform, n_inputs=len(captures))
+
+
+def plan_comparison_rows(result: SearchResult, plan_quality: AttentionQuality, uniform_quality: AttentionQuality,
+                         metric_names: Mapping[str, str] | None = None) -> list[dict[str, float | str]]:
+    """Dense, the per-head plan and the uniform baseline side by side, one dict per setting.
+
+    Args:
+        result: a per-head search.
+        plan_quality: ``attention_quality`` of the model with ``result.plan``.
+        uniform_quality: ``attention_quality`` with ``result.uniform_spec``.
+        metric_names: metric key -> display name for the quality columns (default: the keys).
+
+    Returns:
+        Three dicts (``dense``, ``per-head plan``, ``uniform``) with ``setting``, ``pattern``,
+        ``calibration density``/``recall`` (mean over heads on the calibration inputs),
+        ``evaluation density`` (mean over heads on the model's evaluation inputs) and one column
+        per quality metric.
+    """
+    names = metric_names or {}
+    summary = result.summary()
+
+    def quality(values: Mapping[str, float]) -> dict[str, float]:
+        return {names.get(k, k): v for k, v in values.items()}
+
+    return [
+        {"setting": "dense", "pattern": "full attention", "calibration density": 1.0, "calibration recall": 1.0,
+         "evaluation density": 1.0, **quality(plan_quality.dense)},
+        {"setting": "per-head plan", "pattern": f"{len(result.family_counts())} families",
+         "calibration density": summary["plan_density"], "calibration recall": summary["plan_recall"],
+         "evaluation density": plan_quality.mean_density, **quality(plan_quality.sparse)},
+        {"setting": "uniform", "pattern": summary["uniform"], "calibration density": summary["uniform_density"],
+         "calibration recall": summary["uniform_recall"], "evaluation density": uniform_quality.mean_density,
+         **quality(uniform_quality.sparse)},
+    ]

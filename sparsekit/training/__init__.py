@@ -15,9 +15,10 @@ snapshots, final weights); ``run_and_save`` also keeps it in the run store (one 
 index, each written atomically), so a stopped or crashed run leaves a readable partial entry.
 
 Modules: ``config`` (settings and bounds), ``ste`` (masked forward weights), ``loop`` (training),
-``records`` (what a run produces, its bytes and exports), ``store`` (saved runs); the public names
-of all five are importable from ``sparsekit.training`` itself. ``seedstudy``/``seedresults`` (STE vs
-SR-STE over seeds) are imported on their own, as ``sparsekit.training.seedstudy``.
+``records`` (what a run produces, its bytes, exports and SAD summary), ``store`` (saved runs),
+``grid`` (methods × N:M patterns as configs); the public names of all six are importable from
+``sparsekit.training`` itself. ``seedstudy``/``seedresults`` (STE vs SR-STE over seeds) are
+imported on their own, as ``sparsekit.training.seedstudy``.
 """
 from ..store import owner_alive, process_token
 from .config import (
@@ -54,7 +55,9 @@ from .records import (
     run_to_bytes,
     runs_json,
     sad_csv,
+    sad_summary,
 )
+from .grid import MAX_GRID_RUNS, PATTERN_METHODS, run_grid
 from .ste import layer_plan, sparse_forward_weight
 from .store import _INDEX_KEY, _run_key, delete_run, list_runs, load_run, rename_run, save_run
 
@@ -63,9 +66,11 @@ _PRIVATE = (_INDEX_KEY, _Run, _run_key)
 
 __all__ = [
     "CONV_GROUPINGS", "DEFAULT_LAMBDA_W", "DIGITS_IMAGES", "DIGITS_TRAIN_SIZE", "EpochMetrics", "FORMAT_VERSION",
-    "MAX_EPOCHS", "MAX_LAMBDA_W", "MAX_LR", "MAX_M", "MAX_SNAPSHOTS", "MAX_SPARSITY", "MAX_STEPS", "METHODS",
-    "METHOD_LABELS", "NM_METHODS", "OPTIMIZERS", "RunRecord", "SCHEDULES", "SNAPSHOT_UNITS", "STATUSES",
+    "MAX_EPOCHS", "MAX_GRID_RUNS", "MAX_LAMBDA_W", "MAX_LR", "MAX_M", "MAX_SNAPSHOTS", "MAX_SPARSITY", "MAX_STEPS",
+    "METHODS", "METHOD_LABELS", "NM_METHODS", "OPTIMIZERS", "PATTERN_METHODS", "RunRecord", "SCHEDULES",
+    "SNAPSHOT_UNITS", "STATUSES",
     "StepCallback", "TrainConfig", "TrainProgress", "delete_run", "layer_plan", "list_runs", "load_run",
     "metrics_csv", "owner_alive", "process_token", "rename_run", "run_and_save", "run_from_bytes", "run_to_bytes",
-    "runs_json", "sad_csv", "save_run", "sparse_forward_weight", "train", "zhu_gupta_sparsity",
+    "run_grid", "runs_json", "sad_csv", "sad_summary", "save_run", "sparse_forward_weight", "train",
+    "zhu_gupta_sparsity",
 ]

@@ -5,7 +5,7 @@ import csv
 import io
 import json
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -294,3 +294,40 @@ def sad_csv(records: list[RunRecord]) -> str:
 def runs_json(records: list[RunRecord], *, include_masks: bool = False) -> str:
     """Several runs as one JSON document (``RunRecord.to_dict`` each, no weights)."""
     return json.dumps({"runs": [r.to_dict(include_masks=include_masks) for r in records]}, indent=1)
+
+
+def sad_summary(records: Sequence[RunRecord], reports: Mapping[str, SadReport] | None = None, *,
+                layer: str | None = None, fraction: bool = True) -> list[dict[str, Any]]:
+    """One row per run comparing how far its topology still moves, next to its results.
+
+    Args:
+        records: the runs.
+        reports: run id -> its ``SadReport`` where already computed (others are computed here).
+        layer: one layer's SAD, or None for all sparse layers; a run without that layer reports
+            all of its layers.
+        fraction: SAD as a fraction of the weights counted instead of a number of weights.
+
+    Returns:
+        Dicts with ``name``, ``status``, ``accuracy (%)``, ``test loss`` and ``kept`` (last epoch,
+        None before one), ``snapshots``, ``seconds``; runs with at least two snapshots also have
+        ``SAD, last interval``, ``SAD, second half`` (interval SAD summed over the snapshots after
+        the middle one) and ``SAD, first → final``.
+    """
+    reports = reports or {}
+    out = []
+    for rec in records:
+        rep = reports.get(rec.run_id) or rec.sad()
+        last = rec.epochs[-1] if rec.epochs else None
+        row: dict[str, Any] = {
+            "name": rec.label, "status": rec.status, "accuracy (%)": rec.final_accuracy,
+            "test loss": last.test_loss if last else None, "kept": last.density if last else None,
+            "snapshots": len(rec.history), "seconds": rec.seconds,
+        }
+        if rep.layers and len(rep.steps) > 1:
+            which = layer if layer in rep.numel else None
+            interval = rep.series("interval", which, fraction=fraction)
+            row["SAD, last interval"] = float(interval[-1])
+            row["SAD, second half"] = float(interval[len(interval) // 2 + 1:].sum())
+            row["SAD, first → final"] = float(rep.series("from_first", which, fraction=fraction)[-1])
+        out.append(row)
+    return out

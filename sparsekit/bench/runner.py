@@ -7,6 +7,7 @@ from typing import Callable
 
 import torch
 
+from ..models import load_model
 from .harness import ceilings as measure_ceilings
 from .harness import environment, parse_dtype, time_budget
 from .records import BenchRun
@@ -131,8 +132,6 @@ def run_benchmarks(
                                            dtype=dtype, repeats=config.repeats, progress=sub(i))
             elif suite == "model":
                 if loaded is None:
-                    from ..models import load_model
-
                     loaded = load_model("minilm")
                 results += model_suite(loaded, [b for b in config.batches if b <= 1024], device=device, dtype=half,
                                        repeats=config.repeats, progress=sub(i))

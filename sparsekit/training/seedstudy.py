@@ -238,10 +238,13 @@ def run_seed_study(
     data = data if data is not None else digits_split()
     cache = get_cache() if use_cache else None
     todo = config.run_configs()
+    keys = [_run_key(cfg) for cfg in todo]
+    # Looked up once: the estimate below needs how many runs are still to train, not a cache scan per run.
+    to_train = sum(1 for key in keys if cache is None or key not in cache)
     result = SeedStudyResult(config)
     trained_seconds = 0.0
-    for i, cfg in enumerate(todo):
-        cached = cache.get(_run_key(cfg)) if cache is not None else None
+    for i, (cfg, key) in enumerate(zip(todo, keys)):
+        cached = cache.get(key) if cache is not None else None
         run = None
         if cached is not None:
             try:
@@ -253,13 +256,14 @@ def run_seed_study(
             run = run_metrics(train(cfg, data=data))
             trained_seconds += time.perf_counter() - start
             result.computed += 1
+            if cached is None:
+                to_train -= 1
             if cache is not None:
-                cache.set(_run_key(cfg), json.dumps(asdict(run)))
+                cache.set(key, json.dumps(asdict(run)))
         result.runs.append(run)
         if progress is not None:
             left = len(todo) - i - 1
-            uncached = sum(1 for c in todo[i + 1:] if cache is None or _run_key(c) not in cache)
-            eta = trained_seconds / result.computed * uncached if result.computed else None
+            eta = trained_seconds / result.computed * to_train if result.computed else None
             label = "STE" if cfg.method == "ste" else f"SR-STE λ={cfg.lambda_w:g}"
             if progress(StudyProgress(i + 1, len(todo), result.computed, f"{label} {cfg.n}:{cfg.m} seed {cfg.seed}",
                                       eta)) and left:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..masks import conv_nm_mask, nm_mask
-from ..sparsify import prunable_layers
+from ..layers import grouped_view, prunable_layers
 from .config import TrainConfig
 
 
@@ -77,6 +77,10 @@ def _nm_mask_fn(module: nn.Module, config: TrainConfig) -> Callable[..., torch.T
     return lambda w, scores=None: conv_nm_mask(w, n, m, grouping=config.conv_grouping, scores=scores)
 
 
+_AXIS_WORDS = {"in_features": "input features", "in_channels": "input channels",
+               "in_channels*kernel": "in·kh·kw entries"}
+
+
 def layer_plan(module: nn.Module, config: TrainConfig) -> tuple[dict[str, nn.Module], dict[str, str]]:
     """Which Linear/Conv layers a run makes sparse.
 
@@ -94,15 +98,9 @@ def layer_plan(module: nn.Module, config: TrainConfig) -> tuple[dict[str, nn.Mod
         if not config.uses_nm:
             sparse[name] = layer
             continue
-        w = layer.weight
-        if isinstance(layer, nn.Linear):
-            size, what = w.shape[1], "input features"
-        elif config.conv_grouping == "channel":
-            size, what = w.shape[1], "input channels"
-        else:
-            size, what = w[0].numel(), "in·kh·kw entries"
+        size, axis = grouped_view(layer, config.conv_grouping).group_axis
         if size % config.m:
-            dense[name] = f"{size} {what}, not a multiple of M={config.m}"
+            dense[name] = f"{size} {_AXIS_WORDS[axis]}, not a multiple of M={config.m}"
         else:
             sparse[name] = layer
     return sparse, dense

@@ -30,6 +30,14 @@ class LayerReport:
     csr_bytes: int = 0
     nm_bytes: int | None = None
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.kept <= self.numel:
+            raise ValueError(f"{self.name}: kept must be between 0 and numel ({self.numel}), got {self.kept}")
+        for key in ("dense_bytes", "bitmask_bytes", "csr_bytes", "nm_bytes"):
+            value = getattr(self, key)
+            if value is not None and value < 0:
+                raise ValueError(f"{self.name}: {key} must be >= 0, got {value}")
+
     @property
     def kept_fraction(self) -> float:
         return self.kept / self.numel if self.numel else 1.0

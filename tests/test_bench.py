@@ -218,19 +218,27 @@ def test_cpu_run_reports_cuda_suites_as_skipped():
     assert "CUDA only" in json.dumps([r.message for r in run.results])
 
 
+def _case(suite, backend, speedup, **params):
+    from sparsekit.bench import CaseResult
+
+    return CaseResult(suite=suite, case=f"{backend} {params}", backend=backend, device="cpu", dtype="float32",
+                      params=params, speedup=speedup)
+
+
 def test_speedup_figures():
     from sparsekit import viz
 
-    rows = [{"backend": "CSR", "density": d, "speedup": s} for d, s in [(0.01, 4.0), (0.1, 0.9), (0.5, 0.3)]]
-    rows.append({"backend": "CSR", "density": 0.2, "speedup": None})  # untimed: left out
+    rows = [_case("formats", "CSR", s, density=d) for d, s in [(0.01, 4.0), (0.1, 0.9), (0.5, 0.3)]]
+    rows.append(_case("formats", "CSR", None, density=0.2))  # untimed: left out
     fig = viz.speedup_density_figure(rows)
     csr = next(t for t in fig.data if t.name == "CSR")
     assert list(csr.x) == [0.01, 0.1, 0.5] and list(csr.y) == [4.0, 0.9, 0.3]
     ideal = next(t for t in fig.data if t.name == "ideal 1/density")
     assert all(abs(y - 1 / x) < 1e-9 for x, y in zip(ideal.x, ideal.y))
-    fig = viz.speedup_batch_figure([{"shape": "8×8", "backend": "2:4", "batch": b, "speedup": s}
+    fig = viz.speedup_batch_figure([_case("linear", "2:4", s, out_features=8, in_features=8, batch=b)
                                     for b, s in [(64, 1.2), (1, 0.5)]])
     assert list(fig.data[0].x) == [1, 64] and list(fig.data[0].y) == [0.5, 1.2]
+    assert fig.data[0].name == "8×8 2:4"
     assert "no timed" in viz.speedup_batch_figure([]).layout.annotations[0].text
 
 
@@ -363,10 +371,10 @@ def test_log_ticks_and_attention_figure():
     assert all(f"{t:e}"[0] in "125" for t in ticks)
     with pytest.raises(ValueError):
         viz.log_ticks(0, 1)
-    rows = [{"pattern": "window", "seq_len": L, "speedup": s, "block_density": d}
+    rows = [_case("attention", "flex window", s, pattern="window", seq_len=L, block_density=d)
             for L, s, d in [(2048, 2.5, 0.125), (512, 0.7, 0.44), (1024, 1.3, 0.23)]]
-    rows.append({"pattern": "full", "seq_len": 512, "speedup": 0.3, "block_density": 1.0})
-    rows.append({"pattern": "full", "seq_len": 1024, "speedup": None, "block_density": 1.0})  # untimed
+    rows.append(_case("attention", "flex full", 0.3, pattern="full", seq_len=512, block_density=1.0))
+    rows.append(_case("attention", "flex full", None, pattern="full", seq_len=1024, block_density=1.0))  # untimed
     fig = viz.attention_speedup_figure(rows)
     measured = next(t for t in fig.data if t.name == "window (measured)")
     assert list(measured.x) == [512, 1024, 2048] and list(measured.y) == [0.7, 1.3, 2.5]

@@ -241,6 +241,10 @@ def test_layer_kept_figure_splits_skipped_layers():
     assert list(fig.data[1].customdata) == ["output layer"]
     assert fig.data[0].marker.color != fig.data[1].marker.color
     assert list(fig.layout.yaxis.categoryarray) == ["enc.0.q", "enc.0.k", "head"]
+    with pytest.raises(ValueError, match="LayerReport"):
+        viz.layer_kept_figure([{"name": "x", "kept_fraction": 0.5}])
+    with pytest.raises(ValueError, match="between 0 and numel"):
+        _layer("x", 6, 4)
     assert isinstance(viz.layer_kept_figure([]), go.Figure)
 
 
@@ -280,6 +284,10 @@ def test_memory_figure_megabytes_per_format():
     assert fig.layout.yaxis.title.text == "weight memory (MB)"
     no_nm = viz.memory_figure(report[1:], per_layer=True)
     assert [t.name for t in no_nm.data] == ["dense", "bitmask", "CSR"]
+    with pytest.raises(ValueError, match="LayerReport"):
+        viz.memory_figure([{"name": "q", "dense_bytes": 1, "bitmask_bytes": 1}])
+    with pytest.raises(ValueError, match="csr_bytes"):
+        _layer("q", 1, 2, dense_bytes=1, bitmask_bytes=1, csr_bytes=-1)
 
 
 def test_memory_figure_totals_pruned_layers():

@@ -233,16 +233,8 @@ def formats_suite(
     return out
 
 
-def model_suite(
-    loaded,
-    batches: Sequence[int],
-    *,
-    device: str,
-    dtype: torch.dtype = torch.float16,
-    seq_len: int = 128,
-    repeats: int = 10,
-    progress: ProgressFn | None = None,
-) -> list[CaseResult]:
+def model_suite(loaded, batches: Sequence[int], *, device: str, dtype: torch.dtype = torch.float16, seq_len: int = 128,
+                repeats: int = 10, progress: ProgressFn | None = None) -> list[CaseResult]:
     """Whole-model forward: dense vs 2:4-accelerated, for a text model (e.g. the bundled MiniLM).
 
     Both models carry the same 2:4-pruned weights; the sparse one stores every eligible Linear

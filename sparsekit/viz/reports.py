@@ -14,6 +14,16 @@ if TYPE_CHECKING:
     from ..sparsify import LayerReport
 
 
+def _records(report: Any, what: str = "report") -> Sequence[LayerReport]:
+    """The report as given, after checking it holds records (a list of dicts is the old API)."""
+    if isinstance(report, (str, bytes, Mapping)) or not isinstance(report, Sequence):
+        raise ValueError(f"{what} must be a list of LayerReport (SparsifyResult.report), got {type(report).__name__}")
+    for i, r in enumerate(report):
+        if not hasattr(r, "kept_fraction") or not hasattr(r, "skipped_reason"):
+            raise ValueError(f"{what}[{i}] must be a LayerReport (SparsifyResult.report), got {type(r).__name__}")
+    return report
+
+
 def _number(value: Any, where: str, lo: float = 0.0, hi: float = math.inf) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise ValueError(f"{where} must be a number, got {value!r}")
@@ -34,7 +44,7 @@ def layer_kept_figure(report: Sequence[LayerReport]) -> go.Figure:
         A figure with ``data[0]`` the sparsified layers and ``data[1]`` the skipped ones,
         layers top to bottom in the given order.
     """
-    if not report:
+    if not _records(report):
         return _empty("kept fraction per layer", "no layers to show")
     groups = {False: ([], [], []), True: ([], [], [])}
     for r in report:
@@ -162,6 +172,7 @@ def memory_figure(report: Sequence[LayerReport], *, per_layer: bool = False) -> 
         layer has one.
     """
     title = "weight memory per storage format"
+    _records(report)
     if per_layer:
         names = [r.name for r in report]
         columns = {key: [getattr(r, key) for r in report] for _, key in _FORMATS}

@@ -30,16 +30,8 @@ def _top(scores: Tensor, k: int) -> Tensor:
     return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]
 
 
-def vertical_slash_sets(
-    probs: Tensor,
-    *,
-    vertical: int,
-    slash: int,
-    last_q: int = 64,
-    sink_columns: int = 1,
-    local: int = 1,
-    causal: bool = False,
-) -> tuple[Tensor, Tensor]:
+def vertical_slash_sets(probs: Tensor, *, vertical: int, slash: int, last_q: int = 64, sink_columns: int = 1,
+                        local: int = 1, causal: bool = False) -> tuple[Tensor, Tensor]:
     """The columns and diagonals MInference's vertical-slash pattern keeps, estimated from the
     attention of the last queries.
 

@@ -128,18 +128,44 @@ def _launch(p):
 
 
 def test_deep_link_on_a_fresh_server_keeps_navigation_and_sidebar(fresh_app_url):
-    # Streamlit routes a first request for /<page> through its legacy pages/ mode, which would
-    # run the page without app.py; ui.state.ensure_shell sends it through app.py and back.
+    # A pages/ folder next to app.py made Streamlit serve a first deep link in its legacy mode: its
+    # own sidebar of file names ("app", "masks", ...) until app.py took over. The pages live in
+    # views/, so no moment of the load may show that sidebar.
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as p:
         browser = _launch(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(60_000)
         page.goto(f"{fresh_app_url}/masks")
-        page.get_by_role("heading", name="Masks").first.wait_for()
+        seen = set()
+        heading = page.get_by_role("heading", name="Masks").first
+        while not heading.is_visible():
+            seen.update(t.strip().lower() for t in page.locator('[data-testid="stSidebarNavLink"]').all_inner_texts())
+            page.wait_for_timeout(100)
+        assert "app" not in seen, f"Streamlit's file-name sidebar showed: {sorted(seen)}"
         page.get_by_text("Showing the masks of").wait_for()
         nav = page.locator('[data-testid="stSidebarNavLink"]')
         labels = [nav.nth(i).inner_text().strip() for i in range(nav.count())]
         assert any("Sparsify" in t for t in labels) and not any(t.strip() == "app" for t in labels)
         assert page.get_by_text("Source", exact=True).count() >= 1  # the model picker is there
+        browser.close()
+
+
+def test_first_model_pick_on_a_fresh_server_sticks(fresh_app_url):
+    # The first pick in the sidebar on a freshly started server used to be undone within half a
+    # second (the picker showed MiniLM again and the MLP never loaded).
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = _launch(p)
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.set_default_timeout(90_000)
+        page.goto(fresh_app_url)
+        page.get_by_text("Prunable layers (36)").wait_for()
+        picker = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first
+        picker.click()
+        page.get_by_role("option", name="Digits MLP").click()
+        page.get_by_text("Prunable layers (3)").wait_for()
+        page.wait_for_timeout(2000)  # the undo came after the pick had drawn once
+        assert "Digits MLP" in picker.inner_text()
+        assert page.get_by_text("Prunable layers (3)").is_visible()
         browser.close()

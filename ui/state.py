@@ -5,7 +5,6 @@ import hashlib
 import os
 import threading
 from collections import OrderedDict
-from pathlib import Path
 
 import streamlit as st
 
@@ -135,19 +134,6 @@ def sidebar_model():
             return None, ""
         st.caption(f"**{loaded.name}** · {loaded.kind} · {loaded.n_params / 1e6:,.2f} M parameters")
         return loaded, f"{spec}#{digest}"
-
-
-def ensure_shell(page_file: str) -> None:
-    """Send a deep link through app.py once.
-
-    On a freshly started server, Streamlit routes a first request for ``/<page>`` through its
-    legacy ``pages/`` folder mode and runs the page without app.py (no navigation, no model
-    picker). The page then hands over to app.py, which declares the navigation and comes back.
-    """
-    if "_model_key" not in st.session_state:
-        root = Path(__file__).resolve().parents[1]
-        st.session_state["_deep_link"] = Path(page_file).resolve().relative_to(root).as_posix()
-        st.switch_page("app.py")
 
 
 def get_model():

@@ -28,11 +28,11 @@ runpy.run_path({page!r}, run_name="__page__")
 
 
 def page_app(page: str, source: str = "digits:mlp", timeout: float = 120, **state) -> AppTest:
-    """An AppTest of ``pages/<page>.py`` with ``source`` picked in the sidebar (not yet run).
+    """An AppTest of ``views/<page>.py`` with ``source`` picked in the sidebar (not yet run).
 
     Extra keyword arguments are put into session state before the first run.
     """
-    script = _HARNESS.format(root=str(ROOT), page=str(ROOT / "pages" / f"{page}.py"))
+    script = _HARNESS.format(root=str(ROOT), page=str(ROOT / "views" / f"{page}.py"))
     at = AppTest.from_string(script, default_timeout=timeout)
     at.session_state["model_source"] = source
     for key, value in state.items():

@@ -7,13 +7,12 @@ from sparsekit.models.digits import ARCHITECTURES
 from sparsekit.topology import flip_counts, matrix_view
 from sparsekit.training import METHOD_LABELS, METHODS, TrainConfig
 from ui.seed_study import render_seed_study
-from ui.state import ensure_shell, get_model
+from ui.state import get_model
 from ui.training_runs import load_selected, saved_runs, train_with_progress, wait_for_interrupted
 
 MAX_COMPARE = 8
 ARCH_LABELS = {"mlp": "Digits MLP", "cnn": "Digits CNN", "vit": "Digits ViT"}
 
-ensure_shell(__file__)
 st.title("Training & topology")
 st.markdown(
     "**STE** trains an N:M network from scratch: every forward keeps the N largest |w| of each group "

@@ -4,9 +4,8 @@ import streamlit as st
 
 from sparsekit import viz
 from sparsekit.sparsify import layer_table, params_by_type
-from ui.state import ensure_shell, require_model
+from ui.state import require_model
 
-ensure_shell(__file__)
 st.title("Model")
 st.markdown(
     "Pruning removes weights from the **Linear and Conv layers**, which hold most of a network's "

@@ -8,9 +8,8 @@ from sparsekit.bench import BenchConfig, BenchRun, delete_run, list_runs, load_r
 from sparsekit.bench.runner import CUDA_ONLY, SUITES
 from sparsekit.bench.suites import semi_structured_available, verdicts
 from sparsekit.sparsify import prunable_layers
-from ui.state import ensure_shell, get_model
+from ui.state import get_model
 
-ensure_shell(__file__)
 st.title("Benchmarks")
 st.markdown(
     "Fewer FLOPs is not the same as faster: a sparse kernel must also read indices or metadata, "

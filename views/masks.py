@@ -6,10 +6,9 @@ import streamlit as st
 
 import sparsekit
 from sparsekit import maskstats, viz
-from ui.state import ensure_shell, require_model, sparsified
+from ui.state import require_model, sparsified
 from ui.widgets import config_form, current_config
 
-ensure_shell(__file__)
 st.title("Masks")
 st.markdown(
     "A mask says which weights survive (kept = 1). Magnitude masks keep the large weights, so the "

@@ -12,9 +12,8 @@ from sparsekit.attention.metrics import measure, plan_masks
 from sparsekit.attention.search import plan_comparison_rows
 from ui.attention_view import (cached_capture, cached_quality, cached_search, combined_pattern_form, input_form,
                                scope_form, search_form)
-from ui.state import ensure_shell, require_model
+from ui.state import require_model
 
-ensure_shell(__file__)
 st.title("Attention")
 st.markdown(
     "**Attention sparsity** lets each query look at only some of the keys (a window, a few global "

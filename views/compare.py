@@ -8,9 +8,8 @@ from sparsekit import compare as cmp
 from sparsekit import viz
 from sparsekit.export import export_files, export_zip
 from sparsekit.sparsify import SparsifyConfig
-from ui.state import ensure_shell, require_model, sparsified
+from ui.state import require_model, sparsified
 
-ensure_shell(__file__)
 st.title("Compare methods")
 st.markdown(
     "**Magnitude** pruning looks only at the weights. **Wanda** also weighs each weight by how large its "

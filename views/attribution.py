@@ -6,10 +6,9 @@ import streamlit as st
 
 from sparsekit import attribution as attr
 from sparsekit import viz
-from ui.state import ensure_shell, require_model, sparsified
+from ui.state import require_model, sparsified
 from ui.widgets import config_form, current_config
 
-ensure_shell(__file__)
 st.title("Attribution drift")
 st.markdown(
     "Accuracy can survive pruning while the reasons change. **Integrated Gradients** splits one output into "

@@ -4,10 +4,9 @@ import streamlit as st
 
 from sparsekit import viz
 from sparsekit.sparsify import masks_safetensors, report_csv, weights_safetensors
-from ui.state import ensure_shell, require_model, sparse_quality, sparsified
+from ui.state import require_model, sparse_quality, sparsified
 from ui.widgets import config_form, current_config
 
-ensure_shell(__file__)
 st.title("Sparsify")
 st.markdown(
     "**N:M sparsity** keeps N weights in every group of M consecutive inputs (2:4 runs on NVIDIA "

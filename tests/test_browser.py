@@ -166,6 +166,7 @@ def test_first_model_pick_on_a_fresh_server_sticks(fresh_app_url):
         page.get_by_role("option", name="Digits MLP").click()
         page.get_by_text("Prunable layers (3)").wait_for()
         page.wait_for_timeout(2000)  # the undo came after the pick had drawn once
-        assert "Digits MLP" in picker.inner_text()
+        sidebar = page.locator('[data-testid="stSidebar"]').inner_text()
+        assert "digits MLP (64-256-128-10)" in sidebar and "all-MiniLM-L6-v2" not in sidebar
         assert page.get_by_text("Prunable layers (3)").is_visible()
         browser.close()

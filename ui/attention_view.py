@@ -1,7 +1,16 @@
-"""Streamlit pieces of the Attention page: cached captures and searches, and its forms (input, pattern,
-scope, search settings)."""
+"""Streamlit pieces of the Attention page: cached captures and searches, its forms (input, pattern,
+layer and head, scope, search settings) and the click on the layer × head grid.
+
+The page's main choices are bound to the URL (``bind="query-params"``; the widget key is the query
+parameter), so a reload or a shared link opens the same view.
+"""
 from __future__ import annotations
 
+import hashlib
+import json
+from typing import Any
+
+import pandas as pd
 import streamlit as st
 
 from sparsekit.attention import PATTERNS, PatternSpec, capture_attention
@@ -12,7 +21,12 @@ from sparsekit.attention.search import ALLOCATIONS, DEFAULT_FAMILIES, SEARCH_FAM
 from sparsekit.models.sentences import SENTENCES
 
 MAX_WIDGET = 4096  # parameter inputs accept more than any sequence, so the library can say why it does not fit
+# Browsers refuse a paste longer than max_chars outright (the box stays empty), so the bound sits far above
+# any text the model takes; the page cuts long texts to the token limit itself and says so.
+MAX_TEXT_CHARS = 200_000
 PASSAGE = "Built-in passage (128 tokens)"
+GRID_KEY = "att_grid"
+URL = "query-params"
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
@@ -47,7 +61,7 @@ def pattern_form(prefix: str, default: str) -> PatternSpec:
     """Widgets for one pattern; raises ValueError for an invalid combination of values."""
     names = list(PATTERNS)
     name = st.selectbox("Pattern", names, index=names.index(default), format_func=lambda n: PATTERNS[n].title,
-                        key=f"{prefix}_name")
+                        key=f"{prefix}_name", bind=URL)
     info = PATTERNS[name]
     st.caption(f"Keeps {info.summary}.")
     values = {}
@@ -56,15 +70,15 @@ def pattern_form(prefix: str, default: str) -> PatternSpec:
         wkey = f"{prefix}_{name}_{p.name}"
         with cols[i % 3]:
             if p.kind == "bool":
-                values[p.name] = st.checkbox(p.name, p.default, key=wkey, help=p.help)
+                values[p.name] = st.checkbox(p.name, p.default, key=wkey, help=p.help, bind=URL)
             elif p.kind == "int":
                 values[p.name] = int(st.number_input(p.name, p.minimum, min(p.maximum, MAX_PARAM, MAX_WIDGET),
-                                                     p.default, key=wkey, help=p.help))
+                                                     p.default, key=wkey, help=p.help, bind=URL))
             elif p.kind == "choice":
                 values[p.name] = st.selectbox(p.name, p.choices, index=p.choices.index(p.default), key=wkey,
-                                              help=p.help)
+                                              help=p.help, bind=URL)
             else:
-                values[p.name] = st.text_input(p.name, p.default, max_chars=200, key=wkey, help=p.help)
+                values[p.name] = st.text_input(p.name, p.default, max_chars=200, key=wkey, help=p.help, bind=URL)
     return PatternSpec.of(name, **values)
 
 
@@ -78,19 +92,60 @@ def input_form(loaded):
         data = _digits()
         n_images = data.x_test.shape[0]
         c1, c2 = st.columns([3, 1])
-        idx = int(c1.number_input(f"Held-out digit image (0–{n_images - 1})", 0, n_images - 1, 0, key="att_image"))
+        idx = int(c1.number_input(f"Held-out digit image (0–{n_images - 1})", 0, n_images - 1, 0, key="att_image",
+                                  bind=URL))
         c1.caption(f"Label {int(data.y_test[idx])}. Tokens: a class token (CLS) and 16 patches of 2×2 pixels, "
                    "named by patch row and column.")
         c2.image(data.x_test[idx, 0].numpy(), width=96, clamp=True)
         return data.x_test[idx: idx + 1], f"image:{idx}"
-    source = st.radio("Text", [PASSAGE, "Built-in sentence", "Your text"], key="att_source", horizontal=True)
+    source = st.radio("Text", [PASSAGE, "Built-in sentence", "Your text"], key="att_source", horizontal=True,
+                      bind=URL)
     if source == "Your text":
-        text = st.text_area(f"Your text (at most {MAX_TOKENS} tokens)", SENTENCES[0], max_chars=4000, key="att_text")
-        return text, f"text:{text}"
+        limit = token_limit(loaded)
+        # Not bound to the URL: a pasted text can be far longer than a URL may be.
+        text = st.text_area(f"Your text (the first {limit} tokens are used)", SENTENCES[0], max_chars=MAX_TEXT_CHARS,
+                            key="att_text")
+        if not text.strip():
+            return text, "text:"  # capture_attention says the text is empty, in its words
+        ids, n_tokens = fit_text(loaded.tokenizer, text, limit)
+        if n_tokens <= limit:
+            return text, f"text:{text}"
+        st.info(f"Your text was {len(text):,} characters / {n_tokens:,} tokens; {loaded.name} takes at most "
+                f"{limit} tokens here, so the first {len(ids)} tokens are shown.")
+        return ids, "ids:" + hashlib.sha256(json.dumps(ids).encode()).hexdigest()
     if source == PASSAGE:
         return passage_ids(loaded, 128), "passage:128"
-    sentence = st.selectbox("Sentence", SENTENCES, key="att_sentence")
+    sentence = st.selectbox("Sentence", SENTENCES, key="att_sentence", bind=URL)
     return sentence, f"text:{sentence}"
+
+
+def token_limit(loaded) -> int:
+    """The most tokens the page captures for a text model: ``MAX_TOKENS``, or fewer where the model
+    has fewer positions (the limit ``capture_attention`` applies)."""
+    positions = getattr(getattr(loaded.module, "config", None), "max_position_embeddings", None)
+    return min(MAX_TOKENS, positions) if isinstance(positions, int) and positions > 0 else MAX_TOKENS
+
+
+def fit_text(tokenizer, text: str, limit: int) -> tuple[list[int], int]:
+    """Token ids of ``text`` cut to at most ``limit`` tokens, the special tokens that close the
+    sequence (``[SEP]``, an end-of-text token) kept at its end.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+        text: the text.
+        limit: the most tokens wanted.
+
+    Returns:
+        ``(ids, n_tokens)``: the ids, and how many tokens the whole text has (special tokens included).
+    """
+    ids = tokenizer(text, truncation=False)["input_ids"]
+    if len(ids) <= limit:
+        return ids, len(ids)
+    special = set(tokenizer.all_special_ids)
+    tail = 0
+    while tail < min(len(ids), limit - 1) and ids[len(ids) - 1 - tail] in special:
+        tail += 1
+    return ids[: limit - tail] + ids[len(ids) - tail:], len(ids)
 
 
 def combined_pattern_form() -> PatternSpec:
@@ -99,7 +154,7 @@ def combined_pattern_form() -> PatternSpec:
     with left:
         spec = pattern_form("att_p", "a_shape")
     with right:
-        combine = st.selectbox("Combine with a second pattern", ["none", *COMBINATORS], key="att_combine",
+        combine = st.selectbox("Combine with a second pattern", ["none", *COMBINATORS], key="att_combine", bind=URL,
                                format_func=lambda c: {"none": "no", "and": "and (keep where both keep)",
                                                       "or": "or (keep where either keeps)"}[c])
         if combine != "none":
@@ -107,21 +162,104 @@ def combined_pattern_form() -> PatternSpec:
     return spec
 
 
-def scope_form(n_layers: int, n_heads: int, layer: int, head: int) -> tuple[tuple | None, tuple | None]:
-    """Where to apply the pattern: ``(None, None)`` for everywhere, else the chosen layers and heads.
+def selected_head(selection: Any, n_layers: int, n_heads: int) -> tuple[int, int] | None:
+    """The head a click on ``head_picker_figure`` picked.
 
-    Stops the page when the chosen scope is empty."""
+    Args:
+        selection: the chart's selection state (``st.plotly_chart(..., on_select="rerun")``:
+            ``{"selection": {"points": [{"x": head, "y": layer, ...}, ...]}}``), or None.
+        n_layers: layers of the grid.
+        n_heads: heads per layer.
+
+    Returns:
+        ``(layer, head)`` of the last point that is a cell of the grid, else None.
+    """
+    try:
+        points = list(selection["selection"]["points"])
+    except (KeyError, TypeError):
+        return None
+    for point in reversed(points):
+        x, y = (point.get("x"), point.get("y")) if isinstance(point, dict) else (None, None)
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer() for v in (x, y)):
+            layer, head = int(y), int(x)
+            if 0 <= layer < n_layers and 0 <= head < n_heads:
+                return layer, head
+    return None
+
+
+def head_form(n_layers: int, n_heads: int) -> tuple[int, int]:
+    """Layer and head pickers (bound to the URL). A new click on the head grid (``GRID_KEY``) sets
+    them first; the same selection seen again does not, so the pickers stay usable after a click."""
+    state = st.session_state.get(GRID_KEY)
+    seen = json.dumps(state, sort_keys=True, default=str)
+    if st.session_state.get(f"{GRID_KEY}_seen") != seen:
+        st.session_state[f"{GRID_KEY}_seen"] = seen
+        picked = selected_head(state, n_layers, n_heads)
+        if picked is not None:
+            st.session_state["att_layer"], st.session_state["att_head"] = picked
+    c1, c2 = st.columns(2)
+    layer = c1.selectbox("Layer", list(range(n_layers)), key="att_layer", bind=URL)
+    head = c2.selectbox("Head", list(range(n_heads)), key="att_head", bind=URL)
+    return layer, head
+
+
+def _fit_choice(key: str, size: int, fallback: int) -> bool:
+    # A choice carried over from a bigger model holds indices this one lacks: keep those that exist.
+    chosen = st.session_state.get(key)
+    if not chosen:
+        return False
+    kept = [i for i in chosen if isinstance(i, int) and 0 <= i < size]
+    if len(kept) == len(chosen):
+        return False
+    st.session_state[key] = kept or [fallback]
+    return True
+
+
+def scope_form(n_layers: int, n_heads: int, layer: int, head: int) -> tuple[tuple | None, tuple | None] | None:
+    """Where to apply the pattern: ``(None, None)`` for everywhere, else the chosen layers and heads;
+    None (with an error shown) when the user chose no layer or no head."""
     scope = st.radio("Apply to", ["All layers and heads", "Chosen layers and heads"], key="att_scope",
-                     horizontal=True)
+                     horizontal=True, bind=URL)
     if scope == "All layers and heads":
         return None, None
+    fitted = [_fit_choice("att_layers", n_layers, layer), _fit_choice("att_heads", n_heads, head)]
+    if any(fitted):
+        st.info(f"The chosen layers and heads were fitted to this model ({n_layers} layers × {n_heads} heads).")
     s1, s2 = st.columns(2)
     layers = tuple(s1.multiselect("Layers", list(range(n_layers)), default=[layer], key="att_layers"))
     heads = tuple(s2.multiselect("Heads", list(range(n_heads)), default=[head], key="att_heads"))
     if not layers or not heads:
         st.error("Choose at least one layer and one head to apply the pattern to.")
-        st.stop()
+        return None
     return layers, heads
+
+
+def quality_section(model_key: str, loaded, spec: PatternSpec, scope: tuple[tuple | None, tuple | None],
+                    stem: str) -> None:
+    """End-to-end quality with the pattern inside the model (on ``scope``): headline metric, mean
+    density, the table and its download; a pattern the model cannot run gets an error, and the
+    rest of the page still runs."""
+    layers, heads = scope
+    st.caption("The quality metric runs on the model's own evaluation set (for MiniLM the 240 built-in sentences, "
+               "mostly 10–40 tokens; for the ViT the held-out digits), not on the input above. Each evaluation "
+               "input gets the pattern over its own tokens, and a window longer than a short sentence covers all "
+               "of it, so the density the pattern actually had there is shown next to the quality.")
+    try:
+        with st.spinner("Running the model with the pattern in its attention…"):
+            q = cached_quality(model_key, spec.to_json(), loaded, spec, layers, heads)
+    except ValueError as err:
+        st.error(f"Cannot run the model with this pattern: {err}")
+        return
+    headline = next(iter(q.sparse))
+    k1, k2 = st.columns(2)
+    k1.metric(loaded.metric_names.get(headline, headline), f"{q.sparse[headline]:.4g}",
+              f"{q.sparse[headline] - q.dense[headline]:+.4g} vs dense",
+              delta_color="normal" if loaded.higher_is_better.get(headline, True) else "inverse")
+    k2.metric("Mean density on the evaluation inputs", f"{q.mean_density:.1%}")
+    frame = pd.DataFrame(q.rows(loaded.metric_names))
+    st.dataframe(frame, hide_index=True)
+    st.download_button("Quality (.csv)", frame.to_csv(index=False), f"{stem}-quality.csv", mime="text/csv",
+                       key="att_dl_quality")
 
 
 def search_form() -> tuple[SearchConfig, int]:

@@ -10,8 +10,9 @@ from sparsekit.attention import attention_support
 from sparsekit.attention.apply import model_shape
 from sparsekit.attention.metrics import measure, plan_masks
 from sparsekit.attention.search import plan_comparison_rows
-from ui.attention_view import (cached_capture, cached_quality, cached_search, combined_pattern_form, input_form,
-                               scope_form, search_form)
+from sparsekit.viz.attention import head_picker_figure
+from ui.attention_view import (GRID_KEY, cached_capture, cached_quality, cached_search, combined_pattern_form,
+                               head_form, input_form, quality_section, scope_form, search_form)
 from ui.state import require_model
 
 st.title("Attention")
@@ -57,10 +58,7 @@ except ValueError as err:
     st.stop()
 st.caption(f"Pattern: `{spec.label}`")
 
-c1, c2 = st.columns(2)
-layer = c1.selectbox("Layer", list(range(capture.n_layers)), key="att_layer",
-                     format_func=lambda i: f"{i} ({capture.layer_names[i]})")
-head = c2.selectbox("Head", list(range(capture.n_heads)), key="att_head")
+layer, head = head_form(capture.n_layers, capture.n_heads)
 
 masks = plan_masks(capture, spec)
 metrics = measure(capture, spec)
@@ -72,13 +70,13 @@ m3.metric("Output error, this head", f"{metrics.error[layer, head].item():.3f}",
 mean = metrics.mean()
 m4.metric("Recall, mean of all heads", f"{mean['recall']:.1%}", help=f"mean density {mean['density']:.1%}")
 
+st.plotly_chart(head_picker_figure(metrics.recall, (layer, head), title="attention mass kept (recall) per layer "
+                                   "and head: click a cell to show that head, hover for the mass lost"),
+                key=GRID_KEY, on_select="rerun", selection_mode="points", width="stretch")
 st.plotly_chart(viz.attention_heatmap(capture.probs[layer, head], capture.tokens, masks[layer, head],
-                                      title=f"layer {layer}, head {head}: attention, grey = dropped by the pattern"),
-                width="stretch")
-tab_r, tab_d, tab_e = st.tabs(["Recall per head", "Density per head", "Output error per head"])
-with tab_r:
-    st.plotly_chart(viz.head_grid_figure(metrics.recall, title="attention recall per layer and head",
-                                         colorbar="recall"), width="stretch")
+                                      title=f"layer {layer} ({capture.layer_names[layer]}), head {head}: "
+                                            "attention, grey = dropped by the pattern"), width="stretch")
+tab_d, tab_e = st.tabs(["Density per head", "Output error per head"])
 with tab_d:
     st.plotly_chart(viz.head_grid_figure(metrics.density, title="density per layer and head", colorbar="density"),
                     width="stretch")
@@ -101,27 +99,9 @@ d3.download_button("Pattern (.json)", spec.to_json(), f"{stem}-pattern.json", mi
 
 st.subheader("Quality with the pattern inside the model")
 n_layers, n_heads = model_shape(loaded)
-layers, heads = scope_form(n_layers, n_heads, layer, head)
-st.caption("The quality metric runs on the model's own evaluation set (for MiniLM the 240 built-in sentences, "
-           "mostly 10–40 tokens; for the ViT the held-out digits), not on the input above. Each evaluation input "
-           "gets the pattern over its own tokens, and a window longer than a short sentence covers all of it, "
-           "so the density the pattern actually had there is shown next to the quality.")
-try:
-    with st.spinner("Running the model with the pattern in its attention…"):
-        q = cached_quality(key, spec.to_json(), loaded, spec, layers, heads)
-except ValueError as err:
-    st.error(f"Cannot run the model with this pattern: {err}")
-    st.stop()
-headline = next(iter(q.sparse))
-k1, k2 = st.columns(2)
-k1.metric(loaded.metric_names.get(headline, headline), f"{q.sparse[headline]:.4g}",
-          f"{q.sparse[headline] - q.dense[headline]:+.4g} vs dense",
-          delta_color="normal" if loaded.higher_is_better.get(headline, True) else "inverse")
-k2.metric("Mean density on the evaluation inputs", f"{q.mean_density:.1%}")
-quality_frame = pd.DataFrame(q.rows(loaded.metric_names))
-st.dataframe(quality_frame, hide_index=True)
-st.download_button("Quality (.csv)", quality_frame.to_csv(index=False), f"{stem}-quality.csv", mime="text/csv",
-                   key="att_dl_quality")
+scope = scope_form(n_layers, n_heads, layer, head)
+if scope is not None:
+    quality_section(key, loaded, spec, scope, stem)
 
 # ---------------------------------------------------------------------------------------------
 # Search per head
@@ -151,6 +131,7 @@ except ValueError as err:
     st.stop()
 
 summary = result.summary()
+headline = next(iter(plan_q.sparse))
 r1, r2, r3 = st.columns(3)
 r1.metric("Per-head plan: mean density", f"{summary['plan_density']:.1%}", help="on the calibration inputs")
 r2.metric("Per-head plan: mean recall", f"{summary['plan_recall']:.1%}",
@@ -168,4 +149,5 @@ st.dataframe(pd.DataFrame(result.rows()), hide_index=True, height=320)
 st.markdown("**Downloads**")
 d1, d2 = st.columns(2)
 d1.download_button("Per-head plan (.csv)", result.to_csv(), f"{stem}-search.csv", mime="text/csv", key="att_dl_search")
-d2.download_button("Plan (.json)", result.plan.to_json(), f"{stem}-plan.json", mime="application/json", key="att_dl_plan")
+d2.download_button("Plan (.json)", result.plan.to_json(), f"{stem}-plan.json", mime="application/json",
+                   key="att_dl_plan")

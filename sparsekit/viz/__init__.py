@@ -9,8 +9,10 @@ from ..maskstats import DEFAULT_MAX_CELLS
 from ._style import DIFF_COLORS, KEPT_COLOR, PRUNED_COLOR, SKIPPED_COLOR, log_ticks
 from .attention import (
     ATTENTION_FAMILY_COLORS,
+    LABEL_ALL_TOKENS,
     attention_heatmap,
     head_grid_figure,
+    head_picker_figure,
     plan_grid_figure,
     search_tradeoff_figure,
 )
@@ -39,10 +41,10 @@ from .training import (
 )
 
 __all__ = [
-    "ATTENTION_FAMILY_COLORS", "DEFAULT_MAX_CELLS", "DIFF_COLORS", "KEPT_COLOR", "METHOD_COLORS", "PRUNED_COLOR",
+    "ATTENTION_FAMILY_COLORS", "DEFAULT_MAX_CELLS", "LABEL_ALL_TOKENS", "DIFF_COLORS", "KEPT_COLOR", "METHOD_COLORS", "PRUNED_COLOR",
     "SKIPPED_COLOR", "STUDY_COLORS", "TEXT_CELLS_MAX", "agreement_figure", "attention_heatmap",
     "attention_speedup_figure", "attribution_maps_figure", "bench_figures", "compare_figure", "density_profile",
-    "flip_count_figure", "head_grid_figure", "lambda_sweep_figure", "layer_kept_figure", "log_ticks",
+    "flip_count_figure", "head_grid_figure", "head_picker_figure", "lambda_sweep_figure", "layer_kept_figure", "log_ticks",
     "magnitude_histogram", "mask_diff_figure", "mask_heatmap", "mask_zoom_figure", "memory_figure",
     "nm_group_figure", "paired_difference_figure", "params_by_type_figure", "plan_grid_figure", "quality_figure",
     "sad_heatmap_figure", "sad_series_figure", "search_tradeoff_figure", "seed_study_figure", "speedup_batch_figure",

@@ -1,5 +1,6 @@
 """Attention sparsity figures (``sparsekit.attention``): a head's attention with a pattern drawn over
-it, layer × head grids (recall, density, error), and the per-head search's plan and trade-off."""
+it, layer × head grids (recall, density, error; a clickable one for picking a head), and the per-head
+search's plan and trade-off."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -18,6 +19,9 @@ ATTENTION_FAMILY_COLORS = (
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
     "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173",
 )
+LABEL_ALL_TOKENS = 48
+"""Attention maps of at most this many tokens label every query and key (longer ones let plotly thin them)."""
+CURRENT_HEAD_COLOR = "#d62728"
 
 
 def _attn_matrix(values: Any, what: str, ndim: int = 2) -> np.ndarray:
@@ -46,7 +50,8 @@ def attention_heatmap(probs: Any, tokens: Sequence[str], mask: Any = None, *, ti
     Returns:
         ``data[0]``: Heatmap of the probabilities (``x`` keys, ``y`` queries, labels
         ``"<position> <token>"``); ``data[1]`` (with a mask): Heatmap of the dropped cells (1 where
-        dropped, None where kept) drawn half-transparent grey on top.
+        dropped, None where kept) drawn half-transparent grey on top. Cells are square (the y axis
+        is scale-anchored to x) and up to ``LABEL_ALL_TOKENS`` tokens every one is labelled.
 
     Raises:
         ValueError: shapes that do not match.
@@ -73,9 +78,14 @@ def attention_heatmap(probs: Any, tokens: Sequence[str], mask: Any = None, *, ti
         ))
     if title is None:
         title = "attention" if mask is None else f"attention, pattern keeps {_percent(float(np.mean(m)))} of the cells"
-    fig.update_layout(title=title, height=min(900, 260 + 9 * q_len))
-    fig.update_xaxes(title_text="key", type="category", tickangle=-60, showgrid=False)
-    fig.update_yaxes(title_text="query", type="category", autorange="reversed", showgrid=False)
+    every = q_len <= LABEL_ALL_TOKENS
+    # Rows get enough pixels for a readable label each when every token is labelled.
+    fig.update_layout(title=title, height=min(900, 300 + (16 if every else 9) * q_len))
+    ticks = dict(tickmode="array", tickvals=labels, ticktext=labels, tickfont=dict(size=10)) if every else {}
+    fig.update_xaxes(title_text="key", type="category", tickangle=-60, showgrid=False, constrain="domain", **ticks)
+    # One query row is as tall as one key column is wide: a square map stays square at any page width.
+    fig.update_yaxes(title_text="query", type="category", autorange="reversed", showgrid=False, scaleanchor="x",
+                     scaleratio=1, constrain="domain", **ticks)
     return fig
 
 
@@ -108,6 +118,51 @@ def head_grid_figure(values: Any, *, title: str, colorbar: str, zmin: float = 0.
     fig.update_xaxes(title_text="head", dtick=1)
     fig.update_yaxes(title_text="layer", dtick=1, autorange="reversed")
     return fig
+
+
+def head_picker_figure(kept: Any, current: tuple[int, int], *, title: str) -> go.Figure:
+    """A layer × head grid of the attention mass a pattern keeps, made for picking a head with a
+    click: the current head is outlined, hovering a cell shows the mass the pattern loses there.
+
+    Plotly heatmaps give no click selection, so a transparent marker sits on every cell centre;
+    with ``hoverdistance=-1`` the nearest marker, i.e. the cell under the pointer, answers hover
+    and click.
+
+    Args:
+        kept: ``[layers, heads]`` mass kept per head (attention recall, 0..1).
+        current: ``(layer, head)`` shown now.
+        title: figure title.
+
+    Returns:
+        ``data[0]``: Heatmap of ``kept`` (``z[layer][head]``, no hover); ``data[1]``: Scatter with
+        one point per cell, in row-major order (``x`` head, ``y`` layer, ``customdata`` ``[kept,
+        lost]`` with lost = 1 − kept); ``layout.shapes[0]``: the rectangle around ``current``.
+
+    Raises:
+        ValueError: ``kept`` not 2-D or ``current`` outside the grid.
+    """
+    v = _attn_matrix(kept, "kept mass").astype(np.float64)
+    n_layers, n_heads = v.shape
+    layer, head = current
+    if not (0 <= layer < n_layers and 0 <= head < n_heads):
+        raise ValueError(f"head ({layer}, {head}) is outside the {n_layers} × {n_heads} grid")
+    cells = [(li, hi) for li in range(n_layers) for hi in range(n_heads)]
+    fig = go.Figure([
+        go.Heatmap(z=v, x=list(range(n_heads)), y=list(range(n_layers)), zmin=0.0, zmax=1.0, colorscale="Viridis",
+                   texttemplate="%{z:.2f}", colorbar=dict(title=dict(text="mass kept")), hoverinfo="skip"),
+        go.Scatter(x=[hi for _, hi in cells], y=[li for li, _ in cells], mode="markers", showlegend=False,
+                   marker=dict(size=18, symbol="square", color="rgba(0,0,0,0)"),
+                   customdata=[[v[li, hi], 1.0 - v[li, hi]] for li, hi in cells],
+                   hovertemplate="layer %{y}, head %{x}<br>mass kept %{customdata[0]:.4f}<br>"
+                                 "<b>mass lost %{customdata[1]:.4f}</b><extra>click to show this head</extra>"),
+    ])
+    fig.add_shape(type="rect", x0=head - 0.5, x1=head + 0.5, y0=layer - 0.5, y1=layer + 0.5,
+                  line=dict(color=CURRENT_HEAD_COLOR, width=4), fillcolor="rgba(0,0,0,0)")
+    fig.update_layout(title=title, height=max(260, 120 + 36 * n_layers), hovermode="closest", hoverdistance=-1)
+    fig.update_xaxes(title_text="head", dtick=1, range=[-0.5, n_heads - 0.5], showgrid=False, zeroline=False)
+    fig.update_yaxes(title_text="layer", dtick=1, range=[n_layers - 0.5, -0.5], showgrid=False, zeroline=False)
+    return fig
+
 
 def plan_grid_figure(result: SearchResult, *, title: str = "per-head plan") -> go.Figure:
     """The per-head plan of a search: each cell coloured by the chosen pattern family, hover with

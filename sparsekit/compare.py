@@ -23,6 +23,8 @@ from .sparsify import METHODS, SparsifyConfig, SparsifyResult, sparsify
 
 COMPARE_VERSION = 2  # 2: SparseGPT H per sequence, block calibration order
 """Bump when a row's contents or meaning change, so stale cached rows are ignored."""
+PERMUTED_ROW_VERSION = 2  # 2: layers carry their perm; stopped, layers_searched, not_reached
+"""Version of the cached ``permuted_nm_row`` rows (on top of ``COMPARE_VERSION``)."""
 DEFAULT_METHODS = ("magnitude", "wanda", "sparsegpt", "taylor", "random")
 DEFAULT_NM = ((2, 4), (4, 8), (1, 4))
 DEFAULT_SPARSITIES = (0.5, 0.7)
@@ -214,17 +216,12 @@ def compare(
         raise ValueError(f"{len(configs)} settings; at most {MAX_SETTINGS}")
     for c in configs:
         c.validate()
-    fingerprint = model_fingerprint(loaded.module)
-    calib = calibration if calibration is not None else getattr(loaded, "calibration", None)
-    calib_digest = _calibration_digest(calib)
+    keys = _row_keys(loaded, configs, calibration)
     cache = get_cache()
     rows = []
-    for i, config in enumerate(configs):
+    for i, (config, key) in enumerate(zip(configs, keys)):
         if progress is not None:
             progress(i / max(len(configs), 1), f"{config.label()} ({i + 1}/{len(configs)})")
-        # Only calibrated methods depend on the calibration data.
-        key = make_key("compare", COMPARE_VERSION, loaded.spec, fingerprint, config.to_json(),
-                       calib_digest if config.method in ("wanda", "sparsegpt", "taylor") else "")
         raw = cache.get(key) if use_cache else None
         if isinstance(raw, str):
             row = json.loads(raw)
@@ -236,6 +233,40 @@ def compare(
         rows.append(row)
     if progress is not None:
         progress(1.0, "done")
+    return rows
+
+
+def _row_keys(loaded: Any, configs: Sequence[SparsifyConfig], calibration: Any = None) -> list[str]:
+    fingerprint = model_fingerprint(loaded.module)
+    calib = calibration if calibration is not None else getattr(loaded, "calibration", None)
+    calib_digest = _calibration_digest(calib)
+    # Only calibrated methods depend on the calibration data.
+    return [make_key("compare", COMPARE_VERSION, loaded.spec, fingerprint, c.to_json(),
+                     calib_digest if c.method in ("wanda", "sparsegpt", "taylor") else "") for c in configs]
+
+
+def cached_rows(loaded: Any, configs: Sequence[SparsifyConfig], *,
+                calibration: Any = None) -> list[dict[str, Any]] | None:
+    """The rows ``compare`` would return, if every one of them is already in the disk cache.
+
+    Args:
+        loaded: a ``LoadedModel``.
+        configs: the settings.
+        calibration: as for ``compare``.
+
+    Returns:
+        The cached rows in order (each with ``cached=True``), or None when any setting has not
+        been computed for this model (nothing is computed here).
+    """
+    if not configs:
+        return None
+    cache = get_cache()
+    rows = []
+    for key in _row_keys(loaded, configs, calibration):
+        raw = cache.get(key)
+        if not isinstance(raw, str):
+            return None
+        rows.append({**json.loads(raw), "cached": True})
     return rows
 
 
@@ -298,34 +329,56 @@ def markdown_table(rows: Sequence[dict[str, Any]], metric: str, *, digits: int =
     return "\n".join(lines)
 
 
+def _permuted_key(loaded: Any, n: int, m: int, max_seconds_per_layer: float) -> str:
+    return make_key("compare-perm", COMPARE_VERSION, PERMUTED_ROW_VERSION, loaded.spec,
+                    model_fingerprint(loaded.module), n, m, max_seconds_per_layer,
+                    _calibration_digest(getattr(loaded, "calibration", None)))
+
+
+def cached_permuted_row(loaded: Any, n: int = 2, m: int = 4, *,
+                        max_seconds_per_layer: float = 20.0) -> dict[str, Any] | None:
+    """The cached ``permuted_nm_row`` of a finished search, or None (nothing is computed)."""
+    raw = get_cache().get(_permuted_key(loaded, n, m, max_seconds_per_layer))
+    return {**json.loads(raw), "cached": True} if isinstance(raw, str) else None
+
+
 def permuted_nm_row(loaded: Any, n: int = 2, m: int = 4, *, use_cache: bool = True,
-                    max_seconds_per_layer: float = 20.0, progress: ProgressFn | None = None) -> dict[str, Any]:
+                    max_seconds_per_layer: float = 20.0, progress: ProgressFn | None = None,
+                    should_stop: Callable[[], bool] | None = None, on_layer: Callable[[dict], None] | None = None,
+                    resume: Sequence[dict] | None = None) -> dict[str, Any]:
     """Magnitude N:M after a function-preserving channel permutation, as a comparison row (cached).
+
+    A run that ``should_stop`` ends early gives the row of the layers finished so far (the rest
+    left unpermuted) and is not cached; pass its ``layers`` as ``resume`` to continue it.
 
     Args:
         loaded: a ``LoadedModel`` (never modified).
         n: kept per group.
         m: group size.
         use_cache: read a cached row.
-        max_seconds_per_layer: search time limit per layer (``scoring.permute_channels``).
+        max_seconds_per_layer: search time limit per layer (``permutation.permute_channels``).
         progress: optional ``progress(fraction, message)`` callback.
+        should_stop: optional ``should_stop() -> bool``, asked between layers and search rounds.
+        on_layer: optional callback with each permuted layer's row as soon as it is done.
+        resume: layer rows of an earlier, stopped run (its ``layers``), not searched again.
 
     Returns:
         A row like ``evaluate``'s with method ``magnitude+perm``, plus ``recovered_share`` (of the
         gap in kept magnitude between plain N:M and unstructured, over the permuted layers),
-        ``layers`` (the per-layer search report) and ``skipped`` (layer -> why not permuted).
+        ``layers`` (the per-layer search report, each with its ``perm``), ``skipped`` (layer ->
+        why not permuted), ``stopped``, ``layers_searched`` and ``not_reached`` (layers a stopped
+        run did not get to).
     """
 
     config = SparsifyConfig(pattern="nm", n=n, m=m)
     config.validate()
-    key = make_key("compare-perm", COMPARE_VERSION, loaded.spec, model_fingerprint(loaded.module), n, m,
-                   max_seconds_per_layer, _calibration_digest(getattr(loaded, "calibration", None)))
+    key = _permuted_key(loaded, n, m, max_seconds_per_layer)
     cache = get_cache()
-    raw = cache.get(key) if use_cache else None
-    if isinstance(raw, str):
-        return {**json.loads(raw), "cached": True}
+    if use_cache and (hit := cached_permuted_row(loaded, n, m, max_seconds_per_layer=max_seconds_per_layer)):
+        return hit
     start = time.perf_counter()
-    perm = permute_channels(loaded, n, m, max_seconds_per_layer=max_seconds_per_layer, progress=progress)
+    perm = permute_channels(loaded, n, m, max_seconds_per_layer=max_seconds_per_layer, progress=progress,
+                            should_stop=should_stop, on_layer=on_layer, resume=resume)
     search_seconds = time.perf_counter() - start
     result = sparsify(perm.model, config)
     quality = loaded.quality(result.model)
@@ -340,6 +393,8 @@ def permuted_nm_row(loaded: Any, n: int = 2, m: int = 4, *, use_cache: bool = Tr
         "prune_seconds": time.perf_counter() - start, "seconds": time.perf_counter() - start,
         "search_seconds": search_seconds, "notes": {}, "config": config.to_json(),
         "recovered_share": perm.recovered_share(), "layers": perm.rows, "skipped": perm.skipped,
+        "stopped": perm.stopped, "layers_searched": perm.layers_searched, "not_reached": perm.not_reached,
     }
-    cache.set(key, json.dumps(row))
+    if not perm.stopped:
+        cache.set(key, json.dumps(row))
     return {**row, "cached": False}

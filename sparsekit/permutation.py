@@ -9,7 +9,8 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -23,6 +24,9 @@ from .methods.wanda import row_unstructured_mask
 
 PERMUTATION_CHECK_SAMPLES = 8
 """Calibration samples used to confirm that a permutation leaves the function unchanged."""
+
+StopFn = Callable[[], bool]
+"""``should_stop() -> bool``: asked between search rounds and before each layer; True ends the search."""
 
 
 def nm_kept_magnitude(matrix: torch.Tensor, n: int, m: int) -> float:
@@ -58,6 +62,9 @@ class PermutationSearch:
     swaps: int
     rounds: int
     seconds: float
+    stopped: bool = False
+    """True when ``should_stop`` ended the search before a local optimum or a limit (the
+    permutation is still valid and never lowers the kept magnitude)."""
 
     @property
     def recovered_share(self) -> float:
@@ -97,6 +104,8 @@ def search_permutation(
     *,
     max_rounds: int = 100,
     max_seconds: float = 30.0,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
 ) -> PermutationSearch:
     """Greedy channel-swap search for a column permutation that raises the N:M-kept magnitude.
 
@@ -113,6 +122,11 @@ def search_permutation(
         m: group size.
         max_rounds: most rounds of swaps.
         max_seconds: time limit (the search stops after the round that passes it).
+        progress: optional ``progress(fraction, message)`` after every round; the fraction is the
+            larger of the rounds and the time used (of ``max_rounds``, ``max_seconds``), so it only
+            rises, and it is 1 at the end.
+        should_stop: optional callable asked after every round; True ends the search there
+            (``stopped`` is then set).
 
     Returns:
         The permutation and the kept magnitudes before/after and of the unstructured references.
@@ -125,10 +139,10 @@ def search_permutation(
     if cols % m:
         raise ValueError(f"{cols} columns are not a multiple of M={m}")
     with one_thread():
-        return _search(matrix, n, m, max_rounds, max_seconds)
+        return _search(matrix, n, m, max_rounds, max_seconds, progress, should_stop)
 
 
-def _search(matrix, n, m, max_rounds, max_seconds) -> PermutationSearch:
+def _search(matrix, n, m, max_rounds, max_seconds, progress=None, should_stop=None) -> PermutationSearch:
     rows, cols = matrix.shape
     start_time = time.perf_counter()
     a = matrix.detach().abs().double()
@@ -169,7 +183,11 @@ def _search(matrix, n, m, max_rounds, max_seconds) -> PermutationSearch:
     tol = 1e-9 * max(before, 1e-30)
     lower = torch.ones(cols, cols, dtype=torch.bool).tril()
     swaps = rounds = 0
+    stopped = False
     while rounds < max_rounds and time.perf_counter() - start_time < max_seconds:
+        if should_stop is not None and should_stop():
+            stopped = True
+            break
         rounds += 1
         gain = D + D.T
         # Each unordered pair once, and never two columns of the same group.
@@ -200,6 +218,11 @@ def _search(matrix, n, m, max_rounds, max_seconds) -> PermutationSearch:
         swaps += len(chosen)
         touched = refresh(sorted(used))
         D[touched] = d_rows(touched)
+        if progress is not None:
+            used_share = max(rounds / max_rounds, (time.perf_counter() - start_time) / max_seconds)
+            progress(min(used_share, 1.0), f"round {rounds}, {swaps} swaps")
+    if progress is not None:
+        progress(1.0, f"{rounds} rounds, {swaps} swaps")
     after = nm_kept_magnitude(a[:, perm], n, m)
     if after < before:  # cannot happen with exact gains; guard against rounding all the same
         perm, after = torch.arange(cols), before
@@ -213,6 +236,7 @@ def _search(matrix, n, m, max_rounds, max_seconds) -> PermutationSearch:
         swaps=swaps,
         rounds=rounds,
         seconds=time.perf_counter() - start_time,
+        stopped=stopped,
     )
 
 
@@ -272,13 +296,24 @@ class ChannelPermutation:
     """The permuted copy (computes the same function as the original)."""
     rows: list[dict]
     """One dict per permuted consumer layer: ``layer``, ``producers``, ``kept_before``,
-    ``kept_after``, ``kept_unstructured``, ``kept_row_bound``, ``recovered_share``, ``swaps``, ``seconds``."""
+    ``kept_after``, ``kept_unstructured``, ``kept_row_bound``, ``recovered_share``, ``swaps``,
+    ``seconds`` and ``perm`` (the new input-channel order as a list, for ``resume``)."""
     skipped: dict[str, str]
     """Consumer layer -> why it was not permuted."""
     perms: dict[str, torch.Tensor]
     """Consumer layer -> the permutation applied to its input channels."""
     n: int
     m: int
+    stopped: bool = False
+    """True when ``should_stop`` ended the run early: the layers in ``rows`` are permuted, those in
+    ``not_reached`` are left as they were."""
+    not_reached: list[str] = field(default_factory=list)
+    """Consumer layers the run did not get to because it was stopped."""
+
+    @property
+    def layers_searched(self) -> int:
+        """Number of layers permuted (searched in this run or taken from ``resume``)."""
+        return len(self.rows)
 
     def recovered_share(self) -> float:
         """Share of the total gap (over permuted layers) between plain N:M and unstructured recovered."""
@@ -297,6 +332,9 @@ def permute_channels(
     max_rounds: int = 100,
     max_seconds_per_layer: float = 20.0,
     progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    on_layer: Callable[[dict], None] | None = None,
+    resume: Sequence[Mapping] | None = None,
 ) -> ChannelPermutation:
     """Permute input channels of N:M-prunable layers, and the producing layers' outputs with them.
 
@@ -307,6 +345,9 @@ def permute_channels(
     leave the outputs unchanged (within 1e-5) before the search runs. Only candidates that pass
     are permuted, so the copy computes the same function.
 
+    Layers are searched in order, each on its original weights, so a run stopped after k layers
+    gives exactly the permutations of the first k layers of a full run.
+
     Args:
         model: an ``nn.Module`` or a ``LoadedModel`` (never modified; a copy is permuted).
         n: kept per group.
@@ -315,10 +356,25 @@ def permute_channels(
         include: optional filter on consumer layer names.
         max_rounds: search rounds per layer.
         max_seconds_per_layer: search time limit per layer.
-        progress: optional ``progress(fraction, message)`` callback.
+        progress: optional ``progress(fraction, message)``, called before each layer and after
+            every search round; the fractions rise (each layer weighted by its search cost,
+            rows x channels²) and end at 1.
+        should_stop: optional ``should_stop() -> bool``, asked before each layer and after each
+            search round. True ends the run: the layers finished so far stay permuted; the layer
+            being searched and every later one are left unpermuted (``stopped``, ``not_reached``).
+        on_layer: optional ``on_layer(row)``, called with each permuted layer's row (``perm``
+            included) as soon as it is done, so a caller keeps finished layers even when the run
+            is interrupted.
+        resume: rows of an earlier run of the same model with the same ``n``, ``m`` and limits
+            (``rows`` or what ``on_layer`` received): those layers take their stored permutation
+            instead of a new search.
 
     Returns:
         A ``ChannelPermutation`` with the permuted copy and a per-layer report.
+
+    Raises:
+        ValueError: bad N:M, no calibration, no prunable layers, or ``resume`` rows that do not
+            fit this model.
     """
 
     if not 1 <= n < m:
@@ -332,58 +388,83 @@ def permute_channels(
     layers = prunable_layers(source)
     if not layers:
         raise ValueError("the model has no Linear or Conv layers to permute")
+    resumed = _resume_rows(resume)
     work = copy.deepcopy(source).eval()
     mods = dict(work.named_modules())
     names = [name for name, _ in layers]
     sample = calibration_slice(calibration, 0, PERMUTATION_CHECK_SAMPLES)
     with torch.no_grad():
         reference = run_model(work, sample)
-    gen = torch.Generator().manual_seed(0)
-    rows: list[dict] = []
-    skipped: dict[str, str] = {}
-    perms: dict[str, torch.Tensor] = {}
-    for idx, cname in enumerate(names):
+
+    def stop_now() -> bool:
+        return should_stop is not None and bool(should_stop())
+
+    def report(fraction: float, message: str) -> None:
         if progress is not None:
-            progress(idx / len(names), f"permutation: {cname}")
-        consumer = mods[cname]
+            progress(min(max(fraction, 0.0), 1.0), message)
+
+    # Plan first (cheap: shape checks and one forward per candidate), so the progress fractions can
+    # weigh each search by its cost from the start.
+    gen = torch.Generator().manual_seed(0)
+    skipped: dict[str, str] = {}
+    plan: list[tuple[str, list[str] | None]] = []  # (consumer, producers or None = resumed)
+    not_reached: list[str] = []
+    stopped = False
+    for idx, cname in enumerate(names):
         if include is not None and not include(cname):
             continue
-        if idx == 0:
-            skipped[cname] = "first layer: its input comes from outside the network"
+        report(0.0, f"checking which layers can be permuted: {cname}")
+        reason, candidates = _static_check(names, idx, mods, m)
+        if reason:
+            skipped[cname] = reason
+        elif cname in resumed:
+            plan.append((cname, None))
+        elif stopped or stop_now():
+            stopped = True
+            not_reached.append(cname)
+        else:
+            chosen = _function_check(work, mods, candidates, mods[cname], sample, reference, gen)
+            if chosen is None:
+                skipped[cname] = (f"permuting {', '.join(candidates[0])} changes the output: its input is not "
+                                  "produced elementwise (attention heads, residual sums or normalisation in between)")
+            else:
+                plan.append((cname, chosen))
+
+    weights = [0.0 if producers is None else _search_cost(mods[c]) for c, producers in plan]
+    total = sum(weights) or 1.0
+    done = 0.0
+    rows: list[dict] = []
+    perms: dict[str, torch.Tensor] = {}
+    for (cname, producers), weight in zip(plan, weights):
+        consumer = mods[cname]
+        if producers is None:
+            row = _apply_resumed(resumed[cname], mods, consumer)
+            perms[cname] = torch.as_tensor(row["perm"], dtype=torch.long)
+            rows.append(row)
             continue
-        if not _permutable(consumer) or isinstance(consumer, nn.Conv1d) or (consumer.weight.dim() > 2 and consumer.groups != 1):
-            skipped[cname] = f"{type(consumer).__name__} consumers are not supported"
+        if stopped or stop_now():
+            stopped = True
+            not_reached.append(cname)
             continue
-        cin = in_features(consumer)
-        if cin % m:
-            skipped[cname] = f"{cin} input channels are not a multiple of M={m}"
-            continue
-        candidates = _producer_candidates(names, idx, mods, cin, type(consumer))
-        if not candidates:
-            skipped[cname] = "no preceding layer produces its input channels"
-            continue
-        chosen = None
-        for producers in candidates:
-            trial = torch.randperm(cin, generator=gen)
-            _apply_pair([mods[p] for p in producers], consumer, trial)
-            with torch.no_grad():
-                ok = _outputs_close(run_model(work, sample), reference)
-            inverse = torch.argsort(trial)
-            _apply_pair([mods[p] for p in producers], consumer, inverse)
-            if ok:
-                chosen = producers
-                break
-        if chosen is None:
-            skipped[cname] = (f"permuting {', '.join(candidates[0])} changes the output: its input is not produced "
-                              "elementwise (attention heads, residual sums or normalisation in between)")
-            continue
+        report(done / total, f"layer {len(rows) + 1}/{len(plan)}: {cname}")
+        start = done
+
+        def layer_progress(f: float, msg: str, start=start, weight=weight, cname=cname) -> None:
+            report((start + f * weight) / total, f"layer {len(rows) + 1}/{len(plan)}: {cname}, {msg}")
+
         found = search_permutation(_consumer_matrix(consumer), n, m, max_rounds=max_rounds,
-                                   max_seconds=max_seconds_per_layer)
-        _apply_pair([mods[p] for p in chosen], consumer, found.perm)
+                                   max_seconds=max_seconds_per_layer, progress=layer_progress,
+                                   should_stop=should_stop)
+        done += weight
+        if found.stopped:  # a half-searched layer would differ from a full run's: leave it as it is
+            stopped = True
+            not_reached.append(cname)
+            continue
+        _apply_pair([mods[p] for p in producers], consumer, found.perm)
         perms[cname] = found.perm
-        rows.append({
+        row = {
             "layer": cname,
-            "producers": ", ".join(chosen),
+            "producers": ", ".join(producers),
             "kept_before": found.kept_before,
             "kept_after": found.kept_after,
             "kept_unstructured": found.kept_unstructured,
@@ -391,13 +472,87 @@ def permute_channels(
             "recovered_share": found.recovered_share,
             "swaps": found.swaps,
             "seconds": found.seconds,
-        })
+            "perm": found.perm.tolist(),
+        }
+        rows.append(row)
+        if on_layer is not None:
+            on_layer(dict(row))
     with torch.no_grad():
         if not _outputs_close(run_model(work, sample), reference):  # every pair was checked; belt and braces
+            if resumed:
+                raise ValueError("the resumed permutations change the model's output: they come from another "
+                                 "model or setting; search afresh")
             raise RuntimeError("the permuted model's outputs differ from the original's")
-    if progress is not None:
-        progress(1.0, "permutation done")
-    return ChannelPermutation(model=work, rows=rows, skipped=skipped, perms=perms, n=n, m=m)
+    report(1.0, "permutation stopped" if stopped else "permutation done")
+    return ChannelPermutation(model=work, rows=rows, skipped=skipped, perms=perms, n=n, m=m, stopped=stopped,
+                              not_reached=not_reached)
+
+
+def _static_check(names: list[str], idx: int, mods: dict, m: int) -> tuple[str, list[list[str]]]:
+    """Why consumer ``names[idx]`` cannot be permuted ("" if it may be), and its producer candidates."""
+    consumer = mods[names[idx]]
+    if idx == 0:
+        return "first layer: its input comes from outside the network", []
+    if (not _permutable(consumer) or isinstance(consumer, nn.Conv1d)
+            or (consumer.weight.dim() > 2 and consumer.groups != 1)):
+        return f"{type(consumer).__name__} consumers are not supported", []
+    cin = in_features(consumer)
+    if cin % m:
+        return f"{cin} input channels are not a multiple of M={m}", []
+    candidates = _producer_candidates(names, idx, mods, cin, type(consumer))
+    if not candidates:
+        return "no preceding layer produces its input channels", []
+    return "", candidates
+
+
+def _function_check(work: nn.Module, mods: dict, candidates: list[list[str]], consumer: nn.Module, sample: Any,
+                    reference: Any, gen: torch.Generator) -> list[str] | None:
+    """The first producer set whose random joint permutation with the consumer keeps the outputs."""
+    cin = in_features(consumer)
+    for producers in candidates:
+        trial = torch.randperm(cin, generator=gen)
+        _apply_pair([mods[p] for p in producers], consumer, trial)
+        with torch.no_grad():
+            ok = _outputs_close(run_model(work, sample), reference)
+        _apply_pair([mods[p] for p in producers], consumer, torch.argsort(trial))
+        if ok:
+            return producers
+    return None
+
+
+def _search_cost(consumer: nn.Module) -> float:
+    rows, cols = _consumer_matrix(consumer).shape
+    return float(rows) * cols * cols  # the all-pairs L1 distances dominate a search
+
+
+def _resume_rows(resume: Sequence[Mapping] | None) -> dict[str, dict]:
+    if resume is None:
+        return {}
+    if isinstance(resume, (str, bytes, Mapping)) or not isinstance(resume, Sequence):
+        raise ValueError(f"resume must be a list of layer rows, got {type(resume).__name__}")
+    out = {}
+    for i, row in enumerate(resume):
+        if not isinstance(row, Mapping) or not all(k in row for k in ("layer", "producers", "perm")):
+            raise ValueError(f"resume[{i}] must be a layer row with 'layer', 'producers' and 'perm'")
+        out[str(row["layer"])] = dict(row)
+    return out
+
+
+def _apply_resumed(row: dict, mods: dict, consumer: nn.Module) -> dict:
+    cin = in_features(consumer)
+    producers = [p for p in str(row["producers"]).split(", ") if p]
+    try:
+        perm = torch.as_tensor(row["perm"], dtype=torch.long)
+    except (TypeError, ValueError, RuntimeError):
+        perm = None
+    fits = (perm is not None and perm.dim() == 1 and perm.numel() == cin
+            and torch.equal(perm.sort().values, torch.arange(cin)) and producers
+            and all(p in mods and _permutable(mods[p]) and out_features(mods[p]) == cin for p in producers))
+    if not fits:
+        raise ValueError(f"resume: the stored permutation of {row['layer']} does not fit this model "
+                         f"({cin} input channels, producers {row['producers']!r})")
+    _apply_pair([mods[p] for p in producers], consumer, perm)
+    return {**row, "perm": perm.tolist()}
 
 
 def _producer_candidates(names: list[str], idx: int, mods: dict, cin: int, kind: type) -> list[list[str]]:

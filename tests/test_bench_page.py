@@ -1,4 +1,5 @@
-"""The Benchmarks page through AppTest: run CPU suites, import CLI output, reject bad files."""
+"""The Benchmarks page through AppTest: run CPU suites, import CLI output, reject bad files, show
+each suite's settings only when it is chosen, suites from the URL."""
 import json
 import subprocess
 import sys
@@ -58,7 +59,7 @@ def test_bad_selection_messages(page):
     at.multiselect(key="bench_suites").set_value([])
     at.button(key="bench_run").click().run()
     assert any("at least one suite" in e.value for e in at.error)
-    at.multiselect(key="bench_suites").set_value(["formats"])
+    at.multiselect(key="bench_suites").set_value(["formats"]).run()
     at.multiselect(key="bench_densities").set_value([])
     at.button(key="bench_run").click().run()
     assert any("at least one density" in e.value for e in at.error)
@@ -86,3 +87,58 @@ def test_time_budget_skips_late_cases(page, monkeypatch):
     first_skip = int(late.index[0])
     assert (table["status"].iloc[first_skip:] == "skipped").all()  # once spent, it stays spent
     assert late["median_ms"].isna().all()
+
+
+def keys(at):
+    return {w.key for kind in ("multiselect", "select_slider", "number_input", "checkbox")
+            for w in at.get(kind)}
+
+
+CSR = {"bench_size", "bench_densities"}
+ATTENTION = {"bench_seq", "bench_window"}
+GPU = {"bench_batches", "bench_model_shapes"}
+
+
+def test_settings_follow_the_chosen_suites_on_cpu(page):
+    at = page
+    assert at.multiselect(key="bench_suites").value == ["formats", "attention"]
+    shown = keys(at)
+    assert CSR | ATTENTION <= shown and not GPU & shown  # no GPU batch sizes without a GPU...
+    assert any("appear here on a machine with one" in c.value for c in at.caption)  # ...but a note saying why
+    at.multiselect(key="bench_suites").set_value(["formats"]).run()
+    shown = keys(at)
+    assert CSR <= shown and not (ATTENTION | GPU) & shown
+    at.select_slider(key="bench_size").set_value(1024).run()
+    at.multiselect(key="bench_suites").set_value(["attention"]).run()
+    shown = keys(at)
+    assert ATTENTION <= shown and not (CSR | GPU) & shown
+    # A setting hidden and shown again keeps what the user chose.
+    at.multiselect(key="bench_suites").set_value(["attention", "formats"]).run()
+    assert at.select_slider(key="bench_size").value == 1024
+
+
+def test_gpu_settings_only_with_the_gpu_suites(tmp_cache, monkeypatch):
+    import torch
+
+    from sparsekit.bench import suites
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(suites, "semi_structured_available", lambda device: "")
+    at = page_app("benchmarks", "digits:mlp", 300)
+    at.run()
+    assert not at.exception, at.exception
+    assert "Linear: dense vs 2:4" in at.multiselect(key="bench_suites").options
+    assert not GPU & keys(at) and not any("machine with one" in c.value for c in at.caption)
+    at.multiselect(key="bench_suites").set_value(["linear"]).run()
+    shown = keys(at)
+    assert GPU <= shown and not (CSR | ATTENTION) & shown
+
+
+def test_suites_come_from_the_url(tmp_cache):
+    at = page_app("benchmarks", "digits:mlp", 300)
+    at.query_params["bench_suites"] = "FlexAttention block-sparse vs SDPA"  # the URL holds the shown label
+    at.run()
+    assert not at.exception
+    ms = at.multiselect(key="bench_suites")
+    assert ms.value == ["attention"] and ms.proto.query_param_key == "bench_suites"
+    assert ATTENTION <= keys(at) and not CSR & keys(at)

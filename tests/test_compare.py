@@ -1,11 +1,13 @@
 """Method comparison: sweep configs, rows against independent runs, the disk cache, memory accounting."""
 import json
+from collections import Counter
 
 import pytest
 import torch
 from torch import nn
 
 import sparsekit
+import sparsekit.permutation
 from sparsekit import compare as cmp
 from sparsekit.models.base import LoadedModel
 from sparsekit.sparsify import SparsifyConfig, prunable_layers, sparsify
@@ -114,3 +116,70 @@ def test_best_first_ranks_methods_per_setting(higher):
         assert ranked == ref
     assert cmp.best_first(rows, "loss", higher_is_better=False)["2:4"][0] == ("wanda", -90.0)
     assert cmp.best_first([], "accuracy") == {}
+
+
+def _row(method, family, pattern, sparsity, acc):
+    return {"method": method, "family": family, "pattern": pattern, "sparsity": sparsity,
+            "best_bytes": 1000, "quality": {"accuracy": acc}}
+
+
+def test_compare_figure_layout_keeps_labels_apart_and_legend_below():
+    from sparsekit import viz
+
+    rows = [_row("dense", "dense", "dense", 0.0, 0.97)]
+    for method, base in (("magnitude", 0.90), ("wanda", 0.92), ("sparsegpt", 0.93)):
+        rows += [_row(method, "N:M", "2:4", 0.5, base), _row(method, "N:M", "4:8", 0.5, base + 0.01),
+                 _row(method, "N:M", "1:4", 0.75, base - 0.2),
+                 _row(method, "unstructured", "unstructured 50%", 0.5, base + 0.02),
+                 _row(method, "unstructured", "unstructured 70%", 0.7, base - 0.05)]
+    fig = viz.compare_figure(rows, "accuracy")
+    assert fig.layout.legend.orientation == "h" and fig.layout.legend.y < 0  # below the plot, not beside it
+    data = [t for t in fig.data if t.meta != "labels"]
+    # One legend entry per method; every point is drawn where its row says.
+    assert [t.name for t in data if t.showlegend] == ["magnitude", "wanda", "sparsegpt"]
+    for t in data:
+        mine = [r for r in rows if r["method"] == t.legendgroup and r["family"] == t.meta]
+        assert sorted(zip(t.x, t.y)) == sorted((r["sparsity"], r["quality"]["accuracy"]) for r in mine)
+    nm = [t for t in data if t.meta == "N:M"]
+    for t in nm:  # the pattern is in the marker symbol, the same symbol for the same pattern
+        assert dict(zip(t.customdata, t.marker.symbol)) == {"2:4": "diamond", "4:8": "square", "1:4": "triangle-up"}
+    labels = next(t for t in fig.data if t.meta == "labels")
+    # Each pattern named once per x (not once per method), and labels at the same x in different places.
+    assert Counter(zip(labels.x, labels.text)) == Counter({(0.5, "2:4"): 1, (0.5, "4:8"): 1, (0.75, "1:4"): 1})
+    at_half = [p for xv, p in zip(labels.x, labels.textposition) if xv == 0.5]
+    assert len(set(at_half)) == len(at_half) == 2
+    # The 4:8 cluster lies above the 2:4 one here: its label goes on top of its highest point.
+    top = dict(zip(labels.text, zip(labels.y, labels.textposition)))
+    assert top["4:8"] == (pytest.approx(0.94), "top center")
+    assert top["2:4"] == (pytest.approx(0.90), "bottom center")
+
+
+def test_cached_rows_only_when_every_setting_was_run(mlp, tmp_cache):
+    configs = cmp.sweep_configs(["magnitude", "random"], [(2, 4)], [])
+    assert cmp.cached_rows(mlp, configs) is None
+    cmp.compare(mlp, configs[:1])
+    assert cmp.cached_rows(mlp, configs) is None  # one of two is not enough
+    rows = cmp.compare(mlp, configs)
+    got = cmp.cached_rows(mlp, configs)
+    assert [r["quality"] for r in got] == [r["quality"] for r in rows] and all(r["cached"] for r in got)
+    assert cmp.cached_rows(mlp, []) is None
+
+
+def test_permuted_row_stops_without_caching_and_resumes(mlp, tmp_cache):
+    limit = 1e9  # no time limit: the search then depends on its rounds only
+    done = []
+    part = cmp.permuted_nm_row(mlp, 2, 4, max_seconds_per_layer=limit, on_layer=done.append,
+                               should_stop=lambda: len(done) >= 1)
+    assert part["stopped"] and part["layers_searched"] == 1 and part["not_reached"] == ["head"]
+    assert [r["layer"] for r in part["layers"]] == ["fc2"] == [r["layer"] for r in done]
+    # The partial row is measured on the partly permuted model: 2:4 magnitude of that copy.
+    perm = sparsekit.permutation.permute_channels(mlp, 2, 4, resume=done, should_stop=lambda: True)
+    assert part["quality"] == pytest.approx(mlp.quality(sparsify(perm.model, SparsifyConfig()).model))
+    again = cmp.permuted_nm_row(mlp, 2, 4, max_seconds_per_layer=limit, should_stop=lambda: True)
+    assert again["cached"] is False and again["layers_searched"] == 0  # the stopped row was not cached
+    full = cmp.permuted_nm_row(mlp, 2, 4, max_seconds_per_layer=limit, resume=part["layers"])
+    fresh = cmp.permuted_nm_row(mlp, 2, 4, max_seconds_per_layer=limit, use_cache=False)
+    assert not full["stopped"] and full["layers_searched"] == 2
+    assert [r["perm"] for r in full["layers"]] == [r["perm"] for r in fresh["layers"]]
+    assert full["quality"] == fresh["quality"]
+    assert cmp.permuted_nm_row(mlp, 2, 4, max_seconds_per_layer=limit)["cached"] is True

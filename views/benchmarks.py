@@ -30,6 +30,7 @@ if not cuda:
 elif why_not:
     st.warning(f"2:4 suites unavailable on this GPU: {why_not}")
 
+DENSITIES, SEQ_LENS, BATCHES = [0.01, 0.05, 0.1, 0.3, 0.5], [512, 1024, 2048], [1, 16, 256, 2048]
 SUITE_LABELS = {"linear": "Linear: dense vs 2:4", "formats": "CSR / BSR vs dense",
                 "attention": "FlexAttention block-sparse vs SDPA", "model": "Whole MiniLM: dense vs 2:4"}
 
@@ -83,24 +84,40 @@ run_tab, history_tab, import_tab = st.tabs(["Run here", "History", "Import resul
 with run_tab:
     available = list(SUITES) if (cuda and not why_not) else [s for s in SUITES if s not in CUDA_ONLY]
     suites = st.multiselect("Suites", available, default=[s for s in ("formats", "attention") if s in available],
-                            format_func=SUITE_LABELS.get, key="bench_suites")
-    c1, c2, c3 = st.columns(3)
-    with c1:
-        size = st.select_slider("CSR/BSR matrix size (n×n)", [512, 1024, 2048, 4096, 8192], 2048, key="bench_size")
-        densities = st.multiselect("Densities (kept fraction)", [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0],
-                                   default=[0.01, 0.05, 0.1, 0.3, 0.5], key="bench_densities")
-    with c2:
-        seq_lens = st.multiselect("Attention lengths (tokens)", [256, 512, 1024, 2048, 4096, 8192],
-                                  default=[512, 1024, 2048], key="bench_seq")
-        window = int(st.number_input("Sliding window (tokens)", 1, 8192, 64, key="bench_window"))
-    with c3:
-        batches = st.multiselect("Batch sizes (linear/model)", [1, 8, 16, 64, 256, 512, 2048, 8192],
-                                 default=[1, 16, 256, 2048], key="bench_batches")
+                            format_func=SUITE_LABELS.get, key="bench_suites", bind="query-params", wrap=True)
+    # Each suite's settings only while it is chosen; "page" keeps a hidden setting for when it returns.
+    keep = dict(persist_state="page")
+    size, densities, seq_lens, window, batches, use_model = 2048, DENSITIES, SEQ_LENS, 64, BATCHES, True
+    gpu = [s for s in suites if s in CUDA_ONLY]
+    shown = [g for g in ("formats", "attention") if g in suites] + (["gpu"] if gpu else [])
+    col = dict(zip([*shown, "all"], st.columns(len(shown) + 1)))
+    if "formats" in col:
+        col["formats"].markdown("**CSR / BSR**")
+        size = col["formats"].select_slider("Matrix size (n×n)", [512, 1024, 2048, 4096, 8192], 2048,
+                                            key="bench_size", **keep)
+        densities = col["formats"].multiselect("Densities (kept fraction)", [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5,
+                                                                             0.7, 1.0],
+                                               default=DENSITIES, key="bench_densities", **keep)
+    if "attention" in col:
+        col["attention"].markdown("**Attention**")
+        seq_lens = col["attention"].multiselect("Lengths (tokens)", [256, 512, 1024, 2048, 4096, 8192],
+                                                default=SEQ_LENS, key="bench_seq", **keep)
+        window = int(col["attention"].number_input("Sliding window (tokens)", 1, 8192, 64, key="bench_window", **keep))
+    if "gpu" in col:
+        col["gpu"].markdown("**2:4 on the GPU**")
+        batches = col["gpu"].multiselect("Batch sizes (linear/model)", [1, 8, 16, 64, 256, 512, 2048, 8192],
+                                         default=BATCHES, key="bench_batches", **keep)
+        use_model = col["gpu"].checkbox("Add the loaded model's Linear shapes", value=True, key="bench_model_shapes",
+                                        **keep)
+    with col["all"]:
+        st.markdown("**Every suite**")
         repeats = int(st.number_input("Timed repeats", 3, 200, 10, key="bench_repeats"))
         budget = float(st.number_input("Time budget (s)", 1, 3600, 300, key="bench_budget",
                                        help="cases that would start after this many seconds are listed as "
                                             "skipped instead of run"))
-        use_model = st.checkbox("Add the loaded model's Linear shapes", value=True, key="bench_model_shapes")
+    if not cuda:
+        st.caption("Batch sizes and the loaded model's Linear shapes belong to the 2:4 suites, which need an NVIDIA "
+                   "GPU; they appear here on a machine with one.")
     loaded, _ = get_model()
     layer_shapes = ()
     if use_model and loaded is not None:

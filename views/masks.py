@@ -1,4 +1,4 @@
-"""Masks: look inside one layer's mask, and compare two masks."""
+"""Masks: look inside one layer's mask, its N:M groups, and compare two masks."""
 import dataclasses
 
 import pandas as pd
@@ -6,6 +6,7 @@ import streamlit as st
 
 import sparsekit
 from sparsekit import maskstats, viz
+from sparsekit.viz.masks import nm_pattern_figure
 from ui.state import require_model, sparsified
 from ui.widgets import config_form, current_config
 
@@ -27,72 +28,90 @@ except ValueError as err:
     st.error(f"Cannot apply the current settings: {err}")
     st.stop()
 if not result.masks:
-    st.info("The current settings prune nothing (dense, or every layer was skipped). Pick a pattern on the Sparsify page.")
+    st.info("The current settings prune nothing (dense, or every layer was skipped). Pick a pattern on the "
+            "Sparsify page.")
     st.stop()
 
+
+def chart(fig, **kw) -> None:
+    # The app theme (light or dark) sets the backgrounds: no figure here fixes one.
+    st.plotly_chart(fig, width="stretch", theme="streamlit", **kw)
+
+
 names = list(result.masks)
-layer = st.selectbox("Layer", names, key="mask_layer")
+layer = st.selectbox("Layer", names, key="mask_layer", bind="query-params")
 orig = dict(loaded.module.named_modules())[layer].weight.detach()
 mask = result.masks[layer]
 w2, m2 = result.matrix_view(layer, orig), result.matrix_view(layer, mask)
 rows, cols = m2.shape
+nm = config.pattern == "nm" and cols % config.m == 0
 st.caption(f"Weight {tuple(orig.shape)} shown as a {rows}×{cols} matrix (rows = outputs, N:M groups run along "
            f"each row; conv weights as [out, kh·kw·in] for channel grouping). Kept "
            f"{int(mask.sum()):,} of {mask.numel():,} ({mask.float().mean().item():.1%}).")
 
-st.plotly_chart(viz.mask_heatmap(m2, title=f"{layer}: kept fraction per tile"), width="stretch")
+overview, zoom_tab, groups_tab, compare_tab = st.tabs(["Overview", "Zoom", "N:M groups", "Compare"],
+                                                      key="mask_view", bind="query-params")
+with overview:
+    chart(viz.mask_heatmap(m2, title=f"{layer}: kept fraction per tile"))
+    left, right = st.columns(2)
+    with left:
+        chart(viz.magnitude_histogram(w2, m2))
+    with right:
+        chart(viz.density_profile(m2))
 
-st.subheader("Zoom to exact cells")
-z1, z2, z3 = st.columns(3)
-size = z3.slider("Block size", 4, 64, 12, key="zoom_size", help="values are printed up to 20×20")
-row0 = int(z1.number_input("First row", 0, max(0, rows - 1), 0, key="zoom_row"))
-col0 = int(z2.number_input("First column", 0, max(0, cols - 1), 0, key="zoom_col"))
-st.plotly_chart(viz.mask_zoom_figure(w2, m2, row0, col0, size, size), width="stretch")
+with zoom_tab:
+    z1, z2, z3 = st.columns(3)
+    size = z3.slider("Block size", 4, 64, 12, key="zoom_size", help="values are printed up to 20×20")
+    row0 = int(z1.number_input("First row", 0, max(0, rows - 1), 0, key="zoom_row"))
+    col0 = int(z2.number_input("First column", 0, max(0, cols - 1), 0, key="zoom_col"))
+    chart(viz.mask_zoom_figure(w2, m2, row0, col0, size, size, m=config.m if nm else None))
 
-left, right = st.columns(2)
-with left:
-    if config.pattern == "nm" and cols % config.m == 0:
+with groups_tab:
+    if not nm:
+        st.info("The group views are for N:M masks: pick an N:M pattern on the Sparsify page.")
+    else:
         st.subheader("N:M group inspector")
         g1, g2 = st.columns(2)
         irow = int(g1.number_input("Row", 0, rows - 1, 0, key="grp_row"))
         n_groups = cols // config.m
         start = int(g2.number_input("First group", 0, n_groups - 1, 0, key="grp_start"))
-        count = min(8, n_groups - start)
-        st.plotly_chart(viz.nm_group_figure(w2, m2, config.m, irow, start, count), width="stretch")
-    else:
-        st.subheader("Row and column density")
-        st.plotly_chart(viz.density_profile(m2), width="stretch")
-with right:
-    st.subheader("|w| of kept vs pruned")
-    st.plotly_chart(viz.magnitude_histogram(w2, m2), width="stretch")
-if config.pattern == "nm" and cols % config.m == 0:
-    st.plotly_chart(viz.density_profile(m2), width="stretch")
+        chart(viz.nm_group_figure(w2, m2, config.m, irow, start, min(8, n_groups - start)))
+        st.subheader("Which positions each group kept")
+        chart(nm_pattern_figure(m2, config.m))
+        st.caption(f"Every group of {config.m} along a row keeps {config.n} positions: one of the patterns above "
+                   "(1 = kept, position 0 first). Magnitude pruning of weights without positional structure uses "
+                   "them about equally; a skew shows positions the layer favours.")
 
-st.subheader("Compare with another mask")
-st.caption("Pick a second setting (e.g. random instead of magnitude, or 1:4 instead of 2:4).")
-default_b = dataclasses.replace(config, method="random" if config.method == "magnitude" else "magnitude")
-other = config_form("cmp", default_b, compact=True)
-if other is not None:
-    try:
-        result_b = sparsified(key, loaded, other)
-    except ValueError as err:
-        st.error(f"Cannot apply the comparison settings: {err}")
-    else:
-        if layer not in result_b.masks:
-            st.warning(f"{layer} is not pruned under {other.label()}, so there is nothing to compare.")
-        else:
-            mask_b = result_b.masks[layer]
-            mb2 = result.matrix_view(layer, mask_b)
-            stats = maskstats.mask_diff(m2, mb2)
-            d1, d2, d3 = st.columns(3)
-            d1.metric("SAD, this layer", f"{stats.sad:,}", f"{stats.fraction:.2%} of weights", delta_color="off")
-            common = [n for n in result.masks if n in result_b.masks]
-            total = sparsekit.sad({n: result.masks[n] for n in common}, {n: result_b.masks[n] for n in common})
-            numel = sum(result.masks[n].numel() for n in common)
-            d2.metric(f"SAD, {len(common)} layers", f"{total:,}", f"{total / numel:.2%} of weights", delta_color="off")
-            d3.metric("Kept in both", f"{stats.both_kept:,}")
-            st.plotly_chart(viz.mask_diff_figure(m2, mb2,
-                                                 labels=(config.label(), other.label())), width="stretch")
-            st.dataframe(pd.DataFrame([{"both kept": stats.both_kept, f"only {config.label()}": stats.only_a,
-                                        f"only {other.label()}": stats.only_b, "both pruned": stats.both_pruned}]),
-                         hide_index=True)
+with compare_tab:
+    st.caption("Pick a second setting (e.g. random instead of magnitude, or 1:4 instead of 2:4).")
+    default_b = dataclasses.replace(config, method="random" if config.method == "magnitude" else "magnitude")
+    other = config_form("mb", default_b, compact=True)
+    result_b = None
+    if other is not None:
+        try:
+            result_b = sparsified(key, loaded, other)
+        except ValueError as err:
+            st.error(f"Cannot apply the comparison settings: {err}")
+    if result_b is not None and layer not in result_b.masks:
+        st.warning(f"{layer} is not pruned under {other.label()}, so there is nothing to compare.")
+    elif result_b is not None:
+        mb2 = result.matrix_view(layer, result_b.masks[layer])
+        stats = maskstats.mask_diff(m2, mb2)
+        common = [n for n in result.masks if n in result_b.masks]
+        total = sparsekit.sad({n: result.masks[n] for n in common}, {n: result_b.masks[n] for n in common})
+        numel = sum(result.masks[n].numel() for n in common)
+        kept_a, kept_b = int(m2.sum()), int(mb2.sum())
+        d1, d2, d3, d4 = st.columns(4)
+        # A SAD share is a size, not a change: no arrow, no colour. A change in the kept count is
+        # neither good nor bad: grey, and none at all when there is no change.
+        d1.metric("SAD, this layer", f"{stats.sad:,}", f"{stats.fraction:.2%} of weights" if stats.sad else None,
+                  delta_color="off", delta_arrow="off")
+        d2.metric(f"SAD, {len(common)} layers", f"{total:,}", f"{total / numel:.2%} of weights" if total else None,
+                  delta_color="off", delta_arrow="off")
+        d3.metric("Kept in both", f"{stats.both_kept:,}")
+        d4.metric("Kept, second mask", f"{kept_b:,}", f"{kept_b - kept_a:+,}" if kept_b != kept_a else None,
+                  delta_color="off", delta_description="vs this mask")
+        chart(viz.mask_diff_figure(m2, mb2, labels=(config.label(), other.label())))
+        st.dataframe(pd.DataFrame([{"both kept": stats.both_kept, f"only {config.label()}": stats.only_a,
+                                    f"only {other.label()}": stats.only_b, "both pruned": stats.both_pruned}]),
+                     hide_index=True)

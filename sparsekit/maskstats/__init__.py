@@ -9,10 +9,19 @@ Reductions run on the tensors' own device; only small results (tiles, profiles, 
 samples) come back to the CPU as numpy arrays.
 
 One module per kind of picture: ``tiles`` (heatmaps and mask differences), ``entries`` (exact
-rows, columns, N:M groups and zoomed blocks), ``magnitudes`` (kept vs pruned |w|); ``inputs``
-holds the checks they share. Everything is re-exported here, so ``sparsekit.maskstats.X`` works.
+rows, columns, N:M groups and zoomed blocks), ``groups`` (the kept-position pattern of every N:M
+group), ``magnitudes`` (kept vs pruned |w|); ``inputs`` holds the checks they share. Everything
+is re-exported here, so ``sparsekit.maskstats.X`` works.
 """
 from .entries import MAX_GROUPS, MAX_ZOOM, ZoomBlock, col_density, nm_groups, row_density, zoom
+from .groups import (
+    MAX_LISTED_PATTERNS,
+    GroupPatterns,
+    PatternHistogram,
+    group_patterns,
+    pattern_histogram,
+    pattern_label,
+)
 from .inputs import as_matrix
 from .magnitudes import (
     DEFAULT_MAX_POINTS,
@@ -29,20 +38,26 @@ __all__ = [
     "DEFAULT_MAX_POINTS",
     "MAX_BINS",
     "MAX_GROUPS",
+    "MAX_LISTED_PATTERNS",
     "MAX_ZOOM",
     "DiffStats",
+    "GroupPatterns",
     "MagnitudeHistogram",
     "MagnitudeSplit",
+    "PatternHistogram",
     "TileGrid",
     "ZoomBlock",
     "as_matrix",
     "col_density",
     "density_tiles",
     "diff_tiles",
+    "group_patterns",
     "magnitude_histograms",
     "magnitude_split",
     "mask_diff",
     "nm_groups",
+    "pattern_histogram",
+    "pattern_label",
     "row_density",
     "zoom",
 ]

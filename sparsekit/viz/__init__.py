@@ -27,6 +27,7 @@ from .masks import (
     mask_heatmap,
     mask_zoom_figure,
     nm_group_figure,
+    nm_pattern_figure,
 )
 from .reports import layer_kept_figure, memory_figure, params_by_type_figure, quality_figure
 from .training import (
@@ -46,7 +47,7 @@ __all__ = [
     "attention_speedup_figure", "attribution_maps_figure", "bench_figures", "compare_figure", "density_profile",
     "flip_count_figure", "head_grid_figure", "head_picker_figure", "lambda_sweep_figure", "layer_kept_figure", "log_ticks",
     "magnitude_histogram", "mask_diff_figure", "mask_heatmap", "mask_zoom_figure", "memory_figure",
-    "nm_group_figure", "paired_difference_figure", "params_by_type_figure", "plan_grid_figure", "quality_figure",
+    "nm_group_figure", "nm_pattern_figure", "paired_difference_figure", "params_by_type_figure", "plan_grid_figure", "quality_figure",
     "sad_heatmap_figure", "sad_series_figure", "search_tradeoff_figure", "seed_study_figure", "speedup_batch_figure",
     "speedup_density_figure", "token_attribution_figure", "training_curves_figure",
 ]

@@ -1,8 +1,10 @@
-"""Figures of one layer's mask: heatmap, zoom, N:M groups, |w| histogram, density profile, diff.
+"""Figures of one layer's mask: heatmap, zoom, N:M groups and their patterns, |w| histogram,
+density profile, diff.
 
 The numbers come from ``sparsekit.maskstats``, so a notebook can reproduce any figure's data without
 plotly. Heatmaps never carry more than ``max_cells`` cells and are sent as float32, so a large layer
-stays light in the browser.
+stays light in the browser. No figure sets a background colour: the app's theme (light or dark)
+or plotly's template decides it.
 """
 from __future__ import annotations
 
@@ -19,6 +21,10 @@ from ._style import DIFF_COLORS, KEPT_COLOR, PRUNED_COLOR, _matrix_axes, _percen
 
 TEXT_CELLS_MAX = 20
 """Largest zoom block side that gets the weight value written in each cell."""
+GROUP_LINE = dict(color="#555555", width=2)
+"""N:M group boundaries in the zoom: dark enough over the coloured cells, visible on both themes."""
+PROFILE_HEIGHT, PROFILE_MARGIN_T, PROFILE_MARGIN_B, PROFILE_SPACING = 560, 80, 60, 0.28
+"""Density profile layout: 0.28 of the 420 px plot height leaves about 118 px between the panels."""
 
 
 def _tile_heatmap(grid: ms.TileGrid, *, colorbar: str, colorscale: str, what: str) -> go.Heatmap:
@@ -72,7 +78,7 @@ def mask_heatmap(mask: Any, *, max_cells: int = DEFAULT_MAX_CELLS, title: str | 
 
 
 def mask_zoom_figure(weight: Any, mask: Any, row0: int, col0: int, rows: int = 32,
-                     cols: int = 32) -> go.Figure:
+                     cols: int = 32, *, m: int | None = None) -> go.Figure:
     """Exact cells of a weight block: kept weights coloured by value, pruned ones grey.
 
     Args:
@@ -82,15 +88,20 @@ def mask_zoom_figure(weight: Any, mask: Any, row0: int, col0: int, rows: int = 3
         col0: first column of the block.
         rows: block height, 1..64 (clipped at the matrix edge).
         cols: block width, 1..64 (clipped at the matrix edge).
+        m: N:M group size: a line is drawn before every column that starts a group (columns that
+            are multiples of ``m``; pass a matrix whose groups run along the rows). None: no lines.
 
     Returns:
         A figure with two heatmaps on the same cells: ``data[0]`` the kept weights (pruned
         cells NaN; diverging colours centred at 0), ``data[1]`` the pruned cells in grey. Blocks
-        up to 32×32 also print each value (3 significant digits).
+        up to 20×20 also print each value (3 significant digits). With ``m``, one vertical line
+        shape per group boundary inside the block.
 
     Raises:
-        ValueError: as ``maskstats.zoom``.
+        ValueError: as ``maskstats.zoom``, or ``m`` below 2.
     """
+    if m is not None and (isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 2):
+        raise ValueError(f"m must be None or an integer of at least 2, got {m!r}")
     block = ms.zoom(weight, mask, row0, col0, rows, cols)
     w, kept = block.weight, block.kept
     values = np.array([[f"{v:.3g}" for v in line] for line in w], dtype=object)
@@ -119,10 +130,16 @@ def mask_zoom_figure(weight: Any, mask: Any, row0: int, col0: int, rows: int = 3
     r1 = block.row0 + w.shape[0] - 1
     c1 = block.col0 + w.shape[1] - 1
     fig = go.Figure([kept_trace, pruned_trace])
+    groups = ""
+    if m is not None:
+        groups = f"; lines every {m} columns mark the N:M groups"
+        for c in range(block.col0 + 1, c1 + 1):
+            if c % m == 0:
+                fig.add_shape(type="line", x0=c - 0.5, x1=c - 0.5, y0=block.row0 - 0.5, y1=r1 + 0.5,
+                              line=GROUP_LINE, layer="above")
     fig.update_layout(
-        title=(f"weights in rows {block.row0}–{r1}, columns {block.col0}–{c1} "
-               f"({int(kept.sum())} of {kept.size} kept; grey = pruned)"),
-        plot_bgcolor="white",
+        title=(f"weights in rows {block.row0}–{r1}, columns {block.col0}–{c1}<br>"
+               f"<sup>{int(kept.sum())} of {kept.size} kept; grey = pruned{groups}</sup>"),
     )
     _matrix_axes(fig)
     # Cells wide enough for their printed value; the height follows the number of rows.
@@ -172,20 +189,25 @@ def nm_group_figure(weight: Any, mask: Any, m: int, row: int, start_group: int =
                            f"w = %{{customdata[0]:.4~g}}<br>{name}<extra></extra>"),
         ))
     for k in range(1, len(groups)):
-        # On a category axis, category i sits at x = i, so boundaries fall on k*m - 0.5.
-        fig.add_vline(x=k * m - 0.5, line_dash="dash", line_color="#666666", line_width=1)
+        # On a category axis, category i sits at x = i, so boundaries fall on k*m - 0.5, in the
+        # gap between two bars; drawn below the bars so they never cross one.
+        fig.add_vline(x=k * m - 0.5, line_dash="dot", line_color="#888888", line_width=1, layer="below")
     if len(groups) <= 16:
+        # Two short lines per group (index, kept/M), small enough for a group as narrow as M bars.
         for k, g in enumerate(groups):
             fig.add_annotation(x=k * m + (m - 1) / 2, y=1.0, yref="paper", yanchor="bottom",
-                               showarrow=False, text=f"g{g['group']}: {g['n_kept']}/{m} kept")
+                               showarrow=False, font=dict(size=10),
+                               text=f"g{g['group']}<br>{g['n_kept']}/{m}")
     kept_counts = {g["n_kept"] for g in groups}
     rule = f"{kept_counts.pop()} of every {m} kept" if len(kept_counts) == 1 else f"groups of {m}"
     first, last = groups[0]["group"], groups[-1]["group"]
     fig.update_layout(
-        title=f"|w| in row {row}, groups {first}–{last} ({rule}); kept vs pruned",
+        title=dict(text=f"|w| in row {row}, groups {first}–{last}<br><sup>{rule}; above each group: "
+                        f"g index, kept/{m}</sup>", y=0.97, yanchor="top"),
         barmode="overlay",
-        bargap=0.15,
-        margin=dict(t=90),
+        bargap=0.25,
+        margin=dict(t=120, b=60),
+        legend=dict(orientation="h", yanchor="top", y=-0.22, x=0.5, xanchor="center"),
     )
     fig.update_xaxes(title_text="input feature (column index)", type="category",
                      categoryorder="array", categoryarray=order)
@@ -253,7 +275,9 @@ def density_profile(mask: Any) -> go.Figure:
     rows = ms.row_density(mask)
     cols = ms.col_density(mask)
     overall = float(rows.mean())  # every row has the same number of cells
-    fig = make_subplots(rows=2, cols=1, vertical_spacing=0.18, subplot_titles=(
+    # Fixed height and margins, so the gap between the panels is known in pixels: room for the
+    # upper panel's tick labels and axis title, then the lower panel's title above it.
+    fig = make_subplots(rows=2, cols=1, vertical_spacing=PROFILE_SPACING, subplot_titles=(
         "kept fraction per row (output unit)", "kept fraction per column (input feature)"))
     for i, (values, what) in enumerate(((rows, "row"), (cols, "column")), start=1):
         fig.add_trace(go.Scatter(
@@ -266,7 +290,43 @@ def density_profile(mask: Any) -> go.Figure:
     fig.update_xaxes(title_text="output unit (row index)", row=1, col=1)
     fig.update_xaxes(title_text="input feature (column index)", row=2, col=1)
     fig.update_layout(title=f"kept fraction by row and column ({overall:.1%} kept overall, dashed)",
-                      showlegend=False)
+                      showlegend=False, height=PROFILE_HEIGHT,
+                      margin=dict(t=PROFILE_MARGIN_T, b=PROFILE_MARGIN_B))
+    return fig
+
+
+def nm_pattern_figure(mask: Any, m: int, *, dim: int = -1) -> go.Figure:
+    """How many N:M groups kept each pattern of positions, over the whole layer.
+
+    Args:
+        mask: bool tensor (True = kept); a Linear mask, a grouped matrix view, or a conv mask with
+            ``dim=1`` (see ``maskstats.pattern_histogram``).
+        m: group size M.
+        dim: the dim groups run along.
+
+    Returns:
+        A bar chart: ``data[0]`` x = pattern (``1100`` = positions 0 and 1 kept), y = number of
+        groups; a dotted line at the count every pattern would have if all were equally used.
+
+    Raises:
+        ValueError: as ``maskstats.pattern_histogram``.
+    """
+    hist = ms.pattern_histogram(mask, m, dim=dim)
+    share = hist.counts / max(hist.groups, 1)
+    fig = go.Figure(go.Bar(
+        x=hist.patterns, y=hist.counts, marker_color=KEPT_COLOR, customdata=share,
+        hovertemplate="pattern %{x}<br>%{y:,} groups (%{customdata:.1%})<extra></extra>",
+    ))
+    used = int((hist.counts > 0).sum())
+    listed = f"{used} of {len(hist.patterns)} possible patterns used" if hist.complete else f"{used} patterns used"
+    if hist.complete and len(hist.patterns) > 1:
+        fig.add_hline(y=hist.groups / len(hist.patterns), line_dash="dot", line_color="#888888",
+                      annotation_text="all equally used", annotation_position="top left")
+    fig.update_layout(title=f"kept positions per group of {hist.m} — {hist.groups:,} groups, {listed}",
+                      bargap=0.2)
+    fig.update_xaxes(title_text="pattern (1 = kept, position 0 first)", type="category",
+                     tickangle=-90 if len(hist.patterns) > 12 else 0)
+    fig.update_yaxes(title_text="number of groups", rangemode="tozero")
     return fig
 
 

@@ -159,11 +159,11 @@ def test_permutation_progress_stop_and_continue(mlp, digits_cache, monkeypatch):
             raise StopException()
         return real(matrix, n, m, **kw)
 
-    monkeypatch.setattr(sparsekit.permutation, "search_permutation", interrupted)
+    monkeypatch.setattr(sparsekit.permutation.channels, "search_permutation", interrupted)
     at.button(key="cmp_perm_run").click().run()
     assert not at.exception and len(calls) == 2
     assert at.button(key="cmp_perm_stop").proto.label == "Stop"  # shown while the search ran
-    monkeypatch.setattr(sparsekit.permutation, "search_permutation", real)
+    monkeypatch.setattr(sparsekit.permutation.channels, "search_permutation", real)
 
     at.button(key="cmp_perm_stop").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]

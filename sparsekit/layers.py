@@ -165,3 +165,22 @@ def matrix_view(tensor: torch.Tensor, grouping: str = "channel") -> torch.Tensor
     if grouping not in CONV_GROUPINGS:
         raise ValueError(f"grouping must be one of {CONV_GROUPINGS}, got {grouping!r}")
     return GroupedView(tuple(tensor.shape), False, grouping == "channel").matrix(tensor)
+
+
+def group_widths(model: nn.Module, conv_grouping: str = "channel") -> dict[str, int]:
+    """Each prunable layer's N:M group axis length: the widths an M must divide.
+
+    Args:
+        model: the network.
+        conv_grouping: ``channel`` (input channels) or ``kernel`` (in·kh·kw) for conv layers.
+
+    Returns:
+        layer name -> size of the axis its groups run along.
+    """
+    return {name: grouped_view(module, conv_grouping).group_axis[0] for name, module in prunable_layers(model)}
+
+
+def fitting_group_sizes(widths: dict[str, int], max_m: int) -> list[int]:
+    """The group sizes ``2 <= M <= max_m`` that divide every width (a pattern with such an M can
+    prune every layer); empty when the widths share no divisor above 1 up to ``max_m``."""
+    return [m for m in range(2, max_m + 1) if all(w % m == 0 for w in widths.values())]

@@ -179,7 +179,9 @@ class SparsifyResult:
         """Totals over pruned layers and over all candidate layers.
 
         Returns:
-            ``layers_pruned``, ``layers_total``, ``kept_fraction_pruned_layers``,
+            ``layers_pruned`` (the pattern was applied), ``layers_with_zeros`` (of those, the ones
+            that lost at least one weight: none at 0 % sparsity), ``layers_total``,
+            ``kept_fraction_pruned_layers``,
             ``kept_fraction_all_layers``; weight memory of all candidate layers per format
             (``dense_bytes``, ``bitmask_bytes``, ``csr_bytes``); and of the pruned layers only
             (``pruned_dense_bytes``, ``pruned_bitmask_bytes``, ``pruned_csr_bytes``,
@@ -194,6 +196,7 @@ class SparsifyResult:
         nm_sizes = [r.nm_bytes for r in pruned]
         return {
             "layers_pruned": len(pruned),
+            "layers_with_zeros": sum(r.kept < r.numel for r in pruned),
             "layers_total": len(self.report),
             "kept_fraction_pruned_layers": p_kept / p_total if p_total else 1.0,
             "kept_fraction_all_layers": kept / total if total else 1.0,

@@ -1,14 +1,17 @@
 """App pages driven through Streamlit's AppTest; assertions on the data in tables and figures."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from streamlit.testing.v1 import AppTest
 
 import sparsekit
 from sparsekit.cache import tensor_digest
 from sparsekit.sparsify import SparsifyConfig, layer_table
 from ui.testing import ROOT, decode, figures, page_app
+from ui.widgets import OTHER_NM
 
 TIMEOUT = 120
 
@@ -54,7 +57,7 @@ def test_model_page_digits(mlp):
 
 def test_sparsify_page_2_4_then_1_4(mlp):
     at = goto(app(), "sparsify")
-    assert at.number_input(key="sp_m").value == 4 and at.number_input(key="sp_n").value == 2
+    assert at.selectbox(key="sp_nm").value == "2:4"
     report = at.dataframe[1].value
     pruned = report[report["skipped_reason"] == ""]
     assert len(pruned) > 0 and (pruned["kept_fraction"] == 0.5).all()
@@ -62,7 +65,7 @@ def test_sparsify_page_2_4_then_1_4(mlp):
     res = sparsekit.sparsify(mlp, SparsifyConfig(pattern="nm", n=2, m=4))
     quality = at.dataframe[0].value
     assert quality["sparse"].iloc[0] == pytest.approx(mlp.quality(res.model)["accuracy"])
-    at.number_input(key="sp_n").set_value(1).run()
+    at.selectbox(key="sp_nm").set_value("1:4").run()
     report = at.dataframe[1].value
     pruned = report[report["skipped_reason"] == ""]
     assert (pruned["kept_fraction"] == 0.25).all()
@@ -71,6 +74,7 @@ def test_sparsify_page_2_4_then_1_4(mlp):
 
 def test_sparsify_bad_inputs_keep_app_running():
     at = goto(app(), "sparsify")
+    at.selectbox(key="sp_nm").set_value(OTHER_NM).run()
     at.number_input(key="sp_n").set_value(4).run()  # N = M
     assert any("1 <= N < M" in e.value for e in at.error)
     at.number_input(key="sp_n").set_value(2).run()
@@ -142,9 +146,9 @@ def test_hf_source_refuses_paths_outside_roots(tmp_path, monkeypatch):
     monkeypatch.setenv("SPARSEKIT_MODEL_ROOTS", str(root))
     at = app("hf")
     at.sidebar.text_input(key="hf_path").set_value("/etc").run()
-    assert any("outside" in e.value for e in at.sidebar.error)
+    assert any("outside" in e.value for e in at.main.error)
     at.sidebar.text_input(key="hf_path").set_value(str(root / "not-a-model")).run()
-    assert any("not a Hugging Face model directory" in e.value for e in at.sidebar.error)
+    assert any("not a Hugging Face model directory" in e.value for e in at.main.error)
     assert not at.exception
     assert at.title[0].value == "Model"
 
@@ -170,15 +174,19 @@ def test_upload_weights_round_trip_and_bad_files(mlp, monkeypatch):
     assert acc == pytest.approx(mlp.quality(pruned.model)["accuracy"])
     # Corrupt bytes, a pickle in disguise, and weights of another architecture: clear messages.
     _upload(at, "digits:mlp", "bad.safetensors", b"\x00\x01garbage" * 10)
-    assert any("not a valid safetensors file" in e.value for e in at.sidebar.error)
+    assert any("not a valid safetensors file" in e.value for e in at.main.error)
+    # The long message is on the page; the narrow sidebar has one short line, and the page does not
+    # pretend no model was chosen.
+    assert [e.value for e in at.sidebar.error] == ["Could not load the model: see the message on the page."]
+    assert not any("Choose a model" in i.value for i in at.info)
     _upload(at, "digits:mlp", "evil.safetensors", b"\x80\x04\x95" + b"\x00" * 64)
-    assert any("pickle" in e.value.lower() for e in at.sidebar.error)
+    assert any("pickle" in e.value.lower() for e in at.main.error)
     _upload(at, "digits:cnn", "mine.safetensors", good)
-    assert any("architecture" in e.value.lower() or "missing" in e.value.lower() for e in at.sidebar.error)
+    assert any("architecture" in e.value.lower() or "missing" in e.value.lower() for e in at.main.error)
     monkeypatch.setenv("SPARSEKIT_MEMORY_BUDGET_MB", "0.05")
     other = save({k: v.contiguous() * 0.5 for k, v in pruned.model.state_dict().items()})
     _upload(at, "digits:mlp", "big.safetensors", other)
-    assert any("over the memory budget of 0.05 MB" in e.value for e in at.sidebar.error)
+    assert any("over the memory budget of 0.05 MB" in e.value for e in at.main.error)
     assert not at.exception
 
 
@@ -187,7 +195,7 @@ def test_hf_source_refuses_hub_ids_by_default(tmp_path, monkeypatch):
     monkeypatch.delenv("SPARSEKIT_ALLOW_HUB", raising=False)
     at = app("hf")
     at.sidebar.text_input(key="hf_path").set_value("bert-base-uncased").run()
-    assert any("hub ids are disabled" in e.value for e in at.sidebar.error)
+    assert any("hub ids are disabled" in e.value for e in at.main.error)
 
 
 @pytest.mark.parametrize("name,kind,metric", [("tiny-bert", "encoder", "cosine"),
@@ -309,3 +317,79 @@ def test_sparsify_page_calibration_order(vit):
         res = sparsekit.sparsify(vit, SparsifyConfig(method="wanda", calibration_order=order))
         assert shown == pytest.approx(vit.quality(res.model)["accuracy"])
     assert block_quality != layer_quality
+
+
+def test_m_that_fits_no_layer_says_so_at_the_top(mlp):
+    # 2:5 on the digits MLP: its input widths 64, 256 and 128 are not multiples of 5, so nothing is
+    # pruned; the page used to show "Kept 100 %" and a green "+0" under a caption promising 40 %.
+    at = goto(app(), "sparsify")
+    at.selectbox(key="sp_nm").set_value(OTHER_NM).run()
+    at.number_input(key="sp_m").set_value(5).run()
+    assert not at.exception, at.exception
+    banner = at.warning[0].value
+    widths = [m.weight.shape[1] for m in mlp.module.modules() if isinstance(m, torch.nn.Linear)]
+    fits = [m for m in range(2, 33) if all(w % m == 0 for w in widths)]
+    assert "nothing was pruned" in banner and "M = 5" in banner
+    assert f"M values that fit every layer: {', '.join(map(str, fits))}." in banner
+    removed = next(m for m in at.metric if m.label == "Layers with weights removed")
+    assert removed.value == f"0 / {len(widths)}"
+    quality = next(m for m in at.metric if m.label == mlp.metric_names["accuracy"])
+    assert quality.delta in (None, "")  # no "+0" badge when nothing changed
+    # A fitting M takes the banner away again.
+    at.number_input(key="sp_m").set_value(8).run()
+    assert not at.warning
+
+
+def test_zero_sparsity_removes_no_weights_and_says_so():
+    at = goto(app(), "sparsify")
+    at.radio(key="sp_pattern").set_value("unstructured").run()
+    at.slider(key="sp_sparsity").set_value(0).run()
+    removed = next(m for m in at.metric if m.label == "Layers with weights removed")
+    assert removed.value.startswith("0 / ")
+
+
+def test_calibrated_method_on_minilm_waits_for_apply():
+    at = app("minilm", "sparsify")
+    assert not at.get("button") or all(b.key != "sp_apply" for b in at.button)  # magnitude: live
+    at.selectbox(key="sp_method").set_value("wanda").run()
+    assert not at.exception, at.exception
+    # Nothing is computed for Wanda yet: the magnitude result stays, with the Apply button.
+    assert any("press Apply" in i.value for i in at.info)
+    assert "magnitude" in at.session_state["config_json"]
+    at.button(key="sp_apply").click().run()
+    assert not at.exception, at.exception
+    assert "wanda" in at.session_state["config_json"]
+    assert not any("press Apply" in i.value for i in at.info)
+
+
+def test_model_page_start_here_numbers_and_no_server_paths():
+    at = app("minilm")
+    assert at.expander[0].label.startswith("Start here")
+    steps = at.expander[0].markdown[0].value
+    assert [line.split("**")[1] for line in steps.splitlines()] == [
+        "Model", "Sparsify", "Masks", "Attention", "Training & topology"]
+    assert next(m for m in at.metric if m.label == "Kind").value == "text encoder"
+    details = at.dataframe[-1].value
+    loaded = at.session_state["_loaded"]
+    server_path = loaded.info["path"]
+    assert server_path.startswith("/")
+    assert not details["value"].str.contains(str(Path(server_path).parent), regex=False).any()
+    assert (details["value"] == "…/" + Path(server_path).name).any()
+    title = figures(at)[0]["layout"]["title"]["text"]
+    assert title.split("<br>")[0] == "parameters by layer type"  # the count sits on a second line
+
+
+def test_metric_text_uses_fixed_decimals():
+    from ui.format import metric_text
+
+    assert [metric_text(v) for v in (97.2222, 97.5, 0.98765, 1.0)] == ["97.22", "97.50", "0.9877", "1.0000"]
+
+
+def test_shown_path_hides_the_server_layout(tmp_path, monkeypatch):
+    from ui.format import shown_path
+
+    root = tmp_path / "zoo"
+    (root / "family" / "m").mkdir(parents=True)
+    monkeypatch.setenv("SPARSEKIT_MODEL_ROOTS", str(root))
+    assert shown_path(str(root / "family" / "m")) == "zoo/family/m"
+    assert shown_path("/opt/secret/place/model") == "…/model"

@@ -1,7 +1,9 @@
 """Sparse training: hand-computed SR-STE updates, N:M forward weights, the gradual schedule, the
-cache round trip, stops and crashes, and the SAD ordering of STE vs SR-STE."""
+cache round trip, stops and crashes, the SAD ordering of STE vs SR-STE, per-architecture defaults
+that train, and the at-chance check."""
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -12,8 +14,8 @@ import sparsekit
 import sparsekit.cache
 from sparsekit.models.digits import DigitsData, digits_split
 from sparsekit.training import (
-    RunRecord, TrainConfig, delete_run, list_runs, load_run, metrics_csv, rename_run, run_and_save, runs_json,
-    sad_csv, sparse_forward_weight, train, zhu_gupta_sparsity,
+    EpochMetrics, RunRecord, TrainConfig, delete_run, list_runs, load_run, metrics_csv, rename_run, run_and_save,
+    runs_json, sad_csv, sparse_forward_weight, train, zhu_gupta_sparsity,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -496,3 +498,94 @@ def test_sad_summary_against_xor_counts(data, fraction):
             assert (row["status"], row["snapshots"], row["seconds"]) == (rec.status, len(h), rec.seconds)
         assert rows[2]["test loss"] is None and rows[2]["kept"] is None and rows[2]["snapshots"] == 0
         assert not any(k.startswith("SAD") for k in rows[2])
+
+
+# ----------------------------------------------------------------------------- defaults that train, chance
+
+
+def test_default_train_config_per_arch():
+    from sparsekit.training import default_train_config, srste_effect_config
+
+    # The MLP and CNN train with the class defaults; the ViT needs AdamW.
+    assert default_train_config("cnn") == TrainConfig()
+    assert default_train_config("mlp") == TrainConfig(arch="mlp")
+    vit = default_train_config("vit")
+    assert (vit.arch, vit.optimizer, vit.lr, vit.weight_decay) == ("vit", "adamw", 3e-3, 0.05)
+    assert default_train_config("vit", lr=0.01, epochs=3).lr == 0.01  # overrides win
+    with pytest.raises(ValueError, match="arch must be one of"):
+        default_train_config("resnet")
+    for arch in ("mlp", "cnn", "vit"):
+        default_train_config(arch).validate()
+    effect = srste_effect_config()
+    assert (effect.arch, effect.method, effect.n, effect.m, effect.lambda_w, effect.epochs, effect.optimizer) == (
+        "cnn", "srste", 2, 4, 2e-3, 20, "sgd")
+    effect.validate()
+
+
+@pytest.fixture(scope="module")
+def small_data(data):
+    # 512 training images, the whole held-out split: a run of 256 steps takes seconds.
+    return DigitsData(data.x_train[:512], data.y_train[:512], data.x_test, data.y_test)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn", "vit"])
+def test_arch_defaults_train_well_above_chance(arch, small_data):
+    from sparsekit.training import at_chance, default_train_config
+
+    cfg = default_train_config(arch, method="srste", epochs=8, batch_size=16)
+    rec = train(cfg, data=small_data)
+    y = small_data.y_test
+    chance = 100.0 * max(int((y == c).sum()) for c in range(10)) / len(y)  # the best constant guess
+    assert rec.final_accuracy > chance + 20, [e.test_accuracy for e in rec.epochs]
+    assert not at_chance(rec)
+
+
+def test_old_vit_settings_sit_at_chance_and_are_caught(small_data):
+    from sparsekit.training import at_chance, chance_warning
+
+    # What the form used to offer the ViT: SGD at lr 0.1 (the CNN's recipe).
+    rec = train(TrainConfig(arch="vit", method="srste", epochs=8, batch_size=16), data=small_data)
+    assert rec.final_accuracy < 20
+    assert at_chance(rec)
+    assert "AdamW, lr 0.003" in chance_warning(rec)
+
+
+def _at(acc, loss, epochs=3, arch="cnn", **cfg):
+    return RunRecord(config=TrainConfig(arch=arch, **cfg), epochs=[
+        EpochMetrics(epoch=float(e), step=e, train_loss=loss, train_accuracy=acc, test_loss=loss, test_accuracy=acc,
+                     lr=0.1, density=0.5, seconds=0.0) for e in range(1, epochs + 1)])
+
+
+@pytest.mark.parametrize("acc,loss,epochs,classes,expected", [
+    (10.3, 2.30, 3, 10, True),
+    (10.3, 2.30, 2, 10, False),      # too early to tell
+    (14.9, 2.40, 5, 10, True),       # within 5 points and 5 % of ln 10 = 2.303
+    (15.5, 2.30, 5, 10, False),      # accuracy has moved
+    (10.0, 2.45, 5, 10, False),      # loss 6 % above ln 10
+    (10.0, 2.15, 5, 10, False),      # loss 7 % below: learning
+    (96.0, 0.10, 20, 10, False),
+    (25.0, 1.39, 3, 4, True),        # four classes: chance 25 %, ln 4 = 1.386
+    (10.0, 2.30, 3, 4, False),
+    (10.0, float("nan"), 3, 10, False),
+])
+def test_at_chance_against_hand_built_records(acc, loss, epochs, classes, expected):
+    from sparsekit.training import at_chance
+
+    rec = _at(acc, loss, epochs)
+    chance, ln = 100 / classes, math.log(classes)
+    reference = epochs >= 3 and abs(acc - chance) <= 5 and abs(loss - ln) <= 0.05 * ln
+    assert reference == expected
+    assert at_chance(rec, num_classes=classes) == expected
+
+
+def test_chance_warning_says_what_to_change():
+    from sparsekit.training import chance_warning
+
+    assert chance_warning(_at(97.0, 0.1)) is None
+    assert chance_warning(RunRecord(config=TrainConfig())) is None  # no epoch yet
+    text = chance_warning(_at(10.0, 2.30, arch="vit"))
+    assert "at chance after 3 epochs" in text and "10.0 %" in text and "ln 10 = 2.303" in text
+    assert "SGD, lr 0.1" in text and "AdamW, lr 0.003, weight decay 0.05" in text
+    # Already on the model's defaults: the advice is about the run's length, batch and step size.
+    text = chance_warning(_at(10.0, 2.30, arch="vit", optimizer="adamw", lr=3e-3, weight_decay=0.05))
+    assert "more epochs" in text and "AdamW" not in text

@@ -8,7 +8,7 @@ import pytest
 from sparsekit import training
 from sparsekit.models.digits import digits_split
 from sparsekit.topology import SadReport, matrix_view
-from sparsekit.training import TrainConfig
+from sparsekit.training import TrainConfig, default_train_config, srste_effect_config
 from ui.testing import page_app
 
 TIMEOUT = 180
@@ -78,12 +78,30 @@ def test_page_trains_runs_and_compares(page):
         for n in recs[0].history.layers for i in range(1, len(recs[0].history))) / recs[0].history.numel())
     heat = titled(at, "SAD per layer and interval")
     assert list(heat["data"][0]["y"]) == ["conv2", "head"]
-    # Flip counts of the chosen layer: a plain XOR sum over consecutive snapshots.
+    # One colour per run in every figure of the page, a different one for each run.
+    colour_of = {}
+    for fig in figures(at):
+        for trace in fig["data"]:
+            if trace.get("type") == "scatter" and "line" in trace:
+                label = trace.get("legendgroup") or trace["name"]
+                colour_of.setdefault(label, set()).add(trace["line"]["color"])
+    assert set(colour_of) == {rec.label for rec in recs}
+    assert all(len(c) == 1 for c in colour_of.values()), colour_of
+    assert len({next(iter(c)) for c in colour_of.values()}) == len(recs)
+    # Flip counts of the chosen layer: a plain XOR sum over consecutive snapshots, the focus run (STE 2:4)
+    # beside the first run of another method (SR-STE 2:4), on one colour scale.
     flips = titled(at, "flips per weight")
-    h = recs[0].history
     layer = at.selectbox(key="tr_flip_layer").value
-    ref = sum((h.mask(layer, i - 1) ^ h.mask(layer, i)).int() for i in range(1, len(h)))
-    assert np.array_equal(decode(flips["data"][0]["z"]), matrix_view(ref, "channel").numpy().astype(float))
+    assert at.selectbox(key="tr_flip_other").value == recs[2].run_id
+    refs = []
+    for trace, rec in zip(flips["data"], (recs[0], recs[2])):
+        h = rec.history
+        ref = sum((h.mask(layer, i - 1) ^ h.mask(layer, i)).int() for i in range(1, len(h)))
+        refs.append(matrix_view(ref, "channel").numpy().astype(float))
+        assert np.array_equal(decode(trace["z"]), refs[-1])
+    assert len(flips["data"]) == 2
+    top = max(float(r.max()) for r in refs)
+    assert [(t["zmin"], t["zmax"]) for t in flips["data"]] == [(0, top), (0, top)]
     assert len(at.get("download_button")) == 3
     # Raw counts instead of fractions: the same series times the weights counted.
     at.radio(key="tr_sad_unit").set_value("number of weights").run()
@@ -160,6 +178,114 @@ def test_dense_gradual_and_random_runs(page):
     rec = training.load_run(runs[1]["run_id"])
     ref = sum(int(rec.history.mask(n, -1).sum()) for n in rec.history.layers) / rec.history.numel()
     assert kept[1] == pytest.approx(ref) and ref == pytest.approx(0.25, abs=1e-3)
+
+
+def test_vit_form_offers_the_vit_defaults(page):
+    at = page()
+    assert (at.selectbox(key="tr_opt").value, at.number_input(key="tr_lr").value) == ("sgd", 0.1)
+    at.selectbox(key="tr_arch").set_value("vit").run()
+    assert not at.exception, at.exception
+    # The ViT stays at chance with SGD at lr 0.1: the form switches to AdamW (see test_training's
+    # test_arch_defaults_train_well_above_chance for the runs).
+    form = (at.selectbox(key="tr_opt").value, at.number_input(key="tr_lr").value, at.number_input(key="tr_wd").value)
+    assert form == ("adamw", 0.003, 0.05)
+    vit = default_train_config("vit")
+    assert form == (vit.optimizer, vit.lr, vit.weight_decay)
+    assert any("SR-STE 2:4 λ=0.0002 · VIT" in c.value for c in at.caption)
+    # A learning rate the user typed is kept across a model change; untouched fields follow the model.
+    at.number_input(key="tr_lr").set_value(0.01).run()
+    at.selectbox(key="tr_arch").set_value("cnn").run()
+    assert (at.selectbox(key="tr_opt").value, at.number_input(key="tr_lr").value,
+            at.number_input(key="tr_wd").value) == ("sgd", 0.01, 5e-4)
+    # The seed-study form follows the model too.
+    at.selectbox(key="ss_arch").set_value("vit").run()
+    assert (at.selectbox(key="ss_opt").value, at.number_input(key="ss_lr").value) == ("adamw", 0.003)
+
+
+def test_url_opens_the_form_with_its_settings(tmp_cache, monkeypatch):
+    monkeypatch.delenv("SPARSEKIT_MODEL_ROOTS", raising=False)
+    at = page_app("training", "hf", TIMEOUT)
+    at.query_params.update(tr_arch="vit", tr_epochs="3", tr_methods="STE", tr_patterns="1:4", tr_lambda="0.001")
+    at.run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="tr_arch").value == "vit"
+    assert at.number_input(key="tr_epochs").value == 3
+    assert at.multiselect(key="tr_methods").value == ["ste"]
+    assert at.text_input(key="tr_patterns").value == "1:4"
+    assert at.number_input(key="tr_lambda").value == 0.001
+    # Fields the URL leaves out take the ViT's defaults.
+    assert (at.selectbox(key="tr_opt").value, at.number_input(key="tr_lr").value) == ("adamw", 0.003)
+    assert any(c.value.startswith("1 run(s), 69 optimiser steps each: STE 1:4 · VIT") for c in at.caption)
+    # Settings put in by the page itself reach the URL too (a reload keeps them); defaults are dropped.
+    at.button(key="tr_preset").click().run()
+    assert at.query_params.get("tr_lambda") == "0.002" and at.query_params.get("tr_patterns") == "2:4"
+    assert "tr_epochs" not in at.query_params and "tr_arch" not in at.query_params
+
+
+def test_effect_note_preset_and_study_intervals(page, monkeypatch):
+    import ui.seed_study
+    from sparsekit.seedstudy import SeedStudyConfig, run_seed_study
+
+    at = page()
+    intro = next(m.value for m in at.markdown if "**SAD**" in m.value)
+    assert "falls under SR-STE" not in intro  # the old promise, which one run at the defaults does not keep
+    note = next(m.value for m in at.markdown if m.value.startswith("**What to expect.**"))
+    assert "overlapping SAD curves" in note and "20 epochs and λ_w = 0.002" in note
+    assert any(c.value.startswith("No interval shown") for c in at.caption)
+    assert not at.success  # no study on disk: no numbers
+    at.button(key="tr_preset").click().run()
+    assert not at.exception, at.exception
+    effect = srste_effect_config()
+    assert at.selectbox(key="tr_arch").value == effect.arch
+    assert at.multiselect(key="tr_methods").value == ["ste", "srste"]
+    assert at.text_input(key="tr_patterns").value == "2:4"
+    assert (at.number_input(key="tr_epochs").value, at.number_input(key="tr_lambda").value) == (20, 0.002)
+    assert (at.selectbox(key="tr_opt").value, at.number_input(key="tr_lr").value) == ("sgd", 0.1)
+
+    # A small stand-in for the 56-run study, run and on disk: the note shows its intervals.
+    tiny = SeedStudyConfig(train=default_train_config("mlp", epochs=2), patterns=((2, 4),), seeds=2,
+                           lambda_sweep=(0.0, 2e-3))
+    monkeypatch.setattr(ui.seed_study, "effect_study", lambda: tiny)
+    at = page()
+    assert any(c.value.startswith("No interval shown: that seed study (6 runs)") for c in at.caption)
+    result = run_seed_study(tiny)
+    at = page()
+    sweep = {r.lambda_w: r.metrics["late_sad_pct"] for r in result.lambda_rows()}
+    shown = at.success[0].value
+    assert "2 seeds" in shown
+    assert f"λ_w = 0 (STE): {sweep[0.0].text()} %" in shown and f"λ_w = 0.002: {sweep[2e-3].text()} %" in shown
+    late = next(c for c in result.comparisons() if c.metric == "late_sad_pct")
+    assert any(c.value == late.sentence for c in at.caption)
+    # The other button fills the Seed study tab with that study: everything is on disk already.
+    at.button(key="ss_preset").click().run()
+    assert (at.selectbox(key="ss_arch").value, at.number_input(key="ss_seeds").value) == ("mlp", 2)
+    assert at.text_input(key="ss_sweep").value == "0, 0.002"
+    assert any("All 6 training runs of these settings are on disk" in c.value for c in at.caption)
+
+
+def test_live_chart_full_width_and_chance_warning(page):
+    at = page()
+    # The ViT with the CNN's SGD recipe, which leaves it at chance.
+    at.selectbox(key="tr_arch").set_value("vit")
+    at.multiselect(key="tr_methods").set_value(["ste"])
+    at.text_input(key="tr_patterns").set_value("2:4")
+    at.run()
+    at.selectbox(key="tr_opt").set_value("sgd")
+    at.number_input(key="tr_lr").set_value(0.1)
+    at.number_input(key="tr_epochs").set_value(3)
+    at.number_input(key="tr_batch").set_value(512)
+    at.run()
+    at.button(key="tr_go").click().run()
+    assert not at.exception, at.exception
+    rec = training.load_run(training.list_runs()[0]["run_id"])
+    assert rec.status == "complete"
+    box = at.status[0]
+    live = box.get("plotly_chart")
+    assert live and not box.columns  # the live charts span the whole box, not half of it
+    expected = training.chance_warning(rec)
+    assert expected and rec.final_accuracy < 20
+    assert any(w.value.startswith(expected) for w in box.get("warning"))
+    assert any(w.value == expected for w in at.warning)  # again beside the comparison table
 
 
 def test_figure_builders_edge_cases():

@@ -97,3 +97,14 @@ def test_pattern_figure_counts_match_a_loop():
     assert dict(zip(fig.data[0].x, np.asarray(fig.data[0].y).tolist())) == {
         p: counts.get(p, 0) for p in ("1100", "1010", "1001", "0110", "0101", "0011")}
     assert fig.layout.shapes[0].y0 == pytest.approx(16 * 8 / 6)  # every pattern equally used
+
+
+def test_mask_heatmap_keeps_cells_square():
+    import torch
+
+    from sparsekit import viz
+
+    for shape in ((384, 384), (64, 256)):
+        fig = viz.mask_heatmap(torch.rand(shape) > 0.5).to_dict()["layout"]
+        assert fig["yaxis"]["scaleanchor"] == "x" and fig["yaxis"]["scaleratio"] == 1
+        assert fig["yaxis"]["autorange"] == "reversed"  # row 0 stays at the top

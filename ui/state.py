@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from collections import OrderedDict
 
 import streamlit as st
@@ -72,68 +73,105 @@ def _results() -> _Results:
     return _Results(size=8)
 
 
+@st.cache_resource(show_spinner=False)
+def _timings() -> dict[tuple[str, str], float]:
+    """(model key, method) -> seconds the last sparsify of that model with that method took."""
+    return {}
+
+
+def last_duration(model_key: str, method: str) -> float | None:
+    """Seconds the last computed sparsify of this model with this method took (None: not yet run)."""
+    return _timings().get((model_key, method))
+
+
 @st.cache_data(show_spinner=False, max_entries=256)
 def _quality(model_key: str, config_json: str, _loaded, _result) -> dict[str, float]:
     return _loaded.quality(_result.model)
 
 
+ARCH_NAMES = {"mlp": "MLP", "cnn": "CNN", "vit": "ViT"}
+
+
 def _train_with_progress(arch: str) -> None:
-    # Training runs outside the cached loader so its progress can be drawn; the loader then
-    # finds the weights in the disk cache.
-    bar = st.progress(0.0, text=f"Training the digits {arch.upper()} (first use only)…")
-    trained_digits_model(arch, progress=lambda f, msg: bar.progress(min(max(float(f), 0.0), 1.0), text=msg))
+    # Training runs outside the cached loader so its progress can be drawn (in the main area, where
+    # the user looks); the loader then finds the weights in the disk cache.
+    name = f"digits {ARCH_NAMES.get(arch, arch)}"
+    bar = st.progress(0.0, text=f"Training the {name} (only when its shipped weights are missing)…")
+    start = time.perf_counter()
+
+    def progress(fraction: float, message: str) -> None:
+        fraction = min(max(float(fraction), 0.0), 1.0)
+        elapsed = time.perf_counter() - start
+        left = f" · about {elapsed / fraction - elapsed:,.0f} s left" if 0.05 <= fraction < 1 else ""
+        bar.progress(fraction, text=f"Training the {name}: {message}{left}")
+
+    trained_digits_model(arch, progress=progress)
     bar.empty()
 
 
+def _pick_source() -> tuple[str | None, bytes | None]:
+    """The sidebar widgets: (model spec, uploaded weights), or (None, None) with a hint drawn."""
+    st.header("Model")
+    source = st.selectbox("Source", list(SOURCES), format_func=SOURCES.get, key="model_source",
+                          bind="query-params")
+    if source == "hf":
+        dirs = [str(p) for p in list_model_dirs()]
+        roots = [str(r) for r in model_roots()]
+        if not roots:
+            st.info("No model roots are configured. Set SPARSEKIT_MODEL_ROOTS to folders of "
+                    "Hugging Face models to load them here.")
+            return None, None
+        choice = st.selectbox("Model directory", dirs, index=None, placeholder="pick a folder under the roots",
+                              key="hf_choice")
+        typed = st.text_input("…or a path under the roots", key="hf_path", max_chars=400,
+                              help="Allowed roots: " + ", ".join(roots))
+        path = typed.strip() or choice
+        if not path:
+            st.caption("Allowed roots: " + ", ".join(roots))
+            return None, None
+        return f"hf:{path}", None
+    if source == "upload":
+        arch = st.selectbox("Architecture of the weights", UPLOAD_ARCHS, key="upload_arch")
+        up = st.file_uploader("Weights (.safetensors)", type=["safetensors"], key="upload_file",
+                              help=f"Only safetensors (no pickles); at most {MAX_UPLOAD_MB} MB.")
+        if up is None:
+            st.caption("Upload a .safetensors state dict for the chosen architecture.")
+            return None, None
+        if up.size > MAX_UPLOAD_MB * 2**20:
+            st.session_state["_model_error"] = (f"The file is {up.size / 2**20:,.0f} MB, over the "
+                                                f"{MAX_UPLOAD_MB} MB upload limit.")
+            return None, None
+        return arch, up.getvalue()
+    return source, None
+
+
 def sidebar_model():
-    """Draw the model picker in the sidebar; returns (LoadedModel or None, model key)."""
+    """Draw the model picker in the sidebar; returns (LoadedModel or None, model key).
+
+    A load that fails leaves its message in ``st.session_state["_model_error"]``: the page shows it
+    in the main area (``require_model``), the narrow sidebar only a short line.
+    """
+    st.session_state.pop("_model_error", None)
     with st.sidebar:
-        st.header("Model")
-        source = st.selectbox("Source", list(SOURCES), format_func=SOURCES.get, key="model_source")
-        weights = None
-        spec = source
-        if source == "hf":
-            dirs = [str(p) for p in list_model_dirs()]
-            roots = [str(r) for r in model_roots()]
-            if not roots:
-                st.info("No model roots are configured. Set SPARSEKIT_MODEL_ROOTS to folders of "
-                        "Hugging Face models to load them here.")
-                return None, ""
-            choice = st.selectbox("Model directory", dirs, index=None, placeholder="pick a folder under the roots",
-                                  key="hf_choice")
-            typed = st.text_input("…or a path under the roots", key="hf_path", max_chars=400,
-                                  help="Allowed roots: " + ", ".join(roots))
-            path = typed.strip() or choice
-            if not path:
-                st.caption("Allowed roots: " + ", ".join(roots))
-                return None, ""
-            spec = f"hf:{path}"
-        elif source == "upload":
-            arch = st.selectbox("Architecture of the weights", UPLOAD_ARCHS, key="upload_arch")
-            up = st.file_uploader("Weights (.safetensors)", type=["safetensors"], key="upload_file",
-                                  help=f"Only safetensors (no pickles); at most {MAX_UPLOAD_MB} MB.")
-            if up is None:
-                st.caption("Upload a .safetensors state dict for the chosen architecture.")
-                return None, ""
-            if up.size > MAX_UPLOAD_MB * 2**20:
-                st.error(f"The file is {up.size / 2**20:,.0f} MB, over the {MAX_UPLOAD_MB} MB upload limit.")
-                return None, ""
-            weights = up.getvalue()
-            spec = arch
-        digest = hashlib.sha256(weights).hexdigest() if weights is not None else ""
-        if spec.startswith("digits:") and not digits_model_cached(spec.split(":", 1)[1]):
-            _train_with_progress(spec.split(":", 1)[1])
-        try:
-            with st.spinner(f"Loading {spec}…"):
-                loaded = _load(spec, digest, weights)
-        except (ValueError, OSError) as err:
-            st.error(f"Could not load the model: {err}")
-            return None, ""
-        except Exception as err:  # an unexpected failure must not take the app down
-            st.error(f"Could not load the model ({type(err).__name__}): {err}")
-            return None, ""
-        st.caption(f"**{loaded.name}** · {loaded.kind} · {loaded.n_params / 1e6:,.2f} M parameters")
-        return loaded, f"{spec}#{digest}"
+        spec, weights = _pick_source()
+        status = st.empty()
+    if spec is None:
+        if "_model_error" in st.session_state:
+            status.error("Could not load the model: see the message on the page.")
+        return None, ""
+    digest = hashlib.sha256(weights).hexdigest() if weights is not None else ""
+    if spec.startswith("digits:") and not digits_model_cached(spec.split(":", 1)[1]):
+        _train_with_progress(spec.split(":", 1)[1])
+    try:
+        with st.spinner(f"Loading {SOURCES.get(spec, spec)}…"):
+            loaded = _load(spec, digest, weights)
+    except Exception as err:  # a bad file or folder must not take the app down
+        what = "" if isinstance(err, (ValueError, OSError)) else f" ({type(err).__name__})"
+        st.session_state["_model_error"] = f"Could not load the model{what}: {err}"
+        status.error("Could not load the model: see the message on the page.")
+        return None, ""
+    status.caption(f"**{loaded.name}** · {loaded.kind} · {loaded.n_params / 1e6:,.2f} M parameters")
+    return loaded, f"{spec}#{digest}"
 
 
 def get_model():
@@ -145,7 +183,11 @@ def require_model():
     """Like ``get_model``, but stops the page with a hint when no model is loaded."""
     loaded, key = get_model()
     if loaded is None:
-        st.info("Choose a model in the sidebar.")
+        error = st.session_state.get("_model_error")
+        if error:
+            st.error(error)
+        else:
+            st.info("Choose a model in the sidebar.")
         st.stop()
     return loaded, key
 
@@ -173,11 +215,14 @@ def sparsified(model_key: str, loaded, config: SparsifyConfig):
             if bar is not None:
                 bar.progress(min(max(float(fraction), 0.0), 1.0), text=f"Pruning a copy of {loaded.name}: {message}")
 
+        start = time.perf_counter()
         try:
             result = sparsekit.sparsify(loaded, config, progress=progress)
         finally:
             if bar is not None:
                 bar.empty()
+        if config.pattern != "dense":
+            _timings()[(model_key, config.method)] = time.perf_counter() - start
         store.put(key, result)
         return result
 

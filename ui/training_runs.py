@@ -1,13 +1,105 @@
-"""Streamlit pieces of the Training page: the live-progress run loop and the saved-runs table."""
+"""Streamlit pieces of the Training page: the new-runs form (bound to the URL), the live-progress run
+loop, the saved-runs table, at-chance warnings and the side-by-side flip maps."""
 from __future__ import annotations
 
 import time
+from typing import Mapping
 
 import pandas as pd
 import streamlit as st
 
 from sparsekit import training, viz
-from sparsekit.training import METHOD_LABELS, TrainConfig
+from sparsekit.models.digits import ARCHITECTURES
+from sparsekit.topology import flip_counts, matrix_view
+from sparsekit.training import METHOD_LABELS, OPTIMIZERS, RunRecord, TrainConfig, default_train_config
+from sparsekit.viz.training import RUN_COLORS, flip_maps_figure, run_key
+
+OPTIMIZER_LABELS = {"sgd": "SGD + momentum", "adamw": "AdamW"}
+URL = "query-params"
+_ARCH_FIELDS = {"tr_opt": "optimizer", "tr_lr": "lr", "tr_wd": "weight_decay", "tr_epochs": "epochs"}
+
+
+def follow_arch_defaults(arch: str, fields: Mapping[str, str], marker: str) -> None:
+    """Before a form's widgets are drawn: when the model changed, move each widget that still shows
+    the previous model's default (widget key -> ``TrainConfig`` field) to the new model's default.
+
+    Keyed widgets keep their value when their default changes, so without this a ViT would be
+    offered the CNN's SGD at lr 0.1. ``marker`` is the session key remembering whose defaults show.
+    """
+    shown = st.session_state.get(marker)
+    if shown is not None and shown != arch:
+        old, new = default_train_config(shown), default_train_config(arch)
+        for key, name in fields.items():
+            if key in st.session_state and st.session_state[key] == getattr(old, name):
+                st.session_state[key] = getattr(new, name)
+    st.session_state[marker] = arch
+
+
+def fill_effect_preset() -> None:
+    """Button callback: the form's settings become ``srste_effect_config``'s, STE next to SR-STE."""
+    cfg = training.srste_effect_config()
+    st.session_state.update(
+        tr_arch=cfg.arch, tr_methods=["ste", "srste"], tr_patterns=f"{cfg.n}:{cfg.m}", tr_grouping=cfg.conv_grouping,
+        tr_lambda=cfg.lambda_w, tr_opt=cfg.optimizer, tr_lr=cfg.lr, tr_wd=cfg.weight_decay, tr_epochs=cfg.epochs,
+        tr_batch=cfg.batch_size, tr_momentum=cfg.momentum, tr_schedule=cfg.schedule, tr_defaults_arch=cfg.arch)
+
+
+def training_form(sidebar_arch: str) -> tuple[list[TrainConfig], list[str], str]:
+    """The new-runs form; its main choices live in the URL, so a reload or a shared link keeps them.
+
+    Returns:
+        ``(configs, errors, name prefix)`` as ``training.run_grid`` gives them.
+    """
+    c1, c2, c3 = st.columns(3)
+    with c1:
+        arch = st.selectbox("Digits model", ARCHITECTURES, index=ARCHITECTURES.index(sidebar_arch), key="tr_arch",
+                            bind=URL, help="mlp, cnn or vit; the optimiser, learning rate and weight decay "
+                                           "follow the model's defaults unless you change them")
+        follow_arch_defaults(arch, _ARCH_FIELDS, "tr_defaults_arch")
+        d = default_train_config(arch)
+        methods = st.multiselect("Methods", training.METHODS, default=["ste", "srste"], format_func=METHOD_LABELS.get,
+                                 key="tr_methods", bind=URL)
+        patterns_text = st.text_input("N:M patterns (keep N of every M)", "2:4, 1:4", max_chars=100, key="tr_patterns",
+                                      bind=URL, help="comma-separated, e.g. 2:4, 1:4, 2:8; N counts the kept weights")
+        grouping = st.selectbox("Conv grouping", ["channel", "kernel"], key="tr_grouping", bind=URL,
+                                help="channel: M input channels at one kernel position (NVIDIA ASP); "
+                                     "kernel: along the flattened in×kh×kw axis (original SR-STE code)")
+    with c2:
+        lambda_w = st.number_input("λ_w: SR-STE decay of pruned weights", -1.0, 1.0, d.lambda_w, step=1e-4,
+                                   format="%.2e", key="tr_lambda", disabled="srste" not in methods, bind=URL,
+                                   help="the paper's code uses 2e-4; 0 turns SR-STE into STE")
+        target = st.slider("Gradual: target sparsity (% pruned)", 5, 99, int(d.target_sparsity * 100),
+                           key="tr_target", disabled="gradual" not in methods)
+        window = st.slider("Gradual: pruning window (% of training)", 0, 100,
+                           (int(d.prune_start * 100), int(d.prune_end * 100)), key="tr_window",
+                           disabled="gradual" not in methods)
+        prune_every = int(st.number_input("Gradual: Δt (steps between pruning steps)", 1, 10_000, d.prune_every,
+                                          key="tr_every", disabled="gradual" not in methods))
+    with c3:
+        optimizer = st.selectbox("Optimiser", OPTIMIZERS, index=OPTIMIZERS.index(d.optimizer),
+                                 format_func=OPTIMIZER_LABELS.get, key="tr_opt", bind=URL)
+        lr = st.number_input("Learning rate (peak, cosine decay)", 0.0, 10.0, d.lr, step=0.001, format="%.4f",
+                             key="tr_lr", bind=URL)
+        epochs = int(st.number_input("Epochs", 0, 1000, d.epochs, key="tr_epochs", bind=URL))
+        batch_size = int(st.number_input("Batch size", 1, 100_000, d.batch_size, key="tr_batch", bind=URL))
+    with st.expander("More settings"):
+        m1, m2, m3 = st.columns(3)
+        momentum = m1.number_input("SGD momentum", 0.0, 0.999, d.momentum, step=0.05, key="tr_momentum")
+        weight_decay = m1.number_input("Weight decay", 0.0, 1.0, d.weight_decay, step=1e-4, format="%.2e",
+                                       key="tr_wd", bind=URL)
+        schedule = m2.selectbox("Schedule", ["cosine", "constant"], key="tr_schedule")
+        seed = int(m2.number_input("Seed", 0, 2**31 - 1, d.seed, key="tr_seed"))
+        snapshot_unit = m3.radio("Mask snapshots every", ["epoch", "step"], horizontal=True, key="tr_unit")
+        snapshot_every = int(m3.number_input(f"…this many {snapshot_unit}s", 1, 10_000, 1, key="tr_snap_every"))
+        prefix = st.text_input("Name prefix (optional)", "", max_chars=40, key="tr_prefix")
+
+    base = TrainConfig(arch=arch, conv_grouping=grouping, lambda_w=float(lambda_w), target_sparsity=target / 100,
+                       prune_start=window[0] / 100, prune_end=window[1] / 100, prune_every=prune_every,
+                       optimizer=optimizer, lr=float(lr), momentum=float(momentum), weight_decay=float(weight_decay),
+                       schedule=schedule, epochs=epochs, batch_size=batch_size, seed=seed,
+                       snapshot_unit=snapshot_unit, snapshot_every=snapshot_every)
+    configs, errors = training.run_grid(methods, patterns_text, base)
+    return configs, errors, prefix
 
 
 def _flash(message: str, kind: str = "success") -> None:
@@ -60,10 +152,10 @@ def wait_for_interrupted(starting: bool) -> None:
             "with status 'stopped' (see Saved runs).")
 
 
-def _progress_callback(i: int, box):
+def _progress_callback(i: int, box, color: str):
     bar = box.progress(0.0, text="starting…")
-    left, right = box.columns(2)
-    curves, sads = left.empty(), right.empty()
+    # Full width, one below the other: side by side, each chart had half a column.
+    warn, curves, sads = box.empty(), box.empty(), box.empty()
     last = {"t": 0.0}
 
     def on_progress(p) -> None:
@@ -77,21 +169,31 @@ def _progress_callback(i: int, box):
                      text=f"step {p.step:,}/{p.total_steps:,} · epoch {p.epoch:.2f} · loss {p.loss:.4f}")
         if p.event == "epoch":
             rec = p.record
-            curves.plotly_chart(viz.training_curves_figure([rec]), key=f"tr_live_c{i}_{p.step}")
+            message = training.chance_warning(rec)
+            if message:
+                warn.warning(message + " Stop the run and change the settings.")
+            else:
+                warn.empty()
+            colors = {run_key(rec): color}
+            curves.plotly_chart(viz.training_curves_figure([rec], colors=colors), key=f"tr_live_c{i}_{p.step}")
             if rec.history.layers and len(rec.history) > 1:
-                sads.plotly_chart(viz.sad_series_figure([rec], fraction=True), key=f"tr_live_s{i}_{p.step}")
+                sads.plotly_chart(viz.sad_series_figure([rec], fraction=True, colors=colors),
+                                  key=f"tr_live_s{i}_{p.step}")
 
     return on_progress
 
 
-def train_with_progress(configs: list[TrainConfig], prefix: str) -> list[str]:
-    """Train and save each config in turn, with a live status box per run; returns the new run ids."""
+def train_with_progress(configs: list[TrainConfig], prefix: str, first_color: int = 0) -> list[str]:
+    """Train and save each config in turn, with a live status box per run; returns the new run ids.
+
+    Run i is drawn in colour ``first_color + i`` of ``RUN_COLORS``: the colour it gets in the
+    comparison below when it follows ``first_color`` runs there."""
     new_ids = []
     for i, cfg in enumerate(configs):
         name = f"{prefix.strip()} {cfg.label()}" if prefix.strip() else ""
         # Not used as a context manager: leaving the `with` block would mark the run complete.
         box = st.status(f"Run {i + 1} of {len(configs)}: {cfg.label()}", expanded=True)
-        on_progress = _progress_callback(i, box)
+        on_progress = _progress_callback(i, box, RUN_COLORS[(first_color + i) % len(RUN_COLORS)])
         try:
             rec = training.run_and_save(cfg, name=name, callback=on_progress)
         except Exception as err:  # the run saved itself as 'failed'; the page carries on
@@ -103,8 +205,9 @@ def train_with_progress(configs: list[TrainConfig], prefix: str) -> list[str]:
         new_ids.append(rec.run_id)
         acc = f"{rec.final_accuracy:.2f}%" if rec.final_accuracy is not None else "n/a"
         if rec.status == "complete":
+            message = training.chance_warning(rec)
             box.update(label=f"Run {i + 1}: {rec.label} — {acc} held-out accuracy in {rec.seconds:.1f} s",
-                       state="complete", expanded=False)
+                       state="complete", expanded=bool(message))  # open: its chance warning shows
         else:
             box.update(label=f"Run {i + 1}: {rec.label} — {rec.status}", state="error")
             st.warning(f"{rec.label}: {rec.message}")
@@ -157,3 +260,42 @@ def load_selected(selected: list[str], by_id: dict[str, dict], labels: dict[str,
         records.append(rec)
         reports[rid] = report
     return records, reports
+
+
+def warn_at_chance(records: list[RunRecord]) -> None:
+    """A warning for each run that has learnt nothing (``training.chance_warning``)."""
+    for rec in records:
+        message = training.chance_warning(rec)
+        if message:
+            st.warning(message)
+
+
+def _pair_default(focus: RunRecord, others: list[RunRecord]) -> int:
+    # STE next to SR-STE (or any other method) is the comparison the page is about.
+    for i, rec in enumerate(others, start=1):
+        if rec.config.method != focus.config.method:
+            return i
+    return 1 if others else 0
+
+
+def flip_maps(focus: RunRecord, candidates: list[RunRecord], labels: dict[str, str]) -> None:
+    """The chosen layer's flips per weight for the focus run and, beside it, another run's on one
+    colour scale."""
+    layer = st.selectbox("Layer for the flip counts", focus.history.layers, key="tr_flip_layer")
+    shape = focus.history.shapes[layer]
+    others = [r for r in candidates if r.run_id != focus.run_id and r.history.shapes.get(layer) == shape]
+    choice = st.selectbox("Beside it, on the same colour scale", [None, *[r.run_id for r in others]],
+                          index=_pair_default(focus, others), key="tr_flip_other",
+                          format_func=lambda rid: "no other run" if rid is None else labels[rid])
+    pair = [focus, *[r for r in others if r.run_id == choice]]
+    grids = []
+    for rec in pair:
+        counts = flip_counts(rec.history, layer)
+        grid = matrix_view(counts, rec.config.conv_grouping)
+        grids.append(grid)
+        st.caption(f"{rec.label}, {layer}: weight {tuple(counts.shape)} shown as {grid.shape[0]}×{grid.shape[1]} "
+                   f"(rows = outputs, N:M groups along each row). {int((counts > 0).sum()):,} of {counts.numel():,} "
+                   f"weights changed state at least once over {len(rec.history) - 1} intervals; most flips of one "
+                   f"weight: {int(counts.max())}.")
+    title = f"flips per weight of {layer}" + (" (one colour scale)" if len(pair) > 1 else f": {focus.label}")
+    st.plotly_chart(flip_maps_figure(grids, [rec.label for rec in pair], title=title), key="tr_flips")

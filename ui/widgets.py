@@ -15,6 +15,8 @@ ORDER_HELP = ("block: each transformer block's layers are all pruned on inputs f
               "the blocks before it already pruned (the Wanda and SparseGPT reference code). layer: each layer is "
               "pruned on inputs through every already-pruned layer, those of its own block too. Models without "
               "transformer blocks use layer order either way.")
+NM_PRESETS = ["2:4", "1:4", "4:8", "2:8", "1:2"]
+OTHER_NM = "other N:M…"
 LAYER_LABELS = {"all": "All Linear/Conv", "mlp": "MLP (feed-forward) only", "attention": "Attention projections only"}
 
 
@@ -24,14 +26,19 @@ def current_config() -> SparsifyConfig:
     return SparsifyConfig.from_json(raw) if raw else SparsifyConfig()
 
 
-def config_form(prefix: str, initial: SparsifyConfig, *, compact: bool = False) -> SparsifyConfig | None:
-    """Widgets for a SparsifyConfig. Returns None (after showing why) when the settings are invalid."""
+def config_form(prefix: str, initial: SparsifyConfig, *, compact: bool = False,
+                url: bool = False) -> SparsifyConfig | None:
+    """Widgets for a SparsifyConfig. Returns None (after showing why) when the settings are invalid.
+
+    ``url``: keep the main choices in the page's URL (a reload or a shared link shows the same view).
+    """
+    bind = "query-params" if url else None
     cols = st.columns(3)
     with cols[0]:
         pattern = st.radio("Pattern", list(PATTERN_LABELS), index=list(PATTERN_LABELS).index(initial.pattern),
-                           format_func=PATTERN_LABELS.get, key=f"{prefix}_pattern", horizontal=compact)
+                           format_func=PATTERN_LABELS.get, key=f"{prefix}_pattern", horizontal=compact, bind=bind)
         method = st.selectbox("Scoring", list(METHODS), index=list(METHODS).index(initial.method),
-                              key=f"{prefix}_method", help=METHOD_HELP)
+                              key=f"{prefix}_method", help=METHOD_HELP, bind=bind)
         seed = initial.seed
         if method == "random":
             seed = int(st.number_input("Seed", 0, 2**31 - 1, initial.seed, key=f"{prefix}_seed"))
@@ -45,20 +52,31 @@ def config_form(prefix: str, initial: SparsifyConfig, *, compact: bool = False) 
     n, m, sparsity, scope = initial.n, initial.m, initial.sparsity, initial.scope
     with cols[1]:
         if pattern == "nm":
-            m = int(st.number_input("M (group size)", 2, MAX_M, initial.m, key=f"{prefix}_m"))
-            n = int(st.number_input("N (kept per group)", 1, MAX_M - 1, min(initial.n, MAX_M - 1), key=f"{prefix}_n",
-                                    help="N counts the weights kept in each group of M (SR-STE convention)"))
-            st.caption(f"Keeps {n} of every {m} weights along the input dimension: density {n / m:.1%}.")
+            initial_nm = f"{initial.n}:{initial.m}"
+            # One pick per pattern: with two number inputs, going from 2:4 to 4:8 computed 2:8 on the way.
+            choice = st.selectbox("N:M (keep N of every M)", [*NM_PRESETS, OTHER_NM],
+                                  index=[*NM_PRESETS, OTHER_NM].index(initial_nm if initial_nm in NM_PRESETS else OTHER_NM),
+                                  key=f"{prefix}_nm", bind=bind, help="N counts the weights kept in each group of M "
+                                  "(SR-STE convention); 2:4 is what NVIDIA's sparse tensor cores run")
+            if choice == OTHER_NM:
+                m = int(st.number_input("M (group size)", 2, MAX_M, initial.m, key=f"{prefix}_m", bind=bind))
+                n = int(st.number_input("N (kept per group)", 1, MAX_M - 1, min(initial.n, MAX_M - 1),
+                                        key=f"{prefix}_n", bind=bind,
+                                        help="N counts the weights kept in each group of M (SR-STE convention)"))
+            else:
+                n, m = (int(v) for v in choice.split(":"))
+            st.caption(f"Keeps {n} of every {m} weights along the input dimension: density {n / m:.1%} "
+                       f"in each layer whose input width is a multiple of {m}.")
         elif pattern == "unstructured":
             pct = st.slider("Sparsity (% pruned)", 0, int(MAX_SPARSITY * 100), int(round(initial.sparsity * 100)),
-                            key=f"{prefix}_sparsity")
+                            key=f"{prefix}_sparsity", bind=bind)
             sparsity = pct / 100
             scope = st.radio("Scope", ["layer", "global"], index=["layer", "global"].index(initial.scope),
-                             key=f"{prefix}_scope", horizontal=True,
+                             key=f"{prefix}_scope", horizontal=True, bind=bind,
                              help="layer: every layer pruned to the sparsity; global: one ranking across layers")
     with cols[2]:
         layers = st.selectbox("Layers", list(LAYER_LABELS), index=list(LAYER_LABELS).index(initial.layers),
-                              format_func=LAYER_LABELS.get, key=f"{prefix}_layers")
+                              format_func=LAYER_LABELS.get, key=f"{prefix}_layers", bind=bind)
         if compact:
             include, exclude = initial.include, initial.exclude
             first, last, grouping = initial.keep_first_dense, initial.keep_last_dense, initial.conv_grouping

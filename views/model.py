@@ -4,6 +4,7 @@ import streamlit as st
 
 from sparsekit import viz
 from sparsekit.sparsify import layer_table, params_by_type
+from ui.format import KIND_LABELS, metric_text, source_details
 from ui.state import require_model
 
 st.title("Model")
@@ -12,6 +13,18 @@ st.markdown(
     "parameters. This card lists those layers, shows where the parameters sit, and measures the "
     "dense model's quality: the baseline every sparse version is compared with."
 )
+with st.expander("Start here: a first tour in five steps", expanded="tour_seen" not in st.session_state,
+                 icon=":material/flag:"):
+    st.session_state["tour_seen"] = True
+    st.markdown(
+        "1. **Model** (this page): pick a model in the sidebar; MiniLM is a real sentence encoder, the digits "
+        "models are small and instant.\n"
+        "2. **Sparsify**: choose 2:4 (keep 2 of every 4 weights) and see what quality it costs.\n"
+        "3. **Masks**: look inside one layer: which weights survived, and how two masks differ.\n"
+        "4. **Attention**: sparse attention patterns (sliding window, BigBird, …) on your own text.\n"
+        "5. **Training & topology**: train a 2:4 network from scratch and watch its mask settle (SAD)."
+    )
+    st.caption("The pages are listed at the top of the sidebar; every page works on the model picked below them.")
 
 loaded, _ = require_model()
 
@@ -21,15 +34,18 @@ prunable = sum(r["params"] for r in table)
 c1, c2, c3, c4 = st.columns(4)
 c1.metric("Parameters", f"{loaded.n_params:,}")
 c2.metric("In Linear/Conv layers", f"{prunable / loaded.n_params:.1%}")
-c3.metric("Weight memory", f"{loaded.n_bytes / 2**20:,.1f} MB")
-c4.metric("Kind", loaded.kind)
+c3.metric("Weight memory", f"{loaded.n_bytes / 2**20:,.1f} MB", help="1 MB = 2²⁰ bytes")
+c4.metric("Kind", KIND_LABELS.get(loaded.kind, loaded.kind))
 
 with st.spinner("Measuring dense quality…"):
     dense = loaded.quality()
 st.subheader("Dense quality")
 st.dataframe(
-    pd.DataFrame([{"metric": loaded.metric_names.get(k, k), "value": v} for k, v in dense.items()]),
-    hide_index=True,
+    pd.DataFrame([{"metric": loaded.metric_names.get(k, k), "value": v, "shown": metric_text(v)}
+                  for k, v in dense.items()]),
+    hide_index=True, width="stretch", column_order=["metric", "shown"],
+    column_config={"metric": st.column_config.TextColumn("metric", width="large"),
+                   "shown": st.column_config.TextColumn("value")},
 )
 if loaded.kind == "encoder":
     st.caption("Fidelity metrics compare a model with the dense model itself, so the dense model scores 1 by definition.")
@@ -39,10 +55,9 @@ with left:
     st.plotly_chart(viz.params_by_type_figure(counts), width="stretch")
 with right:
     st.subheader(f"Prunable layers ({len(table)})")
-    st.dataframe(pd.DataFrame(table), hide_index=True, height=360)
+    st.dataframe(pd.DataFrame(table), hide_index=True, height=min(38 + 35 * len(table), 360))
 
-info = {k: v for k, v in loaded.info.items() if k != "notes"}
 with st.expander("Source details"):
-    st.json(info)
+    st.dataframe(pd.DataFrame(source_details(loaded), columns=["detail", "value"]), hide_index=True, width="stretch")
     for note in loaded.info.get("notes", []):
         st.warning(note)

@@ -4,7 +4,8 @@ import streamlit as st
 
 from sparsekit import viz
 from sparsekit.sparsify import masks_safetensors, report_csv, weights_safetensors
-from ui.state import require_model, sparse_quality, sparsified
+from ui.sparsify_view import apply_gate, fit_banner, prunable_weights, report_table
+from ui.state import last_duration, require_model, sparse_quality, sparsified
 from ui.widgets import config_form, current_config
 
 st.title("Sparsify")
@@ -21,8 +22,12 @@ COUNTING_HELP = ("Unstructured: sparsekit prunes round(s·count) weights of each
                  "README 'Counting conventions' or sparsekit.conventions.pruned_counts.")
 
 loaded, key = require_model()
+banner = st.container()  # the M-fit warning goes above the form, where it is seen first
 
-config = config_form("sp", current_config())
+config = config_form("sp", current_config(), url=True)
+if config is None:
+    st.stop()
+config = apply_gate(config, prunable_weights(loaded), last_duration(key, config.method))
 if config is None:
     st.stop()
 st.session_state["config_json"] = config.to_json()
@@ -37,12 +42,16 @@ except ValueError as err:
 
 dense = loaded.quality()
 summary = result.summary()
+fit_banner(loaded, config, summary, banner)
 cols = st.columns(4)
-cols[0].metric("Layers pruned", f"{summary['layers_pruned']} / {summary['layers_total']}")
+cols[0].metric("Layers with weights removed", f"{summary['layers_with_zeros']} / {summary['layers_total']}",
+               help="Linear/Conv layers that lost at least one weight (a layer the pattern cannot take stays dense; "
+                    "0 % sparsity removes nothing)")
 cols[1].metric("Kept in pruned layers", f"{summary['kept_fraction_pruned_layers']:.1%}")
 headline = next(iter(quality))
 delta = quality[headline] - dense[headline]
-cols[2].metric(loaded.metric_names.get(headline, headline), f"{quality[headline]:.4g}", f"{delta:+.4g} vs dense",
+cols[2].metric(loaded.metric_names.get(headline, headline), f"{quality[headline]:.4g}",
+               f"{delta:+.3g} vs dense" if delta else None,
                delta_color="normal" if loaded.higher_is_better.get(headline, True) else "inverse")
 cols[3].metric("Kept in all Linear/Conv", f"{summary['kept_fraction_all_layers']:.1%}")
 if result.calibration_note:
@@ -52,23 +61,13 @@ st.subheader("Quality before and after")
 st.dataframe(pd.DataFrame([
     {"metric": loaded.metric_names.get(k, k), "dense": dense[k], "sparse": quality[k], "change": quality[k] - dense[k]}
     for k in quality
-]), hide_index=True)
+]), hide_index=True, column_config={c: st.column_config.NumberColumn(format="%.4g") for c in ("dense", "sparse", "change")})
 
 st.subheader("Per-layer report")
-rows = [r.as_row() for r in result.report]
-frame = pd.DataFrame(rows)
-for col in ("dense_bytes", "bitmask_bytes", "csr_bytes", "nm_bytes"):
-    frame[col.replace("_bytes", " (KB)")] = frame[col].map(lambda b: None if b is None or pd.isna(b) else b / 1024)
-frame = frame.drop(columns=["dense_bytes", "bitmask_bytes", "csr_bytes", "nm_bytes", "numel"])
-st.dataframe(frame, hide_index=True, height=380, column_config={
-    "kept_fraction": st.column_config.ProgressColumn(
-        "kept fraction", min_value=0.0, max_value=1.0, format="%.3f", help=COUNTING_HELP),
-    "semi_structured": st.column_config.TextColumn("2:4 kernel (PyTorch, fp16 on CUDA)"),
-    "skipped_reason": st.column_config.TextColumn("left dense because"),
-})
+report_table(result.report, COUNTING_HELP)
 st.caption("Memory: dense = all values; bitmask = kept values + 1 bit per weight; CSR = kept values + int64 "
            "column index each + int64 row pointers (torch's layout); N:M = kept values + ⌈log₂M⌉ index bits "
-           "per kept value (PyTorch's 2-bit metadata for 2:4).")
+           "per kept value (PyTorch's 2-bit metadata for 2:4). 1 KB = 1024 bytes.")
 left, right = st.columns(2)
 with left:
     st.plotly_chart(viz.layer_kept_figure(result.report), width="stretch")
@@ -78,9 +77,11 @@ with right:
 
 st.subheader("Downloads")
 stem = f"{loaded.name}-{config.label()}".replace(" ", "_").replace(":", "-").replace("/", "_")
+weights_mb = sum(p.numel() * p.element_size() for p in result.model.state_dict().values()) / 2**20
 d1, d2, d3 = st.columns(3)
+# Files are built when clicked (on a thread of their own) and the page does not rerun afterwards.
 d1.download_button("Masks (.safetensors)", lambda: masks_safetensors(result), f"{stem}-masks.safetensors",
-                   mime="application/octet-stream")
-d2.download_button("Pruned weights (.safetensors)", lambda: weights_safetensors(result), f"{stem}-weights.safetensors",
-                   mime="application/octet-stream")
-d3.download_button("Report (.csv)", report_csv(result), f"{stem}-report.csv", mime="text/csv")
+                   mime="application/octet-stream", on_click="ignore")
+d2.download_button(f"Pruned weights (.safetensors, {weights_mb:,.0f} MB)", lambda: weights_safetensors(result),
+                   f"{stem}-weights.safetensors", mime="application/octet-stream", on_click="ignore")
+d3.download_button("Report (.csv)", report_csv(result), f"{stem}-report.csv", mime="text/csv", on_click="ignore")

@@ -7,7 +7,6 @@ batching live in ``text_metrics``; every name there is re-exported here.
 from __future__ import annotations
 
 import inspect
-import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -185,9 +184,6 @@ def _build_text_model(
         share = sum(x.count(unk) for x in eval_ids) / max(sum(len(x) for x in eval_ids), 1)
         if share > 0.05:
             info["notes"].append(f"the tokenizer maps {share:.0%} of the evaluation tokens to its unknown token")
-    if progress is not None:
-        progress(0.7, "computing the dense reference on the built-in sentences")
-    start = time.perf_counter()
     quality_fn: Callable[[nn.Module], dict[str, float]]
     if kind == "encoder":
         quality_fn = EmbeddingFidelity(module, eval_ids, pad_id)
@@ -195,7 +191,6 @@ def _build_text_model(
     else:
         quality_fn = NextTokenFidelity(module, eval_ids, pad_id, getattr(module.config, "vocab_size", n_vocab))
         metric_names, higher = dict(CAUSAL_METRICS), {"perplexity": False, "top1_agreement": True}
-    info["reference_seconds"] = time.perf_counter() - start
     info["n_eval_sentences"] = len(eval_ids)
     if eval_count is None:
         info["notes"].append("quality uses every built-in sentence, including the 64 calibration ones")

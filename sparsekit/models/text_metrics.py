@@ -190,8 +190,22 @@ class EmbeddingFidelity:
         self.batches = length_batches(ids, pad_id)
         self.n = len(ids)
         self.k = min(TOP_K, self.n - 1)
-        self.reference = self.embed(dense)
-        self.reference_neighbours = top_k_neighbours(self.reference, self.k)
+        self.dense = dense
+        self._reference: torch.Tensor | None = None
+        self._reference_neighbours: torch.Tensor | None = None
+
+    # The reference is computed on first use, not at load: a model card opens without a forward pass.
+    @property
+    def reference(self) -> torch.Tensor:
+        if self._reference is None:
+            self._reference = self.embed(self.dense)
+        return self._reference
+
+    @property
+    def reference_neighbours(self) -> torch.Tensor:
+        if self._reference_neighbours is None:
+            self._reference_neighbours = top_k_neighbours(self.reference, self.k)
+        return self._reference_neighbours
 
     def embed(self, module: nn.Module) -> torch.Tensor:
         """Embeddings ``[n, d]`` of the evaluation sentences, in their original order."""
@@ -208,7 +222,9 @@ class EmbeddingFidelity:
         return out
 
     def __call__(self, module: nn.Module) -> dict[str, float]:
-        emb = self.embed(module)
+        # The dense model's own embeddings are the reference (the forward is deterministic), so its
+        # score needs no second pass.
+        emb = self.reference if module is self.dense else self.embed(module)
         cosine = (emb * self.reference).sum(-1).mean().item()
         agreement = neighbour_agreement(top_k_neighbours(emb, self.k), self.reference_neighbours)
         return {"cosine": cosine, "top5_agreement": agreement}
@@ -230,7 +246,14 @@ class NextTokenFidelity:
             raise ValueError("the tokenizer turned every evaluation sentence into fewer than 2 tokens")
         max_tokens = max(1, min(BATCH_TOKENS, LOGIT_BUDGET // max(vocab_size, 1)))
         self.batches = [b for _, b in length_batches(ids, pad_id, max_tokens)]
-        self.reference = [argmax for argmax, _, _ in self._scan(dense)]
+        self.dense = dense
+        self._reference: list[torch.Tensor] | None = None
+
+    @property
+    def reference(self) -> list[torch.Tensor]:
+        if self._reference is None:  # computed on first use, not at load
+            self._reference = [argmax for argmax, _, _ in self._scan(self.dense)]
+        return self._reference
 
     def _scan(self, module: nn.Module):
         device = _device(module)

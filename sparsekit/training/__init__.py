@@ -14,18 +14,21 @@ A run is seeded and deterministic. ``train`` returns a ``RunRecord`` (metrics, b
 snapshots, final weights); ``run_and_save`` also keeps it in the run store (one key per run plus an
 index, each written atomically), so a stopped or crashed run leaves a readable partial entry.
 
-Modules: ``config`` (settings and bounds), ``ste`` (masked forward weights), ``loop`` (training),
-``records`` (what a run produces, its bytes, exports and SAD summary), ``store`` (saved runs),
+Modules: ``config`` (settings, bounds and per-architecture defaults), ``ste`` (masked forward weights), ``loop`` (training),
+``records`` (what a run produces, its bytes, exports, SAD summary and the at-chance check), ``store`` (saved runs),
 ``grid`` (methods × N:M patterns as configs); the public names of all six are importable from
 ``sparsekit.training`` itself. ``seedstudy``/``seedresults`` (STE vs SR-STE over seeds) are
 imported on their own, as ``sparsekit.training.seedstudy``.
 """
 from ..store import owner_alive, process_token
 from .config import (
+    ARCH_DEFAULT_FIELDS,
+    ARCH_DEFAULTS,
     CONV_GROUPINGS,
     DEFAULT_LAMBDA_W,
     DIGITS_IMAGES,
     DIGITS_TRAIN_SIZE,
+    EFFECT_LAMBDA_W,
     MAX_EPOCHS,
     MAX_LAMBDA_W,
     MAX_LR,
@@ -41,15 +44,20 @@ from .config import (
     SNAPSHOT_UNITS,
     STATUSES,
     TrainConfig,
+    default_train_config,
+    srste_effect_config,
     zhu_gupta_sparsity,
 )
 from .loop import _Run, run_and_save, train
 from .records import (
+    CHANCE_MIN_EPOCHS,
     FORMAT_VERSION,
     EpochMetrics,
     RunRecord,
     StepCallback,
     TrainProgress,
+    at_chance,
+    chance_warning,
     metrics_csv,
     run_from_bytes,
     run_to_bytes,
@@ -65,12 +73,14 @@ from .store import _INDEX_KEY, _run_key, delete_run, list_runs, load_run, rename
 _PRIVATE = (_INDEX_KEY, _Run, _run_key)
 
 __all__ = [
-    "CONV_GROUPINGS", "DEFAULT_LAMBDA_W", "DIGITS_IMAGES", "DIGITS_TRAIN_SIZE", "EpochMetrics", "FORMAT_VERSION",
+    "ARCH_DEFAULTS", "ARCH_DEFAULT_FIELDS", "CHANCE_MIN_EPOCHS", "CONV_GROUPINGS", "DEFAULT_LAMBDA_W",
+    "DIGITS_IMAGES", "DIGITS_TRAIN_SIZE", "EFFECT_LAMBDA_W", "EpochMetrics", "FORMAT_VERSION",
     "MAX_EPOCHS", "MAX_GRID_RUNS", "MAX_LAMBDA_W", "MAX_LR", "MAX_M", "MAX_SNAPSHOTS", "MAX_SPARSITY", "MAX_STEPS",
     "METHODS", "METHOD_LABELS", "NM_METHODS", "OPTIMIZERS", "PATTERN_METHODS", "RunRecord", "SCHEDULES",
     "SNAPSHOT_UNITS", "STATUSES",
-    "StepCallback", "TrainConfig", "TrainProgress", "delete_run", "layer_plan", "list_runs", "load_run",
+    "StepCallback", "TrainConfig", "TrainProgress", "at_chance", "chance_warning", "default_train_config",
+    "delete_run", "layer_plan", "list_runs", "load_run",
     "metrics_csv", "owner_alive", "process_token", "rename_run", "run_and_save", "run_from_bytes", "run_to_bytes",
-    "run_grid", "runs_json", "sad_csv", "sad_summary", "save_run", "sparse_forward_weight", "train",
-    "zhu_gupta_sparsity",
+    "run_grid", "runs_json", "sad_csv", "sad_summary", "save_run", "sparse_forward_weight", "srste_effect_config",
+    "train", "zhu_gupta_sparsity",
 ]

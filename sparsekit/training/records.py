@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Mapping, Sequence
 
@@ -13,11 +14,11 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import nn
 
-from ..models.digits import build_digits_model
+from ..models.digits import N_CLASSES, build_digits_model
 from ..models.weights import safetensors_header
 from ..store import finite_json
 from ..topology import MaskHistory, SadReport, sad_report
-from .config import TrainConfig
+from .config import TrainConfig, default_train_config
 
 FORMAT_VERSION = 1
 """Version of the safetensors run entry (``run_to_bytes``); a newer one is refused on load."""
@@ -331,3 +332,58 @@ def sad_summary(records: Sequence[RunRecord], reports: Mapping[str, SadReport] |
             row["SAD, first → final"] = float(rep.series("from_first", which, fraction=fraction)[-1])
         out.append(row)
     return out
+
+
+CHANCE_MIN_EPOCHS = 3
+"""Epochs a run gets before ``at_chance`` calls it stuck (a ViT may need two to leave chance)."""
+
+
+def at_chance(record: RunRecord, *, num_classes: int = N_CLASSES, min_epochs: int = CHANCE_MIN_EPOCHS,
+              accuracy_points: float = 5.0, loss_tolerance: float = 0.05) -> bool:
+    """Whether a run has learnt nothing: after ``min_epochs`` epochs its latest held-out accuracy
+    is within ``accuracy_points`` of chance (100 / classes) and its held-out loss within
+    ``loss_tolerance`` (relative) of ln(classes), the loss of a uniform guess.
+
+    Args:
+        record: the run (its per-epoch metrics are read).
+        num_classes: classes of the task (10 digits).
+        min_epochs: epochs done before a run can be called stuck.
+        accuracy_points: percentage points around chance that still count as chance.
+        loss_tolerance: relative distance to ln(classes) that still counts as chance.
+
+    Returns:
+        True when both the accuracy and the loss sit at chance.
+    """
+    if not record.epochs or record.epochs[-1].epoch < min_epochs:
+        return False
+    last = record.epochs[-1]
+    chance_loss = math.log(num_classes)
+    return (abs(last.test_accuracy - 100.0 / num_classes) <= accuracy_points
+            and abs(last.test_loss - chance_loss) <= loss_tolerance * chance_loss)
+
+
+def _settings_text(cfg: TrainConfig) -> str:
+    return f"{'AdamW' if cfg.optimizer == 'adamw' else 'SGD'}, lr {cfg.lr:g}, weight decay {cfg.weight_decay:g}"
+
+
+def chance_warning(record: RunRecord, *, num_classes: int = N_CLASSES) -> str | None:
+    """A sentence for a run that ``at_chance`` calls stuck, saying what to change; None otherwise.
+
+    Args:
+        record: the run.
+        num_classes: classes of the task.
+
+    Returns:
+        The warning, or None when the run learns.
+    """
+    if not at_chance(record, num_classes=num_classes):
+        return None
+    cfg, last = record.config, record.epochs[-1]
+    head = (f"{record.label} is at chance after {last.epoch:g} epochs: held-out accuracy {last.test_accuracy:.1f} % "
+            f"(chance {100 / num_classes:g} %), loss {last.test_loss:.3f} (ln {num_classes} = "
+            f"{math.log(num_classes):.3f}). It is not learning: ")
+    ref = default_train_config(cfg.arch)
+    if (cfg.optimizer, cfg.lr, cfg.weight_decay) != (ref.optimizer, ref.lr, ref.weight_decay):
+        return head + (f"these settings ({_settings_text(cfg)}) do not train the {cfg.arch.upper()}; its defaults "
+                       f"do ({_settings_text(ref)}).")
+    return head + f"try more epochs, a smaller batch or a lower learning rate (now {cfg.lr:g})."

@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping, Sequence
 from ..cache import get_cache, make_key
 from ..models.digits import digits_split
 from ..stats import DEFAULT_CONFIDENCE
-from .config import DEFAULT_LAMBDA_W, TrainConfig, config_fields
+from .config import DEFAULT_LAMBDA_W, TrainConfig, config_fields, default_train_config
 from .loop import train
 from .seedresults import STUDY_VERSION, SeedRun, SeedStudyResult, run_metrics
 
@@ -290,11 +290,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the disk cache")
     args = parser.parse_args(argv)
     try:
-        overrides = {"arch": args.arch, "epochs": args.epochs}
+        overrides = {"epochs": args.epochs}
         for name in ("lr", "optimizer", "lambda_w"):
             if getattr(args, name) is not None:
                 overrides[name] = getattr(args, name)
-        config = SeedStudyConfig(train=TrainConfig(**overrides), patterns=tuple(parse_patterns(args.patterns)),
+        config = SeedStudyConfig(train=default_train_config(args.arch, **overrides), patterns=tuple(parse_patterns(args.patterns)),
                                  seeds=args.seeds, first_seed=args.first_seed,
                                  lambda_sweep=tuple(parse_floats(args.lambdas)))
         config.validate()

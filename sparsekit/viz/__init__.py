@@ -31,23 +31,29 @@ from .masks import (
 )
 from .reports import layer_kept_figure, memory_figure, params_by_type_figure, quality_figure
 from .training import (
+    FLIP_COLORSCALE,
+    RUN_COLORS,
     STUDY_COLORS,
+    color_map,
     flip_count_figure,
+    flip_maps_figure,
     lambda_sweep_figure,
     paired_difference_figure,
     sad_heatmap_figure,
     sad_series_figure,
     seed_study_figure,
+    run_colors,
+    run_key,
     training_curves_figure,
 )
 
 __all__ = [
-    "ATTENTION_FAMILY_COLORS", "DEFAULT_MAX_CELLS", "LABEL_ALL_TOKENS", "DIFF_COLORS", "KEPT_COLOR", "METHOD_COLORS", "PRUNED_COLOR",
-    "SKIPPED_COLOR", "STUDY_COLORS", "TEXT_CELLS_MAX", "agreement_figure", "attention_heatmap",
-    "attention_speedup_figure", "attribution_maps_figure", "bench_figures", "compare_figure", "density_profile",
-    "flip_count_figure", "head_grid_figure", "head_picker_figure", "lambda_sweep_figure", "layer_kept_figure", "log_ticks",
+    "ATTENTION_FAMILY_COLORS", "DEFAULT_MAX_CELLS", "LABEL_ALL_TOKENS", "DIFF_COLORS", "FLIP_COLORSCALE", "KEPT_COLOR", "METHOD_COLORS", "PRUNED_COLOR",
+    "RUN_COLORS", "SKIPPED_COLOR", "STUDY_COLORS", "TEXT_CELLS_MAX", "agreement_figure", "attention_heatmap",
+    "attention_speedup_figure", "attribution_maps_figure", "bench_figures", "color_map", "compare_figure", "density_profile",
+    "flip_count_figure", "flip_maps_figure", "head_grid_figure", "head_picker_figure", "lambda_sweep_figure", "layer_kept_figure", "log_ticks",
     "magnitude_histogram", "mask_diff_figure", "mask_heatmap", "mask_zoom_figure", "memory_figure",
     "nm_group_figure", "nm_pattern_figure", "paired_difference_figure", "params_by_type_figure", "plan_grid_figure", "quality_figure",
-    "sad_heatmap_figure", "sad_series_figure", "search_tradeoff_figure", "seed_study_figure", "speedup_batch_figure",
+    "run_colors", "run_key", "sad_heatmap_figure", "sad_series_figure", "search_tradeoff_figure", "seed_study_figure", "speedup_batch_figure",
     "speedup_density_figure", "token_attribution_figure", "training_curves_figure",
 ]

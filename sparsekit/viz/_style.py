@@ -69,3 +69,32 @@ def _pct_text(v: float) -> str:
 def _log_axis(values: Sequence[float], fmt) -> dict:
     ticks = log_ticks(min(values), max(values))
     return dict(type="log", tickvals=ticks, ticktext=[fmt(t) for t in ticks])
+
+
+RUN_COLORS = ("#2f6fd6", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#a6a30f", "#12b5c4", "#e05cb8")
+"""One colour per run or series, eight hues at least 28° apart (blue, orange, green, red, purple,
+olive, cyan, pink), dark enough for a light and light enough for a dark background."""
+FLIP_COLORSCALE = ((0.0, "#f0f0f0"), (0.15, "#fdd49e"), (0.4, "#fc8d59"), (0.7, "#d7301f"), (1.0, "#7f0000"))
+"""Sequential scale for counts: 0 a light neutral grey, larger counts darker and redder
+(luminance falls along the scale, so it reads the same way in a light and a dark theme)."""
+
+
+def color_map(keys: Sequence[str], palette: Sequence[str] = RUN_COLORS) -> dict[str, str]:
+    """One colour per distinct key, in first-seen order (cycling through ``palette`` past its end).
+
+    Args:
+        keys: the series' keys (e.g. run ids).
+        palette: the colours to hand out.
+
+    Returns:
+        key -> colour.
+    """
+    out: dict[str, str] = {}
+    for key in keys:
+        if key not in out:
+            out[key] = palette[len(out) % len(palette)]
+    return out
+
+
+def _number_text(v: float) -> str:
+    return f"{v:g}"

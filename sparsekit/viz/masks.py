@@ -74,6 +74,9 @@ def mask_heatmap(mask: Any, *, max_cells: int = DEFAULT_MAX_CELLS, title: str | 
                                   what="kept fraction"))
     fig.update_layout(title=title)
     _matrix_axes(fig)
+    # One matrix cell is square on screen: a 384×384 mask is drawn square, a 384×1536 one 4× wider.
+    fig.update_yaxes(scaleanchor="x", scaleratio=1, constrain="domain")
+    fig.update_xaxes(constrain="domain")
     return fig
 
 

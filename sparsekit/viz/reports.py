@@ -97,7 +97,8 @@ def params_by_type_figure(counts: Mapping[str, int]) -> go.Figure:
         texttemplate="%{y:.3s}", textposition="auto",
         hovertemplate="%{x}<br>%{y:,} parameters<extra></extra>",
     ))
-    fig.update_layout(title=f"parameters by layer type ({total:,} in total)")
+    # Two short title lines: one long line was cut in a narrow column.
+    fig.update_layout(title=dict(text=f"parameters by layer type<br><sup>{total:,} in total</sup>"))
     fig.update_xaxes(title_text="layer type", type="category")
     fig.update_yaxes(title_text="parameters")
     return fig

@@ -3,7 +3,7 @@ layer × time SAD heatmap, flip counts per weight, and the seed study (STE vs SR
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -13,7 +13,7 @@ from plotly.subplots import make_subplots
 
 from ..maskstats import DEFAULT_MAX_CELLS
 from ..training.seedresults import METRICS
-from ._style import _empty, _matrix_axes
+from ._style import FLIP_COLORSCALE, RUN_COLORS, _empty, _log_axis, _matrix_axes, _number_text, _pct_text, color_map
 
 if TYPE_CHECKING:
     from ..seedstudy import SeedStudyResult
@@ -26,26 +26,61 @@ _SAD_TITLES = {
     "from_first": "SAD from the first snapshot",
     "to_final": "SAD to the final snapshot",
 }
-_RUN_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
 
-def training_curves_figure(runs: Sequence[RunRecord]) -> go.Figure:
+def run_key(run: RunRecord) -> str:
+    """The key of a run in a colour map: its run id, or its label before it is saved."""
+    return run.run_id or run.label
+
+
+def run_colors(runs: Sequence[RunRecord]) -> dict[str, str]:
+    """One colour per run, to pass to every figure of the same runs so a run keeps its colour.
+
+    Args:
+        runs: training runs, in the order the colours are handed out.
+
+    Returns:
+        ``run_key(run)`` -> colour (``RUN_COLORS``, distinct hues for up to eight runs).
+    """
+    return color_map([run_key(run) for run in runs], RUN_COLORS)
+
+
+def _colors_for(runs: Sequence[RunRecord], colors: Mapping[str, str] | None) -> list[str]:
+    colors = run_colors(runs) if colors is None else colors
+    missing = [run.label for run in runs if run_key(run) not in colors]
+    if missing:
+        raise ValueError(f"no colour for run(s) {', '.join(missing)}: build the map with run_colors over every run")
+    return [colors[run_key(run)] for run in runs]
+
+
+def _count_text(v: float) -> str:
+    return f"{v:,.0f}" if v >= 1 else f"{v:g}"
+
+
+def training_curves_figure(runs: Sequence[RunRecord], *, colors: Mapping[str, str] | None = None) -> go.Figure:
     """Held-out accuracy and loss per epoch of one or more runs, side by side.
 
     Args:
         runs: training runs (``sparsekit.training.RunRecord``), each drawn from its per-epoch
             metrics under its ``label``.
+        colors: ``run_colors`` of the runs on the page (the same map for every figure keeps a run's
+            colour); built from ``runs`` when None.
 
     Returns:
         A two-panel figure: per run, one accuracy trace (left), then a test-loss trace (solid) and a
-        train-loss trace (dotted) on the right.
+        train-loss trace (dotted) on the right, on a log axis with 1-2-5 ticks (0.1, 0.2, 0.5, 1, 2).
+
+    Raises:
+        ValueError: ``colors`` without a colour for one of the runs.
     """
     if not runs:
         return _empty("accuracy and loss", "no runs to show")
     fig = make_subplots(rows=1, cols=2, subplot_titles=("held-out accuracy (%)",
                                                         "cross-entropy (solid: held-out, dotted: train)"))
-    for i, run in enumerate(runs):
-        color, label = _RUN_COLORS[i % len(_RUN_COLORS)], run.label
+    losses = []
+    for run, color in zip(runs, _colors_for(runs, colors)):
+        label = run.label
+        losses += [v for e in run.epochs for v in (e.test_loss, e.train_loss) if math.isfinite(v) and v > 0]
         epoch = [e.epoch for e in run.epochs]
         fig.add_trace(go.Scatter(x=epoch, y=[e.test_accuracy for e in run.epochs], name=label, legendgroup=label,
                                  mode="lines+markers", line=dict(color=color),
@@ -62,14 +97,17 @@ def training_curves_figure(runs: Sequence[RunRecord]) -> go.Figure:
                       row=1, col=2)
     fig.update_xaxes(title_text="epoch")
     fig.update_yaxes(title_text="accuracy (%)", row=1, col=1)
-    fig.update_yaxes(title_text="loss", type="log", row=1, col=2)
+    # plotly's own log labels read "2 5 0.1 2 5": 1-2-5 ticks with the whole number on each.
+    fig.update_yaxes(title_text="loss", **(_log_axis(losses, _number_text) if losses else {"type": "log"}),
+                     row=1, col=2)
     fig.update_layout(title="accuracy and loss", legend=dict(orientation="h", y=-0.25))
     return fig
 
 
 def sad_series_figure(runs: Sequence[RunRecord], *, kind: str = "interval", layer: str | None = None,
                       fraction: bool = False, log_y: bool | None = None,
-                      reports: Sequence[SadReport] | None = None) -> go.Figure:
+                      reports: Sequence[SadReport] | None = None,
+                      colors: Mapping[str, str] | None = None) -> go.Figure:
     """SAD over training for one or more runs (one line each).
 
     Args:
@@ -82,12 +120,14 @@ def sad_series_figure(runs: Sequence[RunRecord], *, kind: str = "interval", laye
             are left out there (a gap), and a note says how many.
         reports: each run's ``run.sad()``, in the same order, where the caller has them already
             (it reads every mask snapshot); computed here when None.
+        colors: ``run_colors`` of the runs on the page; built from ``runs`` when None.
 
     Returns:
-        A figure with one ``Scatter`` per run.
+        A figure with one ``Scatter`` per run; a log axis has 1-2-5 ticks.
 
     Raises:
-        ValueError: unknown kind, a layer a run did not record, or ``reports`` not one per run.
+        ValueError: unknown kind, a layer a run did not record, ``reports`` not one per run, or
+            ``colors`` without a colour for one of the runs.
     """
     if kind not in _SAD_TITLES:
         raise ValueError(f"kind must be one of {', '.join(_SAD_TITLES)}, got {kind!r}")
@@ -99,7 +139,8 @@ def sad_series_figure(runs: Sequence[RunRecord], *, kind: str = "interval", laye
     log_y = (kind == "interval") if log_y is None else bool(log_y)
     fig = go.Figure()
     hidden = 0
-    for i, run in enumerate(runs):
+    drawn: list[float] = []
+    for i, (run, color) in enumerate(zip(runs, _colors_for(runs, colors))):
         report = reports[i] if reports is not None else run.sad()
         x = [float(v) for v in report.epochs]
         y = [float(v) for v in report.series(kind, layer, fraction=fraction)]
@@ -108,15 +149,20 @@ def sad_series_figure(runs: Sequence[RunRecord], *, kind: str = "interval", laye
         if log_y:
             hidden += sum(1 for v in y if v <= 0)
             y = [v if v > 0 else None for v in y]
+            drawn += [v for v in y if v is not None]
         value = "%{y:.3%}" if fraction else "%{y:,.0f} weights"
         fig.add_trace(go.Scatter(x=x, y=y, name=run.label, mode="lines+markers", connectgaps=False,
+                                 line=dict(color=color),
                                  hovertemplate=f"{run.label}<br>epoch %{{x:.2f}}<br>SAD {value}<extra></extra>"))
     fig.update_layout(title=title, legend=dict(orientation="h", y=-0.25))
     fig.update_xaxes(title_text="epoch" + (" (end of interval)" if kind == "interval" else ""))
-    # One tick per decade on a log axis: plotly's default labels the 2s and 5s between decades too.
-    fig.update_yaxes(title_text="SAD" + (" (% of weights)" if fraction else " (weights)"),
-                     type="log" if log_y else "linear", dtick=1 if log_y else None,
-                     tickformat="~%" if fraction else None)
+    axis_title = "SAD" + (" (% of weights)" if fraction else " (weights)")
+    if log_y:
+        # plotly's own log labels repeat bare digits ("2 5 2 5"): 1-2-5 ticks with the whole value.
+        fig.update_yaxes(title_text=axis_title, **(_log_axis(drawn, _pct_text if fraction else _count_text)
+                                                   if drawn else {"type": "log"}))
+    else:
+        fig.update_yaxes(title_text=axis_title, type="linear", tickformat="~%" if fraction else None)
     if hidden:
         fig.add_annotation(text=f"{hidden} zero value(s) not drawn on the log axis", showarrow=False,
                            x=1, y=1.02, xref="paper", yref="paper", xanchor="right", font=dict(size=11))
@@ -158,6 +204,30 @@ def sad_heatmap_figure(layers: Sequence[str], epochs: Sequence[float], values: A
     return fig
 
 
+def _flip_grid(counts: Any, max_cells: int) -> tuple[torch.Tensor, int]:
+    c = torch.as_tensor(np.asarray(counts), dtype=torch.float32)
+    if c.dim() != 2:
+        raise ValueError(f"counts must be a 2-D matrix, got shape {tuple(c.shape)}")
+    if c.numel() and float(c.min()) < 0:
+        raise ValueError("flip counts cannot be negative")
+    rows, cols = c.shape
+    tile = 1
+    if rows * cols > max_cells:
+        tile = math.ceil(math.sqrt(rows * cols / max_cells))
+        c = torch.nn.functional.avg_pool2d(c[None, None], tile, ceil_mode=True, count_include_pad=False)[0, 0]
+    return c, tile
+
+
+def _flip_heatmap(c: torch.Tensor, tile: int, zmax: float, showscale: bool) -> go.Heatmap:
+    what = "flips" if tile == 1 else "mean flips"
+    return go.Heatmap(
+        z=c.numpy(), x=[j * tile for j in range(c.shape[1])], y=[i * tile for i in range(c.shape[0])],
+        colorscale=[list(stop) for stop in FLIP_COLORSCALE], zmin=0.0, zmax=zmax, showscale=showscale,
+        colorbar=dict(title=dict(text=what)),
+        hovertemplate="row %{y}, column %{x}<br>" + what + ": %{z:.3g}<extra></extra>",
+    )
+
+
 def flip_count_figure(counts: Any, *, title: str = "flips per weight",
                       max_cells: int = DEFAULT_MAX_CELLS) -> go.Figure:
     """Heatmap of how often each weight changed keep/prune state (one layer, as a matrix).
@@ -169,28 +239,47 @@ def flip_count_figure(counts: Any, *, title: str = "flips per weight",
         max_cells: most cells sent; a larger matrix is averaged over square tiles (the title says so).
 
     Returns:
-        A figure with one ``Heatmap`` (exact counts when the matrix fits).
+        A figure with one ``Heatmap`` (exact counts when the matrix fits) on ``FLIP_COLORSCALE``:
+        0 flips light grey, the most flips darkest.
 
     Raises:
         ValueError: not a 2-D array, or negative counts.
     """
-    c = torch.as_tensor(np.asarray(counts), dtype=torch.float32)
-    if c.dim() != 2:
-        raise ValueError(f"counts must be a 2-D matrix, got shape {tuple(c.shape)}")
-    if c.numel() and float(c.min()) < 0:
-        raise ValueError("flip counts cannot be negative")
-    rows, cols = c.shape
-    tile = 1
-    if rows * cols > max_cells:
-        tile = math.ceil(math.sqrt(rows * cols / max_cells))
-        c = torch.nn.functional.avg_pool2d(c[None, None], tile, ceil_mode=True, count_include_pad=False)[0, 0]
+    return flip_maps_figure([counts], [""], title=title, max_cells=max_cells)
+
+
+def flip_maps_figure(counts: Sequence[Any], names: Sequence[str], *, title: str = "flips per weight",
+                     max_cells: int = DEFAULT_MAX_CELLS) -> go.Figure:
+    """Flip-count heatmaps of the same layer in several runs, side by side on one colour scale
+    (one ``zmax`` for all, so the same shade means the same count in every panel).
+
+    Args:
+        counts: one 2-D flip-count matrix per run (see ``flip_count_figure``).
+        names: a panel title per matrix (e.g. the run labels).
+        title: figure title.
+        max_cells: most cells sent per panel; larger matrices are averaged over square tiles.
+
+    Returns:
+        One ``Heatmap`` per panel, all with ``zmin`` 0 and ``zmax`` the largest value drawn in any
+        panel; one colour bar.
+
+    Raises:
+        ValueError: no matrix, not one name per matrix, not 2-D, or negative counts.
+    """
+    if not counts or len(names) != len(counts):
+        raise ValueError(f"give one name per flip-count matrix, got {len(names)} names for {len(counts)} matrices")
+    grids = [_flip_grid(c, max_cells) for c in counts]
+    tile = max(t for _, t in grids)
+    if tile > 1:
         title = f"{title} (mean over {tile}×{tile} tiles)"
-    what = "flips" if tile == 1 else "mean flips"
-    fig = go.Figure(go.Heatmap(
-        z=c.numpy(), x=[j * tile for j in range(c.shape[1])], y=[i * tile for i in range(c.shape[0])],
-        colorscale="Magma", reversescale=True, zmin=0, colorbar=dict(title=dict(text=what)),
-        hovertemplate="row %{y}, column %{x}<br>" + what + ": %{z:.3g}<extra></extra>",
-    ))
+    # A flat 0 map still needs a range; 1 keeps its cells at the scale's light end.
+    zmax = max([float(g.max()) for g, _ in grids if g.numel()] + [0.0]) or 1.0
+    if len(grids) == 1:
+        fig = go.Figure(_flip_heatmap(*grids[0], zmax, True))
+    else:
+        fig = make_subplots(rows=1, cols=len(grids), subplot_titles=list(names), horizontal_spacing=0.08)
+        for col, (grid, t) in enumerate(grids, start=1):
+            fig.add_trace(_flip_heatmap(grid, t, zmax, col == len(grids)), row=1, col=col)
     fig.update_layout(title=title)
     _matrix_axes(fig)
     return fig

@@ -1,0 +1,194 @@
+"""Responsiveness as a browser user meets it: time from a click to the idle page, in Chromium.
+
+    python benchmarks/bench_browser.py [--repeats 3] [--empty-cache] [--out results.json]
+
+Starts `streamlit run app.py` on a free localhost port (stopped by its pid at the end) and drives
+it with Playwright and Debian's chromium:
+
+- cold start: from starting the server to MiniLM's Model page drawn and idle;
+- model switch: MiniLM -> digits MLP -> digits CNN -> MiniLM in the sidebar;
+- Sparsify on MiniLM: a new N:M setting with magnitude and random (live), Wanda and SparseGPT (Apply);
+- Masks: another layer picked.
+
+"Idle" is Streamlit's script state back at ``notRunning`` after the rerun the action started (and
+the expected text on the page), checked every 20 ms; each timing ends at the first idle sample. Prints one table with the median and range of each
+action, measured in this run. The machine's load matters: quote the table with the machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _script_state(page) -> str:
+    return page.locator('[data-testid="stApp"]').get_attribute("data-test-script-state") or ""
+
+
+def wait_idle(page, start: float, expect=None, timeout: float = 300.0) -> float:
+    """Seconds from ``start`` until the rerun the action caused has finished and ``expect`` shows.
+
+    Streamlit writes its script state on the app root (``data-test-script-state``): the action
+    counts as started once the state leaves ``notRunning`` and done when it returns there.
+    """
+    seen_running = False
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        state = _script_state(page)
+        seen_running |= state not in ("notRunning", "")
+        now = time.perf_counter()
+        shown = expect is None or (expect.count() > 0 and expect.first.is_visible())
+        if state == "notRunning" and shown and (seen_running or now - start > 2.0):
+            return now - start
+        page.wait_for_timeout(20)
+    page.screenshot(path="bench_browser_timeout.png", full_page=True)
+    raise TimeoutError("the page did not become idle (screenshot: bench_browser_timeout.png)")
+
+
+def pick(page, label: str, option: str, sidebar: bool = False) -> None:
+    scope = page.locator('[data-testid="stSidebar"]') if sidebar else page.locator('[data-testid="stMain"]')
+    box = scope.locator('[data-testid="stSelectbox"]', has_text=label).first
+    box.click()
+    page.get_by_role("option", name=option, exact=False).first.click()
+
+
+def nav(page, name: str) -> None:
+    page.locator('[data-testid="stSidebarNavLink"]', has_text=name).first.click()
+    page.get_by_role("heading", name=name).first.wait_for()
+
+
+def run(repeats: int, empty_cache: bool) -> dict[str, list[float]]:
+    from playwright.sync_api import sync_playwright
+
+    port = free_port()
+    env = dict(os.environ)
+    tmp = tempfile.mkdtemp(prefix="sparsekit-bench-")
+    if empty_cache:
+        env["SPARSEKIT_CACHE_DIR"] = tmp
+    log = open(Path(tmp) / "streamlit.log", "w+")
+    times: dict[str, list[float]] = {}
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                             "--server.address", "127.0.0.1", "--server.headless", "true"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.05)
+            if proc.poll() is not None:
+                log.seek(0)
+                raise RuntimeError("streamlit exited:\n" + log.read()[-2000:])
+        times["server up (health check answers)"] = [time.perf_counter() - start]
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.set_default_timeout(300_000)
+            page.goto(url)
+            times["cold start to Model page (MiniLM)"] = [wait_idle(page, start, page.get_by_text("Prunable layers (36)"))]
+
+            for _ in range(repeats):
+                for option, name in (("Digits MLP", "digits MLP"), ("Digits CNN", "digits CNN"), ("MiniLM", "all-MiniLM")):
+                    t = time.perf_counter()
+                    pick(page, "Source", option, sidebar=True)
+                    key = f"model switch to {option}"
+                    caption = page.locator('[data-testid="stSidebar"] [data-testid="stCaptionContainer"]', has_text=name)
+                    times.setdefault(key, []).append(wait_idle(page, t, caption))
+
+            nav(page, "Sparsify")
+            wait_idle(page, time.perf_counter(), page.get_by_text("Per-layer report"))
+            for method in ("magnitude", "random"):
+                # Every N:M preset once (new: computed), then two again (served from the result cache).
+                settings = ["1:4", "4:8", "2:8", "1:2", "2:4"] if method == "magnitude" else ["2:4", "1:4", "2:8", "1:2"]
+                if method != "magnitude":
+                    t = time.perf_counter()
+                    pick(page, "Scoring", method)
+                    times.setdefault(f"Sparsify {method}: new setting", []).append(
+                        wait_idle(page, t, page.get_by_text("Per-layer report")))
+                for label, nms in (("new setting", settings[:4]), ("cached setting", settings[:2])):
+                    for nm in nms:
+                        t = time.perf_counter()
+                        pick(page, "N:M", nm)
+                        times.setdefault(f"Sparsify {method}: {label}", []).append(
+                            wait_idle(page, t, page.get_by_text("Per-layer report")))
+            for method in ("wanda", "sparsegpt"):
+                t = time.perf_counter()
+                pick(page, "Scoring", method)
+                wait_idle(page, t)
+                for nm in ("2:4", "1:4")[:max(1, min(repeats, 2))]:
+                    pick(page, "N:M", nm)
+                    wait_idle(page, time.perf_counter())
+                    button = page.get_by_role("button", name="Apply")
+                    if button.count() == 0:
+                        continue  # cached from an earlier round
+                    t = time.perf_counter()
+                    button.first.click()
+                    times.setdefault(f"Sparsify {method}: Apply to idle", []).append(
+                        wait_idle(page, t, page.get_by_text("Per-layer report")))
+
+            nav(page, "Masks")
+            wait_idle(page, time.perf_counter(), page.get_by_text("Showing the masks of"))
+            box = page.locator('[data-testid="stSelectbox"]', has_text="Layer").first
+            for i in range(repeats * 2):
+                box.click()
+                options = page.get_by_role("option")
+                options.nth((i * 5 + 3) % options.count()).click()
+                t = time.perf_counter()
+                times.setdefault("Masks: another layer", []).append(wait_idle(page, t))
+            browser.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--empty-cache", action="store_true", help="start with an empty sparsekit disk cache")
+    parser.add_argument("--out", help="also write the raw times as JSON")
+    args = parser.parse_args()
+    if not os.path.exists(CHROMIUM):
+        sys.exit("chromium is not installed: bash scripts/setup.sh --dev installs it")
+    times = run(args.repeats, args.empty_cache)
+    import torch
+
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d %H:%M')}")
+    print("| action | n | median (s) | min (s) | max (s) |")
+    print("|---|---:|---:|---:|---:|")
+    for action, ts in times.items():
+        print(f"| {action} | {len(ts)} | {statistics.median(ts):.2f} | {min(ts):.2f} | {max(ts):.2f} |")
+    if args.out:
+        Path(args.out).write_text(json.dumps(times, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -4,9 +4,16 @@ The page scripts live in ``views/``, not ``pages/``: Streamlit treats a ``pages/
 entry file as its legacy multipage app until ``st.navigation`` first runs, which on a fresh server
 undid the first model pick and showed its own file-name sidebar on a first deep link.
 """
-import streamlit as st
+import os
 
-from ui.state import sidebar_model
+# Before torch loads: OpenMP threads that wait at a barrier sleep instead of spinning. On a small
+# machine shared with the browser, spinning made a MiniLM quality pass 2-3x slower (2.0 s vs 1.3 s
+# with one core busy; 0.70 vs 0.82 s when quiet; benchmarks/bench_browser.py has the page figures).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import streamlit as st  # noqa: E402
+
+from ui.state import sidebar_model  # noqa: E402
 
 st.set_page_config(page_title="Sparsity Lab", page_icon=":material/grid_on:", layout="wide")
 

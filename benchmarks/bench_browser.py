@@ -2,7 +2,7 @@
 
     python benchmarks/bench_browser.py [--repeats 3] [--empty-cache] [--out results.json]
 
-Starts `streamlit run app.py` on a free localhost port (stopped by its pid at the end) and drives
+Starts the app as `scripts/run_app.sh` does (`scripts/serve.py`) on a free localhost port (stopped by its pid at the end) and drives
 it with Playwright and Debian's chromium:
 
 - cold start: from starting the server to MiniLM's Model page drawn and idle;
@@ -40,24 +40,43 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _script_state(page) -> str:
-    return page.locator('[data-testid="stApp"]').get_attribute("data-test-script-state") or ""
+_WATCH = """() => {
+  if (window.__states) return;
+  window.__states = [];
+  const app = document.querySelector('[data-testid="stApp"]');
+  new MutationObserver(() => window.__states.push(app.getAttribute('data-test-script-state')))
+    .observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
+}"""
 
 
-def wait_idle(page, start: float, expect=None, timeout: float = 300.0) -> float:
+def watch(page) -> None:
+    """Record every change of Streamlit's script state (``data-test-script-state`` on the app root):
+    polling alone misses a rerun shorter than one poll."""
+    page.wait_for_selector('[data-testid="stApp"]')
+    page.evaluate(_WATCH)
+
+
+def mark(page) -> tuple[float, int]:
+    """The moment an action starts: the clock and how many script states were recorded so far."""
+    page.evaluate(_WATCH)  # again after a page load; a no-op while the observer is there
+    return time.perf_counter(), page.evaluate("() => window.__states.length")
+
+
+def wait_idle(page, start: tuple[float, int] | float, expect=None, timeout: float = 300.0) -> float:
     """Seconds from ``start`` until the rerun the action caused has finished and ``expect`` shows.
 
-    Streamlit writes its script state on the app root (``data-test-script-state``): the action
-    counts as started once the state leaves ``notRunning`` and done when it returns there.
+    Done when the recorded states (``watch``) since the action went through a running state and are
+    back at ``notRunning``; an action that starts no rerun within 2 s counts from when ``expect`` shows.
     """
-    seen_running = False
+    start, seen = start if isinstance(start, tuple) else (start, 0)
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:
-        state = _script_state(page)
-        seen_running |= state not in ("notRunning", "")
+        states = page.evaluate(f"() => window.__states.slice({seen})")
         now = time.perf_counter()
+        ran = any(s != "notRunning" for s in states)
+        idle = page.locator('[data-testid="stApp"]').get_attribute("data-test-script-state") == "notRunning"
         shown = expect is None or (expect.count() > 0 and expect.first.is_visible())
-        if state == "notRunning" and shown and (seen_running or now - start > 2.0):
+        if idle and shown and (ran and states[-1] == "notRunning" or not ran and now - start > 2.0):
             return now - start
         page.wait_for_timeout(20)
     page.screenshot(path="bench_browser_timeout.png", full_page=True)
@@ -76,7 +95,7 @@ def nav(page, name: str) -> None:
     page.get_by_role("heading", name=name).first.wait_for()
 
 
-def run(repeats: int, empty_cache: bool) -> dict[str, list[float]]:
+def run(repeats: int, empty_cache: bool, streamlit_args: list[str] = ()) -> dict[str, list[float]]:
     from playwright.sync_api import sync_playwright
 
     port = free_port()
@@ -87,8 +106,9 @@ def run(repeats: int, empty_cache: bool) -> dict[str, list[float]]:
     log = open(Path(tmp) / "streamlit.log", "w+")
     times: dict[str, list[float]] = {}
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                             "--server.address", "127.0.0.1", "--server.headless", "true"],
+    # The command scripts/run_app.sh runs (it preloads the default model while the server starts).
+    proc = subprocess.Popen([sys.executable, "scripts/serve.py", "--server.port", str(port),
+                             "--server.address", "127.0.0.1", "--server.headless", "true", *streamlit_args],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -107,55 +127,71 @@ def run(repeats: int, empty_cache: bool) -> dict[str, list[float]]:
             page = browser.new_page(viewport={"width": 1440, "height": 1000})
             page.set_default_timeout(300_000)
             page.goto(url)
+            watch(page)
             times["cold start to Model page (MiniLM)"] = [wait_idle(page, start, page.get_by_text("Prunable layers (36)"))]
 
             for _ in range(repeats):
                 for option, name in (("Digits MLP", "digits MLP"), ("Digits CNN", "digits CNN"), ("MiniLM", "all-MiniLM")):
-                    t = time.perf_counter()
+                    t = mark(page)
                     pick(page, "Source", option, sidebar=True)
                     key = f"model switch to {option}"
                     caption = page.locator('[data-testid="stSidebar"] [data-testid="stCaptionContainer"]', has_text=name)
                     times.setdefault(key, []).append(wait_idle(page, t, caption))
 
             nav(page, "Sparsify")
-            wait_idle(page, time.perf_counter(), page.get_by_text("Per-layer report"))
+            wait_idle(page, mark(page), page.get_by_text("Per-layer report"))
+            # Magnitude, Apply: every change waits for the button on MiniLM (> 1 M weights).
+            for nm in ("1:2", "2:8"):
+                pick(page, "N:M", nm)
+                wait_idle(page, mark(page))
+                t = mark(page)
+                page.get_by_role("button", name="Apply").first.click()
+                times.setdefault("Sparsify magnitude: Apply to idle", []).append(
+                    wait_idle(page, t, page.get_by_text("Per-layer report")))
+            t = mark(page)
+            page.get_by_text("Update live").click()
+            wait_idle(page, t, page.get_by_text("Per-layer report"))
             for method in ("magnitude", "random"):
                 # Every N:M preset once (new: computed), then two again (served from the result cache).
-                settings = ["1:4", "4:8", "2:8", "1:2", "2:4"] if method == "magnitude" else ["2:4", "1:4", "2:8", "1:2"]
+                settings = ["1:4", "4:8", "2:4", "1:2"] if method == "magnitude" else ["2:4", "1:4", "2:8", "1:2"]
                 if method != "magnitude":
-                    t = time.perf_counter()
+                    t = mark(page)
                     pick(page, "Scoring", method)
-                    times.setdefault(f"Sparsify {method}: new setting", []).append(
+                    times.setdefault(f"Sparsify {method} (live): new setting", []).append(
                         wait_idle(page, t, page.get_by_text("Per-layer report")))
-                for label, nms in (("new setting", settings[:4]), ("cached setting", settings[:2])):
+                # magnitude 2:4, 1:2 and 2:8 were computed above: its new ones are 1:4 and 4:8.
+                new = settings[:2] if method == "magnitude" else settings[:4]
+                cached = settings[2:4] if method == "magnitude" else settings[:2]
+                for label, nms in (("new setting", new), ("cached setting", cached)):
                     for nm in nms:
-                        t = time.perf_counter()
+                        t = mark(page)
                         pick(page, "N:M", nm)
-                        times.setdefault(f"Sparsify {method}: {label}", []).append(
+                        times.setdefault(f"Sparsify {method} (live): {label}", []).append(
                             wait_idle(page, t, page.get_by_text("Per-layer report")))
             for method in ("wanda", "sparsegpt"):
-                t = time.perf_counter()
+                t = mark(page)
                 pick(page, "Scoring", method)
                 wait_idle(page, t)
                 for nm in ("2:4", "1:4")[:max(1, min(repeats, 2))]:
                     pick(page, "N:M", nm)
-                    wait_idle(page, time.perf_counter())
+                    wait_idle(page, mark(page))
                     button = page.get_by_role("button", name="Apply")
                     if button.count() == 0:
                         continue  # cached from an earlier round
-                    t = time.perf_counter()
+                    t = mark(page)
                     button.first.click()
                     times.setdefault(f"Sparsify {method}: Apply to idle", []).append(
                         wait_idle(page, t, page.get_by_text("Per-layer report")))
 
             nav(page, "Masks")
-            wait_idle(page, time.perf_counter(), page.get_by_text("Showing the masks of"))
+            wait_idle(page, mark(page), page.get_by_text("Showing the masks of"))
             box = page.locator('[data-testid="stSelectbox"]', has_text="Layer").first
             for i in range(repeats * 2):
                 box.click()
                 options = page.get_by_role("option")
-                options.nth((i * 5 + 3) % options.count()).click()
-                t = time.perf_counter()
+                target = options.nth((i * 5 + 3) % options.count())
+                t = mark(page)
+                target.click()
                 times.setdefault("Masks: another layer", []).append(wait_idle(page, t))
             browser.close()
     finally:
@@ -174,10 +210,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--empty-cache", action="store_true", help="start with an empty sparsekit disk cache")
     parser.add_argument("--out", help="also write the raw times as JSON")
+    parser.add_argument("--streamlit-arg", action="append", default=[],
+                        help="extra option for streamlit run, e.g. --streamlit-arg=--runner.postScriptGC=false")
     args = parser.parse_args()
     if not os.path.exists(CHROMIUM):
         sys.exit("chromium is not installed: bash scripts/setup.sh --dev installs it")
-    times = run(args.repeats, args.empty_cache)
+    times = run(args.repeats, args.empty_cache, args.streamlit_arg)
     import torch
 
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "

@@ -64,7 +64,8 @@ def shoot(theme: str, out: Path, pages: list[str]) -> None:
                 time.sleep(0.1)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            # The main area scrolls inside its own container, so a full-page shot needs a tall viewport.
+            page = browser.new_page(viewport={"width": 1440, "height": 2600})
             page.set_default_timeout(240_000)
             for name in pages:
                 page.goto(f"{url}/{'' if name == 'model' else name}")

@@ -393,3 +393,32 @@ def test_shown_path_hides_the_server_layout(tmp_path, monkeypatch):
     monkeypatch.setenv("SPARSEKIT_MODEL_ROOTS", str(root))
     assert shown_path(str(root / "family" / "m")) == "zoo/family/m"
     assert shown_path("/opt/secret/place/model") == "…/model"
+
+
+def test_minilm_changes_wait_for_apply_unless_live():
+    at = app("minilm", "sparsify")
+    first = at.dataframe[1].value  # the first view computes 2:4 magnitude at once
+    assert (first[first["skipped_reason"] == ""]["kept_fraction"] == 0.5).all()
+    at.selectbox(key="sp_nm").set_value("1:4").run()
+    assert any("press Apply" in i.value for i in at.info)
+    assert (at.dataframe[1].value["kept_fraction"] == first["kept_fraction"]).all()  # still 2:4
+    at.checkbox(key="sp_live").check().run()
+    report = at.dataframe[1].value
+    assert (report[report["skipped_reason"] == ""]["kept_fraction"] == 0.25).all()
+    at.selectbox(key="sp_nm").set_value("4:8").run()  # live now: no Apply needed
+    assert not any("press Apply" in i.value for i in at.info)
+    assert not at.exception
+
+
+def test_preload_hands_over_once_and_falls_back_on_failure():
+    from ui import preload
+
+    preload.start("digits:mlp")
+    preload.start("digits:mlp")  # a second start does not load twice
+    loaded = preload.take("digits:mlp")
+    assert loaded is not None and loaded.spec == "digits:mlp"
+    assert loaded.quality() == sparsekit.load_model("digits:mlp").quality()
+    assert preload.take("digits:mlp") is None  # handed over once; the cached loader keeps it after that
+    preload.start("digits:no-such-model")
+    assert preload.take("digits:no-such-model") is None  # the loader then reports the error itself
+    assert preload.take("never-started") is None

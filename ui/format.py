@@ -19,6 +19,11 @@ def metric_text(value: float) -> str:
     return f"{value:,.2f}" if abs(value) >= 10 else f"{value:.4f}"
 
 
+def change_text(change: float, like: float) -> str:
+    """A signed change with the decimals ``metric_text`` gives a value like ``like``."""
+    return f"{change:+,.2f}" if abs(like) >= 10 else f"{change:+.4f}"
+
+
 def shown_path(path: str) -> str:
     """A server path as a browser user may see it: relative to its model root, else its last part."""
     real = Path(os.path.realpath(path))

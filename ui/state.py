@@ -13,6 +13,8 @@ import sparsekit
 from sparsekit.models import BUILTIN_SPECS, list_model_dirs, model_roots
 from sparsekit.models.digits import digits_model_cached, trained_digits_model
 from sparsekit.sparsify import CALIBRATED_METHODS, SparsifyConfig
+from ui import preload
+from ui.format import KIND_LABELS
 
 SOURCES = {
     "minilm": "MiniLM (all-MiniLM-L6-v2, bundled)",
@@ -31,6 +33,8 @@ def _load(spec: str, weights_digest: str = "", _weights: bytes | None = None):
     # The digest is the cache key for uploads; the bytes themselves are not hashed by Streamlit.
     # Browser users may reach the hub only when the server allows it explicitly.
     # (No progress callback: Streamlit cannot replay element calls made inside a cached function.)
+    if not weights_digest and (ready := preload.take(spec)) is not None:
+        return ready
     return sparsekit.load_model(spec, weights=_weights, allow_hub=os.environ.get("SPARSEKIT_ALLOW_HUB") == "1")
 
 
@@ -79,14 +83,26 @@ def _timings() -> dict[tuple[str, str], float]:
     return {}
 
 
+def is_computed(model_key: str, config: SparsifyConfig) -> bool:
+    """Whether this model's result for ``config`` is in the shared result store (showing it is free)."""
+    return _results().get((model_key, config.to_json())) is not None
+
+
 def last_duration(model_key: str, method: str) -> float | None:
-    """Seconds the last computed sparsify of this model with this method took (None: not yet run)."""
-    return _timings().get((model_key, method))
+    """Seconds the last new setting of this model with this method took: its sparsify plus the
+    model's last quality pass (None: not run yet)."""
+    timings = _timings()
+    if (model_key, method) not in timings:
+        return None
+    return timings[(model_key, method)] + timings.get((model_key, "quality"), 0.0)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def _quality(model_key: str, config_json: str, _loaded, _result) -> dict[str, float]:
-    return _loaded.quality(_result.model)
+    start = time.perf_counter()
+    quality = _loaded.quality(_result.model)
+    _timings()[(model_key, "quality")] = time.perf_counter() - start
+    return quality
 
 
 ARCH_NAMES = {"mlp": "MLP", "cnn": "CNN", "vit": "ViT"}
@@ -170,7 +186,8 @@ def sidebar_model():
         st.session_state["_model_error"] = f"Could not load the model{what}: {err}"
         status.error("Could not load the model: see the message on the page.")
         return None, ""
-    status.caption(f"**{loaded.name}** · {loaded.kind} · {loaded.n_params / 1e6:,.2f} M parameters")
+    status.caption(f"**{loaded.name}** · {KIND_LABELS.get(loaded.kind, loaded.kind)} · "
+                   f"{loaded.n_params / 1e6:,.2f} M parameters")
     return loaded, f"{spec}#{digest}"
 
 

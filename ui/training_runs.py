@@ -235,7 +235,9 @@ def saved_runs() -> tuple[dict[str, dict], dict[str, str]]:
         "seconds": r["seconds"], "started": pd.Timestamp(r["created"], unit="s").strftime("%Y-%m-%d %H:%M"),
         "id": rid,
     } for rid, r in by_id.items()])
-    st.dataframe(table, hide_index=True)
+    st.dataframe(table, hide_index=True, column_config={
+        "accuracy (%)": st.column_config.NumberColumn(format="%.2f"),
+        "seconds": st.column_config.NumberColumn("time (s)", format="%.1f")})
 
     with st.expander("Rename or delete a run"):
         st.selectbox("Run", list(by_id), format_func=labels.get, key="tr_manage")

@@ -39,7 +39,7 @@ def show_run(run: BenchRun, key: str, where: str) -> None:
     env = run.env
     wall = f" · {env['wall_s']:g} s" if isinstance(env.get("wall_s"), (int, float)) else ""
     st.caption(f"Measured on **{env.get('device_name', env.get('device'))}** · torch {env.get('torch')} · "
-               f"CUDA {env.get('cuda')} · {env.get('threads')} CPU threads · {env.get('measured_at', '')}{wall}")
+               f"{'CUDA ' + str(env['cuda']) if env.get('cuda') else 'no CUDA'} · {env.get('threads')} CPU threads · {env.get('measured_at', '')}{wall}")
     c = run.ceilings
     if c:
         a, b = st.columns(2)

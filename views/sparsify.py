@@ -4,8 +4,9 @@ import streamlit as st
 
 from sparsekit import viz
 from sparsekit.sparsify import masks_safetensors, report_csv, weights_safetensors
+from ui.format import change_text, metric_text
 from ui.sparsify_view import apply_gate, fit_banner, prunable_weights, report_table
-from ui.state import last_duration, require_model, sparse_quality, sparsified
+from ui.state import is_computed, last_duration, require_model, sparse_quality, sparsified
 from ui.widgets import config_form, current_config
 
 st.title("Sparsify")
@@ -27,7 +28,7 @@ banner = st.container()  # the M-fit warning goes above the form, where it is se
 config = config_form("sp", current_config(), url=True)
 if config is None:
     st.stop()
-config = apply_gate(config, prunable_weights(loaded), last_duration(key, config.method))
+config = apply_gate(config, prunable_weights(loaded), last_duration(key, config.method), is_computed(key, config))
 if config is None:
     st.stop()
 st.session_state["config_json"] = config.to_json()
@@ -59,9 +60,10 @@ if result.calibration_note:
 
 st.subheader("Quality before and after")
 st.dataframe(pd.DataFrame([
-    {"metric": loaded.metric_names.get(k, k), "dense": dense[k], "sparse": quality[k], "change": quality[k] - dense[k]}
+    {"metric": loaded.metric_names.get(k, k), "dense": dense[k], "sparse": quality[k], "change": quality[k] - dense[k],
+     "dense ": metric_text(dense[k]), "sparse ": metric_text(quality[k]), "change ": change_text(quality[k] - dense[k], dense[k])}
     for k in quality
-]), hide_index=True, column_config={c: st.column_config.NumberColumn(format="%.4g") for c in ("dense", "sparse", "change")})
+]), hide_index=True, column_order=["metric", "dense ", "sparse ", "change "])
 
 st.subheader("Per-layer report")
 report_table(result.report, COUNTING_HELP)

@@ -63,7 +63,9 @@ def layer_kept_figure(report: Sequence[LayerReport]) -> go.Figure:
         ))
     fig.update_layout(title="kept fraction per layer", height=max(300, 120 + 24 * len(report)),
                       barmode="overlay")
-    fig.update_xaxes(title_text="kept fraction", range=[0, 1.05], tickformat=".0%")
+    # The whole 0-100 % scale with fixed ticks, so a 50 % layer reads as half full in any width.
+    fig.update_xaxes(title_text="kept fraction", range=[0, 1.05], tickformat=".0%",
+                     tickvals=[0, 0.25, 0.5, 0.75, 1.0])
     fig.update_yaxes(title_text="layer", type="category", categoryorder="array",
                      categoryarray=[r.name for r in report], autorange="reversed")
     return fig

@@ -1,0 +1,18 @@
+"""Start Sparsity Lab: begin loading the default model, then run `streamlit run app.py` in this process.
+
+    .venv/bin/python scripts/serve.py [streamlit options, e.g. --server.port 8502]
+"""
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ui import preload  # noqa: E402
+
+preload.start("minilm")
+
+from streamlit.web import cli  # noqa: E402
+
+sys.argv = ["streamlit", "run", str(ROOT / "app.py"), *sys.argv[1:]]
+sys.exit(cli.main())

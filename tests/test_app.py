@@ -422,3 +422,19 @@ def test_preload_hands_over_once_and_falls_back_on_failure():
     preload.start("digits:no-such-model")
     assert preload.take("digits:no-such-model") is None  # the loader then reports the error itself
     assert preload.take("never-started") is None
+
+
+def test_bad_values_in_the_url_fall_back_to_defaults():
+    # A shared link is user input: unknown options and out-of-range numbers must not break the page.
+    at = page_app("sparsify", "digits:mlp", TIMEOUT)
+    at.query_params["sp_nm"] = "9:9"
+    at.query_params["sp_method"] = "nonsense"
+    at.query_params["sp_sparsity"] = "500"
+    at.run()
+    assert not at.exception and not at.error
+    assert at.selectbox(key="sp_nm").value == "2:4" and at.selectbox(key="sp_method").value == "magnitude"
+    entry = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    entry.query_params["model_source"] = "../../etc/passwd"
+    entry.run()
+    assert not entry.exception
+    assert entry.sidebar.selectbox(key="model_source").value == "minilm"

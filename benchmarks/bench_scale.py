@@ -1,0 +1,157 @@
+"""How the cost of each step grows with model size: digits → MiniLM → GPT-2 small-size → GPT-2 medium-size.
+
+    python benchmarks/bench_scale.py [--sizes digits,minilm,gpt2-small,gpt2-medium] [--methods magnitude,wanda,sparsegpt]
+
+The GPT-2-shaped models have random weights (a `transformers` GPT2Config saved as a Hugging Face
+directory in a temporary model root), so no download is needed; their quality numbers mean nothing,
+their costs are real. Per size the script measures, each once, in one process:
+load (`sparsekit.load_model`), dense quality (the first `quality()`, which builds the reference), a
+2:4 sparsify per method, the quality of that sparse model, and an attention capture of 128 tokens
+for the text models; and the process's peak resident memory after each size (ru_maxrss, which only
+grows, so it is the running peak). It prints one table, then the slope of each step's seconds
+against parameters (a least-squares fit of log time on log parameters over the sizes measured) and
+the largest GPT-2 shape the memory budget (`SPARSEKIT_MEMORY_BUDGET_MB`, default 2048 MB of
+parameter bytes) allows. A size whose parameters exceed the budget is reported as skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+import sparsekit  # noqa: E402
+from sparsekit.attention.capture import capture_attention, passage_ids  # noqa: E402
+from sparsekit.models.base import memory_budget_mb  # noqa: E402
+
+GPT2_SHAPES = {  # name -> (layers, width, heads): the published GPT-2 sizes
+    "gpt2-small": (12, 768, 12),
+    "gpt2-medium": (24, 1024, 16),
+    "gpt2-large": (36, 1280, 20),
+}
+
+
+def gpt2_params(layers: int, width: int, vocab: int = 50257, positions: int = 1024) -> int:
+    """Parameters of a GPT-2 with tied embeddings: embeddings + per block (attention 4w²+4w, MLP 8w²+5w,
+    two LayerNorms 4w) + final LayerNorm."""
+    return vocab * width + positions * width + layers * (12 * width * width + 13 * width) + 2 * width
+
+
+def write_gpt2(root: Path, name: str) -> Path:
+    """A random-weight GPT-2 of the named shape as a Hugging Face directory, with MiniLM's tokenizer
+    files (its 30,522 ids fall inside GPT-2's vocabulary; the text is only there to be tokenized)."""
+    import shutil  # noqa: PLC0415
+
+    from transformers import GPT2Config, GPT2LMHeadModel  # noqa: PLC0415 (only this script needs them)
+
+    from sparsekit.models.text import minilm_dir  # noqa: PLC0415
+
+    layers, width, heads = GPT2_SHAPES[name]
+    torch.manual_seed(0)
+    out = root / name
+    GPT2LMHeadModel(GPT2Config(n_layer=layers, n_embd=width, n_head=heads)).save_pretrained(out)
+    for f in minilm_dir().iterdir():
+        if f.name.startswith(("tokenizer", "vocab", "special_tokens")):
+            shutil.copy(f, out / f.name)
+    return out
+
+
+def timed(fn):
+    start = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - start
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(spec: str, label: str, methods: list[str]) -> dict:
+    row: dict = {"size": label}
+    loaded, row["load"] = timed(lambda: sparsekit.load_model(spec))
+    row["params"] = loaded.n_params
+    _, row["dense quality"] = timed(loaded.quality)
+    for method in methods:
+        config = sparsekit.SparsifyConfig(pattern="nm", n=2, m=4, method=method)
+        result, row[f"sparsify {method}"] = timed(lambda: sparsekit.sparsify(loaded, config))
+        sparse = result.model
+        _, row[f"quality {method}"] = timed(lambda: loaded.quality(sparse))
+        result = sparse = None  # free the copy before the next method
+    if loaded.tokenizer is not None:
+        ids = passage_ids(loaded, 128)
+        _, row["attention 128 tok"] = timed(lambda: capture_attention(loaded, ids))
+    row["peak RSS MB"] = peak_mb()
+    return row
+
+
+def slope(xs: list[float], ys: list[float]) -> float | None:
+    """Least-squares slope of log y on log x (time ∝ params^slope)."""
+    pts = [(math.log(x), math.log(y)) for x, y in zip(xs, ys) if x > 0 and y and y > 0]
+    if len(pts) < 2:
+        return None
+    mx = sum(p[0] for p in pts) / len(pts)
+    my = sum(p[1] for p in pts) / len(pts)
+    den = sum((p[0] - mx) ** 2 for p in pts)
+    return sum((p[0] - mx) * (p[1] - my) for p in pts) / den if den else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="digits,minilm,gpt2-small,gpt2-medium")
+    parser.add_argument("--methods", default="magnitude,wanda,sparsegpt")
+    args = parser.parse_args()
+    methods = args.methods.split(",")
+    budget = memory_budget_mb()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="sparsekit-scale-") as tmp:
+        os.environ["SPARSEKIT_MODEL_ROOTS"] = tmp
+        for size in args.sizes.split(","):
+            if size == "digits":
+                spec = "digits:vit"
+            elif size == "minilm":
+                spec = "minilm"
+            elif size in GPT2_SHAPES:
+                layers, width, _ = GPT2_SHAPES[size]
+                need = gpt2_params(layers, width) * 4 / 2**20
+                if need > budget:
+                    print(f"{size}: {need:,.0f} MB of fp32 parameters is over the budget of {budget:,.0f} MB: skipped",
+                          file=sys.stderr)
+                    continue
+                spec = f"hf:{write_gpt2(Path(tmp), size)}"
+            else:
+                parser.error(f"unknown size {size!r}")
+            print(f"measuring {size}…", file=sys.stderr, flush=True)
+            rows.append(measure(spec, size, methods))
+    keys = [k for k in rows[0] if k not in ("size", "params")]
+    for r in rows[1:]:
+        keys += [k for k in r if k not in keys and k not in ("size", "params")]
+    print(f"# {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{time.strftime('%Y-%m-%d %H:%M')}; seconds unless noted; 2:4 for every method")
+    print("| size | params (M) | " + " | ".join(keys) + " |")
+    print("|---|---:|" + "---:|" * len(keys))
+    for r in rows:
+        cells = [f"{r[k]:,.0f}" if k == "peak RSS MB" else (f"{r[k]:.2f}" if k in r else "–") for k in keys]
+        print(f"| {r['size']} | {r['params'] / 1e6:,.1f} | " + " | ".join(cells) + " |")
+    params = [r["params"] for r in rows]
+    print("\nslope of log seconds on log parameters (1 = linear in size):")
+    for k in keys:
+        if k == "peak RSS MB":
+            continue
+        s = slope(params, [r.get(k) for r in rows])
+        print(f"  {k}: {'–' if s is None else f'{s:.2f}'}")
+    fits = [name for name, (layers, width, _) in GPT2_SHAPES.items() if gpt2_params(layers, width) * 4 / 2**20 <= budget]
+    print(f"\nlargest GPT-2 shape within the memory budget ({budget:,.0f} MB of parameters): {fits[-1] if fits else 'none'}")
+
+
+if __name__ == "__main__":
+    main()

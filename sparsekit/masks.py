@@ -2,10 +2,15 @@
 
 Conventions: a mask is a ``torch.bool`` tensor of the weight's shape, True = kept. N counts the
 *kept* entries of every group of M (SR-STE's convention).
+
+Over the ~450-line guide on purpose: the compiled M=4 and M=8 kernels spell their sorting networks
+out as straight-line compare-exchanges (numba vectorises only that form), and they belong next to
+the contract they implement.
 """
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Mapping
 
 import numba
@@ -50,48 +55,111 @@ def _check_no_nan(scores: torch.Tensor) -> None:
 # The CPU kernels rank each group on integer keys: the bits of |x| (float32 bits order like the
 # values for non-negative floats) shifted left, with (m - 1 - position) in the low bits. Keys in a
 # group are then all distinct, and a larger key means a larger |x|, or an equal |x| at a lower
-# position: exactly the contract's tie rule. Groups are copied in blocks into a members-major
-# buffer so the comparisons run over contiguous memory.
+# position: exactly the contract's tie rule. The generic kernel copies groups in blocks into a
+# members-major buffer so the comparisons run over contiguous memory. The M=4 and M=8 kernels
+# instead keep a group's keys in registers, find the n-th largest key with a fixed
+# compare-exchange network (LLVM vectorizes the loop across groups), and write the group's keep
+# flags as one packed little-endian word: one pass over the input, one over the output.
 _BLOCK = 1024
 _ABS_MASK = 0x7FFFFFFF
 _F32_INF_BITS = 0x7F800000
+# The packed-word kernels put member i in byte i of the word.
+_PACKED_OUTPUT = sys.byteorder == "little"
+
+
+@numba.njit(inline="always")
+def _ce(a, b):  # pragma: no cover - compiled
+    return max(a, b), min(a, b)
+
+
+@numba.njit(inline="always")
+def _key(bit_pattern, shift, low):  # pragma: no cover - compiled
+    return (np.int64(bit_pattern & _ABS_MASK) << shift) | low
+
+
+@numba.njit(inline="always")
+def _flags4(k0, k1, k2, k3, t):  # pragma: no cover - compiled
+    """Four keep flags, key >= threshold, as the bytes of a little-endian uint32."""
+    return np.uint32(k0 >= t) | (np.uint32(k1 >= t) << 8) | (np.uint32(k2 >= t) << 16) | (np.uint32(k3 >= t) << 24)
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
-def _keys_kernel_m4(bits, n, out):  # pragma: no cover - compiled; tested through nm_mask
+def _keys_kernel_m4(bits, n, out32):  # pragma: no cover - compiled; tested through nm_mask
     groups = bits.shape[0] // 4
     n_blocks = (groups + _BLOCK - 1) // _BLOCK
+    nan_key = (_F32_INF_BITS << 2) | 3  # any larger key holds a NaN
     nan = 0
     for blk in numba.prange(n_blocks):
-        g0 = blk * _BLOCK
-        size = min(groups, g0 + _BLOCK) - g0
-        keys = np.empty((4, _BLOCK), np.int64)
-        thr = np.empty(_BLOCK, np.int64)
-        base = g0 * 4
-        for g in range(size):
-            for i in range(4):
-                v = bits[base + g * 4 + i] & _ABS_MASK
-                nan += v > _F32_INF_BITS
-                keys[i, g] = (np.int64(v) << 2) | (3 - i)
-        # The n-th largest of four keys, from a sorting network on the two pairs.
-        for g in range(size):
-            k0 = keys[0, g]
-            k1 = keys[1, g]
-            k2 = keys[2, g]
-            k3 = keys[3, g]
-            hi01 = max(k0, k1)
-            lo01 = min(k0, k1)
-            hi23 = max(k2, k3)
-            lo23 = min(k2, k3)
+        for g in range(blk * _BLOCK, min(groups, (blk + 1) * _BLOCK)):
+            b = g * 4
+            k0, k1 = _key(bits[b], 2, 3), _key(bits[b + 1], 2, 2)
+            k2, k3 = _key(bits[b + 2], 2, 1), _key(bits[b + 3], 2, 0)
+            nan += (k0 > nan_key) + (k1 > nan_key) + (k2 > nan_key) + (k3 > nan_key)
+            # The n-th largest of four keys, from a sorting network on the two pairs.
+            hi01, lo01 = _ce(k0, k1)
+            hi23, lo23 = _ce(k2, k3)
             if n == 1:
-                thr[g] = max(hi01, hi23)
+                t = max(hi01, hi23)
             elif n == 2:
-                thr[g] = max(min(hi01, hi23), max(lo01, lo23))
+                t = max(min(hi01, hi23), max(lo01, lo23))
             else:
-                thr[g] = min(max(lo01, lo23), min(hi01, hi23))
-        for g in range(size):
-            for i in range(4):
-                out[base + g * 4 + i] = keys[i, g] >= thr[g]
+                t = min(max(lo01, lo23), min(hi01, hi23))
+            out32[g] = _flags4(k0, k1, k2, k3, t)
+    return nan
+
+
+@numba.njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
+def _keys_kernel_m8(bits, n, out64):  # pragma: no cover - compiled; tested through nm_mask
+    groups = bits.shape[0] // 8
+    n_blocks = (groups + _BLOCK - 1) // _BLOCK
+    nan_key = (_F32_INF_BITS << 3) | 7
+    nan = 0
+    for blk in numba.prange(n_blocks):
+        for g in range(blk * _BLOCK, min(groups, (blk + 1) * _BLOCK)):
+            b = g * 8
+            k0, k1 = _key(bits[b], 3, 7), _key(bits[b + 1], 3, 6)
+            k2, k3 = _key(bits[b + 2], 3, 5), _key(bits[b + 3], 3, 4)
+            k4, k5 = _key(bits[b + 4], 3, 3), _key(bits[b + 5], 3, 2)
+            k6, k7 = _key(bits[b + 6], 3, 1), _key(bits[b + 7], 3, 0)
+            nan += (
+                (k0 > nan_key) + (k1 > nan_key) + (k2 > nan_key) + (k3 > nan_key)
+                + (k4 > nan_key) + (k5 > nan_key) + (k6 > nan_key) + (k7 > nan_key)
+            )
+            # Knuth's optimal 19-comparator network (6 layers) sorts the keys descending into a0..a7.
+            a0, a2 = _ce(k0, k2)
+            a1, a3 = _ce(k1, k3)
+            a4, a6 = _ce(k4, k6)
+            a5, a7 = _ce(k5, k7)
+            a0, a4 = _ce(a0, a4)
+            a1, a5 = _ce(a1, a5)
+            a2, a6 = _ce(a2, a6)
+            a3, a7 = _ce(a3, a7)
+            a0, a1 = _ce(a0, a1)
+            a2, a3 = _ce(a2, a3)
+            a4, a5 = _ce(a4, a5)
+            a6, a7 = _ce(a6, a7)
+            a2, a4 = _ce(a2, a4)
+            a3, a5 = _ce(a3, a5)
+            a1, a4 = _ce(a1, a4)
+            a3, a6 = _ce(a3, a6)
+            a1, a2 = _ce(a1, a2)
+            a3, a4 = _ce(a3, a4)
+            a5, a6 = _ce(a5, a6)
+            if n == 1:
+                t = a0
+            elif n == 2:
+                t = a1
+            elif n == 3:
+                t = a2
+            elif n == 4:
+                t = a3
+            elif n == 5:
+                t = a4
+            elif n == 6:
+                t = a5
+            else:
+                t = a6
+            out64[g] = np.uint64(_flags4(k0, k1, k2, k3, t)) | (np.uint64(_flags4(k4, k5, k6, k7, t)) << 32)
     return nan
 
 
@@ -151,8 +219,10 @@ def _cpu_keep(groups: torch.Tensor, n: int, m: int) -> torch.Tensor:
     else:
         bits = groups.to(torch.float32).contiguous().view(torch.int32).reshape(-1).numpy()
         out = np.empty(bits.shape, dtype=np.bool_)
-        if m == 4:
-            nan = _keys_kernel_m4(bits, n, out)
+        if m == 4 and _PACKED_OUTPUT:
+            nan = _keys_kernel_m4(bits, n, out.view(np.uint32))
+        elif m == 8 and _PACKED_OUTPUT:
+            nan = _keys_kernel_m8(bits, n, out.view(np.uint64))
         else:
             nan = _keys_kernel(bits, n, m, max(1, (m - 1).bit_length()), out)
     if nan:
@@ -390,6 +460,6 @@ def sad(mask_a, mask_b) -> int:
 def warmup() -> None:
     """Compile (or load from the on-disk cache) the CPU mask kernels for the common dtypes."""
     w = torch.randn(8, 16)
-    for n, m in ((2, 4), (2, 8)):
+    for n, m in ((2, 4), (2, 8), (3, 16)):  # the M=4, M=8 and generic kernels
         nm_mask(w, n, m)
     nm_mask(w.double(), 2, 4)

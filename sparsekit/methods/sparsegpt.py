@@ -42,11 +42,52 @@ def sparsegpt_prune(
         ``(new weight, mask True = kept, info)``; pruned entries of the new weight are 0; info has
         ``damp`` (the dampening used, raised when H was not positive definite) and ``loss`` (the
         algorithm's own estimate of the increase in ``||WX - W'X||^2``).
+
+    Threads: the factorisation and the lazy block updates are large BLAS calls and use torch's
+    threads; the column-by-column pass inside each block (thousands of small ops, each of which
+    would wait at an OpenMP barrier with several threads) runs on one thread.
     """
     if (sparsity is None) == (nm is None):
         raise ValueError("give exactly one of sparsity (unstructured) or nm=(n, m)")
-    with one_thread():
-        return _sparsegpt(weight, hessian, sparsity, nm, blocksize, damp)
+    return _sparsegpt(weight, hessian, sparsity, nm, blocksize, damp)
+
+
+def _inverse_upper_cholesky(Hrev: torch.Tensor) -> torch.Tensor:
+    """The upper Cholesky factor ``U`` of ``Hd^-1`` (``U^T U = Hd^-1``) in float32, given
+    ``Hrev = J Hd J`` (``Hd`` with rows and columns in reverse order), without forming ``Hd^-1``.
+
+    With ``J Hd J = L L^T`` (lower Cholesky), ``Hd^-1 = (J L^-1 J)^T (J L^-1 J)`` and ``J L^-1 J``
+    is upper triangular with a positive diagonal, so by uniqueness it is ``U``: one Cholesky and one
+    triangular inverse (2/3 n^3 flops) instead of Cholesky, ``cholesky_inverse`` and a second
+    Cholesky (4/3 n^3). Raises ``LinAlgError`` when ``Hd`` is not positive definite."""
+    n = Hrev.shape[0]
+    L = torch.linalg.cholesky(Hrev)
+    U = torch.zeros(n, n, dtype=torch.float32, device=Hrev.device)
+    # L^-1 by column panels: columns a:b of L^-1 are zero above row a and only need L[a:, a:], so
+    # the triangular solves cost n^3/3 in all (a solve against the full identity costs n^3).
+    # Each panel goes straight to its reversed place in U: U[n-1-i, n-1-j] = L^-1[i, j].
+    panel = 512
+    for a in range(0, n, panel):
+        b = min(a + panel, n)
+        rhs = torch.zeros(n - a, b - a, dtype=L.dtype, device=L.device)
+        rhs.diagonal().fill_(1.0)
+        U[: n - a, n - b : n - a] = torch.linalg.solve_triangular(L[a:, a:], rhs, upper=False).flip(0, 1)
+    return U
+
+
+def _nm_pruned(score: torch.Tensor, n: int, before: torch.Tensor) -> torch.Tensor:
+    """Which entries of each column of ``score [m, rows]`` (contiguous) are pruned when the ``n``
+    largest are kept; among equal scores the lower index wins (a stable descending sort's order):
+    entry k is outranked by every l < k with ``s_l >= s_k`` and every l > k with ``s_l > s_k``.
+    ``before [m, m, 1]``: ``before[k, l] = l < k``."""
+    s_k, s_l = score.unsqueeze(1), score.unsqueeze(0)  # [m (k), 1, rows], [1, m (l), rows]
+    rank = torch.where(before, s_l >= s_k, s_l > s_k).sum(1, dtype=torch.int32)
+    return rank >= n
+
+
+def _nm_before(m: int, device) -> torch.Tensor:
+    idx = torch.arange(m, device=device)
+    return (idx.unsqueeze(1) > idx.unsqueeze(0)).unsqueeze(-1)
 
 
 def _sparsegpt(weight, hessian, sparsity, nm, blocksize, damp):
@@ -58,64 +99,79 @@ def _sparsegpt(weight, hessian, sparsity, nm, blocksize, damp):
         if cols % m:
             raise ValueError(f"{cols} columns are not a multiple of M={m}")
         blocksize = max(m, blocksize - blocksize % m)
-    W = weight.detach().clone().float()
-    H = hessian.detach().clone().double()
+    device = weight.device
+    W = weight.detach().clone().float()  # float32 as the reference code
+    # H in reverse order (see _inverse_upper_cholesky), factored in float64: a float32
+    # factorisation (the reference code's) flips masks at near-ties.
+    Hrev = hessian.detach().to(device).flip(0, 1).to(torch.float64)
+    diag = Hrev.diagonal()
     # Inputs that are zero on every calibration token carry no information: the reference code
     # gives them a unit diagonal and zeroes their weights.
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1.0
-    W[:, dead] = 0.0
-    base = damp * torch.mean(torch.diag(H)).item()
+    dead_rev = diag == 0
+    diag[dead_rev] = 1.0
+    W[:, dead_rev.flip(0)] = 0.0
+    base = damp * torch.mean(diag.flip(0)).item()  # summed in the original order
+    undamped = diag.clone()
     used = base
     for attempt in range(6):
         try:
-            Hd = H + used * torch.eye(cols, dtype=H.dtype)
-            Hinv = torch.cholesky_inverse(torch.linalg.cholesky(Hd))
-            U = torch.linalg.cholesky(Hinv, upper=True).float()
+            diag.copy_(undamped + used)
+            U = _inverse_upper_cholesky(Hrev)
             break
         except RuntimeError:  # torch.linalg.LinAlgError: not positive definite; dampen more
             used = base * 10 ** (attempt + 1)
     else:
         raise ValueError("the calibration Hessian stayed singular even with 100000x dampening")
+    del Hrev, diag, undamped
 
-    keep = torch.ones(rows, cols, dtype=torch.bool)
+    keep = torch.ones(rows, cols, dtype=torch.bool, device=device)
+    # Per block, transposed so that a column is contiguous: the errors and, per entry, the factor
+    # "pruned / d" (0 where kept) that turns a weight into its error.
+    ErrT = torch.empty(blocksize, rows, dtype=torch.float32, device=device)
+    scaleT = torch.empty(blocksize, rows, dtype=torch.float32, device=device)
+    keepT = torch.empty(blocksize, rows, dtype=torch.bool, device=device)
+    if nm is not None:
+        before = _nm_before(m, device)
     loss = 0.0
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         count = i2 - i1
-        W1 = W[:, i1:i2].clone()
-        Err1 = torch.zeros_like(W1)
-        U1 = U[i1:i2, i1:i2]
-        d = torch.diag(U1)
-        inv_d = (1.0 / d).tolist()
-        if sparsity is not None:
-            keep1 = unstructured_mask(W1, float(sparsity), scores=W1**2 / d.unsqueeze(0) ** 2)
-        else:
-            keep1 = torch.ones_like(W1, dtype=torch.bool)
-        pruned1 = (~keep1).to(W1.dtype)
-        for i in range(count):
-            if nm is not None and i % m == 0:
-                # The group's mask is chosen only now, after the errors of the earlier columns
-                # have been folded into it.
-                # A stable sort keeps nm_mask's tie rule (lower index wins) without a kernel launch
-                # per group of M columns.
-                score = W1[:, i : i + m] ** 2 / d[i : i + m].unsqueeze(0) ** 2
-                order = torch.sort(score, dim=1, descending=True, stable=True).indices
-                group_keep = torch.zeros_like(score, dtype=torch.bool)
-                keep1[:, i : i + m] = group_keep.scatter_(1, order[:, :n], True)
-                pruned1[:, i : i + m] = (~keep1[:, i : i + m]).to(W1.dtype)
-            # Column i is final once its own error is taken out: the kept weights stay, the pruned
-            # ones go, and the error (w - q) / d is spread over the columns still to come.
-            err = W1[:, i] * pruned1[:, i] * inv_d[i]
-            if i + 1 < count:
-                W1[:, i + 1 :].addr_(err, U1[i, i + 1 :], alpha=-1.0)
-            Err1[:, i] = err
-        loss += float((Err1**2).sum()) / 2
-        W[:, i1:i2] = W1 * keep1
-        keep[:, i1:i2] = keep1
+        # The column pass: thousands of small ops, on one thread (with more, each one would wait at
+        # an OpenMP barrier). Its arithmetic is the textbook order, op for op (err = w * pruned *
+        # (1 / d), folded into one exact factor as pruned is 0 or 1, then a rank-1 update of the
+        # block's later columns), so the masks do not move at near-ties.
+        with one_thread():
+            W1 = W[:, i1:i2].clone()
+            ErrT1, scaleT1, keepT1 = ErrT[:count], scaleT[:count], keepT[:count]
+            U1 = U[i1:i2, i1:i2]
+            d = torch.diag(U1)
+            d2 = d**2
+            inv_d = (1.0 / d).unsqueeze(1)
+            if sparsity is not None:
+                keep1 = unstructured_mask(W1, float(sparsity), scores=W1**2 / d2)
+                torch.mul(~keep1.t(), inv_d, out=scaleT1)
+            for i in range(count):
+                if nm is not None and i % m == 0:
+                    # The group's mask is chosen only now, after the errors of the earlier
+                    # columns have been folded into it.
+                    score = (W1[:, i : i + m] ** 2 / d2[i : i + m]).t().contiguous()
+                    pruned = _nm_pruned(score, n, before)
+                    torch.logical_not(pruned, out=keepT1[i : i + m])
+                    torch.mul(pruned, inv_d[i : i + m], out=scaleT1[i : i + m])
+                # Column i is final once its own error is taken out: the kept weights stay, the
+                # pruned ones go, and the error (w - q) / d is spread over the columns to come.
+                err = torch.mul(W1[:, i], scaleT1[i], out=ErrT1[i])
+                if i + 1 < count:
+                    W1[:, i + 1 :].addr_(err, U1[i, i + 1 :], alpha=-1.0)
+            if nm is not None:
+                keep1 = keepT1.t()
+            keep[:, i1:i2] = keep1
+            loss += float((ErrT1**2).sum()) / 2
+            W[:, i1:i2] = W1.masked_fill_(~keep1, 0.0)
         if i2 < cols:
-            W[:, i2:] -= Err1 @ U[i1:i2, i2:]
-    W[~keep] = 0.0
+            # The lazy update of every later column: one matmul, on torch's threads, in place.
+            W[:, i2:].addmm_(ErrT1.t(), U[i1:i2, i2:], alpha=-1.0)
+    # Every pruned entry is 0 already: a block's columns are not touched after its pass.
     return W.to(weight.dtype), keep, {"damp": used, "damp_raised": used > base, "loss": loss}
 
 

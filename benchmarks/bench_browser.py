@@ -21,23 +21,18 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ui.testing import served_app  # noqa: E402
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 _WATCH = """() => {
@@ -98,109 +93,90 @@ def nav(page, name: str) -> None:
 def run(repeats: int, empty_cache: bool, streamlit_args: list[str] = ()) -> dict[str, list[float]]:
     from playwright.sync_api import sync_playwright
 
-    port = free_port()
     env = dict(os.environ)
     tmp = tempfile.mkdtemp(prefix="sparsekit-bench-")
     if empty_cache:
         env["SPARSEKIT_CACHE_DIR"] = tmp
-    log = open(Path(tmp) / "streamlit.log", "w+")
     times: dict[str, list[float]] = {}
     start = time.perf_counter()
     # The command scripts/run_app.sh runs (it preloads the default model while the server starts).
-    proc = subprocess.Popen([sys.executable, "scripts/serve.py", "--server.port", str(port),
-                             "--server.address", "127.0.0.1", "--server.headless", "true", *streamlit_args],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     try:
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                time.sleep(0.05)
-            if proc.poll() is not None:
-                log.seek(0)
-                raise RuntimeError("streamlit exited:\n" + log.read()[-2000:])
-        times["server up (health check answers)"] = [time.perf_counter() - start]
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-            page = browser.new_page(viewport={"width": 1440, "height": 1000})
-            page.set_default_timeout(300_000)
-            page.goto(url)
-            watch(page)
-            times["cold start to Model page (MiniLM)"] = [wait_idle(page, start, page.get_by_text("Prunable layers (36)"))]
+        with served_app(("scripts/serve.py",), options=streamlit_args, env=env,
+                        log_path=Path(tmp) / "streamlit.log", timeout=300) as url:
+            times["server up (health check answers)"] = [time.perf_counter() - start]
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+                page = browser.new_page(viewport={"width": 1440, "height": 1000})
+                page.set_default_timeout(300_000)
+                page.goto(url)
+                watch(page)
+                times["cold start to Model page (MiniLM)"] = [wait_idle(page, start, page.get_by_text("Prunable layers (36)"))]
 
-            for _ in range(repeats):
-                for option, name in (("Digits MLP", "digits MLP"), ("Digits CNN", "digits CNN"), ("MiniLM", "all-MiniLM")):
-                    t = mark(page)
-                    pick(page, "Source", option, sidebar=True)
-                    key = f"model switch to {option}"
-                    caption = page.locator('[data-testid="stSidebar"] [data-testid="stCaptionContainer"]', has_text=name)
-                    times.setdefault(key, []).append(wait_idle(page, t, caption))
-
-            nav(page, "Sparsify")
-            wait_idle(page, mark(page), page.get_by_text("Per-layer report"))
-            # Magnitude, Apply: every change waits for the button on MiniLM (> 1 M weights).
-            for nm in ("1:2", "2:8"):
-                pick(page, "N:M", nm)
-                wait_idle(page, mark(page))
-                t = mark(page)
-                page.get_by_role("button", name="Apply").first.click()
-                times.setdefault("Sparsify magnitude: Apply to idle", []).append(
-                    wait_idle(page, t, page.get_by_text("Per-layer report")))
-            t = mark(page)
-            page.get_by_text("Update live").click()
-            wait_idle(page, t, page.get_by_text("Per-layer report"))
-            for method in ("magnitude", "random"):
-                # Every N:M preset once (new: computed), then two again (served from the result cache).
-                settings = ["1:4", "4:8", "2:4", "1:2"] if method == "magnitude" else ["2:4", "1:4", "2:8", "1:2"]
-                if method != "magnitude":
-                    t = mark(page)
-                    pick(page, "Scoring", method)
-                    times.setdefault(f"Sparsify {method} (live): new setting", []).append(
-                        wait_idle(page, t, page.get_by_text("Per-layer report")))
-                # magnitude 2:4, 1:2 and 2:8 were computed above: its new ones are 1:4 and 4:8.
-                new = settings[:2] if method == "magnitude" else settings[:4]
-                cached = settings[2:4] if method == "magnitude" else settings[:2]
-                for label, nms in (("new setting", new), ("cached setting", cached)):
-                    for nm in nms:
+                for _ in range(repeats):
+                    for option, name in (("Digits MLP", "digits MLP"), ("Digits CNN", "digits CNN"), ("MiniLM", "all-MiniLM")):
                         t = mark(page)
-                        pick(page, "N:M", nm)
-                        times.setdefault(f"Sparsify {method} (live): {label}", []).append(
-                            wait_idle(page, t, page.get_by_text("Per-layer report")))
-            for method in ("wanda", "sparsegpt"):
-                t = mark(page)
-                pick(page, "Scoring", method)
-                wait_idle(page, t)
-                for nm in ("2:4", "1:4")[:max(1, min(repeats, 2))]:
+                        pick(page, "Source", option, sidebar=True)
+                        key = f"model switch to {option}"
+                        caption = page.locator('[data-testid="stSidebar"] [data-testid="stCaptionContainer"]', has_text=name)
+                        times.setdefault(key, []).append(wait_idle(page, t, caption))
+
+                nav(page, "Sparsify")
+                wait_idle(page, mark(page), page.get_by_text("Per-layer report"))
+                # Magnitude, Apply: every change waits for the button on MiniLM (> 1 M weights).
+                for nm in ("1:2", "2:8"):
                     pick(page, "N:M", nm)
                     wait_idle(page, mark(page))
-                    button = page.get_by_role("button", name="Apply")
-                    if button.count() == 0:
-                        continue  # cached from an earlier round
                     t = mark(page)
-                    button.first.click()
-                    times.setdefault(f"Sparsify {method}: Apply to idle", []).append(
+                    page.get_by_role("button", name="Apply").first.click()
+                    times.setdefault("Sparsify magnitude: Apply to idle", []).append(
                         wait_idle(page, t, page.get_by_text("Per-layer report")))
-
-            nav(page, "Masks")
-            wait_idle(page, mark(page), page.get_by_text("Showing the masks of"))
-            box = page.locator('[data-testid="stSelectbox"]', has_text="Layer").first
-            for i in range(repeats * 2):
-                box.click()
-                options = page.get_by_role("option")
-                target = options.nth((i * 5 + 3) % options.count())
                 t = mark(page)
-                target.click()
-                times.setdefault("Masks: another layer", []).append(wait_idle(page, t))
-            browser.close()
+                page.get_by_text("Update live").click()
+                wait_idle(page, t, page.get_by_text("Per-layer report"))
+                for method in ("magnitude", "random"):
+                    # Every N:M preset once (new: computed), then two again (served from the result cache).
+                    settings = ["1:4", "4:8", "2:4", "1:2"] if method == "magnitude" else ["2:4", "1:4", "2:8", "1:2"]
+                    if method != "magnitude":
+                        t = mark(page)
+                        pick(page, "Scoring", method)
+                        times.setdefault(f"Sparsify {method} (live): new setting", []).append(
+                            wait_idle(page, t, page.get_by_text("Per-layer report")))
+                    # magnitude 2:4, 1:2 and 2:8 were computed above: its new ones are 1:4 and 4:8.
+                    new = settings[:2] if method == "magnitude" else settings[:4]
+                    cached = settings[2:4] if method == "magnitude" else settings[:2]
+                    for label, nms in (("new setting", new), ("cached setting", cached)):
+                        for nm in nms:
+                            t = mark(page)
+                            pick(page, "N:M", nm)
+                            times.setdefault(f"Sparsify {method} (live): {label}", []).append(
+                                wait_idle(page, t, page.get_by_text("Per-layer report")))
+                for method in ("wanda", "sparsegpt"):
+                    t = mark(page)
+                    pick(page, "Scoring", method)
+                    wait_idle(page, t)
+                    for nm in ("2:4", "1:4")[:max(1, min(repeats, 2))]:
+                        pick(page, "N:M", nm)
+                        wait_idle(page, mark(page))
+                        button = page.get_by_role("button", name="Apply")
+                        if button.count() == 0:
+                            continue  # cached from an earlier round
+                        t = mark(page)
+                        button.first.click()
+                        times.setdefault(f"Sparsify {method}: Apply to idle", []).append(
+                            wait_idle(page, t, page.get_by_text("Per-layer report")))
+
+                nav(page, "Masks")
+                wait_idle(page, mark(page), page.get_by_text("Showing the masks of"))
+                box = page.locator('[data-testid="stSelectbox"]', has_text="Layer").first
+                for i in range(repeats * 2):
+                    box.click()
+                    options = page.get_by_role("option")
+                    target = options.nth((i * 5 + 3) % options.count())
+                    t = mark(page)
+                    target.click()
+                    times.setdefault("Masks: another layer", []).append(wait_idle(page, t))
+                browser.close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
         shutil.rmtree(tmp, ignore_errors=True)
     return times
 

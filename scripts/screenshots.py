@@ -11,14 +11,15 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ui.testing import served_app  # noqa: E402
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PAGES = {  # url path -> text that says the page has drawn
     "model": "Prunable layers",
@@ -30,12 +31,6 @@ PAGES = {  # url path -> text that says the page has drawn
     "attribution": "Attribution",
     "benchmarks": "Benchmarks",
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _idle(page, timeout_s: float = 240) -> None:
@@ -50,38 +45,20 @@ def _idle(page, timeout_s: float = 240) -> None:
 def shoot(theme: str, out: Path, pages: list[str]) -> None:
     from playwright.sync_api import sync_playwright
 
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                             "--server.address", "127.0.0.1", "--server.headless", "true", "--theme.base", theme],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                time.sleep(0.1)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-            # The main area scrolls inside its own container, so a full-page shot needs a tall viewport.
-            page = browser.new_page(viewport={"width": 1440, "height": 2600})
-            page.set_default_timeout(240_000)
-            for name in pages:
-                page.goto(f"{url}/{'' if name == 'model' else name}")
-                page.get_by_text(PAGES[name]).first.wait_for()
-                _idle(page)
-                page.wait_for_timeout(1500)  # charts finish their transitions
-                path = out / f"{name}-{theme}.jpg"
-                page.screenshot(path=str(path), full_page=True, type="jpeg", quality=70)
-                print(path, f"{path.stat().st_size / 1024:.0f} KB")
-            browser.close()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with served_app(options=["--theme.base", theme], timeout=120) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        # The main area scrolls inside its own container, so a full-page shot needs a tall viewport.
+        page = browser.new_page(viewport={"width": 1440, "height": 2600})
+        page.set_default_timeout(240_000)
+        for name in pages:
+            page.goto(f"{url}/{'' if name == 'model' else name}")
+            page.get_by_text(PAGES[name]).first.wait_for()
+            _idle(page)
+            page.wait_for_timeout(1500)  # charts finish their transitions
+            path = out / f"{name}-{theme}.jpg"
+            page.screenshot(path=str(path), full_page=True, type="jpeg", quality=70)
+            print(path, f"{path.stat().st_size / 1024:.0f} KB")
+        browser.close()
 
 
 def main() -> None:

@@ -5,25 +5,14 @@ keep screenshots of each page.
 """
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from ui.testing import served_app
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 pytestmark = pytest.mark.browser
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -42,34 +31,12 @@ def _serve(tmp_path_factory):
         if os.environ.get("CI"):
             pytest.fail("chromium is not installed: scripts/setup.sh --dev installs it")
         pytest.skip("chromium is not installed")
-    port = _free_port()
     env = dict(os.environ, SPARSEKIT_CACHE_DIR=os.environ.get("SPARSEKIT_CACHE_DIR", str(tmp_path_factory.mktemp("cache"))))
-    log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w+")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                time.sleep(0.3)
-        else:
-            log.seek(0)
-            pytest.fail("streamlit did not start:\n" + log.read()[-3000:])
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        with served_app(env=env, log_path=tmp_path_factory.mktemp("log") / "streamlit.log") as url:
+            yield url
+    except RuntimeError as err:
+        pytest.fail(str(err))
 
 
 def test_switch_pages_apply_2_4_and_see_masks(app_url):

@@ -46,6 +46,25 @@ def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, module) for name, module in model.named_modules() if is_prunable(module)]
 
 
+def tied_layers(model: nn.Module, layers: list[tuple[str, nn.Module]] | None = None) -> set[str]:
+    """Names of the layers whose weight tensor is also registered elsewhere (e.g. a language
+    model's output layer tied to its embeddings): pruning them would prune the other use too.
+
+    Args:
+        model: the model.
+        layers: its ``prunable_layers`` (computed when None).
+
+    Returns:
+        The tied layers' names.
+    """
+    layers = prunable_layers(model) if layers is None else layers
+    seen: dict[int, int] = {}
+    for _, module in model.named_modules(remove_duplicate=False):
+        for p in module.parameters(recurse=False):
+            seen[id(p)] = seen.get(id(p), 0) + 1
+    return {name for name, mod in layers if seen.get(id(mod.weight), 0) > 1}
+
+
 def layer_type(module: nn.Module) -> str:
     """A short type name for reports (GPT-2's Conv1D says that it is transposed)."""
     if is_conv1d_transposed(module):

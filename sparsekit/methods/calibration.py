@@ -218,6 +218,11 @@ class InputStats:
         return (2.0 / max(self.samples, 1)) * self.total
 
 
+class _AllPruned(Exception):
+    """Raised by a hook once every selected layer is pruned: the rest of the calibration forward
+    (later blocks' outputs, a language model's vocabulary-sized output layer) would be discarded."""
+
+
 KeepFn = Callable[["LayerInputs", torch.Tensor, Any, "InputStats", dict], "tuple[torch.Tensor, torch.Tensor | None]"]
 """``keep(layer, weight, config, stats, notes) -> (mask in the weight's layout, new weight or None)``."""
 
@@ -297,6 +302,8 @@ def sequential_prune(model: nn.Module, names: Sequence[str], config: Any, calibr
                 weight.copy_(new.to(weight.dtype))
             weight.mul_(mask.to(weight.dtype))
         out.masks[view.name] = mask
+        if len(out.masks) == total:
+            raise _AllPruned
 
     def layer_hook(module, args):
         view = views.get(module)
@@ -336,6 +343,8 @@ def sequential_prune(model: nn.Module, names: Sequence[str], config: Any, calibr
     try:
         with torch.no_grad():
             run_model(model, calibration)
+    except _AllPruned:
+        pass
     finally:
         for h in handles:
             h.remove()

@@ -37,6 +37,27 @@ def check_budget(n_bytes: int, budget_mb: float | None, what: str) -> None:
         )
 
 
+def state_token(module: nn.Module) -> tuple:
+    """What a cache of a module's outputs depends on: the identity, storage and in-place version of
+    every parameter and buffer. torch bumps a tensor's version on each in-place write, so the token
+    changes when the module is modified in place or a tensor of it is replaced.
+
+    Args:
+        module: any module.
+
+    Returns:
+        A hashable token; equal tokens mean nothing was changed in between.
+    """
+    parts = []
+    for t in [*module.parameters(), *module.buffers()]:
+        try:
+            version = t._version
+        except RuntimeError:  # a tensor made under inference_mode keeps no version counter
+            version = -1
+        parts.append((id(t), t.data_ptr(), tuple(t.shape), version))
+    return tuple(parts)
+
+
 # A quality metric maps a module (the dense one or a sparsified copy) to named numbers.
 # Its first key is the headline figure; ``higher_is_better`` says which way is good.
 QualityFn = Callable[[nn.Module], dict[str, float]]
@@ -74,6 +95,7 @@ class LoadedModel:
     """Source details: path, architecture, dtype, notes on unsupported parts."""
 
     _dense_quality: dict[str, float] | None = field(default=None, repr=False)
+    _dense_key: tuple | None = field(default=None, repr=False)
 
     @property
     def n_params(self) -> int:
@@ -86,9 +108,12 @@ class LoadedModel:
     def quality(self, module: nn.Module | None = None) -> dict[str, float]:
         """Quality of ``module`` (default: the dense model, computed once and remembered)."""
         if module is None or module is self.module:
-            if self._dense_quality is None:
+            # Remembered for these weights and this evaluation set (a metric object may swap its set).
+            key = (state_token(self.module), getattr(self.quality_fn, "eval_key", None))
+            if self._dense_quality is None or self._dense_key != key:
                 with torch.inference_mode():
                     self._dense_quality = self.quality_fn(self.module)
+                self._dense_key = key
             return dict(self._dense_quality)
         with torch.inference_mode():
             return self.quality_fn(module)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import state_token
 from .sentences import SENTENCES
 
 MAX_LENGTH = 128
@@ -187,24 +188,40 @@ class EmbeddingFidelity:
     """
 
     def __init__(self, dense: nn.Module, ids: Sequence[Sequence[int]], pad_id: int) -> None:
-        self.batches = length_batches(ids, pad_id)
+        self.dense = dense
+        self.pad_id = pad_id
+        self.eval_key = 0
+        self.set_eval_ids(ids)
+
+    def set_eval_ids(self, ids: Sequence[Sequence[int]]) -> None:
+        """Evaluate on these token id lists from now on (the dense reference is recomputed)."""
+        if len(ids) < 2:
+            raise ValueError(f"embedding fidelity needs at least 2 evaluation sentences, got {len(ids)}")
+        self.batches = length_batches(ids, self.pad_id)
         self.n = len(ids)
         self.k = min(TOP_K, self.n - 1)
-        self.dense = dense
+        self.eval_key += 1
         self._reference: torch.Tensor | None = None
         self._reference_neighbours: torch.Tensor | None = None
+        self._reference_state: tuple | None = None
 
     # The reference is computed on first use, not at load: a model card opens without a forward pass.
+    # It is recomputed when the dense module changed since (the shared model never should, but a
+    # stale reference would make every score wrong without a sign).
     @property
     def reference(self) -> torch.Tensor:
-        if self._reference is None:
+        state = state_token(self.dense)
+        if self._reference is None or self._reference_state != state:
             self._reference = self.embed(self.dense)
+            self._reference_neighbours = None
+            self._reference_state = state
         return self._reference
 
     @property
     def reference_neighbours(self) -> torch.Tensor:
+        reference = self.reference  # refreshes a stale reference first
         if self._reference_neighbours is None:
-            self._reference_neighbours = top_k_neighbours(self.reference, self.k)
+            self._reference_neighbours = top_k_neighbours(reference, self.k)
         return self._reference_neighbours
 
     def embed(self, module: nn.Module) -> torch.Tensor:
@@ -241,18 +258,29 @@ class NextTokenFidelity:
     """
 
     def __init__(self, dense: nn.Module, ids: Sequence[Sequence[int]], pad_id: int, vocab_size: int) -> None:
+        self.dense = dense
+        self.pad_id = pad_id
+        self.max_tokens = max(1, min(BATCH_TOKENS, LOGIT_BUDGET // max(vocab_size, 1)))
+        self.eval_key = 0
+        self.set_eval_ids(ids)
+
+    def set_eval_ids(self, ids: Sequence[Sequence[int]]) -> None:
+        """Evaluate on these token id lists from now on (the dense reference is recomputed)."""
         ids = [x for x in ids if len(x) >= 2]  # a single token predicts nothing
         if not ids:
             raise ValueError("the tokenizer turned every evaluation sentence into fewer than 2 tokens")
-        max_tokens = max(1, min(BATCH_TOKENS, LOGIT_BUDGET // max(vocab_size, 1)))
-        self.batches = [b for _, b in length_batches(ids, pad_id, max_tokens)]
-        self.dense = dense
+        self.batches = [b for _, b in length_batches(ids, self.pad_id, self.max_tokens)]
+        self.eval_key += 1
         self._reference: list[torch.Tensor] | None = None
+        self._reference_state: tuple | None = None
 
     @property
     def reference(self) -> list[torch.Tensor]:
-        if self._reference is None:  # computed on first use, not at load
+        # Computed on first use, not at load; again if the dense module changed since.
+        state = state_token(self.dense)
+        if self._reference is None or self._reference_state != state:
             self._reference = [argmax for argmax, _, _ in self._scan(self.dense)]
+            self._reference_state = state
         return self._reference
 
     def _scan(self, module: nn.Module):

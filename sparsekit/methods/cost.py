@@ -1,0 +1,90 @@
+"""How long a sparsify will take, estimated before it starts from the model's own measured speed.
+
+The app shows this next to the Apply button of a calibrated method on a large model, so a user
+knows whether to wait. It counts floating-point work and converts it to seconds with the rate the
+model's last quality pass reached (``seconds_per_token``: that pass runs the same layers on the
+same machine, under the same load):
+
+- the calibration forward: every calibration token through every prunable layer, twice in block
+  order (one forward of each block collects its layers' inputs, one carries the pruned block's
+  output on), once in layer order; three times for Taylor (forward and backward);
+- SparseGPT, per layer of grouped shape ``rows x cols`` and ``T`` calibration tokens: ``2 T cols²``
+  for ``XᵀX``, ``(4/3) cols³`` for the Cholesky factor and its inverse, ``rows cols²`` for the lazy
+  block updates, and the column-by-column pass inside each block of 128, ``2 rows cols 128``, which
+  runs on one thread through many small ops (``COLUMN_PASS_SLOWDOWN`` times the rate of the matmuls).
+
+``benchmarks/bench_scale.py`` prints each estimate next to the time measured in the same run.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ..layers import grouped_view, prunable_layers, tied_layers
+from .base import get_method
+
+SPARSEGPT_BLOCK = 128
+COLUMN_PASS_SLOWDOWN = 40.0
+"""Column-pass flops run this many times slower than the forward's matmuls: fitted on the GPT-2
+small-size model on 2 cores, where SparseGPT took 14.0 s and the other terms came to 9.9 s (one run;
+``benchmarks/bench_scale.py`` shows how well it carries to other sizes)."""
+
+
+def forward_weights(module: nn.Module) -> int:
+    """Weights a token meets in one forward: every Linear/Conv layer's, plus an output layer tied
+    to the embeddings (a language model's vocabulary projection), which ``prunable_layers`` skips."""
+    layers = prunable_layers(module)
+    total = sum(int(m.weight.numel()) for _, m in layers)
+    get_out = getattr(module, "get_output_embeddings", None)
+    out = get_out() if callable(get_out) else None
+    weight = getattr(out, "weight", None)
+    if weight is not None and all(m.weight is not weight for _, m in layers):
+        total += int(weight.numel())
+    return total
+
+
+def calibration_tokens(calibration: Any) -> int:
+    """Positions the calibration forward computes (padding included: it costs the same)."""
+    ids = calibration["input_ids"] if isinstance(calibration, dict) else calibration
+    shape = tuple(ids.shape)
+    return int(shape[0] * shape[1]) if isinstance(calibration, dict) and len(shape) == 2 else int(shape[0])
+
+
+def estimate_seconds(module: nn.Module, config: Any, calibration: Any, seconds_per_token: float) -> float:
+    """Estimated seconds of ``sparsify(module, config)``.
+
+    Args:
+        module: the dense model.
+        config: a ``SparsifyConfig``.
+        calibration: the calibration inputs the method will use.
+        seconds_per_token: seconds one token (one sample for an image model) takes through the
+            whole dense model, measured on this machine (e.g. the last quality pass over its tokens).
+
+    Returns:
+        Seconds; the prune-and-copy work of uncalibrated methods counts as none (it is memory-bound
+        and well under a second up to GPT-2 sizes).
+    """
+    if seconds_per_token <= 0:
+        raise ValueError(f"seconds_per_token must be positive, got {seconds_per_token}")
+    method = get_method(config.method)
+    if not method.needs_calibration or config.pattern == "dense":
+        return 0.0
+    weights = forward_weights(module)
+    layers = prunable_layers(module)
+    tied = tied_layers(module, layers)
+    layers = [(name, layer) for name, layer in layers if name not in tied]
+    prunable = sum(int(m.weight.numel()) for _, m in layers)
+    rate = 2.0 * weights / seconds_per_token  # flops per second of the forward's matmuls
+    tokens = calibration_tokens(calibration) if calibration is not None else 0
+    passes = 3.0 if config.method == "taylor" else (2.0 if config.calibration_order == "block" else 1.0)
+    # The calibration forward stops after the last pruned layer, so the output layer is not run.
+    seconds = passes * 2.0 * prunable * tokens / rate
+    if config.method == "sparsegpt":
+        flops = column = 0.0
+        for _, layer in layers:
+            rows, cols = grouped_view(layer, config.conv_grouping).matrix_shape
+            flops += 2.0 * tokens * cols**2 + (4.0 / 3.0) * cols**3 + rows * cols**2
+            column += 2.0 * rows * cols * min(SPARSEGPT_BLOCK, cols)
+        seconds += (flops + COLUMN_PASS_SLOWDOWN * column) / rate
+    return seconds

@@ -7,6 +7,7 @@ import streamlit as st
 from sparsekit.layers import fitting_group_sizes, group_widths, prunable_layers
 from sparsekit.methods import REGISTRY
 from sparsekit.sparsify import MAX_M, SparsifyConfig
+from ui.long_jobs import duration_text
 
 LIVE_MAX_WEIGHTS = 50_000_000
 """Above this many prunable weights even magnitude/random wait for Apply (each change copies the model)."""
@@ -24,7 +25,7 @@ def is_fast(config: SparsifyConfig, weights: int) -> bool:
 
 
 def apply_gate(config: SparsifyConfig, weights: int, last_seconds: float | None,
-               computed: bool = False) -> SparsifyConfig | None:
+               computed: bool = False, estimate: float | None = None) -> SparsifyConfig | None:
     """The config to show: ``config`` itself when it updates live or was applied; else the last
     applied one (or None), after drawing the Apply button with an estimate.
 
@@ -32,7 +33,8 @@ def apply_gate(config: SparsifyConfig, weights: int, last_seconds: float | None,
     (on 2 cores a MiniLM change takes 1.6 s from click to idle page, over the 1 s a live control
     should take); magnitude and random can be switched to live with a checkbox. The page's first
     view computes its setting at once when that setting is fast, and a setting already ``computed``
-    (in the shared result store) shows without a click.
+    (in the shared result store) shows without a click. ``estimate`` (seconds, from the model's
+    measured speed) is shown before a method's first run on the model.
     """
     applied = st.session_state.get("sp_applied")
     live = weights <= TINY_MAX_WEIGHTS
@@ -44,12 +46,17 @@ def apply_gate(config: SparsifyConfig, weights: int, last_seconds: float | None,
         st.session_state["sp_applied"] = config.to_json()
         return config
     label = REGISTRY[config.method].label
-    estimate = (f"the last {label} setting on this model took {last_seconds:.1f} s" if last_seconds is not None
-                else f"first {label} setting on this model" + (": a progress bar shows each layer"
-                                                                 if REGISTRY[config.method].needs_calibration else ""))
+    calibrated = REGISTRY[config.method].needs_calibration
+    if last_seconds is not None:
+        expect = f"the last {label} setting on this model took {last_seconds:.1f} s"
+    elif estimate is not None:
+        expect = (f"first {label} setting on this model, estimated {duration_text(estimate)} from its measured "
+                  "speed" + ("; a progress bar shows each layer and the time left" if calibrated else ""))
+    else:
+        expect = f"first {label} setting on this model" + (": a progress bar shows each layer" if calibrated else "")
     c1, c2 = st.columns([1, 3], vertical_alignment="center")
     clicked = c1.button(f"Apply {config.label()}", type="primary", key="sp_apply")
-    c2.caption(f"Computed when you press Apply: {weights / 1e6:,.1f} M prunable weights ({estimate}).")
+    c2.caption(f"Computed when you press Apply: {weights / 1e6:,.1f} M prunable weights ({expect}).")
     if clicked:
         st.session_state["sp_applied"] = config.to_json()
         return config

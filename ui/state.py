@@ -11,10 +11,12 @@ import streamlit as st
 
 import sparsekit
 from sparsekit.models import BUILTIN_SPECS, list_model_dirs, model_roots
+from sparsekit.methods.cost import estimate_seconds
 from sparsekit.models.digits import digits_model_cached, trained_digits_model
 from sparsekit.sparsify import CALIBRATED_METHODS, SparsifyConfig
 from ui import preload
 from ui.format import KIND_LABELS
+from ui.long_jobs import EstimatingProgress
 
 SOURCES = {
     "minilm": "MiniLM (all-MiniLM-L6-v2, bundled)",
@@ -86,6 +88,18 @@ def _timings() -> dict[tuple[str, str], float]:
 def is_computed(model_key: str, config: SparsifyConfig) -> bool:
     """Whether this model's result for ``config`` is in the shared result store (showing it is free)."""
     return _results().get((model_key, config.to_json())) is not None
+
+
+def estimated_duration(model_key: str, loaded, config: SparsifyConfig) -> float | None:
+    """Seconds a first ``config`` on this model should take (sparsify, then a quality pass), from the
+    speed of this model's last quality pass (``sparsekit.methods.cost``); None before any pass or for
+    a model whose quality is not counted in tokens."""
+    quality_seconds = _timings().get((model_key, "quality"))
+    tokens = loaded.info.get("n_eval_tokens")
+    if quality_seconds is None or not tokens:
+        return None
+    per_token = quality_seconds / tokens
+    return estimate_seconds(loaded.module, config, loaded.calibration, per_token) + quality_seconds
 
 
 def last_duration(model_key: str, method: str) -> float | None:
@@ -226,11 +240,11 @@ def sparsified(model_key: str, loaded, config: SparsifyConfig):
             return hit
         bar = None
         if config.method in CALIBRATED_METHODS and config.pattern != "dense":
-            bar = st.progress(0.0, text=f"Pruning a copy of {loaded.name} ({config.label()}): calibrating…")
+            bar = EstimatingProgress(f"Pruning a copy of {loaded.name} ({config.label()})")
 
         def progress(fraction: float, message: str) -> None:
             if bar is not None:
-                bar.progress(min(max(float(fraction), 0.0), 1.0), text=f"Pruning a copy of {loaded.name}: {message}")
+                bar(fraction, message)
 
         start = time.perf_counter()
         try:

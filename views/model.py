@@ -47,6 +47,8 @@ st.dataframe(
     column_config={"metric": st.column_config.TextColumn("metric", width="large"),
                    "shown": st.column_config.TextColumn("value")},
 )
+if loaded.info.get("eval_budget"):
+    st.caption(f"Measured on {loaded.info['eval_budget']}.")
 if loaded.kind == "encoder":
     st.caption("Fidelity metrics compare a model with the dense model itself, so the dense model scores 1 by definition.")
 

@@ -6,7 +6,7 @@ from sparsekit import viz
 from sparsekit.sparsify import masks_safetensors, report_csv, weights_safetensors
 from ui.format import change_text, metric_text
 from ui.sparsify_view import apply_gate, fit_banner, prunable_weights, report_table
-from ui.state import is_computed, last_duration, require_model, sparse_quality, sparsified
+from ui.state import estimated_duration, is_computed, last_duration, require_model, sparse_quality, sparsified
 from ui.widgets import config_form, current_config
 
 st.title("Sparsify")
@@ -28,7 +28,8 @@ banner = st.container()  # the M-fit warning goes above the form, where it is se
 config = config_form("sp", current_config(), url=True)
 if config is None:
     st.stop()
-config = apply_gate(config, prunable_weights(loaded), last_duration(key, config.method), is_computed(key, config))
+config = apply_gate(config, prunable_weights(loaded), last_duration(key, config.method), is_computed(key, config),
+                    estimated_duration(key, loaded, config))
 if config is None:
     st.stop()
 st.session_state["config_json"] = config.to_json()
@@ -53,8 +54,12 @@ headline = next(iter(quality))
 delta = quality[headline] - dense[headline]
 cols[2].metric(loaded.metric_names.get(headline, headline), f"{quality[headline]:.4g}",
                f"{delta:+.3g} vs dense" if delta else None,
-               delta_color="normal" if loaded.higher_is_better.get(headline, True) else "inverse")
+               delta_color="normal" if loaded.higher_is_better.get(headline, True) else "inverse",
+               help=f"measured on {loaded.info['eval_budget']}" if loaded.info.get("eval_budget") else None)
 cols[3].metric("Kept in all Linear/Conv", f"{summary['kept_fraction_all_layers']:.1%}")
+if loaded.info.get("eval_budget"):
+    st.caption(f"Quality measured on {loaded.info['eval_budget']}; the dense model's outputs are computed once "
+               "per model and reused for every setting.")
 if result.calibration_note:
     st.caption(f"Calibration order: {result.calibration_note}.")
 

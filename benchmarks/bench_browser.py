@@ -29,6 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from ui.testing import served_app  # noqa: E402
 
@@ -181,17 +182,90 @@ def run(repeats: int, empty_cache: bool, streamlit_args: list[str] = ()) -> dict
     return times
 
 
+def run_gpt2(repeats: int) -> tuple[dict[str, list[float]], list[str]]:
+    """The GPT-2 small-size model (124 M parameters, random weights, written as a Hugging Face
+    directory under a temporary model root) picked in the sidebar, then on Sparsify: a new magnitude
+    and random setting (Apply), Wanda and SparseGPT (Apply, first run on the model). Returns the
+    times and the estimate captions the page showed before each calibrated method's first run."""
+    from playwright.sync_api import sync_playwright
+
+    from bench_scale import write_gpt2  # noqa: PLC0415 (a sibling script)
+
+    tmp = tempfile.mkdtemp(prefix="sparsekit-bench-")
+    root = Path(tmp) / "models"
+    root.mkdir()
+    gpt2_dir = write_gpt2(root, "gpt2-small")
+    env = dict(os.environ, SPARSEKIT_MODEL_ROOTS=str(root), SPARSEKIT_CACHE_DIR=str(Path(tmp) / "cache"))
+    times: dict[str, list[float]] = {}
+    captions: list[str] = []
+
+    def report(page):
+        return page.get_by_text("Per-layer report")
+
+    def apply(page, key: str) -> None:
+        button = page.get_by_role("button", name="Apply")
+        caption = page.locator('[data-testid="stCaptionContainer"]', has_text="Computed when you press Apply")
+        if caption.count():
+            captions.append(f"{key}: {caption.first.inner_text()}")
+        t = mark(page)
+        button.first.click()
+        times.setdefault(key, []).append(wait_idle(page, t, report(page)))
+
+    try:
+        with served_app(("scripts/serve.py",), env=env, log_path=Path(tmp) / "streamlit.log", timeout=300) as url:
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+                page = browser.new_page(viewport={"width": 1440, "height": 1000})
+                page.set_default_timeout(600_000)
+                page.goto(url)
+                watch(page)
+                wait_idle(page, mark(page), page.get_by_text("Prunable layers"))
+                t = mark(page)
+                pick(page, "Source", "Hugging Face directory", sidebar=True)
+                wait_idle(page, t)
+                t = mark(page)
+                pick(page, "Model directory", gpt2_dir.name, sidebar=True)
+                times["load GPT-2 small-size (pick to Model page idle)"] = [
+                    wait_idle(page, t, page.get_by_text("Prunable layers (49)"))]
+                nav(page, "Sparsify")
+                wait_idle(page, mark(page))
+                apply(page, "first setting (magnitude 2:4, dense reference built)")
+                for nm in ("1:4", "4:8", "1:2")[:repeats]:
+                    pick(page, "N:M", nm)
+                    wait_idle(page, mark(page))
+                    apply(page, "magnitude: new setting, Apply to idle")
+                t = mark(page)
+                pick(page, "Scoring", "random")
+                wait_idle(page, t)
+                apply(page, "random: new setting, Apply to idle")
+                for method in ("wanda", "sparsegpt"):
+                    t = mark(page)
+                    pick(page, "Scoring", method)
+                    wait_idle(page, t)
+                    apply(page, f"{method}: first 2:4, Apply to idle")
+                browser.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return times, captions
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--empty-cache", action="store_true", help="start with an empty sparsekit disk cache")
     parser.add_argument("--out", help="also write the raw times as JSON")
+    parser.add_argument("--gpt2", action="store_true",
+                        help="time the GPT-2 small-size model (random weights, 124 M parameters) instead of MiniLM")
     parser.add_argument("--streamlit-arg", action="append", default=[],
                         help="extra option for streamlit run, e.g. --streamlit-arg=--runner.postScriptGC=false")
     args = parser.parse_args()
     if not os.path.exists(CHROMIUM):
         sys.exit("chromium is not installed: bash scripts/setup.sh --dev installs it")
-    times = run(args.repeats, args.empty_cache, args.streamlit_arg)
+    captions: list[str] = []
+    if args.gpt2:
+        times, captions = run_gpt2(args.repeats)
+    else:
+        times = run(args.repeats, args.empty_cache, args.streamlit_arg)
     import torch
 
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
@@ -200,6 +274,8 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|")
     for action, ts in times.items():
         print(f"| {action} | {len(ts)} | {statistics.median(ts):.2f} | {min(ts):.2f} | {max(ts):.2f} |")
+    for caption in captions:
+        print(f"shown before: {caption}")
     if args.out:
         Path(args.out).write_text(json.dumps(times, indent=1))
 

@@ -6,7 +6,8 @@ The GPT-2-shaped models have random weights (a `transformers` GPT2Config saved a
 directory in a temporary model root), so no download is needed; their quality numbers mean nothing,
 their costs are real. Per size the script measures, each once, in one process:
 load (`sparsekit.load_model`, after the imports and mask kernels are warm), dense quality (the first `quality()`, which builds the reference), a
-2:4 sparsify per method, the quality of that sparse model, and an attention capture of 128 tokens
+2:4 sparsify per method (for Wanda and SparseGPT also the app's estimate made before it starts, from
+the previous quality pass's speed), the quality of that sparse model, and an attention capture of 128 tokens
 for the text models; and the process's peak resident memory after each size (ru_maxrss, which only
 grows, so it is the running peak). It prints one table, then the slope of each step's seconds
 against parameters (a least-squares fit of log time on log parameters over the sizes measured) and
@@ -32,6 +33,8 @@ import torch  # noqa: E402
 
 import sparsekit  # noqa: E402
 from sparsekit.attention.capture import capture_attention, passage_ids  # noqa: E402
+from sparsekit.methods import CALIBRATED_METHODS  # noqa: E402
+from sparsekit.methods.cost import estimate_seconds  # noqa: E402
 from sparsekit.models.base import memory_budget_mb  # noqa: E402
 
 GPT2_SHAPES = {  # name -> (layers, width, heads): the published GPT-2 sizes
@@ -81,11 +84,18 @@ def measure(spec: str, label: str, methods: list[str]) -> dict:
     loaded, row["load"] = timed(lambda: sparsekit.load_model(spec))
     row["params"] = loaded.n_params
     _, row["dense quality"] = timed(loaded.quality)
+    tokens = loaded.info.get("n_eval_tokens")
+    last_quality = None
     for method in methods:
         config = sparsekit.SparsifyConfig(pattern="nm", n=2, m=4, method=method)
+        if tokens and last_quality and config.method in CALIBRATED_METHODS:
+            # What the app shows before the first run: an estimate from the last quality pass's speed.
+            row[f"estimate {method}"] = estimate_seconds(loaded.module, config, loaded.calibration,
+                                                         last_quality / tokens)
         result, row[f"sparsify {method}"] = timed(lambda: sparsekit.sparsify(loaded, config))
         sparse = result.model
         _, row[f"quality {method}"] = timed(lambda: loaded.quality(sparse))
+        last_quality = row[f"quality {method}"]
         result = sparse = None  # free the copy before the next method
     if loaded.tokenizer is not None:
         ids = passage_ids(loaded, 128)
@@ -150,7 +160,7 @@ def main() -> None:
     params = [r["params"] for r in rows]
     print("\nslope of log seconds on log parameters (1 = linear in size):")
     for k in keys:
-        if k == "peak RSS MB":
+        if k == "peak RSS MB" or k.startswith("estimate"):
             continue
         s = slope(params, [r.get(k) for r in rows])
         print(f"  {k}: {'–' if s is None else f'{s:.2f}'}")

@@ -200,6 +200,9 @@ def compare(
 ) -> list[dict[str, Any]]:
     """Evaluate every config on ``loaded``, reading and filling the disk cache.
 
+    The settings run as oneshot cells of ``sparsekit.study`` in this process, on this model (which may
+    be an upload that no spec string reloads), keyed by its weights and calibration data.
+
     Args:
         loaded: a ``LoadedModel`` (never modified).
         configs: the settings (e.g. from ``sweep_configs``).
@@ -210,38 +213,47 @@ def compare(
     Returns:
         One row per config (see ``evaluate``), in order, each with ``cached`` (bool).
     """
+    from .study import LocalBackend, execute, oneshot_cell  # the study engine imports this module
+
     if not hasattr(loaded, "quality") or not isinstance(getattr(loaded, "module", None), nn.Module):
         raise TypeError(f"compare needs a LoadedModel (with a quality metric), got {type(loaded).__name__}")
     if len(configs) > MAX_SETTINGS:
         raise ValueError(f"{len(configs)} settings; at most {MAX_SETTINGS}")
     for c in configs:
         c.validate()
-    keys = _row_keys(loaded, configs, calibration)
-    cache = get_cache()
-    rows = []
-    for i, (config, key) in enumerate(zip(configs, keys)):
+    cells = [oneshot_cell(loaded.spec, c) for c in configs]
+    rows: list[dict[str, Any] | None] = [None] * len(configs)
+    total = max(len(configs), 1)
+
+    def on_record(i, cell, record, cached) -> None:
+        rows[i] = {**_row_of(record), "cached": cached}
         if progress is not None:
-            progress(i / max(len(configs), 1), f"{config.label()} ({i + 1}/{len(configs)})")
-        raw = cache.get(key) if use_cache else None
-        if isinstance(raw, str):
-            row = json.loads(raw)
-            row["cached"] = True
-        else:
-            row = evaluate(loaded, config, calibration=calibration)
-            cache.set(key, json.dumps(row))
-            row["cached"] = False
-        rows.append(row)
+            progress(sum(r is not None for r in rows) / total, f"{configs[i].label()} ({i + 1}/{len(configs)})")
+
+    if progress is not None:
+        progress(0.0, f"{len(configs)} settings")
+    backend = LocalBackend(models={loaded.spec: loaded}, calibration=calibration, raise_errors=True)
+    execute(cells, backend, keys=_row_keys(loaded, configs, calibration), read_cache=use_cache, on_record=on_record)
     if progress is not None:
         progress(1.0, "done")
-    return rows
+    return [r for r in rows if r is not None]
+
+
+def _row_of(record: dict[str, Any]) -> dict[str, Any]:
+    row = dict(record["detail"])
+    # Records store strict JSON (NaN as null); a row keeps NaN, as the pages test with math.isnan.
+    row["quality"] = {k: float("nan") if v is None else v for k, v in row["quality"].items()}
+    return row
 
 
 def _row_keys(loaded: Any, configs: Sequence[SparsifyConfig], calibration: Any = None) -> list[str]:
+    from .study import CELL_VERSION
+
     fingerprint = model_fingerprint(loaded.module)
     calib = calibration if calibration is not None else getattr(loaded, "calibration", None)
     calib_digest = _calibration_digest(calib)
     # Only calibrated methods depend on the calibration data.
-    return [make_key("compare", COMPARE_VERSION, loaded.spec, fingerprint, c.to_json(),
+    return [make_key("compare", COMPARE_VERSION, CELL_VERSION, loaded.spec, fingerprint, c.to_json(),
                      calib_digest if c.method in ("wanda", "sparsegpt", "taylor") else "") for c in configs]
 
 
@@ -258,15 +270,16 @@ def cached_rows(loaded: Any, configs: Sequence[SparsifyConfig], *,
         The cached rows in order (each with ``cached=True``), or None when any setting has not
         been computed for this model (nothing is computed here).
     """
+    from .study.store import is_done, load_record
+
     if not configs:
         return None
-    cache = get_cache()
     rows = []
     for key in _row_keys(loaded, configs, calibration):
-        raw = cache.get(key)
-        if not isinstance(raw, str):
+        record = load_record(key)
+        if not is_done(record):
             return None
-        rows.append({**json.loads(raw), "cached": True})
+        rows.append({**_row_of(record), "cached": True})
     return rows
 
 

@@ -28,12 +28,10 @@ import time
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Callable, Mapping, Sequence
 
-from ..cache import get_cache, make_key
 from ..models.digits import digits_split
 from ..stats import DEFAULT_CONFIDENCE
 from .config import DEFAULT_LAMBDA_W, TrainConfig, config_fields, default_train_config
-from .loop import train
-from .seedresults import STUDY_VERSION, SeedRun, SeedStudyResult, run_metrics
+from .seedresults import SeedRun, SeedStudyResult
 
 MAX_SEEDS = 64
 MAX_PATTERNS = 6
@@ -192,8 +190,10 @@ class StudyProgress:
     """Seconds left, estimated from the runs trained so far (None before the first)."""
 
 
-def _run_key(cfg) -> str:
-    return make_key("seed-study-run", STUDY_VERSION, cfg.to_json())
+def _cells(config: SeedStudyConfig) -> list:
+    from ..study import training_cell  # the study engine imports the training package
+
+    return [training_cell(cfg) for cfg in config.run_configs()]
 
 
 def cached_runs(config: SeedStudyConfig) -> tuple[int, float]:
@@ -202,18 +202,13 @@ def cached_runs(config: SeedStudyConfig) -> tuple[int, float]:
     Returns:
         ``(runs found, mean training seconds of those runs)`` (0.0 seconds when none is found).
     """
-    cache = get_cache()
-    found, seconds = 0, 0.0
-    for cfg in config.run_configs():
-        raw = cache.get(_run_key(cfg))
-        if raw is None:
-            continue
-        try:
-            seconds += float(json.loads(raw).get("seconds", 0.0))
-        except (TypeError, ValueError, AttributeError):
-            continue
-        found += 1
-    return found, seconds / found if found else 0.0
+    from ..study.store import is_done, lookup
+
+    keys = [c.key for c in _cells(config)]
+    stored = lookup(keys)
+    found = [stored[k] for k in keys if is_done(stored.get(k))]
+    seconds = sum(float(r.get("seconds") or 0.0) for r in found)
+    return len(found), seconds / len(found) if found else 0.0
 
 
 def run_seed_study(
@@ -225,6 +220,9 @@ def run_seed_study(
 ) -> SeedStudyResult:
     """Train every run of a study (or take it from the disk cache) and collect the numbers.
 
+    The runs are training cells of ``sparsekit.study``, run in this process; a run finished by any
+    study (this one, or a ``training`` StudySpec with the same settings) is not trained again.
+
     Args:
         config: the study (validated here).
         progress: called after every run; return True to stop (the result then has ``complete=False``).
@@ -233,42 +231,42 @@ def run_seed_study(
 
     Returns:
         A ``SeedStudyResult``.
+
+    Raises:
+        Whatever a run raises (a seed study stops at a failed run).
     """
+    from ..study import LocalBackend, execute
+
     config.validate()
     data = data if data is not None else digits_split()
-    cache = get_cache() if use_cache else None
-    todo = config.run_configs()
-    keys = [_run_key(cfg) for cfg in todo]
-    # Looked up once: the estimate below needs how many runs are still to train, not a cache scan per run.
-    to_train = sum(1 for key in keys if cache is None or key not in cache)
+    cells = _cells(config)
     result = SeedStudyResult(config)
-    trained_seconds = 0.0
-    for i, (cfg, key) in enumerate(zip(todo, keys)):
-        cached = cache.get(key) if cache is not None else None
-        run = None
-        if cached is not None:
-            try:
-                run = SeedRun(**json.loads(cached))
-            except (TypeError, ValueError):
-                run = None  # unreadable entry: recompute and overwrite
-        if run is None:
-            start = time.perf_counter()
-            run = run_metrics(train(cfg, data=data))
-            trained_seconds += time.perf_counter() - start
+    runs: list[SeedRun | None] = [None] * len(cells)
+    state = {"done": 0, "to_train": 0, "trained_s": 0.0}
+
+    def on_record(i, cell, record, cached) -> bool:
+        runs[i] = SeedRun(**record["detail"])
+        state["done"] += 1
+        if not cached:
             result.computed += 1
-            if cached is None:
-                to_train -= 1
-            if cache is not None:
-                cache.set(key, json.dumps(asdict(run)))
-        result.runs.append(run)
-        if progress is not None:
-            left = len(todo) - i - 1
-            eta = trained_seconds / result.computed * to_train if result.computed else None
-            label = "STE" if cfg.method == "ste" else f"SR-STE λ={cfg.lambda_w:g}"
-            if progress(StudyProgress(i + 1, len(todo), result.computed, f"{label} {cfg.n}:{cfg.m} seed {cfg.seed}",
-                                      eta)) and left:
-                result.complete = False
-                break
+            state["trained_s"] += float(record.get("seconds") or 0.0)
+        if progress is None:
+            return False
+        eta = state["trained_s"] / result.computed * (state["to_train"] - result.computed) if result.computed else None
+        cfg = cell.train_config()
+        label = "STE" if cfg.method == "ste" else f"SR-STE λ={cfg.lambda_w:g}"
+        message = f"{label} {cfg.n}:{cfg.m} seed {cfg.seed}"
+        return bool(progress(StudyProgress(state["done"], len(cells), result.computed, message, eta)))
+
+    if use_cache:
+        found, _ = cached_runs(config)
+        state["to_train"] = len({c.key for c in cells}) - found
+    else:
+        state["to_train"] = len({c.key for c in cells})
+    backend = LocalBackend(data=data, raise_errors=True)
+    run = execute(cells, backend, read_cache=use_cache, write_cache=use_cache, on_record=on_record)
+    result.runs = [r for r in runs if r is not None]
+    result.complete = not run.stopped
     return result
 
 

@@ -1,0 +1,269 @@
+"""Running a study: cells from the cache where they are done, the rest on a backend, results and progress
+written to the cache as each cell finishes.
+
+``execute`` is the engine for any list of cells (``compare`` and the seed study use it too); ``run_study``
+runs a ``StudySpec`` after checking it and its memory needs; ``study_status``, ``study_records`` and
+``export`` read what the cache holds, from any process, computing nothing.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping, Sequence
+
+from ..store import finite_dumps, process_token
+from . import aggregate
+from .backends import make_backend
+from .memory import MB, check_memory
+from .spec import Cell, StudySpec
+from .store import StudyStatus, count_cells, is_done, lookup, read_status, save_record, write_status
+
+ProgressFn = Callable[[StudyStatus], Any]
+StopFn = Callable[[], bool]
+RecordFn = Callable[[int, Cell, dict, bool], "bool | None"]
+STATUS_EVERY_S = 1.0
+"""Least time between two status writes while nothing finishes (a finished cell always writes)."""
+FORMAT = "sparsekit-study"
+
+
+def relabel(record: Mapping[str, Any], cell: Cell, key: str) -> dict[str, Any]:
+    """A stored record as the record of ``cell`` (cells that share a key differ only in their labels)."""
+    return {**record, **cell.labels(), "key": key}
+
+
+@dataclass
+class Execution:
+    """What ``execute`` did."""
+
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """key -> record (done, or failed in this run)."""
+    cached: set[str] = field(default_factory=set)
+    """Keys whose record came from the cache."""
+    computed: set[str] = field(default_factory=set)
+    """Keys computed (done or failed) in this run."""
+    stopped: bool = False
+    status: StudyStatus | None = None
+
+
+def execute(cells: Sequence[Cell], backend: Any, *, keys: Sequence[str] | None = None, read_cache: bool = True,
+            write_cache: bool = True, on_record: RecordFn | None = None, progress: ProgressFn | None = None,
+            stop: StopFn | None = None, study_id: str = "", name: str = "") -> Execution:
+    """Get a record for every cell: from the cache, or computed on ``backend`` (each distinct key once).
+
+    Args:
+        cells: the cells.
+        backend: from ``backends.make_backend``.
+        keys: cache key per cell (default ``cell.key``).
+        read_cache: take finished records from the cache (failed ones are always run again).
+        write_cache: store every record as it arrives.
+        on_record: ``on_record(index, cell, record, cached)`` for each cell as its record is known (cached
+            ones first, in order); returning True stops the run.
+        progress: called with the ``StudyStatus`` at the start, after each cell and when the running set
+            changes.
+        stop: asked after every event; True stops the run (running cells are abandoned, finished ones kept).
+        study_id: when set, the status is written to the cache under this id while the run goes on.
+        name: the study's name, for the status.
+
+    Returns:
+        The ``Execution``.
+    """
+    keys = list(keys) if keys is not None else [c.key for c in cells]
+    owners: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        owners.setdefault(key, []).append(i)
+    out = Execution()
+    stored = lookup(owners) if read_cache else {}
+    want_stop = False
+    for key, idx in owners.items():
+        if is_done(stored.get(key)):
+            out.records[key] = stored[key]
+            out.cached.add(key)
+    for i, (cell, key) in enumerate(zip(cells, keys)):
+        if key in out.cached and on_record is not None and not want_stop:
+            want_stop = bool(on_record(i, cell, relabel(stored[key], cell, key), True))
+    todo = [(key, cells[idx[0]]) for key, idx in owners.items() if key not in out.cached]
+    per_key = Counter(keys)
+    start = time.perf_counter()
+    base = StudyStatus(study_id=study_id, name=name, state="running", total=len(cells),
+                       done=sum(per_key[k] for k in out.cached), backend=backend.describe(), owner=process_token())
+    status = _publish(base, study_id, progress)
+    last_write = time.perf_counter()
+    events = backend.run(todo) if todo and not want_stop and not (stop and stop()) else iter(())
+    failed = 0
+    try:
+        for event in events:
+            if event.kind == "done":
+                record = event.record
+                out.records[event.key] = record
+                out.computed.add(event.key)
+                if write_cache:
+                    save_record(event.key, record)
+                ok = is_done(record)
+                failed += 0 if ok else per_key[event.key]
+                for i in owners[event.key]:
+                    if on_record is not None and on_record(i, cells[i], relabel(record, cells[i], event.key), False):
+                        want_stop = True
+                finished_keys = len(out.computed)
+                elapsed = time.perf_counter() - start
+                eta = elapsed / finished_keys * (len(todo) - finished_keys)
+                status = replace(status, done=status.done + (per_key[event.key] if ok else 0), failed=failed,
+                                 running=event.running, retries=event.retries, workers=event.workers,
+                                 computed=status.computed + ok, eta_s=eta, elapsed_s=elapsed,
+                                 message=f"{'finished' if ok else 'FAILED'} {cells[owners[event.key][0]].label()}")
+                status = _publish(status, study_id, progress)
+                last_write = time.perf_counter()
+            else:
+                changed = (event.running, event.retries, event.workers) != (status.running, status.retries,
+                                                                            status.workers)
+                status = replace(status, running=event.running, retries=event.retries, workers=event.workers,
+                                 elapsed_s=time.perf_counter() - start)
+                if changed or time.perf_counter() - last_write > STATUS_EVERY_S:
+                    status = _publish(status, study_id, progress if changed else None)
+                    last_write = time.perf_counter()
+            if want_stop or (stop is not None and stop()):
+                out.stopped = len(out.records) < len(owners)
+                break
+    except BaseException as err:
+        state = "stopped" if isinstance(err, KeyboardInterrupt) else "error"
+        out.status = _publish(replace(status, state=state, running=0, workers=(), message=f"{type(err).__name__}: "
+                                      f"{err}"[:500]), study_id, None)
+        raise
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()
+    state = "stopped" if out.stopped else "finished"
+    message = f"{len(out.computed)} computed, {len(out.cached)} from the cache" + (f", {failed} failed" if failed else "")
+    out.status = _publish(replace(status, state=state, running=0, workers=(), eta_s=None,
+                                  elapsed_s=time.perf_counter() - start, message=message), study_id, progress)
+    return out
+
+
+def _publish(status: StudyStatus, study_id: str, progress: ProgressFn | None) -> StudyStatus:
+    if study_id:
+        status = write_status(status)
+    if progress is not None:
+        progress(status)
+    return status
+
+
+@dataclass
+class StudyResult:
+    """A study's records (in cell order; done and failed) and its final status."""
+
+    spec: StudySpec
+    records: list[dict[str, Any]]
+    status: StudyStatus
+
+    @property
+    def done(self) -> list[dict[str, Any]]:
+        """Records of finished cells."""
+        return [r for r in self.records if r.get("status") == "done"]
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        """Records of cells whose last attempt raised."""
+        return [r for r in self.records if r.get("status") != "done"]
+
+    def summary(self) -> list[aggregate.Group]:
+        """Mean and interval over seeds per group (``aggregate.summarize``)."""
+        return aggregate.summarize(self.records, self.spec.metrics or None, self.spec.confidence)
+
+    def to_json(self) -> str:
+        """Spec, status, records and analysis (``study_document``)."""
+        return study_document(self.spec, self.records, self.status)
+
+
+def run_study(spec: StudySpec, backend: Any = None, *, ray_address: str | None = None, workers: int | None = None,
+              progress: ProgressFn | None = None, stop: StopFn | None = None) -> StudyResult:
+    """Run a study: what the cache holds is reused, the rest is computed and stored cell by cell.
+
+    Args:
+        spec: the study (validated here).
+        backend: ``"local"`` (default, unless ``$SPARSEKIT_RAY_ADDRESS`` is set), ``"ray"``, or a backend object.
+        ray_address: Ray cluster address (implies ``ray``); default ``$SPARSEKIT_RAY_ADDRESS``, then ``auto``;
+            ``local`` starts a Ray instance in this process.
+        workers: local: worker processes (None = in this process); Ray ``local``: its CPUs.
+        progress: ``progress(StudyStatus)`` after every cell and when the running set changes.
+        stop: ``stop() -> bool``, asked after every event; True ends the run (finished cells are kept).
+
+    Returns:
+        The ``StudyResult`` (records of the cells that have one; all of them unless stopped).
+
+    Raises:
+        ValueError: a bad spec, or cells that would not fit a worker's memory (both numbers named).
+        ConnectionError: the Ray cluster cannot be reached.
+    """
+    spec.validate()
+    runner = make_backend(backend, ray_address=ray_address, workers=workers)
+    budget, where = runner.worker_budget()
+    estimates = check_memory(spec, budget, where)
+    if hasattr(runner, "memory_per_cell"):
+        runner.memory_per_cell = {m: mb * MB for m, mb in estimates.items() if mb}
+    cells = spec.cells()
+    keys = [c.key for c in cells]
+    ex = execute(cells, runner, keys=keys, progress=progress, stop=stop, study_id=spec.study_id, name=spec.name)
+    records = [relabel(ex.records[k], c, k) for c, k in zip(cells, keys) if k in ex.records]
+    return StudyResult(spec, records, ex.status)
+
+
+def study_status(spec: StudySpec) -> StudyStatus:
+    """Where a study stands, read from the cache (while it runs, from any process).
+
+    Args:
+        spec: the study.
+
+    Returns:
+        The running study's live status; otherwise its last status with ``done``/``failed`` recounted from
+        the cache (cells another study computed count as done).
+    """
+    status = read_status(spec.study_id)
+    if status is not None and status.state == "running":
+        return status
+    keys = [c.key for c in spec.cells()]
+    done, failed = count_cells(keys)
+    status = status or StudyStatus(study_id=spec.study_id, name=spec.name)
+    return replace(status, total=len(keys), done=done, failed=failed, running=0, workers=())
+
+
+def study_records(spec: StudySpec) -> list[dict[str, Any]]:
+    """The records the cache holds for a study's cells (done and failed), in cell order; nothing is computed."""
+    cells = spec.cells()
+    keys = [c.key for c in cells]
+    stored = lookup(keys)
+    return [relabel(stored[k], c, k) for c, k in zip(cells, keys) if k in stored]
+
+
+def study_document(spec: StudySpec, records: Sequence[Mapping[str, Any]], status: StudyStatus | None) -> str:
+    """Spec, status, records and their analysis (``aggregate.analysis``) as one JSON document."""
+    return finite_dumps({
+        "format": FORMAT, "spec": json.loads(spec.to_json()),
+        "status": status.as_dict() if status is not None else None,
+        "records": list(records), **aggregate.analysis(records, spec.metrics or None, spec.confidence),
+    }, indent=1)
+
+
+def export(spec: StudySpec, fmt: str = "csv", *, table: str = "records") -> str:
+    """A study's results from the cache, as text.
+
+    Args:
+        spec: the study.
+        fmt: ``csv`` or ``json``.
+        table: CSV only: ``records`` (one row per cell) or ``summary`` (one row per group, with intervals).
+
+    Returns:
+        The CSV or JSON text (the JSON holds records, summary, paired differences, Pareto fronts, best
+        method per pattern).
+    """
+    if fmt not in ("csv", "json"):
+        raise ValueError(f"export format must be csv or json, got {fmt!r}")
+    records = study_records(spec)
+    if fmt == "json":
+        return study_document(spec, records, study_status(spec))
+    if table == "records":
+        return aggregate.records_csv(records)
+    if table == "summary":
+        return aggregate.summary_csv(aggregate.summarize(records, spec.metrics or None, spec.confidence))
+    raise ValueError(f"table must be records or summary, got {table!r}")

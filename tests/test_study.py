@@ -438,3 +438,22 @@ def test_command_line_status_export_and_unreachable_ray(tmp_path, monkeypatch):
     unreachable = _cli(tmp_path, "run", str(path), "--ray", f"127.0.0.1:{free_port()}")
     assert unreachable.returncode == 2 and unreachable.stderr.strip().splitlines()[-1].startswith(
         "error: cannot reach the Ray cluster at 127.0.0.1:")
+
+
+def test_hf_cell_key_follows_the_checkpoint_files(model_root):
+    import os
+
+    from sparsekit.study.spec import model_files_token
+
+    spec = StudySpec(name="hf", models=("hf:tiny-bert",), methods=("magnitude",), patterns=("2:4",), seeds=(0,))
+    key = spec.cells()[0].key
+    assert spec.cells()[0].key == key  # stable while nothing changes
+    weights = model_root / "tiny-bert" / "model.safetensors"
+    st = weights.stat()
+    try:
+        os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # as if rewritten in place
+        assert spec.cells()[0].key != key
+    finally:
+        os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert spec.cells()[0].key == key
+    assert model_files_token("digits:mlp") == [] and model_files_token("hf:no-such-dir") == []

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 from ..cache import make_key
 from ..compare import COMPARE_VERSION
 from ..methods import METHODS, get_method
-from ..models.loader import BUILTIN_SPECS
+from ..models.loader import BUILTIN_SPECS, resolve_under_roots
 from ..models.text_metrics import CAUSAL_METRICS, ENCODER_METRICS
 from ..sparsify import MAX_M, MAX_SPARSITY, SparsifyConfig
 from ..stats import DEFAULT_CONFIDENCE
@@ -85,6 +85,21 @@ def canonical_pattern(text: str) -> str:
     return f"{n}:{m}" if pattern == "nm" else f"unstructured:{s:g}"
 
 
+def model_files_token(model: str) -> list[list[Any]]:
+    """For a Hugging Face directory (``hf:<dir>``): name, size and modification time of its files, so a
+    checkpoint changed in place gets new cell keys without the driver loading it. Empty for the built-in
+    models (they change only with a release) and for a directory this process cannot resolve."""
+    if not model.startswith("hf:"):
+        return []
+    try:
+        path = resolve_under_roots(model[3:])
+    except ValueError:
+        return []
+    if path is None or not path.is_dir():
+        return []
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(path.iterdir()) if f.is_file()]
+
+
 @dataclass(frozen=True)
 class Cell:
     """One experiment of a study; ``key`` names its result in the cache."""
@@ -113,8 +128,12 @@ class Cell:
     def identity(self) -> dict[str, Any]:
         """Everything the result depends on (the seed label and the method name are inside ``config``)."""
         version = COMPARE_VERSION if self.kind == "oneshot" else TRAINING_VERSION
-        return {"kind": self.kind, "model": self.model, "config": json.loads(self.config),
-                "calibration_seed": self.calibration_seed, "versions": [CELL_VERSION, version]}
+        out = {"kind": self.kind, "model": self.model, "config": json.loads(self.config),
+               "calibration_seed": self.calibration_seed, "versions": [CELL_VERSION, version]}
+        files = model_files_token(self.model)
+        if files:
+            out["files"] = files
+        return out
 
     @property
     def key(self) -> str:

@@ -15,13 +15,41 @@ import io
 import json
 import zipfile
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import nn
 
 from .models import BUILTIN_SPECS, load_model
-from .sparsify import SparsifyResult, is_2_4, masks_safetensors, semi_structured_check, weights_safetensors
+from .sparsify import SparsifyResult, is_2_4, semi_structured_check
+
+
+def masks_safetensors(result: SparsifyResult, metadata: dict[str, str] | None = None) -> bytes:
+    """Masks as safetensors bytes: one bool tensor per layer, keyed ``<layer>.weight_mask``."""
+    from safetensors.torch import save
+
+    tensors = {f"{name}.weight_mask": mask.contiguous() for name, mask in result.masks.items()}
+    meta = {"sparsify_config": result.config.to_json(), "convention": "True = kept"}
+    meta.update(metadata or {})
+    return save(tensors, metadata=meta)
+
+
+def weights_safetensors(result: SparsifyResult, metadata: dict[str, str] | None = None) -> bytes:
+    """The pruned model's state dict as safetensors bytes (tied tensors saved once each name)."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().contiguous().clone() for k, v in result.model.state_dict().items()}
+    meta = {"sparsify_config": result.config.to_json()}
+    meta.update(metadata or {})
+    return save(state, metadata=meta)
+
+
+def iter_layer_weights(result: SparsifyResult) -> Iterable[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(name, pruned weight, mask) for every pruned layer."""
+    modules = dict(result.model.named_modules())
+    for name, mask in result.masks.items():
+        yield name, modules[name].weight.detach(), mask
+
 
 EXPORT_FORMAT = "sparsekit-export"
 EXPORT_VERSION = 1

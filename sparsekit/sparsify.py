@@ -9,12 +9,14 @@ import copy
 import json
 import re
 from dataclasses import asdict, dataclass, field, fields
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 from torch import nn
 
-from .layers import CONV_GROUPINGS, GroupedView, grouped_view, layer_group, matrix_view, prunable_layers
+from .allocation import ALLOCATIONS, MAX_OWL_LAMBDA, MAX_OWL_M, Allocation, allocate, run_allocated
+from .layers import (CONV_GROUPINGS, GroupedView, grouped_view, layer_group, matrix_view, prunable_layers,
+                     tied_layers)
 from .report import (LayerReport, build_layer_report, format_bytes, is_2_4, layer_table, params_by_type, report_csv,
                      semi_structured_check)
 from .masks import nm_mask, topk_keep, unstructured_mask
@@ -70,6 +72,15 @@ class SparsifyConfig:
     is pruned on inputs from one forward of that block, the blocks before it already pruned) or
     ``layer`` (each layer on inputs through all already-pruned layers, also those of its own block).
     Models without transformer blocks use ``layer`` either way (the result says so)."""
+    allocation: str = "uniform"
+    """How the target is spread over the layers (``sparsekit.allocation``): ``uniform`` (every layer at
+    the target), ``owl`` (more sparsity where a layer has fewer outlier weights; needs calibration
+    inputs) or ``sensitivity`` (from a sensitivity scan passed to ``sparsify``). The weight-count
+    weighted total stays the requested one; N:M layers get levels n:M of the same M."""
+    owl_m: float = 5.0
+    """OWL: an entry is an outlier when its ``|W| * ||X||`` exceeds this multiple of its layer's mean."""
+    owl_lambda: float = 0.08
+    """OWL: half the span of the layer sparsities around the target (the paper's lambda)."""
 
     def validate(self) -> None:
         """Raise ``ValueError`` with a clear message for any setting out of bounds."""
@@ -102,6 +113,19 @@ class SparsifyConfig:
                 f"{self.method} compares weights within a layer (its scores are not comparable across layers); "
                 "use scope='layer', or magnitude, random or taylor for a global ranking"
             )
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
+        v = self.owl_m
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= MAX_OWL_M:
+            raise ValueError(f"owl_m (the outlier threshold, a multiple of the layer mean of |W|·‖X‖) must be a "
+                             f"number in (0, {MAX_OWL_M:g}], got {v!r}")
+        v = self.owl_lambda
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= MAX_OWL_LAMBDA:
+            raise ValueError(f"owl_lambda (half the span of the layer sparsities) must be a number between 0 and "
+                             f"{MAX_OWL_LAMBDA:g}, got {v!r}")
+        if self.allocation != "uniform" and self.pattern == "unstructured" and self.scope == "global":
+            raise ValueError(f"allocation={self.allocation!r} needs scope='layer': a global ranking already "
+                             "chooses the layer sparsities itself")
         if not 0 <= self.seed < 2**31:
             raise ValueError(f"seed must be in [0, 2**31), got {self.seed}")
         for name in ("include", "exclude"):
@@ -131,10 +155,17 @@ class SparsifyConfig:
         else:
             head = f"{self.sparsity:.0%} unstructured" + (" (global)" if self.scope == "global" else "")
         order = " (layer order)" if get_method(self.method).calibration_order and self.calibration_order == "layer" else ""
-        return f"{head} {self.method}{order}"
+        alloc = {"uniform": "", "owl": ", OWL allocation", "sensitivity": ", sensitivity allocation"}.get(self.allocation, "")
+        return f"{head} {self.method}{order}{alloc}"
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        # The allocation fields are left out at their defaults, so a uniform config keeps the JSON
+        # (and the cache keys built from it) it had before they existed.
+        data = asdict(self)
+        for f in fields(self):
+            if f.name in _ALLOCATION_FIELDS and data[f.name] == f.default:
+                del data[f.name]
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "SparsifyConfig":
@@ -144,6 +175,9 @@ class SparsifyConfig:
         if unknown:
             raise ValueError(f"unknown SparsifyConfig fields: {sorted(unknown)}")
         return cls(**data)
+
+
+_ALLOCATION_FIELDS = ("allocation", "owl_m", "owl_lambda")
 
 
 @dataclass
@@ -165,6 +199,11 @@ class SparsifyResult:
     """One line on the calibration order used and why (empty for uncalibrated methods)."""
     views: dict[str, GroupedView] = field(default_factory=dict)
     """layer name -> how its weight maps to the grouped matrix (``sparsekit.layers``)."""
+    allocation: dict[str, float] = field(default_factory=dict)
+    """Non-uniform allocation only: layer -> the sparsity it was given (N:M: ``1 - n/M``; 0 for a
+    layer kept dense at the n = M level)."""
+    allocation_note: str = ""
+    """Non-uniform allocation only: the spread of the layer targets and the overall count achieved."""
 
     def matrix_view(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         """A layer's weight or mask as a 2-D matrix whose rows hold the N:M groups as consecutive
@@ -233,19 +272,43 @@ def _selection(names: list[str], config: SparsifyConfig) -> dict[str, str]:
     return reasons
 
 
-def _tied_names(model: nn.Module, layers: list[tuple[str, nn.Module]]) -> set[str]:
-    """Layers whose weight tensor is also registered elsewhere (e.g. an LM head tied to embeddings)."""
-    seen: dict[int, int] = {}
-    for _, module in model.named_modules(remove_duplicate=False):
-        for p in module.parameters(recurse=False):
-            seen[id(p)] = seen.get(id(p), 0) + 1
-    return {name for name, mod in layers if seen.get(id(mod.weight), 0) > 1}
-
-
-def _layer_mask(weight: torch.Tensor, view: GroupedView, config: SparsifyConfig, scores: torch.Tensor) -> torch.Tensor:
+def layer_mask(weight: torch.Tensor, view: GroupedView, config: SparsifyConfig, scores: torch.Tensor) -> torch.Tensor:
+    """One layer's mask (True = kept) from its scores: N:M along the grouped view, or unstructured
+    within the layer at ``config.sparsity``."""
     if config.pattern == "nm":
         return view.from_matrix(nm_mask(view.matrix(weight), config.n, config.m, scores=view.matrix(scores)))
     return unstructured_mask(weight, float(config.sparsity), scores=scores)
+
+
+def layer_reasons(model, config: SparsifyConfig) -> dict[str, str]:
+    """Why each Linear/Conv layer would stay dense under ``config`` ('' = it is pruned).
+
+    Args:
+        model: an ``nn.Module`` or a ``LoadedModel``.
+        config: the settings (selection, pattern, M).
+
+    Returns:
+        layer name -> reason, in module order.
+    """
+    source = getattr(model, "module", model)
+    layers = prunable_layers(source)
+    reasons = _selection([n for n, _ in layers], config)
+    tied = tied_layers(source, layers)
+    for name, module in layers:
+        reason = reasons[name] if config.pattern != "dense" else "dense config"
+        if not reason and name in tied:
+            reason = "weight tied to another layer (e.g. embeddings)"
+        if not reason and not module.weight.is_floating_point():
+            reason = f"weight dtype {module.weight.dtype} is not floating point"
+        if not reason and config.pattern == "nm":
+            size, label = grouped_view(module, config.conv_grouping).group_axis
+            if size % config.m:
+                reason = f"{label} = {size} is not a multiple of M={config.m}"
+                if config.allocation != "uniform":
+                    raise ValueError(f"{name}: {reason}, so it cannot take the N:M levels of allocation="
+                                     f"{config.allocation!r}; leave it out with the exclude regex")
+        reasons[name] = reason
+    return reasons
 
 
 def sparsify(
@@ -254,6 +317,7 @@ def sparsify(
     *,
     progress: Callable[[float, str], None] | None = None,
     calibration=None,
+    sensitivity=None,
 ) -> SparsifyResult:
     """Prune a deep copy of ``model`` according to ``config``.
 
@@ -261,55 +325,70 @@ def sparsify(
         model: an ``nn.Module`` or a ``LoadedModel`` (its ``.module`` is used). Never modified.
         config: what to prune; validated first.
         progress: optional ``progress(fraction, message)`` callback.
-        calibration: inputs for ``wanda``, ``sparsegpt`` and ``taylor`` (a float tensor batch, or a
-            dict with ``input_ids``/``attention_mask``); default: the LoadedModel's ``calibration``.
+        calibration: inputs for ``wanda``, ``sparsegpt``, ``taylor`` and OWL allocation (a float tensor
+            batch, or a dict with ``input_ids``/``attention_mask``); default: the LoadedModel's ``calibration``.
+        sensitivity: a ``sparsekit.sensitivity.SensitivityScan`` of this model, for
+            ``allocation="sensitivity"``.
 
     Returns:
         A ``SparsifyResult`` with the pruned copy, masks (True = kept) and a per-layer report.
         Layers that cannot take the pattern (e.g. input features not a multiple of M) stay dense
-        and say why in ``skipped_reason``.
+        and say why in ``skipped_reason``. With a non-uniform allocation, ``allocation`` holds each
+        layer's sparsity and ``allocation_note`` the overall count.
     """
     config.validate()
     method = get_method(config.method)
+    alloc_on = config.allocation != "uniform" and config.pattern != "dense"
+    if (method.needs_calibration or config.allocation == "owl") and config.pattern != "dense" and calibration is None:
+        calibration = getattr(model, "calibration", None)
     if method.needs_calibration and config.pattern != "dense":
-        if calibration is None:
-            calibration = getattr(model, "calibration", None)
         check_calibration(calibration, config.method)
+    if alloc_on and config.allocation == "sensitivity" and sensitivity is None:
+        raise ValueError("allocation='sensitivity' needs a sensitivity scan of this model: pass "
+                         "sensitivity=sparsekit.sensitivity.sensitivity_scan(loaded, ...)")
     source = getattr(model, "module", model)
     if not isinstance(source, nn.Module):
         raise TypeError(f"sparsify needs an nn.Module or a LoadedModel, got {type(model).__name__}")
     layers = prunable_layers(source)
     if not layers:
         raise ValueError("the model has no Linear or Conv layers to prune")
-    reasons = _selection([n for n, _ in layers], config)
-    if config.pattern != "dense" and all(reasons.values()):
+    selection = _selection([n for n, _ in layers], config)
+    if config.pattern != "dense" and all(selection.values()):
         raise ValueError(
             f"the layer selection is empty: none of the {len(layers)} Linear/Conv layers matches "
             f"(layers={config.layers!r}, include={config.include!r}, exclude={config.exclude!r})"
         )
-    tied = _tied_names(source, layers)
+    reasons = layer_reasons(source, config)
     pruned_model = copy.deepcopy(source)
     pruned_model.eval()
     new_modules = dict(pruned_model.named_modules())
-    nm = (config.n, config.m) if config.pattern == "nm" else None
     views = {name: grouped_view(module, config.conv_grouping) for name, module in layers}
 
+    alloc: Allocation | None = None
+    if alloc_on and any(not r for r in reasons.values()):
+        fingerprint = None
+        if config.allocation == "sensitivity":
+            from .compare import model_fingerprint  # compare imports this module
+
+            fingerprint = model_fingerprint(source)
+        # The copy is still dense here: OWL's calibration forward (hooked) runs on it.
+        alloc = allocate(pruned_model, [(n, m) for n, m in layers if not reasons[n]], config, calibration,
+                         sensitivity, fingerprint)
+        for name, level in alloc.levels.items():
+            if level == config.m:
+                reasons[name] = f"kept dense by the allocation (level {level}:{level})"
+
+    def nm_of(name: str) -> tuple[int, int] | None:
+        if config.pattern != "nm":
+            return None
+        return (alloc.levels[name], config.m) if alloc is not None and name in alloc.levels else (config.n, config.m)
+
     masks: dict[str, torch.Tensor] = {}
-    report: list[LayerReport] = []
+    report: list[LayerReport | None] = []
     todo: list[tuple[str, nn.Module]] = []
     for name, module in layers:
-        weight = module.weight
-        reason = reasons[name] if config.pattern != "dense" else "dense config"
-        if not reason and name in tied:
-            reason = "weight tied to another layer (e.g. embeddings)"
-        if not reason and not weight.is_floating_point():
-            reason = f"weight dtype {weight.dtype} is not floating point"
-        if not reason and nm is not None:
-            size, label = views[name].group_axis
-            if size % config.m:
-                reason = f"{label} = {size} is not a multiple of M={config.m}"
-        if reason:
-            report.append(build_layer_report(name, module, views[name], weight.numel(), reason, nm))
+        if reasons[name]:
+            report.append(build_layer_report(name, module, views[name], module.weight.numel(), reasons[name], nm_of(name)))
         else:
             todo.append((name, module))
             report.append(None)  # filled below, keeps module order
@@ -318,7 +397,11 @@ def sparsify(
     # once on the copy; layer-local ones score each layer when it comes up.
     output = MethodOutput()
     if method.run is not None and todo:
-        output = method.run(pruned_model, [n for n, _ in todo], config, calibration, progress)
+        names = [n for n, _ in todo]
+        if alloc is not None:
+            output = run_allocated(method, pruned_model, names, config, calibration, progress, alloc)
+        else:
+            output = method.run(pruned_model, names, config, calibration, progress)
 
     def scores_of(name: str, weight: torch.Tensor) -> torch.Tensor:
         if name in output.scores:
@@ -346,10 +429,11 @@ def sparsify(
                 mask = global_keep[offset : offset + weight.numel()].reshape(weight.shape)
                 offset += weight.numel()
             else:
-                mask = _layer_mask(weight, views[name], config, scores_of(name, weight))
+                layer_config = alloc.layer_config(config, name) if alloc is not None else config
+                mask = layer_mask(weight, views[name], layer_config, scores_of(name, weight))
             new_modules[name].weight.mul_(mask.to(weight.dtype))
             masks[name] = mask
-            report[slot] = build_layer_report(name, module, views[name], int(mask.sum()), "", nm)
+            report[slot] = build_layer_report(name, module, views[name], int(mask.sum()), "", nm_of(name))
     if progress is not None:
         progress(1.0, "done")
     return SparsifyResult(
@@ -362,39 +446,14 @@ def sparsify(
         calibration_order=output.order,
         calibration_note=output.order_note,
         views=views,
+        allocation=dict(alloc.sparsity) if alloc is not None else {},
+        allocation_note=alloc.note if alloc is not None else "",
     )
 
 
-def masks_safetensors(result: SparsifyResult, metadata: dict[str, str] | None = None) -> bytes:
-    """Masks as safetensors bytes: one bool tensor per layer, keyed ``<layer>.weight_mask``."""
-    from safetensors.torch import save
-
-    tensors = {f"{name}.weight_mask": mask.contiguous() for name, mask in result.masks.items()}
-    meta = {"sparsify_config": result.config.to_json(), "convention": "True = kept"}
-    meta.update(metadata or {})
-    return save(tensors, metadata=meta)
-
-
-def weights_safetensors(result: SparsifyResult, metadata: dict[str, str] | None = None) -> bytes:
-    """The pruned model's state dict as safetensors bytes (tied tensors saved once each name)."""
-    from safetensors.torch import save
-
-    state = {k: v.detach().contiguous().clone() for k, v in result.model.state_dict().items()}
-    meta = {"sparsify_config": result.config.to_json()}
-    meta.update(metadata or {})
-    return save(state, metadata=meta)
-
-
-def iter_layer_weights(result: SparsifyResult) -> Iterable[tuple[str, torch.Tensor, torch.Tensor]]:
-    """(name, pruned weight, mask) for every pruned layer."""
-    modules = dict(result.model.named_modules())
-    for name, mask in result.masks.items():
-        yield name, modules[name].weight.detach(), mask
-
-
 __all__ = [
-    "CALIBRATED_METHODS", "CALIBRATION_ORDERS", "CONV_GROUPINGS", "LAYER_SETS", "LayerReport", "MAX_M", "MAX_SPARSITY",
+    "ALLOCATIONS", "CALIBRATED_METHODS", "CALIBRATION_ORDERS", "CONV_GROUPINGS", "LAYER_SETS", "LayerReport", "MAX_M", "MAX_SPARSITY",
     "METHODS", "PATTERNS", "SCOPES", "SparsifyConfig", "SparsifyResult", "format_bytes", "is_2_4",
-    "iter_layer_weights", "layer_group", "layer_table", "masks_safetensors", "params_by_type", "prunable_layers",
-    "report_csv", "semi_structured_check", "sparsify", "weights_safetensors",
+    "layer_group", "layer_mask", "layer_reasons", "layer_table", "params_by_type", "prunable_layers",
+    "report_csv", "semi_structured_check", "sparsify",
 ]

@@ -9,15 +9,14 @@ from safetensors.torch import load
 from torch import nn
 
 import sparsekit
+from sparsekit.export import masks_safetensors, weights_safetensors
 from sparsekit.sparsify import (
     SparsifyConfig,
     format_bytes,
     layer_group,
-    masks_safetensors,
     report_csv,
     semi_structured_check,
     sparsify,
-    weights_safetensors,
 )
 
 

@@ -3,7 +3,8 @@ import pandas as pd
 import streamlit as st
 
 from sparsekit import viz
-from sparsekit.sparsify import masks_safetensors, report_csv, weights_safetensors
+from sparsekit.export import masks_safetensors, weights_safetensors
+from sparsekit.sparsify import report_csv
 from ui.format import change_text, metric_text
 from ui.sparsify_view import apply_gate, fit_banner, prunable_weights, report_table
 from ui.state import estimated_duration, is_computed, last_duration, require_model, sparse_quality, sparsified

@@ -1,0 +1,445 @@
+"""Layer sensitivity scan: prune one layer (or one group of layers) at a time and record the drop.
+
+Each cell of the unit x setting table prunes only that unit of a copy (``sparsify`` with an exact
+``include`` regex) and measures the model's quality against dense. Next to it a cheap proxy: the
+unit's own output reconstruction error on the dense model's calibration inputs,
+``sum ||W x - W' x||^2 / sum ||W x||^2`` over its layers (W' the pruned weight, as SparseGPT rewrote
+it), from each layer's input Gram matrix ``X^T X``. ``proxy`` mode computes only the proxy, without a
+model copy or an evaluation per cell. Scans are cached on disk per model fingerprint and config.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import math
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .allocation import PER_LAYER_KEEP, capture_input_stats
+from .cache import get_cache, make_key, tensor_digest
+from .compare import model_fingerprint
+from .layers import grouped_view, layer_group
+from .methods import get_method
+from .methods.calibration import InputStats, LayerInputs, check_calibration, transformer_blocks
+from .methods.taylor import taylor_scores
+from .sparsify import SparsifyConfig, layer_mask, layer_reasons, sparsify
+
+GROUPINGS = ("layer", "block-kind")
+"""``layer``: every prunable layer alone; ``block-kind``: the attention (or MLP, or other) layers of
+one transformer block together (a layer outside every block stays alone)."""
+MODES = ("full", "proxy")
+MAX_SETTINGS = 12
+SENSITIVITY_VERSION = 1
+"""Bump when a scan's contents or meaning change, so stale cached scans are ignored."""
+ProgressFn = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class SensitivityConfig:
+    """What a sensitivity scan prunes. Serialises to JSON (``to_json``/``from_json``) for cache keys."""
+
+    method: str = "magnitude"
+    """A registered pruning method (``sparsekit.methods``)."""
+    sparsities: tuple[float, ...] = (0.5, 0.7, 0.9)
+    """Unstructured settings: fractions pruned, each in (0, 0.99]."""
+    nm: tuple[tuple[int, int], ...] = ()
+    """N:M settings ``(n, m)``, N = kept."""
+    grouping: str = "layer"
+    """``layer`` or ``block-kind`` (see ``GROUPINGS``)."""
+    mode: str = "full"
+    """``full``: quality drop and proxy per cell; ``proxy``: the reconstruction-error proxy only."""
+    metric: str = ""
+    """Quality metric whose drop is recorded; empty: the model's headline metric."""
+    layers: str = "all"
+    """``all``, ``mlp`` or ``attention`` layers (as ``SparsifyConfig.layers``)."""
+    exclude: str = ""
+    """Regular expression of layers left out of the scan."""
+    conv_grouping: str = "channel"
+    """Conv N:M grouping (as ``SparsifyConfig.conv_grouping``)."""
+    calibration_order: str = "block"
+    """Wanda/SparseGPT calibration order (as ``SparsifyConfig.calibration_order``)."""
+    seed: int = 0
+    """Seed of the random method."""
+
+    def __post_init__(self) -> None:
+        # JSON brings lists; the config stays hashable and comparable with tuples.
+        if isinstance(self.sparsities, list):
+            object.__setattr__(self, "sparsities", tuple(self.sparsities))
+        if isinstance(self.nm, (list, tuple)):
+            object.__setattr__(self, "nm", tuple(tuple(p) if isinstance(p, list) else p for p in self.nm))
+
+    def settings(self) -> list[SparsifyConfig]:
+        """One ``SparsifyConfig`` per column (N:M first), without the per-unit ``include``."""
+        base = SparsifyConfig(method=self.method, layers=self.layers, exclude=self.exclude, seed=self.seed,
+                              conv_grouping=self.conv_grouping, calibration_order=self.calibration_order)
+        return ([replace(base, pattern="nm", n=n, m=m) for n, m in self.nm]
+                + [replace(base, pattern="unstructured", sparsity=s) for s in self.sparsities])
+
+    def labels(self) -> list[str]:
+        """Column labels: ``2:4``, ``70%``."""
+        return [f"{n}:{m}" for n, m in self.nm] + [f"{100 * s:g}%" for s in self.sparsities]
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` with a clear message for any setting out of bounds."""
+        if self.grouping not in GROUPINGS:
+            raise ValueError(f"grouping must be one of {GROUPINGS}, got {self.grouping!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        for p in self.nm:
+            if not (isinstance(p, tuple) and len(p) == 2):
+                raise ValueError(f"nm settings must be (n, m) pairs, got {p!r}")
+        for s in self.sparsities:
+            if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s <= 0.99:
+                raise ValueError(f"scan sparsities must be numbers in (0, 0.99], got {s!r}")
+        count = len(self.nm) + len(self.sparsities)
+        if count == 0:
+            raise ValueError("choose at least one sparsity or N:M setting to scan")
+        if count > MAX_SETTINGS:
+            raise ValueError(f"the scan has {count} settings; at most {MAX_SETTINGS}")
+        if len(set(self.labels())) != count:
+            raise ValueError(f"the scan settings repeat: {self.labels()}")
+        for cfg in self.settings():
+            cfg.validate()  # method, N:M bounds, regex, seed
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "SensitivityConfig":
+        return cls(**json.loads(text))
+
+
+Cells = tuple[tuple["float | None", ...], ...]
+
+
+@dataclass(frozen=True)
+class SensitivityScan:
+    """A unit x setting table of quality drops (positive = worse than dense) and proxy errors."""
+
+    config: SensitivityConfig
+    spec: str
+    """The model's spec (``digits:mlp``, ``minilm``)."""
+    fingerprint: str
+    """``compare.model_fingerprint`` of the scanned weights."""
+    metric: str
+    higher_is_better: bool
+    dense_quality: float
+    settings: tuple[str, ...]
+    """Column labels (``SensitivityConfig.labels``)."""
+    units: tuple[str, ...]
+    """Row labels: a layer name, or ``<block> <kind>`` for a group."""
+    unit_layers: tuple[tuple[str, ...], ...]
+    unit_numel: tuple[int, ...]
+    quality: Cells
+    """Metric with only that unit pruned; None: not measured (proxy mode, pattern does not fit, stopped)."""
+    drop: Cells
+    """Dense minus pruned quality, sign-flipped for lower-is-better metrics: positive = worse."""
+    proxy: Cells
+    """Relative output reconstruction error of the unit on the calibration inputs."""
+    spearman: tuple["float | None", ...]
+    """Per setting: Spearman rank correlation of proxy vs drop across units (None: too few values)."""
+    complete: bool = True
+    """False when ``stop`` ended the scan early (such scans are not cached)."""
+    seconds: float = 0.0
+    notes: tuple[str, ...] = ()
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "SensitivityScan":
+        data = json.loads(text)
+        data["config"] = SensitivityConfig(**data["config"])
+        for key in ("settings", "units", "unit_numel", "spearman", "notes"):
+            data[key] = tuple(data[key])
+        for key in ("unit_layers", "quality", "drop", "proxy"):
+            data[key] = tuple(tuple(row) for row in data[key])
+        return cls(**data)
+
+    def to_csv(self) -> str:
+        """The table as CSV: one row per unit, ``drop``, ``proxy`` and ``quality`` columns per setting."""
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["unit", "layers", "weights"] + [f"{what} {s}" for what in ("drop", "proxy", "quality")
+                                                         for s in self.settings])
+        for i, unit in enumerate(self.units):
+            cells = [v for table in (self.drop, self.proxy, self.quality) for v in table[i]]
+            writer.writerow([unit, ";".join(self.unit_layers[i]), self.unit_numel[i]]
+                            + ["" if v is None else repr(float(v)) for v in cells])
+        return buf.getvalue()
+
+
+def average_ranks(values: Sequence[float]) -> list[float]:
+    """Ranks 1..n, tied values sharing the average of their positions."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman(x: Sequence["float | None"], y: Sequence["float | None"]) -> float | None:
+    """Spearman rank correlation (Pearson correlation of average ranks) over the pairs where both are
+    numbers.
+
+    Args:
+        x: values.
+        y: values, paired with ``x``.
+
+    Returns:
+        The correlation in [-1, 1]; None with fewer than 2 pairs or when one side is constant.
+    """
+    pairs = [(a, b) for a, b in zip(x, y) if a is not None and b is not None and a == a and b == b]
+    if len(pairs) < 2:
+        return None
+    rx, ry = average_ranks([a for a, _ in pairs]), average_ranks([b for _, b in pairs])
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    vx, vy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
+    return cov / math.sqrt(vx * vy) if vx > 0 and vy > 0 else None
+
+
+def scan_units(model, config: SensitivityConfig) -> list[tuple[str, list[str]]]:
+    """The rows of a scan: ``(label, layer names)`` in module order.
+
+    Args:
+        model: an ``nn.Module`` or ``LoadedModel``.
+        config: the scan config (grouping, layer selection).
+
+    Returns:
+        One entry per layer (``layer``) or per block and kind (``block-kind``).
+    """
+    module = getattr(model, "module", model)
+    probe = SparsifyConfig(pattern="unstructured", layers=config.layers, exclude=config.exclude)
+    names = [n for n, r in layer_reasons(module, probe).items() if not r]
+    if not names:
+        raise ValueError(f"no prunable layer is selected (layers={config.layers!r}, exclude={config.exclude!r})")
+    if config.grouping == "layer":
+        return [(n, [n]) for n in names]
+    blocks = [b for b, _ in transformer_blocks(module)]
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        block = next((b for b in blocks if n.startswith(b + ".")), None)
+        groups.setdefault(f"{block} {layer_group(n)}" if block else n, []).append(n)
+    return list(groups.items())
+
+
+def _exact_regex(names: Sequence[str]) -> str:
+    prefix = os.path.commonprefix(list(names))
+    body = "|".join(re.escape(n[len(prefix):]) for n in names)
+    regex = f"^{re.escape(prefix)}(?:{body})$"
+    if len(regex) > 500:
+        raise ValueError(f"a group of {len(names)} layers is too large for one include regex; use grouping='layer'")
+    return regex
+
+
+def _stats_for(gram: InputStats, view: LayerInputs, kind: str) -> InputStats:
+    """A layer's input statistics in the column order of ``view`` from its kernel-order Gram matrix."""
+    G = gram.total
+    if view.channel_grouping:
+        shape = view.view.shape
+        perm = view.matrix(torch.arange(math.prod(shape)).reshape(shape))[0]
+        G = G[perm][:, perm]
+    stats = InputStats(kind)
+    stats.samples, stats.total = gram.samples, (G if kind == "hessian" else G.diagonal().clone())
+    return stats
+
+
+def _prune_alone(module, name: str, cfg: SparsifyConfig, gram: InputStats | None, taylor: dict) -> torch.Tensor:
+    """The weight ``cfg``'s method gives this layer when it alone is pruned in the dense model."""
+    W = module.weight.detach()
+    if cfg.method in PER_LAYER_KEEP and gram is not None and gram.total is not None:
+        keep, kind = PER_LAYER_KEEP[cfg.method]
+        view = LayerInputs(name, module, cfg.conv_grouping == "channel" and cfg.pattern == "nm")
+        mask, new = keep(view, W, cfg, _stats_for(gram, view, kind), {})
+        return (new.to(W.dtype) if new is not None else W) * mask
+    method = get_method(cfg.method)
+    scores = method.layer_scores(W, name, cfg) if method.layer_scores is not None else taylor.get(name, W)
+    return W * layer_mask(W, grouped_view(module, cfg.conv_grouping), cfg, scores)
+
+
+def _proxy(modules: dict, names: Sequence[str], pruned: dict, grams: dict) -> float | None:
+    num = den = 0.0
+    for n in names:
+        gram = grams.get(n)
+        if gram is None or gram.total is None:
+            return None
+        view = LayerInputs(n, modules[n], False)
+        W = view.matrix(modules[n].weight.detach()).double()
+        D = W - view.matrix(pruned[n]).double()
+        num += float(((D @ gram.total) * D).sum())
+        den += float(((W @ gram.total) * W).sum())
+    return num / den if den > 0 else None
+
+
+def _grams(work, names: Sequence[str], calibration: Any) -> dict[str, InputStats]:
+    modules = dict(work.named_modules())
+    ok = []
+    for n in names:
+        try:
+            LayerInputs(n, modules[n], False)
+            ok.append(n)
+        except ValueError:  # Conv3d, grouped conv: no proxy for them
+            pass
+    return capture_input_stats(work, ok, calibration, "hessian") if ok and calibration is not None else {}
+
+
+def sensitivity_scan(loaded, config: SensitivityConfig = SensitivityConfig(), *, progress: ProgressFn | None = None,
+                     stop: Callable[[], bool] | None = None, use_cache: bool = True) -> SensitivityScan:
+    """Prune each unit alone at each setting and record the quality drop and the proxy error.
+
+    Args:
+        loaded: a ``LoadedModel`` (its module is never modified: every cell prunes a copy, and the
+            calibration hooks run on a copy).
+        config: what to scan; validated first.
+        progress: optional ``progress(fraction, message)``, called once per unit.
+        stop: optional callable; when it returns True the scan ends after the current unit and the
+            record says ``complete=False``.
+        use_cache: read and write the disk cache (complete scans only).
+
+    Returns:
+        A ``SensitivityScan``.
+    """
+    config.validate()
+    module = loaded.module
+    dense = loaded.quality()
+    metric = config.metric or next(iter(dense))
+    if metric not in dense:
+        raise ValueError(f"metric {metric!r} is not one of this model's metrics {list(dense)}")
+    method = get_method(config.method)
+    calibration = getattr(loaded, "calibration", None)
+    if method.needs_calibration or config.mode == "proxy":
+        check_calibration(calibration, f"{config.method} sensitivity scan" if method.needs_calibration else
+                          "the proxy of the sensitivity scan")
+    fingerprint = model_fingerprint(module)
+    calib = "" if calibration is None else tensor_digest(
+        *(calibration[k] for k in sorted(calibration)) if isinstance(calibration, dict) else (calibration,))
+    key = make_key("sensitivity", SENSITIVITY_VERSION, loaded.spec, fingerprint, config.to_json(), calib, metric)
+    if use_cache and key in get_cache():
+        return SensitivityScan.from_json(get_cache()[key])
+
+    t0 = time.perf_counter()
+    settings, labels = config.settings(), config.labels()
+    units = scan_units(module, config)
+    fits = [layer_reasons(module, cfg) for cfg in settings]
+    modules = dict(module.named_modules())
+    work = copy.deepcopy(module).eval()  # hooks and gradients go here, never on the shared module
+    direct = config.mode == "proxy" and (method.layer_scores is not None or config.method in PER_LAYER_KEEP
+                                         or config.method == "taylor")
+    taylor = {}
+    if direct and config.method == "taylor":
+        taylor = taylor_scores(work, [n for _, u in units for n in u], calibration).scores
+    hib = bool(loaded.higher_is_better.get(metric, True))
+    quality, drop, proxy, notes = [], [], [], []
+    complete = True
+    for i, (label, names) in enumerate(units):
+        if stop is not None and stop():
+            complete = False
+            break
+        if progress is not None:
+            progress(i / len(units), f"{label} ({i + 1}/{len(units)})")
+        grams = _grams(work, names, calibration)
+        q_row, d_row, p_row = [], [], []
+        for cfg, fit, setting in zip(settings, fits, labels):
+            blocked = [fit[n] for n in names if fit[n]]
+            if blocked:
+                notes.append(f"{label} at {setting}: {blocked[0]}")
+                q_row.append(None), d_row.append(None), p_row.append(None)
+                continue
+            q = None
+            if direct:
+                pruned = {n: _prune_alone(modules[n], n, cfg, grams.get(n), taylor) for n in names}
+            else:
+                res = sparsify(loaded, replace(cfg, include=_exact_regex(names), layers="all", exclude=""))
+                new = dict(res.model.named_modules())
+                pruned = {n: new[n].weight.detach() for n in names}
+                if config.mode == "full":
+                    q = float(loaded.quality(res.model)[metric])
+                del res
+            q_row.append(q)
+            d_row.append(None if q is None else (dense[metric] - q if hib else q - dense[metric]))
+            p_row.append(_proxy(modules, names, pruned, grams))
+        quality.append(tuple(q_row)), drop.append(tuple(d_row)), proxy.append(tuple(p_row))
+    empty = tuple([None] * len(settings))
+    while len(drop) < len(units):  # rows a stop left out
+        quality.append(empty), drop.append(empty), proxy.append(empty)
+    rho = tuple(spearman([p[j] for p in proxy], [d[j] for d in drop]) for j in range(len(settings)))
+    scan = SensitivityScan(
+        config=config, spec=loaded.spec, fingerprint=fingerprint, metric=metric, higher_is_better=hib,
+        dense_quality=float(dense[metric]), settings=tuple(labels), units=tuple(u for u, _ in units),
+        unit_layers=tuple(tuple(n) for _, n in units),
+        unit_numel=tuple(sum(modules[n].weight.numel() for n in names) for _, names in units),
+        quality=tuple(quality), drop=tuple(drop), proxy=tuple(proxy), spearman=rho, complete=complete,
+        seconds=time.perf_counter() - t0, notes=tuple(dict.fromkeys(notes)))
+    if progress is not None:
+        progress(1.0, "done")
+    if use_cache and complete:
+        get_cache()[key] = scan.to_json()
+    return scan
+
+
+def allocation_curves(scan: SensitivityScan, names: Sequence[str], config: SparsifyConfig,
+                      fingerprint: str | None = None) -> tuple[list[list[str]], list[list[tuple[float, float]]]]:
+    """What ``allocation.allocate`` reads from a scan: the units covering ``names`` and their drop
+    curves for ``config``'s pattern.
+
+    Args:
+        scan: a complete, full-mode scan of the same model.
+        names: the layers to be pruned.
+        config: the ``SparsifyConfig`` (unstructured, or N:M with the M to use).
+        fingerprint: the model's fingerprint, checked against the scan's.
+
+    Returns:
+        ``(units, curves)``: per unit its layers (those in ``names``) and its points, unstructured
+        ``(sparsity, drop)`` by sparsity, N:M ``(n, drop)`` from ``(M, 0)`` (dense) down.
+    """
+    if not isinstance(scan, SensitivityScan):
+        raise ValueError(f"sensitivity must be a SensitivityScan (sensitivity_scan(...)), got {type(scan).__name__}")
+    if fingerprint is not None and scan.fingerprint != fingerprint:
+        raise ValueError("the sensitivity scan was measured on a different model (its weights differ); scan this model")
+    if not scan.complete:
+        raise ValueError("the sensitivity scan is incomplete (it was stopped); run it to the end")
+    if scan.config.mode != "full":
+        raise ValueError("allocation needs measured quality drops; this scan is proxy-only (mode='proxy')")
+    covered = {n for layers in scan.unit_layers for n in layers}
+    missing = [n for n in names if n not in covered]
+    if missing:
+        raise ValueError(f"the sensitivity scan does not cover {len(missing)} of the layers to prune (e.g. "
+                         f"{missing[0]}); scan with the same layer selection")
+    if config.pattern == "nm":
+        cols = [(j, c.n) for j, c in enumerate(scan.config.settings()) if c.pattern == "nm" and c.m == config.m]
+        what = f"N:M settings with M={config.m}"
+    else:
+        cols = [(j, c.sparsity) for j, c in enumerate(scan.config.settings()) if c.pattern == "unstructured"]
+        what = "unstructured settings"
+    if not cols:
+        raise ValueError(f"the sensitivity scan has no {what}; scan them first")
+    want = set(names)
+    units, curves = [], []
+    for i, layers in enumerate(scan.unit_layers):
+        members = [n for n in layers if n in want]
+        if not members:
+            continue
+        points = []
+        for j, value in cols:
+            if scan.drop[i][j] is None:
+                raise ValueError(f"the sensitivity scan has no drop for {scan.units[i]} at {scan.settings[j]}")
+            points.append((float(value), float(scan.drop[i][j])))
+        if config.pattern == "nm":
+            points = [(float(config.m), 0.0)] + sorted(points, reverse=True)
+        units.append(members)
+        curves.append(sorted(points) if config.pattern != "nm" else points)
+    return units, curves

@@ -14,6 +14,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import nn
 
+from ..flips import FlipWindow, window_series
 from ..models.digits import N_CLASSES, build_digits_model
 from ..models.weights import safetensors_header
 from ..store import finite_json
@@ -69,6 +70,10 @@ class RunRecord:
         prune_steps: gradual only: the steps at which masks were updated.
         weights: the final forward weights (masks applied) as a state dict of the plain architecture.
         owner: the process training the run (see ``owner_alive``).
+        step_flip_rate: the pooled flip rate of the sparse layers' masks at every step (empty for
+            runs saved before flip rates were recorded).
+        flip_windows: one ``FlipWindow`` per mask snapshot, covering the steps since the previous
+            snapshot (flips and oscillating entries per layer); empty for older runs.
     """
 
     config: TrainConfig
@@ -89,6 +94,8 @@ class RunRecord:
     owner: str = ""
     """The training process (host:pid:start time) while the run is ``running``: a run whose process
     has ended without saving a final status (server killed, crash) is then shown as stopped."""
+    step_flip_rate: list[float] = field(default_factory=list)
+    flip_windows: list[FlipWindow] = field(default_factory=list)
 
     @property
     def total_steps(self) -> int:
@@ -150,6 +157,10 @@ class RunRecord:
                            **{name: report.series(kind, name).astype(int).tolist() for name in report.layers}}
                     for kind in ("interval", "from_first", "to_final")},
         }
+        if self.flip_windows:
+            out["step_flip_rate"] = list(self.step_flip_rate)
+            out["flips"] = {measure: window_series(self.flip_windows, measure).tolist()
+                            for measure in ("flip_rate", "oscillating", "oscillation_rate")}
         if include_masks:
             out["masks_hex"] = {name: [b.hex() for b in blobs] for name, blobs in self.history.packed.items()}
         return finite_json(out)  # a diverged loss (NaN) is exported as null
@@ -206,6 +217,7 @@ def run_to_bytes(record: RunRecord) -> bytes:
         "shapes": {k: list(v) for k, v in record.history.shapes.items()},
         "snapshot_steps": record.history.steps, "snapshot_epochs": record.history.epochs,
         "dense_layers": record.dense_layers, "prune_steps": record.prune_steps, "owner": record.owner,
+        "step_flip_rate": record.step_flip_rate, "flip_windows": [w.to_json() for w in record.flip_windows],
     }
     # Python's json writes NaN/Infinity literals and reads them back, so a diverged loss survives exactly.
     return save_tensors(tensors, metadata={"format": "sparsekit-training-run", "version": str(FORMAT_VERSION),
@@ -244,6 +256,9 @@ def run_from_bytes(blob: bytes) -> RunRecord:
         history=history, dense_layers=dict(info["dense_layers"]), prune_steps=list(info["prune_steps"]),
         weights={k[len("weight/"):]: v for k, v in tensors.items() if k.startswith("weight/")},
         owner=str(info.get("owner", "")),
+        # Both absent from runs saved before flip rates were recorded: such runs load without them.
+        step_flip_rate=list(info.get("step_flip_rate", [])),
+        flip_windows=[FlipWindow.from_json(w) for w in info.get("flip_windows", [])],
     )
 
 

@@ -1,0 +1,395 @@
+"""The recovery loop: fine-tune a copy of a pruned model with a fixed or a moving (STE / SR-STE)
+mask, evaluating its own quality metric every ``eval_every`` steps."""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..flips import FlipTracker
+from ..layers import grouped_view
+from ..masks import nm_mask, sad, serial_kernels
+from ..models.base import LoadedModel
+from ..models.sentences import SENTENCES
+from ..sparsify import SparsifyResult
+from ..store import process_token
+from ..topology import MaskHistory
+from ..training.ste import _FixedMask, sparse_forward_weight
+from .config import RecoveryConfig
+from .objectives import Objective, clean_corpus, make_objective
+from .records import ProgressFn, RecoveryInterval, RecoveryProgress, RecoveryRecord
+
+StopFn = Callable[[], bool]
+"""Asked before every step; True stops the run there (status ``stopped``)."""
+
+
+def layer_levels(result: SparsifyResult) -> dict[str, int]:
+    """Kept entries per group of M of every pruned layer, read off its mask.
+
+    A uniform N:M result has N everywhere; a non-uniform allocation gives each layer its own level.
+
+    Args:
+        result: an N:M ``SparsifyResult``.
+
+    Returns:
+        layer -> n.
+
+    Raises:
+        ValueError: a mask whose groups of M do not all keep the same number of entries.
+    """
+    m = result.config.m
+    levels = {}
+    for name, mask in result.masks.items():
+        view = result.views.get(name)
+        mat = view.matrix(mask) if view is not None else mask.reshape(mask.shape[0], -1)
+        per_group = mat.reshape(-1, m).sum(-1)
+        n = int(per_group[0]) if per_group.numel() else 0
+        if per_group.numel() == 0 or not bool((per_group == n).all()) or not 1 <= n < m:
+            raise ValueError(f"the mask of {name} is not N:M with M={m} (its groups keep different counts); "
+                             "STE/SR-STE can only recompute N:M masks; use mode='fixed'")
+        levels[name] = n
+    return levels
+
+
+def check_inputs(result: SparsifyResult, loaded: LoadedModel, config: RecoveryConfig) -> dict[str, int]:
+    """Validate a (result, model, config) triple before anything runs.
+
+    Args:
+        result: the pruned model to recover.
+        loaded: the dense model it was pruned from.
+        config: the recovery settings.
+
+    Returns:
+        layer -> N of each pruned layer for STE/SR-STE (empty for ``fixed``).
+
+    Raises:
+        ValueError: with a message saying what is wrong and what to do.
+    """
+    config.validate()
+    config.resolve_loss(loaded.kind)
+    if not result.masks:
+        raise ValueError(f"nothing to recover: the result ({result.config.label()}) pruned no layer")
+    dense = dict(loaded.module.named_modules())
+    for name, mask in result.masks.items():
+        layer = dense.get(name)
+        if layer is None or tuple(getattr(layer, "weight", torch.empty(0)).shape) != tuple(mask.shape):
+            raise ValueError(f"the SparsifyResult does not belong to {loaded.name}: its pruned layer {name!r} "
+                             f"(shape {tuple(mask.shape)}) is not a layer of that shape in the model")
+    if not config.moves_mask:
+        return {}
+    if result.config.pattern != "nm":
+        raise ValueError(f"mode {config.mode!r} recomputes an N:M mask at every step, but this result is "
+                         f"{result.config.label()}; use mode='fixed' (the mask stays as pruned)")
+    return layer_levels(result)
+
+
+class _MovingMask(nn.Module):
+    """Parametrization: the STE / SR-STE forward weight ``E ⊙ W`` (``sparse_forward_weight``) with
+    the mask ``E`` held in a buffer that ``_Session.refresh`` recomputes from the dense ``|W|`` after
+    every optimiser step. The same masks as recomputing at every access (the weights only change at
+    a step), without a second N:M pass per step, nor one per evaluation forward."""
+
+    def __init__(self, mask: torch.Tensor, decay: float) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask)
+        self.decay = decay
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return sparse_forward_weight(weight, self.mask, self.decay)
+
+
+class _Session:
+    """The trained copy with its masks attached as parametrizations."""
+
+    def __init__(self, result: SparsifyResult, loaded: LoadedModel, config: RecoveryConfig,
+                 levels: dict[str, int]) -> None:
+        # A copy of the copy: the app caches SparsifyResults and shares them between sessions.
+        self.model = copy.deepcopy(result.model)
+        self.config = config
+        self.plain_keys = list(result.model.state_dict())
+        modules = dict(self.model.named_modules())
+        self.layers = {name: modules[name] for name in result.masks}
+        self.start = {name: mask.detach().clone() for name, mask in result.masks.items()}
+        self.mask_fns = {}
+        if config.moves_mask:
+            dense = dict(loaded.module.named_modules())
+            m = result.config.m
+            for name, layer in self.layers.items():
+                view = result.views.get(name) or grouped_view(layer, result.config.conv_grouping)
+                n = levels[name]
+                self.mask_fns[name] = (lambda w, v=view, n=n: v.from_matrix(nm_mask(v.matrix(w), n, m)))
+                with torch.no_grad():
+                    if config.shadow == "dense":
+                        # Pruned entries get their dense values back: they compete with the kept
+                        # ones from the first step. Kept entries keep the pruned model's values
+                        # (SparseGPT rewrites them).
+                        keep = self.start[name]
+                        layer.weight.copy_(torch.where(keep, layer.weight, dense[name].weight.detach()))
+                mask = self.mask_fns[name](layer.weight.detach())
+                parametrize.register_parametrization(layer, "weight", _MovingMask(mask, config.decay), unsafe=True)
+        else:
+            for name, layer in self.layers.items():
+                parametrize.register_parametrization(layer, "weight", _FixedMask(self.start[name].clone()),
+                                                     unsafe=True)
+        # Dropout off and normalisation statistics frozen: the targets come from the dense model
+        # in eval mode, and a pretrained model's statistics should not drift on small batches.
+        self.model.eval()
+        # Set on the copy either way: the flags it inherited from the shared model are not a choice.
+        trained = {id(layer.parametrizations.weight.original) for layer in self.layers.values()}
+        for p in self.model.parameters():
+            p.requires_grad_(config.train == "all" or id(p) in trained)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+
+    def masks(self) -> dict[str, torch.Tensor]:
+        """The mask each pruned layer's next forward uses (the live buffers)."""
+        return {name: layer.parametrizations.weight[0].mask for name, layer in self.layers.items()}
+
+    @torch.no_grad()
+    def refresh(self) -> dict[str, torch.Tensor]:
+        """STE/SR-STE, after an optimiser step: recompute every N:M mask from the dense shadow weights.
+
+        Returns:
+            The new masks (the live buffers).
+
+        Raises:
+            ValueError: NaN shadow weights, which no mask can rank.
+        """
+        for name, layer in self.layers.items():
+            holder = layer.parametrizations.weight
+            holder[0].mask.copy_(self.mask_fns[name](holder.original))
+        return self.masks()
+
+    @torch.no_grad()
+    def forward_state(self) -> dict[str, torch.Tensor]:
+        """State dict of the plain architecture with the forward (masked) weights; tied tensors are
+        cloned per name so safetensors can store them."""
+        out = {}
+        for key in self.plain_keys:
+            obj = self.model
+            *path, attr = key.split(".")
+            for part in path:
+                obj = getattr(obj, part)
+            out[key] = getattr(obj, attr).detach().clone().contiguous()
+        return out
+
+
+def _optimizer(params: list[torch.Tensor], config: RecoveryConfig) -> tuple[torch.optim.Optimizer, object]:
+    if config.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                                                     weight_decay=config.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    total = config.steps
+    if config.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t, total) / total)))
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0)
+    return opt, sched
+
+
+def recover(
+    result: SparsifyResult,
+    loaded: LoadedModel,
+    config: RecoveryConfig,
+    *,
+    corpus: Sequence[str] | None = None,
+    name: str = "",
+    progress: ProgressFn | None = None,
+    stop: StopFn | None = None,
+    checkpoint: Callable[[RecoveryRecord], None] | None = None,
+    objective: Objective | None = None,
+) -> RecoveryRecord:
+    """Fine-tune a pruned model to win back the quality pruning cost.
+
+    Neither ``loaded.module`` nor ``result`` is changed: a copy of ``result.model`` is trained.
+
+    Args:
+        result: ``sparsekit.sparsify(loaded, ...)``'s result.
+        loaded: the dense model (its quality metric, tokenizer and outputs as distillation targets).
+        config: the settings; ``ste``/``srste`` need an N:M result.
+        corpus: sentences for text models (default: ``sparsekit.data.recovery_corpus()``); digits
+            models train on their training split and take no corpus.
+        name: a label for the run.
+        progress: ``progress(RecoveryProgress)`` at the start, after every step and every evaluation.
+        stop: asked before every step; True stops the run (evaluated once more, status ``stopped``).
+        checkpoint: ``checkpoint(record)`` at the start, after every evaluation and at the end, also
+            when the run fails or is interrupted.
+        objective: ``make_objective(loaded, loss, corpus)`` built already, to share its distillation
+            targets between runs of the same model, loss and corpus (``compare_modes`` does).
+
+    Returns:
+        The ``RecoveryRecord`` (status ``complete``, ``stopped``, or ``failed`` when the loss stops
+        being finite).
+
+    Raises:
+        ValueError: bad settings or inputs (empty corpus, zero steps, unknown mode, a non-N:M
+            result with a moving mask, a result of another model ...), before any training.
+    """
+    levels = check_inputs(result, loaded, config)
+    if loaded.kind == "image-classifier" and corpus is not None:
+        raise ValueError("a corpus is for text models; a digits model trains on its own training split")
+    loss_kind = config.resolve_loss(loaded.kind)
+    notes = []
+    if loaded.kind != "image-classifier":
+        sentences = clean_corpus(corpus)
+        shared = len({s.lower() for s in sentences} & {s.lower() for s in SENTENCES})
+        if shared:
+            notes.append(f"{shared} corpus sentence(s) are also evaluation sentences: the quality is then "
+                         "measured partly on training text")
+        corpus = sentences
+    if objective is None:
+        objective = make_objective(loaded, loss_kind, corpus)
+    elif objective.loss_kind != loss_kind:
+        raise ValueError(f"the objective given trains with loss {objective.loss_kind!r}, "
+                         f"the config asks for {loss_kind!r}")
+    config.validate(objective.n_examples)
+    # A forked RNG: seeding must not reset the caller's random state. Masks of large layers are
+    # recomputed every step; numba's parallel launch costs more than it saves on a shared machine
+    # (all of MiniLM's 2:4 masks: 0.24 s in parallel, 0.011 s serial, measured).
+    with torch.random.fork_rng(devices=[]), serial_kernels():
+        torch.manual_seed(config.seed)
+        return _recover(result, loaded, config, levels, objective, loss_kind, notes, name, progress, stop, checkpoint)
+
+
+def _recover(result, loaded, config, levels, objective: Objective, loss_kind, notes, name, progress, stop,
+             checkpoint) -> RecoveryRecord:
+    start_time = time.perf_counter()
+    dense_quality = loaded.quality()
+    metric = next(iter(dense_quality))
+    session = _Session(result, loaded, config, levels)
+    record = RecoveryRecord(
+        config=config, sparsify_config=result.config, model_spec=loaded.spec, model_name=loaded.name,
+        loss_kind=loss_kind, metric=metric, higher_is_better=loaded.higher_is_better.get(metric, True),
+        dense_quality=dense_quality, name=name, created=time.time(), notes=notes, owner=process_token(),
+        history=MaskHistory({k: tuple(v.shape) for k, v in session.start.items()}),
+    )
+    record.history.record(0, 0.0, session.start)
+    tracker = FlipTracker(session.start, run_window=True)
+    opt, sched = _optimizer(session.params, config)
+    last = {"masks": session.start, "loss_sum": 0.0, "loss_n": 0, "lr": float("nan")}
+    step = 0
+
+    def evaluate(step: int, masks: dict[str, torch.Tensor], *, before: bool = False) -> RecoveryInterval:
+        # Before training the score is the pruned model's own (the SparsifyResult as given).
+        quality = loaded.quality(result.model if before else session.model)
+        n = last["loss_n"]
+        interval = RecoveryInterval(
+            step=step, quality=quality, train_loss=last["loss_sum"] / n if n else float("nan"), lr=last["lr"],
+            seconds=time.perf_counter() - start_time,
+            sad={k: sad(last["masks"][k], masks[k]) for k in masks},
+            sad_from_start={k: sad(session.start[k], masks[k]) for k in masks},
+            flips=tracker.close(),
+        )
+        record.intervals.append(interval)
+        last.update(masks={k: v.clone() for k, v in masks.items()}, loss_sum=0.0, loss_n=0)
+        record.seconds = interval.seconds
+        return interval
+
+    def finish(status: str, message: str = "", masks: dict[str, torch.Tensor] | None = None) -> RecoveryRecord:
+        record.status, record.message = status, message
+        if masks is None:
+            masks = session.masks()
+        if record.history.steps[-1] != step:
+            record.history.record(step, float(step), masks)
+        record.run_flips = tracker.close_run()
+        try:
+            record.weights = session.forward_state()
+        except Exception:  # a state the forward cannot rebuild: keep what is readable
+            record.weights = {}
+        record.seconds = time.perf_counter() - start_time
+        if checkpoint is not None:
+            checkpoint(record)
+        return record
+
+    def closing(masks: dict[str, torch.Tensor]) -> None:
+        if not record.intervals or record.intervals[-1].step != step:
+            interval = evaluate(step, masks)
+            if progress is not None:
+                progress(RecoveryProgress("eval", step, config.steps, record.step_loss[-1], interval, masks, record,
+                                          session.model))
+
+    masks = session.start
+    try:
+        first = evaluate(0, session.start, before=True)
+        if checkpoint is not None:
+            checkpoint(record)
+        if progress is not None:
+            progress(RecoveryProgress("start", 0, config.steps, float("nan"), first, session.start, record,
+                                      session.model))
+        gen = torch.Generator().manual_seed(config.seed)
+        order, pos = torch.empty(0, dtype=torch.long), objective.n_examples
+        while step < config.steps:
+            if stop is not None and stop():
+                closing(masks)
+                return finish("stopped", f"stopped at step {step} of {config.steps}", masks)
+            if pos >= objective.n_examples:
+                order, pos = torch.randperm(objective.n_examples, generator=gen), 0
+            idx = order[pos: pos + config.batch_size]
+            pos += config.batch_size
+            loss = objective.loss(session.model, objective.batch(idx))
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                record.step_loss.append(loss_value)
+                return finish("failed", f"the training loss became {loss_value} at step {step + 1}; "
+                                        f"lower the learning rate (now {config.lr:g})", masks)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            last["lr"] = opt.param_groups[0]["lr"]
+            opt.step()
+            sched.step()
+            step += 1
+            record.steps_done = step
+            if config.moves_mask:
+                try:
+                    masks = session.refresh()
+                except ValueError:  # NaN/inf shadow weights cannot be ranked into a mask
+                    return finish("failed", f"the weights became NaN or infinite at step {step}; "
+                                            f"lower the learning rate (now {config.lr:g})", last["masks"])
+                changed = tracker.update(masks)
+            else:
+                changed = tracker.tick()  # a frozen mask: nothing changes, nothing to compare
+            record.step_loss.append(loss_value)
+            record.step_flip_rate.append(tracker.step_rate(changed))
+            last["loss_sum"] += loss_value
+            last["loss_n"] += 1
+            if progress is not None:
+                progress(RecoveryProgress("step", step, config.steps, loss_value, None, masks, record, session.model))
+            if step % config.eval_every == 0 or step == config.steps:
+                closing(masks)
+                if checkpoint is not None and step < config.steps:
+                    checkpoint(record)
+        return finish("complete", "", masks)
+    except Exception as err:
+        if record.status == "running":
+            finish("failed", f"{type(err).__name__} at step {step}: {err}", None)
+        raise
+    except BaseException:
+        # KeyboardInterrupt, or Streamlit stopping the script for a rerun.
+        if record.status == "running":
+            finish("stopped", f"interrupted at step {step} of {config.steps}", None)
+        raise
+
+
+def recovered_model(record: RecoveryRecord, loaded: LoadedModel) -> nn.Module:
+    """A fresh copy of the dense architecture holding the recovered weights (eval mode).
+
+    Args:
+        record: a recovery run with weights.
+        loaded: the dense model it was recovered from (only its architecture is used).
+
+    Returns:
+        The module; ``loaded.module`` is not touched.
+    """
+    if not record.weights:
+        raise ValueError(f"run {record.label!r} has no saved weights (status {record.status})")
+    if record.model_spec != loaded.spec:
+        raise ValueError(f"run {record.label!r} was recovered from {record.model_spec!r}, not {loaded.spec!r}")
+    module = copy.deepcopy(loaded.module)
+    module.load_state_dict(record.weights, strict=True)
+    return module.eval()

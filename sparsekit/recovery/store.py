@@ -1,0 +1,154 @@
+"""Recovery runs in the run store (``sparsekit.store.RunStore``, the one training and benchmark runs
+use): one safetensors entry per run plus an index of summaries; and the recovered weights as
+safetensors bytes for download."""
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Callable, Sequence
+
+from safetensors.torch import save as save_tensors
+
+from ..models.base import LoadedModel
+from ..sparsify import SparsifyResult
+from ..store import RunStore, orphaned
+from .config import RecoveryConfig
+from .loop import ProgressFn, StopFn, recover
+from .objectives import Objective
+from .records import RecoveryRecord, record_from_bytes, record_to_bytes, summary_from_bytes
+
+INDEX_KEY = "recovery-run-index:v1"
+_STORE = RunStore("recovery-run", index_key=INDEX_KEY, summarize=summary_from_bytes)
+
+__all__ = ["INDEX_KEY", "delete_recovery", "list_recoveries", "load_recovery", "recover_and_save",
+           "recovered_safetensors", "save_recovery"]
+
+
+def _orphan_message(record_or_entry_steps: int, total: int) -> str:
+    return ("the process running this recovery ended without saving a final status (server stopped or "
+            f"crashed); kept as of its last checkpoint (step {record_or_entry_steps:,} of {total:,})")
+
+
+def save_recovery(record: RecoveryRecord) -> str:
+    """Write a recovery run to the disk cache (entry first, then the index), giving it an id if new.
+
+    Args:
+        record: the run; ``record.run_id`` is set when empty.
+
+    Returns:
+        The run id.
+    """
+    if not record.run_id:
+        record.run_id = uuid.uuid4().hex[:12]
+    _STORE.put(record.run_id, record_to_bytes(record), record.summary())
+    return record.run_id
+
+
+def load_recovery(run_id: str) -> RecoveryRecord:
+    """A saved recovery run, exactly as saved (a run whose process died shows as stopped).
+
+    Args:
+        run_id: the id ``save_recovery`` returned.
+
+    Returns:
+        The ``RecoveryRecord``.
+
+    Raises:
+        KeyError: no such run. ValueError: the entry is not readable.
+    """
+    blob = _STORE.get(run_id)
+    if blob is None:
+        raise KeyError(f"no saved recovery run with id {run_id!r}")
+    if not isinstance(blob, bytes):
+        raise ValueError(f"the cache entry of run {run_id!r} is not a recovery run")
+    try:
+        record = record_from_bytes(blob)
+    except ValueError:
+        raise
+    except Exception as err:  # safetensors raises its own error type for damaged bytes
+        raise ValueError(f"the cache entry of recovery run {run_id!r} is damaged: {err}") from None
+    if orphaned(record.status, record.owner):
+        record.status = "stopped"
+        record.message = _orphan_message(record.steps_done, record.config.steps)
+    return record
+
+
+def list_recoveries() -> list[dict]:
+    """Summaries of the saved recovery runs, oldest first (``RecoveryRecord.summary`` dicts).
+
+    Returns:
+        One dict per run whose entry still exists.
+    """
+    out = []
+    for entry in _STORE.summaries():
+        if orphaned(entry.get("status", ""), entry.get("owner", "")):
+            steps = int(entry.get("steps_done") or 0)
+            total = int((entry.get("config") or {}).get("steps") or 0)
+            entry = {**entry, "status": "stopped", "message": _orphan_message(steps, total)}
+        out.append(entry)
+    return out
+
+
+def delete_recovery(run_id: str) -> None:
+    """Remove a saved recovery run.
+
+    Args:
+        run_id: the run; an unknown id raises ``KeyError``.
+    """
+    if not _STORE.delete(run_id):
+        raise KeyError(f"no saved recovery run with id {run_id!r}")
+
+
+def recover_and_save(
+    result: SparsifyResult,
+    loaded: LoadedModel,
+    config: RecoveryConfig,
+    *,
+    corpus: Sequence[str] | None = None,
+    name: str = "",
+    progress: ProgressFn | None = None,
+    stop: StopFn | None = None,
+    checkpoint: Callable[[RecoveryRecord], None] | None = None,
+    objective: Objective | None = None,
+) -> RecoveryRecord:
+    """``recover`` with the run kept in the run store from its first evaluation: saved at the start,
+    after every evaluation and at the end, also when it is stopped or raises.
+
+    Args:
+        result, loaded, config, corpus, name, progress, stop, objective: as for ``recover``.
+        checkpoint: also called after each save (e.g. to refresh a page).
+
+    Returns:
+        The saved ``RecoveryRecord`` (with its ``run_id``).
+    """
+    def save(record: RecoveryRecord) -> None:
+        save_recovery(record)
+        if checkpoint is not None:
+            checkpoint(record)
+
+    return recover(result, loaded, config, corpus=corpus, name=name, progress=progress, stop=stop, checkpoint=save,
+                   objective=objective)
+
+
+def recovered_safetensors(record: RecoveryRecord, metadata: dict[str, str] | None = None) -> bytes:
+    """The recovered model's state dict as safetensors bytes (like ``sparsekit.sparsify.weights_safetensors``).
+
+    Args:
+        record: a recovery run with weights.
+        metadata: extra string metadata.
+
+    Returns:
+        Bytes that ``safetensors.torch.load`` reads into a state dict of the dense architecture;
+        the metadata records the pruning and recovery configs and the quality before and after.
+    """
+    if not record.weights:
+        raise ValueError(f"run {record.label!r} has no saved weights (status {record.status})")
+    state = {k: v.detach().contiguous().clone() for k, v in record.weights.items()}
+    meta = {
+        "sparsify_config": record.sparsify_config.to_json(), "recovery_config": record.config.to_json(),
+        "model_spec": record.model_spec, "metric": record.metric,
+        "quality": json.dumps({"dense": record.dense, "before": record.before, "after": record.after}),
+        "convention": "pruned weights are stored as zeros",
+    }
+    meta.update(metadata or {})
+    return save_tensors(state, metadata=meta)

@@ -24,6 +24,9 @@ pages = [
     st.Page("views/attention.py", title="Attention", icon=":material/visibility:"),
     st.Page("views/training.py", title="Training & topology", icon=":material/timeline:"),
     st.Page("views/compare.py", title="Compare", icon=":material/compare_arrows:"),
+    st.Page("views/sensitivity.py", title="Sensitivity", icon=":material/tune:"),
+    st.Page("views/recovery.py", title="Recovery", icon=":material/healing:"),
+    st.Page("views/study.py", title="Studies", icon=":material/science:"),
     st.Page("views/attribution.py", title="Attribution", icon=":material/insights:"),
     st.Page("views/benchmarks.py", title="Benchmarks", icon=":material/speed:"),
 ]

@@ -297,6 +297,30 @@ def _grams(work, names: Sequence[str], calibration: Any) -> dict[str, InputStats
     return capture_input_stats(work, ok, calibration, "hessian") if ok and calibration is not None else {}
 
 
+def _scan_key(loaded, config: SensitivityConfig, metric: str) -> str:
+    calibration = getattr(loaded, "calibration", None)
+    calib = "" if calibration is None else tensor_digest(
+        *(calibration[k] for k in sorted(calibration)) if isinstance(calibration, dict) else (calibration,))
+    return make_key("sensitivity", SENSITIVITY_VERSION, loaded.spec, model_fingerprint(loaded.module),
+                    config.to_json(), calib, metric)
+
+
+def cached_scan(loaded, config: SensitivityConfig) -> "SensitivityScan | None":
+    """The finished scan the disk cache holds for this model and config, or None (nothing is computed).
+
+    Args:
+        loaded: a ``LoadedModel``.
+        config: what the scan pruned.
+
+    Returns:
+        The ``SensitivityScan`` or None.
+    """
+    config.validate()
+    metric = config.metric or next(iter(loaded.quality()))
+    raw = get_cache().get(_scan_key(loaded, config, metric))
+    return None if raw is None else SensitivityScan.from_json(raw)
+
+
 def sensitivity_scan(loaded, config: SensitivityConfig = SensitivityConfig(), *, progress: ProgressFn | None = None,
                      stop: Callable[[], bool] | None = None, use_cache: bool = True) -> SensitivityScan:
     """Prune each unit alone at each setting and record the quality drop and the proxy error.
@@ -324,10 +348,7 @@ def sensitivity_scan(loaded, config: SensitivityConfig = SensitivityConfig(), *,
     if method.needs_calibration or config.mode == "proxy":
         check_calibration(calibration, f"{config.method} sensitivity scan" if method.needs_calibration else
                           "the proxy of the sensitivity scan")
-    fingerprint = model_fingerprint(module)
-    calib = "" if calibration is None else tensor_digest(
-        *(calibration[k] for k in sorted(calibration)) if isinstance(calibration, dict) else (calibration,))
-    key = make_key("sensitivity", SENSITIVITY_VERSION, loaded.spec, fingerprint, config.to_json(), calib, metric)
+    key = _scan_key(loaded, config, metric)
     if use_cache and key in get_cache():
         return SensitivityScan.from_json(get_cache()[key])
 
@@ -378,7 +399,7 @@ def sensitivity_scan(loaded, config: SensitivityConfig = SensitivityConfig(), *,
         quality.append(empty), drop.append(empty), proxy.append(empty)
     rho = tuple(spearman([p[j] for p in proxy], [d[j] for d in drop]) for j in range(len(settings)))
     scan = SensitivityScan(
-        config=config, spec=loaded.spec, fingerprint=fingerprint, metric=metric, higher_is_better=hib,
+        config=config, spec=loaded.spec, fingerprint=model_fingerprint(module), metric=metric, higher_is_better=hib,
         dense_quality=float(dense[metric]), settings=tuple(labels), units=tuple(u for u, _ in units),
         unit_layers=tuple(tuple(n) for _, n in units),
         unit_numel=tuple(sum(modules[n].weight.numel() for n in names) for _, names in units),

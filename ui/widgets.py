@@ -4,6 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from sparsekit.methods import REGISTRY
+from sparsekit.allocation import MAX_OWL_LAMBDA, MAX_OWL_M
 from sparsekit.sparsify import CALIBRATION_ORDERS, MAX_M, MAX_SPARSITY, METHODS, SparsifyConfig
 
 PATTERN_LABELS = {"nm": "N:M (keep N of every M)", "unstructured": "Unstructured", "dense": "Dense (no pruning)"}
@@ -18,6 +19,12 @@ ORDER_HELP = ("block: each transformer block's layers are all pruned on inputs f
 NM_PRESETS = ["2:4", "1:4", "4:8", "2:8", "1:2"]
 OTHER_NM = "other N:M…"
 LAYER_LABELS = {"all": "All Linear/Conv", "mlp": "MLP (feed-forward) only", "attention": "Attention projections only"}
+ALLOCATION_LABELS = {"uniform": "Uniform (every layer the same)", "owl": "OWL (outlier-weighted)"}
+ALLOCATION_HELP = ("uniform: every pruned layer gets the pattern. OWL (Yin et al. 2023): layers with more outlier "
+                   "activations |w|·‖x‖ > M × their mean are pruned less, within ±λ of the target, and the overall "
+                   "share pruned (counted by weight over the pruned layers) stays the requested one; under N:M "
+                   "each layer gets an n:M level of the same M. Sensitivity-guided allocation is on the "
+                   "Sensitivity page (it needs a scan).")
 
 
 def current_config() -> SparsifyConfig:
@@ -90,9 +97,25 @@ def config_form(prefix: str, initial: SparsifyConfig, *, compact: bool = False,
                                     index=["channel", "kernel"].index(initial.conv_grouping), key=f"{prefix}_grouping",
                                     help="channel: M input channels at one kernel position (NVIDIA ASP); "
                                          "kernel: along the flattened in×kh×kw axis (original SR-STE)")
+        allocation, owl_m, owl_lambda = "uniform", initial.owl_m, initial.owl_lambda
+        if not compact and pattern != "dense" and scope == "layer":
+            allocation = st.selectbox("Allocation across layers", list(ALLOCATION_LABELS),
+                                      index=list(ALLOCATION_LABELS).index(initial.allocation)
+                                      if initial.allocation in ALLOCATION_LABELS else 0,
+                                      format_func=ALLOCATION_LABELS.get, key=f"{prefix}_allocation",
+                                      help=ALLOCATION_HELP, bind=bind)
+            if allocation == "owl":
+                owl_m = float(st.number_input("OWL outlier threshold M (× layer mean)", 1.0, MAX_OWL_M,
+                                              float(initial.owl_m), key=f"{prefix}_owl_m"))
+                owl_lambda = float(st.number_input("OWL bound λ (± sparsity around the target)", 0.0, MAX_OWL_LAMBDA,
+                                                   float(initial.owl_lambda if pattern != "nm" else max(
+                                                       initial.owl_lambda, 0.25)), step=0.01, key=f"{prefix}_owl_l",
+                                                   help="under N:M the levels are 1/M apart: λ below that leaves "
+                                                        "every layer at N:M"))
     config = SparsifyConfig(pattern=pattern, n=n, m=m, sparsity=sparsity, scope=scope, method=method, seed=seed,
                             layers=layers, include=include, exclude=exclude, keep_first_dense=first,
-                            keep_last_dense=last, conv_grouping=grouping, calibration_order=order)
+                            keep_last_dense=last, conv_grouping=grouping, calibration_order=order,
+                            allocation=allocation, owl_m=owl_m, owl_lambda=owl_lambda)
     try:
         config.validate()
     except ValueError as err:

@@ -63,6 +63,8 @@ if loaded.info.get("eval_budget"):
                "per model and reused for every setting.")
 if result.calibration_note:
     st.caption(f"Calibration order: {result.calibration_note}.")
+if result.allocation_note:
+    st.caption(f"Allocation: {result.allocation_note}")
 
 st.subheader("Quality before and after")
 st.dataframe(pd.DataFrame([

@@ -1,7 +1,8 @@
 """Plotly figure builders: the library's records (or tensors) in, ``go.Figure`` out. No Streamlit here.
 
-One module per area: ``masks`` (one layer's mask), ``reports`` (a sparsified model), ``bench``
-(kernel timings), ``training`` (training runs, SAD, seed studies), ``attention``, ``compare`` and
+One module per area: ``masks`` (one layer's mask), ``reports`` (a sparsified model), ``sensitivity``
+(layer sensitivity scans), ``bench`` (kernel timings), ``training`` (training runs, SAD, seed
+studies), ``recovery`` (recovery runs, flip rate and oscillation), ``attention``, ``compare`` and
 ``attribution``; ``_style`` holds what they share. Every public name is importable from here, so
 ``from sparsekit import viz; viz.mask_heatmap(...)`` works whatever module a builder lives in.
 """
@@ -29,7 +30,17 @@ from .masks import (
     nm_group_figure,
     nm_pattern_figure,
 )
+from .recovery import (
+    flip_rate_figure,
+    recovery_colors,
+    recovery_curves_figure,
+    recovery_gap_figure,
+    recovery_sad_figure,
+    recovery_sad_heatmap,
+)
 from .reports import layer_kept_figure, memory_figure, params_by_type_figure, quality_figure
+from .sensitivity import sensitivity_heatmap, sensitivity_proxy_figure
+from .study import study_interval_figure, study_pareto_figure, study_quality_figure
 from .training import (
     FLIP_COLORSCALE,
     RUN_COLORS,
@@ -48,12 +59,15 @@ from .training import (
 )
 
 __all__ = [
+    "study_interval_figure", "study_pareto_figure", "study_quality_figure",
     "ATTENTION_FAMILY_COLORS", "DEFAULT_MAX_CELLS", "LABEL_ALL_TOKENS", "DIFF_COLORS", "FLIP_COLORSCALE", "KEPT_COLOR", "METHOD_COLORS", "PRUNED_COLOR",
     "RUN_COLORS", "SKIPPED_COLOR", "STUDY_COLORS", "TEXT_CELLS_MAX", "agreement_figure", "attention_heatmap",
     "attention_speedup_figure", "attribution_maps_figure", "bench_figures", "color_map", "compare_figure", "density_profile",
-    "flip_count_figure", "flip_maps_figure", "head_grid_figure", "head_picker_figure", "lambda_sweep_figure", "layer_kept_figure", "log_ticks",
+    "flip_count_figure", "flip_maps_figure", "flip_rate_figure", "head_grid_figure", "head_picker_figure", "lambda_sweep_figure", "layer_kept_figure", "log_ticks",
     "magnitude_histogram", "mask_diff_figure", "mask_heatmap", "mask_zoom_figure", "memory_figure",
     "nm_group_figure", "nm_pattern_figure", "paired_difference_figure", "params_by_type_figure", "plan_grid_figure", "quality_figure",
-    "run_colors", "run_key", "sad_heatmap_figure", "sad_series_figure", "search_tradeoff_figure", "seed_study_figure", "speedup_batch_figure",
+    "recovery_colors", "recovery_curves_figure", "recovery_gap_figure", "recovery_sad_figure", "recovery_sad_heatmap",
+    "run_colors", "run_key", "sad_heatmap_figure", "sad_series_figure", "search_tradeoff_figure", "sensitivity_heatmap",
+    "sensitivity_proxy_figure", "seed_study_figure", "speedup_batch_figure",
     "speedup_density_figure", "token_attribution_figure", "training_curves_figure",
 ]

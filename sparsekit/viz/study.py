@@ -1,0 +1,166 @@
+"""Study figures (``sparsekit.study``): quality against sparsity with interval bands over seeds, the
+Pareto front of quality against cost, and every setting's interval side by side."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import plotly.graph_objects as go
+
+from ..study.aggregate import Group
+from ._style import _BYTES_PER_MB, _empty
+from .compare import METHOD_COLORS
+
+_FALLBACK = ("#ff7f0e", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#393b79", "#637939", "#843c39")
+
+
+def _groups(groups: Sequence[Group], metric: str, what: str) -> list[Group]:
+    if isinstance(groups, (str, bytes)) or not isinstance(groups, Sequence):
+        raise ValueError(f"{what} takes a list of study Groups (sparsekit.study.summarize), got {type(groups).__name__}")
+    for i, g in enumerate(groups):
+        if not isinstance(g, Group):
+            raise ValueError(f"{what}: item {i} is a {type(g).__name__}, not a study Group (use sparsekit.study.summarize)")
+        if metric not in g.metrics:
+            raise ValueError(f"{what}: metric {metric!r} is not in the summaries (they have {sorted(g.metrics)})")
+    return list(groups)
+
+
+def _colour(variant: str, order: list[str]) -> str:
+    base = variant.split(" ")[0]
+    if base in METHOD_COLORS and sum(v.split(" ")[0] == base for v in order) == 1:
+        return METHOD_COLORS[base]
+    return _FALLBACK[order.index(variant) % len(_FALLBACK)]
+
+
+def _ok(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def study_quality_figure(groups: Sequence[Group], metric: str, *, metric_label: str | None = None,
+                         dense: float | None = None) -> go.Figure:
+    """Quality against sparsity (pruned share of the prunable weights), one line per method with its
+    interval over seeds as a band (one-shot studies of one model).
+
+    Args:
+        groups: summaries of one model (``sparsekit.study.summarize``).
+        metric: the quality metric.
+        metric_label: axis title (default the metric key).
+        dense: the dense model's value, drawn as a dashed line when given.
+
+    Returns:
+        A plotly Figure.
+    """
+    groups = _groups(groups, metric, "study_quality_figure")
+    label = metric_label or metric
+    if not groups:
+        return _empty("Quality against sparsity", "No finished cells yet")
+    order = list(dict.fromkeys(g.variant for g in groups))
+    fig = go.Figure()
+    for variant in order:
+        rows = sorted((g for g in groups if g.variant == variant), key=lambda g: 1 - g.kept_fraction)
+        xs = [100 * (1 - g.kept_fraction) for g in rows]
+        iv = [g.metrics[metric] for g in rows]
+        colour = _colour(variant, order)
+        band = [(x, i) for x, i in zip(xs, iv) if _ok(i.low)]
+        if band:
+            fig.add_trace(go.Scatter(
+                x=[x for x, _ in band] + [x for x, _ in reversed(band)],
+                y=[i.high for _, i in band] + [i.low for _, i in reversed(band)],
+                fill="toself", fillcolor=colour, opacity=0.18, line={"width": 0}, hoverinfo="skip",
+                showlegend=False, name=f"{variant} interval"))
+        fig.add_trace(go.Scatter(
+            x=xs, y=[i.mean for i in iv], mode="lines+markers", name=variant, line={"color": colour},
+            customdata=[[g.pattern, i.text(4), len(g.seeds)] for g, i in zip(rows, iv)],
+            hovertemplate="%{customdata[0]}<br>" + label + ": %{customdata[1]}<br>seeds: %{customdata[2]}"
+                          "<br>sparsity %{x:.1f}%<extra>" + variant + "</extra>"))
+    if dense is not None and _ok(dense):
+        fig.add_hline(y=dense, line={"dash": "dash", "color": "#888888"}, annotation_text="dense")
+    conf = groups[0].metrics[metric].confidence
+    fig.update_layout(title=f"{label} against sparsity (bands: {conf:.0%} interval over seeds)",
+                      xaxis_title="sparsity: pruned share of the prunable weights (%)", yaxis_title=label,
+                      legend_title_text="method", hovermode="closest")
+    return fig
+
+
+def study_pareto_figure(groups: Sequence[Group], front: Sequence[Group], metric: str, *, cost: str = "kept_fraction",
+                        metric_label: str | None = None) -> go.Figure:
+    """Every setting as a point (mean with its interval) against its cost, the Pareto front joined.
+
+    Args:
+        groups: summaries of one model.
+        front: the non-dominated ones (``sparsekit.study.pareto_front`` with the same metric and cost).
+        metric: the quality metric.
+        cost: ``kept_fraction`` (kept share of the prunable weights) or ``memory_bytes`` (weight memory in
+            the cheapest format per layer).
+        metric_label: axis title.
+
+    Returns:
+        A plotly Figure.
+    """
+    groups = _groups(groups, metric, "study_pareto_figure")
+    if cost not in ("kept_fraction", "memory_bytes"):
+        raise ValueError(f"cost must be kept_fraction or memory_bytes, got {cost!r}")
+    label = metric_label or metric
+    points = [g for g in groups if _ok(g.cost(cost))]
+    if not points:
+        return _empty("Pareto front", "No finished cells with this cost")
+    scale = 100.0 if cost == "kept_fraction" else 1.0 / _BYTES_PER_MB
+    x_title = "kept share of the prunable weights (%)" if cost == "kept_fraction" else "weight memory (MB, 1 MB = 2²⁰ bytes)"
+    order = list(dict.fromkeys(g.variant for g in points))
+    fig = go.Figure()
+    for variant in order:
+        rows = [g for g in points if g.variant == variant]
+        iv = [g.metrics[metric] for g in rows]
+        fig.add_trace(go.Scatter(
+            x=[g.cost(cost) * scale for g in rows], y=[i.mean for i in iv], mode="markers", name=variant,
+            marker={"color": _colour(variant, order), "size": 9},
+            error_y={"type": "data", "symmetric": False,
+                     "array": [i.high - i.mean if _ok(i.high) else 0 for i in iv],
+                     "arrayminus": [i.mean - i.low if _ok(i.low) else 0 for i in iv]},
+            customdata=[[g.pattern, i.text(4)] for g, i in zip(rows, iv)],
+            hovertemplate="%{customdata[0]}<br>" + label + ": %{customdata[1]}<br>cost %{x:.3g}<extra>" + variant
+                          + "</extra>"))
+    line = sorted((g for g in front if _ok(g.cost(cost))), key=lambda g: g.cost(cost))
+    if line:
+        fig.add_trace(go.Scatter(
+            x=[g.cost(cost) * scale for g in line], y=[g.metrics[metric].mean for g in line], mode="lines",
+            name="Pareto front", line={"color": "#888888", "dash": "dot"},
+            hovertext=[g.label for g in line], hoverinfo="text"))
+    fig.update_layout(title=f"{label} against cost: the front holds the settings nothing beats on both",
+                      xaxis_title=x_title, yaxis_title=label, legend_title_text="method")
+    return fig
+
+
+def study_interval_figure(groups: Sequence[Group], metric: str, *, metric_label: str | None = None) -> go.Figure:
+    """Each setting's mean and interval over seeds as a dot with whiskers, grouped by pattern (the view
+    for training studies, whose patterns are not a sparsity axis).
+
+    Args:
+        groups: summaries.
+        metric: the metric.
+        metric_label: axis title.
+
+    Returns:
+        A plotly Figure.
+    """
+    groups = _groups(groups, metric, "study_interval_figure")
+    label = metric_label or metric
+    if not groups:
+        return _empty("Intervals over seeds", "No finished cells yet")
+    order = list(dict.fromkeys(g.variant for g in groups))
+    fig = go.Figure()
+    for variant in order:
+        rows = [g for g in groups if g.variant == variant]
+        iv = [g.metrics[metric] for g in rows]
+        fig.add_trace(go.Scatter(
+            x=[f"{g.model} {g.pattern}" if len({x.model for x in groups}) > 1 else g.pattern for g in rows],
+            y=[i.mean for i in iv], mode="markers", name=variant, marker={"color": _colour(variant, order), "size": 10},
+            error_y={"type": "data", "symmetric": False,
+                     "array": [i.high - i.mean if _ok(i.high) else 0 for i in iv],
+                     "arrayminus": [i.mean - i.low if _ok(i.low) else 0 for i in iv]},
+            customdata=[[i.text(4), len(g.seeds)] for g, i in zip(rows, iv)],
+            hovertemplate=label + ": %{customdata[0]}<br>seeds: %{customdata[1]}<extra>" + variant + "</extra>"))
+    conf = groups[0].metrics[metric].confidence
+    fig.update_layout(title=f"{label}: mean and {conf:.0%} interval over seeds", xaxis_title="pattern (N = kept)",
+                      yaxis_title=label, legend_title_text="method", scattermode="group")
+    return fig

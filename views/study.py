@@ -1,0 +1,59 @@
+"""Studies: a grid of experiments (models × methods × patterns × seeds, or STE / SR-STE training runs)
+with intervals over seeds, run on this server or on a Ray cluster, resumable from the disk cache."""
+import json
+
+import streamlit as st
+
+from sparsekit import study
+from ui.study_view import backend_choice, oneshot_form, results, run_study, status_text, training_form, uploaded_spec
+
+st.title("Studies")
+st.markdown(
+    "One setting on one seed says little: float sums differ between machines and calibration draws differ "
+    "between runs. A **study** runs a whole grid, every cell with several seeds, and shows each setting's mean "
+    "with a 95 % interval. Every finished cell is kept on disk, so a stopped study resumes where it was and a "
+    "cell that another study already ran is not run again. The same grid runs from the command line: download "
+    "its spec and `python -m sparsekit.study run SPEC.json` (add `--backend ray --ray ADDRESS` for a cluster)."
+)
+
+kind = st.radio("Study", ["oneshot", "training", "upload"], horizontal=True, key="st_kind",
+                format_func={"oneshot": "One-shot pruning", "training": "Sparse training (SR-STE vs STE)",
+                             "upload": "From a spec file"}.get)
+spec = {"oneshot": oneshot_form, "training": training_form, "upload": uploaded_spec}[kind]()
+if spec is None:
+    st.stop()
+
+cells = spec.cell_count()
+status = study.study_status(spec)
+backend, address = backend_choice()
+try:
+    memory = study.cell_memory_mb(spec)
+except ValueError as err:
+    st.error(f"Cannot size this study: {err}")
+    st.stop()
+need = max((mb for mb in memory.values() if mb), default=0.0)
+st.caption(f"**{cells} cells** ({status_text(status)}); the largest cell needs about {need:,.1f} MB of memory.")
+
+c1, c2 = st.columns([1, 3])
+start = False
+if status.done == status.total:
+    c1.caption("Every cell is on disk.")
+else:
+    start = c1.button("Run study" if status.done == 0 else "Resume study", type="primary", key="st_run")
+c2.download_button("Spec (.json)", json.dumps(json.loads(spec.to_json()), indent=1),
+                   f"{spec.name.replace(' ', '_')}-spec.json", mime="application/json", on_click="ignore",
+                   key="st_dl_spec")
+if start:
+    st.caption("Stop with Streamlit's Stop (top right) or any other change: finished cells stay on disk.")
+    try:
+        outcome = run_study(spec, backend, address)
+    except (ValueError, ConnectionError) as err:
+        st.error(f"The study could not run: {err}")
+        st.stop()
+    st.success(f"Finished: {status_text(outcome.status)}.")
+
+records = study.study_records(spec)
+if records:
+    results(spec, records)
+elif not start:
+    st.info("Nothing of this study is on disk yet: press Run study.")

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import socket
+import uuid
 from typing import Any, Callable
 
 from .cache import get_cache, make_key
@@ -186,6 +187,48 @@ class RunStore:
             The value ``put`` wrote, or None when there is no such entry.
         """
         return get_cache().get(self.key(run_id))
+
+    def save_record(self, record: Any, to_bytes: Callable[[Any], bytes]) -> str:
+        """Store a run record (its entry, then the index), giving it an id if it has none.
+
+        Args:
+            record: a record with ``run_id`` and ``summary()``; ``run_id`` is set when empty.
+            to_bytes: its serialiser.
+
+        Returns:
+            The run id.
+        """
+        if not record.run_id:
+            record.run_id = uuid.uuid4().hex[:12]
+        # A checkpoint or a rename keeps the run's place in the list.
+        self.put(record.run_id, to_bytes(record), record.summary())
+        return record.run_id
+
+    def load_record(self, run_id: str, from_bytes: Callable[[bytes], Any], what: str) -> Any:
+        """A stored run record, exactly as saved.
+
+        Args:
+            run_id: its id.
+            from_bytes: its reader.
+            what: what it is, for messages (``training run``).
+
+        Returns:
+            The record.
+
+        Raises:
+            KeyError: no such run. ValueError: the entry is not readable.
+        """
+        blob = self.get(run_id)
+        if blob is None:
+            raise KeyError(f"no saved {what} with id {run_id!r}")
+        if not isinstance(blob, bytes):
+            raise ValueError(f"the cache entry of run {run_id!r} is not a {what}")
+        try:
+            return from_bytes(blob)
+        except ValueError:
+            raise
+        except Exception as err:  # safetensors raises its own error type for damaged bytes
+            raise ValueError(f"the cache entry of {what} {run_id!r} is damaged: {err}") from None
 
     def summaries(self) -> list[dict]:
         """The index, in the order the runs were first saved.

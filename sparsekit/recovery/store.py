@@ -4,7 +4,6 @@ safetensors bytes for download."""
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Callable, Sequence
 
 from safetensors.torch import save as save_tensors
@@ -38,10 +37,7 @@ def save_recovery(record: RecoveryRecord) -> str:
     Returns:
         The run id.
     """
-    if not record.run_id:
-        record.run_id = uuid.uuid4().hex[:12]
-    _STORE.put(record.run_id, record_to_bytes(record), record.summary())
-    return record.run_id
+    return _STORE.save_record(record, record_to_bytes)
 
 
 def load_recovery(run_id: str) -> RecoveryRecord:
@@ -56,17 +52,7 @@ def load_recovery(run_id: str) -> RecoveryRecord:
     Raises:
         KeyError: no such run. ValueError: the entry is not readable.
     """
-    blob = _STORE.get(run_id)
-    if blob is None:
-        raise KeyError(f"no saved recovery run with id {run_id!r}")
-    if not isinstance(blob, bytes):
-        raise ValueError(f"the cache entry of run {run_id!r} is not a recovery run")
-    try:
-        record = record_from_bytes(blob)
-    except ValueError:
-        raise
-    except Exception as err:  # safetensors raises its own error type for damaged bytes
-        raise ValueError(f"the cache entry of recovery run {run_id!r} is damaged: {err}") from None
+    record = _STORE.load_record(run_id, record_from_bytes, "recovery run")
     if orphaned(record.status, record.owner):
         record.status = "stopped"
         record.message = _orphan_message(record.steps_done, record.config.steps)

@@ -5,7 +5,6 @@ so runs saved before still load.
 """
 from __future__ import annotations
 
-import uuid
 
 from ..store import RunStore, orphaned
 from .records import RunRecord, run_from_bytes, run_to_bytes
@@ -39,11 +38,7 @@ def save_run(record: RunRecord) -> str:
     Returns:
         The run id.
     """
-    if not record.run_id:
-        record.run_id = uuid.uuid4().hex[:12]
-    # A checkpoint or a rename keeps the run's place in the list.
-    _STORE.put(record.run_id, run_to_bytes(record), record.summary())
-    return record.run_id
+    return _STORE.save_record(record, run_to_bytes)
 
 
 def load_run(run_id: str) -> RunRecord:
@@ -58,17 +53,7 @@ def load_run(run_id: str) -> RunRecord:
     Raises:
         KeyError: no such run. ValueError: the entry is not readable.
     """
-    blob = _STORE.get(run_id)
-    if blob is None:
-        raise KeyError(f"no saved training run with id {run_id!r}")
-    if not isinstance(blob, bytes):
-        raise ValueError(f"the cache entry of run {run_id!r} is not a training run")
-    try:
-        record = run_from_bytes(blob)
-    except ValueError:
-        raise
-    except Exception as err:  # safetensors raises its own error type for damaged bytes
-        raise ValueError(f"the cache entry of run {run_id!r} is damaged: {err}") from None
+    record = _STORE.load_record(run_id, run_from_bytes, "training run")
     if orphaned(record.status, record.owner):
         record.status = "stopped"
         record.message = _orphan_message(f" (step {record.steps_done:,} of {record.total_steps:,})")

@@ -3,8 +3,9 @@
 For each model: prune 2:4 by magnitude, then run ``sparsekit.recovery.compare_modes`` with the same
 number of steps for every mode. The step count comes from the time budget: a short probe of the
 slowest mode (SR-STE) measures the CPU seconds per step and per evaluation (this process's CPU time,
-which other jobs on a shared machine do not stretch), and the steps are chosen so one mode fits in
-``--seconds`` (or give ``--steps`` directly). Prints one table and the environment.
+which other jobs on a shared machine stretch less than the wall clock), and the steps are chosen so
+one mode fits in ``--seconds``, at most the library's 20,000 (or give ``--steps`` directly). Prints
+the environment, a table after each model, and all rows at the end.
 
     .venv/bin/python benchmarks/recovery_table.py --seconds 60            # a quick look
     .venv/bin/python benchmarks/recovery_table.py --seconds 300           # ~5 min of CPU per mode
@@ -24,12 +25,19 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# Read once when the OpenMP runtime loads, so before torch. After numba's OpenMP kernels have run
+# (sparsify's masks), their worker thread spin-waits and takes a core from torch: on this shared
+# 2-core machine a MiniLM forward+backward of 16 sentences took 2.1-2.3 s instead of 0.28-0.31 s,
+# and a recovery step 4.7-5.2 s instead of 0.37-0.55 s (measured, one run each, same load).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
 import sparsekit  # noqa: E402
 from sparsekit.models.digits import digits_split  # noqa: E402
-from sparsekit.recovery import MODES, compare_modes, default_recovery_config, recover, recovered_model  # noqa: E402
+from sparsekit.recovery import (  # noqa: E402
+    MAX_STEPS, MODES, compare_modes, default_recovery_config, recover, recovered_model,
+)
 
 EVALS = 5
 """Evaluations per run after step 0 (each costs a pass of the quality metric)."""
@@ -39,7 +47,7 @@ def probe(result, loaded, cfg, steps: int = 6) -> tuple[float, float]:
     """CPU seconds per training step and per evaluation of the slowest mode (SR-STE recomputes masks).
 
     CPU time of this process, not wall time: on a shared machine other jobs stretch the wall clock
-    of every step, not the work it does."""
+    of every step far more than the work it does."""
     stamps: list[float] = []
     t0 = time.process_time()
     loaded.quality(result.model)
@@ -81,9 +89,10 @@ def main() -> None:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
 
     print(f"# recovery_table · {time.strftime('%Y-%m-%d %H:%M')} · torch {torch.__version__} · "
-          f"{torch.get_num_threads()} threads · {os.cpu_count()} CPUs ({cpu_name()}) · "
+          f"{torch.get_num_threads()} threads · OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} · "
+          f"{os.cpu_count()} CPUs ({cpu_name()}) · "
           f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    print(f"# budget: {'%d steps' % args.steps if args.steps else '%g s per mode' % args.seconds}, "
+    print(f"# budget: {'%d steps' % args.steps if args.steps else '%g CPU s per mode' % args.seconds}, "
           f"2:4 magnitude, λ_w = {args.lambda_w:g}, {EVALS} evaluations per run\n")
     rows = []
     for spec in [s.strip() for s in args.models.split(",") if s.strip()]:
@@ -99,6 +108,9 @@ def main() -> None:
         else:
             per_step, per_eval = probe(result, loaded, cfg)
             steps = max(EVALS, int((args.seconds - (EVALS + 1) * per_eval) / per_step))
+            if steps > MAX_STEPS:
+                print(f"{spec}: the budget allows {steps:,} steps; capped at the library's limit of {MAX_STEPS:,}")
+                steps = MAX_STEPS
         cfg = replace(cfg, steps=steps, eval_every=max(1, -(-steps // EVALS)))
         print(f"{spec}: {steps} steps per mode (probe: {per_step:.3f} s/step, {per_eval:.2f} s/evaluation), "
               f"lr {cfg.lr:g}, batch {cfg.batch_size}, loss {cfg.resolve_loss(loaded.kind)}", flush=True)
@@ -128,7 +140,13 @@ def main() -> None:
             rows.append((spec, row, extra))
             print(f"  {row['mode']:<10} done in {rec.seconds:.0f} s ({row['cpu']:.0f} CPU s): "
                   f"{rec.metric} {rec.before:.4f} → {rec.after:.4f}", flush=True)
+        print_table([r for r in rows if r[0] == spec])  # now, in case a later model fails
+        print(flush=True)
     print()
+    print_table(rows)
+
+
+def print_table(rows) -> None:
     head = ("model", "mode", "steps", "wall s", "CPU s", "metric", "dense", "before", "after", "gap recovered",
             "SAD vs pruned", "flip rate/step", "oscillating", "other metric")
     print("| " + " | ".join(head) + " |")

@@ -36,6 +36,12 @@ def _ok(x: float | None) -> bool:
     return x is not None and math.isfinite(x)
 
 
+def _whiskers(iv) -> dict:
+    """Plotly error bars from intervals (none drawn where a setting has fewer than two seeds)."""
+    return {"type": "data", "symmetric": False, "array": [i.high - i.mean if _ok(i.high) else 0 for i in iv],
+            "arrayminus": [i.mean - i.low if _ok(i.low) else 0 for i in iv]}
+
+
 def study_quality_figure(groups: Sequence[Group], metric: str, *, metric_label: str | None = None,
                          dense: float | None = None) -> go.Figure:
     """Quality against sparsity (pruned share of the prunable weights), one line per method with its
@@ -114,9 +120,7 @@ def study_pareto_figure(groups: Sequence[Group], front: Sequence[Group], metric:
         fig.add_trace(go.Scatter(
             x=[g.cost(cost) * scale for g in rows], y=[i.mean for i in iv], mode="markers", name=variant,
             marker={"color": _colour(variant, order), "size": 9},
-            error_y={"type": "data", "symmetric": False,
-                     "array": [i.high - i.mean if _ok(i.high) else 0 for i in iv],
-                     "arrayminus": [i.mean - i.low if _ok(i.low) else 0 for i in iv]},
+            error_y=_whiskers(iv),
             customdata=[[g.pattern, i.text(4)] for g, i in zip(rows, iv)],
             hovertemplate="%{customdata[0]}<br>" + label + ": %{customdata[1]}<br>cost %{x:.3g}<extra>" + variant
                           + "</extra>"))
@@ -155,9 +159,7 @@ def study_interval_figure(groups: Sequence[Group], metric: str, *, metric_label:
         fig.add_trace(go.Scatter(
             x=[f"{g.model} {g.pattern}" if len({x.model for x in groups}) > 1 else g.pattern for g in rows],
             y=[i.mean for i in iv], mode="markers", name=variant, marker={"color": _colour(variant, order), "size": 10},
-            error_y={"type": "data", "symmetric": False,
-                     "array": [i.high - i.mean if _ok(i.high) else 0 for i in iv],
-                     "arrayminus": [i.mean - i.low if _ok(i.low) else 0 for i in iv]},
+            error_y=_whiskers(iv),
             customdata=[[i.text(4), len(g.seeds)] for g, i in zip(rows, iv)],
             hovertemplate=label + ": %{customdata[0]}<br>seeds: %{customdata[1]}<extra>" + variant + "</extra>"))
     conf = groups[0].metrics[metric].confidence

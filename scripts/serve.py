@@ -2,8 +2,13 @@
 
     .venv/bin/python scripts/serve.py [streamlit options, e.g. --server.port 8502]
 """
+import os
 import sys
 from pathlib import Path
+
+# Before the preload thread imports torch (app.py sets the same, but runs after it): OpenMP workers
+# waiting at a barrier sleep instead of spinning (README "Speed note").
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -1,11 +1,15 @@
 """Shared fixtures: an isolated disk cache, model roots, and tiny fake Hugging Face checkpoints."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
-import pytest
-import torch
+# As sparsekit/__init__ does, but before any test module imports torch (README "Speed note").
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # Tokenizer files copied from the bundled MiniLM into the fake checkpoints, so they tokenise
 # real text without any download.

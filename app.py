@@ -4,6 +4,7 @@ The page scripts live in ``views/``, not ``pages/``: Streamlit treats a ``pages/
 entry file as its legacy multipage app until ``st.navigation`` first runs, which on a fresh server
 undid the first model pick and showed its own file-name sidebar on a first deep link.
 """
+import logging
 import os
 
 # Before torch loads: OpenMP threads that wait at a barrier sleep instead of spinning. On a small
@@ -11,9 +12,19 @@ import os
 # with one core busy; 0.70 vs 0.82 s when quiet; benchmarks/bench_browser.py has the page figures).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import time  # noqa: E402
+
 import streamlit as st  # noqa: E402
 
-from ui.state import sidebar_model  # noqa: E402
+from ui.state import TIMING_LOG, sidebar_model  # noqa: E402
+
+if os.environ.get("SPARSEKIT_LOG_TIMINGS") == "1" and not TIMING_LOG.handlers:
+    _handler = logging.StreamHandler()
+    _handler.setFormatter(logging.Formatter("%(name)s %(message)s"))
+    TIMING_LOG.addHandler(_handler)
+    TIMING_LOG.setLevel(logging.INFO)
+    TIMING_LOG.propagate = False
+_started = time.perf_counter()
 
 st.set_page_config(page_title="Sparsity Lab", page_icon=":material/grid_on:", layout="wide")
 
@@ -34,4 +45,7 @@ loaded, key = sidebar_model()
 page = st.navigation(pages)
 st.session_state["_loaded"] = loaded
 st.session_state["_model_key"] = key
-page.run()
+try:
+    page.run()
+finally:  # also after st.stop() / a rerun request, which end the page with an exception
+    TIMING_LOG.info("page %s %.3f s", page.title, time.perf_counter() - _started)

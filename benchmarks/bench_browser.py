@@ -182,6 +182,25 @@ def run(repeats: int, empty_cache: bool, streamlit_args: list[str] = ()) -> dict
     return times
 
 
+SPLITS: dict[str, list[dict[str, float]]] = {}
+"""Server-side seconds per action (GPT-2 run): the page script, and its sparsify and quality pass."""
+
+
+def server_split(log_path: Path, offset: int) -> tuple[dict[str, float], int]:
+    """Sum the ``sparsekit.timing`` lines (``SPARSEKIT_LOG_TIMINGS=1``) written to the server log
+    since ``offset``: ``{"page": s, "sparsify": s, "quality": s}``, and the new offset."""
+    with open(log_path) as f:
+        f.seek(offset)
+        text = f.read()
+        offset = f.tell()
+    split = {"page": 0.0, "sparsify": 0.0, "quality": 0.0}
+    for line in text.splitlines():
+        if line.startswith("sparsekit.timing "):
+            what, seconds = line.split()[1], float(line.split()[-2])
+            split[what] = split.get(what, 0.0) + seconds
+    return split, offset
+
+
 def run_gpt2(repeats: int) -> tuple[dict[str, list[float]], list[str]]:
     """The GPT-2 small-size model (124 M parameters, random weights, written as a Hugging Face
     directory under a temporary model root) picked in the sidebar, then on Sparsify: a new magnitude
@@ -195,24 +214,31 @@ def run_gpt2(repeats: int) -> tuple[dict[str, list[float]], list[str]]:
     root = Path(tmp) / "models"
     root.mkdir()
     gpt2_dir = write_gpt2(root, "gpt2-small")
-    env = dict(os.environ, SPARSEKIT_MODEL_ROOTS=str(root), SPARSEKIT_CACHE_DIR=str(Path(tmp) / "cache"))
+    env = dict(os.environ, SPARSEKIT_MODEL_ROOTS=str(root), SPARSEKIT_CACHE_DIR=str(Path(tmp) / "cache"),
+               SPARSEKIT_LOG_TIMINGS="1")
+    log_path = Path(tmp) / "streamlit.log"
     times: dict[str, list[float]] = {}
     captions: list[str] = []
+    offset = 0
 
     def report(page):
         return page.get_by_text("Per-layer report")
 
     def apply(page, key: str) -> None:
+        nonlocal offset
         button = page.get_by_role("button", name="Apply")
         caption = page.locator('[data-testid="stCaptionContainer"]', has_text="Computed when you press Apply")
         if caption.count():
             captions.append(f"{key}: {caption.first.inner_text()}")
+        _, offset = server_split(log_path, offset)  # skip what ran before the click
         t = mark(page)
         button.first.click()
         times.setdefault(key, []).append(wait_idle(page, t, report(page)))
+        split, offset = server_split(log_path, offset)
+        SPLITS.setdefault(key, []).append(split)
 
     try:
-        with served_app(("scripts/serve.py",), env=env, log_path=Path(tmp) / "streamlit.log", timeout=300) as url:
+        with served_app(("scripts/serve.py",), env=env, log_path=log_path, timeout=300) as url:
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
                 page = browser.new_page(viewport={"width": 1440, "height": 1000})
@@ -237,12 +263,19 @@ def run_gpt2(repeats: int) -> tuple[dict[str, list[float]], list[str]]:
                 t = mark(page)
                 pick(page, "Scoring", "random")
                 wait_idle(page, t)
-                apply(page, "random: new setting, Apply to idle")
+                apply(page, "random: new setting, Apply to idle")  # 1:2, as magnitude left it
+                for nm in ("2:4", "1:4")[:max(repeats - 1, 0)]:
+                    pick(page, "N:M", nm)
+                    wait_idle(page, mark(page))
+                    apply(page, "random: new setting, Apply to idle")
                 for method in ("wanda", "sparsegpt"):
                     t = mark(page)
                     pick(page, "Scoring", method)
                     wait_idle(page, t)
-                    apply(page, f"{method}: first 2:4, Apply to idle")
+                    for i, nm in enumerate(("2:4", "1:4")[:max(1, min(repeats - 1, 2))]):
+                        pick(page, "N:M", nm)
+                        wait_idle(page, mark(page))
+                        apply(page, f"{method}: {'first 2:4' if i == 0 else 'a second setting'}, Apply to idle")
                 browser.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -274,6 +307,17 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|")
     for action, ts in times.items():
         print(f"| {action} | {len(ts)} | {statistics.median(ts):.2f} | {min(ts):.2f} | {max(ts):.2f} |")
+    if SPLITS:
+        print("\nServer side, medians (s): the page script's run(s) after the click, and within them the "
+              "sparsify and the quality pass; 'outside' = click to idle minus the page script (websocket, "
+              "browser, Streamlit's own work)")
+        print("| action | click to idle | page script | sparsify | quality | page, other | outside |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for action, splits in SPLITS.items():
+            med = {k: statistics.median(s[k] for s in splits) for k in ("page", "sparsify", "quality")}
+            total = statistics.median(times[action])
+            print(f"| {action} | {total:.2f} | {med['page']:.2f} | {med['sparsify']:.2f} | {med['quality']:.2f} | "
+                  f"{med['page'] - med['sparsify'] - med['quality']:.2f} | {total - med['page']:.2f} |")
     for caption in captions:
         print(f"shown before: {caption}")
     if args.out:

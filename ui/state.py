@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 import time
@@ -17,6 +18,10 @@ from sparsekit.sparsify import CALIBRATED_METHODS, SparsifyConfig
 from ui import preload
 from ui.format import KIND_LABELS
 from ui.long_jobs import EstimatingProgress
+
+TIMING_LOG = logging.getLogger("sparsekit.timing")
+"""Server-side seconds of each sparsify, quality pass and page run; printed to stderr when the server
+runs with ``SPARSEKIT_LOG_TIMINGS=1`` (``benchmarks/bench_browser.py`` reads them from the log)."""
 
 SOURCES = {
     "minilm": "MiniLM (all-MiniLM-L6-v2, bundled)",
@@ -115,7 +120,9 @@ def last_duration(model_key: str, method: str) -> float | None:
 def _quality(model_key: str, config_json: str, _loaded, _result) -> dict[str, float]:
     start = time.perf_counter()
     quality = _loaded.quality(_result.model)
-    _timings()[(model_key, "quality")] = time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    TIMING_LOG.info("quality %s %.3f s", SparsifyConfig.from_json(config_json).label(), seconds)
+    _timings()[(model_key, "quality")] = seconds
     return quality
 
 
@@ -252,8 +259,10 @@ def sparsified(model_key: str, loaded, config: SparsifyConfig):
         finally:
             if bar is not None:
                 bar.empty()
+        seconds = time.perf_counter() - start
+        TIMING_LOG.info("sparsify %s %.3f s", config.label(), seconds)
         if config.pattern != "dense":
-            _timings()[(model_key, config.method)] = time.perf_counter() - start
+            _timings()[(model_key, config.method)] = seconds
         store.put(key, result)
         return result
 

@@ -1,9 +1,11 @@
 """Recovery: fine-tune the pruned model to win back quality (fixed mask, STE, SR-STE on one budget), with
-live curves, SAD per interval and per layer, flip rate and oscillation; runs persist and export."""
+live curves, SAD per interval and per layer, flip rate and oscillation; runs persist and export, and
+the Saved runs view lists, reopens and deletes them."""
 import streamlit as st
 
 from sparsekit import recovery, viz
 from sparsekit.recovery import MODE_LABELS, MODES, default_recovery_config
+from ui.recovery_view import saved_runs_view, show_records
 from ui.state import require_model, sparsified
 from ui.widgets import current_config
 
@@ -18,6 +20,12 @@ st.markdown(
     "(after − before) / (dense − before) of the headline metric."
 )
 
+# Saved runs need neither a loaded model nor a pruned setting: runs of every model are listed.
+view = st.radio("View", ["New recovery", "Saved runs"], horizontal=True, key="rc_view", label_visibility="collapsed")
+if view == "Saved runs":
+    saved_runs_view()
+    st.stop()
+
 loaded, key = require_model()
 config = current_config()
 if config.pattern == "dense":
@@ -31,12 +39,14 @@ except ValueError as err:
     st.stop()
 
 c1, c2, c3, c4 = st.columns(4)
+keep = dict(persist_state="page")  # a look at the saved runs keeps these settings (and the runs they show)
 modes = c1.multiselect("Modes (same budget each)", list(MODES), default=list(MODES) if config.pattern == "nm"
                        else ["fixed"], format_func=MODE_LABELS.get, key="rc_modes",
-                       help="STE and SR-STE need an N:M pattern (the mask is recomputed per group of M)")
-steps = int(c2.number_input("Steps", 1, 20000, defaults.steps, key="rc_steps"))
-lr = float(c3.number_input("Learning rate", 1e-6, 1.0, float(defaults.lr), format="%g", key="rc_lr"))
-every = int(c4.number_input("Evaluate every (steps)", 1, 20000, min(defaults.eval_every, steps), key="rc_every"))
+                       help="STE and SR-STE need an N:M pattern (the mask is recomputed per group of M)", **keep)
+steps = int(c2.number_input("Steps", 1, 20000, defaults.steps, key="rc_steps", **keep))
+lr = float(c3.number_input("Learning rate", 1e-6, 1.0, float(defaults.lr), format="%g", key="rc_lr", **keep))
+every = int(c4.number_input("Evaluate every (steps)", 1, 20000, min(defaults.eval_every, steps), key="rc_every",
+                            **keep))
 configs = []
 for mode in modes:
     cfg = default_recovery_config(loaded.kind, mode=mode, steps=steps, lr=lr, eval_every=min(every, steps))
@@ -78,21 +88,4 @@ if records is None:
     chart.empty()
     runs[run_key] = records
 
-colors = viz.recovery_colors(records)
-left, right = st.columns(2)
-left.plotly_chart(viz.recovery_curves_figure(records, colors=colors), width="stretch", key="rc_curves")
-right.plotly_chart(viz.recovery_gap_figure(records, colors=colors), width="stretch", key="rc_gap")
-left.plotly_chart(viz.recovery_sad_figure(records), width="stretch", key="rc_sad")
-right.plotly_chart(viz.flip_rate_figure(records), width="stretch", key="rc_flips")
-st.subheader("Summary")
-st.dataframe([{"mode": MODE_LABELS[r.config.mode], f"{r.metric} before": r.before, "after": r.after,
-               "dense": r.dense, "gap recovered": r.gap_recovered, "seconds": r.seconds, "status": r.status}
-              for r in records], hide_index=True, width="stretch",
-             column_config={"gap recovered": st.column_config.NumberColumn(format="percent")})
-pick = st.selectbox("Per-layer SAD of", range(len(records)), format_func=lambda i: MODE_LABELS[records[i].config.mode],
-                    key="rc_layer_run")
-st.plotly_chart(viz.recovery_sad_heatmap(records[pick]), width="stretch", key="rc_heat")
-stem = f"{loaded.name}-{config.label()}-{records[pick].config.mode}".replace(" ", "_").replace(":", "-").replace("/", "_")
-st.download_button("Recovered weights (.safetensors)", lambda: recovery.recovered_safetensors(records[pick]),
-                   f"{stem}-recovered.safetensors", mime="application/octet-stream", on_click="ignore",
-                   key="rc_download")
+show_records(records)

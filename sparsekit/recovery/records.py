@@ -144,8 +144,8 @@ class RecoveryRecord:
 
     @property
     def label(self) -> str:
-        """The name, or ``<recovery label> · <model spec> <pattern>``."""
-        return self.name or f"{self.config.label()} · {self.model_spec} {self.sparsify_config.label()}"
+        """The name, or ``<recovery label> · <model name> <pattern>`` (the name, not the spec: no server path)."""
+        return self.name or f"{self.config.label()} · {self.model_name} {self.sparsify_config.label()}"
 
     @property
     def numel(self) -> dict[str, int]:

@@ -1,0 +1,205 @@
+"""Streamlit pieces of the Recovery page: the figures, summary, per-layer SAD and download of a set of
+recovery runs (just made, or reopened from the run store), and the saved-runs view: the table of
+every saved run, reopening some, deleting one."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Callable, Sequence
+
+import streamlit as st
+
+from sparsekit import recovery, viz
+from sparsekit.recovery import MODE_LABELS, RecoveryRecord
+from sparsekit.sparsify import SparsifyConfig
+from ui.format import shown_path
+
+MAX_DEFAULT_PICK = 3
+"""The saved-runs view reopens the newest run and up to this many runs in all that share its model and
+starting setting (one press of Recover saves one run per mode)."""
+_MEMO = "rc_saved_records"
+
+
+def mode_label(record: RecoveryRecord) -> str:
+    return MODE_LABELS.get(record.config.mode, record.config.mode)
+
+
+def download_stem(record: RecoveryRecord) -> str:
+    """File name stem of a run's recovered weights: its own model name, starting setting and mode."""
+    stem = f"{record.model_name}-{record.sparsify_config.label()}-{record.config.mode}"
+    return stem.replace(" ", "_").replace(":", "-").replace("/", "_")
+
+
+def show_records(records: Sequence[RecoveryRecord], *, key: str = "rc",
+                 label_of: Callable[[RecoveryRecord], str] = mode_label, origin: bool = False) -> None:
+    """The figures (quality and loss, gap recovered, SAD, flip rate), the summary table, one run's
+    per-layer SAD and the download of its recovered weights.
+
+    Args:
+        records: the runs, at least one; only read.
+        key: prefix of the widget and chart keys (``rc`` gives ``rc_curves``, ``rc_layer_run`` ...).
+        label_of: how a run is named in the per-layer SAD picker.
+        origin: also name each run's model and starting setting in the summary (reopened runs may
+            come from different ones).
+    """
+    colors = viz.recovery_colors(records)
+    left, right = st.columns(2)
+    left.plotly_chart(viz.recovery_curves_figure(records, colors=colors), width="stretch", key=f"{key}_curves")
+    right.plotly_chart(viz.recovery_gap_figure(records, colors=colors), width="stretch", key=f"{key}_gap")
+    left.plotly_chart(viz.recovery_sad_figure(records), width="stretch", key=f"{key}_sad")
+    right.plotly_chart(viz.flip_rate_figure(records), width="stretch", key=f"{key}_flips")
+    st.subheader("Summary")
+    rows = []
+    for r in records:
+        where = {"model": model_text(r.model_spec), "starting setting": r.sparsify_config.label()} if origin else {}
+        rows.append({**where, "mode": mode_label(r), f"{r.metric} before": r.before, "after": r.after,
+                     "dense": r.dense, "gap recovered": r.gap_recovered, "seconds": r.seconds, "status": r.status})
+    st.dataframe(rows, hide_index=True, width="stretch",
+                 column_config={"gap recovered": st.column_config.NumberColumn(format="percent")})
+    pick = st.selectbox("Per-layer SAD of", range(len(records)), format_func=lambda i: label_of(records[i]),
+                        key=f"{key}_layer_run")
+    record = records[pick]
+    st.plotly_chart(viz.recovery_sad_heatmap(record), width="stretch", key=f"{key}_heat")
+    if not record.weights:
+        # Weights are saved when a run ends; a run that is still going, or whose process died, has none.
+        st.caption(f"{label_of(record)} has no recovered weights to download (status {record.status}).")
+        return
+    st.download_button("Recovered weights (.safetensors)", lambda: recovery.recovered_safetensors(record),
+                       f"{download_stem(record)}-recovered.safetensors", mime="application/octet-stream",
+                       on_click="ignore", key=f"{key}_download")
+
+
+# ---------------------------------------------------------------------------------------------
+# Saved runs
+
+
+def model_text(spec: str) -> str:
+    """A run's model as a browser user may see it (no server path beyond the model roots)."""
+    return f"hf:{shown_path(spec[3:])}" if spec.startswith("hf:") else spec
+
+
+def _setting_text(data) -> str:
+    try:
+        return SparsifyConfig.from_json(json.dumps(data)).label()
+    except (TypeError, ValueError):  # a config this version cannot read: show it raw
+        return json.dumps(data, sort_keys=True)
+
+
+def _created_text(created) -> str:
+    if not created:
+        return "–"
+    return datetime.fromtimestamp(float(created), timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _stamp(entry: dict) -> tuple:
+    # A checkpoint or the final save changes the status or the steps done; nothing else rewrites a run.
+    return entry["run_id"], entry.get("status"), entry.get("steps_done")
+
+
+def _flash(message: str, kind: str = "success") -> None:
+    st.session_state["rc_flash"] = (kind, message)
+
+
+def _do_delete() -> None:
+    run_id = st.session_state.get("rc_delete_run")
+    try:
+        recovery.delete_recovery(run_id)
+        _flash("Deleted.")
+    except KeyError as err:
+        _flash(f"Could not delete: {err}", "error")
+    if run_id in st.session_state.get("rc_saved_pick", []):
+        st.session_state["rc_saved_pick"] = [r for r in st.session_state["rc_saved_pick"] if r != run_id]
+    st.session_state["rc_confirm"] = False
+
+
+def default_pick(entries: Sequence[dict]) -> list[str]:
+    """The newest run and the newest runs that share its model and starting setting, at most
+    ``MAX_DEFAULT_PICK``; ``entries`` newest first."""
+    if not entries:
+        return []
+    first = entries[0]
+    same = [e["run_id"] for e in entries if e.get("model_spec") == first.get("model_spec")
+            and e.get("sparsify_config") == first.get("sparsify_config")]
+    return same[:MAX_DEFAULT_PICK]
+
+
+def newest_first(entries: Sequence[dict]) -> list[dict]:
+    """Saved-run summaries newest first (the index lists them oldest first, which breaks ties)."""
+    return sorted(reversed(list(entries)), key=lambda e: -float(e.get("created") or 0.0))
+
+
+def _table(entries: Sequence[dict]) -> list[dict]:
+    rows = []
+    for e in entries:
+        cfg = e.get("config") or {}
+        mode = cfg.get("mode", "")
+        rows.append({
+            "created": _created_text(e.get("created")), "model": model_text(str(e.get("model_spec", ""))),
+            "starting setting": _setting_text(e.get("sparsify_config")), "mode": MODE_LABELS.get(mode, mode),
+            "steps": f"{int(e.get('steps_done') or 0):,} / {int(cfg.get('steps') or 0):,}",
+            "metric": e.get("metric", ""), "before": e.get("before"), "after": e.get("after"),
+            "dense": e.get("dense"), "gap recovered": e.get("gap_recovered"), "seconds": e.get("seconds"),
+            "status": e.get("status", ""), "message": e.get("message", ""), "id": e["run_id"],
+        })
+    return rows
+
+
+def load_saved(entries: Sequence[dict], labels: dict[str, str]) -> list[RecoveryRecord]:
+    """The chosen runs, decoded once per (run id, status, steps done) in this session; a run that
+    cannot be read gets an error naming it and is left out."""
+    memo = st.session_state.setdefault(_MEMO, {})
+    records, keep = [], {}
+    for e in entries:
+        stamp = _stamp(e)
+        record = memo.get(stamp)
+        if record is None:
+            try:
+                record = recovery.load_recovery(e["run_id"])
+            except (KeyError, ValueError) as err:
+                st.error(f"Saved run {labels[e['run_id']]} (id {e['run_id']}) cannot be read: {err}. "
+                         "The other runs are not affected; delete this one below.")
+                continue
+        keep[stamp] = record
+        records.append(record)
+    # Only the runs on show stay decoded: a record holds the model's weights.
+    st.session_state[_MEMO] = keep
+    return records
+
+
+def saved_runs_view() -> None:
+    """Every saved recovery run (whatever model is loaded and whatever the Sparsify page's setting):
+    a table, the chosen runs reopened with ``show_records``, and a delete with confirmation."""
+    if "rc_flash" in st.session_state:
+        kind, message = st.session_state.pop("rc_flash")
+        (st.error if kind == "error" else st.success)(message)
+    entries = newest_first(recovery.list_recoveries())
+    if not entries:
+        st.session_state.pop(_MEMO, None)
+        st.info("No saved recovery runs yet: switch to New recovery, prune the model on the Sparsify page, "
+                "choose the modes and press Recover. Every run is saved on disk as it goes.")
+        return
+    by_id = {e["run_id"]: e for e in entries}
+    rows = _table(entries)
+    labels = {r["id"]: f"{r['mode']} · {r['model']} · {r['starting setting']} · {r['created']} · {r['id'][:6]}"
+              for r in rows}
+    st.dataframe(rows, hide_index=True, width="stretch", column_config={
+        "before": st.column_config.NumberColumn(format="%.4g"), "after": st.column_config.NumberColumn(format="%.4g"),
+        "dense": st.column_config.NumberColumn(format="%.4g"),
+        "gap recovered": st.column_config.NumberColumn(format="percent"),
+        "seconds": st.column_config.NumberColumn(format="%.1f")})
+
+    shown = st.session_state.get("rc_saved_pick")
+    if shown and any(r not in by_id for r in shown):  # runs another session deleted meanwhile drop out
+        st.session_state["rc_saved_pick"] = [r for r in shown if r in by_id]
+    picked = st.multiselect("Reopen", list(by_id), default=default_pick(entries), format_func=labels.get,
+                            key="rc_saved_pick", help="the same figures, summary and download as a fresh run")
+    with st.expander("Delete a run"):
+        st.selectbox("Run", list(by_id), format_func=labels.get, key="rc_delete_run")
+        confirm = st.checkbox("Yes, delete this run", key="rc_confirm")
+        st.button("Delete", on_click=_do_delete, disabled=not confirm, key="rc_delete")
+    if not picked:
+        st.info("Choose runs to reopen.")
+        return
+    records = load_saved([by_id[r] for r in picked], labels)
+    if records:
+        show_records(records, key="rc_saved", label_of=lambda r: labels.get(r.run_id, r.label), origin=True)

@@ -299,3 +299,28 @@ def test_config_json_keeps_old_keys_and_round_trips():
     assert SparsifyConfig.from_json(owl.to_json()) == owl
     assert json.loads(owl.to_json())["allocation"] == "owl"
     assert "OWL allocation" in owl.label()
+
+
+def test_sparsify_page_compares_owl_with_uniform(tmp_cache):
+    """The Sparsify page with OWL shows its headline metric next to uniform allocation of the same
+    pattern, both equal to the library's numbers for those two configs."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file("../app.py", default_timeout=120)
+    at.run()
+    at.selectbox(key="model_source").set_value("digits:mlp").run()
+    at.switch_page("views/sparsify.py")
+    at.run()
+    at.radio(key="sp_pattern").set_value("unstructured").run()
+    at.selectbox(key="sp_allocation").set_value("owl").run()
+    assert not at.exception and not at.error
+    loaded = sparsekit.load_model("digits:mlp")
+    owl = sparsify(loaded, SparsifyConfig(pattern="unstructured", sparsity=0.5, allocation="owl"))
+    uniform = sparsify(loaded, SparsifyConfig(pattern="unstructured", sparsity=0.5))
+    a, u = loaded.quality(owl.model)["accuracy"], loaded.quality(uniform.model)["accuracy"]
+    text = next(i.value for i in at.info if "with this allocation" in i.value)
+    assert f"**{a:.4g}** with this allocation" in text and f"**{u:.4g}** with every layer" in text
+    assert ("better than" if a > u else "worse than" if a < u else "the same as") in text
+    # uniform allocation shows no comparison
+    at.selectbox(key="sp_allocation").set_value("uniform").run()
+    assert not any("with this allocation" in i.value for i in at.info)

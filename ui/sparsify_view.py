@@ -116,3 +116,17 @@ def report_table(report, counting_help: str) -> None:
         config[label] = st.column_config.NumberColumn(label, format="%.1f")
     height = min(38 + 35 * len(frame), 420)  # a 5-layer model gets 5 rows, not 5 rows and 10 blanks
     st.dataframe(frame[order], hide_index=True, height=height, column_config=config, width="stretch")
+
+
+def uniform_comparison_text(loaded, metric: str, allocated: dict[str, float], uniform: dict[str, float]) -> str:
+    """One sentence: the non-uniform allocation's headline metric against uniform allocation of the
+    same pattern and method (same overall count of pruned weights), and which is better."""
+    name = loaded.metric_names.get(metric, metric)
+    a, u = allocated[metric], uniform[metric]
+    if a == u:
+        verdict = "the same as"
+    else:
+        better = (a > u) == loaded.higher_is_better.get(metric, True)
+        verdict = "better than" if better else "worse than"
+    return (f"{name}: **{a:.4g}** with this allocation, **{u:.4g}** with every layer at the same target "
+            f"(uniform allocation, same overall sparsity) – {verdict} uniform by {abs(a - u):.3g}.")

@@ -1,4 +1,6 @@
 """Sparsify: choose a pattern and layers, prune a copy, compare quality, download the result."""
+from dataclasses import replace
+
 import pandas as pd
 import streamlit as st
 
@@ -6,7 +8,7 @@ from sparsekit import viz
 from sparsekit.export import masks_safetensors, weights_safetensors
 from sparsekit.sparsify import report_csv
 from ui.format import change_text, metric_text
-from ui.sparsify_view import apply_gate, fit_banner, prunable_weights, report_table
+from ui.sparsify_view import apply_gate, fit_banner, prunable_weights, report_table, uniform_comparison_text
 from ui.state import estimated_duration, is_computed, last_duration, require_model, sparse_quality, sparsified
 from ui.widgets import config_form, current_config
 
@@ -65,6 +67,15 @@ if result.calibration_note:
     st.caption(f"Calibration order: {result.calibration_note}.")
 if result.allocation_note:
     st.caption(f"Allocation: {result.allocation_note}")
+if config.allocation != "uniform" and config.pattern != "dense":
+    uniform = replace(config, allocation="uniform")
+    try:
+        with st.spinner(f"Measuring {uniform.label()} (uniform allocation) for comparison…"):
+            uniform_quality = sparse_quality(key, loaded, uniform)
+    except ValueError as err:
+        st.caption(f"No uniform comparison: {err}")
+    else:
+        st.info(uniform_comparison_text(loaded, headline, quality, uniform_quality), icon=":material/balance:")
 
 st.subheader("Quality before and after")
 st.dataframe(pd.DataFrame([

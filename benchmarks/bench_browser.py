@@ -40,7 +40,7 @@ _WATCH = """() => {
   if (window.__states) return;
   window.__states = [];
   const app = document.querySelector('[data-testid="stApp"]');
-  new MutationObserver(() => window.__states.push(app.getAttribute('data-test-script-state')))
+  new MutationObserver(() => window.__states.push([app.getAttribute('data-test-script-state'), performance.now()]))
     .observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
 }"""
 
@@ -52,29 +52,46 @@ def watch(page) -> None:
     page.evaluate(_WATCH)
 
 
-def mark(page) -> tuple[float, int]:
-    """The moment an action starts: the clock and how many script states were recorded so far."""
+def mark(page) -> tuple[float, int, float]:
+    """The moment an action starts: this process's clock, how many script states were recorded so
+    far, and the browser's clock (ms)."""
     page.evaluate(_WATCH)  # again after a page load; a no-op while the observer is there
-    return time.perf_counter(), page.evaluate("() => window.__states.length")
+    seen, browser_ms = page.evaluate("() => [window.__states.length, performance.now()]")
+    return time.perf_counter(), seen, browser_ms
 
 
-def wait_idle(page, start: tuple[float, int] | float, expect=None, timeout: float = 300.0) -> float:
+POLL_MS = 250
+"""How often ``wait_idle`` asks the browser. Each question makes Chromium work (on 2 cores, polling
+every 20 ms took about half a core from the server during a Wanda run), and the duration no longer
+depends on it: it is read from the browser's own time stamp of the state change."""
+
+
+def wait_idle(page, start: tuple[float, int, float] | float, expect=None, timeout: float = 300.0) -> float:
     """Seconds from ``start`` until the rerun the action caused has finished and ``expect`` shows.
 
     Done when the recorded states (``watch``) since the action went through a running state and are
-    back at ``notRunning``; an action that starts no rerun within 2 s counts from when ``expect`` shows.
+    back at ``notRunning``; the time is the browser's time stamp of that last change, less the
+    browser's time at ``mark``. An action that starts no rerun within 2 s counts from when
+    ``expect`` shows; a plain float ``start`` (this process's clock, e.g. a server start) is timed
+    here, polling every 20 ms.
     """
-    start, seen = start if isinstance(start, tuple) else (start, 0)
+    if isinstance(start, tuple):
+        start, seen, browser_start = start
+        poll = POLL_MS
+    else:
+        seen, browser_start, poll = 0, None, 20
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:
         states = page.evaluate(f"() => window.__states.slice({seen})")
         now = time.perf_counter()
-        ran = any(s != "notRunning" for s in states)
+        ran = any(s != "notRunning" for s, _ in states)
         idle = page.locator('[data-testid="stApp"]').get_attribute("data-test-script-state") == "notRunning"
         shown = expect is None or (expect.count() > 0 and expect.first.is_visible())
-        if idle and shown and (ran and states[-1] == "notRunning" or not ran and now - start > 2.0):
+        if idle and shown and ran and states[-1][0] == "notRunning":
+            return (states[-1][1] - browser_start) / 1000 if browser_start is not None else now - start
+        if idle and shown and not ran and now - start > 2.0:
             return now - start
-        page.wait_for_timeout(20)
+        page.wait_for_timeout(poll)
     page.screenshot(path="bench_browser_timeout.png", full_page=True)
     raise TimeoutError("the page did not become idle (screenshot: bench_browser_timeout.png)")
 

@@ -301,8 +301,10 @@ def _scan_key(loaded, config: SensitivityConfig, metric: str) -> str:
     calibration = getattr(loaded, "calibration", None)
     calib = "" if calibration is None else tensor_digest(
         *(calibration[k] for k in sorted(calibration)) if isinstance(calibration, dict) else (calibration,))
+    # What the quality is measured on: a text model's evaluation ids (``set_eval_ids`` can change them).
+    evaluation = getattr(getattr(loaded, "quality_fn", None), "eval_digest", "")
     return make_key("sensitivity", SENSITIVITY_VERSION, loaded.spec, model_fingerprint(loaded.module),
-                    config.to_json(), calib, metric)
+                    config.to_json(), calib, metric, evaluation)
 
 
 def cached_scan(loaded, config: SensitivityConfig) -> "SensitivityScan | None":

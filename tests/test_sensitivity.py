@@ -248,3 +248,18 @@ def test_bad_inputs_at_run_time(tmp_cache):
         sensitivity_scan(no_calib, SensitivityConfig(mode="proxy"))
     with pytest.raises(ValueError, match="no prunable layer"):
         sensitivity_scan(loaded_net(), SensitivityConfig(exclude="."))
+
+
+def test_cached_scan_is_keyed_on_the_evaluation_ids(tmp_cache, model_root):
+    """A scan measured on one set of evaluation sentences is not served for another (set_eval_ids),
+    and comes back for the same ids."""
+    from sparsekit.sensitivity import cached_scan
+
+    loaded = sparsekit.load_model("hf:family/tiny-gpt2")
+    cfg = SensitivityConfig(sparsities=(0.5,), nm=(), grouping="block-kind")
+    scan = sensitivity_scan(loaded, cfg)
+    assert cached_scan(loaded, cfg).drop == scan.drop
+    loaded.quality_fn.set_eval_ids([[101, 2023, 2003, 1037, 3231, 102], [101, 2178, 6251, 2182, 102]])
+    assert cached_scan(loaded, cfg) is None
+    other = sensitivity_scan(loaded, cfg)
+    assert cached_scan(loaded, cfg).drop == other.drop

@@ -8,6 +8,7 @@ which re-exports every name below.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any, Sequence
 
@@ -175,6 +176,15 @@ def neighbour_agreement(a: torch.Tensor, b: torch.Tensor) -> float:
 # Quality metrics
 
 
+
+def ids_digest(ids: Sequence[Sequence[int]]) -> str:
+    """Content digest of evaluation token ids (for cache keys of results measured on them)."""
+    h = hashlib.sha256()
+    for x in ids:
+        h.update(",".join(map(str, x)).encode())
+        h.update(b";")
+    return h.hexdigest()[:32]
+
 class EmbeddingFidelity:
     """Quality of an encoder as fidelity to the dense model's sentence embeddings.
 
@@ -201,6 +211,7 @@ class EmbeddingFidelity:
         self.n = len(ids)
         self.k = min(TOP_K, self.n - 1)
         self.eval_key += 1
+        self.eval_digest = ids_digest(ids)
         self._reference: torch.Tensor | None = None
         self._reference_neighbours: torch.Tensor | None = None
         self._reference_state: tuple | None = None
@@ -271,6 +282,7 @@ class NextTokenFidelity:
             raise ValueError("the tokenizer turned every evaluation sentence into fewer than 2 tokens")
         self.batches = [b for _, b in length_batches(ids, self.pad_id, self.max_tokens)]
         self.eval_key += 1
+        self.eval_digest = ids_digest(ids)
         self._reference: list[torch.Tensor] | None = None
         self._reference_state: tuple | None = None
 

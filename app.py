@@ -24,28 +24,43 @@ if os.environ.get("SPARSEKIT_LOG_TIMINGS") == "1" and not TIMING_LOG.handlers:
     TIMING_LOG.addHandler(_handler)
     TIMING_LOG.setLevel(logging.INFO)
     TIMING_LOG.propagate = False
-_started = time.perf_counter()
 
-st.set_page_config(page_title="Sparsity Lab", page_icon=":material/grid_on:", layout="wide")
 
-pages = [
-    st.Page("views/model.py", title="Model", icon=":material/model_training:", default=True),
-    st.Page("views/sparsify.py", title="Sparsify", icon=":material/content_cut:"),
-    st.Page("views/masks.py", title="Masks", icon=":material/grid_on:"),
-    st.Page("views/attention.py", title="Attention", icon=":material/visibility:"),
-    st.Page("views/training.py", title="Training & topology", icon=":material/timeline:"),
-    st.Page("views/compare.py", title="Compare", icon=":material/compare_arrows:"),
-    st.Page("views/sensitivity.py", title="Sensitivity", icon=":material/tune:"),
-    st.Page("views/recovery.py", title="Recovery", icon=":material/healing:"),
-    st.Page("views/study.py", title="Studies", icon=":material/science:"),
-    st.Page("views/attribution.py", title="Attribution", icon=":material/insights:"),
-    st.Page("views/benchmarks.py", title="Benchmarks", icon=":material/speed:"),
-]
-loaded, key = sidebar_model()
-page = st.navigation(pages)
-st.session_state["_loaded"] = loaded
-st.session_state["_model_key"] = key
-try:
-    page.run()
-finally:  # also after st.stop() / a rerun request, which end the page with an exception
-    TIMING_LOG.info("page %s %.3f s", page.title, time.perf_counter() - _started)
+def _title(page) -> str:
+    try:
+        return page.title
+    except AttributeError:  # a Page that navigation never set up (bare mode)
+        return "?"
+
+
+def main() -> None:
+    started = time.perf_counter()
+    st.set_page_config(page_title="Sparsity Lab", page_icon=":material/grid_on:", layout="wide")
+
+    pages = [
+        st.Page("views/model.py", title="Model", icon=":material/model_training:", default=True),
+        st.Page("views/sparsify.py", title="Sparsify", icon=":material/content_cut:"),
+        st.Page("views/masks.py", title="Masks", icon=":material/grid_on:"),
+        st.Page("views/attention.py", title="Attention", icon=":material/visibility:"),
+        st.Page("views/training.py", title="Training & topology", icon=":material/timeline:"),
+        st.Page("views/compare.py", title="Compare", icon=":material/compare_arrows:"),
+        st.Page("views/sensitivity.py", title="Sensitivity", icon=":material/tune:"),
+        st.Page("views/recovery.py", title="Recovery", icon=":material/healing:"),
+        st.Page("views/study.py", title="Studies", icon=":material/science:"),
+        st.Page("views/attribution.py", title="Attribution", icon=":material/insights:"),
+        st.Page("views/benchmarks.py", title="Benchmarks", icon=":material/speed:"),
+    ]
+    loaded, key = sidebar_model()
+    page = st.navigation(pages)
+    st.session_state["_loaded"] = loaded
+    st.session_state["_model_key"] = key
+    try:
+        page.run()
+    finally:  # also after st.stop() / a rerun request, which end the page with an exception
+        TIMING_LOG.info("page %s %.3f s", _title(page), time.perf_counter() - started)
+
+
+# A process that a study's pool spawns re-runs the main module as ``__mp_main__`` (Streamlit makes the
+# page script ``__main__``): nothing of the app may be drawn or loaded there.
+if __name__ != "__mp_main__":
+    main()

@@ -13,11 +13,17 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ui import preload  # noqa: E402
 
-preload.start("minilm")
+def main() -> None:
+    from ui import preload  # noqa: PLC0415
 
-from streamlit.web import cli  # noqa: E402
+    preload.start("minilm")  # first: the model loads while Streamlit is imported and starts
 
-sys.argv = ["streamlit", "run", str(ROOT / "app.py"), *sys.argv[1:]]
-sys.exit(cli.main())
+    from streamlit.web import cli  # noqa: PLC0415
+
+    sys.argv = ["streamlit", "run", str(ROOT / "app.py"), *sys.argv[1:]]
+    sys.exit(cli.main())
+
+
+if __name__ == "__main__":  # not in a process a study's pool spawns, which re-runs the main module
+    main()

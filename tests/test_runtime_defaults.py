@@ -32,6 +32,10 @@ def test_a_policy_the_user_set_is_kept():
 
 
 def test_timing_log_names_each_sparsify_and_quality_pass(tmp_cache, caplog):
+    from ui.state import _quality, _results
+
+    _results.clear()  # other tests in this process may have computed the default setting already
+    _quality.clear()
     at = AppTest.from_file("../app.py", default_timeout=120)
     with caplog.at_level(logging.INFO, logger="sparsekit.timing"):
         at.run()

@@ -258,3 +258,21 @@ def flip_counts(history: MaskHistory, layer: str) -> torch.Tensor:
         diff = np.bitwise_xor(np.frombuffer(prev, np.uint8), np.frombuffer(cur, np.uint8))
         counts += np.unpackbits(diff, count=counts.size)
     return torch.from_numpy(counts).reshape(shape)
+
+
+def run_tensors(weights: Mapping[str, torch.Tensor], history: MaskHistory) -> dict[str, torch.Tensor]:
+    """A saved run's tensors: ``weight/<name>`` for each weight and ``masks/<layer>`` (uint8, one row of
+    packed bits per snapshot) for each layer of ``history`` (training and recovery runs share this)."""
+    tensors = {f"weight/{k}": v.contiguous() for k, v in weights.items()}
+    for layer, blobs in history.packed.items():
+        width = (history.numel(layer) + 7) // 8
+        arr = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(len(blobs), width)
+        tensors[f"masks/{layer}"] = torch.from_numpy(arr.copy())
+    return tensors
+
+
+def read_run_tensors(tensors: Mapping[str, torch.Tensor], history: MaskHistory) -> dict[str, torch.Tensor]:
+    """Inverse of ``run_tensors``: fills ``history.packed`` (its shapes already set) and returns the weights."""
+    for layer in history.shapes:
+        history.packed[layer] = [row.tobytes() for row in tensors[f"masks/{layer}"].numpy()]
+    return {k[len("weight/"):]: v for k, v in tensors.items() if k.startswith("weight/")}

@@ -17,7 +17,7 @@ from ..flips import FlipWindow, window_series
 from ..models.weights import safetensors_header
 from ..sparsify import SparsifyConfig
 from ..store import finite_json
-from ..topology import MaskHistory
+from ..topology import MaskHistory, read_run_tensors, run_tensors
 from .config import RecoveryConfig
 
 FORMAT = "sparsekit-recovery-run"
@@ -263,11 +263,7 @@ def record_to_bytes(record: RecoveryRecord) -> bytes:
     Returns:
         The bytes ``record_from_bytes`` reads back.
     """
-    tensors: dict[str, torch.Tensor] = {f"weight/{k}": v.contiguous() for k, v in record.weights.items()}
-    for layer, blobs in record.history.packed.items():
-        width = (record.history.numel(layer) + 7) // 8
-        arr = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(len(blobs), width)
-        tensors[f"masks/{layer}"] = torch.from_numpy(arr.copy())
+    tensors = run_tensors(record.weights, record.history)
     meta = {
         "config": asdict(record.config), "sparsify_config": json.loads(record.sparsify_config.to_json()),
         "model_spec": record.model_spec, "model_name": record.model_name, "loss_kind": record.loss_kind,
@@ -318,8 +314,7 @@ def record_from_bytes(blob: bytes) -> RecoveryRecord:
     tensors = load_tensors(blob)
     history = MaskHistory({k: tuple(v) for k, v in info["shapes"].items()}, steps=list(info["snapshot_steps"]),
                           epochs=[float(s) for s in info["snapshot_steps"]])
-    for layer in history.shapes:
-        history.packed[layer] = [row.tobytes() for row in tensors[f"masks/{layer}"].numpy()]
+    weights = read_run_tensors(tensors, history)
     return RecoveryRecord(
         config=RecoveryConfig.from_json(info["config"]),
         sparsify_config=SparsifyConfig.from_json(json.dumps(info["sparsify_config"])),
@@ -331,6 +326,6 @@ def record_from_bytes(blob: bytes) -> RecoveryRecord:
         intervals=[RecoveryInterval.from_json(iv) for iv in info["intervals"]],
         step_loss=list(info["step_loss"]), step_flip_rate=list(info["step_flip_rate"]),
         run_flips=FlipWindow.from_json(info["run_flips"]) if info["run_flips"] else None,
-        history=history, weights={k[len("weight/"):]: v for k, v in tensors.items() if k.startswith("weight/")},
+        history=history, weights=weights,
         notes=list(info["notes"]), owner=str(info.get("owner", "")),
     )

@@ -8,7 +8,6 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
 import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
@@ -18,7 +17,7 @@ from ..flips import FlipWindow, window_series
 from ..models.digits import N_CLASSES, build_digits_model
 from ..models.weights import safetensors_header
 from ..store import finite_json
-from ..topology import MaskHistory, SadReport, sad_report
+from ..topology import MaskHistory, SadReport, read_run_tensors, run_tensors, sad_report
 from .config import TrainConfig, default_train_config
 
 FORMAT_VERSION = 1
@@ -204,11 +203,7 @@ def run_to_bytes(record: RunRecord) -> bytes:
     Returns:
         The bytes ``run_from_bytes`` reads back.
     """
-    tensors: dict[str, torch.Tensor] = {f"weight/{k}": v.contiguous() for k, v in record.weights.items()}
-    for layer, blobs in record.history.packed.items():
-        width = (record.history.numel(layer) + 7) // 8
-        arr = np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(len(blobs), width)
-        tensors[f"masks/{layer}"] = torch.from_numpy(arr.copy())
+    tensors = run_tensors(record.weights, record.history)
     meta = {
         "config": asdict(record.config), "name": record.name, "run_id": record.run_id, "status": record.status,
         "message": record.message, "created": record.created, "seconds": record.seconds,
@@ -245,16 +240,14 @@ def run_from_bytes(blob: bytes) -> RunRecord:
     tensors = load_tensors(blob)
     history = MaskHistory({k: tuple(v) for k, v in info["shapes"].items()},
                           steps=list(info["snapshot_steps"]), epochs=list(info["snapshot_epochs"]))
-    for layer in history.shapes:
-        arr = tensors[f"masks/{layer}"].numpy()
-        history.packed[layer] = [row.tobytes() for row in arr]
+    weights = read_run_tensors(tensors, history)
     return RunRecord(
         config=TrainConfig.from_json(info["config"]), name=info["name"], run_id=info["run_id"],
         status=info["status"], message=info["message"], created=info["created"], seconds=info["seconds"],
         steps_per_epoch=info["steps_per_epoch"], steps_done=info["steps_done"],
         epochs=[EpochMetrics(**e) for e in info["epochs"]], step_loss=list(info["step_loss"]),
         history=history, dense_layers=dict(info["dense_layers"]), prune_steps=list(info["prune_steps"]),
-        weights={k[len("weight/"):]: v for k, v in tensors.items() if k.startswith("weight/")},
+        weights=weights,
         owner=str(info.get("owner", "")),
         # Both absent from runs saved before flip rates were recorded: such runs load without them.
         step_flip_rate=list(info.get("step_flip_rate", [])),

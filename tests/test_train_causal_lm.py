@@ -102,3 +102,12 @@ def test_leakage_rejected():
     with pytest.raises(ValueError):
         tcl.check_no_leakage([" ".join(long.split()[3:15])], sentences=[long])
     tcl.check_no_leakage(["Python lists are mutable sequences."], sentences=[evaluation, long])
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(), "minutes"), (dict(steps=0), "steps at least 1"), (dict(minutes=0.0), "minutes must be positive"),
+    (dict(steps=1, width=30, heads=4), "not a multiple of heads"),
+])
+def test_bad_arguments_are_refused(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        tcl.train(Path("/nonexistent/never-written"), **kwargs)

@@ -20,6 +20,8 @@ from sparsekit.scoring import (
 )
 from sparsekit.sparsify import SparsifyConfig, sparsify
 
+from reference import obs_reference
+
 
 def keep_top_in_groups(scores, n, m):
     """Plain loop: in every run of m along each row keep the n largest (ties: lower index)."""
@@ -369,55 +371,6 @@ def test_unreached_layers_fall_back_to_magnitude():
     res = sparsify(model, SparsifyConfig(method="sparsegpt"), calibration=torch.randn(20, 8))
     assert "not reached" in res.notes["unused"]
     assert torch.equal(res.masks["unused"], sparsekit.nm_mask(model.unused.weight, 2, 4))
-
-
-def obs_reference(w, h, *, nm=None, sparsity=None, block=128, damp=0.01):
-    """SparseGPT written the textbook way: one column at a time, with the inverse Hessian kept
-    explicitly and the processed column eliminated from it (no Cholesky, no lazy block updates).
-    The mask of a group (N:M) or block (unstructured) is chosen when its first column comes up,
-    from w² / (the inverse-Hessian diagonal each column will have when it is processed)."""
-    rows, cols = w.shape
-    H = h.double().clone()
-    w = w.clone()
-    # As the reference: an input dead on every calibration token gets a unit diagonal and a zero
-    # weight column; the dampening is then 1 % of the mean diagonal.
-    for j in range(cols):
-        if H[j, j] == 0:
-            H[j, j] = 1.0
-            w[:, j] = 0.0
-    H = H + damp * torch.diag(H).mean() * torch.eye(cols, dtype=torch.float64)
-    hinv = torch.linalg.inv(H)
-    # Pivots: the diagonal entry of each column at the moment it is eliminated (W plays no part).
-    piv, tmp = [], hinv.clone()
-    for j in range(cols):
-        piv.append(float(tmp[j, j]))
-        tmp = tmp - torch.outer(tmp[:, j], tmp[j, :]) / tmp[j, j]
-    piv = torch.tensor(piv, dtype=torch.float64)
-    W = w.double().clone()
-    keep = torch.ones(rows, cols, dtype=torch.bool)
-    loss = 0.0
-    for j in range(cols):
-        if nm is not None and j % nm[1] == 0:
-            n, m = nm
-            for r in range(rows):
-                scores = [(float(W[r, j + k] ** 2 / piv[j + k]), k) for k in range(m)]
-                best = sorted(range(m), key=lambda k: (-scores[k][0], k))[:n]
-                for k in range(m):
-                    keep[r, j + k] = k in best
-        if sparsity is not None and j % block == 0:
-            hi = min(j + block, cols)
-            scores = (W[:, j:hi] ** 2 / piv[j:hi]).flatten()
-            n_keep = scores.numel() - int(round(sparsity * scores.numel()))
-            flat = torch.zeros(scores.numel(), dtype=torch.bool)
-            flat[torch.argsort(scores, descending=True, stable=True)[:n_keep]] = True
-            keep[:, j:hi] = flat.reshape(rows, hi - j)
-        q = torch.where(keep[:, j], W[:, j], torch.zeros_like(W[:, j]))
-        err = (W[:, j] - q) / hinv[j, j]
-        loss += float(((W[:, j] - q) ** 2).sum() / hinv[j, j]) / 2
-        W[:, j:] -= torch.outer(err, hinv[j, j:])
-        W[:, j] = q
-        hinv = hinv - torch.outer(hinv[:, j], hinv[j, :]) / hinv[j, j]
-    return W, keep, loss
 
 
 @pytest.mark.parametrize("kw", [{"nm": (2, 4)}, {"nm": (1, 4)}, {"nm": (3, 8)}, {"sparsity": 0.5},

@@ -1,6 +1,6 @@
 """SparseGPT's fast path (one Cholesky of the reversed H, threads for the lazy block updates, the
-column pass on one thread, N:M groups ranked without a sort) against a textbook OBS written here:
-the masks must be the textbook algorithm's, exactly. No timing is asserted here; speed is in
+column pass on one thread, N:M groups ranked without a sort) against the textbook OBS of
+tests/reference.py: the masks must be the textbook algorithm's, exactly. No timing is asserted here; speed is in
 benchmarks/bench_sparsegpt.py."""
 from __future__ import annotations
 
@@ -9,45 +9,7 @@ import torch
 
 from sparsekit.methods.sparsegpt import _inverse_upper_cholesky, _nm_before, _nm_pruned, sparsegpt_prune
 
-
-def textbook_obs(w, h, *, nm=None, sparsity=None, block=128, damp=0.01):
-    """SparseGPT the plain way, in float64: the inverse Hessian kept explicitly and the processed
-    column eliminated from it after each step (no Cholesky factor, no lazy block update). A group's
-    (N:M) or block's (unstructured) mask is chosen when its first column comes up, by w^2 / d^2,
-    with d^2 the inverse-Hessian diagonal each column will have when it is processed; ties go to
-    the lower index (N:M: within the group; unstructured: the flat index in the block)."""
-    rows, cols = w.shape
-    H = h.double().clone()
-    W = w.double().clone()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1.0
-    W[:, dead] = 0.0
-    H += damp * torch.diag(H).mean() * torch.eye(cols, dtype=torch.float64)
-    hinv = torch.linalg.inv(H)
-    piv, tmp = torch.empty(cols, dtype=torch.float64), hinv.clone()
-    for j in range(cols):
-        piv[j] = tmp[j, j]
-        tmp = tmp - torch.outer(tmp[:, j], tmp[j, :]) / tmp[j, j]
-    keep = torch.ones(rows, cols, dtype=torch.bool)
-    for j in range(cols):
-        if nm is not None and j % nm[1] == 0:
-            n, m = nm
-            scores = W[:, j : j + m] ** 2 / piv[j : j + m]
-            order = torch.argsort(scores, dim=1, descending=True, stable=True)
-            keep[:, j : j + m] = torch.zeros(rows, m, dtype=torch.bool).scatter_(1, order[:, :n], True)
-        if sparsity is not None and j % block == 0:
-            hi = min(j + block, cols)
-            scores = (W[:, j:hi] ** 2 / piv[j:hi]).flatten()
-            n_keep = scores.numel() - int(round(sparsity * scores.numel()))
-            flat = torch.zeros(scores.numel(), dtype=torch.bool)
-            flat[torch.argsort(scores, descending=True, stable=True)[:n_keep]] = True
-            keep[:, j:hi] = flat.reshape(rows, hi - j)
-        q = torch.where(keep[:, j], W[:, j], torch.zeros_like(W[:, j]))
-        err = (W[:, j] - q) / hinv[j, j]
-        W[:, j:] -= torch.outer(err, hinv[j, j:])
-        W[:, j] = q
-        hinv = hinv - torch.outer(hinv[:, j], hinv[j, :]) / hinv[j, j]
-    return W, keep
+from reference import obs_reference
 
 
 def random_layer(rows, cols, seed, *, dead=(), zero_rows=()):
@@ -81,7 +43,7 @@ CASES = [
 def test_masks_equal_textbook_obs(rows, cols, kw, seed, dead, zero_rows):
     w, h = random_layer(rows, cols, seed, dead=dead, zero_rows=zero_rows)
     new, keep, info = sparsegpt_prune(w, h, **kw)
-    want_w, want_keep = textbook_obs(w, h, **kw)
+    want_w, want_keep, _ = obs_reference(w, h, **kw)
     assert torch.equal(keep, want_keep)
     assert torch.allclose(new.double(), want_w, rtol=1e-4, atol=1e-4 * float(want_w.abs().max()))
     assert torch.all(new[~keep] == 0)
@@ -169,6 +131,6 @@ def test_cuda_masks_equal_textbook_obs():
     w, h = random_layer(48, 256, 13)
     for kw in ({"nm": (2, 4)}, {"sparsity": 0.5}):
         new, keep, _ = sparsegpt_prune(w.cuda(), h.cuda(), **kw)
-        want_w, want_keep = textbook_obs(w, h, **kw)
+        want_w, want_keep, _ = obs_reference(w, h, **kw)
         assert keep.is_cuda and torch.equal(keep.cpu(), want_keep)
         assert torch.allclose(new.cpu().double(), want_w, rtol=1e-4, atol=1e-4 * float(want_w.abs().max()))

@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ui.testing import page_app  # noqa: E402
+from devtools.apptest import page_app  # noqa: E402
 
 SETTINGS = ["2:4", "1:4", "2:8", "4:8", "1:2"]
 

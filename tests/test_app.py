@@ -10,7 +10,8 @@ from streamlit.testing.v1 import AppTest
 import sparsekit
 from sparsekit.cache import tensor_digest
 from sparsekit.sparsify import SparsifyConfig, layer_table
-from ui.testing import ROOT, decode, figures, page_app
+from devtools import ROOT
+from devtools.apptest import decode, figures, page_app
 from ui.widgets import OTHER_NM
 
 TIMEOUT = 120

@@ -8,7 +8,7 @@ import torch
 import sparsekit
 from sparsekit.attribution import digits_examples
 from sparsekit.sparsify import SparsifyConfig, sparsify
-from ui.testing import decode, page_app
+from devtools.apptest import decode, page_app
 
 TIMEOUT = 180
 

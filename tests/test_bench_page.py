@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from sparsekit.bench import BenchRun
-from ui.testing import page_app
+from devtools.apptest import page_app
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from ui.testing import served_app
+from devtools.served import served_app
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 

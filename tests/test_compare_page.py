@@ -11,7 +11,7 @@ import sparsekit.permutation
 from sparsekit.permutation import permute_channels
 from sparsekit.sparsify import SparsifyConfig, sparsify
 from ui.long_jobs import duration_text, time_left
-from ui.testing import decode, figures, page_app
+from devtools.apptest import decode, figures, page_app
 
 TIMEOUT = 180
 

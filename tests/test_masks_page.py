@@ -6,7 +6,7 @@ from streamlit.proto.Metric_pb2 import Metric as MetricProto
 
 import sparsekit
 from sparsekit.sparsify import SparsifyConfig
-from ui.testing import decode, figures, page_app
+from devtools.apptest import decode, figures, page_app
 
 TIMEOUT = 120
 WHITE = {"white", "#fff", "#ffffff", "rgb(255,255,255)"}

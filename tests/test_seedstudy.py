@@ -12,7 +12,7 @@ from sparsekit import seedstudy
 from sparsekit.models.digits import digits_split
 from sparsekit.seedstudy import SeedRun, SeedStudyConfig, SeedStudyResult, run_metrics, run_seed_study
 from sparsekit.training import TrainConfig, train
-from ui.testing import ROOT
+from devtools import ROOT
 
 TINY = TrainConfig(arch="mlp", epochs=2, batch_size=256)
 

@@ -23,7 +23,7 @@ from sparsekit.sparsify import SparsifyConfig
 from sparsekit.study import StudySpec, aggregate, cells
 from sparsekit.study.raycluster import free_port
 from sparsekit.training import TrainConfig, train
-from ui.testing import ROOT
+from devtools import ROOT
 
 SMALL = StudySpec(name="small", models=("digits:mlp",), methods=("magnitude", "wanda", "random"),
                   patterns=("2:4", "unstructured:0.5"), seeds=(0, 1))

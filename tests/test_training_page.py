@@ -9,7 +9,7 @@ from sparsekit import training
 from sparsekit.models.digits import digits_split
 from sparsekit.topology import SadReport, matrix_view
 from sparsekit.training import TrainConfig, default_train_config, srste_effect_config
-from ui.testing import page_app
+from devtools.apptest import page_app
 
 TIMEOUT = 180
 

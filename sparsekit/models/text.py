@@ -23,10 +23,10 @@ from .text_metrics import (
     TOP_K,
     EmbeddingFidelity,
     NextTokenFidelity,
-    _pad_id,
     length_batches,
     neighbour_agreement,
     pad,
+    padding_id,
     pick_sentences,
     sentence_embeddings,
     tokenize,
@@ -229,7 +229,7 @@ def _build_text_model(
     eval_tokens: int | None = None,
 ) -> LoadedModel:
     module.eval()
-    pad_id = _pad_id(tokenizer)
+    pad_id = padding_id(tokenizer)
     eval_ids = budget_ids(tokenizer, eval_count, eval_tokens)
     calib_ids = tokenize(tokenizer, pick_sentences(CALIBRATION_SENTENCES, 1))
     n_vocab = module.get_input_embeddings().num_embeddings

@@ -120,7 +120,16 @@ def _device(module: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def _pad_id(tokenizer: Any) -> int:
+def padding_id(tokenizer: Any) -> int:
+    """The token id to pad a batch with: the tokenizer's pad token, else its end-of-sequence or
+    unknown token (causal LMs such as GPT-2 have no pad token), else 0.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer (or anything with those ``*_token_id`` attributes).
+
+    Returns:
+        The id.
+    """
     for attr in ("pad_token_id", "eos_token_id", "unk_token_id"):
         value = getattr(tokenizer, attr, None)
         if isinstance(value, int):
@@ -128,7 +137,16 @@ def _pad_id(tokenizer: Any) -> int:
     return 0
 
 
-def _hidden_states(out: Any) -> torch.Tensor:
+def last_hidden_states(out: Any) -> torch.Tensor:
+    """The last hidden states of a Hugging Face model's output: ``last_hidden_state`` where the
+    output names it, else its first element (tuple outputs).
+
+    Args:
+        out: what the model's forward returned.
+
+    Returns:
+        ``[b, L, hidden]``.
+    """
     hidden = getattr(out, "last_hidden_state", None)
     return hidden if hidden is not None else out[0]
 
@@ -145,7 +163,7 @@ def sentence_embeddings(module: nn.Module, input_ids: torch.Tensor, attention_ma
     Returns:
         float32 ``[b, hidden]`` unit vectors.
     """
-    hidden = _hidden_states(module(input_ids=input_ids, attention_mask=attention_mask)).float()
+    hidden = last_hidden_states(module(input_ids=input_ids, attention_mask=attention_mask)).float()
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
     return F.normalize(pooled, p=2, dim=-1)

@@ -19,7 +19,7 @@ from ..models.sentences import SENTENCES
 from ..sparsify import SparsifyResult
 from ..store import process_token
 from ..topology import MaskHistory
-from ..training.ste import _FixedMask, sparse_forward_weight
+from ..training.ste import FixedMask, sparse_forward_weight
 from .config import RecoveryConfig
 from .objectives import Objective, clean_corpus, make_objective
 from .records import ProgressFn, RecoveryInterval, RecoveryProgress, RecoveryRecord
@@ -134,7 +134,7 @@ class _Session:
                 parametrize.register_parametrization(layer, "weight", _MovingMask(mask, config.decay), unsafe=True)
         else:
             for name, layer in self.layers.items():
-                parametrize.register_parametrization(layer, "weight", _FixedMask(self.start[name].clone()),
+                parametrize.register_parametrization(layer, "weight", FixedMask(self.start[name].clone()),
                                                      unsafe=True)
         # Dropout off and normalisation statistics frozen: the targets come from the dense model
         # in eval mode, and a pretrained model's statistics should not drift on small batches.

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..data import recovery_corpus
 from ..models.base import LoadedModel
-from ..models.text_metrics import MAX_LENGTH, _hidden_states, _pad_id, length_batches, pad, tokenize
+from ..models.text_metrics import MAX_LENGTH, last_hidden_states, length_batches, pad, padding_id, tokenize
 
 __all__ = ["Objective", "clean_corpus", "make_objective", "pooled_embeddings"]
 
@@ -37,7 +37,7 @@ def pooled_embeddings(module: nn.Module, input_ids: torch.Tensor, attention_mask
     Returns:
         float32 ``[b, hidden]``.
     """
-    hidden = _hidden_states(module(input_ids=input_ids, attention_mask=attention_mask)).float()
+    hidden = last_hidden_states(module(input_ids=input_ids, attention_mask=attention_mask)).float()
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
@@ -114,7 +114,7 @@ class _Encoder(Objective):
         self.ids = [x for x in tokenize(loaded.tokenizer, corpus, MAX_LENGTH) if x]
         if not self.ids:
             raise ValueError("the tokenizer turned every corpus sentence into no tokens")
-        self.pad_id = _pad_id(loaded.tokenizer)
+        self.pad_id = padding_id(loaded.tokenizer)
         self.n_examples = len(self.ids)
         self.loss_kind = loss_kind
         parts, order = [], []
@@ -147,7 +147,7 @@ class _Causal(Objective):
         if not self.ids:
             raise ValueError("every corpus sentence is shorter than 2 tokens; a causal LM needs at least 2 to "
                              "predict a next token")
-        self.pad_id = _pad_id(loaded.tokenizer)
+        self.pad_id = padding_id(loaded.tokenizer)
         self.n_examples = len(self.ids)
         self.loss_kind = "kl"
         self.teacher_module = loaded.module

@@ -118,7 +118,7 @@ def calibration_subset(loaded: Any, seed: int) -> tuple[Any, dict[str, Any]]:
 def _pad_id(tokenizer: Any) -> int:
     from ..models import text_metrics
 
-    helper = getattr(text_metrics, "_pad_id", None)
+    helper = getattr(text_metrics, "padding_id", None)
     if helper is not None:
         return helper(tokenizer)
     for attr in ("pad_token_id", "eos_token_id", "unk_token_id"):

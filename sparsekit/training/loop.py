@@ -18,7 +18,7 @@ from ..store import process_token
 from ..topology import MaskHistory
 from .config import TrainConfig, zhu_gupta_sparsity
 from .records import EpochMetrics, RunRecord, StepCallback, TrainProgress
-from .ste import _FixedMask, _NMStraightThrough, _nm_mask_fn, layer_plan
+from .ste import FixedMask, _NMStraightThrough, _nm_mask_fn, layer_plan
 from .store import save_run
 
 
@@ -41,11 +41,11 @@ class _Run:
             for name, layer in self.sparse.items():
                 scores = torch.rand(layer.weight.shape, generator=gen)
                 mask = self.mask_fns[name](layer.weight.detach(), scores)
-                parametrize.register_parametrization(layer, "weight", _FixedMask(mask), unsafe=True)
+                parametrize.register_parametrization(layer, "weight", FixedMask(mask), unsafe=True)
         elif method == "gradual":
             for layer in self.sparse.values():
                 ones = torch.ones(layer.weight.shape, dtype=torch.bool)
-                parametrize.register_parametrization(layer, "weight", _FixedMask(ones), unsafe=True)
+                parametrize.register_parametrization(layer, "weight", FixedMask(ones), unsafe=True)
 
     def dense_weight(self, name: str) -> torch.Tensor:
         layer = self.sparse[name]

@@ -59,7 +59,7 @@ class _NMStraightThrough(nn.Module):
         return _StraightThrough.apply(weight, self.mask_fn(weight.detach()), self.decay)
 
 
-class _FixedMask(nn.Module):
+class FixedMask(nn.Module):
     """Parametrization: a mask held in a buffer; pruned weights get no gradient."""
 
     def __init__(self, mask: torch.Tensor) -> None:

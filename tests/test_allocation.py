@@ -1,7 +1,5 @@
 """allocation: OWL and sensitivity-guided per-layer sparsity under one overall budget."""
-import itertools
 import json
-import random
 
 import pytest
 import torch
@@ -9,16 +7,11 @@ from torch import nn
 
 import sparsekit
 from sparsekit.allocation import (
-    _Grid,
-    choose_levels,
-    fit_counts,
     owl_outlier_ratios,
     owl_sparsities,
-    spread_continuous,
     wanda_exact_mask,
 )
 from sparsekit.methods.calibration import InputStats, LayerInputs
-from sparsekit.methods.sparsegpt import sparsegpt_prune
 from sparsekit.models.base import LoadedModel
 from sparsekit.sparsify import SparsifyConfig, sparsify
 
@@ -155,66 +148,6 @@ def test_owl_clipping_keeps_the_weighted_mean():
     got = owl_sparsities(ratios, numel, 0.05, 0.2)
     assert min(got.values()) == 0.0
     assert sum(got[n] * numel[n] for n in numel) / 450 == pytest.approx(0.05)
-
-
-def test_sparsegpt_grid_counts_match_sparsegpt():
-    torch.manual_seed(0)
-    W, X = torch.randn(3, 300), torch.randn(50, 300)
-    grid = _Grid(900, [3 * 128, 3 * 128, 3 * 44])
-    for k in (0, 1, 17, 450, 451, 890):
-        for target in (grid.up(k) or k, grid.near(k)):
-            s = grid.sparsity(target)
-            _, keep, _ = sparsegpt_prune(W, X.T @ X, sparsity=s)
-            assert int((~keep).sum()) == target
-    # Steps of 2 where both full blocks move together, finer where the last block moves alone.
-    assert {grid.up(k) - k for k in range(0, 800, 7)} <= {1, 2, 3}
-
-
-def test_fit_counts_hits_the_target_or_overshoots_by_a_step():
-    grids = {"a": _Grid(1000), "b": _Grid(500)}
-    ideal = {"a": 400.4, "b": 300.4}  # adds up to 700.8; rounding each gives 700
-    counts = fit_counts(ideal, grids, 701)
-    assert sum(counts.values()) == 701 and all(abs(counts[n] - ideal[n]) < 1 for n in ideal)
-    # SparseGPT-like layers whose counts only move in steps of 2: an odd target cannot be met.
-    even = {"a": _Grid(512, [256, 256]), "b": _Grid(512, [256, 256])}
-    counts = fit_counts({"a": 100.0, "b": 101.0}, even, 201)
-    assert sum(counts.values()) == 202
-
-
-def test_choose_levels_matches_brute_force():
-    rng = random.Random(0)
-    for _ in range(60):
-        units = rng.randint(1, 4)
-        options = []
-        for _ in range(units):
-            size = rng.choice([4, 8, 12, 20])
-            options.append([(size * (4 - n) // 4, round(rng.uniform(0, 5), 2) if n < 4 else 0.0) for n in (4, 3, 2, 1)])
-        top = sum(o[-1][0] for o in options)
-        need = rng.randint(0, top)
-        best = min(itertools.product(*[range(4)] * units),
-                   key=lambda c: (sum(options[u][j][0] for u, j in enumerate(c)) < need,
-                                  sum(options[u][j][0] for u, j in enumerate(c)),
-                                  sum(options[u][j][1] for u, j in enumerate(c))))
-        got = choose_levels(options, need)
-        total = lambda c, i: sum(options[u][j][i] for u, j in enumerate(c))  # noqa: E731
-        assert total(got, 0) >= need
-        assert total(got, 0) == total(best, 0)
-        assert total(got, 1) == pytest.approx(total(best, 1))
-
-
-def test_spread_continuous_is_optimal_on_convex_curves():
-    # Drops convex in the pruned amount: equal marginal drop is optimal; compare with a fine grid search.
-    curves = [[(0, 0), (50, 1), (100, 4)], [(0, 0), (100, 0.5), (200, 3)]]
-    got = spread_continuous(curves, 150)
-    assert sum(got) == pytest.approx(150)
-
-    def cost(u, x):
-        pts = curves[u]
-        for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
-            if x <= x1:
-                return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-    brute = min(cost(0, a) + cost(1, 150 - a) for a in range(0, 101))
-    assert cost(0, got[0]) + cost(1, got[1]) == pytest.approx(brute)
 
 
 def test_wanda_exact_mask_prunes_the_weakest_per_row():

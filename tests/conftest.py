@@ -1,6 +1,7 @@
 """Shared fixtures: an isolated disk cache, model roots, and tiny fake Hugging Face checkpoints."""
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from pathlib import Path
@@ -120,19 +121,50 @@ def scratch_root(tmp_path, monkeypatch) -> Path:
     return root
 
 
-def app_loaded(spec):
-    # The app's own cached loader: the page tests (AppTest runs in this process) and the library
-    # tests then share one model instead of loading it once per file.
-    from ui.state import _load
+@functools.lru_cache(maxsize=None)
+def shared_model(spec: str):
+    """``sparsekit.load_model(spec)``, loaded once per test session and shared by the test files
+    (treat it as read-only). Page tests need no copy of it: the app loads its own through its
+    cached loader, from the same shipped weights."""
+    import sparsekit
 
-    return _load(spec)
+    return sparsekit.load_model(spec)
 
 
 @pytest.fixture(scope="module")
 def minilm():
-    return app_loaded("minilm")
+    return shared_model("minilm")
 
 
 @pytest.fixture(scope="module")
 def vit():
-    return app_loaded("digits:vit")
+    return shared_model("digits:vit")
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test, the previous count restored after it (deterministic float
+    order, and no fight over the two shared cores for tiny runs). Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """A real one-node Ray cluster on localhost (2 CPUs): ``ray start --head --block`` on a free port,
+    started once per module and stopped by its pid."""
+    pytest.importorskip("ray")
+    from sparsekit.study import ray_backend
+    from sparsekit.study.raycluster import LocalRayCluster
+
+    # A short folder: Ray's socket paths under it must fit in 107 characters.
+    head = LocalRayCluster(tmp_path_factory.mktemp("ray"), num_cpus=2).start()
+    try:
+        yield head
+    finally:
+        ray_backend.disconnect()  # leave first: a driver whose cluster vanished waits 60 s for it
+        head.stop()
+    assert head.proc is None

@@ -11,7 +11,7 @@ from sparsekit.attention import AttentionCapture, PatternSpec, capture_attention
 from sparsekit.attention import metrics as M
 from sparsekit.attention.patterns import materialize_heads
 
-from conftest import app_loaded
+from conftest import shared_model
 
 
 def synthetic(n=9, heads=2, d=4, causal=False, seed=0):
@@ -61,7 +61,7 @@ def test_bad_text_inputs(minilm):
     with pytest.raises(ValueError, match="limit here is 10 tokens"):
         capture_attention(minilm, "one two three four five six seven eight nine ten", max_tokens=10)
     with pytest.raises(ValueError, match="no attention layers"):
-        capture_attention(app_loaded("digits:mlp"), torch.zeros(8, 8))
+        capture_attention(shared_model("digits:mlp"), torch.zeros(8, 8))
 
 
 def test_model_whose_attention_cannot_be_read_says_so():

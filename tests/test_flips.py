@@ -129,13 +129,7 @@ def data():
     return digits_split()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # These tiny runs are faster on one thread than fighting over the two shared cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny runs, faster on one thread
 
 
 def quick(**kw) -> TrainConfig:

@@ -23,13 +23,7 @@ from sparsekit.recovery import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Deterministic float order and no fight with the other tests for the two shared cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch on one thread per test
 
 
 @pytest.fixture(scope="module")

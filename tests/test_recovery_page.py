@@ -8,7 +8,7 @@ import json
 import math
 
 import pytest
-from conftest import app_loaded
+from conftest import shared_model
 from streamlit.testing.v1 import AppTest
 
 import sparsekit
@@ -76,7 +76,7 @@ def test_dense_setting_says_what_to_do(tmp_cache):
 
 def _save_runs(*settings: tuple[sparsekit.SparsifyConfig, str]) -> list[str]:
     """Recover the digits MLP from each (setting, mode) for a few steps; the run ids, oldest first."""
-    loaded = app_loaded("digits:mlp")
+    loaded = shared_model("digits:mlp")
     ids = []
     for config, mode in settings:
         result = sparsekit.sparsify(loaded, config)

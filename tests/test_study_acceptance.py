@@ -1,6 +1,6 @@
 """Issue #13's acceptance: a 2-method x 3-sparsity x 4-seed MiniLM one-shot grid and an 8-seed SR-STE vs
 STE training grid, each run from the Studies page and from the command line, on the local backend and
-on a real Ray cluster (``ray start --head --block`` on localhost, started here and stopped by its pid).
+on a real Ray cluster (conftest's ``ray_cluster``: ``ray start --head --block`` on localhost, stopped by its pid).
 Every run has a cache of its own, so each one computes its cells; the records must agree."""
 from __future__ import annotations
 
@@ -18,9 +18,6 @@ from sparsekit.training import default_train_config
 
 pytest.importorskip("ray")
 
-from sparsekit.study import ray_backend  # noqa: E402 - needs ray
-from sparsekit.study.raycluster import LocalRayCluster  # noqa: E402
-
 pytestmark = pytest.mark.slow  # four runs of two grids and a Ray cluster: minutes
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,16 +26,6 @@ MINILM = StudySpec(name="minilm grid", models=("minilm",), methods=("magnitude",
 TRAINING = StudySpec(name="srste vs ste", kind="training", models=(), methods=("ste", "srste"), patterns=("2:4",),
                      seeds=tuple(range(8)), lambda_w=(2e-4,),
                      train=default_train_config("mlp", epochs=2))
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    head = LocalRayCluster(tmp_path_factory.mktemp("ray"), num_cpus=2).start()
-    try:
-        yield head
-    finally:
-        ray_backend.disconnect()
-        head.stop()
 
 
 def _same(a: list[dict], b: list[dict]) -> None:
@@ -114,11 +101,11 @@ def _cli_run(monkeypatch, tmp_path: Path, cache: Path, spec: StudySpec, ray_addr
 
 
 @pytest.mark.parametrize("spec", [MINILM, TRAINING], ids=["minilm-oneshot", "srste-training"])
-def test_grid_from_page_and_cli_on_local_and_ray(cluster, tmp_path, monkeypatch, spec):
+def test_grid_from_page_and_cli_on_local_and_ray(ray_cluster, tmp_path, monkeypatch, spec):
     page_local = _page_run(monkeypatch, tmp_path / "page-local", spec, None)
-    page_ray = _page_run(monkeypatch, tmp_path / "page-ray", spec, cluster.address)
+    page_ray = _page_run(monkeypatch, tmp_path / "page-ray", spec, ray_cluster.address)
     cli_local = _cli_run(monkeypatch, tmp_path, tmp_path / "cli-local", spec, None)
-    cli_ray = _cli_run(monkeypatch, tmp_path, tmp_path / "cli-ray", spec, cluster.address)
+    cli_ray = _cli_run(monkeypatch, tmp_path, tmp_path / "cli-ray", spec, ray_cluster.address)
     _same(page_local, page_ray)
     _same(page_local, cli_local)
     _same(page_local, cli_ray)

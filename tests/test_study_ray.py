@@ -1,6 +1,6 @@
-"""Studies on a real Ray cluster: a one-node cluster on localhost (2 CPUs, no dashboard), started by this
-module with ``ray start --head --block`` and stopped by its pid. The records must equal the local
-backend's; a worker killed mid-study must cost only a retry."""
+"""Studies on a real Ray cluster: a one-node cluster on localhost (2 CPUs, no dashboard), started for
+this module by conftest's ``ray_cluster`` (``ray start --head --block``) and stopped by its pid. The
+records must equal the local backend's; a worker killed mid-study must cost only a retry."""
 import os
 import signal
 from dataclasses import replace
@@ -12,25 +12,10 @@ from sparsekit.study import StudySpec, cells
 
 ray = pytest.importorskip("ray")
 
-from sparsekit.study import ray_backend  # noqa: E402 - needs ray
-from sparsekit.study.raycluster import LocalRayCluster  # noqa: E402
-
 pytestmark = pytest.mark.slow  # a cluster start and worker processes: tens of seconds
 
 SPEC = StudySpec(name="ray", models=("digits:mlp",), methods=("magnitude", "wanda", "random"),
                  patterns=("2:4", "unstructured:0.5"), seeds=(0, 1))
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    # A short folder: Ray's socket paths under it must fit in 107 characters.
-    head = LocalRayCluster(tmp_path_factory.mktemp("ray"), num_cpus=2).start()
-    try:
-        yield head
-    finally:
-        ray_backend.disconnect()  # leave first: a driver whose cluster vanished waits 60 s for it
-        head.stop()
-    assert head.proc is None
 
 
 def _local_records(tmp_path, monkeypatch, spec):
@@ -40,27 +25,27 @@ def _local_records(tmp_path, monkeypatch, spec):
     return [cells.comparable(r) for r in records]
 
 
-def test_cluster_resources(cluster):
-    res = study.cluster_resources(cluster.address)
+def test_cluster_resources(ray_cluster):
+    res = study.cluster_resources(ray_cluster.address)
     assert res["cpus"] == 2 and res["nodes"] == 1 and res["memory_bytes"] > 0
     assert res["per_node"][0]["alive"] and res["per_node"][0]["cpus"] == 2
 
 
-def test_ray_records_equal_local_records(cluster, tmp_path, monkeypatch):
+def test_ray_records_equal_local_records(ray_cluster, tmp_path, monkeypatch):
     expected = _local_records(tmp_path, monkeypatch, SPEC)
     seen = []
-    result = study.run_study(SPEC, "ray", ray_address=cluster.address, progress=seen.append)
-    assert result.status.state == "finished" and result.status.backend == f"ray at {cluster.address}"
+    result = study.run_study(SPEC, "ray", ray_address=ray_cluster.address, progress=seen.append)
+    assert result.status.state == "finished" and result.status.backend == f"ray at {ray_cluster.address}"
     assert [cells.comparable(r) for r in result.records] == expected
     workers = {r["worker"]["pid"] for r in result.records}
     assert os.getpid() not in workers  # computed in Ray worker processes
     assert any(s.running and s.workers for s in seen)
     # Stored by the driver as they came: a second run computes nothing.
-    again = study.run_study(SPEC, "ray", ray_address=cluster.address)
+    again = study.run_study(SPEC, "ray", ray_address=ray_cluster.address)
     assert again.status.computed == 0 and again.status.done == SPEC.cell_count()
 
 
-def test_killed_worker_costs_one_retry(cluster, tmp_path, monkeypatch):
+def test_killed_worker_costs_one_retry(ray_cluster, tmp_path, monkeypatch):
     spec = replace(SPEC, methods=("magnitude", "random"), patterns=("2:4",), seeds=(0, 1, 2))
     expected = _local_records(tmp_path, monkeypatch, spec)
     # Slow cells (the setting reaches the workers with every SPARSEKIT_* variable), so a kill lands mid-cell.
@@ -74,7 +59,7 @@ def test_killed_worker_costs_one_retry(cluster, tmp_path, monkeypatch):
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
 
-    result = study.run_study(spec, "ray", ray_address=cluster.address, progress=kill_one)
+    result = study.run_study(spec, "ray", ray_address=ray_cluster.address, progress=kill_one)
     assert killed, "no running worker was seen"
     assert result.status.state == "finished" and result.status.retries >= 1
     assert study.study_status(spec).retries >= 1  # what another process reads

@@ -267,18 +267,6 @@ def _emulate_semi_structured(monkeypatch, refuse: str = ""):
     return calls
 
 
-def test_is_2_4_against_a_loop():
-    from sparsekit.sparsify import is_2_4
-
-    gen = torch.Generator().manual_seed(0)
-    for trial in range(200):
-        w = torch.randn(3, 8, generator=gen) * (torch.rand(3, 8, generator=gen) < 0.55)
-        want = all(int((w[r, g * 4:(g + 1) * 4] != 0).sum()) <= 2 for r in range(3) for g in range(2))
-        assert is_2_4(w) == want
-    assert not is_2_4(torch.zeros(2, 6))  # 6 columns cannot form groups of 4
-    assert not is_2_4(torch.zeros(2, 2, 4))
-
-
 def test_linear_suite_backends_emulated(monkeypatch):
     calls = _emulate_semi_structured(monkeypatch)
     res = linear_suite([(64, 128), (32, 64)], [1, 16], device="cpu", dtype=torch.float32, repeats=3)

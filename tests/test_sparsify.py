@@ -12,10 +12,8 @@ import sparsekit
 from sparsekit.export import masks_safetensors, weights_safetensors
 from sparsekit.sparsify import (
     SparsifyConfig,
-    format_bytes,
     layer_group,
     report_csv,
-    semi_structured_check,
     sparsify,
 )
 
@@ -184,29 +182,6 @@ def test_dense_config_changes_nothing():
     assert torch.equal(res.model(x), model(x))
 
 
-def test_memory_formulas_against_torch_storage():
-    w = torch.randn(64, 128)
-    mask = sparsekit.nm_mask(w, 2, 4)
-    kept = int(mask.sum())
-    sizes = format_bytes(tuple(w.shape), kept, 2, (2, 4))
-    csr = (w * mask).to_sparse_csr()
-    torch_csr = csr.values().numel() * 2 + csr.col_indices().numel() * 8 + csr.crow_indices().numel() * 8
-    assert sizes["csr_bytes"] == torch_csr
-    assert sizes["dense_bytes"] == 64 * 128 * 2
-    assert sizes["bitmask_bytes"] == kept * 2 + 64 * 128 // 8
-    # 2:4 fp16: half the values plus 2 bits of metadata per kept value = numel/8 bytes.
-    assert sizes["nm_bytes"] == 64 * 128 // 2 * 2 + 64 * 128 // 8
-
-
-def test_semi_structured_rules():
-    assert semi_structured_check((64, 128), (2, 4)).startswith("ok")
-    assert "cuSPARSELt" in semi_structured_check((48, 48), (2, 4))  # cuSPARSELt only
-    msg = semi_structured_check((30, 64), (2, 4))
-    assert "multiple of 16" in msg and "multiple of 32" in msg
-    assert "needs a 2:4 pattern (got 1:4)" in semi_structured_check((64, 128), (1, 4))
-    assert "4-D" in semi_structured_check((8, 8, 3, 3), (2, 4))
-
-
 def test_exports_round_trip():
     model = Toy()
     res = sparsify(model, SparsifyConfig(pattern="nm"))
@@ -245,21 +220,6 @@ def test_gpt2_conv1d_and_tied_head():
     ids = torch.randint(0, 64, (1, 8))
     assert res.model(ids).logits.shape == (1, 8, 64)
     assert math.isclose(rows["transformer.h.0.mlp.c_fc"].kept_fraction, 0.5)
-
-
-def test_layer_table_and_params_by_type():
-    from sparsekit.sparsify import layer_table, params_by_type
-
-    model = Toy()
-    rows = layer_table(model)
-    assert [r["name"] for r in rows] == ["conv", "stem", "block.attn.q", "block.attn.proj", "block.mlp.fc1", "block.mlp.fc2", "head"]
-    assert rows[0]["params"] == 8 * 4 * 9 + 8
-    counts = params_by_type(model)
-    assert counts == {
-        "Linear": sum(p.numel() for m in model.modules() if isinstance(m, nn.Linear) for p in m.parameters(recurse=False)),
-        "Conv2d": 8 * 4 * 9 + 8,
-    }
-    assert sum(counts.values()) == sum(p.numel() for p in model.parameters())
 
 
 def test_matrix_view_puts_groups_in_rows():

@@ -16,23 +16,25 @@ that take the pattern), weighted by weight count, since layers differ in size.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Protocol, Sequence
 
 import torch
 from torch import nn
 
-from .budget import LAYER_MAX_SPARSITY, _Grid, _interp, choose_levels, fit_counts, spread_continuous
-from .methods import sparsegpt as _sparsegpt
-from .methods import wanda as _wanda
-from .methods.base import Method, MethodOutput, ProgressFn
-from .methods.calibration import InputStats, LayerInputs, check_calibration, run_model, sequential_prune, token_mask
+from .budget import LAYER_MAX_SPARSITY, Grid, choose_levels, fit_counts, interpolate, spread_continuous
+from .config import SparsifyConfig
+from .methods import REGISTRY, Calibration, Method, MethodOutput, PruneSettings, get_method
+from .methods.calibration import InputStats, LayerInputs, capture_input_stats, check_calibration, sequential_prune
+from .progress import ProgressFn
 
-ALLOCATIONS = ("uniform", "owl", "sensitivity")
-"""``uniform`` (every layer at the target), ``owl`` (outlier-weighed, Yin et al. 2023) or
-``sensitivity`` (from a ``sparsekit.sensitivity`` scan)."""
-MAX_OWL_M = 100.0
-MAX_OWL_LAMBDA = 0.5
-"""No layer is pruned beyond this under an allocation (the per-config bound of unstructured)."""
+
+class DropCurves(Protocol):
+    """What sensitivity-guided allocation reads from a scan (``sensitivity.SensitivityScan``)."""
+
+    def allocation_curves(self, names: Sequence[str], config: SparsifyConfig, fingerprint: str | None = None
+                          ) -> tuple[list[list[str]], list[list[tuple[float, float]]]]: ...
+
+    def describe(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -60,52 +62,14 @@ class Allocation:
     """Unstructured: layer -> the sparsity handed to its method so that it prunes exactly ``pruned``
     (SparseGPT rounds per block of columns, so this can differ slightly from ``sparsity``)."""
 
-    def layer_config(self, config: Any, name: str) -> Any:
+    def layer_config(self, config: SparsifyConfig, name: str) -> SparsifyConfig:
         """``config`` with this layer's own sparsity (unstructured) or N (N:M)."""
         if self.pattern == "nm":
             return replace(config, n=self.levels[name])
         return replace(config, sparsity=self.method_sparsity.get(name, self.sparsity[name]))
 
 
-def capture_input_stats(model: nn.Module, names: Sequence[str], calibration: Any,
-                        kind: str = "hessian") -> dict[str, InputStats]:
-    """Statistics of each named layer's inputs over one forward of the calibration batch.
-
-    Forward pre-hooks are registered on ``model`` for that forward (and removed): pass a copy, never
-    the shared model.
-
-    Args:
-        model: the module (dense, for OWL and the sensitivity proxy).
-        names: prunable layers.
-        calibration: a float tensor batch or a dict of token tensors (padding tokens are left out).
-        kind: ``hessian`` (``X^T X``) or ``norms`` (squared L2 norm of each input feature); conv
-            columns in ``in*kh*kw`` order.
-
-    Returns:
-        layer -> ``InputStats`` (``total`` is None for a layer the forward never called).
-    """
-    modules = dict(model.named_modules())
-    views = {modules[n]: LayerInputs(n, modules[n], False) for n in names}
-    stats = {n: InputStats(kind) for n in names}
-    tokens = token_mask(calibration)
-
-    def hook(module, args):
-        if not args or not isinstance(args[0], torch.Tensor):
-            return
-        view, x = views[module], args[0]
-        stats[view.name].add(view.columns(x, tokens), x.shape[0] if x.dim() >= 2 else 1)
-
-    handles = [m.register_forward_pre_hook(hook) for m in views]
-    try:
-        with torch.no_grad():
-            run_model(model, calibration)
-    finally:
-        for h in handles:
-            h.remove()
-    return stats
-
-
-def owl_outlier_ratios(model: nn.Module, names: Sequence[str], calibration: Any, m: float) -> dict[str, float]:
+def owl_outlier_ratios(model: nn.Module, names: Sequence[str], calibration: Calibration, m: float) -> dict[str, float]:
     """OWL's layer outlier ratio: the share of a layer's entries with ``|W_ij| * ||X_j||_2 > m * mean``
     (the mean of that layer's ``|W| * ||X||``; input norms from one dense forward).
 
@@ -168,24 +132,24 @@ def owl_sparsities(ratios: dict[str, float], numel: dict[str, int], sparsity: fl
     return out
 
 
-def _grid(method: str, pattern: str, module: nn.Module) -> _Grid:
+def _grid(method: Method, module: nn.Module) -> Grid:
     numel = module.weight.numel()
-    if method == "sparsegpt" and pattern == "unstructured":
+    if method.count_pieces is not None:
         rows, cols = LayerInputs("", module, False).view.matrix_shape
-        block = _sparsegpt.SPARSEGPT_BLOCK
-        return _Grid(numel, [rows * (min(i + block, cols) - i) for i in range(0, cols, block)])
-    return _Grid(numel)
+        return Grid(numel, method.count_pieces(rows, cols))
+    return Grid(numel)
 
 
-def _owl_calibration(calibration: Any) -> None:
+def _owl_calibration(calibration: Calibration | None) -> None:
     if calibration is None:
         raise ValueError("allocation='owl' needs calibration inputs (OWL weighs |W| by each input feature's norm): "
                          "pass calibration=... or a LoadedModel, whose .calibration holds them")
     check_calibration(calibration, "owl allocation")
 
 
-def allocate(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], config: Any, calibration: Any = None,
-             scan: Any = None, fingerprint: str | None = None) -> Allocation:
+def allocate(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], config: SparsifyConfig,
+             calibration: Calibration | None = None, scan: DropCurves | None = None,
+             fingerprint: str | None = None) -> Allocation:
     """Per-layer targets for ``config`` (``allocation`` = ``owl`` or ``sensitivity``).
 
     Args:
@@ -194,7 +158,7 @@ def allocate(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], config: 
         config: a ``SparsifyConfig``.
         calibration: calibration inputs (OWL).
         scan: a ``sensitivity.SensitivityScan`` of this model (``sensitivity``).
-        fingerprint: the model's ``compare.model_fingerprint``, checked against the scan's.
+        fingerprint: the model's ``cache.model_fingerprint``, checked against the scan's.
 
     Returns:
         The ``Allocation``.
@@ -204,6 +168,7 @@ def allocate(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], config: 
     total = sum(numel.values())
     if config.allocation == "owl":
         _owl_calibration(calibration)
+        assert calibration is not None
         ratios = owl_outlier_ratios(model, names, calibration, float(config.owl_m))
         target_s = float(config.sparsity) if config.pattern == "unstructured" else 1 - config.n / config.m
         ideal = owl_sparsities(ratios, numel, target_s, float(config.owl_lambda))
@@ -211,10 +176,10 @@ def allocate(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], config: 
         units = [[n] for n in names]
         scores = ratios
     elif config.allocation == "sensitivity":
-        from .sensitivity import allocation_curves  # the scan's own module reads its record
-
-        units, curves = allocation_curves(scan, names, config, fingerprint)
-        head = f"sensitivity scan ({scan.config.method}, {scan.config.grouping})"
+        if scan is None or not callable(getattr(scan, "allocation_curves", None)):
+            raise ValueError(f"sensitivity must be a SensitivityScan (sensitivity_scan(...)), got {type(scan).__name__}")
+        units, curves = scan.allocation_curves(names, config, fingerprint)
+        head = f"sensitivity scan ({scan.describe()})"
     else:
         raise ValueError(f"allocate needs allocation 'owl' or 'sensitivity', got {config.allocation!r}")
     unit_numel = [sum(numel[n] for n in u) for u in units]
@@ -249,7 +214,8 @@ def allocate(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], config: 
 
     sparsity = float(config.sparsity)
     requested = int(round(sparsity * total))
-    grids = {n: _grid(config.method, "unstructured", mod) for n, mod in layers}
+    method = get_method(config.method)
+    grids = {n: _grid(method, mod) for n, mod in layers}
     if requested > sum(g.cap for g in grids.values()):
         raise ValueError(f"budget out of range: pruning {sparsity:.2%} of {total} weights needs more than the "
                          f"{LAYER_MAX_SPARSITY:.0%} per-layer limit allows; lower the sparsity")
@@ -258,7 +224,7 @@ def allocate(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], config: 
                                     requested)
         share = {n: amounts[i] / unit_numel[i] for i, u in enumerate(units) for n in u}
         ideal = share
-        scores = {n: _interp([(0.0, 0.0)] + curves[i], share[n]) for i, u in enumerate(units) for n in u}
+        scores = {n: interpolate([(0.0, 0.0)] + curves[i], share[n]) for i, u in enumerate(units) for n in u}
     counts = fit_counts({n: ideal[n] * numel[n] for n in names}, grids, requested)
     got = sum(counts.values())
     per = {n: counts[n] / numel[n] for n in names}
@@ -270,42 +236,8 @@ def allocate(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], config: 
                       {n: grids[n].sparsity(counts[n]) for n in names})
 
 
-def wanda_exact_mask(layer: LayerInputs, weight: torch.Tensor, stats: InputStats, count: int) -> torch.Tensor:
-    """Wanda's mask pruning exactly ``count`` entries of a layer: each row loses ``count // rows`` of
-    its lowest ``|W| * ||X||`` as in the paper, and the ``count % rows`` rows whose weakest kept entry
-    is weakest lose one more (ties keep the lower index, as ``row_unstructured_mask``).
-
-    Args:
-        layer: the layer's ``LayerInputs`` (grouped view).
-        weight: its weight.
-        stats: its input norms (``InputStats("norms")``).
-        count: weights to prune.
-
-    Returns:
-        The mask in the weight's layout, True = kept.
-    """
-    W = layer.matrix(weight.detach())
-    scores = _wanda.wanda_scores(W.float(), stats.total.sqrt().float())
-    rows, cols = scores.shape
-    base, extra = divmod(int(count), rows)
-    order = torch.sort(scores.abs(), dim=1, descending=True, stable=True).indices
-    keep = torch.zeros(rows, cols, dtype=torch.bool)
-    keep.scatter_(1, order[:, : cols - base], True)
-    if extra:
-        weakest_at = order[:, cols - base - 1]
-        weakest = scores.gather(1, weakest_at.unsqueeze(1)).squeeze(1)
-        pick = torch.sort(weakest, stable=True).indices[:extra]
-        keep[pick, weakest_at[pick]] = False
-    return layer.from_matrix(keep)
-
-
-PER_LAYER_KEEP = {"wanda": (_wanda._keep, "norms"), "sparsegpt": (_sparsegpt._keep, "hessian")}
-"""Methods that choose masks inside the shared calibration forward: their per-layer function and the
-input statistics it reads (``calibration.sequential_prune``)."""
-
-
-def run_allocated(method: Method, model: nn.Module, names: Sequence[str], config: Any, calibration: Any,
-                  progress: ProgressFn | None, allocation: Allocation) -> MethodOutput:
+def run_allocated(method: Method, model: nn.Module, names: Sequence[str], config: SparsifyConfig,
+                  calibration: Calibration | None, progress: ProgressFn | None, allocation: Allocation) -> MethodOutput:
     """A model-level method on the copy with each layer at its own target.
 
     Args:
@@ -320,19 +252,23 @@ def run_allocated(method: Method, model: nn.Module, names: Sequence[str], config
     Returns:
         The method's ``MethodOutput``.
     """
-    if method.name in PER_LAYER_KEEP:
+    inner, count_mask = method.keep_layer, method.count_mask
+    if inner is not None:
         check_calibration(calibration, method.name)
-        inner, kind = PER_LAYER_KEEP[method.name]
+        assert calibration is not None
 
-        def keep(layer, weight, cfg, stats, notes):
-            if method.name == "wanda" and config.pattern == "unstructured":
-                return wanda_exact_mask(layer, weight, stats, allocation.pruned[layer.name]), None
+        def keep(layer: LayerInputs, weight: torch.Tensor, cfg: PruneSettings, stats: InputStats,
+                 notes: dict[str, str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+            if count_mask is not None and config.pattern == "unstructured":
+                return count_mask(layer, weight, stats, allocation.pruned[layer.name]), None
             return inner(layer, weight, allocation.layer_config(config, layer.name), stats, notes)
 
-        return sequential_prune(model, names, config, calibration, progress, keep, kind)
+        return sequential_prune(model, names, config, calibration, progress, keep, method.stats)
+    assert method.run is not None
     out = method.run(model, names, config, calibration, progress)
     if out.masks:
+        per_layer = [m.name for m in REGISTRY.values() if m.keep_layer is not None]
         raise ValueError(f"method {method.name!r} chooses its masks itself with one setting for all layers; "
                          f"allocation={config.allocation!r} supports methods that score weights and "
-                         f"{', '.join(PER_LAYER_KEEP)}")
+                         f"{', '.join(per_layer)}")
     return out

@@ -10,9 +10,10 @@ LAYER_MAX_SPARSITY = 0.99
 """Most a single layer may be pruned under an allocation (as ``SparsifyConfig`` allows)."""
 
 
-class _Grid:
-    """The pruned counts a method can give one layer: any count up to ``cap``, or for SparseGPT's
-    unstructured mask (``round(s * size)`` in every block of 128 columns) only the sums of those."""
+class Grid:
+    """The pruned counts a method can give one layer: any count up to ``cap``, or, for a method that
+    rounds its count per piece (``Method.count_pieces``: SparseGPT's ``round(s * size)`` in every block
+    of 128 columns), only the sums of those."""
 
     def __init__(self, numel: int, blocks: Sequence[int] | None = None) -> None:
         self.numel, self.blocks = numel, list(blocks) if blocks else None
@@ -58,7 +59,7 @@ class _Grid:
         return hi if lo is None or abs(hi - x) <= abs(x - lo) else lo
 
 
-def fit_counts(ideal: dict[str, float], grids: dict[str, _Grid], target: int) -> dict[str, int]:
+def fit_counts(ideal: dict[str, float], grids: dict[str, Grid], target: int) -> dict[str, int]:
     """Integer pruned counts near ``ideal`` that add up to ``target`` where the grids allow (else the
     nearest total above it: the kept share never exceeds the requested one)."""
     counts = {n: grids[n].near(x) for n, x in ideal.items()}
@@ -167,7 +168,8 @@ def spread_continuous(curves: Sequence[Sequence[tuple[float, float]]], target: f
     return out
 
 
-def _interp(points: Sequence[tuple[float, float]], x: float) -> float:
+def interpolate(points: Sequence[tuple[float, float]], x: float) -> float:
+    """Piecewise-linear ``y(x)`` through ``points`` (sorted by x); past the last point, its y."""
     for (x0, y0), (x1, y1) in zip(points, points[1:]):
         if x <= x1:
             return y0 + (y1 - y0) * (x - x0) / (x1 - x0) if x1 > x0 else y1

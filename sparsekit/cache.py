@@ -9,13 +9,16 @@ import dataclasses
 import hashlib
 import json
 import os
+import weakref
 from pathlib import Path
 from typing import Any
 
 import diskcache
 import torch
+from torch import nn
 
 _CACHES: dict[str, diskcache.Cache] = {}
+_FINGERPRINTS: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()
 
 
 def cache_dir() -> Path:
@@ -64,3 +67,14 @@ def tensor_digest(*tensors) -> str:
         h.update(f"{t.dtype}{tuple(t.shape)}".encode())
         h.update(t.view(-1).view(dtype=torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def model_fingerprint(module: nn.Module) -> str:
+    """SHA-256 of a module's state dict (names, shapes, dtypes and bytes); remembered per module."""
+    known = _FINGERPRINTS.get(module)
+    if known is None:
+        state = module.state_dict()
+        names = json.dumps(sorted(state), separators=(",", ":"))
+        known = make_key("weights", names, tensor_digest(*(state[k] for k in sorted(state))))
+        _FINGERPRINTS[module] = known
+    return known

@@ -10,29 +10,27 @@ from __future__ import annotations
 
 import json
 import time
-import weakref
 from dataclasses import replace
 from typing import Any, Callable, Iterable, Sequence
 
 from torch import nn
 
-from .cache import get_cache, make_key, tensor_digest
+from .cache import get_cache, make_key, model_fingerprint, tensor_digest
+from .config import NM_PRESETS, SparsifyConfig
+from .evaluate import COMPARE_VERSION, best_format_bytes, evaluate, pattern_label
 from .layers import prunable_layers
+from .methods import METHODS, get_method
 from .permutation import permute_channels
-from .sparsify import METHODS, SparsifyConfig, SparsifyResult, sparsify
+from .progress import ProgressFn
+from .sparsify import sparsify
 
-COMPARE_VERSION = 2  # 2: SparseGPT H per sequence, block calibration order
-"""Bump when a row's contents or meaning change, so stale cached rows are ignored."""
 PERMUTED_ROW_VERSION = 2  # 2: layers carry their perm; stopped, layers_searched, not_reached
 """Version of the cached ``permuted_nm_row`` rows (on top of ``COMPARE_VERSION``)."""
 DEFAULT_METHODS = ("magnitude", "wanda", "sparsegpt", "taylor", "random")
-DEFAULT_NM = ((2, 4), (4, 8), (1, 4))
+DEFAULT_NM = NM_PRESETS[:3]
 DEFAULT_SPARSITIES = (0.5, 0.7)
 MAX_SETTINGS = 80
 """Most configs one sweep may hold (each one prunes and evaluates a copy)."""
-
-ProgressFn = Callable[[float, str], None]
-_FINGERPRINTS: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()
 
 
 def sweep_configs(
@@ -82,99 +80,12 @@ def sweep_configs(
     return configs
 
 
-def model_fingerprint(module: nn.Module) -> str:
-    """SHA-256 of a module's state dict (names, shapes, dtypes and bytes); remembered per module."""
-    known = _FINGERPRINTS.get(module)
-    if known is None:
-        state = module.state_dict()
-        names = json.dumps(sorted(state), separators=(",", ":"))
-        known = make_key("weights", names, tensor_digest(*(state[k] for k in sorted(state))))
-        _FINGERPRINTS[module] = known
-    return known
-
-
 def _calibration_digest(calibration: Any) -> str:
     if calibration is None:
         return ""
     if isinstance(calibration, dict):
         return tensor_digest(*(calibration[k] for k in sorted(calibration)))
     return tensor_digest(calibration)
-
-
-def best_format_bytes(result: SparsifyResult) -> dict[str, Any]:
-    """Weight memory of the Linear/Conv layers, each in its cheapest format.
-
-    Args:
-        result: a sparsify result.
-
-    Returns:
-        ``{"dense_bytes", "best_bytes", "formats": {format: layer count}}``; layers left dense
-        count at their dense size.
-    """
-    dense = best = 0
-    formats: dict[str, int] = {}
-    for r in result.report:
-        dense += r.dense_bytes
-        if not r.pruned:
-            best += r.dense_bytes
-            formats["dense"] = formats.get("dense", 0) + 1
-            continue
-        # N:M first: on a tie (2:4 costs exactly a bitmask) the format sparse kernels run wins.
-        options = {"n:m": r.nm_bytes} if r.nm_bytes is not None else {}
-        options.update({"dense": r.dense_bytes, "bitmask": r.bitmask_bytes, "csr": r.csr_bytes})
-        fmt = min(options, key=options.get)
-        best += options[fmt]
-        formats[fmt] = formats.get(fmt, 0) + 1
-    return {"dense_bytes": dense, "best_bytes": best, "formats": formats}
-
-
-def pattern_label(config: SparsifyConfig) -> str:
-    """``2:4`` or ``unstructured 70%``."""
-    if config.pattern == "nm":
-        return f"{config.n}:{config.m}"
-    if config.pattern == "unstructured":
-        return f"unstructured {config.sparsity:.0%}"
-    return "dense"
-
-
-def evaluate(loaded: Any, config: SparsifyConfig, *, calibration: Any = None) -> dict[str, Any]:
-    """Prune a copy with ``config`` and measure it: one row of a comparison.
-
-    Args:
-        loaded: a ``LoadedModel`` (its ``quality`` metric is used).
-        config: the setting.
-        calibration: calibration inputs (default: the model's).
-
-    Returns:
-        A JSON-serialisable dict: ``method``, ``pattern``, ``setting``, ``target_sparsity``,
-        ``sparsity`` (pruned share of all Linear/Conv weights), ``quality`` (metric -> value),
-        ``dense_bytes``, ``best_bytes``, ``formats``, ``layers_pruned``, ``layers_total``,
-        ``seconds``, ``notes`` and ``config`` (its JSON).
-    """
-    start = time.perf_counter()
-    result = sparsify(loaded, config, calibration=calibration)
-    prune_seconds = time.perf_counter() - start
-    quality = loaded.quality(result.model)
-    summary = result.summary()
-    memory = best_format_bytes(result)
-    return {
-        "method": config.method,
-        "pattern": pattern_label(config),
-        "family": "N:M" if config.pattern == "nm" else config.pattern,
-        "setting": f"{pattern_label(config)} {config.method}",
-        "target_sparsity": 1.0 - config.target_density,
-        "sparsity": 1.0 - summary["kept_fraction_all_layers"],
-        "quality": {k: float(v) for k, v in quality.items()},
-        "dense_bytes": memory["dense_bytes"],
-        "best_bytes": memory["best_bytes"],
-        "formats": memory["formats"],
-        "layers_pruned": summary["layers_pruned"],
-        "layers_total": summary["layers_total"],
-        "prune_seconds": prune_seconds,
-        "seconds": time.perf_counter() - start,
-        "notes": dict(result.notes),
-        "config": config.to_json(),
-    }
 
 
 def dense_row(loaded: Any) -> dict[str, Any]:
@@ -254,7 +165,7 @@ def _row_keys(loaded: Any, configs: Sequence[SparsifyConfig], calibration: Any =
     calib_digest = _calibration_digest(calib)
     # Only calibrated methods depend on the calibration data.
     return [make_key("compare", COMPARE_VERSION, CELL_VERSION, loaded.spec, fingerprint, c.to_json(),
-                     calib_digest if c.method in ("wanda", "sparsegpt", "taylor") else "") for c in configs]
+                     calib_digest if get_method(c.method).needs_calibration else "") for c in configs]
 
 
 def cached_rows(loaded: Any, configs: Sequence[SparsifyConfig], *,

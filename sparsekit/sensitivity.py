@@ -22,14 +22,13 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .allocation import PER_LAYER_KEEP, capture_input_stats
-from .cache import get_cache, make_key, tensor_digest
-from .compare import model_fingerprint
+from .cache import get_cache, make_key, model_fingerprint, tensor_digest
 from .layers import grouped_view, layer_group
 from .methods import get_method
-from .methods.calibration import InputStats, LayerInputs, check_calibration, transformer_blocks
-from .methods.taylor import taylor_scores
-from .sparsify import SparsifyConfig, layer_mask, layer_reasons, sparsify
+from .methods.calibration import InputStats, LayerInputs, capture_input_stats, check_calibration, transformer_blocks
+from .config import SparsifyConfig
+from .sparsify import layer_mask, layer_reasons, sparsify
+from .progress import ProgressFn
 
 GROUPINGS = ("layer", "block-kind")
 """``layer``: every prunable layer alone; ``block-kind``: the attention (or MLP, or other) layers of
@@ -38,7 +37,6 @@ MODES = ("full", "proxy")
 MAX_SETTINGS = 12
 SENSITIVITY_VERSION = 1
 """Bump when a scan's contents or meaning change, so stale cached scans are ignored."""
-ProgressFn = Callable[[float, str], None]
 
 
 @dataclass(frozen=True)
@@ -175,6 +173,60 @@ class SensitivityScan:
                             + ["" if v is None else repr(float(v)) for v in cells])
         return buf.getvalue()
 
+    def describe(self) -> str:
+        """``method, grouping`` of the scan, for allocation notes."""
+        return f"{self.config.method}, {self.config.grouping}"
+
+    def allocation_curves(self, names: Sequence[str], config: SparsifyConfig,
+                          fingerprint: str | None = None) -> tuple[list[list[str]], list[list[tuple[float, float]]]]:
+        """What ``allocation.allocate`` reads from this scan (complete, full mode, of the same model):
+        the units covering ``names`` and their drop curves for ``config``'s pattern.
+
+        Args:
+            names: the layers to be pruned.
+            config: the ``SparsifyConfig`` (unstructured, or N:M with the M to use).
+            fingerprint: the model's fingerprint, checked against the scan's.
+
+        Returns:
+            ``(units, curves)``: per unit its layers (those in ``names``) and its points, unstructured
+            ``(sparsity, drop)`` by sparsity, N:M ``(n, drop)`` from ``(M, 0)`` (dense) down.
+        """
+        if fingerprint is not None and self.fingerprint != fingerprint:
+            raise ValueError("the sensitivity scan was measured on a different model (its weights differ); scan this model")
+        if not self.complete:
+            raise ValueError("the sensitivity scan is incomplete (it was stopped); run it to the end")
+        if self.config.mode != "full":
+            raise ValueError("allocation needs measured quality drops; this scan is proxy-only (mode='proxy')")
+        covered = {n for layers in self.unit_layers for n in layers}
+        missing = [n for n in names if n not in covered]
+        if missing:
+            raise ValueError(f"the sensitivity scan does not cover {len(missing)} of the layers to prune (e.g. "
+                             f"{missing[0]}); scan with the same layer selection")
+        if config.pattern == "nm":
+            cols = [(j, c.n) for j, c in enumerate(self.config.settings()) if c.pattern == "nm" and c.m == config.m]
+            what = f"N:M settings with M={config.m}"
+        else:
+            cols = [(j, c.sparsity) for j, c in enumerate(self.config.settings()) if c.pattern == "unstructured"]
+            what = "unstructured settings"
+        if not cols:
+            raise ValueError(f"the sensitivity scan has no {what}; scan them first")
+        want = set(names)
+        units, curves = [], []
+        for i, layers in enumerate(self.unit_layers):
+            members = [n for n in layers if n in want]
+            if not members:
+                continue
+            points = []
+            for j, value in cols:
+                if self.drop[i][j] is None:
+                    raise ValueError(f"the sensitivity scan has no drop for {self.units[i]} at {self.settings[j]}")
+                points.append((float(value), float(self.drop[i][j])))
+            if config.pattern == "nm":
+                points = [(float(config.m), 0.0)] + sorted(points, reverse=True)
+            units.append(members)
+            curves.append(sorted(points) if config.pattern != "nm" else points)
+        return units, curves
+
 
 def average_ranks(values: Sequence[float]) -> list[float]:
     """Ranks 1..n, tied values sharing the average of their positions."""
@@ -258,16 +310,16 @@ def _stats_for(gram: InputStats, view: LayerInputs, kind: str) -> InputStats:
     return stats
 
 
-def _prune_alone(module, name: str, cfg: SparsifyConfig, gram: InputStats | None, taylor: dict) -> torch.Tensor:
+def _prune_alone(module, name: str, cfg: SparsifyConfig, gram: InputStats | None,
+                 model_scores: dict[str, torch.Tensor]) -> torch.Tensor:
     """The weight ``cfg``'s method gives this layer when it alone is pruned in the dense model."""
     W = module.weight.detach()
-    if cfg.method in PER_LAYER_KEEP and gram is not None and gram.total is not None:
-        keep, kind = PER_LAYER_KEEP[cfg.method]
-        view = LayerInputs(name, module, cfg.conv_grouping == "channel" and cfg.pattern == "nm")
-        mask, new = keep(view, W, cfg, _stats_for(gram, view, kind), {})
-        return (new.to(W.dtype) if new is not None else W) * mask
     method = get_method(cfg.method)
-    scores = method.layer_scores(W, name, cfg) if method.layer_scores is not None else taylor.get(name, W)
+    if method.keep_layer is not None and gram is not None and gram.total is not None:
+        view = LayerInputs(name, module, cfg.conv_grouping == "channel" and cfg.pattern == "nm")
+        mask, new = method.keep_layer(view, W, cfg, _stats_for(gram, view, method.stats), {})
+        return (new.to(W.dtype) if new is not None else W) * mask
+    scores = method.layer_scores(W, name, cfg) if method.layer_scores is not None else model_scores.get(name, W)
     return W * layer_mask(W, grouped_view(module, cfg.conv_grouping), cfg, scores)
 
 
@@ -360,11 +412,13 @@ def sensitivity_scan(loaded, config: SensitivityConfig = SensitivityConfig(), *,
     fits = [layer_reasons(module, cfg) for cfg in settings]
     modules = dict(module.named_modules())
     work = copy.deepcopy(module).eval()  # hooks and gradients go here, never on the shared module
-    direct = config.mode == "proxy" and (method.layer_scores is not None or config.method in PER_LAYER_KEEP
-                                         or config.method == "taylor")
-    taylor = {}
-    if direct and config.method == "taylor":
-        taylor = taylor_scores(work, [n for _, u in units for n in u], calibration).scores
+    # Proxy-only scans prune each unit alone without a forward when the method allows it: per-layer
+    # scores, a per-layer keep on the captured statistics, or model-level scores computed once.
+    direct = config.mode == "proxy" and (method.layer_scores is not None or method.keep_layer is not None
+                                         or (method.run is not None and method.run_output == "scores"))
+    model_scores: dict[str, torch.Tensor] = {}
+    if direct and method.run is not None and method.keep_layer is None and method.layer_scores is None:
+        model_scores = method.run(work, [n for _, u in units for n in u], settings[0], calibration, None).scores
     hib = bool(loaded.higher_is_better.get(metric, True))
     quality, drop, proxy, notes = [], [], [], []
     complete = True
@@ -384,7 +438,7 @@ def sensitivity_scan(loaded, config: SensitivityConfig = SensitivityConfig(), *,
                 continue
             q = None
             if direct:
-                pruned = {n: _prune_alone(modules[n], n, cfg, grams.get(n), taylor) for n in names}
+                pruned = {n: _prune_alone(modules[n], n, cfg, grams.get(n), model_scores) for n in names}
             else:
                 res = sparsify(loaded, replace(cfg, include=_exact_regex(names), layers="all", exclude=""))
                 new = dict(res.model.named_modules())
@@ -412,57 +466,3 @@ def sensitivity_scan(loaded, config: SensitivityConfig = SensitivityConfig(), *,
     if use_cache and complete:
         get_cache()[key] = scan.to_json()
     return scan
-
-
-def allocation_curves(scan: SensitivityScan, names: Sequence[str], config: SparsifyConfig,
-                      fingerprint: str | None = None) -> tuple[list[list[str]], list[list[tuple[float, float]]]]:
-    """What ``allocation.allocate`` reads from a scan: the units covering ``names`` and their drop
-    curves for ``config``'s pattern.
-
-    Args:
-        scan: a complete, full-mode scan of the same model.
-        names: the layers to be pruned.
-        config: the ``SparsifyConfig`` (unstructured, or N:M with the M to use).
-        fingerprint: the model's fingerprint, checked against the scan's.
-
-    Returns:
-        ``(units, curves)``: per unit its layers (those in ``names``) and its points, unstructured
-        ``(sparsity, drop)`` by sparsity, N:M ``(n, drop)`` from ``(M, 0)`` (dense) down.
-    """
-    if not isinstance(scan, SensitivityScan):
-        raise ValueError(f"sensitivity must be a SensitivityScan (sensitivity_scan(...)), got {type(scan).__name__}")
-    if fingerprint is not None and scan.fingerprint != fingerprint:
-        raise ValueError("the sensitivity scan was measured on a different model (its weights differ); scan this model")
-    if not scan.complete:
-        raise ValueError("the sensitivity scan is incomplete (it was stopped); run it to the end")
-    if scan.config.mode != "full":
-        raise ValueError("allocation needs measured quality drops; this scan is proxy-only (mode='proxy')")
-    covered = {n for layers in scan.unit_layers for n in layers}
-    missing = [n for n in names if n not in covered]
-    if missing:
-        raise ValueError(f"the sensitivity scan does not cover {len(missing)} of the layers to prune (e.g. "
-                         f"{missing[0]}); scan with the same layer selection")
-    if config.pattern == "nm":
-        cols = [(j, c.n) for j, c in enumerate(scan.config.settings()) if c.pattern == "nm" and c.m == config.m]
-        what = f"N:M settings with M={config.m}"
-    else:
-        cols = [(j, c.sparsity) for j, c in enumerate(scan.config.settings()) if c.pattern == "unstructured"]
-        what = "unstructured settings"
-    if not cols:
-        raise ValueError(f"the sensitivity scan has no {what}; scan them first")
-    want = set(names)
-    units, curves = [], []
-    for i, layers in enumerate(scan.unit_layers):
-        members = [n for n in layers if n in want]
-        if not members:
-            continue
-        points = []
-        for j, value in cols:
-            if scan.drop[i][j] is None:
-                raise ValueError(f"the sensitivity scan has no drop for {scan.units[i]} at {scan.settings[j]}")
-            points.append((float(value), float(scan.drop[i][j])))
-        if config.pattern == "nm":
-            points = [(float(config.m), 0.0)] + sorted(points, reverse=True)
-        units.append(members)
-        curves.append(sorted(points) if config.pattern != "nm" else points)
-    return units, curves

@@ -9,9 +9,9 @@ import sparsekit
 from sparsekit.allocation import (
     owl_outlier_ratios,
     owl_sparsities,
-    wanda_exact_mask,
 )
 from sparsekit.methods.calibration import InputStats, LayerInputs
+from sparsekit.methods.wanda import exact_count_mask as wanda_exact_mask
 from sparsekit.models.base import LoadedModel
 from sparsekit.sparsify import SparsifyConfig, sparsify
 

@@ -5,7 +5,8 @@ import torch
 
 import sparsekit
 from sparsekit.conventions import markdown_table, pruned_counts
-from sparsekit.scoring import row_unstructured_mask, sparsegpt_prune
+from sparsekit.methods.sparsegpt import sparsegpt_prune
+from sparsekit.methods.wanda import row_unstructured_mask
 
 
 def reference_threshold_count(scores: torch.Tensor, sparsity: float) -> int:

@@ -9,15 +9,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import sparsekit
-from sparsekit.scoring import (
-    permute_channels,
-    transformer_blocks,
-    row_unstructured_mask,
-    search_permutation,
-    sparsegpt_prune,
-    taylor_scores,
-    wanda_scores,
-)
+from sparsekit.methods.calibration import transformer_blocks
+from sparsekit.methods.sparsegpt import sparsegpt_prune
+from sparsekit.methods.taylor import taylor_scores
+from sparsekit.methods.wanda import row_unstructured_mask, wanda_scores
+from sparsekit.permutation import permute_channels, search_permutation
 from sparsekit.sparsify import SparsifyConfig, sparsify
 
 from reference import obs_reference

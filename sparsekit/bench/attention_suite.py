@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from .harness import CaseResult, attach_baseline, check_fits, check_positive_ints, run_case, skipped
+from ..progress import ProgressFn
 
-ProgressFn = Callable[[float, str], None]
 
 MAX_SEQ = 131072
 

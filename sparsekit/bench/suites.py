@@ -21,6 +21,7 @@ from ..models.sentences import SENTENCES
 from ..sparsify import SparsifyConfig, is_2_4, sparsify
 from .attention_suite import MAX_SEQ, AttentionPattern, attention_suite, block_mask_density, default_attention_patterns
 from .harness import CaseResult, attach_baseline, budget_spent, check_fits, check_positive_ints, run_case, skipped
+from ..progress import ProgressFn
 
 __all__ = [
     "MAX_BATCH", "MAX_DIM", "MAX_SEQ", "AttentionPattern", "ProgressFn", "attention_suite", "block_mask_density",
@@ -28,7 +29,6 @@ __all__ = [
     "semi_structured_available", "verdicts",
 ]
 
-ProgressFn = Callable[[float, str], None]
 
 MAX_BATCH = 65536
 MAX_DIM = 65536

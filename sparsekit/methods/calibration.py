@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import grouped_view, is_prunable
-from .base import MethodOutput, ProgressFn
+from .types import Calibration, MethodOutput, ProgressFn, PruneSettings
 
 CONTRASTIVE_TEMPERATURE = 0.05
 """Temperature of the encoder calibration loss (SimCSE's value)."""
@@ -223,7 +223,9 @@ class _AllPruned(Exception):
     (later blocks' outputs, a language model's vocabulary-sized output layer) would be discarded."""
 
 
-KeepFn = Callable[["LayerInputs", torch.Tensor, Any, "InputStats", dict], "tuple[torch.Tensor, torch.Tensor | None]"]
+KeepFn = Callable[["LayerInputs", torch.Tensor, PruneSettings, "InputStats", dict[str, str]],
+                  "tuple[torch.Tensor, torch.Tensor | None]"]
+"""``keep(layer, weight, settings, input statistics, notes) -> (mask, new weights or None)``."""
 """``keep(layer, weight, config, stats, notes) -> (mask in the weight's layout, new weight or None)``."""
 
 
@@ -255,7 +257,7 @@ def transformer_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return blocks
 
 
-def sequential_prune(model: nn.Module, names: Sequence[str], config: Any, calibration: Any,
+def sequential_prune(model: nn.Module, names: Sequence[str], config: PruneSettings, calibration: Calibration,
                      progress: ProgressFn | None, keep: KeepFn, stats_kind: str) -> MethodOutput:
     """Wanda/SparseGPT over the model in one calibration forward.
 
@@ -267,12 +269,12 @@ def sequential_prune(model: nn.Module, names: Sequence[str], config: Any, calibr
     block (embeddings, heads) are pruned on arrival in both orders.
     """
     modules = dict(model.named_modules())
-    channel = getattr(config, "conv_grouping", "channel") == "channel" and config.pattern == "nm"
+    channel = config.conv_grouping == "channel" and config.pattern == "nm"
     views = {modules[n]: LayerInputs(n, modules[n], channel) for n in names}
     tokens = token_mask(calibration)
     out = MethodOutput()
     total = len(names)
-    order = getattr(config, "calibration_order", "block")
+    order = config.calibration_order
     blocks: dict[nn.Module, list[str]] = {}
     if order == "block":
         for bname, block in transformer_blocks(model):
@@ -355,3 +357,40 @@ def sequential_prune(model: nn.Module, names: Sequence[str], config: Any, calibr
             out.scores[name] = modules[name].weight.detach()
     return out
 
+
+def capture_input_stats(model: nn.Module, names: Sequence[str], calibration: Any,
+                        kind: str = "hessian") -> dict[str, InputStats]:
+    """Statistics of each named layer's inputs over one forward of the calibration batch.
+
+    Forward pre-hooks are registered on ``model`` for that forward (and removed): pass a copy, never
+    the shared model.
+
+    Args:
+        model: the module (dense, for OWL and the sensitivity proxy).
+        names: prunable layers.
+        calibration: a float tensor batch or a dict of token tensors (padding tokens are left out).
+        kind: ``hessian`` (``X^T X``) or ``norms`` (squared L2 norm of each input feature); conv
+            columns in ``in*kh*kw`` order.
+
+    Returns:
+        layer -> ``InputStats`` (``total`` is None for a layer the forward never called).
+    """
+    modules = dict(model.named_modules())
+    views = {modules[n]: LayerInputs(n, modules[n], False) for n in names}
+    stats = {n: InputStats(kind) for n in names}
+    tokens = token_mask(calibration)
+
+    def hook(module, args):
+        if not args or not isinstance(args[0], torch.Tensor):
+            return
+        view, x = views[module], args[0]
+        stats[view.name].add(view.columns(x, tokens), x.shape[0] if x.dim() >= 2 else 1)
+
+    handles = [m.register_forward_pre_hook(hook) for m in views]
+    try:
+        with torch.no_grad():
+            run_model(model, calibration)
+    finally:
+        for h in handles:
+            h.remove()
+    return stats

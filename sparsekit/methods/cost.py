@@ -7,24 +7,23 @@ same machine, under the same load):
 
 - the calibration forward: every calibration token through every prunable layer, twice in block
   order (one forward of each block collects its layers' inputs, one carries the pruned block's
-  output on), once in layer order; three times for Taylor (forward and backward);
-- SparseGPT, per layer of grouped shape ``rows x cols`` and ``T`` calibration tokens: ``2 T cols²``
-  for ``XᵀX``, ``(4/3) cols³`` for the Cholesky factor and its inverse, ``rows cols²`` for the lazy
-  block updates, and the column-by-column pass inside each block of 128, ``2 rows cols 128``, which
-  runs on one thread through many small ops (``COLUMN_PASS_SLOWDOWN`` times the rate of the matmuls).
+  output on), once in layer order, or the method's own ``calibration_passes`` (Taylor: forward and
+  backward, three);
+- the method's per-layer work (``Method.layer_flops``; SparseGPT's Hessian, factor and updates),
+  whose column-by-column part runs on one thread through many small ops
+  (``COLUMN_PASS_SLOWDOWN`` times the rate of the matmuls).
 
 ``benchmarks/bench_scale.py`` prints each estimate next to the time measured in the same run.
 """
 from __future__ import annotations
 
-from typing import Any
-
+import torch
 from torch import nn
 
 from ..layers import grouped_view, prunable_layers, tied_layers
 from .base import get_method
+from .types import Calibration, PruneSettings
 
-SPARSEGPT_BLOCK = 128
 COLUMN_PASS_SLOWDOWN = 40.0
 """Column-pass flops run this many times slower than the forward's matmuls: fitted on the GPT-2
 small-size model on 2 cores, where SparseGPT took 14.0 s and the other terms came to 9.9 s (one run;
@@ -44,14 +43,15 @@ def forward_weights(module: nn.Module) -> int:
     return total
 
 
-def calibration_tokens(calibration: Any) -> int:
+def calibration_tokens(calibration: Calibration) -> int:
     """Positions the calibration forward computes (padding included: it costs the same)."""
     ids = calibration["input_ids"] if isinstance(calibration, dict) else calibration
     shape = tuple(ids.shape)
     return int(shape[0] * shape[1]) if isinstance(calibration, dict) and len(shape) == 2 else int(shape[0])
 
 
-def estimate_seconds(module: nn.Module, config: Any, calibration: Any, seconds_per_token: float) -> float:
+def estimate_seconds(module: nn.Module, config: PruneSettings, calibration: Calibration | None,
+                     seconds_per_token: float) -> float:
     """Estimated seconds of ``sparsify(module, config)``.
 
     Args:
@@ -77,14 +77,17 @@ def estimate_seconds(module: nn.Module, config: Any, calibration: Any, seconds_p
     prunable = sum(int(m.weight.numel()) for _, m in layers)
     rate = 2.0 * weights / seconds_per_token  # flops per second of the forward's matmuls
     tokens = calibration_tokens(calibration) if calibration is not None else 0
-    passes = 3.0 if config.method == "taylor" else (2.0 if config.calibration_order == "block" else 1.0)
+    passes = method.calibration_passes
+    if passes is None:
+        passes = 2.0 if config.calibration_order == "block" else 1.0
     # The calibration forward stops after the last pruned layer, so the output layer is not run.
     seconds = passes * 2.0 * prunable * tokens / rate
-    if config.method == "sparsegpt":
+    if method.layer_flops is not None:
         flops = column = 0.0
         for _, layer in layers:
             rows, cols = grouped_view(layer, config.conv_grouping).matrix_shape
-            flops += 2.0 * tokens * cols**2 + (4.0 / 3.0) * cols**3 + rows * cols**2
-            column += 2.0 * rows * cols * min(SPARSEGPT_BLOCK, cols)
+            matmul, column_pass = method.layer_flops(rows, cols, tokens)
+            flops += matmul
+            column += column_pass
         seconds += (flops + COLUMN_PASS_SLOWDOWN * column) / rate
     return seconds

@@ -5,13 +5,15 @@ Cholesky factor of ``H^-1`` drives a column-by-column pass in blocks of 128 that
 kept weights are rewritten. Runs in the shared calibration forward (``calibration.sequential_prune``)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
+from torch import nn
 
 from ..masks import unstructured_mask
-from .base import Method, MethodOutput, one_thread, register
+from .base import Method, register
 from .calibration import InputStats, LayerInputs, check_calibration, sequential_prune
+from .types import Calibration, MethodOutput, ProgressFn, PruneSettings, one_thread
 
 SPARSEGPT_BLOCK = 128
 """Columns per SparseGPT block (the paper's and reference code's value)."""
@@ -175,7 +177,9 @@ def _sparsegpt(weight, hessian, sparsity, nm, blocksize, damp):
     return W.to(weight.dtype), keep, {"damp": used, "damp_raised": used > base, "loss": loss}
 
 
-def _keep(layer: LayerInputs, weight: torch.Tensor, config: Any, stats: InputStats, notes: dict[str, str]):
+def keep_layer(layer: LayerInputs, weight: torch.Tensor, config: PruneSettings, stats: InputStats,
+               notes: dict[str, str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """SparseGPT's mask and rewritten weights of one layer from its Hessian."""
     W = layer.matrix(weight.detach())
     nm = (config.n, config.m) if config.pattern == "nm" else None
     new, keep, info = sparsegpt_prune(W, stats.hessian(), sparsity=None if nm else float(config.sparsity), nm=nm)
@@ -184,12 +188,30 @@ def _keep(layer: LayerInputs, weight: torch.Tensor, config: Any, stats: InputSta
     return layer.from_matrix(keep), layer.from_matrix(new)
 
 
-def run(model, names, config, calibration, progress) -> MethodOutput:
+def run(model: nn.Module, names: Sequence[str], config: PruneSettings, calibration: Calibration | None,
+        progress: ProgressFn | None) -> MethodOutput:
     check_calibration(calibration, "sparsegpt")
-    return sequential_prune(model, names, config, calibration, progress, _keep, "hessian")
+    assert calibration is not None
+    return sequential_prune(model, names, config, calibration, progress, keep_layer, "hessian")
+
+
+def column_blocks(rows: int, cols: int) -> list[int]:
+    """Entries of each block of ``SPARSEGPT_BLOCK`` columns: unstructured SparseGPT prunes its
+    fraction within each block, so a layer's count moves in these steps."""
+    return [rows * (min(i + SPARSEGPT_BLOCK, cols) - i) for i in range(0, cols, SPARSEGPT_BLOCK)]
+
+
+def layer_flops(rows: int, cols: int, tokens: int) -> tuple[float, float]:
+    """Work of one layer beyond the calibration forward (``sparsekit.methods.cost``): ``2 T cols²``
+    for ``XᵀX``, ``(4/3) cols³`` for the Cholesky factor and its inverse, ``rows cols²`` for the lazy
+    block updates; and the column-by-column pass inside each block, ``2 rows cols 128``, which runs on
+    one thread through many small ops (returned apart: it runs slower than the matmuls)."""
+    matmul = 2.0 * tokens * cols**2 + (4.0 / 3.0) * cols**3 + rows * cols**2
+    return matmul, 2.0 * rows * cols * min(SPARSEGPT_BLOCK, cols)
 
 
 register(Method(
     name="sparsegpt", label="SparseGPT", needs_calibration=True, run=run, layer_local=True,
-    calibration_order=True,
+    calibration_order=True, keep_layer=keep_layer, stats="hessian", count_pieces=column_blocks,
+    layer_flops=layer_flops,
     help="Hessian-based (OBS) mask, and the kept weights rewritten to make up for the pruned ones"))

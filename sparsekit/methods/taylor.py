@@ -2,13 +2,14 @@
 gradient of a label-free calibration loss (``calibration.calibration_loss``)."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
-from .base import Method, MethodOutput, ProgressFn, register
+from .base import Method, register
 from .calibration import calibration_loss, calibration_size, calibration_slice, check_calibration
+from .types import Calibration, MethodOutput, ProgressFn, PruneSettings
 
 TAYLOR_BATCH = 16
 """Calibration samples per Taylor mini-batch (the squared importances are summed over them)."""
@@ -17,7 +18,7 @@ TAYLOR_BATCH = 16
 def taylor_scores(
     model: nn.Module,
     names: Sequence[str],
-    calibration: Any,
+    calibration: Calibration,
     *,
     batch_size: int = TAYLOR_BATCH,
     progress: ProgressFn | None = None,
@@ -65,10 +66,13 @@ def taylor_scores(
     return MethodOutput(scores=scores, notes=notes)
 
 
-def run(model, names, config, calibration, progress) -> MethodOutput:
+def run(model: nn.Module, names: Sequence[str], config: PruneSettings, calibration: Calibration | None,
+        progress: ProgressFn | None) -> MethodOutput:
+    check_calibration(calibration, "taylor")
+    assert calibration is not None
     return taylor_scores(model, names, calibration, progress=progress)
 
 
 register(Method(
-    name="taylor", label="Taylor", needs_calibration=True, run=run,
+    name="taylor", label="Taylor", needs_calibration=True, run=run, run_output="scores", calibration_passes=3.0,
     help="(gradient·w)² of a label-free calibration loss, summed over mini-batches"))

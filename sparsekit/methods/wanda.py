@@ -4,13 +4,14 @@ No weight update. Runs in the shared calibration forward (``calibration.sequenti
 from __future__ import annotations
 
 import math
-from typing import Any
-
+from typing import Sequence
 import torch
+from torch import nn
 
 from ..masks import nm_mask
-from .base import Method, MethodOutput, register
+from .base import Method, register
 from .calibration import InputStats, LayerInputs, check_calibration, sequential_prune
+from .types import Calibration, MethodOutput, ProgressFn, PruneSettings
 
 
 def wanda_scores(weight: torch.Tensor, input_norms: torch.Tensor) -> torch.Tensor:
@@ -52,7 +53,9 @@ def row_unstructured_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor
 
 
 
-def _keep(layer: LayerInputs, weight: torch.Tensor, config: Any, stats: InputStats, notes: dict[str, str]):
+def keep_layer(layer: LayerInputs, weight: torch.Tensor, config: PruneSettings, stats: InputStats,
+               notes: dict[str, str]) -> tuple[torch.Tensor, None]:
+    """Wanda's mask of one layer from its input norms (no weight update)."""
     W = layer.matrix(weight.detach())
     scores = wanda_scores(W.float(), stats.total.sqrt().float())
     if config.pattern == "nm":
@@ -62,12 +65,44 @@ def _keep(layer: LayerInputs, weight: torch.Tensor, config: Any, stats: InputSta
     return layer.from_matrix(keep), None
 
 
-def run(model, names, config, calibration, progress) -> MethodOutput:
+def run(model: nn.Module, names: Sequence[str], config: PruneSettings, calibration: Calibration | None,
+        progress: ProgressFn | None) -> MethodOutput:
     check_calibration(calibration, "wanda")
-    return sequential_prune(model, names, config, calibration, progress, _keep, "norms")
+    assert calibration is not None
+    return sequential_prune(model, names, config, calibration, progress, keep_layer, "norms")
+
+
+def exact_count_mask(layer: LayerInputs, weight: torch.Tensor, stats: InputStats, count: int) -> torch.Tensor:
+    """Wanda's mask pruning exactly ``count`` entries of a layer: each row loses ``count // rows`` of
+    its lowest ``|W| * ||X||`` as in the paper, and the ``count % rows`` rows whose weakest kept entry
+    is weakest lose one more (ties keep the lower index, as ``row_unstructured_mask``).
+
+    Args:
+        layer: the layer's ``LayerInputs`` (grouped view).
+        weight: its weight.
+        stats: its input norms (``InputStats("norms")``).
+        count: weights to prune.
+
+    Returns:
+        The mask in the weight's layout, True = kept.
+    """
+    W = layer.matrix(weight.detach())
+    scores = wanda_scores(W.float(), stats.total.sqrt().float())
+    rows, cols = scores.shape
+    base, extra = divmod(int(count), rows)
+    order = torch.sort(scores.abs(), dim=1, descending=True, stable=True).indices
+    keep = torch.zeros(rows, cols, dtype=torch.bool)
+    keep.scatter_(1, order[:, : cols - base], True)
+    if extra:
+        weakest_at = order[:, cols - base - 1]
+        weakest = scores.gather(1, weakest_at.unsqueeze(1)).squeeze(1)
+        pick = torch.sort(weakest, stable=True).indices[:extra]
+        keep[pick, weakest_at[pick]] = False
+    return layer.from_matrix(keep)
 
 
 register(Method(
     name="wanda", label="Wanda", needs_calibration=True, run=run, layer_local=True, calibration_order=True,
+    keep_layer=keep_layer, stats="norms", count_mask=exact_count_mask,
     help="|w|·‖x‖₂: each weight times the norm of its input feature over the calibration tokens, compared "
          "within a row (or N:M group); no weight update"))

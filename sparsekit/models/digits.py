@@ -23,7 +23,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -44,6 +44,7 @@ from .digits_nets import (
     build_digits_model,
 )
 from .weights import load_state_dict_strict, safetensors_header
+from ..progress import ProgressFn
 
 __all__ = [
     "ARCHITECTURES", "BUNDLED_DIR", "CALIBRATION_SIZE", "DEFAULT_TRAIN_CONFIGS", "N_CLASSES", "PIXEL_MAX",
@@ -58,7 +59,6 @@ VERSION = 1
 PIXEL_MAX = 16.0
 CALIBRATION_SIZE = 256
 
-ProgressFn = Callable[[float, str], None]
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import os
 import re
 from pathlib import Path
 from types import MappingProxyType
-from typing import Callable, Mapping
+from typing import Mapping
 
 import torch
 
@@ -21,8 +21,8 @@ from .base import LoadedModel, check_budget
 from .digits import load_digits
 from .text import load_hf_text_model, load_minilm
 from .weights import _FLOAT_DTYPES, _PICKLE_SUFFIXES, CONVERT_HINT, loaded_bytes, parse_weights, safetensors_header
+from ..progress import ProgressFn
 
-ProgressFn = Callable[[float, str], None]
 WeightsArg = bytes | str | os.PathLike | None
 
 ROOTS_ENV = "SPARSEKIT_MODEL_ROOTS"

@@ -33,6 +33,7 @@ from .text_metrics import (
     top_k_neighbours,
 )
 from .weights import load_state_dict_strict, loaded_bytes, safetensors_header
+from ..progress import ProgressFn
 
 __all__ = [
     "BATCH_TOKENS", "CALIBRATION_PACK_LENGTH", "CALIBRATION_SENTENCES", "CAUSAL_METRICS", "ENCODER_METRICS",
@@ -42,7 +43,6 @@ __all__ = [
     "tokenize", "top_k_neighbours",
 ]
 
-ProgressFn = Callable[[float, str], None]
 
 HF_EVAL_SENTENCES = 96
 """Most sentences scored for a Hugging Face model (usually bigger than MiniLM; this keeps it fast)."""

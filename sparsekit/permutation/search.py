@@ -10,7 +10,8 @@ from typing import Callable
 import torch
 
 from ..masks import nm_mask, unstructured_mask
-from ..methods.base import ProgressFn, one_thread
+from ..methods.types import one_thread
+from ..progress import ProgressFn
 from ..methods.wanda import row_unstructured_mask
 
 PERMUTATION_CHECK_SAMPLES = 8

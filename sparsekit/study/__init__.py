@@ -3,7 +3,8 @@
 - ``spec``: ``StudySpec`` (kind, models, methods, patterns, seeds, ...), its cells and their content keys;
 - ``cells``: ``run_cell(cell) -> record``, the same pure function on every backend;
 - ``store``: records and live progress in the disk cache;
-- ``backends`` (``local``) and ``ray_backend`` (``ray``, the only module that imports ray);
+- ``backends`` (``local``) and ``ray_backend`` (``ray``, the only module that imports ray), both
+  reporting ``events.Event``s;
 - ``memory``: refuses up front a grid whose cells would not fit a worker;
 - ``aggregate``: intervals over seeds, paired differences, Pareto fronts, CSV/JSON;
 - ``runner``: ``run_study``, ``study_status``, ``study_records``, ``export``.
@@ -12,8 +13,9 @@ Command line: ``python -m sparsekit.study --help``.
 """
 from .aggregate import (Group, MethodDifference, analysis, best_per_pattern, paired_differences, pareto_front,
                         records_csv, summarize, summary_csv, summary_markdown)
-from .backends import Event, LocalBackend, make_backend
+from .backends import LocalBackend, make_backend
 from .cells import comparable, run_cell, safe_run
+from .events import Event
 from .memory import ONESHOT_FACTOR, TRAINING_FACTOR, cell_memory_mb, check_memory, model_param_bytes
 from .runner import StudyResult, execute, export, run_study, study_records, study_status
 from .spec import (CELL_VERSION, KINDS, MAX_CELLS, Cell, StudySpec, canonical_pattern, oneshot_cell, parse_pattern,

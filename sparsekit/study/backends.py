@@ -15,34 +15,14 @@ import os
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
 from ..models.base import memory_budget_mb
 from . import cells as _cells
+from .events import POLL_S, Event
 from .spec import Cell
 
-POLL_S = 0.5
-"""How often a waiting backend reports a tick (and the runner asks ``stop``)."""
 MAX_WORKERS = 64
-
-
-@dataclass(frozen=True)
-class Event:
-    """What a backend reports."""
-
-    kind: str
-    """``start``, ``done`` or ``tick``."""
-    key: str = ""
-    """The cell key (``start``/``done``)."""
-    record: dict[str, Any] | None = None
-    """The cell's record (``done``)."""
-    running: int = 0
-    """Cells running after this event."""
-    retries: int = 0
-    """Retries so far in this run."""
-    workers: tuple[dict[str, Any], ...] = field(default=())
-    """Running cells with their process (where known)."""
 
 
 class LocalBackend:

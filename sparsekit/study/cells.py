@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ..evaluate import evaluate
 from ..store import finite_json
 from .spec import Cell
 
@@ -128,7 +129,7 @@ def _pad_id(tokenizer: Any) -> int:
 
 
 def run_oneshot(cell: Cell, *, loaded: Any = None, calibration: Any = None) -> dict[str, Any]:
-    """Prune and measure one oneshot cell (``sparsekit.compare.evaluate``).
+    """Prune and measure one oneshot cell (``sparsekit.evaluate.evaluate``).
 
     Args:
         cell: the cell.
@@ -138,14 +139,12 @@ def run_oneshot(cell: Cell, *, loaded: Any = None, calibration: Any = None) -> d
     Returns:
         The record (see ``run_cell``).
     """
-    from .. import compare  # compare runs its sweeps through this module: imported late, not circular
-
     loaded = loaded if loaded is not None else worker_model(cell.model)
     config = cell.sparsify_config()
     calib_info = None
     if calibration is None and cell.calibration_seed is not None:
         calibration, calib_info = calibration_subset(loaded, cell.calibration_seed)
-    row = compare.evaluate(loaded, config, calibration=calibration)
+    row = evaluate(loaded, config, calibration=calibration)
     if calib_info is not None:
         seed_matters = calib_info["pool"] is not None and calib_info["pool"] > calib_info["drawn"]
     else:

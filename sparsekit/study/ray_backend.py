@@ -26,7 +26,7 @@ from typing import Any, Iterator, Sequence
 import ray
 
 from . import cells as _cells
-from .backends import POLL_S, Event
+from .events import POLL_S, Event
 from .spec import Cell
 
 ADDRESS_ENV = "SPARSEKIT_RAY_ADDRESS"

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
+from .. import serial
 from ..cache import make_key
-from ..compare import COMPARE_VERSION
+from ..evaluate import COMPARE_VERSION
 from ..methods import METHODS, get_method
 from ..models.loader import BUILTIN_SPECS, resolve_under_roots
 from ..models.text_metrics import CAUSAL_METRICS, ENCODER_METRICS
@@ -159,14 +160,13 @@ class Cell:
         return TrainConfig.from_json(self.config)
 
     def to_json(self) -> str:
-        """The cell as sorted JSON."""
-        return json.dumps(asdict(self), sort_keys=True)
+        """The cell as sorted JSON (``sparsekit.serial.dumps``)."""
+        return serial.dumps(self)
 
     @classmethod
     def from_json(cls, text: str | Mapping[str, Any]) -> "Cell":
-        """Inverse of ``to_json``; unknown fields raise ``ValueError``."""
-        data = json.loads(text) if isinstance(text, str) else dict(text)
-        return cls(**_known(cls, data))
+        """Inverse of ``to_json``, under ``sparsekit.serial``'s rule."""
+        return serial.from_json(cls, text)
 
 
 def oneshot_cell(model: str, config: SparsifyConfig, *, seed: int | None = None,
@@ -386,30 +386,17 @@ class StudySpec:
         return out
 
     def to_json(self) -> str:
-        """The spec as sorted JSON (configs as objects)."""
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        data["base"] = asdict(self.base) if isinstance(self.base, SparsifyConfig) else self.base
-        data["train"] = asdict(self.train) if isinstance(self.train, TrainConfig) else self.train
-        return json.dumps(data, sort_keys=True)
+        """The spec as sorted JSON, configs as objects (``sparsekit.serial.dumps``)."""
+        return serial.dumps(self)
 
     @classmethod
     def from_json(cls, text: str | Mapping[str, Any]) -> "StudySpec":
-        """Inverse of ``to_json`` (also takes the parsed dict).
+        """Inverse of ``to_json`` (also takes the parsed dict), under ``sparsekit.serial``'s rule.
 
         Raises:
             ValueError: text that is not a JSON object, or a field this class does not have.
         """
-        try:
-            data = json.loads(text) if isinstance(text, str) else dict(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"the study spec is not valid JSON: {err}") from None
-        if not isinstance(data, dict):
-            raise ValueError("the study spec must be a JSON object")
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown study spec field(s) {unknown}; known fields: "
-                             f"{', '.join(f.name for f in fields(cls))}")
-        return cls(**data)
+        return serial.from_json(cls, text, what="study spec")
 
 
 def _oneshot_axis_cell(model: str, base: SparsifyConfig, pattern: str, n: int, m: int, s: float, method: str,
@@ -445,10 +432,3 @@ def _parses(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(data) - {f.name for f in fields(cls)}
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
-    return data

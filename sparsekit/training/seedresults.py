@@ -6,16 +6,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import asdict, dataclass, field, fields
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
 from ..stats import Interval, PairedDifference, describe_difference, mean_interval, paired_difference
+from .. import serial
 from ..store import finite_json
+from .seedconfig import SeedStudyConfig
 
-if TYPE_CHECKING:  # seedstudy imports this module, so a runtime import back would be circular
-    from .seedstudy import SeedStudyConfig
 
 STUDY_VERSION = 1
 """Part of every cached run's key: bump when a metric's definition changes."""
@@ -174,7 +173,7 @@ class SeedStudyResult:
         writer = csv.DictWriter(buf, fieldnames=[f.name for f in fields(SeedRun)])
         writer.writeheader()
         for r in self.runs:
-            writer.writerow(asdict(r))
+            writer.writerow(serial.to_json(r))
         return buf.getvalue()
 
     def to_json(self) -> str:
@@ -186,7 +185,7 @@ class SeedStudyResult:
         return json.dumps({
             "format": "sparsekit-seed-study", "version": STUDY_VERSION,
             "config": json.loads(self.config.to_json()), "complete": self.complete,
-            "runs": [asdict(r) for r in self.runs],
+            "runs": [serial.to_json(r) for r in self.runs],
             "summary": [interval_dict(r) for r in self.summary()],
             "lambda_sweep": [interval_dict(r) for r in self.lambda_rows()],
             "comparisons": [{"n": c.n, "m": c.m, "metric": c.metric, "srste_lower": c.paired.a_lower,

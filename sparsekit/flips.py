@@ -28,6 +28,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from . import serial
+
 __all__ = ["FlipTracker", "FlipWindow", "change_counts", "flip_rate", "oscillating", "window_series"]
 
 WINDOW_MEASURES = ("flip_rate", "flips", "oscillating", "oscillation_rate")
@@ -144,16 +146,13 @@ class FlipWindow:
         return sum(self.oscillating[k] for k in names) / denom if denom else 0.0
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-able dict (``from_json`` reads it back)."""
-        return {"steps": self.steps, "numel": dict(self.numel), "flips": dict(self.flips),
-                "oscillating": dict(self.oscillating)}
+        """A JSON-able dict (``from_json`` reads it back; ``sparsekit.serial.to_json``)."""
+        return serial.to_json(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "FlipWindow":
-        """Inverse of ``to_json``."""
-        return cls(int(data["steps"]), {k: int(v) for k, v in data["numel"].items()},
-                   {k: int(v) for k, v in data["flips"].items()},
-                   {k: int(v) for k, v in data["oscillating"].items()})
+        """Inverse of ``to_json``, under ``sparsekit.serial``'s rule."""
+        return serial.from_json(cls, data)
 
 
 def window_series(windows: Sequence[FlipWindow], measure: str = "flip_rate", layer: str | None = None) -> np.ndarray:

@@ -20,7 +20,9 @@ goes through these three functions, so they all read the same way:
   version sits in a header of its own (the run store's safetensors entries).
 
 Nested dataclasses, tuples, lists, dicts and ``X | None`` fields are rebuilt from the field types,
-so ``from_json(cls, to_json(obj)) == obj``; a ``float`` field read as a JSON integer becomes a float.
+so ``from_json(cls, to_json(obj)) == obj``. Scalars are kept as written (a ``float`` field written as
+``1`` reads back as ``1``), so ``dumps(from_json(cls, text)) == text`` for canonical text: a config read
+back from a cache key's JSON hashes to the same key.
 """
 from __future__ import annotations
 
@@ -200,8 +202,6 @@ def _convert(tp: Any, value: Any, what: str) -> Any:
         return _convert(arms[0], value, what) if len(arms) == 1 else value
     if dataclasses.is_dataclass(tp):
         return from_json(tp, value, what=what) if isinstance(value, Mapping) else value
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
     if origin is tuple and isinstance(value, (list, tuple)):
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_convert(args[0], v, what) for v in value)

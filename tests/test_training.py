@@ -68,7 +68,7 @@ def test_bad_settings_raise_clear_errors(kw, message, data):
 def test_config_json_roundtrip():
     cfg = TrainConfig(method="gradual", target_sparsity=0.9, lr=0.03)
     assert TrainConfig.from_json(cfg.to_json()) == cfg
-    with pytest.raises(ValueError, match="unknown TrainConfig fields"):
+    with pytest.raises(ValueError, match=r"unknown TrainConfig field\(s\) \[.bogus.\]"):
         TrainConfig.from_json('{"bogus": 1}')
     assert TrainConfig(method="srste").label() == "SR-STE 2:4 λ=0.0002 · CNN"
 

@@ -18,16 +18,15 @@ candidate with the best mean recall whose mean density is at most the plan's.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import heapq
 import io
-import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
+from .. import serial
 from .capture import AttentionCapture
 from .metrics import density, recall, spec_masks
 from .specs import AttentionPlan, PatternSpec
@@ -98,14 +97,13 @@ class SearchConfig:
     """Pattern families searched (keys of ``SEARCH_FAMILIES``)."""
 
     def to_json(self) -> str:
-        """Canonical JSON (cache keys, downloads)."""
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        """Canonical JSON (cache keys, downloads; ``sparsekit.serial.dumps``)."""
+        return serial.dumps(self)
 
     @staticmethod
     def from_json(text: str) -> "SearchConfig":
-        """Inverse of ``to_json``."""
-        data = json.loads(text)
-        return SearchConfig(budget=data["budget"], allocation=data["allocation"], families=tuple(data["families"]))
+        """Inverse of ``to_json``, under ``sparsekit.serial``'s rule."""
+        return serial.from_json(SearchConfig, text)
 
     def validate(self) -> None:
         """Raise ``ValueError`` with a clear message for a budget outside (0, 1], an unknown

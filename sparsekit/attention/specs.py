@@ -12,6 +12,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import Tensor
 
+from .. import serial
 from .masks import PATTERNS, MaskMod, PatternContext, and_masks, materialize, materialize_heads, or_masks
 
 COMBINATORS = ("and", "or")
@@ -137,6 +138,7 @@ class PatternSpec:
         """Inverse of ``to_dict``; every value is checked as by ``PatternSpec.of``."""
         if not isinstance(data, Mapping) or "name" not in data:
             raise ValueError("a pattern must be an object with a 'name'")
+        serial.check_keys(data, ("name", "params", "parts"), what="attention pattern")
         if data["name"] in COMBINATORS:
             return PatternSpec.combine(data["name"], *(PatternSpec.from_dict(p) for p in data.get("parts", [])))
         return PatternSpec.of(data["name"], **dict(data.get("params", {})))
@@ -255,6 +257,8 @@ class AttentionPlan:
     def from_json(text: str) -> "AttentionPlan":
         """Inverse of ``to_json`` (``ValueError`` for a malformed plan)."""
         data = json.loads(text)
+        if isinstance(data, dict):
+            serial.check_keys(data, ("heads",), what="attention plan")
         rows = data.get("heads") if isinstance(data, dict) else None
         if not isinstance(rows, list) or not rows or len({len(r) for r in rows}) != 1:
             raise ValueError("a plan needs 'heads': a non-empty list of equally long lists")

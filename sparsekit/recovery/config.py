@@ -1,12 +1,12 @@
 """A recovery run's settings (``RecoveryConfig``), their bounds, and the loss each model kind takes."""
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
-from ..training.config import DEFAULT_LAMBDA_W, config_fields
+from .. import serial
+from ..training.config import DEFAULT_LAMBDA_W
 
 MODES = ("fixed", "ste", "srste")
 MODE_LABELS = {"fixed": "fixed mask", "ste": "STE", "srste": "SR-STE"}
@@ -169,13 +169,13 @@ class RecoveryConfig:
         return f"{head} · {self.steps:,} steps"
 
     def to_json(self) -> str:
-        """The config as sorted JSON."""
-        return json.dumps(asdict(self), sort_keys=True)
+        """The config as sorted JSON (``sparsekit.serial.dumps``)."""
+        return serial.dumps(self)
 
     @classmethod
     def from_json(cls, text: str | Mapping[str, Any]) -> "RecoveryConfig":
-        """Inverse of ``to_json`` (also takes the parsed dict); unknown fields raise ``ValueError``."""
-        return cls(**config_fields(cls, text))
+        """Inverse of ``to_json`` (also takes the parsed dict), under ``sparsekit.serial``'s rule."""
+        return serial.from_json(cls, text)
 
 
 def default_recovery_config(kind: str, **overrides: Any) -> RecoveryConfig:

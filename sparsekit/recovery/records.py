@@ -13,6 +13,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import nn
 
+from .. import serial
 from ..flips import FlipWindow, window_series
 from ..models.weights import safetensors_header
 from ..sparsify import SparsifyConfig
@@ -76,16 +77,12 @@ class RecoveryInterval:
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able dict (``from_json`` reads it back; NaN survives Python's json)."""
-        return {**{k: v for k, v in asdict(self).items() if k != "flips"}, "flips": self.flips.to_json()}
+        return serial.to_json(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "RecoveryInterval":
-        """Inverse of ``to_json``."""
-        return cls(step=int(data["step"]), quality={k: float(v) for k, v in data["quality"].items()},
-                   train_loss=float(data["train_loss"]), lr=float(data["lr"]), seconds=float(data["seconds"]),
-                   sad={k: int(v) for k, v in data["sad"].items()},
-                   sad_from_start={k: int(v) for k, v in data["sad_from_start"].items()},
-                   flips=FlipWindow.from_json(data["flips"]))
+        """Inverse of ``to_json``, under ``sparsekit.serial``'s rule."""
+        return serial.from_json(cls, data)
 
 
 @dataclass

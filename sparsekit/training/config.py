@@ -1,11 +1,11 @@
 """A training run's settings (``TrainConfig``), their bounds, and Zhu & Gupta's gradual schedule."""
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
+from .. import serial
 from ..models.digits import ARCHITECTURES
 
 METHODS = ("dense", "ste", "srste", "gradual", "random")
@@ -180,13 +180,13 @@ class TrainConfig:
         return f"{head} · {self.arch.upper()}"
 
     def to_json(self) -> str:
-        """The config as sorted JSON."""
-        return json.dumps(asdict(self), sort_keys=True)
+        """The config as sorted JSON (``sparsekit.serial.dumps``)."""
+        return serial.dumps(self)
 
     @classmethod
     def from_json(cls, text: str | Mapping[str, Any]) -> "TrainConfig":
-        """Inverse of ``to_json`` (also takes the parsed dict); unknown fields raise ``ValueError``."""
-        return cls(**config_fields(cls, text))
+        """Inverse of ``to_json`` (also takes the parsed dict), under ``sparsekit.serial``'s rule."""
+        return serial.from_json(cls, text)
 
 
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -235,26 +235,6 @@ def srste_effect_config(**overrides: Any) -> TrainConfig:
     """
     return default_train_config("cnn", **{"method": "srste", "n": 2, "m": 4, "lambda_w": EFFECT_LAMBDA_W,
                                           "epochs": 20, **overrides})
-
-
-def config_fields(cls: type, text: str | Mapping[str, Any]) -> dict[str, Any]:
-    """The field values of a config dataclass from its JSON (shared by the configs' ``from_json``).
-
-    Args:
-        cls: the config class.
-        text: JSON text or the parsed dict.
-
-    Returns:
-        field name -> value, ready for ``cls(**...)``.
-
-    Raises:
-        ValueError: a field ``cls`` does not have (JSON from a newer or another config).
-    """
-    data = json.loads(text) if isinstance(text, str) else dict(text)
-    unknown = set(data) - {f.name for f in fields(cls)}
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
-    return data
 
 
 def zhu_gupta_sparsity(t: int, *, initial: float, final: float, start: int, n: int, every: int) -> float:

@@ -46,7 +46,8 @@ def warm_reruns(repeats: int) -> None:
             assert not masks.exception, masks.exception
             assert len(masks.get("plotly_chart")) >= 5 and any(m.label.startswith("SAD") for m in masks.metric)
         # Clear the cached results so the next round recomputes.
-        from ui.state import _quality, _results
+        from ui.cached import model_quality as _quality
+        from ui.state import _results
 
         _results.clear()
         _quality.clear()

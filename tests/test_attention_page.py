@@ -10,7 +10,7 @@ import sparsekit
 from sparsekit.attention import capture_attention
 from sparsekit.models.digits import digits_split
 from sparsekit.viz.attention import attention_heatmap
-from ui.attention_view import selected_head
+from ui.attention import selected_head
 from devtools.apptest import decode, figures, page_app
 
 TIMEOUT = 300

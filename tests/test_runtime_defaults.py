@@ -32,7 +32,8 @@ def test_a_policy_the_user_set_is_kept():
 
 
 def test_timing_log_names_each_sparsify_and_quality_pass(tmp_cache, caplog):
-    from ui.state import _quality, _results
+    from ui.cached import model_quality as _quality
+    from ui.state import _results
 
     _results.clear()  # other tests in this process may have computed the default setting already
     _quality.clear()

@@ -112,7 +112,7 @@ def test_training_grid_from_the_page(tmp_cache):
 ])
 def test_bad_spec_files_get_messages(tmp_cache, monkeypatch, text, message):
     # AppTest cannot drive a file uploader: the page's reader gets the upload the way the widget hands it over.
-    from ui import study_view
+    from ui import study as study_view
 
     class Upload:
         size = len(text)
@@ -128,7 +128,7 @@ def test_bad_spec_files_get_messages(tmp_cache, monkeypatch, text, message):
 
 
 def test_upload_of_a_good_spec_round_trips(tmp_cache, monkeypatch):
-    from ui import study_view
+    from ui import study as study_view
 
     spec = StudySpec(name="round trip", models=("digits:mlp",), methods=("magnitude",), patterns=("2:4",), seeds=(0,))
 

@@ -223,7 +223,7 @@ def test_url_opens_the_form_with_its_settings(tmp_cache, monkeypatch):
 
 
 def test_effect_note_preset_and_study_intervals(page, monkeypatch):
-    import ui.seed_study
+    import ui.training
     from sparsekit.seedstudy import SeedStudyConfig, run_seed_study
 
     at = page()
@@ -245,7 +245,7 @@ def test_effect_note_preset_and_study_intervals(page, monkeypatch):
     # A small stand-in for the 56-run study, run and on disk: the note shows its intervals.
     tiny = SeedStudyConfig(train=default_train_config("mlp", epochs=2), patterns=((2, 4),), seeds=2,
                            lambda_sweep=(0.0, 2e-3))
-    monkeypatch.setattr(ui.seed_study, "effect_study", lambda: tiny)
+    monkeypatch.setattr(ui.training, "effect_study", lambda: tiny)
     at = page()
     assert any(c.value.startswith("No interval shown: that seed study (6 runs)") for c in at.caption)
     result = run_seed_study(tiny)

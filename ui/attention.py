@@ -1,5 +1,6 @@
-"""Streamlit pieces of the Attention page: cached captures and searches, its forms (input, pattern,
-layer and head, scope, search settings) and the click on the layer × head grid.
+"""Streamlit pieces of the Attention page: its forms (input, pattern, layer and head, scope, search
+settings), the quality section and the click on the layer × head grid; the captures and searches are
+cached in ``ui.cached``.
 
 The page's main choices are bound to the URL (``bind="query-params"``; the widget key is the query
 parameter), so a reload or a shared link opens the same view.
@@ -13,12 +14,13 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from sparsekit.attention import PATTERNS, PatternSpec, capture_attention
-from sparsekit.attention.apply import attention_quality
-from sparsekit.attention.capture import MAX_TOKENS, calibration_captures, passage_ids
-from sparsekit.attention.patterns import COMBINATORS, MAX_PARAM
-from sparsekit.attention.search import ALLOCATIONS, DEFAULT_FAMILIES, SEARCH_FAMILIES, SearchConfig, search_heads
+from sparsekit.attention import PATTERNS, PatternSpec
+from sparsekit.attention.capture import MAX_TOKENS, passage_ids
+from sparsekit.attention.masks import MAX_PARAM
+from sparsekit.attention.search import ALLOCATIONS, DEFAULT_FAMILIES, SEARCH_FAMILIES, SearchConfig
+from sparsekit.attention.specs import COMBINATORS
 from sparsekit.models.sentences import SENTENCES
+from ui.cached import attention_quality, digits_data
 
 MAX_WIDGET = 4096  # parameter inputs accept more than any sequence, so the library can say why it does not fit
 # Browsers refuse a paste longer than max_chars outright (the box stays empty), so the bound sits far above
@@ -27,34 +29,6 @@ MAX_TEXT_CHARS = 200_000
 PASSAGE = "Built-in passage (128 tokens)"
 GRID_KEY = "att_grid"
 URL = "query-params"
-
-
-@st.cache_resource(show_spinner=False, max_entries=16)
-def cached_capture(model_key: str, input_key: str, _loaded, _inputs):
-    return capture_attention(_loaded, _inputs)
-
-
-@st.cache_resource(show_spinner=False, max_entries=64)
-def cached_quality(model_key: str, pattern_json: str, _loaded, _pattern, layers: tuple | None, heads: tuple | None):
-    return attention_quality(_loaded, _pattern, layers=None if layers is None else list(layers),
-                             heads=None if heads is None else list(heads))
-
-
-@st.cache_resource(show_spinner=False, max_entries=4)
-def _calibration(model_key: str, count: int, _loaded):
-    return calibration_captures(_loaded, count)
-
-
-@st.cache_resource(show_spinner=False, max_entries=16)
-def cached_search(model_key: str, config_json: str, count: int, _loaded, _config):
-    return search_heads(_calibration(model_key, count, _loaded), _config)
-
-
-@st.cache_resource(show_spinner=False)
-def _digits():
-    from sparsekit.models.digits import digits_split
-
-    return digits_split()
 
 
 def pattern_form(prefix: str, default: str) -> PatternSpec:
@@ -89,7 +63,7 @@ def input_form(loaded):
         ``(inputs, input_key)``: what ``capture_attention`` takes, and a cache key naming it.
     """
     if loaded.kind == "image-classifier":
-        data = _digits()
+        data = digits_data()
         n_images = data.x_test.shape[0]
         c1, c2 = st.columns([3, 1])
         idx = int(c1.number_input(f"Held-out digit image (0–{n_images - 1})", 0, n_images - 1, 0, key="att_image",
@@ -246,7 +220,7 @@ def quality_section(model_key: str, loaded, spec: PatternSpec, scope: tuple[tupl
                "of it, so the density the pattern actually had there is shown next to the quality.")
     try:
         with st.spinner("Running the model with the pattern in its attention…"):
-            q = cached_quality(model_key, spec.to_json(), loaded, spec, layers, heads)
+            q = attention_quality(model_key, spec.to_json(), loaded, spec, layers, heads)
     except ValueError as err:
         st.error(f"Cannot run the model with this pattern: {err}")
         return

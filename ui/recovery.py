@@ -1,6 +1,6 @@
 """Streamlit pieces of the Recovery page: the figures, summary, per-layer SAD and download of a set of
-recovery runs (just made, or reopened from the run store), and the saved-runs view: the table of
-every saved run, reopening some, deleting one."""
+recovery runs (just made, or reopened from the run store), and the saved-runs view (``ui.saved_runs``):
+the table of every saved run, reopening some, deleting one."""
 from __future__ import annotations
 
 import json
@@ -13,11 +13,14 @@ from sparsekit import recovery, viz
 from sparsekit.recovery import MODE_LABELS, RecoveryRecord
 from sparsekit.sparsify import SparsifyConfig
 from ui.format import shown_path
+from ui.saved_runs import SavedRuns
 
 MAX_DEFAULT_PICK = 3
 """The saved-runs view reopens the newest run and up to this many runs in all that share its model and
 starting setting (one press of Recover saves one run per mode)."""
 _MEMO = "rc_saved_records"
+SAVED = SavedRuns("rc", recovery.delete_recovery, manage_key="rc_delete_run", manage_title="Delete a run",
+                  chosen_key="rc_saved_pick", damaged_hint="The other runs are not affected; delete this one below.")
 
 
 def mode_label(record: RecoveryRecord) -> str:
@@ -96,22 +99,6 @@ def _stamp(entry: dict) -> tuple:
     return entry["run_id"], entry.get("status"), entry.get("steps_done")
 
 
-def _flash(message: str, kind: str = "success") -> None:
-    st.session_state["rc_flash"] = (kind, message)
-
-
-def _do_delete() -> None:
-    run_id = st.session_state.get("rc_delete_run")
-    try:
-        recovery.delete_recovery(run_id)
-        _flash("Deleted.")
-    except KeyError as err:
-        _flash(f"Could not delete: {err}", "error")
-    if run_id in st.session_state.get("rc_saved_pick", []):
-        st.session_state["rc_saved_pick"] = [r for r in st.session_state["rc_saved_pick"] if r != run_id]
-    st.session_state["rc_confirm"] = False
-
-
 def default_pick(entries: Sequence[dict]) -> list[str]:
     """The newest run and the newest runs that share its model and starting setting, at most
     ``MAX_DEFAULT_PICK``; ``entries`` newest first."""
@@ -148,19 +135,17 @@ def load_saved(entries: Sequence[dict], labels: dict[str, str]) -> list[Recovery
     """The chosen runs, decoded once per (run id, status, steps done) in this session; a run that
     cannot be read gets an error naming it and is left out."""
     memo = st.session_state.setdefault(_MEMO, {})
-    records, keep = [], {}
-    for e in entries:
+    keep = {}
+
+    def read(e: dict) -> RecoveryRecord:
         stamp = _stamp(e)
         record = memo.get(stamp)
         if record is None:
-            try:
-                record = recovery.load_recovery(e["run_id"])
-            except (KeyError, ValueError) as err:
-                st.error(f"Saved run {labels[e['run_id']]} (id {e['run_id']}) cannot be read: {err}. "
-                         "The other runs are not affected; delete this one below.")
-                continue
+            record = recovery.load_recovery(e["run_id"])
         keep[stamp] = record
-        records.append(record)
+        return record
+
+    records = SAVED.read(entries, read, labels)
     # Only the runs on show stay decoded: a record holds the model's weights.
     st.session_state[_MEMO] = keep
     return records
@@ -169,9 +154,7 @@ def load_saved(entries: Sequence[dict], labels: dict[str, str]) -> list[Recovery
 def saved_runs_view() -> None:
     """Every saved recovery run (whatever model is loaded and whatever the Sparsify page's setting):
     a table, the chosen runs reopened with ``show_records``, and a delete with confirmation."""
-    if "rc_flash" in st.session_state:
-        kind, message = st.session_state.pop("rc_flash")
-        (st.error if kind == "error" else st.success)(message)
+    SAVED.flash()
     entries = newest_first(recovery.list_recoveries())
     if not entries:
         st.session_state.pop(_MEMO, None)
@@ -182,7 +165,7 @@ def saved_runs_view() -> None:
     rows = _table(entries)
     labels = {r["id"]: f"{r['mode']} · {r['model']} · {r['starting setting']} · {r['created']} · {r['id'][:6]}"
               for r in rows}
-    st.dataframe(rows, hide_index=True, width="stretch", column_config={
+    SAVED.table(rows, {
         "before": st.column_config.NumberColumn(format="%.4g"), "after": st.column_config.NumberColumn(format="%.4g"),
         "dense": st.column_config.NumberColumn(format="%.4g"),
         "gap recovered": st.column_config.NumberColumn(format="percent"),
@@ -193,10 +176,7 @@ def saved_runs_view() -> None:
         st.session_state["rc_saved_pick"] = [r for r in shown if r in by_id]
     picked = st.multiselect("Reopen", list(by_id), default=default_pick(entries), format_func=labels.get,
                             key="rc_saved_pick", help="the same figures, summary and download as a fresh run")
-    with st.expander("Delete a run"):
-        st.selectbox("Run", list(by_id), format_func=labels.get, key="rc_delete_run")
-        confirm = st.checkbox("Yes, delete this run", key="rc_confirm")
-        st.button("Delete", on_click=_do_delete, disabled=not confirm, key="rc_delete")
+    SAVED.manage(list(by_id), labels)
     if not picked:
         st.info("Choose runs to reopen.")
         return

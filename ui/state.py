@@ -1,9 +1,9 @@
-"""The sidebar model picker and the cached objects every page shares."""
+"""The sidebar model picker, the model every page shares, and the shared store of sparsified models
+(with their quality and the timings behind the duration estimates)."""
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -14,8 +14,9 @@ import sparsekit
 from sparsekit.models import BUILTIN_SPECS, list_model_dirs, model_roots
 from sparsekit.methods.cost import estimate_seconds
 from sparsekit.models.digits import digits_model_cached, trained_digits_model
-from sparsekit.sparsify import CALIBRATED_METHODS, SparsifyConfig
-from ui import preload
+from sparsekit.methods import CALIBRATED_METHODS
+from sparsekit.sparsify import SparsifyConfig
+from ui.cached import loaded_model, model_quality
 from ui.format import KIND_LABELS
 from ui.long_jobs import EstimatingProgress
 
@@ -33,16 +34,6 @@ SOURCES = {
 }
 UPLOAD_ARCHS = [s for s in BUILTIN_SPECS]
 MAX_UPLOAD_MB = 512
-
-
-@st.cache_resource(show_spinner=False, max_entries=6)
-def _load(spec: str, weights_digest: str = "", _weights: bytes | None = None):
-    # The digest is the cache key for uploads; the bytes themselves are not hashed by Streamlit.
-    # Browser users may reach the hub only when the server allows it explicitly.
-    # (No progress callback: Streamlit cannot replay element calls made inside a cached function.)
-    if not weights_digest and (ready := preload.take(spec)) is not None:
-        return ready
-    return sparsekit.load_model(spec, weights=_weights, allow_hub=os.environ.get("SPARSEKIT_ALLOW_HUB") == "1")
 
 
 class _Results:
@@ -114,16 +105,6 @@ def last_duration(model_key: str, method: str) -> float | None:
     if (model_key, method) not in timings:
         return None
     return timings[(model_key, method)] + timings.get((model_key, "quality"), 0.0)
-
-
-@st.cache_data(show_spinner=False, max_entries=256)
-def _quality(model_key: str, config_json: str, _loaded, _result) -> dict[str, float]:
-    start = time.perf_counter()
-    quality = _loaded.quality(_result.model)
-    seconds = time.perf_counter() - start
-    TIMING_LOG.info("quality %s %.3f s", SparsifyConfig.from_json(config_json).label(), seconds)
-    _timings()[(model_key, "quality")] = seconds
-    return quality
 
 
 ARCH_NAMES = {"mlp": "MLP", "cnn": "CNN", "vit": "ViT"}
@@ -201,7 +182,7 @@ def sidebar_model():
         _train_with_progress(spec.split(":", 1)[1])
     try:
         with st.spinner(f"Loading {SOURCES.get(spec, spec)}…"):
-            loaded = _load(spec, digest, weights)
+            loaded = loaded_model(spec, digest, weights)
     except Exception as err:  # a bad file or folder must not take the app down
         what = "" if isinstance(err, (ValueError, OSError)) else f" ({type(err).__name__})"
         st.session_state["_model_error"] = f"Could not load the model{what}: {err}"
@@ -269,4 +250,9 @@ def sparsified(model_key: str, loaded, config: SparsifyConfig):
 
 def sparse_quality(model_key: str, loaded, config: SparsifyConfig) -> dict[str, float]:
     """Cached quality of the sparsified model (a small dict, kept for many configs)."""
-    return _quality(model_key, config.to_json(), loaded, sparsified(model_key, loaded, config))
+
+    def measured(seconds: float) -> None:  # only when the pass ran, not on a cache hit
+        TIMING_LOG.info("quality %s %.3f s", config.label(), seconds)
+        _timings()[(model_key, "quality")] = seconds
+
+    return model_quality(model_key, config.to_json(), loaded, sparsified(model_key, loaded, config), measured)

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from sparsekit.methods import REGISTRY
-from sparsekit.allocation import MAX_OWL_LAMBDA, MAX_OWL_M
-from sparsekit.sparsify import CALIBRATION_ORDERS, MAX_M, MAX_SPARSITY, METHODS, SparsifyConfig
+from sparsekit.config import MAX_OWL_LAMBDA, MAX_OWL_M
+from sparsekit.methods import METHODS, REGISTRY
+from sparsekit.sparsify import CALIBRATION_ORDERS, MAX_M, MAX_SPARSITY, SparsifyConfig
 
 PATTERN_LABELS = {"nm": "N:M (keep N of every M)", "unstructured": "Unstructured", "dense": "Dense (no pruning)"}
 METHOD_HELP = "  \n".join(

@@ -11,8 +11,9 @@ from sparsekit.attention.apply import model_shape
 from sparsekit.attention.metrics import measure, plan_masks
 from sparsekit.attention.search import plan_comparison_rows
 from sparsekit.viz.attention import head_picker_figure
-from ui.attention_view import (GRID_KEY, cached_capture, cached_quality, cached_search, combined_pattern_form,
-                               head_form, input_form, quality_section, scope_form, search_form)
+from ui.attention import (GRID_KEY, combined_pattern_form, head_form, input_form, quality_section, scope_form,
+                          search_form)
+from ui.cached import attention_capture, attention_quality, attention_search
 from ui.state import require_model
 
 st.title("Attention")
@@ -38,7 +39,7 @@ inputs, input_key = input_form(loaded)
 
 try:
     with st.spinner("Capturing the attention of every layer and head…"):
-        capture = cached_capture(key, input_key, loaded, inputs)
+        capture = attention_capture(key, input_key, loaded, inputs)
 except ValueError as err:
     st.error(f"Cannot capture the attention: {err}")
     st.stop()
@@ -122,10 +123,10 @@ if st.session_state.get("att_search_ran") != config_json:
     st.stop()
 try:
     with st.spinner("Measuring every candidate on the calibration inputs…"):
-        result = cached_search(key, config_json, count, loaded, config)
+        result = attention_search(key, config_json, count, loaded, config)
     with st.spinner("Running the model with the plan and with the uniform pattern…"):
-        plan_q = cached_quality(key, result.plan.to_json(), loaded, result.plan, None, None)
-        uniform_q = cached_quality(key, result.uniform_spec.to_json(), loaded, result.uniform_spec, None, None)
+        plan_q = attention_quality(key, result.plan.to_json(), loaded, result.plan, None, None)
+        uniform_q = attention_quality(key, result.uniform_spec.to_json(), loaded, result.uniform_spec, None, None)
 except ValueError as err:
     st.error(f"Cannot search: {err}")
     st.stop()

@@ -6,6 +6,7 @@ import streamlit as st
 
 from sparsekit import attribution as attr
 from sparsekit import viz
+from ui.cached import image_maps, pair_maps, pair_set
 from ui.state import require_model, sparsified
 from ui.widgets import config_form, current_config
 
@@ -35,23 +36,6 @@ except ValueError as err:
     st.stop()
 if config.pattern == "dense":
     st.info("The dense setting prunes nothing, so both maps are the same. Pick N:M or unstructured above.")
-
-
-@st.cache_resource(show_spinner=False, max_entries=8)
-def image_maps(model_key: str, config_json: str, steps: int, count: int, _dense, _sparse):
-    images, labels = attr.digits_examples(count)
-    return attr.image_attribution(_dense, _sparse, images, labels, n_steps=steps)
-
-
-@st.cache_resource(show_spinner=False, max_entries=16)
-def pair_maps(model_key: str, config_json: str, steps: int, a: str, b: str, _dense, _sparse, _tokenizer):
-    return attr.pair_attribution(_dense, _sparse, _tokenizer, a, b, n_steps=steps)
-
-
-@st.cache_resource(show_spinner=False, max_entries=8)
-def pair_set(model_key: str, config_json: str, steps: int, count: int, _dense, _sparse, _tokenizer):
-    return attr.text_agreement(_dense, _sparse, _tokenizer, attr.DEFAULT_PAIRS[:count], n_steps=steps)
-
 
 if is_image:
     steps = st.slider("Integration steps", 16, 128, 64, step=16, key="at_steps",

@@ -7,7 +7,7 @@ from sparsekit import viz
 from sparsekit.bench import BenchConfig, BenchRun, delete_run, list_runs, load_run, results_csv, run_benchmarks, save_run
 from sparsekit.bench.runner import CUDA_ONLY, SUITES
 from sparsekit.bench.suites import semi_structured_available, verdicts
-from sparsekit.sparsify import prunable_layers
+from sparsekit.layers import prunable_layers
 from ui.state import get_model
 
 st.title("Benchmarks")

@@ -3,7 +3,7 @@ import pandas as pd
 import streamlit as st
 
 from sparsekit import viz
-from sparsekit.sparsify import layer_table, params_by_type
+from sparsekit.report import layer_table, params_by_type
 from ui.format import KIND_LABELS, metric_text, source_details
 from ui.state import require_model
 

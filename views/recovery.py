@@ -5,7 +5,7 @@ import streamlit as st
 
 from sparsekit import recovery, viz
 from sparsekit.recovery import MODE_LABELS, MODES, default_recovery_config
-from ui.recovery_view import saved_runs_view, show_records
+from ui.recovery import saved_runs_view, show_records
 from ui.state import require_model, sparsified
 from ui.widgets import current_config
 

@@ -6,9 +6,9 @@ import streamlit as st
 
 from sparsekit import viz
 from sparsekit.export import masks_safetensors, weights_safetensors
-from sparsekit.sparsify import report_csv
+from sparsekit.report import report_csv
 from ui.format import change_text, metric_text
-from ui.sparsify_view import apply_gate, fit_banner, prunable_weights, report_table, uniform_comparison_text
+from ui.sparsify import apply_gate, fit_banner, prunable_weights, report_table, uniform_comparison_text
 from ui.state import estimated_duration, is_computed, last_duration, require_model, sparse_quality, sparsified
 from ui.widgets import config_form, current_config
 

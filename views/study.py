@@ -5,7 +5,7 @@ import json
 import streamlit as st
 
 from sparsekit import study
-from ui.study_view import backend_choice, oneshot_form, results, run_study, status_text, training_form, uploaded_spec
+from ui.study import backend_choice, oneshot_form, results, run_study, status_text, training_form, uploaded_spec
 
 st.title("Studies")
 st.markdown(

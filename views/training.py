@@ -4,10 +4,9 @@ import streamlit as st
 
 from sparsekit import training, viz
 from sparsekit.viz.training import run_colors
-from ui.seed_study import render_effect_note, render_seed_study
 from ui.state import get_model
-from ui.training_runs import (fill_effect_preset, flip_maps, load_selected, saved_runs, train_with_progress,
-                              training_form, wait_for_interrupted, warn_at_chance)
+from ui.training import (fill_effect_preset, flip_maps, load_selected, render_effect_note, render_seed_study,
+                         saved_runs, train_with_progress, training_form, wait_for_interrupted, warn_at_chance)
 
 MAX_COMPARE = 8
 

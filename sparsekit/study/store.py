@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from .. import serial
 from ..cache import get_cache
 from ..store import finite_dumps, owner_alive
 
@@ -107,16 +108,13 @@ class StudyStatus:
         return f"{text}: {self.message}" if self.message else text
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-able fields, plus ``pending``."""
-        return {**asdict(self), "pending": self.pending, "workers": [dict(w) for w in self.workers]}
+        """JSON-able fields (``sparsekit.serial.to_json``), plus ``pending``."""
+        return {**serial.to_json(self), "pending": self.pending}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "StudyStatus":
-        """Inverse of ``as_dict`` (unknown keys are ignored: a newer writer may add some)."""
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        values["workers"] = tuple(values.get("workers") or ())
-        return cls(**values)
+        """Inverse of ``as_dict`` (``pending`` is derived, so dropped), under ``sparsekit.serial``'s rule."""
+        return serial.from_json(cls, {k: v for k, v in data.items() if k != "pending"}, what="study status")
 
 
 def status_key(study_id: str) -> str:

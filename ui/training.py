@@ -10,14 +10,15 @@ import pandas as pd
 import streamlit as st
 
 from sparsekit import training, viz
-from sparsekit.models.digits import ARCHITECTURES
-from sparsekit.topology import flip_counts, matrix_view
+from sparsekit.layers import matrix_view
+from sparsekit.models.digits_nets import ARCHITECTURES
+from sparsekit.topology import flip_counts
 from sparsekit.training import (DEFAULT_LAMBDA_W, EFFECT_LAMBDA_W, METHOD_LABELS, OPTIMIZERS, RunRecord, TrainConfig,
                                 default_train_config)
-from sparsekit.training import seedstudy
+from sparsekit.training import seedconfig
+from sparsekit.training.seedconfig import SeedStudyConfig, parse_floats, parse_patterns
 from sparsekit.training.seedresults import METRICS, SeedStudyResult
-from sparsekit.training.seedstudy import (SeedStudyConfig, cached_runs, parse_floats, parse_patterns,
-                                          run_seed_study)
+from sparsekit.training.seedstudy import cached_runs, run_seed_study
 from sparsekit.viz.training import RUN_COLORS, flip_maps_figure, run_key
 from ui.cached import training_run
 from ui.saved_runs import SavedRuns
@@ -278,7 +279,7 @@ _SS_ARCH_FIELDS = {"ss_opt": "optimizer", "ss_lr": "lr", "ss_epochs": "epochs"}
 def effect_study() -> SeedStudyConfig:
     """The study behind the effect note: the digits CNN's defaults, 2:4 and 1:4, 8 seeds, SR-STE at the
     paper's λ_w, and a λ_w sweep up to ``EFFECT_LAMBDA_W`` (``python -m sparsekit.seedstudy``)."""
-    sweep = tuple(sorted({*seedstudy.DEFAULT_LAMBDA_SWEEP, EFFECT_LAMBDA_W}))
+    sweep = tuple(sorted({*seedconfig.DEFAULT_LAMBDA_SWEEP, EFFECT_LAMBDA_W}))
     return SeedStudyConfig(train=default_train_config("cnn"), patterns=((2, 4), (1, 4)), seeds=8, lambda_sweep=sweep)
 
 
@@ -333,7 +334,7 @@ def _study_form(sidebar_arch: str) -> SeedStudyConfig | None:
     follow_arch_defaults(arch, _SS_ARCH_FIELDS, "ss_defaults_arch")
     defaults = default_train_config(arch)
     patterns_text = c1.text_input("N:M patterns (keep N of every M)", "2:4, 1:4", max_chars=60, key="ss_patterns")
-    seeds = int(c2.number_input("Seeds K (paired)", 2, seedstudy.MAX_SEEDS, 8, key="ss_seeds",
+    seeds = int(c2.number_input("Seeds K (paired)", 2, seedconfig.MAX_SEEDS, 8, key="ss_seeds",
                                 help="every pattern trains one STE and one SR-STE run per seed, from the same "
                                      "initial weights and batch order"))
     epochs = int(c2.number_input("Epochs", 2, 200, defaults.epochs, key="ss_epochs"))
@@ -344,7 +345,7 @@ def _study_form(sidebar_arch: str) -> SeedStudyConfig | None:
     lam = c3.number_input("SR-STE λ_w", 0.0, 1.0, DEFAULT_LAMBDA_W, step=1e-4, format="%.2e", key="ss_lambda",
                           help="the decay of the main comparison; the paper's code uses 2e-4")
     sweep_text = c3.text_input("λ_w sweep at the first pattern",
-                               ", ".join(f"{v:g}" for v in seedstudy.DEFAULT_LAMBDA_SWEEP), max_chars=100,
+                               ", ".join(f"{v:g}" for v in seedconfig.DEFAULT_LAMBDA_SWEEP), max_chars=100,
                                key="ss_sweep", help="comma-separated; 0 is STE; empty for no sweep")
     try:
         config = SeedStudyConfig(

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SPARSEGPT_BLOCK = 128
+from .methods.sparsegpt import SPARSEGPT_BLOCK
 
 
 @dataclass(frozen=True)

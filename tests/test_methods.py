@@ -1,4 +1,6 @@
 """The method registry: a new method is one registration, and sparsify, the config and the app read it."""
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
@@ -42,3 +44,84 @@ def test_registration_needs_one_way_to_score():
     with pytest.raises(ValueError, match="already registered"):
         register(Method(name="magnitude", label="x", needs_calibration=False, help="x",
                         layer_scores=lambda w, n, c: w))
+
+
+@pytest.fixture
+def input_norm():
+    """A made-up calibrated method that chooses masks inside the shared calibration forward: keep the
+    largest |w|·‖x‖₂ over the whole layer (Wanda compares within rows), with its own cost model."""
+    from sparsekit.masks import nm_mask, unstructured_mask
+
+    def keep_layer(layer, weight, config, stats, notes):
+        W = layer.matrix(weight.detach())
+        scores = W.abs().float() * stats.total.sqrt().float().unsqueeze(0)
+        if config.pattern == "nm":
+            return layer.from_matrix(nm_mask(W, config.n, config.m, scores=scores)), None
+        return layer.from_matrix(unstructured_mask(W, float(config.sparsity), scores=scores)), None
+
+    def run(model, names, config, calibration, progress):
+        from sparsekit.methods.calibration import sequential_prune
+        return sequential_prune(model, names, config, calibration, progress, keep_layer, "norms")
+
+    method = register(Method(name="test-input-norm", label="input norm", needs_calibration=True, run=run,
+                             keep_layer=keep_layer, stats="norms", calibration_passes=1.5,
+                             layer_flops=lambda rows, cols, tokens: (float(rows * cols * tokens), 0.0),
+                             help="keeps the largest |w|·‖x‖ of each layer"))
+    yield method
+    del REGISTRY[method.name]
+
+
+def _net_and_batch():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 4)).eval()
+    return net, torch.randn(20, 8)
+
+
+def test_a_new_calibrated_method_needs_no_edit_elsewhere(input_norm):
+    """Registered once, the method runs through sparsify, OWL allocation, the cost estimate and a study
+    cell, each reading what the Method declares."""
+    from sparsekit.methods.cost import COLUMN_PASS_SLOWDOWN, estimate_seconds, forward_weights
+    from sparsekit.study import oneshot_cell
+
+    net, x = _net_and_batch()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    cfg = sparsekit.SparsifyConfig(method="test-input-norm", pattern="unstructured", sparsity=0.5)
+    res = sparsekit.sparsify(net, cfg, calibration=x)
+    # The first layer sees x itself: its mask must be the top half of |w|·‖x_j‖ by a plain ranking.
+    w = net[0].weight.detach()
+    scores = (w.abs() * x.pow(2).sum(0).sqrt().unsqueeze(0)).flatten()
+    keep = torch.zeros(w.numel(), dtype=torch.bool)
+    keep[torch.sort(scores, descending=True, stable=True).indices[: w.numel() // 2]] = True
+    assert torch.equal(res.masks["0"].flatten(), keep)
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
+
+    # OWL allocation: the per-layer targets go through keep_layer; the total is exact.
+    owl = sparsekit.sparsify(net, sparsekit.SparsifyConfig(method="test-input-norm", pattern="unstructured",
+                                                           sparsity=0.6, allocation="owl"), calibration=x)
+    total = sum(m.numel() for m in owl.masks.values())
+    assert total - sum(int(m.sum()) for m in owl.masks.values()) == round(0.6 * total)
+    assert len({round(v, 6) for v in owl.allocation.values()}) > 1  # non-uniform
+
+    # Cost: its own passes and per-layer flops, by the formula written out here.
+    sec_per_token = 1e-3
+    rate = 2.0 * forward_weights(net) / sec_per_token
+    prunable = sum(m.weight.numel() for m in net if isinstance(m, nn.Linear))
+    flops = sum(m.out_features * m.in_features * 20 for m in net if isinstance(m, nn.Linear))
+    want = 1.5 * 2.0 * prunable * 20 / rate + (flops + COLUMN_PASS_SLOWDOWN * 0.0) / rate
+    assert estimate_seconds(net, cfg, x, sec_per_token) == pytest.approx(want, rel=1e-12)
+
+    # A study cell: the seed changes the mask only of a method that declares uses_seed.
+    assert oneshot_cell("digits:mlp", cfg, seed=3).seed_effect == ""
+    assert oneshot_cell("digits:mlp", replace(cfg, method="random"), seed=3).seed_effect == "random mask"
+
+
+def test_method_fields_are_checked():
+    with pytest.raises(ValueError, match="keep_layer needs stats"):
+        register(Method(name="bad-stats", label="x", needs_calibration=True, help="x", run=lambda *a: None,
+                        keep_layer=lambda *a: None, stats="gradients"))
+    with pytest.raises(ValueError, match="run_output"):
+        register(Method(name="bad-output", label="x", needs_calibration=True, help="x", run=lambda *a: None,
+                        run_output="weights"))
+    assert "bad-stats" not in REGISTRY and "bad-output" not in REGISTRY
+    assert get_method("random").uses_seed and not get_method("magnitude").uses_seed
+    assert get_method("taylor").run_output == "scores" and get_method("sparsegpt").run_output == "masks"

@@ -37,8 +37,6 @@ KINDS = ("oneshot", "training")
 TRAINING_METHODS = ("ste", "srste")
 QUALITY_METRICS = ("accuracy", *ENCODER_METRICS, *CAUSAL_METRICS)
 """Quality metrics the model zoo produces (digits accuracy, encoder fidelity, causal-LM fidelity)."""
-SEED_FREE_METHODS = ("magnitude",)
-"""Methods whose result no seed can change (deterministic scores, deterministic tie-breaking)."""
 MAX_CELLS = 1000
 """Most cells one study may hold."""
 MAX_AXIS = 64
@@ -186,7 +184,7 @@ def oneshot_cell(model: str, config: SparsifyConfig, *, seed: int | None = None,
         f"unstructured:{config.sparsity:g}" if config.pattern == "unstructured" else "dense")
     method = get_method(config.method)
     effect = "calibration subset" if calibration_seed is not None else (
-        "" if config.method in SEED_FREE_METHODS or method.needs_calibration else "random mask")
+        "random mask" if method.uses_seed else "")
     return Cell("oneshot", model, config.method, pattern, config.seed if seed is None else int(seed),
                 config.to_json(), None, calibration_seed, effect)
 
@@ -401,9 +399,11 @@ class StudySpec:
 
 def _oneshot_axis_cell(model: str, base: SparsifyConfig, pattern: str, n: int, m: int, s: float, method: str,
                        seed: int) -> Cell:
-    calibrated = get_method(method).needs_calibration
-    # Only the random method reads SparsifyConfig.seed; pinning it elsewhere lets seed-free cells share a key.
-    config_seed = seed if not (calibrated or method in SEED_FREE_METHODS) else 0
+    registered = get_method(method)
+    calibrated = registered.needs_calibration
+    # Only a method that uses the seed (the random baseline) reads SparsifyConfig.seed; pinning it elsewhere
+    # lets seed-free cells share a key.
+    config_seed = seed if registered.uses_seed else 0
     config = replace(base, pattern=pattern, n=n, m=m, sparsity=s, method=method, seed=config_seed,
                      scope=base.scope if pattern == "unstructured" else "layer")
     return oneshot_cell(model, config, seed=seed, calibration_seed=seed if calibrated else None)

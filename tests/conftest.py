@@ -1,4 +1,5 @@
-"""Shared fixtures: an isolated disk cache, model roots, and tiny fake Hugging Face checkpoints."""
+"""Shared fixtures: an isolated disk cache, model roots, tiny fake Hugging Face checkpoints, models
+loaded once per session, torch on one thread, and a real local Ray cluster."""
 from __future__ import annotations
 
 import functools

@@ -1,4 +1,9 @@
-"""One run store for every kind of saved run (training runs, benchmark runs).
+"""One run store for every kind of saved run (training, recovery and benchmark runs).
+
+``RunStore`` is the one contract: ``save``, ``load``, ``list`` (newest first), ``load_all`` (damaged
+entries named and skipped), ``rename`` and ``delete``, the same for every kind; ``run_store(kind)``
+finds a kind's store and refuses an unknown kind. Every entry carries a ``RecordHeader`` (its format
+and version); runs with tensors are safetensors bytes (``pack_run``/``unpack_run``).
 
 A kind's runs live in the one disk cache (``cache.get_cache``): each run is one entry under a
 kind-prefixed key, and one index entry holds a JSON list of small summaries, so listing the runs
@@ -17,9 +22,19 @@ import math
 import os
 import socket
 import uuid
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic, Mapping, TypeVar
+
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
 
 from .cache import get_cache, make_key
+from .models.weights import safetensors_header
+from .serial import Migration, check_version
+
+R = TypeVar("R")
+_STORES: dict[str, "RunStore"] = {}
 
 
 def finite_json(obj: Any) -> Any:
@@ -122,52 +137,156 @@ def orphaned(status: str, owner: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
+# The record header and the safetensors form of a run with tensors
+
+
+@dataclass(frozen=True)
+class RecordHeader:
+    """What every stored run says about itself: its format (which kind of record) and the version of
+    the code that wrote it. An entry of another format is refused; its version follows
+    ``sparsekit.serial.check_version`` (a newer one is refused, an older one migrates or is refused).
+
+    Attributes:
+        format: the format's name (``sparsekit-training-run``).
+        version: the version this code writes.
+        what: the record in messages (``training-run entry``).
+        format_key: where the format's name is kept (``schema`` in benchmark files).
+        version_key: where the version is kept (``schema_version`` in benchmark files).
+        migrations: version v -> the step from the record dict of v to that of v + 1.
+    """
+
+    format: str
+    version: int
+    what: str
+    format_key: str = "format"
+    version_key: str = "version"
+    migrations: Mapping[int, Migration] = field(default_factory=dict)
+
+    def fields(self) -> dict[str, str]:
+        """The header as safetensors metadata (string values)."""
+        return {self.format_key: self.format, self.version_key: str(self.version)}
+
+    def check(self, meta: Mapping[str, Any], data: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Refuse anything but this format at a version this code reads.
+
+        Args:
+            meta: where the header sits (safetensors metadata, or the record's own JSON object).
+            data: the record, migrated when it is older (None: only the check).
+
+        Returns:
+            The record at ``version`` (an empty dict when ``data`` is None).
+
+        Raises:
+            ValueError: another format, or a version this code does not read.
+        """
+        if meta.get(self.format_key) != self.format:
+            raise ValueError(f'not a sparsekit {self.what} (missing "{self.format_key}": "{self.format}")')
+        found = meta.get(self.version_key)
+        try:
+            return check_version(found, self.version, self.what, migrations=self.migrations, data=data)
+        except ValueError as err:
+            raise ValueError(f"unsupported {self.version_key} {found!r}: {err}") from None
+
+
+def pack_run(header: RecordHeader, tensors: Mapping[str, torch.Tensor], record: Mapping[str, Any], *,
+             summary: Mapping[str, Any] | None = None) -> bytes:
+    """A run as safetensors bytes: its tensors, the header and the record as JSON metadata (no pickle).
+
+    Args:
+        header: the record's header.
+        tensors: weights, packed masks ...
+        record: everything else, JSON-able (Python's json writes NaN and reads it back, so a diverged
+            loss survives exactly).
+        summary: the index summary, kept on its own so rebuilding the index decodes no tensor.
+
+    Returns:
+        The bytes ``unpack_run`` reads.
+    """
+    meta = {**header.fields(), "record": json.dumps(record)}
+    if summary is not None:
+        meta["summary"] = finite_dumps(summary)
+    return save_tensors(dict(tensors), metadata=meta)
+
+
+def run_meta(header: RecordHeader, blob: bytes) -> dict[str, str]:
+    """The checked metadata of ``pack_run``'s bytes, read from the header only (no tensor decoded).
+
+    Raises:
+        ValueError: not safetensors, another format, or a version this code does not read.
+    """
+    meta = safetensors_header(blob).get("__metadata__") or {}
+    header.check(meta)
+    return meta
+
+
+def unpack_run(header: RecordHeader, blob: bytes) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Inverse of ``pack_run``.
+
+    Returns:
+        ``(record, tensors)``, the record migrated to ``header.version``.
+    """
+    meta = run_meta(header, blob)
+    record = header.check(meta, json.loads(meta["record"]))
+    return record, load_tensors(blob)
+
+
+# ---------------------------------------------------------------------------------------------
 # The store
 
 
-class RunStore:
-    """The saved runs of one kind: an entry per run plus an index of summaries, in the disk cache.
+class RunStore(Generic[R]):
+    """The one store contract of saved runs (training, recovery, benchmark): an entry per run plus an
+    index of summaries, in the disk cache, under one kind.
+
+    ``save``/``load``/``list``/``load_all``/``rename``/``delete`` are the same for every kind; a kind
+    brings its serialiser, its reader and what a run whose process died looks like. A record has
+    ``run_id``, ``name``, ``status``, ``owner`` and ``message`` attributes and a ``summary()`` (a
+    benchmark run, which has no id of its own, is saved under its content digest).
 
     Args:
-        kind: prefix of the entries' keys (``training-run``, ``bench-run``); also the prefix the
-            index rebuild scans for.
+        kind: prefix of the entries' keys (``training-run``); one store per kind (``run_store``).
+        what: the record in messages (``training run``).
         index_key: where the index lives.
-        summarize: entry value -> summary dict, used to rebuild the index; it raises for an entry
-            it cannot read, which is then left out. With hashed ids the summary must hold the
-            ``run_id`` (a hashed key does not reveal it).
-        hash_ids: key an entry by ``make_key(kind, run_id)``, as every other cache key; False keys
-            it by ``kind:run_id`` for ids that are content digests already.
+        to_bytes: record -> the entry (bytes or text).
+        from_bytes: entry -> record; raises ``ValueError`` for an entry it cannot read.
+        summarize: entry -> summary dict, used to rebuild the index (default: the record's
+            ``summary()``). With hashed ids the summary must hold the ``run_id``.
+        hash_ids: key an entry by ``make_key(kind, run_id)``; False: by ``kind:run_id`` (content digests).
+        orphan_record: the message of a loaded run whose process ended while it ran (None: not checked).
+        orphan_summary: the same for an index summary.
     """
 
-    def __init__(self, kind: str, *, index_key: str, summarize: Callable[[Any], dict],
-                 hash_ids: bool = True) -> None:
-        self.kind = kind
-        self.index_key = index_key
-        self.summarize = summarize
-        self.hash_ids = hash_ids
+    def __init__(self, kind: str, *, what: str, index_key: str, to_bytes: Callable[[R], bytes | str],
+                 from_bytes: Callable[[Any], R], summarize: Callable[[Any], dict] | None = None,
+                 hash_ids: bool = True, orphan_record: Callable[[R], str] | None = None,
+                 orphan_summary: Callable[[dict], str] | None = None) -> None:
+        self.kind, self.what, self.index_key, self.hash_ids = kind, what, index_key, hash_ids
+        self.to_bytes, self.from_bytes = to_bytes, from_bytes
+        self.summarize = summarize or (lambda value: from_bytes(value).summary())
+        self.orphan_record, self.orphan_summary = orphan_record, orphan_summary
+        _STORES[kind] = self
 
     def key(self, run_id: str) -> str:
-        """The cache key of a run's entry.
-
-        Args:
-            run_id: the run's id.
-
-        Returns:
-            ``kind:...``.
-        """
+        """The cache key of a run's entry (``kind:...``)."""
         return make_key(self.kind, run_id) if self.hash_ids else f"{self.kind}:{run_id}"
 
-    def put(self, run_id: str, value: Any, summary: dict) -> None:
+    def save(self, record: R, run_id: str | None = None) -> str:
         """Write a run: its entry, then its summary into the index (a re-saved run keeps its place).
 
         Args:
-            run_id: the run's id.
-            value: the entry (bytes or text).
-            summary: JSON-able description kept in the index; ``run_id`` is added.
+            record: the run; its ``run_id`` is set when empty and ``run_id`` is not given.
+            run_id: the id to save it under (default: the record's own).
+
+        Returns:
+            The run id.
         """
+        if run_id is None:
+            if not record.run_id:
+                record.run_id = uuid.uuid4().hex[:12]
+            run_id = record.run_id
         cache = get_cache()
-        cache.set(self.key(run_id), value)
-        summary = finite_json({**summary, "run_id": run_id})
+        cache.set(self.key(run_id), self.to_bytes(record))
+        summary = finite_json({**record.summary(), "run_id": run_id})
         with cache.transact():
             entries = self._read_index(cache)
             pos = next((i for i, e in enumerate(entries) if e["run_id"] == run_id), None)
@@ -176,74 +295,74 @@ class RunStore:
             else:
                 entries[pos] = summary
             cache.set(self.index_key, finite_dumps(entries))
+        return run_id
 
-    def get(self, run_id: str) -> Any:
-        """A run's entry as stored.
-
-        Args:
-            run_id: the run's id.
-
-        Returns:
-            The value ``put`` wrote, or None when there is no such entry.
-        """
-        return get_cache().get(self.key(run_id))
-
-    def save_record(self, record: Any, to_bytes: Callable[[Any], bytes]) -> str:
-        """Store a run record (its entry, then the index), giving it an id if it has none.
-
-        Args:
-            record: a record with ``run_id`` and ``summary()``; ``run_id`` is set when empty.
-            to_bytes: its serialiser.
-
-        Returns:
-            The run id.
-        """
-        if not record.run_id:
-            record.run_id = uuid.uuid4().hex[:12]
-        # A checkpoint or a rename keeps the run's place in the list.
-        self.put(record.run_id, to_bytes(record), record.summary())
-        return record.run_id
-
-    def load_record(self, run_id: str, from_bytes: Callable[[bytes], Any], what: str) -> Any:
-        """A stored run record, exactly as saved.
-
-        Args:
-            run_id: its id.
-            from_bytes: its reader.
-            what: what it is, for messages (``training run``).
-
-        Returns:
-            The record.
+    def load(self, run_id: str) -> R:
+        """A saved run, exactly as saved (one whose process died while it ran reads as stopped).
 
         Raises:
-            KeyError: no such run. ValueError: the entry is not readable.
+            KeyError: no such run. ValueError: the entry is not readable (the message names the run).
         """
-        blob = self.get(run_id)
+        blob = get_cache().get(self.key(run_id))
         if blob is None:
-            raise KeyError(f"no saved {what} with id {run_id!r}")
-        if not isinstance(blob, bytes):
-            raise ValueError(f"the cache entry of run {run_id!r} is not a {what}")
+            raise KeyError(f"no saved {self.what} with id {run_id!r}")
+        if not isinstance(blob, (bytes, str)):
+            raise ValueError(f"the cache entry of run {run_id!r} is not a {self.what}")
         try:
-            return from_bytes(blob)
+            record = self.from_bytes(blob)
         except ValueError:
             raise
         except Exception as err:  # safetensors raises its own error type for damaged bytes
-            raise ValueError(f"the cache entry of {what} {run_id!r} is damaged: {err}") from None
+            raise ValueError(f"the cache entry of {self.what} {run_id!r} is damaged: {err}") from None
+        if self.orphan_record is not None and orphaned(record.status, record.owner):
+            record.status = "stopped"
+            record.message = self.orphan_record(record)
+        return record
 
-    def summaries(self) -> list[dict]:
-        """The index, in the order the runs were first saved.
+    def list(self, *, oldest_first: bool = False) -> list[dict]:
+        """The index: one summary dict (with ``run_id``) per run whose entry exists, newest first.
 
-        Returns:
-            One summary dict (with ``run_id``) per run whose entry still exists.
+        Args:
+            oldest_first: in the order the runs were first saved instead.
         """
         cache = get_cache()
-        return [e for e in self._read_index(cache) if self.key(e["run_id"]) in cache]
+        out = []
+        for entry in self._read_index(cache):
+            if self.key(entry["run_id"]) not in cache:
+                continue
+            if self.orphan_summary is not None and orphaned(entry.get("status", ""), entry.get("owner", "")):
+                entry = {**entry, "status": "stopped", "message": self.orphan_summary(entry)}
+            out.append(entry)
+        return out if oldest_first else out[::-1]
+
+    def load_all(self) -> tuple[list[R], list[str]]:
+        """Every listed run, newest first; a run that cannot be read is skipped and named.
+
+        Returns:
+            ``(records, problems)``: a problem is a message naming the run's id.
+        """
+        records, problems = [], []
+        for entry in self.list():
+            try:
+                records.append(self.load(entry["run_id"]))
+            except KeyError:
+                continue  # deleted since it was listed
+            except ValueError as err:
+                problems.append(f"{self.what} {entry['run_id']!r} cannot be read: {err}")
+        return records, problems
+
+    def rename(self, run_id: str, name: str) -> R:
+        """Give a saved run a new name (at most 80 characters; empty: back to its default label)."""
+        name = name.strip()
+        if len(name) > 80:
+            raise ValueError(f"a run name has at most 80 characters, got {len(name)}")
+        record = self.load(run_id)
+        record.name = name
+        self.save(record)
+        return record
 
     def delete(self, run_id: str) -> bool:
         """Remove a run: index first, so no listed run ever lacks its entry.
-
-        Args:
-            run_id: the run's id.
 
         Returns:
             Whether the run was there (in the index or as an entry).
@@ -302,3 +421,21 @@ class RunStore:
             return None
         run_id = summary.get("run_id") if self.hash_ids else key[len(prefix):]
         return finite_json({**summary, "run_id": run_id}) if isinstance(run_id, str) else None
+
+
+def run_store(kind: str) -> RunStore:
+    """The store of a kind of run.
+
+    Args:
+        kind: ``training-run``, ``recovery-run``, ``bench-run`` (registered when their package is imported).
+
+    Returns:
+        The ``RunStore``.
+
+    Raises:
+        ValueError: a kind no store was made for.
+    """
+    store = _STORES.get(kind)
+    if store is None:
+        raise ValueError(f"unknown run kind {kind!r}; known kinds: {', '.join(sorted(_STORES)) or 'none'}")
+    return store

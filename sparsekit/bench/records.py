@@ -1,18 +1,21 @@
 """Benchmark runs as JSON: one format for the CLI output, the disk-cache history and page imports."""
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..store import RunStore, finite_dumps, finite_json
+from .. import serial
+from ..store import RecordHeader, RunStore, finite_dumps, finite_json
 from .harness import SCHEMA_VERSION, CaseResult
 
 MAX_IMPORT_BYTES = 50 * 2**20
 _STATUSES = {"ok", "failed", "skipped", "oom", "error"}
+HEADER = RecordHeader("sparsekit.bench", SCHEMA_VERSION, "benchmark file", format_key="schema",
+                      version_key="schema_version")
+"""The header of a benchmark file (the CLI's output, a stored run, an import)."""
 
 
 @dataclass
@@ -28,9 +31,9 @@ class BenchRun:
 
     def to_json(self) -> str:
         return finite_dumps({
-            "schema": "sparsekit.bench", "schema_version": SCHEMA_VERSION, "name": self.name,
+            "schema": HEADER.format, "schema_version": HEADER.version, "name": self.name,
             "created": self.created, "suites": self.suites, "env": self.env, "ceilings": self.ceilings,
-            "results": [dataclasses.asdict(r) for r in self.results],
+            "results": [serial.to_json(r) for r in self.results],
         }, indent=1, default=str)
 
     @classmethod
@@ -47,13 +50,9 @@ class BenchRun:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise ValueError(f"benchmark file is not valid JSON: {err}") from None
-        if not isinstance(data, dict) or data.get("schema") != "sparsekit.bench":
-            raise ValueError("not a sparsekit benchmark file (missing \"schema\": \"sparsekit.bench\")")
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(f"unsupported schema_version {data.get('schema_version')!r} (this version reads {SCHEMA_VERSION})")
+        HEADER.check(data if isinstance(data, dict) else {})
         if not isinstance(data.get("results"), list) or not isinstance(data.get("env"), dict):
             raise ValueError("benchmark file needs a \"results\" list and an \"env\" object")
-        known = {f.name for f in dataclasses.fields(CaseResult)}
         results = []
         for n, raw in enumerate(data["results"]):
             if not isinstance(raw, dict):
@@ -69,7 +68,7 @@ class BenchRun:
                     raise ValueError(f"result {n}: {key} must be a number, got {value!r}")
             if not isinstance(raw.get("params", {}), dict):
                 raise ValueError(f"result {n}: params must be an object")
-            results.append(CaseResult(**{k: v for k, v in raw.items() if k in known}))
+            results.append(serial.from_json(CaseResult, raw, what=f"result {n}"))
         return cls(env=data["env"], results=results, ceilings=data.get("ceilings") or {},
                    suites=list(data.get("suites") or []), name=str(data.get("name") or ""),
                    created=float(data.get("created") or time.time()))
@@ -96,7 +95,7 @@ def _title(summary: dict[str, Any]) -> str:
 
 def sanitize(run: BenchRun) -> BenchRun:
     """A copy with non-finite numbers replaced by None (so it serialises as strict JSON)."""
-    results = [CaseResult(**finite_json(dataclasses.asdict(r))) for r in run.results]
+    results = [serial.from_json(CaseResult, finite_json(serial.to_json(r))) for r in run.results]
     return BenchRun(env=finite_json(run.env), results=results, ceilings=finite_json(run.ceilings),
                     suites=list(run.suites), name=run.name, created=run.created)
 
@@ -104,8 +103,8 @@ def sanitize(run: BenchRun) -> BenchRun:
 # The history: entries keep the keys of earlier versions (``bench-run:<digest>``, the public key), and
 # the index key too; an index of bare keys, as earlier versions wrote it, is read as such.
 _KIND = "bench-run"
-_STORE = RunStore(_KIND, index_key="bench-runs:index", summarize=lambda text: BenchRun.from_json(text).summary(),
-                  hash_ids=False)
+_STORE: RunStore[BenchRun] = RunStore(_KIND, what="benchmark run", index_key="bench-runs:index",
+                                      to_bytes=BenchRun.to_json, from_bytes=BenchRun.from_json, hash_ids=False)
 
 
 def _run_id(key: str) -> str | None:
@@ -124,7 +123,7 @@ def save_run(run: BenchRun) -> str:
     """
     run = sanitize(run)
     key = run.key
-    _STORE.put(_run_id(key), run.to_json(), run.summary())
+    _STORE.save(run, run_id=_run_id(key))
     return key
 
 
@@ -134,7 +133,7 @@ def list_runs() -> list[tuple[str, str]]:
     Returns:
         ``(key, title)`` per run whose entry exists.
     """
-    return [(_STORE.key(e["run_id"]), _title(e)) for e in reversed(_STORE.summaries())]
+    return [(_STORE.key(e["run_id"]), _title(e)) for e in _STORE.list()]
 
 
 def load_run(key: str) -> BenchRun | None:
@@ -147,12 +146,11 @@ def load_run(key: str) -> BenchRun | None:
         The ``BenchRun``, or None when there is no such run or its entry is unreadable.
     """
     run_id = _run_id(key)
-    text = _STORE.get(run_id) if run_id is not None else None
-    if not isinstance(text, str):
+    if run_id is None:
         return None
     try:
-        return BenchRun.from_json(text)
-    except ValueError:
+        return _STORE.load(run_id)
+    except (KeyError, ValueError):
         return None
 
 

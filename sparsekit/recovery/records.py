@@ -4,26 +4,25 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
-from safetensors.torch import load as load_tensors
-from safetensors.torch import save as save_tensors
 from torch import nn
 
 from .. import serial
 from ..flips import FlipWindow, window_series
-from ..models.weights import safetensors_header
 from ..sparsify import SparsifyConfig
-from ..store import finite_json
+from ..store import RecordHeader, finite_json, pack_run, run_meta, unpack_run
 from ..topology import MaskHistory, read_run_tensors, run_tensors
 from .config import RecoveryConfig
 
 FORMAT = "sparsekit-recovery-run"
 FORMAT_VERSION = 1
 """Version of the safetensors entry (``record_to_bytes``); a newer one is refused on load."""
+HEADER = RecordHeader(FORMAT, FORMAT_VERSION, "recovery-run entry")
+"""The header of a recovery run's entry."""
 GAP_TOLERANCE = 1e-9
 """A dense-to-sparse gap smaller than this (relative to the larger of |dense|, |before| and 1)
 counts as no gap: nothing to recover, and no ratio to report."""
@@ -207,7 +206,7 @@ class RecoveryRecord:
         return {
             "run_id": self.run_id, "name": self.name, "label": self.label, "status": self.status,
             "message": self.message, "created": self.created, "seconds": self.seconds,
-            "config": asdict(self.config), "sparsify_config": json.loads(self.sparsify_config.to_json()),
+            "config": serial.to_json(self.config), "sparsify_config": json.loads(self.sparsify_config.to_json()),
             "model_spec": self.model_spec, "metric": self.metric, "steps_done": self.steps_done,
             "dense": self.dense, "before": self.before, "after": self.after,
             "gap_recovered": self.gap_recovered, "owner": self.owner,
@@ -262,7 +261,7 @@ def record_to_bytes(record: RecoveryRecord) -> bytes:
     """
     tensors = run_tensors(record.weights, record.history)
     meta = {
-        "config": asdict(record.config), "sparsify_config": json.loads(record.sparsify_config.to_json()),
+        "config": serial.to_json(record.config), "sparsify_config": json.loads(record.sparsify_config.to_json()),
         "model_spec": record.model_spec, "model_name": record.model_name, "loss_kind": record.loss_kind,
         "metric": record.metric, "higher_is_better": record.higher_is_better, "dense_quality": record.dense_quality,
         "name": record.name, "run_id": record.run_id, "status": record.status, "message": record.message,
@@ -273,26 +272,13 @@ def record_to_bytes(record: RecoveryRecord) -> bytes:
         "shapes": {k: list(v) for k, v in record.history.shapes.items()},
         "snapshot_steps": record.history.steps, "notes": record.notes, "owner": record.owner,
     }
-    # Python's json writes NaN literals and reads them back, so step 0's NaN loss survives exactly.
-    return save_tensors(tensors, metadata={
-        "format": FORMAT, "version": str(FORMAT_VERSION), "record": json.dumps(meta),
-        # The index summary on its own, so rebuilding the index never decodes the weights.
-        "summary": json.dumps(finite_json(record.summary())),
-    })
-
-
-def _meta(blob: bytes) -> dict[str, str]:
-    meta = safetensors_header(blob).get("__metadata__") or {}
-    if meta.get("format") != FORMAT:
-        raise ValueError("not a sparsekit recovery-run entry")
-    if int(meta.get("version", "0")) > FORMAT_VERSION:
-        raise ValueError(f"recovery-run format {meta.get('version')} is newer than this sparsekit ({FORMAT_VERSION})")
-    return meta
+    # The index summary on its own too, so rebuilding the index never decodes the weights.
+    return pack_run(HEADER, tensors, meta, summary=record.summary())
 
 
 def summary_from_bytes(blob: bytes) -> dict[str, Any]:
     """The index summary of a stored run, read from the header only (no tensor is decoded)."""
-    return json.loads(_meta(blob)["summary"])
+    return json.loads(run_meta(HEADER, blob)["summary"])
 
 
 def record_from_bytes(blob: bytes) -> RecoveryRecord:
@@ -307,8 +293,7 @@ def record_from_bytes(blob: bytes) -> RecoveryRecord:
     Raises:
         ValueError: not a recovery-run entry, or a newer format.
     """
-    info = json.loads(_meta(blob)["record"])
-    tensors = load_tensors(blob)
+    info, tensors = unpack_run(HEADER, blob)
     history = MaskHistory({k: tuple(v) for k, v in info["shapes"].items()}, steps=list(info["snapshot_steps"]),
                           epochs=[float(s) for s in info["snapshot_steps"]])
     weights = read_run_tensors(tensors, history)

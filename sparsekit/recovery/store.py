@@ -10,22 +10,31 @@ from safetensors.torch import save as save_tensors
 
 from ..models.base import LoadedModel
 from ..sparsify import SparsifyResult
-from ..store import RunStore, orphaned
+from ..store import RunStore
 from .config import RecoveryConfig
 from .loop import ProgressFn, StopFn, recover
 from .objectives import Objective
 from .records import RecoveryRecord, record_from_bytes, record_to_bytes, summary_from_bytes
 
 INDEX_KEY = "recovery-run-index:v1"
-_STORE = RunStore("recovery-run", index_key=INDEX_KEY, summarize=summary_from_bytes)
 
-__all__ = ["INDEX_KEY", "delete_recovery", "list_recoveries", "load_recovery", "recover_and_save",
+__all__ = ["INDEX_KEY", "STORE", "delete_recovery", "list_recoveries", "load_recovery", "recover_and_save",
            "recovered_safetensors", "save_recovery"]
 
 
-def _orphan_message(record_or_entry_steps: int, total: int) -> str:
+def _orphan_message(steps: int, total: int) -> str:
     return ("the process running this recovery ended without saving a final status (server stopped or "
-            f"crashed); kept as of its last checkpoint (step {record_or_entry_steps:,} of {total:,})")
+            f"crashed); kept as of its last checkpoint (step {steps:,} of {total:,})")
+
+
+STORE: RunStore[RecoveryRecord] = RunStore(
+    "recovery-run", what="recovery run", index_key=INDEX_KEY, to_bytes=record_to_bytes,
+    from_bytes=record_from_bytes, summarize=summary_from_bytes,
+    orphan_record=lambda r: _orphan_message(r.steps_done, r.config.steps),
+    orphan_summary=lambda e: _orphan_message(int(e.get("steps_done") or 0),
+                                             int((e.get("config") or {}).get("steps") or 0)),
+)
+"""The recovery runs' store."""
 
 
 def save_recovery(record: RecoveryRecord) -> str:
@@ -37,7 +46,7 @@ def save_recovery(record: RecoveryRecord) -> str:
     Returns:
         The run id.
     """
-    return _STORE.save_record(record, record_to_bytes)
+    return STORE.save(record)
 
 
 def load_recovery(run_id: str) -> RecoveryRecord:
@@ -52,11 +61,7 @@ def load_recovery(run_id: str) -> RecoveryRecord:
     Raises:
         KeyError: no such run. ValueError: the entry is not readable.
     """
-    record = _STORE.load_record(run_id, record_from_bytes, "recovery run")
-    if orphaned(record.status, record.owner):
-        record.status = "stopped"
-        record.message = _orphan_message(record.steps_done, record.config.steps)
-    return record
+    return STORE.load(run_id)
 
 
 def list_recoveries() -> list[dict]:
@@ -65,14 +70,7 @@ def list_recoveries() -> list[dict]:
     Returns:
         One dict per run whose entry still exists.
     """
-    out = []
-    for entry in _STORE.summaries():
-        if orphaned(entry.get("status", ""), entry.get("owner", "")):
-            steps = int(entry.get("steps_done") or 0)
-            total = int((entry.get("config") or {}).get("steps") or 0)
-            entry = {**entry, "status": "stopped", "message": _orphan_message(steps, total)}
-        out.append(entry)
-    return out
+    return STORE.list(oldest_first=True)
 
 
 def delete_recovery(run_id: str) -> None:
@@ -81,7 +79,7 @@ def delete_recovery(run_id: str) -> None:
     Args:
         run_id: the run; an unknown id raises ``KeyError``.
     """
-    if not _STORE.delete(run_id):
+    if not STORE.delete(run_id):
         raise KeyError(f"no saved recovery run with id {run_id!r}")
 
 

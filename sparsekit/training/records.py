@@ -5,23 +5,23 @@ import csv
 import io
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
-from safetensors.torch import load as load_tensors
-from safetensors.torch import save as save_tensors
 from torch import nn
 
+from .. import serial
 from ..flips import FlipWindow, window_series
 from ..models.digits import N_CLASSES, build_digits_model
-from ..models.weights import safetensors_header
-from ..store import finite_json
+from ..store import RecordHeader, finite_json, pack_run, unpack_run
 from ..topology import MaskHistory, SadReport, read_run_tensors, run_tensors, sad_report
 from .config import TrainConfig, default_train_config
 
 FORMAT_VERSION = 1
 """Version of the safetensors run entry (``run_to_bytes``); a newer one is refused on load."""
+HEADER = RecordHeader("sparsekit-training-run", FORMAT_VERSION, "training-run entry")
+"""The header of a training run's entry."""
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ class RunRecord:
         return {
             "run_id": self.run_id, "name": self.name, "label": self.label, "status": self.status,
             "message": self.message, "created": self.created, "seconds": self.seconds,
-            "config": asdict(self.config), "epochs_done": self.epochs[-1].epoch if self.epochs else 0.0,
+            "config": serial.to_json(self.config), "epochs_done": self.epochs[-1].epoch if self.epochs else 0.0,
             "final_accuracy": self.final_accuracy, "snapshots": len(self.history), "owner": self.owner,
         }
 
@@ -141,11 +141,11 @@ class RunRecord:
         report = self.sad()
         out = {
             **self.summary(),
-            "format": "sparsekit-training-run",
-            "version": FORMAT_VERSION,
+            "format": HEADER.format,
+            "version": HEADER.version,
             "steps_per_epoch": self.steps_per_epoch,
             "steps_done": self.steps_done,
-            "epochs": [asdict(e) for e in self.epochs],
+            "epochs": [serial.to_json(e) for e in self.epochs],
             "step_loss": list(self.step_loss),
             "sparse_layers": {k: list(v) for k, v in self.history.shapes.items()},
             "dense_layers": dict(self.dense_layers),
@@ -205,18 +205,16 @@ def run_to_bytes(record: RunRecord) -> bytes:
     """
     tensors = run_tensors(record.weights, record.history)
     meta = {
-        "config": asdict(record.config), "name": record.name, "run_id": record.run_id, "status": record.status,
-        "message": record.message, "created": record.created, "seconds": record.seconds,
+        "config": serial.to_json(record.config), "name": record.name, "run_id": record.run_id,
+        "status": record.status, "message": record.message, "created": record.created, "seconds": record.seconds,
         "steps_per_epoch": record.steps_per_epoch, "steps_done": record.steps_done,
-        "epochs": [asdict(e) for e in record.epochs], "step_loss": record.step_loss,
+        "epochs": [serial.to_json(e) for e in record.epochs], "step_loss": record.step_loss,
         "shapes": {k: list(v) for k, v in record.history.shapes.items()},
         "snapshot_steps": record.history.steps, "snapshot_epochs": record.history.epochs,
         "dense_layers": record.dense_layers, "prune_steps": record.prune_steps, "owner": record.owner,
         "step_flip_rate": record.step_flip_rate, "flip_windows": [w.to_json() for w in record.flip_windows],
     }
-    # Python's json writes NaN/Infinity literals and reads them back, so a diverged loss survives exactly.
-    return save_tensors(tensors, metadata={"format": "sparsekit-training-run", "version": str(FORMAT_VERSION),
-                                   "record": json.dumps(meta)})
+    return pack_run(HEADER, tensors, meta)
 
 
 def run_from_bytes(blob: bytes) -> RunRecord:
@@ -231,13 +229,7 @@ def run_from_bytes(blob: bytes) -> RunRecord:
     Raises:
         ValueError: not a training-run entry, or a newer format.
     """
-    meta = safetensors_header(blob).get("__metadata__") or {}
-    if meta.get("format") != "sparsekit-training-run":
-        raise ValueError("not a sparsekit training-run entry")
-    if int(meta.get("version", "0")) > FORMAT_VERSION:
-        raise ValueError(f"training-run format {meta.get('version')} is newer than this sparsekit ({FORMAT_VERSION})")
-    info = json.loads(meta["record"])
-    tensors = load_tensors(blob)
+    info, tensors = unpack_run(HEADER, blob)
     history = MaskHistory({k: tuple(v) for k, v in info["shapes"].items()},
                           steps=list(info["snapshot_steps"]), epochs=list(info["snapshot_epochs"]))
     weights = read_run_tensors(tensors, history)
@@ -245,7 +237,7 @@ def run_from_bytes(blob: bytes) -> RunRecord:
         config=TrainConfig.from_json(info["config"]), name=info["name"], run_id=info["run_id"],
         status=info["status"], message=info["message"], created=info["created"], seconds=info["seconds"],
         steps_per_epoch=info["steps_per_epoch"], steps_done=info["steps_done"],
-        epochs=[EpochMetrics(**e) for e in info["epochs"]], step_loss=list(info["step_loss"]),
+        epochs=[serial.from_json(EpochMetrics, e) for e in info["epochs"]], step_loss=list(info["step_loss"]),
         history=history, dense_layers=dict(info["dense_layers"]), prune_steps=list(info["prune_steps"]),
         weights=weights,
         owner=str(info.get("owner", "")),
@@ -275,7 +267,7 @@ def metrics_csv(records: list[RunRecord]) -> str:
         at_step = {s: i for i, s in enumerate(rep.steps)}
         for e in rec.epochs:
             row = {"run_id": rec.run_id, "name": rec.label, "method": rec.config.method, "n": rec.config.n,
-                   "m": rec.config.m, "arch": rec.config.arch, **asdict(e)}
+                   "m": rec.config.m, "arch": rec.config.arch, **serial.to_json(e)}
             i = at_step.get(e.step)
             if i is not None and rep.layers:
                 row.update(sad_interval=int(rep.series("interval")[i]),

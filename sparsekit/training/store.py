@@ -1,20 +1,15 @@
-"""Training runs in the run store (``sparsekit.store``): one safetensors entry per run plus the index.
+"""Training runs in the run store (``sparsekit.store.RunStore``, the one recovery and benchmark runs
+use): one safetensors entry per run plus the index.
 
 The keys are those of earlier versions (``training-run:<hash of the id>``, ``training-run-index:v1``),
 so runs saved before still load.
 """
 from __future__ import annotations
 
-
-from ..store import RunStore, orphaned
+from ..store import RunStore
 from .records import RunRecord, run_from_bytes, run_to_bytes
 
 _INDEX_KEY = "training-run-index:v1"
-_STORE = RunStore("training-run", index_key=_INDEX_KEY, summarize=lambda blob: run_from_bytes(blob).summary())
-
-
-def _run_key(run_id: str) -> str:
-    return _STORE.key(run_id)
 
 
 def _orphan_message(steps_note: str) -> str:
@@ -22,11 +17,13 @@ def _orphan_message(steps_note: str) -> str:
             f"kept as of its last checkpoint{steps_note}")
 
 
-def _settle_orphan_entry(entry: dict) -> dict:
-    if orphaned(entry.get("status", ""), entry.get("owner", "")):
-        done = entry.get("epochs_done") or 0.0
-        return {**entry, "status": "stopped", "message": _orphan_message(f" (epoch {done:g})")}
-    return entry
+STORE: RunStore[RunRecord] = RunStore(
+    "training-run", what="training run", index_key=_INDEX_KEY, to_bytes=run_to_bytes, from_bytes=run_from_bytes,
+    orphan_record=lambda r: _orphan_message(f" (step {r.steps_done:,} of {r.total_steps:,})"),
+    orphan_summary=lambda e: _orphan_message(f" (epoch {e.get('epochs_done') or 0.0:g})"),
+)
+"""The training runs' store."""
+_run_key = STORE.key
 
 
 def save_run(record: RunRecord) -> str:
@@ -38,7 +35,7 @@ def save_run(record: RunRecord) -> str:
     Returns:
         The run id.
     """
-    return _STORE.save_record(record, run_to_bytes)
+    return STORE.save(record)
 
 
 def load_run(run_id: str) -> RunRecord:
@@ -53,11 +50,7 @@ def load_run(run_id: str) -> RunRecord:
     Raises:
         KeyError: no such run. ValueError: the entry is not readable.
     """
-    record = _STORE.load_record(run_id, run_from_bytes, "training run")
-    if orphaned(record.status, record.owner):
-        record.status = "stopped"
-        record.message = _orphan_message(f" (step {record.steps_done:,} of {record.total_steps:,})")
-    return record
+    return STORE.load(run_id)
 
 
 def list_runs() -> list[dict]:
@@ -66,7 +59,7 @@ def list_runs() -> list[dict]:
     Returns:
         One dict per run whose entry still exists.
     """
-    return [_settle_orphan_entry(e) for e in _STORE.summaries()]
+    return STORE.list(oldest_first=True)
 
 
 def rename_run(run_id: str, name: str) -> RunRecord:
@@ -79,13 +72,7 @@ def rename_run(run_id: str, name: str) -> RunRecord:
     Returns:
         The renamed run.
     """
-    name = name.strip()
-    if len(name) > 80:
-        raise ValueError(f"a run name has at most 80 characters, got {len(name)}")
-    record = load_run(run_id)
-    record.name = name
-    save_run(record)
-    return record
+    return STORE.rename(run_id, name)
 
 
 def delete_run(run_id: str) -> None:
@@ -94,5 +81,5 @@ def delete_run(run_id: str) -> None:
     Args:
         run_id: the run; an unknown id raises ``KeyError``.
     """
-    if not _STORE.delete(run_id):
+    if not STORE.delete(run_id):
         raise KeyError(f"no saved training run with id {run_id!r}")

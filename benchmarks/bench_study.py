@@ -40,8 +40,8 @@ def measure(label: str, spec: study.StudySpec, slots: int, **kw) -> dict:
         start = time.perf_counter()
         result = study.run_study(spec, **kw)
         wall = time.perf_counter() - start
-    computed = {r["key"]: r for r in result.records}  # cells sharing a key were computed once
-    compute = sum(r["seconds"] for r in computed.values())
+    computed = {r.key: r for r in result.records}  # cells sharing a key were computed once
+    compute = sum(r.seconds or 0.0 for r in computed.values())
     n = len(computed)
     assert result.status.state == "finished" and not result.failed, result.status.line()
     return {"label": label, "slots": slots, "cells": n, "wall": wall, "compute": compute,

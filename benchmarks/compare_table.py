@@ -37,31 +37,31 @@ def main() -> None:
         loaded = sparsekit.load_model(spec)
         rows = cmp.compare(loaded, configs, use_cache=not args.no_cache)
         seconds = time.perf_counter() - t0
-        computed = [r for r in rows if not r["cached"]]
+        computed = [r for r in rows if not r.cached]
         dense = cmp.dense_row(loaded)
         print(f"\n## {loaded.name} ({spec})  -  {seconds:.0f} s, {len(computed)} of {len(rows)} settings computed now")
         for metric in loaded.quality():
-            print(f"\n{loaded.metric_names.get(metric, metric)}; dense = {dense['quality'][metric]:.4g}\n")
+            print(f"\n{loaded.metric_names.get(metric, metric)}; dense = {dense.quality[metric]:.4g}\n")
             print(cmp.markdown_table(rows, metric, digits=3))
         print("\nseconds to prune (calibrated methods include their calibration pass):\n")
-        by = {(r["pattern"], r["method"]): r["prune_seconds"] for r in rows}
-        methods = list(dict.fromkeys(r["method"] for r in rows))
+        by = {(r.pattern, r.method): r.prune_seconds for r in rows}
+        methods = list(dict.fromkeys(r.method for r in rows))
         print("| setting | " + " | ".join(methods) + " |\n|---|" + "---|" * len(methods))
-        for pattern in dict.fromkeys(r["pattern"] for r in rows):
+        for pattern in dict.fromkeys(r.pattern for r in rows):
             print(f"| {pattern} | " + " | ".join(f"{by[(pattern, m)]:.2f}" for m in methods) + " |")
-        notes = {f"{r['setting']}: {k}": v for r in rows for k, v in r["notes"].items()}
+        notes = {f"{r.setting}: {k}": v for r in rows for k, v in r.notes.items()}
         for k, v in notes.items():
             print(f"note: {k}: {v}")
         if not args.no_permutation:
             t0 = time.perf_counter()
             perm = cmp.permuted_nm_row(loaded, 2, 4, use_cache=not args.no_cache)
-            plain = next(r for r in rows if r["pattern"] == "2:4" and r["method"] == "magnitude")
+            plain = next(r for r in rows if r.pattern == "2:4" and r.method == "magnitude")
             metric = next(iter(loaded.quality()))
-            print(f"\nchannel permutation, 2:4 magnitude ({len(perm['layers'])} layers permuted, "
+            print(f"\nchannel permutation, 2:4 magnitude ({len(perm.layers)} layers permuted, "
                   f"{time.perf_counter() - t0:.0f} s): recovered share of the N:M-to-unstructured gap in kept |w| "
-                  f"= {perm['recovered_share']:.3f}; {metric} {plain['quality'][metric]:.4g} -> "
-                  f"{perm['quality'][metric]:.4g}")
-            for layer in perm["layers"]:
+                  f"= {perm.recovered_share:.3f}; {metric} {plain.quality[metric]:.4g} -> "
+                  f"{perm.quality[metric]:.4g}")
+            for layer in perm.layers:
                 print(f"  {layer['layer']:<40} producers {layer['producers']:<30} recovered {layer['recovered_share']:.3f}"
                       f"  (row bound {(layer['kept_row_bound'] - layer['kept_before']) / max(layer['kept_unstructured'] - layer['kept_before'], 1e-12):.3f})")
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any, Callable, Iterable, Sequence
 
 from torch import nn
 
 from .cache import get_cache, make_key, model_fingerprint, tensor_digest
 from .config import NM_PRESETS, SparsifyConfig
-from .evaluate import COMPARE_VERSION, best_format_bytes, evaluate, pattern_label
+from .evaluate import COMPARE_VERSION, CompareRow, PermutedRow, best_format_bytes, evaluate, pattern_label
 from .layers import prunable_layers
 from .methods import METHODS, get_method
 from .permutation import permute_channels
@@ -88,17 +88,17 @@ def _calibration_digest(calibration: Any) -> str:
     return tensor_digest(calibration)
 
 
-def dense_row(loaded: Any) -> dict[str, Any]:
+def dense_row(loaded: Any) -> CompareRow:
     """The dense model as a comparison row (sparsity 0, dense memory)."""
 
     dense_bytes = sum(m.weight.numel() * m.weight.element_size() for _, m in prunable_layers(loaded.module))
-    return {
-        "method": "dense", "pattern": "dense", "family": "dense", "setting": "dense",
-        "target_sparsity": 0.0, "sparsity": 0.0, "quality": dict(loaded.quality()),
-        "dense_bytes": dense_bytes, "best_bytes": dense_bytes, "formats": {}, "layers_pruned": 0,
-        "layers_total": len(prunable_layers(loaded.module)), "prune_seconds": 0.0, "seconds": 0.0,
-        "notes": {}, "config": SparsifyConfig(pattern="dense").to_json(), "cached": True,
-    }
+    return CompareRow(
+        method="dense", pattern="dense", family="dense", setting="dense",
+        target_sparsity=0.0, sparsity=0.0, quality=dict(loaded.quality()),
+        dense_bytes=dense_bytes, best_bytes=dense_bytes, formats={}, layers_pruned=0,
+        layers_total=len(prunable_layers(loaded.module)), prune_seconds=0.0, seconds=0.0,
+        notes={}, config=SparsifyConfig(pattern="dense").to_json(), cached=True,
+    )
 
 
 def compare(
@@ -108,7 +108,7 @@ def compare(
     calibration: Any = None,
     use_cache: bool = True,
     progress: ProgressFn | None = None,
-) -> list[dict[str, Any]]:
+) -> list[CompareRow]:
     """Evaluate every config on ``loaded``, reading and filling the disk cache.
 
     The settings run as oneshot cells of ``sparsekit.study`` in this process, on this model (which may
@@ -122,9 +122,10 @@ def compare(
         progress: optional ``progress(fraction, message)`` callback.
 
     Returns:
-        One row per config (see ``evaluate``), in order, each with ``cached`` (bool).
+        One ``CompareRow`` per config (see ``evaluate``), in order, ``cached`` saying where it came from.
     """
     from .study import LocalBackend, execute, oneshot_cell  # the study engine imports this module
+    from .study.records import CellRecord
 
     if not hasattr(loaded, "quality") or not isinstance(getattr(loaded, "module", None), nn.Module):
         raise TypeError(f"compare needs a LoadedModel (with a quality metric), got {type(loaded).__name__}")
@@ -133,11 +134,11 @@ def compare(
     for c in configs:
         c.validate()
     cells = [oneshot_cell(loaded.spec, c) for c in configs]
-    rows: list[dict[str, Any] | None] = [None] * len(configs)
+    rows: list[CompareRow | None] = [None] * len(configs)
     total = max(len(configs), 1)
 
-    def on_record(i, cell, record, cached) -> None:
-        rows[i] = {**_row_of(record), "cached": cached}
+    def on_record(i: int, cell: Any, record: CellRecord, cached: bool) -> None:
+        rows[i] = replace(record.compare_row(), cached=cached)
         if progress is not None:
             progress(sum(r is not None for r in rows) / total, f"{configs[i].label()} ({i + 1}/{len(configs)})")
 
@@ -148,13 +149,6 @@ def compare(
     if progress is not None:
         progress(1.0, "done")
     return [r for r in rows if r is not None]
-
-
-def _row_of(record: dict[str, Any]) -> dict[str, Any]:
-    row = dict(record["detail"])
-    # Records store strict JSON (NaN as null); a row keeps NaN, as the pages test with math.isnan.
-    row["quality"] = {k: float("nan") if v is None else v for k, v in row["quality"].items()}
-    return row
 
 
 def _row_keys(loaded: Any, configs: Sequence[SparsifyConfig], calibration: Any = None) -> list[str]:
@@ -169,7 +163,7 @@ def _row_keys(loaded: Any, configs: Sequence[SparsifyConfig], calibration: Any =
 
 
 def cached_rows(loaded: Any, configs: Sequence[SparsifyConfig], *,
-                calibration: Any = None) -> list[dict[str, Any]] | None:
+                calibration: Any = None) -> list[CompareRow] | None:
     """The rows ``compare`` would return, if every one of them is already in the disk cache.
 
     Args:
@@ -188,24 +182,25 @@ def cached_rows(loaded: Any, configs: Sequence[SparsifyConfig], *,
     rows = []
     for key in _row_keys(loaded, configs, calibration):
         record = load_record(key)
-        if not is_done(record):
+        if record is None or not is_done(record):
             return None
-        rows.append({**_row_of(record), "cached": True})
+        rows.append(replace(record.compare_row(), cached=True))
     return rows
 
 
-def flat_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows with the quality metrics as top-level columns (for tables and CSV)."""
+def flat_rows(rows: Sequence[CompareRow]) -> list[dict[str, Any]]:
+    """Rows as table rows: their scalar fields, the quality metrics as top-level columns, ``formats`` as
+    text (for tables and CSV)."""
     out = []
     for r in rows:
-        flat = {k: v for k, v in r.items() if k not in ("quality", "formats", "notes", "config")}
-        flat.update({k: v for k, v in r["quality"].items()})
-        flat["formats"] = ", ".join(f"{k}×{v}" for k, v in sorted(r.get("formats", {}).items()))
+        flat = {f.name: getattr(r, f.name) for f in fields(r) if f.name not in ("quality", "formats", "notes", "config")}
+        flat.update(r.quality)
+        flat["formats"] = ", ".join(f"{k}×{v}" for k, v in sorted(r.formats.items()))
         out.append(flat)
     return out
 
 
-def pivot(rows: Sequence[dict[str, Any]], metric: str) -> tuple[list[str], list[str], list[list[float | None]]]:
+def pivot(rows: Sequence[CompareRow], metric: str) -> tuple[list[str], list[str], list[list[float | None]]]:
     """A pattern x method table of one metric.
 
     Args:
@@ -216,13 +211,13 @@ def pivot(rows: Sequence[dict[str, Any]], metric: str) -> tuple[list[str], list[
         ``(patterns, methods, values)`` with ``values[i][j]`` the metric for pattern i and method
         j (None where that combination was not run).
     """
-    patterns = list(dict.fromkeys(r["pattern"] for r in rows))
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    cells = {(r["pattern"], r["method"]): r["quality"].get(metric) for r in rows}
+    patterns = list(dict.fromkeys(r.pattern for r in rows))
+    methods = list(dict.fromkeys(r.method for r in rows))
+    cells = {(r.pattern, r.method): r.quality.get(metric) for r in rows}
     return patterns, methods, [[cells.get((p, m)) for m in methods] for p in patterns]
 
 
-def best_first(rows: Sequence[dict[str, Any]], metric: str, *,
+def best_first(rows: Sequence[CompareRow], metric: str, *,
                higher_is_better: bool = True) -> dict[str, list[tuple[str, float]]]:
     """The methods of each setting ranked by one metric, best first.
 
@@ -237,13 +232,13 @@ def best_first(rows: Sequence[dict[str, Any]], metric: str, *,
     """
     out: dict[str, list[tuple[str, float]]] = {}
     for r in rows:
-        out.setdefault(r["pattern"], []).append((r["method"], r["quality"][metric]))
+        out.setdefault(r.pattern, []).append((r.method, r.quality[metric]))
     for ranked in out.values():
         ranked.sort(key=lambda mv: mv[1], reverse=higher_is_better)
     return out
 
 
-def markdown_table(rows: Sequence[dict[str, Any]], metric: str, *, digits: int = 3) -> str:
+def markdown_table(rows: Sequence[CompareRow], metric: str, *, digits: int = 3) -> str:
     """The pivot of one metric as a Markdown table (patterns down, methods across)."""
     patterns, methods, values = pivot(rows, metric)
     lines = ["| setting | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
@@ -260,16 +255,22 @@ def _permuted_key(loaded: Any, n: int, m: int, max_seconds_per_layer: float) -> 
 
 
 def cached_permuted_row(loaded: Any, n: int = 2, m: int = 4, *,
-                        max_seconds_per_layer: float = 20.0) -> dict[str, Any] | None:
-    """The cached ``permuted_nm_row`` of a finished search, or None (nothing is computed)."""
+                        max_seconds_per_layer: float = 20.0) -> PermutedRow | None:
+    """The cached ``permuted_nm_row`` of a finished search, or None (nothing is computed; an entry
+    that does not read as a ``PermutedRow`` counts as missing)."""
     raw = get_cache().get(_permuted_key(loaded, n, m, max_seconds_per_layer))
-    return {**json.loads(raw), "cached": True} if isinstance(raw, str) else None
+    if not isinstance(raw, str):
+        return None
+    try:
+        return replace(PermutedRow.from_json(raw), cached=True)
+    except ValueError:
+        return None
 
 
 def permuted_nm_row(loaded: Any, n: int = 2, m: int = 4, *, use_cache: bool = True,
                     max_seconds_per_layer: float = 20.0, progress: ProgressFn | None = None,
                     should_stop: Callable[[], bool] | None = None, on_layer: Callable[[dict], None] | None = None,
-                    resume: Sequence[dict] | None = None) -> dict[str, Any]:
+                    resume: Sequence[dict] | None = None) -> PermutedRow:
     """Magnitude N:M after a function-preserving channel permutation, as a comparison row (cached).
 
     A run that ``should_stop`` ends early gives the row of the layers finished so far (the rest
@@ -287,11 +288,11 @@ def permuted_nm_row(loaded: Any, n: int = 2, m: int = 4, *, use_cache: bool = Tr
         resume: layer rows of an earlier, stopped run (its ``layers``), not searched again.
 
     Returns:
-        A row like ``evaluate``'s with method ``magnitude+perm``, plus ``recovered_share`` (of the
-        gap in kept magnitude between plain N:M and unstructured, over the permuted layers),
-        ``layers`` (the per-layer search report, each with its ``perm``), ``skipped`` (layer ->
-        why not permuted), ``stopped``, ``layers_searched`` and ``not_reached`` (layers a stopped
-        run did not get to).
+        A ``PermutedRow``: a row like ``evaluate``'s with method ``magnitude+perm``, plus
+        ``recovered_share`` (of the gap in kept magnitude between plain N:M and unstructured, over
+        the permuted layers), ``layers`` (the per-layer search report, each with its ``perm``),
+        ``skipped`` (layer -> why not permuted), ``stopped``, ``layers_searched`` and
+        ``not_reached`` (layers a stopped run did not get to).
     """
 
     config = SparsifyConfig(pattern="nm", n=n, m=m)
@@ -308,17 +309,17 @@ def permuted_nm_row(loaded: Any, n: int = 2, m: int = 4, *, use_cache: bool = Tr
     quality = loaded.quality(result.model)
     summary = result.summary()
     memory = best_format_bytes(result)
-    row = {
-        "method": "magnitude+perm", "pattern": f"{n}:{m}", "family": "N:M", "setting": f"{n}:{m} magnitude+perm",
-        "target_sparsity": 1 - n / m, "sparsity": 1.0 - summary["kept_fraction_all_layers"],
-        "quality": {k: float(v) for k, v in quality.items()}, "dense_bytes": memory["dense_bytes"],
-        "best_bytes": memory["best_bytes"], "formats": memory["formats"],
-        "layers_pruned": summary["layers_pruned"], "layers_total": summary["layers_total"],
-        "prune_seconds": time.perf_counter() - start, "seconds": time.perf_counter() - start,
-        "search_seconds": search_seconds, "notes": {}, "config": config.to_json(),
-        "recovered_share": perm.recovered_share(), "layers": perm.rows, "skipped": perm.skipped,
-        "stopped": perm.stopped, "layers_searched": perm.layers_searched, "not_reached": perm.not_reached,
-    }
+    row = PermutedRow(
+        method="magnitude+perm", pattern=f"{n}:{m}", family="N:M", setting=f"{n}:{m} magnitude+perm",
+        target_sparsity=1 - n / m, sparsity=1.0 - summary["kept_fraction_all_layers"],
+        quality={k: float(v) for k, v in quality.items()}, dense_bytes=memory["dense_bytes"],
+        best_bytes=memory["best_bytes"], formats=memory["formats"],
+        layers_pruned=summary["layers_pruned"], layers_total=summary["layers_total"],
+        prune_seconds=time.perf_counter() - start, seconds=time.perf_counter() - start,
+        search_seconds=search_seconds, notes={}, config=config.to_json(),
+        recovered_share=perm.recovered_share(), layers=perm.rows, skipped=perm.skipped,
+        stopped=perm.stopped, layers_searched=perm.layers_searched, not_reached=perm.not_reached,
+    )
     if not perm.stopped:
-        cache.set(key, json.dumps(row))
-    return {**row, "cached": False}
+        cache.set(key, json.dumps(row.to_json()))
+    return row

@@ -6,14 +6,101 @@ This is the unit of work of a comparison (``sparsekit.compare``) and of a study'
 """
 from __future__ import annotations
 
+import math
 import time
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Mapping, Self
 
+from . import serial
 from .config import SparsifyConfig
 from .sparsify import SparsifyResult, sparsify
 
 COMPARE_VERSION = 2  # 2: SparseGPT H per sequence, block calibration order
 """Bump when a row's contents or meaning change, so stale cached rows are ignored."""
+
+@dataclass(frozen=True, kw_only=True)
+class CompareRow:
+    """One pruned setting, measured: a row of a comparison (``evaluate``, ``compare.dense_row``).
+
+    Stored in the disk cache as ``to_json``'s dict (inside a study cell's record, see
+    ``sparsekit.study.records``, and by ``compare.permuted_nm_row``), read back with ``from_json`` under
+    ``sparsekit.serial``'s rule: an unknown field is refused, a missing one is an error except ``cached``.
+    """
+
+    method: str
+    """Scoring method (``magnitude``, ``wanda``, ...; ``dense`` for the unpruned model)."""
+    pattern: str
+    """``2:4``, ``unstructured 70%`` or ``dense`` (``pattern_label``)."""
+    family: str
+    """``N:M``, ``unstructured`` or ``dense``."""
+    setting: str
+    """``{pattern} {method}`` (``dense`` for the dense row)."""
+    target_sparsity: float
+    """Pruned share the config asks for (``1 - target_density``)."""
+    sparsity: float
+    """Pruned share of all Linear/Conv weights (layers that cannot take the pattern stay dense)."""
+    quality: dict[str, float]
+    """Quality metric -> value, with the model's own metric (NaN where the pruned model broke down)."""
+    dense_bytes: int
+    """Weight memory of the Linear/Conv layers, dense."""
+    best_bytes: int
+    """The same, each layer in its cheapest format (``best_format_bytes``)."""
+    formats: dict[str, int]
+    """Format (``dense``, ``bitmask``, ``csr``, ``n:m``) -> number of layers stored in it."""
+    layers_pruned: int
+    layers_total: int
+    prune_seconds: float
+    """Seconds to prune (calibrated methods include their calibration pass)."""
+    seconds: float
+    """Seconds to prune and measure."""
+    notes: dict[str, str]
+    """Layer -> why it was left dense or treated differently."""
+    config: str
+    """The ``SparsifyConfig`` as its JSON text."""
+    cached: bool = False
+    """Whether this row came from the disk cache rather than being computed now: where this process got
+    the row, not part of what is stored (``to_json`` leaves it out)."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The row as JSON-able data, as the cache stores it: ``sparsekit.serial.to_json`` without
+        ``cached`` (so ``from_json(to_json(row)) == replace(row, cached=False)``)."""
+        out = serial.to_json(self)
+        del out["cached"]
+        return out
+
+    @classmethod
+    def from_json(cls, data: str | Mapping[str, Any]) -> Self:
+        """Inverse of ``to_json``, under ``sparsekit.serial``'s rule.
+
+        A quality value stored as null (strict JSON has no NaN) reads back as NaN.
+
+        Raises:
+            ValueError: not a JSON object, an unknown field, or a missing field other than ``cached``.
+        """
+        row = serial.from_json(cls, data, what="compare row")
+        if any(v is None for v in row.quality.values()):
+            row = replace(row, quality={k: math.nan if v is None else v for k, v in row.quality.items()})
+        return row
+
+
+@dataclass(frozen=True, kw_only=True)
+class PermutedRow(CompareRow):
+    """Magnitude N:M after a function-preserving channel permutation (``compare.permuted_nm_row``)."""
+
+    search_seconds: float
+    """Seconds spent searching the permutations."""
+    recovered_share: float
+    """Share of the gap in kept magnitude between plain N:M and unstructured that the permutation closes,
+    over the permuted layers."""
+    layers: list[dict[str, Any]]
+    """Per-layer search report (``permutation.ChannelPermutation.rows``), each with its ``perm``."""
+    skipped: dict[str, str]
+    """Layer -> why it was not permuted."""
+    stopped: bool
+    """Whether the search was stopped before every layer was searched (such a row is not cached)."""
+    layers_searched: int
+    not_reached: list[str]
+    """Layers a stopped search did not get to (left unpermuted)."""
 
 
 def best_format_bytes(result: SparsifyResult) -> dict[str, Any]:
@@ -52,7 +139,7 @@ def pattern_label(config: SparsifyConfig) -> str:
     return "dense"
 
 
-def evaluate(loaded: Any, config: SparsifyConfig, *, calibration: Any = None) -> dict[str, Any]:
+def evaluate(loaded: Any, config: SparsifyConfig, *, calibration: Any = None) -> CompareRow:
     """Prune a copy with ``config`` and measure it: one row of a comparison.
 
     Args:
@@ -61,10 +148,7 @@ def evaluate(loaded: Any, config: SparsifyConfig, *, calibration: Any = None) ->
         calibration: calibration inputs (default: the model's).
 
     Returns:
-        A JSON-serialisable dict: ``method``, ``pattern``, ``setting``, ``target_sparsity``,
-        ``sparsity`` (pruned share of all Linear/Conv weights), ``quality`` (metric -> value),
-        ``dense_bytes``, ``best_bytes``, ``formats``, ``layers_pruned``, ``layers_total``,
-        ``seconds``, ``notes`` and ``config`` (its JSON).
+        The ``CompareRow`` (``cached`` False).
     """
     start = time.perf_counter()
     result = sparsify(loaded, config, calibration=calibration)
@@ -72,24 +156,24 @@ def evaluate(loaded: Any, config: SparsifyConfig, *, calibration: Any = None) ->
     quality = loaded.quality(result.model)
     summary = result.summary()
     memory = best_format_bytes(result)
-    return {
-        "method": config.method,
-        "pattern": pattern_label(config),
-        "family": "N:M" if config.pattern == "nm" else config.pattern,
-        "setting": f"{pattern_label(config)} {config.method}",
-        "target_sparsity": 1.0 - config.target_density,
-        "sparsity": 1.0 - summary["kept_fraction_all_layers"],
-        "quality": {k: float(v) for k, v in quality.items()},
-        "dense_bytes": memory["dense_bytes"],
-        "best_bytes": memory["best_bytes"],
-        "formats": memory["formats"],
-        "layers_pruned": summary["layers_pruned"],
-        "layers_total": summary["layers_total"],
-        "prune_seconds": prune_seconds,
-        "seconds": time.perf_counter() - start,
-        "notes": dict(result.notes),
-        "config": config.to_json(),
-    }
+    return CompareRow(
+        method=config.method,
+        pattern=pattern_label(config),
+        family="N:M" if config.pattern == "nm" else config.pattern,
+        setting=f"{pattern_label(config)} {config.method}",
+        target_sparsity=1.0 - config.target_density,
+        sparsity=1.0 - summary["kept_fraction_all_layers"],
+        quality={k: float(v) for k, v in quality.items()},
+        dense_bytes=memory["dense_bytes"],
+        best_bytes=memory["best_bytes"],
+        formats=memory["formats"],
+        layers_pruned=summary["layers_pruned"],
+        layers_total=summary["layers_total"],
+        prune_seconds=prune_seconds,
+        seconds=time.perf_counter() - start,
+        notes=dict(result.notes),
+        config=config.to_json(),
+    )
 
 
-__all__ = ["COMPARE_VERSION", "best_format_bytes", "evaluate", "pattern_label"]
+__all__ = ["COMPARE_VERSION", "CompareRow", "PermutedRow", "best_format_bytes", "evaluate", "pattern_label"]

@@ -16,11 +16,13 @@ import torch
 
 import sparsekit
 from sparsekit import study
+import sparsekit.cache
 from sparsekit.cache import tensor_digest
+from sparsekit.evaluate import CompareRow
 from sparsekit.models.digits import CALIBRATION_SIZE, digits_split
 from sparsekit.seedstudy import SeedStudyConfig, run_metrics, run_seed_study
 from sparsekit.sparsify import SparsifyConfig
-from sparsekit.study import StudySpec, aggregate, cells
+from sparsekit.study import CellRecord, StudySpec, aggregate, cells, store
 from sparsekit.study.raycluster import free_port
 from sparsekit.training import TrainConfig, train
 from devtools import ROOT
@@ -150,20 +152,20 @@ def test_records_match_independent_runs(tmp_cache, mlp):
     assert result.status.computed == 5  # magnitude's two seeds are one computation
     pool = digits_split().x_train
     for r in result.records:
-        config = SparsifyConfig(pattern="nm", n=2, m=4, method=r["method"], seed=r["seed"] if r["method"] == "random" else 0)
+        config = SparsifyConfig(pattern="nm", n=2, m=4, method=r.method, seed=r.seed if r.method == "random" else 0)
         calibration = None
-        if r["method"] == "wanda":
-            gen = torch.Generator().manual_seed(r["seed"])
+        if r.method == "wanda":
+            gen = torch.Generator().manual_seed(r.seed)
             calibration = pool[sorted(torch.randperm(len(pool), generator=gen)[:CALIBRATION_SIZE].tolist())]
         pruned = sparsekit.sparsify(mlp, config, calibration=calibration)
-        assert r["metrics"]["accuracy"] == pytest.approx(mlp.quality(pruned.model)["accuracy"])
+        assert r.metrics["accuracy"] == pytest.approx(mlp.quality(pruned.model)["accuracy"])
         kept = sum(int(m.sum()) for m in pruned.masks.values()) / sum(m.numel() for m in pruned.masks.values())
-        assert r["kept_fraction"] == pytest.approx(kept)
-        assert r["seed_matters"] == (r["method"] != "magnitude")
-        assert r["higher_is_better"] == {"accuracy": True}
-    wanda = [r for r in result.records if r["method"] == "wanda"]
-    assert [r["calibration"]["drawn"] for r in wanda] == [CALIBRATION_SIZE] * 2
-    assert wanda[0]["calibration"]["pool"] == len(pool) > CALIBRATION_SIZE
+        assert r.kept_fraction == pytest.approx(kept)
+        assert r.seed_matters == (r.method != "magnitude")
+        assert r.higher_is_better == {"accuracy": True}
+    wanda = [r for r in result.records if r.method == "wanda"]
+    assert [r.calibration["drawn"] for r in wanda] == [CALIBRATION_SIZE] * 2
+    assert wanda[0].calibration["pool"] == len(pool) > CALIBRATION_SIZE
     # The model every cell of this process shares is untouched.
     assert tensor_digest(*cells.worker_model("digits:mlp").module.state_dict().values()) == before
 
@@ -203,7 +205,7 @@ def test_stopped_study_resumes_without_recomputing(tmp_path, monkeypatch):
     monkeypatch.setenv("SPARSEKIT_CACHE_DIR", str(tmp_path / "a"))
     calls = _counting(monkeypatch)
     part = study.run_study(SMALL, stop=lambda: len(calls) >= 3)
-    assert len(calls) == 3 and part.status.state == "stopped" and len({r["key"] for r in part.records}) == 3
+    assert len(calls) == 3 and part.status.state == "stopped" and len({r.key for r in part.records}) == 3
     assert study.study_status(SMALL).done == len(part.records)
     first = list(calls)
     calls.clear()
@@ -229,9 +231,9 @@ def test_failing_cell_is_recorded_and_retried(tmp_cache, monkeypatch):
 
     monkeypatch.setattr(cells, "run_cell", flaky)
     result = study.run_study(SMALL)
-    failed = [r for r in result.records if r["status"] == "failed"]
-    assert len(failed) == 1 and failed[0]["error"] == "RuntimeError: calibration exploded"
-    assert (failed[0]["method"], failed[0]["seed"]) == ("wanda", 1)
+    failed = [r for r in result.records if r.status == "failed"]
+    assert len(failed) == 1 and failed[0].error == "RuntimeError: calibration exploded"
+    assert (failed[0].method, failed[0].seed) == ("wanda", 1)
     assert len(result.done) == SMALL.cell_count() - 1
     assert result.status.failed == 1 and study.study_status(SMALL).failed == 1
     assert "RuntimeError: calibration exploded" in study.export(SMALL, "csv")
@@ -239,6 +241,58 @@ def test_failing_cell_is_recorded_and_retried(tmp_cache, monkeypatch):
     calls = _counting(monkeypatch)
     retried = study.run_study(SMALL)
     assert len(calls) == 1 and retried.status.failed == 0 and len(retried.done) == SMALL.cell_count()
+
+
+def _done_record(**fields) -> CellRecord:
+    row = CompareRow(method="wanda", pattern="2:4", family="N:M", setting="2:4 wanda", target_sparsity=0.5,
+                     sparsity=0.48, quality={"accuracy": 91.5}, dense_bytes=4000, best_bytes=2250, formats={"n:m": 3},
+                     layers_pruned=3, layers_total=3, prune_seconds=0.1, seconds=0.2, notes={},
+                     config=SparsifyConfig(method="wanda").to_json())
+    base = dict(kind="oneshot", model="digits:mlp", method="wanda", pattern="2:4", seed=1, lambda_w=None,
+                status="done", error=None, metrics={"accuracy": 91.5}, higher_is_better={"accuracy": True},
+                kept_fraction=0.52, memory_bytes=2250, dense_bytes=4000, seed_matters=True,
+                seed_effect="calibration subset", calibration={"source": "digits training split", "pool": 1000,
+                                                               "drawn": 128, "seed": 1},
+                seconds=0.2, detail=row.to_json(), worker={"pid": 1, "host": "h"})
+    return CellRecord(**{**base, **fields})
+
+
+def test_cell_record_json_round_trip_through_the_store(tmp_cache):
+    rec = _done_record()
+    assert CellRecord.from_json(json.loads(json.dumps(rec.to_json()))) == rec
+    assert rec.compare_row().quality == {"accuracy": 91.5} and rec.compare_row().cached is False
+    store.save_record("k1", rec)
+    assert store.load_record("k1") == rec
+    # A NaN metric is stored as null (strict JSON) and reads back as None; the row's quality as NaN.
+    nan = _done_record(metrics={"accuracy": float("nan")},
+                       detail={**rec.detail, "quality": {"accuracy": float("nan")}})
+    store.save_record("k2", nan)
+    back = store.load_record("k2")
+    assert back.metrics == {"accuracy": None} and math.isnan(back.compare_row().quality["accuracy"])
+    # What is stored is the shape earlier code stored (a dict of the same fields, no key, no cached in the row).
+    stored = json.loads(sparsekit.cache.get_cache().get("k1"))
+    assert set(stored) == set(rec.to_json()) - {"key"} and set(stored["detail"]) == set(rec.detail)
+    assert "cached" not in stored["detail"] and stored["detail"]["best_bytes"] == 2250
+    assert store.load_record("k1").compare_row() == rec.compare_row()
+    # serial's rule: an unknown field is refused (the entry is unreadable: the cell runs again) ...
+    with pytest.raises(ValueError, match=r"unknown study cell record field\(s\) \['metricz'\]"):
+        CellRecord.from_json({**rec.to_json(), "metricz": {}})
+    sparsekit.cache.get_cache().set("k4", json.dumps({**rec.to_json(), "metricz": {}}))
+    assert store.load_record("k4") is None
+    # ... a missing field takes its default, or makes the record unreadable when it has none.
+    assert CellRecord.from_json({k: v for k, v in rec.to_json().items() if k != "worker"}).worker is None
+    with pytest.raises(ValueError, match=r"lacks field\(s\) \['status'\]"):
+        CellRecord.from_json({k: v for k, v in rec.to_json().items() if k != "status"})
+    with pytest.raises(ValueError, match="unknown study cell record status 'maybe'"):
+        CellRecord.from_json({**rec.to_json(), "status": "maybe"})
+    # A finished record whose detail is not a compare row is unreadable too; a failed one has no detail.
+    sparsekit.cache.get_cache().set("k5", json.dumps({**rec.to_json(), "detail": {"quality": {}}}))
+    assert store.load_record("k5") is None
+    failed = cells.failed_record(SMALL.cells()[0], RuntimeError("boom"))
+    store.save_record("k6", failed)
+    assert store.load_record("k6") == failed and failed.error == "RuntimeError: boom" and not store.is_done(failed)
+    with pytest.raises(ValueError, match="no compare row"):
+        failed.compare_row()
 
 
 def test_status_is_readable_while_the_study_runs(tmp_cache):
@@ -265,7 +319,7 @@ def test_local_pool_gives_the_same_records(tmp_path, monkeypatch):
     pooled = study.run_study(spec, workers=2)
     assert pooled.status.backend == "local, 2 worker processes"
     assert [cells.comparable(r) for r in pooled.records] == [cells.comparable(r) for r in inline.records]
-    assert {r["worker"]["pid"] for r in pooled.records}.isdisjoint({os.getpid()})
+    assert {r.worker["pid"] for r in pooled.records}.isdisjoint({os.getpid()})
 
 
 def test_local_pool_survives_a_killed_worker(tmp_path, monkeypatch):
@@ -298,9 +352,9 @@ def test_training_cells_are_the_seed_studys_runs(tmp_cache):
     assert len(result.done) == 4
     direct = run_metrics(train(replace(TINY_TRAIN, method="srste", seed=1, snapshot_unit="epoch", snapshot_every=1),
                                data=digits_split()))
-    rec = next(r for r in result.records if r["method"] == "srste" and r["seed"] == 1)
-    assert rec["metrics"]["late_sad_pct"] == direct.late_sad_pct and rec["metrics"]["accuracy"] == direct.accuracy
-    assert rec["higher_is_better"] == {"late_sad_pct": False, "accuracy": True, "late_flipped_pct": False,
+    rec = next(r for r in result.records if r.method == "srste" and r.seed == 1)
+    assert rec.metrics["late_sad_pct"] == direct.late_sad_pct and rec.metrics["accuracy"] == direct.accuracy
+    assert rec.higher_is_better == {"late_sad_pct": False, "accuracy": True, "late_flipped_pct": False,
                                        "early_sad_pct": False}
     # The same runs through the seed study: shared cells, nothing trained again.
     seeds = run_seed_study(SeedStudyConfig(train=TINY_TRAIN, patterns=((2, 4),), seeds=2, lambda_sweep=()))
@@ -312,9 +366,9 @@ def test_training_cells_are_the_seed_studys_runs(tmp_cache):
 
 
 def _rec(method, seed, acc, kept=0.5, memory=100, pattern="2:4", seed_matters=True):
-    return {"kind": "oneshot", "model": "m", "method": method, "pattern": pattern, "seed": seed, "lambda_w": None,
-            "status": "done", "metrics": {"accuracy": acc, "loss": -acc}, "kept_fraction": kept,
-            "memory_bytes": memory, "higher_is_better": {"accuracy": True, "loss": False}, "seed_matters": seed_matters}
+    return CellRecord(kind="oneshot", model="m", method=method, pattern=pattern, seed=seed, lambda_w=None,
+                      status="done", metrics={"accuracy": acc, "loss": -acc}, kept_fraction=kept,
+                      memory_bytes=memory, higher_is_better={"accuracy": True, "loss": False}, seed_matters=seed_matters)
 
 
 def _t_interval(xs):
@@ -330,7 +384,7 @@ def test_summary_and_paired_differences_by_hand():
     b = [85.0, 91.0, 86.0, 90.0]
     records = [_rec("magnitude", s, v) for s, v in enumerate(a)]
     records += [_rec("wanda", s, v) for s, v in zip((3, 1, 0, 2), (b[3], b[1], b[0], b[2]))]  # another order
-    records.append({**_rec("wanda", 9, 0.0), "status": "failed"})  # failed records are left out
+    records.append(replace(_rec("wanda", 9, 0.0), status="failed"))  # failed records are left out
     groups = study.summarize(records, ["accuracy"])
     assert [g.method for g in groups] == ["magnitude", "wanda"]
     for g, xs in zip(groups, (a, b)):

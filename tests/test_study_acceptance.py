@@ -13,7 +13,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from sparsekit import study
-from sparsekit.study import StudySpec, cells
+from sparsekit.study import CellRecord, StudySpec, cells
 from sparsekit.training import default_train_config
 
 pytest.importorskip("ray")
@@ -28,7 +28,7 @@ TRAINING = StudySpec(name="srste vs ste", kind="training", models=(), methods=("
                      train=default_train_config("mlp", epochs=2))
 
 
-def _same(a: list[dict], b: list[dict]) -> None:
+def _same(a: list[CellRecord], b: list[CellRecord]) -> None:
     """Equal records: labels, counts and kept fractions exactly; quality to float tolerance (a Ray
     worker may run torch on another thread count, which can reorder float sums)."""
     assert len(a) == len(b)
@@ -44,7 +44,7 @@ def _same(a: list[dict], b: list[dict]) -> None:
                 assert x[k] == y[k], k
 
 
-def _page_run(monkeypatch, cache: Path, spec: StudySpec, ray_address: str | None) -> list[dict]:
+def _page_run(monkeypatch, cache: Path, spec: StudySpec, ray_address: str | None) -> list[CellRecord]:
     monkeypatch.setenv("SPARSEKIT_CACHE_DIR", str(cache))
     if ray_address:
         monkeypatch.setenv("SPARSEKIT_RAY_ADDRESS", ray_address)
@@ -77,11 +77,11 @@ def _page_run(monkeypatch, cache: Path, spec: StudySpec, ray_address: str | None
     assert any(f"{n} of {n} cells done" in s.value for s in at.success)
     assert at.get("plotly_chart")
     records = study.study_records(spec)
-    assert len(records) == n and all(r["status"] == "done" for r in records)
+    assert len(records) == n and all(r.status == "done" for r in records)
     return records
 
 
-def _cli_run(monkeypatch, tmp_path: Path, cache: Path, spec: StudySpec, ray_address: str | None) -> list[dict]:
+def _cli_run(monkeypatch, tmp_path: Path, cache: Path, spec: StudySpec, ray_address: str | None) -> list[CellRecord]:
     path = tmp_path / f"{spec.name.replace(' ', '_')}.json"
     path.write_text(spec.to_json())
     env = {k: v for k, v in os.environ.items() if k != "SPARSEKIT_RAY_ADDRESS"}
@@ -96,7 +96,7 @@ def _cli_run(monkeypatch, tmp_path: Path, cache: Path, spec: StudySpec, ray_addr
     assert status.returncode == 0 and status.stdout.startswith(f"[{n}/{n}] finished"), status.stdout
     monkeypatch.setenv("SPARSEKIT_CACHE_DIR", str(cache))
     records = study.study_records(spec)
-    assert len(records) == n and all(r["status"] == "done" for r in records)
+    assert len(records) == n and all(r.status == "done" for r in records)
     return records
 
 
@@ -109,7 +109,7 @@ def test_grid_from_page_and_cli_on_local_and_ray(ray_cluster, tmp_path, monkeypa
     _same(page_local, page_ray)
     _same(page_local, cli_local)
     _same(page_local, cli_ray)
-    workers = {r["worker"]["pid"] for r in page_ray + cli_ray}
+    workers = {r.worker["pid"] for r in page_ray + cli_ray}
     assert os.getpid() not in workers  # the Ray runs really ran in Ray's worker processes
     if spec.kind == "training":
         groups = study.summarize(page_local)

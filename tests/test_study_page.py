@@ -51,21 +51,21 @@ def test_oneshot_grid_runs_and_figures_hold_the_intervals(tmp_cache):
                      patterns=("2:4", "unstructured:0.7"), seeds=(0, 1, 2))
     records = study.study_records(spec)
     assert len(records) == 12  # every cell has a record
-    assert all(r["status"] == "done" for r in records)
+    assert all(r.status == "done" for r in records)
     figs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
     quality = next(f for f in figs if "against sparsity" in f["layout"]["title"]["text"])
     line = next(t for t in quality["data"] if t.get("name") == "random")
     for x, y in zip(line["x"], line["y"]):
-        rows = [r for r in records if r["method"] == "random" and abs(100 * (1 - r["kept_fraction"]) - x) < 1e-6]
+        rows = [r for r in records if r.method == "random" and abs(100 * (1 - r.kept_fraction) - x) < 1e-6]
         assert len(rows) == 3
-        assert y == pytest.approx(sum(r["metrics"]["accuracy"] for r in rows) / 3)
+        assert y == pytest.approx(sum(r.metrics["accuracy"] for r in rows) / 3)
     band = next(t for t in quality["data"] if t.get("name") == "random interval")
     for x, hi in zip(band["x"][: len(line["x"])], band["y"][: len(line["x"])]):
-        rows = [r["metrics"]["accuracy"] for r in records if r["method"] == "random"
-                and abs(100 * (1 - r["kept_fraction"]) - x) < 1e-6]
+        rows = [r.metrics["accuracy"] for r in records if r.method == "random"
+                and abs(100 * (1 - r.kept_fraction) - x) < 1e-6]
         assert hi == pytest.approx(_interval(rows)[2])
     # Magnitude does not depend on the seed: one computation, three identical records, zero width.
-    mags = [r["metrics"]["accuracy"] for r in records if r["method"] == "magnitude" and r["pattern"] == "2:4"]
+    mags = [r.metrics["accuracy"] for r in records if r.method == "magnitude" and r.pattern == "2:4"]
     assert len(mags) == 3 and len(set(mags)) == 1
     labels = {b.label for b in at.get("download_button")}
     assert {"Records (.csv)", "Summary (.csv)", "Everything (.json)"} <= labels

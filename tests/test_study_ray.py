@@ -37,7 +37,7 @@ def test_ray_records_equal_local_records(ray_cluster, tmp_path, monkeypatch):
     result = study.run_study(SPEC, "ray", ray_address=ray_cluster.address, progress=seen.append)
     assert result.status.state == "finished" and result.status.backend == f"ray at {ray_cluster.address}"
     assert [cells.comparable(r) for r in result.records] == expected
-    workers = {r["worker"]["pid"] for r in result.records}
+    workers = {r.worker["pid"] for r in result.records}
     assert os.getpid() not in workers  # computed in Ray worker processes
     assert any(s.running and s.workers for s in seen)
     # Stored by the driver as they came: a second run computes nothing.
@@ -63,7 +63,7 @@ def test_killed_worker_costs_one_retry(ray_cluster, tmp_path, monkeypatch):
     assert killed, "no running worker was seen"
     assert result.status.state == "finished" and result.status.retries >= 1
     assert study.study_status(spec).retries >= 1  # what another process reads
-    assert len(result.records) == spec.cell_count() and all(r["status"] == "done" for r in result.records)
-    assert len({r["key"] for r in result.records}) == len({c.key for c in spec.cells()})  # nothing twice
+    assert len(result.records) == spec.cell_count() and all(r.status == "done" for r in result.records)
+    assert len({r.key for r in result.records}) == len({c.key for c in spec.cells()})  # nothing twice
     assert [cells.comparable(r) for r in result.records] == expected
-    assert killed[0] not in {r["worker"]["pid"] for r in result.records}
+    assert killed[0] not in {r.worker["pid"] for r in result.records}

@@ -12,7 +12,7 @@ import streamlit as st
 from sparsekit import study, viz
 from sparsekit.methods import REGISTRY
 from sparsekit.models import BUILTIN_SPECS, list_model_dirs
-from sparsekit.study import StudySpec
+from sparsekit.study import CellRecord, StudySpec
 from sparsekit.training import default_train_config
 from ui.long_jobs import duration_text
 
@@ -157,14 +157,14 @@ def run_study(spec: StudySpec, backend: str, address: str | None):
         bar.empty()
 
 
-def results(spec: StudySpec, records: list[dict]) -> None:
+def results(spec: StudySpec, records: list[CellRecord]) -> None:
     """Figures, tables and downloads of the finished cells."""
     groups = study.summarize(records, spec.metrics or None, spec.confidence)
-    failed = [r for r in records if r.get("status") != "done"]
+    failed = [r for r in records if not r.done]
     if failed:
         with st.expander(f"{len(failed)} failed cell(s)"):
-            st.dataframe(pd.DataFrame([{k: r.get(k) for k in ("model", "method", "pattern", "seed", "error")}
-                                       for r in failed]), hide_index=True, width="stretch")
+            st.dataframe(pd.DataFrame([{"model": r.model, "method": r.method, "pattern": r.pattern, "seed": r.seed,
+                                        "error": r.error} for r in failed]), hide_index=True, width="stretch")
     if not groups:
         st.info("No finished cells yet.")
         return
@@ -188,7 +188,7 @@ def results(spec: StudySpec, records: list[dict]) -> None:
                      hide_index=True, width="stretch")
     else:
         st.plotly_chart(viz.study_interval_figure(mine, metric), width="stretch", key="st_fig_interval")
-    diffs = study.paired_differences([r for r in records if r.get("model") == model], metric, spec.confidence)
+    diffs = study.paired_differences([r for r in records if r.model == model], metric, spec.confidence)
     if diffs:
         st.subheader("Paired differences (same seeds)")
         for d in diffs:

@@ -61,7 +61,7 @@ if rows:
     dense = cmp.dense_row(loaded)
     all_rows = [dense, *rows]
     ranking = cmp.best_first(rows, metric, higher_is_better=higher)
-    st.markdown(f"Dense: {dense['quality'][metric]:.4g} ({label}). Best first:  \n" + "  \n".join(
+    st.markdown(f"Dense: {dense.quality[metric]:.4g} ({label}). Best first:  \n" + "  \n".join(
         f"**{pattern}**: " + ", ".join(f"{method} {value:.4g}" for method, value in ranked)
         for pattern, ranked in ranking.items()))
     left, right = st.columns(2)
@@ -79,12 +79,12 @@ if rows:
     flat["best_KB"] = flat["best_bytes"] / 1024
     with st.expander("All results"):
         st.dataframe(flat.drop(columns=["best_bytes", "dense_bytes"]), hide_index=True, width="stretch")
-    notes = {f"{r['setting']}: {layer}": note for r in rows for layer, note in r["notes"].items()}
+    notes = {f"{r.setting}: {layer}": note for r in rows for layer, note in r.notes.items()}
     if notes:
         st.caption("Notes: " + "; ".join(f"{k}: {v}" for k, v in list(notes.items())[:8]))
     st.download_button("Results (.csv)", flat.to_csv(index=False), f"{loaded.name}-compare.csv".replace("/", "_"),
                        mime="text/csv", key="cmp_csv")
-    if any(math.isnan(v) for r in rows for v in r["quality"].values() if isinstance(v, float)):
+    if any(math.isnan(v) for r in rows for v in r.quality.values() if isinstance(v, float)):
         st.warning("Some settings produced NaN quality (the pruned model's outputs broke down).")
 
 st.subheader("Channel permutation for N:M")
@@ -119,25 +119,25 @@ except ValueError as err:
 prow = job["result"]
 if prow is not None:
     plain = cmp.compare(loaded, [SparsifyConfig(pattern="nm", n=pn, m=pm)])[0]
-    if prow.get("stopped"):
-        pc1.warning(f"Stopped after {prow['layers_searched']} layer(s); {len(prow['not_reached'])} not searched "
+    if prow.stopped:
+        pc1.warning(f"Stopped after {prow.layers_searched} layer(s); {len(prow.not_reached)} not searched "
                     "stay as they were. The numbers are for this partial permutation; Continue carries on.")
     with pc2:
         a, b, c = st.columns(3)
-        a.metric("Recovered share of the gap", "–" if not prow["layers"] else f"{prow['recovered_share']:.1%}")
-        b.metric(f"{label}, magnitude {perm_pattern}", f"{plain['quality'][metric]:.4g}")
-        change = prow["quality"][metric] - plain["quality"][metric]
-        c.metric(f"{label}, permuted", f"{prow['quality'][metric]:.4g}", f"{change:+.4g}" if change else None,
+        a.metric("Recovered share of the gap", "–" if not prow.layers else f"{prow.recovered_share:.1%}")
+        b.metric(f"{label}, magnitude {perm_pattern}", f"{plain.quality[metric]:.4g}")
+        change = prow.quality[metric] - plain.quality[metric]
+        c.metric(f"{label}, permuted", f"{prow.quality[metric]:.4g}", f"{change:+.4g}" if change else None,
                  delta_color="normal" if higher else "inverse")
-    if prow["layers"]:
-        st.dataframe(pd.DataFrame(prow["layers"]).drop(columns=["perm"], errors="ignore"), hide_index=True,
+    if prow.layers:
+        st.dataframe(pd.DataFrame(prow.layers).drop(columns=["perm"], errors="ignore"), hide_index=True,
                      width="stretch", column_config={
                          "recovered_share": st.column_config.NumberColumn("recovered share", format="%.3f")})
-    elif not prow.get("stopped"):
+    elif not prow.stopped:
         st.info("No layer of this model can be permuted without changing its function.")
-    if prow["skipped"]:
-        with st.expander(f"{len(prow['skipped'])} layers not permuted"):
-            st.dataframe(pd.DataFrame([{"layer": k, "why": v} for k, v in prow["skipped"].items()]), hide_index=True)
+    if prow.skipped:
+        with st.expander(f"{len(prow.skipped)} layers not permuted"):
+            st.dataframe(pd.DataFrame([{"layer": k, "why": v} for k, v in prow.skipped.items()]), hide_index=True)
 
 st.subheader("Export")
 st.markdown("A pruned model as `.safetensors`, its masks, and a JSON manifest (config, per-layer report, quality), "
@@ -148,7 +148,7 @@ else:
     by_setting = {f"{cmp.pattern_label(c)} {c.method}": c for c in configs}
     setting = st.selectbox("Setting", list(by_setting), key="cmp_export_setting")
     config = by_setting[setting]
-    known = next((r["quality"] for r in rows or [] if r["setting"] == setting), None)
+    known = next((r.quality for r in rows or [] if r.setting == setting), None)
 
     def export_bytes() -> bytes:
         # Pruned (and measured, unless the sweep did) only when the button is pressed.

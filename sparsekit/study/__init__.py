@@ -1,7 +1,8 @@
 """Studies: grids of sparsity experiments, run locally (default) or on a Ray cluster, resumable from the cache.
 
 - ``spec``: ``StudySpec`` (kind, models, methods, patterns, seeds, ...), its cells and their content keys;
-- ``cells``: ``run_cell(cell) -> record``, the same pure function on every backend;
+- ``cells``: ``run_cell(cell) -> CellRecord``, the same pure function on every backend;
+- ``records``: ``CellRecord``, a cell's result (done or failed), and how stored text reads back;
 - ``store``: records and live progress in the disk cache;
 - ``backends`` (``local``) and ``ray_backend`` (``ray``, the only module that imports ray), both
   reporting ``events.Event``s;
@@ -17,6 +18,7 @@ from .backends import LocalBackend, make_backend
 from .cells import comparable, run_cell, safe_run
 from .events import Event
 from .memory import ONESHOT_FACTOR, TRAINING_FACTOR, cell_memory_mb, check_memory, model_param_bytes
+from .records import CellRecord
 from .runner import StudyResult, execute, export, run_study, study_records, study_status
 from .spec import (CELL_VERSION, KINDS, MAX_CELLS, Cell, StudySpec, canonical_pattern, oneshot_cell, parse_pattern,
                    training_cell)
@@ -31,7 +33,7 @@ def cluster_resources(address: str | None = None) -> dict:
 
 
 __all__ = [
-    "CELL_VERSION", "KINDS", "MAX_CELLS", "ONESHOT_FACTOR", "TRAINING_FACTOR", "Cell", "Event", "Group",
+    "CELL_VERSION", "KINDS", "MAX_CELLS", "ONESHOT_FACTOR", "TRAINING_FACTOR", "Cell", "CellRecord", "Event", "Group",
     "LocalBackend", "MethodDifference", "StudyResult", "StudySpec", "StudyStatus", "analysis", "best_per_pattern",
     "canonical_pattern", "cell_memory_mb", "check_memory", "cluster_resources", "comparable", "execute", "export",
     "make_backend", "model_param_bytes", "oneshot_cell", "paired_differences", "pareto_front", "parse_pattern", "records_csv",

@@ -12,9 +12,10 @@ import csv
 import io
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
 from ..stats import DEFAULT_CONFIDENCE, Interval, PairedDifference, describe_difference, mean_interval, paired_difference
+from .records import CellRecord
 
 COSTS = ("kept_fraction", "memory_bytes")
 """Cost axes of a Pareto front (lower is cheaper)."""
@@ -69,24 +70,24 @@ class Group:
                 "metrics": {k: v.as_dict() for k, v in self.metrics.items()}}
 
 
-def _group_key(r: Mapping[str, Any]) -> tuple:
-    return r["kind"], r["model"], r["method"], r["pattern"], r.get("lambda_w")
+def _group_key(r: CellRecord) -> tuple:
+    return r.kind, r.model, r.method, r.pattern, r.lambda_w
 
 
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def metric_names(records: Iterable[Mapping[str, Any]]) -> list[str]:
+def metric_names(records: Iterable[CellRecord]) -> list[str]:
     """Metrics the finished records carry, in order of first appearance."""
     out: dict[str, None] = {}
     for r in records:
-        if r.get("status") == "done":
-            out.update(dict.fromkeys(r.get("metrics", {})))
+        if r.done:
+            out.update(dict.fromkeys(r.metrics))
     return list(out)
 
 
-def summarize(records: Sequence[Mapping[str, Any]], metrics: Sequence[str] | None = None,
+def summarize(records: Sequence[CellRecord], metrics: Sequence[str] | None = None,
               confidence: float = DEFAULT_CONFIDENCE) -> list[Group]:
     """Mean and interval over seeds for every group of finished records.
 
@@ -98,28 +99,28 @@ def summarize(records: Sequence[Mapping[str, Any]], metrics: Sequence[str] | Non
     Returns:
         One ``Group`` per setting, in order of first appearance.
     """
-    done = [r for r in records if r.get("status") == "done"]
+    done = [r for r in records if r.done]
     metrics = list(metrics) if metrics else metric_names(done)
-    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    groups: dict[tuple, list[CellRecord]] = {}
     for r in done:
         groups.setdefault(_group_key(r), []).append(r)
     out = []
     for (kind, model, method, pattern, lam), rs in groups.items():
         higher: dict[str, bool] = {}
         for r in rs:
-            higher.update(r.get("higher_is_better", {}))
+            higher.update(r.higher_is_better)
         intervals = {}
         for m in metrics:
-            values = [r["metrics"][m] for r in rs if _finite(r.get("metrics", {}).get(m))]
+            values = [v for v in (r.metrics.get(m) for r in rs) if v is not None and _finite(v)]
             intervals[m] = mean_interval(values, confidence)
-        memory = [r.get("memory_bytes") for r in rs]
+        memory = [r.memory_bytes for r in rs]
         out.append(Group(
             kind=kind, model=model, method=method, pattern=pattern, lambda_w=lam,
-            seeds=tuple(sorted(r["seed"] for r in rs)), metrics=intervals,
+            seeds=tuple(sorted(r.seed for r in rs)), metrics=intervals,
             higher_is_better={m: bool(higher.get(m, True)) for m in metrics},
-            kept_fraction=sum(float(r["kept_fraction"]) for r in rs) / len(rs),
+            kept_fraction=sum(float(r.kept_fraction) for r in rs) / len(rs),
             memory_bytes=None if any(v is None for v in memory) else sum(memory) / len(memory),
-            seed_matters=any(bool(r.get("seed_matters")) for r in rs),
+            seed_matters=any(bool(r.seed_matters) for r in rs),
         ))
     return out
 
@@ -147,7 +148,7 @@ class MethodDifference:
                 **self.paired.diff.as_dict(), "sentence": self.sentence}
 
 
-def paired_differences(records: Sequence[Mapping[str, Any]], metric: str,
+def paired_differences(records: Sequence[CellRecord], metric: str,
                        confidence: float = DEFAULT_CONFIDENCE) -> list[MethodDifference]:
     """Every pair of methods at each model and pattern: later − earlier (in the records' order), paired by seed.
 
@@ -161,10 +162,10 @@ def paired_differences(records: Sequence[Mapping[str, Any]], metric: str,
     """
     table: dict[tuple[str, str, str], dict[str, dict[int, float]]] = {}
     for r in records:
-        value = r.get("metrics", {}).get(metric) if r.get("status") == "done" else None
-        if _finite(value):
-            cell = table.setdefault((r["kind"], r["model"], r["pattern"]), {})
-            cell.setdefault(variant(r["method"], r.get("lambda_w")), {})[int(r["seed"])] = float(value)
+        value = r.metrics.get(metric) if r.done else None
+        if value is not None and _finite(value):
+            cell = table.setdefault((r.kind, r.model, r.pattern), {})
+            cell.setdefault(variant(r.method, r.lambda_w), {})[int(r.seed)] = float(value)
     out = []
     for (_, model, pattern), by_variant in table.items():
         names = list(by_variant)
@@ -225,14 +226,14 @@ def best_per_pattern(groups: Sequence[Group], metric: str) -> dict[tuple[str, st
     return out
 
 
-def records_csv(records: Sequence[Mapping[str, Any]]) -> str:
+def records_csv(records: Sequence[CellRecord]) -> str:
     """One row per cell: axis values, status, costs, and a column per metric."""
     metrics = metric_names(records)
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow([*RECORD_COLUMNS, *metrics])
     for r in records:
-        writer.writerow([_text(r.get(c)) for c in RECORD_COLUMNS] + [_text(r.get("metrics", {}).get(m)) for m in metrics])
+        writer.writerow([_text(getattr(r, c)) for c in RECORD_COLUMNS] + [_text(r.metrics.get(m)) for m in metrics])
     return buf.getvalue()
 
 
@@ -259,7 +260,7 @@ def _text(value: Any) -> Any:
     return value
 
 
-def analysis(records: Sequence[Mapping[str, Any]], metrics: Sequence[str] | None = None,
+def analysis(records: Sequence[CellRecord], metrics: Sequence[str] | None = None,
              confidence: float = DEFAULT_CONFIDENCE) -> dict[str, Any]:
     """Everything computed from the records, as JSON-able data.
 

@@ -20,6 +20,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from ..models.base import memory_budget_mb
 from . import cells as _cells
 from .events import POLL_S, Event
+from .records import CellRecord
 from .spec import Cell
 
 MAX_WORKERS = 64
@@ -148,7 +149,7 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _pool_cell(cell: Cell) -> dict[str, Any]:
+def _pool_cell(cell: Cell) -> CellRecord:
     return _cells.safe_run(cell)
 
 

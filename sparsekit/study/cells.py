@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import lru_cache
 from typing import Any
 
@@ -27,6 +27,7 @@ import torch
 
 from ..evaluate import evaluate
 from ..store import finite_json
+from .records import CellRecord
 from .spec import Cell
 
 MODEL_CACHE_SIZE = 1
@@ -128,7 +129,7 @@ def _pad_id(tokenizer: Any) -> int:
     return 0
 
 
-def run_oneshot(cell: Cell, *, loaded: Any = None, calibration: Any = None) -> dict[str, Any]:
+def run_oneshot(cell: Cell, *, loaded: Any = None, calibration: Any = None) -> CellRecord:
     """Prune and measure one oneshot cell (``sparsekit.evaluate.evaluate``).
 
     Args:
@@ -149,18 +150,18 @@ def run_oneshot(cell: Cell, *, loaded: Any = None, calibration: Any = None) -> d
         seed_matters = calib_info["pool"] is not None and calib_info["pool"] > calib_info["drawn"]
     else:
         seed_matters = cell.seed_effect == "random mask"
-    metrics = row["quality"]
-    return {
-        **cell.labels(), "status": "done", "error": None,
-        "metrics": metrics,
-        "higher_is_better": {k: bool(loaded.higher_is_better.get(k, True)) for k in metrics},
-        "kept_fraction": 1.0 - row["sparsity"], "memory_bytes": row["best_bytes"], "dense_bytes": row["dense_bytes"],
-        "seed_matters": seed_matters, "seed_effect": cell.seed_effect if seed_matters else "",
-        "calibration": calib_info, "seconds": row["seconds"], "detail": row,
-    }
+    metrics = row.quality
+    return CellRecord(
+        **cell.labels(), status="done", error=None,
+        metrics=dict(metrics),
+        higher_is_better={k: bool(loaded.higher_is_better.get(k, True)) for k in metrics},
+        kept_fraction=1.0 - row.sparsity, memory_bytes=row.best_bytes, dense_bytes=row.dense_bytes,
+        seed_matters=seed_matters, seed_effect=cell.seed_effect if seed_matters else "",
+        calibration=calib_info, seconds=row.seconds, detail=row.to_json(),
+    )
 
 
-def run_training(cell: Cell, *, data: Any = None) -> dict[str, Any]:
+def run_training(cell: Cell, *, data: Any = None) -> CellRecord:
     """Train one STE/SR-STE cell on the digits data and measure it (``seedresults.run_metrics``).
 
     Args:
@@ -178,17 +179,17 @@ def run_training(cell: Cell, *, data: Any = None) -> dict[str, Any]:
     start = time.perf_counter()
     run = run_metrics(train(cfg, data=data if data is not None else digits_split()))
     detail = asdict(run)
-    return {
-        **cell.labels(), "status": "done", "error": None,
-        "metrics": {k: float(detail[k]) for k in METRICS},
-        "higher_is_better": {k: not LOWER_IS_BETTER[k] for k in METRICS},
-        "kept_fraction": cfg.n / cfg.m, "memory_bytes": None, "dense_bytes": None,
-        "seed_matters": True, "seed_effect": cell.seed_effect, "calibration": None,
-        "seconds": time.perf_counter() - start, "detail": detail,
-    }
+    return CellRecord(
+        **cell.labels(), status="done", error=None,
+        metrics={k: float(detail[k]) for k in METRICS},
+        higher_is_better={k: not LOWER_IS_BETTER[k] for k in METRICS},
+        kept_fraction=cfg.n / cfg.m, memory_bytes=None, dense_bytes=None,
+        seed_matters=True, seed_effect=cell.seed_effect, calibration=None,
+        seconds=time.perf_counter() - start, detail=detail,
+    )
 
 
-def run_cell(cell: Cell, *, loaded: Any = None, calibration: Any = None, data: Any = None) -> dict[str, Any]:
+def run_cell(cell: Cell, *, loaded: Any = None, calibration: Any = None, data: Any = None) -> CellRecord:
     """Run one cell. Pure: same cell, same record (apart from ``RUNTIME_FIELDS``) on any backend.
 
     Args:
@@ -198,11 +199,11 @@ def run_cell(cell: Cell, *, loaded: Any = None, calibration: Any = None, data: A
         data: training: the digits split.
 
     Returns:
-        A JSON-able record: the cell's axis values (``kind``, ``model``, ``method``, ``pattern``, ``seed``,
-        ``lambda_w``), ``status`` (``done``), ``error`` (None), ``metrics`` (name -> value),
-        ``higher_is_better``, ``kept_fraction``, ``memory_bytes`` (best format, oneshot), ``dense_bytes``,
-        ``seed_matters``, ``seed_effect``, ``calibration`` (the draw), ``seconds`` (compute),
-        ``detail`` (the ``compare`` row or the ``SeedRun``) and ``worker`` (pid, host).
+        The ``CellRecord`` (``status`` ``done``, ``worker`` this process), its values strict JSON (a NaN
+        metric as None): the cell's axis values, ``metrics``, ``higher_is_better``, ``kept_fraction``,
+        ``memory_bytes`` (best format, oneshot), ``dense_bytes``, ``seed_matters``, ``seed_effect``,
+        ``calibration`` (the draw), ``seconds`` (compute) and ``detail`` (the ``CompareRow`` or the
+        ``SeedRun`` as JSON).
 
     Raises:
         Whatever the computation raises (``safe_run`` turns it into a failed record).
@@ -213,8 +214,7 @@ def run_cell(cell: Cell, *, loaded: Any = None, calibration: Any = None, data: A
         record = run_training(cell, data=data)
     else:
         raise ValueError(f"unknown cell kind {cell.kind!r}")
-    record["worker"] = worker_info()
-    return finite_json(record)
+    return CellRecord.from_json(finite_json(replace(record, worker=worker_info()).to_json()))
 
 
 def worker_info() -> dict[str, Any]:
@@ -222,15 +222,15 @@ def worker_info() -> dict[str, Any]:
     return {"pid": os.getpid(), "host": socket.gethostname()}
 
 
-def failed_record(cell: Cell, error: BaseException | str) -> dict[str, Any]:
+def failed_record(cell: Cell, error: BaseException | str) -> CellRecord:
     """The record of a cell that raised: its axis values, ``status`` ``failed`` and the message."""
     message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-    return {**cell.labels(), "status": "failed", "error": message[:2000], "metrics": {}, "higher_is_better": {},
-            "kept_fraction": None, "memory_bytes": None, "dense_bytes": None, "seed_matters": None,
-            "seed_effect": "", "calibration": None, "seconds": None, "detail": None, "worker": worker_info()}
+    return CellRecord(**cell.labels(), status="failed", error=message[:2000], metrics={}, higher_is_better={},
+                      kept_fraction=None, memory_bytes=None, dense_bytes=None, seed_matters=None,
+                      seed_effect="", calibration=None, seconds=None, detail=None, worker=worker_info())
 
 
-def safe_run(cell: Cell, **context: Any) -> dict[str, Any]:
+def safe_run(cell: Cell, **context: Any) -> CellRecord:
     """``run_cell`` that returns a failed record instead of raising (backends run this).
 
     Args:
@@ -249,9 +249,9 @@ def safe_run(cell: Cell, **context: Any) -> dict[str, Any]:
         return failed_record(cell, err)
 
 
-def comparable(record: dict[str, Any]) -> dict[str, Any]:
-    """A record without its run-dependent fields (timing, worker), for comparing two runs of a cell."""
-    out = {k: v for k, v in record.items() if k not in RUNTIME_FIELDS}
+def comparable(record: CellRecord) -> dict[str, Any]:
+    """A record as JSON without its run-dependent fields (timing, worker), for comparing two runs of a cell."""
+    out = {k: v for k, v in record.to_json().items() if k not in RUNTIME_FIELDS}
     detail = out.get("detail")
     if isinstance(detail, dict):
         out["detail"] = {k: v for k, v in detail.items() if k not in ("seconds", "prune_seconds")}

@@ -1,12 +1,14 @@
 """What a study backend reports while it runs cells: ``Event``s, and how often it reports.
 
 Both backends (``backends.LocalBackend``, ``ray_backend.RayBackend``) and the runner read this module;
-it imports nothing of the study package, so the backends need not import each other.
+it imports nothing of the study package but the record type, so the backends need not import each other.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from .records import CellRecord
 
 POLL_S = 0.5
 """How often a waiting backend reports a tick (and the runner asks ``stop``)."""
@@ -20,7 +22,7 @@ class Event:
     """``start``, ``done`` or ``tick``."""
     key: str = ""
     """The cell key (``start``/``done``)."""
-    record: dict[str, Any] | None = None
+    record: CellRecord | None = None
     """The cell's record (``done``)."""
     running: int = 0
     """Cells running after this event."""

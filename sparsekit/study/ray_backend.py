@@ -27,6 +27,7 @@ import ray
 
 from . import cells as _cells
 from .events import POLL_S, Event
+from .records import CellRecord
 from .spec import Cell
 
 ADDRESS_ENV = "SPARSEKIT_RAY_ADDRESS"
@@ -54,7 +55,7 @@ class _Attempts:
         return self.attempts
 
 
-def _cell_task(cell: Cell, key: str, tracker: Any) -> dict[str, Any]:
+def _cell_task(cell: Cell, key: str, tracker: Any) -> CellRecord:
     # Reported before the work starts, so an attempt killed mid-cell still counts. Not awaited: a task
     # blocked in ray.get lends its CPU to the next task, which would then run one cell too many per node.
     tracker.started.remote(key, os.getpid(), socket.gethostname())

@@ -11,33 +11,34 @@ import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 from ..store import finite_dumps, process_token
 from . import aggregate
 from .backends import make_backend
 from .memory import MB, check_memory
+from .records import CellRecord
 from .spec import Cell, StudySpec
 from .store import StudyStatus, count_cells, is_done, lookup, read_status, save_record, write_status
 
 ProgressFn = Callable[[StudyStatus], Any]
 StopFn = Callable[[], bool]
-RecordFn = Callable[[int, Cell, dict, bool], "bool | None"]
+RecordFn = Callable[[int, Cell, CellRecord, bool], "bool | None"]
 STATUS_EVERY_S = 1.0
 """Least time between two status writes while nothing finishes (a finished cell always writes)."""
 FORMAT = "sparsekit-study"
 
 
-def relabel(record: Mapping[str, Any], cell: Cell, key: str) -> dict[str, Any]:
+def relabel(record: CellRecord, cell: Cell, key: str) -> CellRecord:
     """A stored record as the record of ``cell`` (cells that share a key differ only in their labels)."""
-    return {**record, **cell.labels(), "key": key}
+    return replace(record, **cell.labels(), key=key)
 
 
 @dataclass
 class Execution:
     """What ``execute`` did."""
 
-    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    records: dict[str, CellRecord] = field(default_factory=dict)
     """key -> record (done, or failed in this run)."""
     cached: set[str] = field(default_factory=set)
     """Keys whose record came from the cache."""
@@ -154,18 +155,18 @@ class StudyResult:
     """A study's records (in cell order; done and failed) and its final status."""
 
     spec: StudySpec
-    records: list[dict[str, Any]]
+    records: list[CellRecord]
     status: StudyStatus
 
     @property
-    def done(self) -> list[dict[str, Any]]:
+    def done(self) -> list[CellRecord]:
         """Records of finished cells."""
-        return [r for r in self.records if r.get("status") == "done"]
+        return [r for r in self.records if r.done]
 
     @property
-    def failed(self) -> list[dict[str, Any]]:
+    def failed(self) -> list[CellRecord]:
         """Records of cells whose last attempt raised."""
-        return [r for r in self.records if r.get("status") != "done"]
+        return [r for r in self.records if not r.done]
 
     def summary(self) -> list[aggregate.Group]:
         """Mean and interval over seeds per group (``aggregate.summarize``)."""
@@ -228,7 +229,7 @@ def study_status(spec: StudySpec) -> StudyStatus:
     return replace(status, total=len(keys), done=done, failed=failed, running=0, workers=())
 
 
-def study_records(spec: StudySpec) -> list[dict[str, Any]]:
+def study_records(spec: StudySpec) -> list[CellRecord]:
     """The records the cache holds for a study's cells (done and failed), in cell order; nothing is computed."""
     cells = spec.cells()
     keys = [c.key for c in cells]
@@ -236,12 +237,12 @@ def study_records(spec: StudySpec) -> list[dict[str, Any]]:
     return [relabel(stored[k], c, k) for c, k in zip(cells, keys) if k in stored]
 
 
-def study_document(spec: StudySpec, records: Sequence[Mapping[str, Any]], status: StudyStatus | None) -> str:
+def study_document(spec: StudySpec, records: Sequence[CellRecord], status: StudyStatus | None) -> str:
     """Spec, status, records and their analysis (``aggregate.analysis``) as one JSON document."""
     return finite_dumps({
         "format": FORMAT, "spec": json.loads(spec.to_json()),
         "status": status.as_dict() if status is not None else None,
-        "records": list(records), **aggregate.analysis(records, spec.metrics or None, spec.confidence),
+        "records": [r.to_json() for r in records], **aggregate.analysis(records, spec.metrics or None, spec.confidence),
     }, indent=1)
 
 

@@ -17,28 +17,25 @@ from typing import Any, Iterable, Mapping
 from .. import serial
 from ..cache import get_cache
 from ..store import finite_dumps, owner_alive
+from .records import CellRecord, read_record
 
 STATES = ("not started", "running", "finished", "stopped", "interrupted", "error")
 
 
-def load_record(key: str) -> dict[str, Any] | None:
-    """The stored record of a cell key, or None (missing or unreadable)."""
-    raw = get_cache().get(key)
-    if not isinstance(raw, str):
-        return None
-    try:
-        record = json.loads(raw)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) and "status" in record else None
+def load_record(key: str) -> CellRecord | None:
+    """The stored record of a cell key, or None (missing or unreadable: ``records.read_record``)."""
+    return read_record(get_cache().get(key))
 
 
-def save_record(key: str, record: Mapping[str, Any]) -> None:
-    """Store a cell's record (strict JSON: NaN/inf as null)."""
-    get_cache().set(key, finite_dumps(record, sort_keys=True))
+def save_record(key: str, record: CellRecord) -> None:
+    """Store a cell's record as JSON text: ``CellRecord.to_json`` without ``key`` (the entry's own key), strict
+    JSON (NaN/inf as null)."""
+    data = record.to_json()
+    del data["key"]
+    get_cache().set(key, finite_dumps(data, sort_keys=True))
 
 
-def lookup(keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+def lookup(keys: Iterable[str]) -> dict[str, CellRecord]:
     """key -> stored record, for the keys that have one (done or failed)."""
     out = {}
     for key in dict.fromkeys(keys):
@@ -48,9 +45,9 @@ def lookup(keys: Iterable[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def is_done(record: Mapping[str, Any] | None) -> bool:
+def is_done(record: CellRecord | None) -> bool:
     """Whether a stored record is a finished cell (a failed one is run again)."""
-    return record is not None and record.get("status") == "done"
+    return record is not None and record.done
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,6 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Sequence
 
-from .. import serial
 from ..models.digits import digits_split
 from ..stats import DEFAULT_CONFIDENCE
 from .config import DEFAULT_LAMBDA_W, TrainConfig, default_train_config
@@ -66,7 +65,7 @@ def cached_runs(config: SeedStudyConfig) -> tuple[int, float]:
     keys = [c.key for c in _cells(config)]
     stored = lookup(keys)
     found = [stored[k] for k in keys if is_done(stored.get(k))]
-    seconds = sum(float(r.get("seconds") or 0.0) for r in found)
+    seconds = sum(float(r.seconds or 0.0) for r in found)
     return len(found), seconds / len(found) if found else 0.0
 
 
@@ -104,11 +103,11 @@ def run_seed_study(
     state = {"done": 0, "to_train": 0, "trained_s": 0.0}
 
     def on_record(i, cell, record, cached) -> bool:
-        runs[i] = serial.from_json(SeedRun, record["detail"])
+        runs[i] = record.seed_run()
         state["done"] += 1
         if not cached:
             result.computed += 1
-            state["trained_s"] += float(record.get("seconds") or 0.0)
+            state["trained_s"] += float(record.seconds or 0.0)
         if progress is None:
             return False
         eta = state["trained_s"] / result.computed * (state["to_train"] - result.computed) if result.computed else None

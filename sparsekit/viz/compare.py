@@ -1,11 +1,12 @@
 """Method comparison figure (``sparsekit.compare``): quality against sparsity or weight memory."""
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import plotly.graph_objects as go
 
+from ..evaluate import CompareRow
 from ._style import _BYTES_PER_MB, _empty
 
 METHOD_COLORS = {
@@ -22,26 +23,23 @@ LABEL_POSITIONS = ("top center", "bottom center", "middle right", "middle left",
 """Text positions handed out to the pattern labels that share an x value, so they do not pile up."""
 
 
-def _check_rows(rows: Any, required: Sequence[str], what: str) -> list[Mapping]:
-    if isinstance(rows, (str, bytes, Mapping)) or not isinstance(rows, Sequence):
-        raise ValueError(f"{what} must be a list of dicts, got {type(rows).__name__}")
+def _check_rows(rows: Any, what: str) -> list[CompareRow]:
+    if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence):
+        raise ValueError(f"{what} must be a list of CompareRows (sparsekit.compare), got {type(rows).__name__}")
     for i, row in enumerate(rows):
-        if not isinstance(row, Mapping):
-            raise ValueError(f"{what}[{i}] must be a dict, got {type(row).__name__}")
-        missing = [k for k in required if k not in row]
-        if missing:
-            raise ValueError(f"{what}[{i}] is missing key(s) {', '.join(map(repr, missing))}")
+        if not isinstance(row, CompareRow):
+            raise ValueError(f"{what}[{i}] must be a CompareRow (sparsekit.compare), got {type(row).__name__}")
     return list(rows)
 
 
-def compare_figure(rows: Sequence[Mapping], metric: str, *, x: str = "sparsity", metric_label: str | None = None,
+def compare_figure(rows: Sequence[CompareRow], metric: str, *, x: str = "sparsity", metric_label: str | None = None,
                    higher_is_better: bool = True) -> go.Figure:
     """Quality against sparsity (or weight memory) for each pruning method.
 
     Args:
-        rows: comparison rows (``sparsekit.compare.compare``): ``method``, ``family``, ``pattern``,
-            ``sparsity``, ``best_bytes`` and ``quality`` (metric -> value); a ``dense`` row is drawn as a
-            dashed reference line.
+        rows: comparison rows (``sparsekit.compare.compare``; their ``method``, ``family``, ``pattern``,
+            ``sparsity``, ``best_bytes`` and ``quality`` are drawn); a ``dense`` row is drawn as a dashed
+            reference line.
         metric: which quality metric to plot.
         x: ``"sparsity"`` (pruned share of all Linear/Conv weights) or ``"memory"`` (their weight
             memory in MB, each layer in its cheapest format).
@@ -55,46 +53,46 @@ def compare_figure(rows: Sequence[Mapping], metric: str, *, x: str = "sparsity",
         (``meta`` = ``"labels"``) names each N:M pattern once per x value, labels that share an x
         in different text positions. The legend runs horizontally below the plot.
     """
-    rows = _check_rows(rows, ("method", "family", "pattern", "sparsity", "best_bytes", "quality"), "rows")
+    rows = _check_rows(rows, "rows")
     if x not in ("sparsity", "memory"):
         raise ValueError(f"x must be 'sparsity' or 'memory', got {x!r}")
     title = f"{metric_label or metric} vs {'sparsity' if x == 'sparsity' else 'weight memory'}"
-    pts = [r for r in rows if metric in r["quality"] and r["quality"][metric] is not None]
+    pts = [r for r in rows if r.quality.get(metric) is not None]
     if not pts:
         return _empty(title, f"no results for {metric!r}")
 
-    def xval(r: Mapping) -> float:
-        return float(r["sparsity"]) if x == "sparsity" else float(r["best_bytes"]) / _BYTES_PER_MB
+    def xval(r: CompareRow) -> float:
+        return float(r.sparsity) if x == "sparsity" else float(r.best_bytes) / _BYTES_PER_MB
 
     fig = go.Figure()
     for r in pts:
-        if r["method"] == "dense":
-            fig.add_hline(y=float(r["quality"][metric]), line=dict(color=METHOD_COLORS["dense"], dash="dash", width=1),
+        if r.method == "dense":
+            fig.add_hline(y=float(r.quality[metric]), line=dict(color=METHOD_COLORS["dense"], dash="dash", width=1),
                           annotation_text="dense", annotation_position="bottom left")
-    nm_patterns = list(dict.fromkeys(str(r["pattern"]) for r in pts if r["family"] == "N:M"))
+    nm_patterns = list(dict.fromkeys(str(r.pattern) for r in pts if r.family == "N:M"))
     symbol = {p: NM_SYMBOLS[i % len(NM_SYMBOLS)] for i, p in enumerate(nm_patterns)}
-    methods = list(dict.fromkeys(r["method"] for r in pts if r["method"] != "dense"))
+    methods = list(dict.fromkeys(r.method for r in pts if r.method != "dense"))
     for method in methods:
         color = METHOD_COLORS.get(method)
         shown = False
         for family in ("unstructured", "N:M"):
-            sel = sorted((r for r in pts if r["method"] == method and r["family"] == family), key=xval)
+            sel = sorted((r for r in pts if r.method == method and r.family == family), key=xval)
             if not sel:
                 continue
             nm = family == "N:M"
             fig.add_trace(go.Scatter(
-                x=[xval(r) for r in sel], y=[float(r["quality"][metric]) for r in sel],
+                x=[xval(r) for r in sel], y=[float(r.quality[metric]) for r in sel],
                 mode="markers" if nm else "lines+markers", name=method, legendgroup=method, meta=family,
                 showlegend=not shown,
-                marker=dict(symbol=[symbol[str(r["pattern"])][0] for r in sel] if nm else "circle",
+                marker=dict(symbol=[symbol[str(r.pattern)][0] for r in sel] if nm else "circle",
                             size=11 if nm else 8, color=color),
                 line=dict(color=color),
-                customdata=[str(r["pattern"]) for r in sel],
+                customdata=[str(r.pattern) for r in sel],
                 hovertemplate="%{customdata} " + method + "<br>x %{x:.3g}<br>" + metric + " %{y:.4g}<extra></extra>",
             ))
             shown = True
     if nm_patterns:
-        fig.add_trace(_pattern_labels([r for r in pts if r["family"] == "N:M"], xval, metric))
+        fig.add_trace(_pattern_labels([r for r in pts if r.family == "N:M"], xval, metric))
     direction = "higher is better" if higher_is_better else "lower is better"
     key = " · ".join(f"{symbol[p][1]} {p}" for p in nm_patterns)
     subtitle = "unstructured: ● on a line" + (f" · N:M: {key}" if key else "")
@@ -111,12 +109,12 @@ def compare_figure(rows: Sequence[Mapping], metric: str, *, x: str = "sparsity",
     return fig
 
 
-def _pattern_labels(nm_rows: Sequence[Mapping], xval, metric: str) -> go.Scatter:
+def _pattern_labels(nm_rows: Sequence[CompareRow], xval, metric: str) -> go.Scatter:
     # One label per pattern and x (not one per method), each x's labels in different positions:
     # the highest cluster above its top point, the next below its bottom point, then to the sides.
     clusters: dict[tuple[float, str], list[float]] = {}
     for r in nm_rows:
-        clusters.setdefault((round(xval(r), 9), str(r["pattern"])), []).append(float(r["quality"][metric]))
+        clusters.setdefault((round(xval(r), 9), str(r.pattern)), []).append(float(r.quality[metric]))
     by_x: dict[float, list[tuple[str, list[float]]]] = {}
     for (xv, pattern), ys in clusters.items():
         by_x.setdefault(xv, []).append((pattern, ys))

@@ -23,12 +23,12 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .cache import get_cache, make_key, model_fingerprint, tensor_digest
+from .config import SparsifyConfig
 from .layers import grouped_view, layer_group
 from .methods import get_method
 from .methods.calibration import InputStats, LayerInputs, capture_input_stats, check_calibration, transformer_blocks
-from .config import SparsifyConfig
-from .sparsify import layer_mask, layer_reasons, sparsify
 from .progress import ProgressFn
+from .sparsify import layer_mask, layer_reasons, sparsify
 
 GROUPINGS = ("layer", "block-kind")
 """``layer``: every prunable layer alone; ``block-kind``: the attention (or MLP, or other) layers of

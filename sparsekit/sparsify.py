@@ -14,16 +14,23 @@ from torch import nn
 
 from .allocation import Allocation, allocate, run_allocated
 from .cache import model_fingerprint
-from .config import (ALLOCATIONS, CALIBRATION_ORDERS, LAYER_SETS, MAX_M, MAX_SPARSITY, PATTERNS, SCOPES,
-                     SparsifyConfig)
-from .layers import (CONV_GROUPINGS, GroupedView, grouped_view, layer_group, matrix_view, prunable_layers,
-                     tied_layers)
-from .report import (LayerReport, build_layer_report, format_bytes, is_2_4, layer_table, params_by_type, report_csv,
-                     semi_structured_check)
+from .config import ALLOCATIONS, CALIBRATION_ORDERS, LAYER_SETS, MAX_M, MAX_SPARSITY, PATTERNS, SCOPES, SparsifyConfig
+from .layers import CONV_GROUPINGS, GroupedView, grouped_view, layer_group, matrix_view, prunable_layers, tied_layers
 from .masks import nm_mask, topk_keep, unstructured_mask
 from .methods import CALIBRATED_METHODS, METHODS, MethodOutput, get_method
 from .methods.calibration import check_calibration
 from .progress import ProgressFn
+from .report import (
+    LayerReport,
+    build_layer_report,
+    format_bytes,
+    is_2_4,
+    layer_table,
+    params_by_type,
+    report_csv,
+    semi_structured_check,
+)
+
 
 @dataclass
 class SparsifyResult:

@@ -6,6 +6,7 @@ help text read the registry (what a ``Method`` declares), never a method's name.
 """
 from .base import REGISTRY, Method, get_method, register
 from .types import Calibration, MethodOutput, PruneSettings
+
 # Each module registers itself on import; the order here is the order of the app's method list.
 from . import magnitude  # isort: skip
 from . import random_mask  # isort: skip

@@ -17,7 +17,6 @@ same machine, under the same load):
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from ..layers import grouped_view, prunable_layers, tied_layers

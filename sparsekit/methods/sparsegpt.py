@@ -5,7 +5,7 @@ Cholesky factor of ``H^-1`` drives a column-by-column pass in blocks of 128 that
 kept weights are rewritten. Runs in the shared calibration forward (``calibration.sequential_prune``)."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn

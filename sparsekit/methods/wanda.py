@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from typing import Sequence
+
 import torch
 from torch import nn
 

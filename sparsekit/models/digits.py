@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cache import get_cache, make_key
+from ..progress import ProgressFn
 from .base import LoadedModel, check_budget
 from .digits_nets import (
     ARCHITECTURES,
@@ -44,7 +45,6 @@ from .digits_nets import (
     build_digits_model,
 )
 from .weights import load_state_dict_strict, safetensors_header
-from ..progress import ProgressFn
 
 __all__ = [
     "ARCHITECTURES", "BUNDLED_DIR", "CALIBRATION_SIZE", "DEFAULT_TRAIN_CONFIGS", "N_CLASSES", "PIXEL_MAX",

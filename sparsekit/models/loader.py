@@ -17,11 +17,11 @@ from typing import Mapping
 
 import torch
 
+from ..progress import ProgressFn
 from .base import LoadedModel, check_budget
 from .digits import load_digits
 from .text import load_hf_text_model, load_minilm
 from .weights import _FLOAT_DTYPES, _PICKLE_SUFFIXES, CONVERT_HINT, loaded_bytes, parse_weights, safetensors_header
-from ..progress import ProgressFn
 
 WeightsArg = bytes | str | os.PathLike | None
 

@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from ..progress import ProgressFn
 from .base import LoadedModel, check_budget
 from .text_metrics import (
     BATCH_TOKENS,
@@ -33,7 +34,6 @@ from .text_metrics import (
     top_k_neighbours,
 )
 from .weights import load_state_dict_strict, loaded_bytes, safetensors_header
-from ..progress import ProgressFn
 
 __all__ = [
     "BATCH_TOKENS", "CALIBRATION_PACK_LENGTH", "CALIBRATION_SENTENCES", "CAUSAL_METRICS", "ENCODER_METRICS",

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from ..layers import in_features, is_conv1d_transposed, is_prunable, out_features, prunable_layers
-from ..progress import ProgressFn
 from ..methods.calibration import calibration_slice, check_calibration, main_output, run_model
+from ..progress import ProgressFn
 from .search import PERMUTATION_CHECK_SAMPLES, StopFn, search_permutation
 
 

@@ -11,8 +11,8 @@ import torch
 
 from ..masks import nm_mask, unstructured_mask
 from ..methods.types import one_thread
-from ..progress import ProgressFn
 from ..methods.wanda import row_unstructured_mask
+from ..progress import ProgressFn
 
 PERMUTATION_CHECK_SAMPLES = 8
 """Calibration samples used to confirm that a permutation leaves the function unchanged."""

@@ -50,11 +50,11 @@ from .training import (
     flip_maps_figure,
     lambda_sweep_figure,
     paired_difference_figure,
+    run_colors,
+    run_key,
     sad_heatmap_figure,
     sad_series_figure,
     seed_study_figure,
-    run_colors,
-    run_key,
     training_curves_figure,
 )
 

@@ -19,8 +19,8 @@ from .capture import (
     capture_batch,
     passage_ids,
 )
-from .metrics import HeadMetrics, density, masked_output, measure, measure_many, output_error, plan_masks, recall
 from .masks import PATTERNS, MaskMod, PatternContext, and_masks, materialize, materialize_heads, or_masks
+from .metrics import HeadMetrics, density, masked_output, measure, measure_many, output_error, plan_masks, recall
 from .search import DEFAULT_FAMILIES, SEARCH_FAMILIES, SearchConfig, SearchResult, search_heads
 from .specs import AttentionPlan, PatternSpec
 

@@ -3,6 +3,8 @@ registry ``PATTERNS`` they fill as they are imported.
 
 The import order below is the registry's order (the order the app lists the patterns in).
 """
+# isort: off
+# Not sorted: importing a family module registers its patterns, so this order is the registry's.
 from .core import MAX_COLUMNS, MAX_PARAM, MaskMod, materialize, materialize_heads
 from .registry import PATTERNS, Fit, Param, PatternContext, PatternInfo, arg, pattern
 from .local import causal, dilated_window, full, sliding_window
@@ -11,6 +13,7 @@ from .sparse_transformer import fixed, strided
 from .data_dependent import block_topk, block_topk_table, vertical_slash, vertical_slash_sets
 from .vdit import diagonal, multi_diagonal, parse_columns, vertical_stripe
 from .compose import and_masks, or_masks, per_head
+# isort: on
 
 __all__ = [
     "Fit",

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from torch import Tensor
 from torch.nn.attention.flex_attention import and_masks, or_masks
 
 from .core import MaskMod
 
 
 def _on_head(k: int, mask_mod: MaskMod) -> MaskMod:
-    def on_head(b, h, q_idx, kv_idx):
+    def on_head(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         return (h == k) & mask_mod(b, h, q_idx, kv_idx)
 
     return on_head

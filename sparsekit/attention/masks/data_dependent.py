@@ -20,7 +20,9 @@ def _per_head(x: Tensor, ndim: int, what: str) -> Tensor:
     if x.ndim == ndim - 1:
         x = x.unsqueeze(0)
     if x.ndim != ndim:
-        raise ValueError(f"{what} must be [heads, ...] with {ndim} dims or one head with {ndim - 1}, got {list(x.shape)}")
+        raise ValueError(
+            f"{what} must be [heads, ...] with {ndim} dims or one head with {ndim - 1}, got {list(x.shape)}"
+        )
     return x
 
 
@@ -126,7 +128,7 @@ def vertical_slash(
     )
     offset = cols.shape[1] - 1
 
-    def mask_mod(b, h, q_idx, kv_idx):
+    def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         hh = _head_index(cols, h)
         return _lookup(cols, hh, kv_idx) | _lookup(diags, hh, q_idx - kv_idx + offset)
 
@@ -198,7 +200,7 @@ def block_topk(query: Tensor, key: Tensor, *, block: int, topk: int, causal: boo
     """
     table = block_topk_table(query, key, block=block, topk=topk, causal=causal)
 
-    def mask_mod(b, h, q_idx, kv_idx):
+    def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         return _lookup(table, _head_index(table, h), q_idx // block, kv_idx // block)
 
     return mask_mod

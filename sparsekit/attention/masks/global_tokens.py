@@ -29,7 +29,7 @@ def longformer(window: int, global_tokens: Sequence[int]) -> MaskMod:
     w = _int(window, "window")
     g = _token_table(global_tokens, "global token")
 
-    def mask_mod(b, h, q_idx, kv_idx):
+    def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         return ((q_idx - kv_idx).abs() <= w) | _lookup(g, q_idx) | _lookup(g, kv_idx)
 
     return mask_mod
@@ -111,7 +111,7 @@ def bigbird(
     n_q, n_kv = math.ceil(_int(q_len, "q_len") / block), math.ceil(_int(kv_len, "kv_len") / block)
     rand = bigbird_random_blocks(n_q, n_kv, global_blocks, random_blocks, seed)
 
-    def mask_mod(b, h, q_idx, kv_idx):
+    def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         qb, kb = q_idx // block, kv_idx // block
         return ((qb - kb).abs() <= 1) | (qb < global_blocks) | (kb < global_blocks) | _lookup(rand, qb, kb)
 
@@ -135,7 +135,7 @@ def a_shape(sink: int, local: int) -> MaskMod:
         The ``mask_mod``.
     """
 
-    def mask_mod(b, h, q_idx, kv_idx):
+    def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         return (kv_idx < sink) | ((q_idx - kv_idx).abs() < local)
 
     return mask_mod

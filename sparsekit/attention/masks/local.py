@@ -5,6 +5,8 @@ causal mask still applies on top of any pattern (``sparsekit.attention.apply``).
 """
 from __future__ import annotations
 
+from torch import Tensor
+
 from .core import MaskMod
 from .registry import DISTANCE, arg, pattern
 
@@ -21,7 +23,7 @@ def full() -> MaskMod:
         ``mask_mod`` that is True for all ``(i, j)``.
     """
 
-    def mask_mod(b, h, q_idx, kv_idx):
+    def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         return (q_idx >= 0) & (kv_idx >= 0)
 
     return mask_mod
@@ -35,7 +37,7 @@ def causal() -> MaskMod:
         ``mask_mod`` for ``kv_idx <= q_idx``.
     """
 
-    def mask_mod(b, h, q_idx, kv_idx):
+    def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         return kv_idx <= q_idx
 
     return mask_mod
@@ -56,7 +58,7 @@ def sliding_window(window: int, *, causal: bool = False) -> MaskMod:
         The ``mask_mod``.
     """
 
-    def mask_mod(b, h, q_idx, kv_idx):
+    def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         d = q_idx - kv_idx
         if causal:
             return (d >= 0) & (d <= window)
@@ -83,7 +85,7 @@ def dilated_window(window: int, dilation: int, *, causal: bool = False) -> MaskM
         The ``mask_mod``.
     """
 
-    def mask_mod(b, h, q_idx, kv_idx):
+    def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         d = q_idx - kv_idx
         near = ((d >= 0) & (d <= window)) if causal else (d.abs() <= window)
         return near & (d.abs() % dilation == 0)

@@ -281,7 +281,8 @@ def pattern(
         if unknown:
             raise TypeError(f"{factory.__name__} has no parameters {unknown}")
         if not set(context) <= _CONTEXT_FIELDS:
-            raise TypeError(f"{factory.__name__}: context names PatternContext fields, not {sorted(set(context) - _CONTEXT_FIELDS)}")
+            extra = sorted(set(context) - _CONTEXT_FIELDS)
+            raise TypeError(f"{factory.__name__}: context names PatternContext fields, not {extra}")
         params = []
         for p in sig.parameters.values():
             if p.name in context:

@@ -2,6 +2,8 @@
 its two heads or their union."""
 from __future__ import annotations
 
+from torch import Tensor
+
 from .core import MaskMod
 from .registry import SPAN, arg, pattern
 
@@ -27,7 +29,7 @@ def strided(stride: int, *, part: str = "both") -> MaskMod:
         The ``mask_mod``.
     """
 
-    def mask_mod(b, h, q_idx, kv_idx):
+    def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         d = q_idx - kv_idx
         a = (d >= 0) & (d < stride)
         s = d % stride == 0
@@ -58,7 +60,7 @@ def fixed(stride: int, summary: int, *, part: str = "both") -> MaskMod:
     if summary > stride:
         raise ValueError(f"summary ({summary}) must be at most stride ({stride})")
 
-    def mask_mod(b, h, q_idx, kv_idx):
+    def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         a = (q_idx // stride) == (kv_idx // stride)
         s = (kv_idx % stride) >= (stride - summary)
         return a if part == "block" else s if part == "summary" else a | s

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from torch import Tensor
+
 from .core import MAX_COLUMNS, MaskMod, _lookup, _token_table
 from .local import sliding_window
 from .registry import DISTANCE, SPAN, Fit, arg, pattern
@@ -39,7 +41,7 @@ def multi_diagonal(width: int, period: int) -> MaskMod:
         The ``mask_mod``.
     """
 
-    def mask_mod(b, h, q_idx, kv_idx):
+    def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         return ((q_idx - kv_idx + width) % period) <= 2 * width
 
     return mask_mod
@@ -93,7 +95,7 @@ def vertical_stripe(columns: Sequence[int] | str) -> MaskMod:
     """
     table = _token_table(parse_columns(columns) if isinstance(columns, str) else columns, "column")
 
-    def mask_mod(b, h, q_idx, kv_idx):
+    def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         return _lookup(table, kv_idx) & (q_idx >= 0)
 
     return mask_mod

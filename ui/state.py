@@ -14,7 +14,7 @@ import sparsekit
 from sparsekit.models import BUILTIN_SPECS, list_model_dirs, model_roots
 from sparsekit.methods.cost import estimate_seconds
 from sparsekit.models.digits import digits_model_cached, trained_digits_model
-from sparsekit.methods import CALIBRATED_METHODS
+from sparsekit.methods import get_method
 from sparsekit.sparsify import SparsifyConfig
 from ui.cached import loaded_model, model_quality
 from ui.format import KIND_LABELS
@@ -227,7 +227,7 @@ def sparsified(model_key: str, loaded, config: SparsifyConfig):
         if hit is not None:
             return hit
         bar = None
-        if config.method in CALIBRATED_METHODS and config.pattern != "dense":
+        if get_method(config.method).needs_calibration and config.pattern != "dense":
             bar = EstimatingProgress(f"Pruning a copy of {loaded.name} ({config.label()})")
 
         def progress(fraction: float, message: str) -> None:

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from sparsekit.config import MAX_OWL_LAMBDA, MAX_OWL_M
-from sparsekit.methods import METHODS, REGISTRY
-from sparsekit.sparsify import CALIBRATION_ORDERS, MAX_M, MAX_SPARSITY, SparsifyConfig
+from sparsekit.config import (CALIBRATION_ORDERS, MAX_M, MAX_OWL_LAMBDA, MAX_OWL_M, MAX_SPARSITY, NM_PRESETS as NM_PAIRS,
+                              SparsifyConfig, nm_label)
+from sparsekit.methods import REGISTRY
 
 PATTERN_LABELS = {"nm": "N:M (keep N of every M)", "unstructured": "Unstructured", "dense": "Dense (no pruning)"}
 METHOD_HELP = "  \n".join(
@@ -16,7 +16,7 @@ ORDER_HELP = ("block: each transformer block's layers are all pruned on inputs f
               "the blocks before it already pruned (the Wanda and SparseGPT reference code). layer: each layer is "
               "pruned on inputs through every already-pruned layer, those of its own block too. Models without "
               "transformer blocks use layer order either way.")
-NM_PRESETS = ["2:4", "1:4", "4:8", "2:8", "1:2"]
+NM_PRESETS = [nm_label(n, m) for n, m in NM_PAIRS]
 OTHER_NM = "other N:M…"
 LAYER_LABELS = {"all": "All Linear/Conv", "mlp": "MLP (feed-forward) only", "attention": "Attention projections only"}
 ALLOCATION_LABELS = {"uniform": "Uniform (every layer the same)", "owl": "OWL (outlier-weighted)"}
@@ -44,10 +44,10 @@ def config_form(prefix: str, initial: SparsifyConfig, *, compact: bool = False,
     with cols[0]:
         pattern = st.radio("Pattern", list(PATTERN_LABELS), index=list(PATTERN_LABELS).index(initial.pattern),
                            format_func=PATTERN_LABELS.get, key=f"{prefix}_pattern", horizontal=compact, bind=bind)
-        method = st.selectbox("Scoring", list(METHODS), index=list(METHODS).index(initial.method),
+        method = st.selectbox("Scoring", list(REGISTRY), index=list(REGISTRY).index(initial.method),
                               key=f"{prefix}_method", help=METHOD_HELP, bind=bind)
         seed = initial.seed
-        if method == "random":
+        if REGISTRY[method].uses_seed:
             seed = int(st.number_input("Seed", 0, 2**31 - 1, initial.seed, key=f"{prefix}_seed"))
         order = initial.calibration_order
         if REGISTRY[method].calibration_order and not compact:

@@ -31,7 +31,7 @@ import json
 import types
 import typing
 from functools import lru_cache
-from typing import Any, Callable, Iterable, Mapping, TypeVar, Union
+from typing import Any, Callable, Iterable, Mapping, TypeVar, Union, cast
 
 __all__ = ["VERSION_KEY", "Migration", "check_keys", "check_version", "dumps", "from_json", "to_json"]
 
@@ -183,11 +183,11 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 
 def _build(cls: type[T], values: dict[str, Any], what: str) -> T:
-    fields = dataclasses.fields(cls)
+    fields = dataclasses.fields(cast(Any, cls))
     required = [f.name for f in fields if f.init and f.default is dataclasses.MISSING
                 and f.default_factory is dataclasses.MISSING]
     check_keys(values, [f.name for f in fields if f.init], required, what=what)
-    types_ = _field_types(cls)
+    types_ = _field_types(cast(Any, cls))
     return cls(**{k: _convert(types_.get(k, Any), v, f"{what}.{k}") for k, v in values.items()})
 
 
@@ -201,7 +201,7 @@ def _convert(tp: Any, value: Any, what: str) -> Any:
         arms = [a for a in args if a is not type(None)]
         return _convert(arms[0], value, what) if len(arms) == 1 else value
     if dataclasses.is_dataclass(tp):
-        return from_json(tp, value, what=what) if isinstance(value, Mapping) else value
+        return from_json(cast(Any, tp), value, what=what) if isinstance(value, Mapping) else value
     if origin is tuple and isinstance(value, (list, tuple)):
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_convert(args[0], v, what) for v in value)

@@ -1,6 +1,6 @@
 """One run store for every kind of saved run (training, recovery and benchmark runs).
 
-``RunStore`` is the one contract: ``save``, ``load``, ``list`` (newest first), ``load_all`` (damaged
+``RunStore`` is the one contract: ``save``, ``load``, ``runs`` (the index, newest first), ``load_all`` (damaged
 entries named and skipped), ``rename`` and ``delete``, the same for every kind; ``run_store(kind)``
 finds a kind's store and refuses an unknown kind. Every entry carries a ``RecordHeader`` (its format
 and version); runs with tensors are safetensors bytes (``pack_run``/``unpack_run``).
@@ -238,7 +238,7 @@ class RunStore(Generic[R]):
     """The one store contract of saved runs (training, recovery, benchmark): an entry per run plus an
     index of summaries, in the disk cache, under one kind.
 
-    ``save``/``load``/``list``/``load_all``/``rename``/``delete`` are the same for every kind; a kind
+    ``save``/``load``/``runs``/``load_all``/``rename``/``delete`` are the same for every kind; a kind
     brings its serialiser, its reader and what a run whose process died looks like. A record has
     ``run_id``, ``name``, ``status``, ``owner`` and ``message`` attributes and a ``summary()`` (a
     benchmark run, which has no id of its own, is saved under its content digest).
@@ -262,7 +262,7 @@ class RunStore(Generic[R]):
                  orphan_summary: Callable[[dict], str] | None = None) -> None:
         self.kind, self.what, self.index_key, self.hash_ids = kind, what, index_key, hash_ids
         self.to_bytes, self.from_bytes = to_bytes, from_bytes
-        self.summarize = summarize or (lambda value: from_bytes(value).summary())
+        self.summarize = summarize or (lambda value: _any(from_bytes(value)).summary())
         self.orphan_record, self.orphan_summary = orphan_record, orphan_summary
         _STORES[kind] = self
 
@@ -280,13 +280,14 @@ class RunStore(Generic[R]):
         Returns:
             The run id.
         """
+        rec: Any = record  # a run record (or a benchmark run): run_id, summary()
         if run_id is None:
-            if not record.run_id:
-                record.run_id = uuid.uuid4().hex[:12]
-            run_id = record.run_id
+            if not rec.run_id:
+                rec.run_id = uuid.uuid4().hex[:12]
+            run_id = rec.run_id
         cache = get_cache()
         cache.set(self.key(run_id), self.to_bytes(record))
-        summary = finite_json({**record.summary(), "run_id": run_id})
+        summary = finite_json({**rec.summary(), "run_id": run_id})
         with cache.transact():
             entries = self._read_index(cache)
             pos = next((i for i, e in enumerate(entries) if e["run_id"] == run_id), None)
@@ -314,12 +315,13 @@ class RunStore(Generic[R]):
             raise
         except Exception as err:  # safetensors raises its own error type for damaged bytes
             raise ValueError(f"the cache entry of {self.what} {run_id!r} is damaged: {err}") from None
-        if self.orphan_record is not None and orphaned(record.status, record.owner):
-            record.status = "stopped"
-            record.message = self.orphan_record(record)
+        rec: Any = record
+        if self.orphan_record is not None and orphaned(rec.status, rec.owner):
+            rec.status = "stopped"
+            rec.message = self.orphan_record(record)
         return record
 
-    def list(self, *, oldest_first: bool = False) -> list[dict]:
+    def runs(self, *, oldest_first: bool = False) -> list[dict]:
         """The index: one summary dict (with ``run_id``) per run whose entry exists, newest first.
 
         Args:
@@ -341,8 +343,9 @@ class RunStore(Generic[R]):
         Returns:
             ``(records, problems)``: a problem is a message naming the run's id.
         """
-        records, problems = [], []
-        for entry in self.list():
+        records: list[R] = []
+        problems: list[str] = []
+        for entry in self.runs():
             try:
                 records.append(self.load(entry["run_id"]))
             except KeyError:
@@ -357,7 +360,8 @@ class RunStore(Generic[R]):
         if len(name) > 80:
             raise ValueError(f"a run name has at most 80 characters, got {len(name)}")
         record = self.load(run_id)
-        record.name = name
+        rec: Any = record
+        rec.name = name
         self.save(record)
         return record
 
@@ -378,7 +382,7 @@ class RunStore(Generic[R]):
         cache.delete(key)
         return found
 
-    def _read_index(self, cache) -> list[dict]:
+    def _read_index(self, cache: Any) -> list[dict]:
         raw = cache.get(self.index_key)
         if raw is None:
             return []
@@ -399,14 +403,14 @@ class RunStore(Generic[R]):
                     entries.append(summary)
         return entries
 
-    def _rebuild(self, cache) -> list[dict]:
+    def _rebuild(self, cache: Any) -> list[dict]:
         # Never expected (index writes are atomic), but a damaged index must not hide the runs.
         found = (self._summary_at(cache, key) for key in list(cache.iterkeys()) if isinstance(key, str))
         entries = sorted((e for e in found if e is not None), key=lambda e: e.get("created") or 0.0)
         cache.set(self.index_key, finite_dumps(entries))
         return entries
 
-    def _summary_at(self, cache, key: str) -> dict | None:
+    def _summary_at(self, cache: Any, key: str) -> dict | None:
         """The index summary of the entry at ``key``; None for another kind's key, or a missing or
         unreadable entry."""
         prefix = f"{self.kind}:"
@@ -421,6 +425,10 @@ class RunStore(Generic[R]):
             return None
         run_id = summary.get("run_id") if self.hash_ids else key[len(prefix):]
         return finite_json({**summary, "run_id": run_id}) if isinstance(run_id, str) else None
+
+
+def _any(value: Any) -> Any:
+    return value
 
 
 def run_store(kind: str) -> RunStore:

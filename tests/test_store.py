@@ -54,8 +54,8 @@ def test_save_list_newest_first_load_rename_delete(tmp_cache):
     ids = [store.save(Note(text)) for text in ("a", "b", "c")]
     assert len(set(ids)) == 3 and all(len(i) == 12 for i in ids)
     expected = [{"name": "", "text": t, "status": "complete", "owner": "", "run_id": i} for t, i in zip("abc", ids)]
-    assert store.list() == expected[::-1]
-    assert store.list(oldest_first=True) == expected
+    assert store.runs() == expected[::-1]
+    assert store.runs(oldest_first=True) == expected
     assert store.load(ids[1]) == Note("b", run_id=ids[1])
     # The entry is the kind's own text, under the kind's key.
     assert json.loads(get_cache().get(store.key(ids[0]))) == {
@@ -63,17 +63,17 @@ def test_save_list_newest_first_load_rename_delete(tmp_cache):
         "note": {"text": "a", "name": "", "run_id": ids[0], "status": "complete", "owner": "", "message": ""}}
     # A re-saved (renamed) run keeps its place.
     assert store.rename(ids[0], "  first ") == Note("a", name="first", run_id=ids[0])
-    assert [e["name"] for e in store.list()] == ["", "", "first"]
+    assert [e["name"] for e in store.runs()] == ["", "", "first"]
     with pytest.raises(ValueError, match="at most 80 characters"):
         store.rename(ids[0], "x" * 81)
     assert store.delete(ids[1]) is True
-    assert [e["run_id"] for e in store.list()] == [ids[2], ids[0]]
+    assert [e["run_id"] for e in store.runs()] == [ids[2], ids[0]]
     assert store.delete(ids[1]) is False
     with pytest.raises(KeyError, match="no saved test run with id"):
         store.load(ids[1])
     # A given id wins over the record's (content-keyed kinds such as benchmark runs).
     assert store.save(Note("d"), run_id="digest") == "digest"
-    assert store.list()[0]["run_id"] == "digest"
+    assert store.runs()[0]["run_id"] == "digest"
 
 
 def test_damaged_entry_is_named_and_skipped(tmp_cache):
@@ -86,7 +86,7 @@ def test_damaged_entry_is_named_and_skipped(tmp_cache):
     assert records == [Note("ok", run_id=good)]
     assert len(problems) == 1 and repr(bad) in problems[0] and "test run" in problems[0]
     # The index still lists it, so it can be deleted.
-    assert [e["run_id"] for e in store.list()] == [bad, good]
+    assert [e["run_id"] for e in store.runs()] == [bad, good]
     assert store.delete(bad) and store.load_all() == ([Note("ok", run_id=good)], [])
 
 
@@ -95,7 +95,7 @@ def test_unreadable_index_is_rebuilt_from_the_entries(tmp_cache):
     ids = [store.save(Note(t)) for t in "xy"]
     get_cache().set("test-run-index", "{not json")
     # Hashed keys hide the id: the summary is read back from the entries (the record's run_id).
-    assert sorted(e["run_id"] for e in store.list()) == sorted(ids)
+    assert sorted(e["run_id"] for e in store.runs()) == sorted(ids)
 
 
 def test_orphaned_running_run_reads_as_stopped(tmp_cache):
@@ -107,7 +107,7 @@ def test_orphaned_running_run_reads_as_stopped(tmp_cache):
     assert store.load(live).status == "running"
     record = store.load(gone)
     assert (record.status, record.message) == ("stopped", "orphan gone")
-    assert [(e["status"], e.get("message")) for e in store.list()] == [("stopped", "orphan gone"), ("running", None)]
+    assert [(e["status"], e.get("message")) for e in store.runs()] == [("stopped", "orphan gone"), ("running", None)]
 
 
 def test_unknown_kind_and_other_formats_are_refused(tmp_cache):

@@ -133,7 +133,7 @@ def list_runs() -> list[tuple[str, str]]:
     Returns:
         ``(key, title)`` per run whose entry exists.
     """
-    return [(_STORE.key(e["run_id"]), _title(e)) for e in _STORE.list()]
+    return [(_STORE.key(e["run_id"]), _title(e)) for e in _STORE.runs()]
 
 
 def load_run(key: str) -> BenchRun | None:

@@ -70,7 +70,7 @@ def list_recoveries() -> list[dict]:
     Returns:
         One dict per run whose entry still exists.
     """
-    return STORE.list(oldest_first=True)
+    return STORE.runs(oldest_first=True)
 
 
 def delete_recovery(run_id: str) -> None:

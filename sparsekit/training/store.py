@@ -59,7 +59,7 @@ def list_runs() -> list[dict]:
     Returns:
         One dict per run whose entry still exists.
     """
-    return STORE.list(oldest_first=True)
+    return STORE.runs(oldest_first=True)
 
 
 def rename_run(run_id: str, name: str) -> RunRecord:

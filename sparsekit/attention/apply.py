@@ -16,16 +16,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, TypeAlias
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models.base import LoadedModel
+from ..models.digits_nets import Attention as DigitsAttention
 from .masks import PatternContext, materialize_heads
 from .session import Session, _digits_attention, active, private_copy
 from .specs import AttentionPlan, PatternSpec, layer_mask, static_mask
+
+_AttentionPreHook: TypeAlias = Callable[[DigitsAttention, tuple[Tensor, ...]], None]
+_ProjPreHook: TypeAlias = Callable[[nn.Linear, tuple[Tensor, ...]], "tuple[Tensor] | None"]
+_ValueHook: TypeAlias = Callable[[nn.Linear, tuple[Tensor, ...], Tensor], None]
 
 
 def model_shape(loaded: LoadedModel) -> tuple[int, int]:
@@ -172,8 +177,8 @@ class SparseAttentionModel(nn.Module):
                 attn.record_attention = True
                 attn.v.register_forward_hook(self._digits_value(layer, attn))
 
-    def _digits_pre(self, layer: int, attn: nn.Module):
-        def hook(mod, args):
+    def _digits_pre(self, layer: int, attn: DigitsAttention) -> _AttentionPreHook:
+        def hook(mod: DigitsAttention, args: tuple[Tensor, ...]) -> None:
             self._keep_rows = None
             if not self.plan.groups(layer):
                 mod.score_mask = None
@@ -193,14 +198,17 @@ class SparseAttentionModel(nn.Module):
 
         return hook
 
-    def _digits_proj(self, layer: int, attn: nn.Module):
-        def hook(mod, args):
+    def _digits_proj(self, layer: int, attn: DigitsAttention) -> _ProjPreHook:
+        def hook(mod: nn.Linear, args: tuple[Tensor, ...]) -> tuple[Tensor] | None:
             keep = self._keep_rows
             if self.record:
-                probs = attn.last_attention
+                # The attention module recorded its probabilities and the value hook its output
+                # in this same forward, before the projection runs.
+                probs, value = attn.last_attention, self._value
+                assert probs is not None and value is not None
                 if keep is not None:
                     probs = probs * keep.unsqueeze(-1)
-                self.recorded[layer] = (probs, self._value)
+                self.recorded[layer] = (probs, value)
             if keep is None or bool(keep.all()):
                 return None
             x = args[0]
@@ -211,8 +219,8 @@ class SparseAttentionModel(nn.Module):
 
         return hook
 
-    def _digits_value(self, layer: int, attn: nn.Module):
-        def hook(mod, args, out):
+    def _digits_value(self, layer: int, attn: DigitsAttention) -> _ValueHook:
+        def hook(mod: nn.Linear, args: tuple[Tensor, ...], out: Tensor) -> None:
             b, t, _ = out.shape
             self._value = out.view(b, t, attn.n_heads, attn.head_dim).transpose(1, 2)
 
@@ -241,7 +249,8 @@ class _MaskSession(Session):
         self.owner = owner
         self.valid = valid
 
-    def before_softmax(self, layer, scores, query, key, allowed):
+    def before_softmax(self, layer: int, scores: Tensor, query: Tensor, key: Tensor,
+                       allowed: Tensor | None) -> tuple[Tensor, Tensor | None]:
         owner = self.owner
         if layer >= owner.plan.n_layers:
             raise ValueError(f"the model has more attention layers than the plan's {owner.plan.n_layers}")
@@ -256,7 +265,8 @@ class _MaskSession(Session):
         kept = mask if allowed is None else mask & allowed
         return scores.masked_fill(~mask, torch.finfo(scores.dtype).min), kept.any(-1)
 
-    def after_softmax(self, layer, scores, probs, query, key, value, allowed):
+    def after_softmax(self, layer: int, scores: Tensor, probs: Tensor, query: Tensor, key: Tensor,
+                      value: Tensor, allowed: Tensor | None) -> None:
         if self.owner.record:
             self.owner.recorded[layer] = (probs.detach(), value.detach())
 
@@ -303,7 +313,7 @@ class AttentionQuality:
         """Mean over all heads of the realised density."""
         return float(torch.nan_to_num(self.density, nan=1.0).mean())
 
-    def rows(self, metric_names: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    def rows(self, metric_names: dict[str, str] | None = None) -> list[dict[str, str | float]]:
         """One dict per metric: metric, dense, sparse, change."""
         names = metric_names or {}
         return [{"metric": names.get(k, k), "dense": self.dense[k], "sparse": self.sparse[k],

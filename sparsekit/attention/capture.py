@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence, TypeAlias, cast
 
 import numpy as np
 import torch
@@ -27,6 +27,10 @@ from ..models.base import LoadedModel
 from ..models.sentences import SENTENCES
 from .masks import PatternContext
 from .session import ATTN_IMPLEMENTATION, Session, _digits_attention, active, attention_support, private_copy
+
+CaptureInput: TypeAlias = "str | Sequence[int] | np.ndarray | Tensor | Sequence[Sequence[float]]"
+"""One input: a text or a token-id list (text models), or one 8x8 digit image (an array, nested
+lists, or a preprocessed ``[1, 1, 8, 8]`` tensor) for the ViT."""
 
 __all__ = [
     "ATTN_IMPLEMENTATION", "CALIBRATION_COUNT", "MAX_TOKENS", "AttentionCapture", "Session", "active",
@@ -100,7 +104,8 @@ class _Recorder(Session):
         super().__init__()
         self.records: dict[int, tuple[Tensor, ...]] = {}
 
-    def after_softmax(self, layer, scores, probs, query, key, value, allowed):
+    def after_softmax(self, layer: int, scores: Tensor, probs: Tensor, query: Tensor, key: Tensor,
+                      value: Tensor, allowed: Tensor | None) -> None:
         s = scores.detach().float()
         if allowed is not None:
             s = s.masked_fill(~allowed, -math.inf)
@@ -134,8 +139,8 @@ def _run_digits(loaded: LoadedModel, images: Tensor) -> tuple[list[tuple[Tensor,
     found = _digits_attention(clone)
     outputs: dict[tuple[int, str], Tensor] = {}
 
-    def grab(i: int, which: str) -> Callable:
-        def hook(mod, args, out):
+    def grab(i: int, which: str) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]:
+        def hook(mod: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> None:
             outputs[(i, which)] = out.detach()
 
         return hook
@@ -146,15 +151,13 @@ def _run_digits(loaded: LoadedModel, images: Tensor) -> tuple[list[tuple[Tensor,
             getattr(attn, which).register_forward_hook(grab(i, which))
     with torch.inference_mode():
         clone(images)
-    records = []
+    records: list[tuple[Tensor, ...]] = []
     for i, (_, attn) in enumerate(found):
         b, t, _ = outputs[(i, "q")].shape
-
-        def heads(y: Tensor) -> Tensor:
-            return y.view(b, t, attn.n_heads, attn.head_dim).transpose(1, 2).float()
-
-        q, k, v = (heads(outputs[(i, w)]) for w in ("q", "k", "v"))
+        q, k, v = (outputs[(i, w)].view(b, t, attn.n_heads, attn.head_dim).transpose(1, 2).float()
+                   for w in ("q", "k", "v"))
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(attn.head_dim)
+        assert attn.last_attention is not None  # record_attention was set before the forward
         records.append((scores, attn.last_attention.float(), q, k, v))
     return records, [n for n, _ in found]
 
@@ -175,7 +178,14 @@ def _split(records: list[tuple[Tensor, ...]], lengths: Sequence[int], tokens: Se
     return out
 
 
-def _token_ids(loaded: LoadedModel, text: Any, max_tokens: int) -> list[int]:
+class _TextModel(Protocol):
+    """What ``_token_ids`` reads of a Hugging Face model (``nn.Module``'s stubs type every
+    unknown attribute as ``Tensor | Module``)."""
+
+    def get_input_embeddings(self) -> nn.Embedding: ...
+
+
+def _token_ids(loaded: LoadedModel, text: CaptureInput, max_tokens: int) -> list[int]:
     if isinstance(text, str):
         if not text.strip():
             raise ValueError("the text is empty: type a sentence or pick a built-in one")
@@ -192,22 +202,25 @@ def _token_ids(loaded: LoadedModel, text: Any, max_tokens: int) -> list[int]:
         limit = min(limit, positions)
     if len(ids) > limit:
         raise ValueError(f"the text is {len(ids)} tokens long; the limit here is {limit} tokens: shorten it")
-    n_vocab = loaded.module.get_input_embeddings().num_embeddings
+    n_vocab = cast(_TextModel, loaded.module).get_input_embeddings().num_embeddings
     if max(ids) >= n_vocab or min(ids) < 0:
         raise ValueError(f"token ids must lie in 0..{n_vocab - 1}")
     return ids
 
 
-def _images(loaded: LoadedModel, image: Any) -> Tensor:
+def _images(loaded: LoadedModel, image: CaptureInput) -> Tensor:
     if isinstance(image, Tensor) and image.ndim == 4 and tuple(image.shape[1:]) == (1, 8, 8):
         x = image.float()
         if x.numel() and (x.min() < 0 or x.max() > 1):
             raise ValueError("preprocessed digit images must have values in 0..1")
         return x
+    if loaded.preprocess is None:
+        raise ValueError(f"{loaded.name} has no image preprocessing")
     return loaded.preprocess(image)
 
 
-def capture_batch(loaded: LoadedModel, inputs: Sequence[Any], *, max_tokens: int = MAX_TOKENS) -> list[AttentionCapture]:
+def capture_batch(loaded: LoadedModel, inputs: Sequence[CaptureInput] | Tensor | np.ndarray, *,
+                  max_tokens: int = MAX_TOKENS) -> list[AttentionCapture]:
     """Capture the attention of several inputs (equal lengths share one forward pass).
 
     Args:
@@ -243,10 +256,11 @@ def capture_batch(loaded: LoadedModel, inputs: Sequence[Any], *, max_tokens: int
     causal = loaded.kind == "causal-lm"
     out: list[AttentionCapture | None] = [None] * len(ids)
     by_len: dict[int, list[int]] = {}
-    for i, x in enumerate(ids):
-        by_len.setdefault(len(x), []).append(i)
+    for i, row_ids in enumerate(ids):
+        by_len.setdefault(len(row_ids), []).append(i)
     for n, rows in by_len.items():
-        batch = {"input_ids": torch.tensor([ids[r] for r in rows]), "attention_mask": torch.ones(len(rows), n, dtype=torch.long)}
+        batch = {"input_ids": torch.tensor([ids[r] for r in rows]),
+                 "attention_mask": torch.ones(len(rows), n, dtype=torch.long)}
         records, names = _run_hf(loaded, batch)
         tokens = [loaded.tokenizer.convert_ids_to_tokens(ids[r]) for r in rows]
         for r, cap in zip(rows, _split(records, [n] * len(rows), tokens, causal, names, loaded.spec)):
@@ -254,7 +268,7 @@ def capture_batch(loaded: LoadedModel, inputs: Sequence[Any], *, max_tokens: int
     return [c for c in out if c is not None]
 
 
-def capture_attention(loaded: LoadedModel, inputs: Any, *, max_tokens: int = MAX_TOKENS) -> AttentionCapture:
+def capture_attention(loaded: LoadedModel, inputs: CaptureInput, *, max_tokens: int = MAX_TOKENS) -> AttentionCapture:
     """Capture the attention of one input at every layer and head.
 
     Args:
@@ -301,7 +315,7 @@ def passage_ids(loaded: LoadedModel, n_tokens: int) -> list[int]:
     raise AssertionError("unreachable")
 
 
-def calibration_inputs(loaded: LoadedModel, count: int = CALIBRATION_COUNT) -> list[Any]:
+def calibration_inputs(loaded: LoadedModel, count: int = CALIBRATION_COUNT) -> list[list[int]] | Tensor:
     """Calibration inputs for the per-head search: the model's own calibration set (built-in
     sentences never used for evaluation where the model has a held-out split; training images
     for the ViT), the first ``count``.

@@ -43,8 +43,8 @@ def _window_grid(n: int) -> list[PatternSpec]:
 
 
 def _a_shape_grid(n: int) -> list[PatternSpec]:
-    return [PatternSpec.of("a_shape", sink=s, local=w) for s in (1, 2, 4) for w in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
-            if s < n and w < n]
+    return [PatternSpec.of("a_shape", sink=s, local=w)
+            for s in (1, 2, 4) for w in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) if s < n and w < n]
 
 
 def _vertical_slash_grid(n: int) -> list[PatternSpec]:
@@ -109,7 +109,8 @@ class SearchConfig:
         """Raise ``ValueError`` with a clear message for a budget outside (0, 1], an unknown
         allocation, or no / unknown families."""
         if not isinstance(self.budget, (int, float)) or not 0 < self.budget <= 1:
-            raise ValueError(f"the density budget must be above 0 and at most 1 (a share of the attention pairs); got {self.budget!r}")
+            raise ValueError("the density budget must be above 0 and at most 1 (a share of the attention pairs); "
+                             f"got {self.budget!r}")
         if self.allocation not in ALLOCATIONS:
             raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
         if not self.families:
@@ -146,8 +147,10 @@ def _stack_by_length(captures: Sequence[AttentionCapture]) -> list[tuple[Attenti
     merged = []
     for group in by_len.values():
         first = group[0]
-        cat = [torch.cat([getattr(c, name) for c in group]) for name in ("scores", "probs", "query", "key", "value")]
-        merged.append((AttentionCapture(*cat, first.tokens, first.causal, first.layer_names, first.model), len(group)))
+        scores, probs, query, key, value = (torch.cat([getattr(c, name) for c in group])
+                                            for name in ("scores", "probs", "query", "key", "value"))
+        merged.append((AttentionCapture(scores, probs, query, key, value, first.tokens, first.causal,
+                                        first.layer_names, first.model), len(group)))
     return merged
 
 
@@ -229,14 +232,16 @@ class SearchResult:
         out: dict[str, int] = {}
         for row in self.plan.heads:
             for spec in row:
-                out[spec.name] = out.get(spec.name, 0) + 1
+                if spec is not None:  # a search plan has a pattern at every head
+                    out[spec.name] = out.get(spec.name, 0) + 1
         return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
     def rows(self) -> list[dict[str, float | int | str]]:
         """One dict per head: its choice, density and recall, and the uniform baseline's recall."""
         dens, rec = self.plan_density, self.plan_recall
+        labels = self.plan.labels()
         return [
-            {"layer": layer, "head": head, "pattern": self.plan.heads[layer][head].label,
+            {"layer": layer, "head": head, "pattern": labels[layer][head],
              "density": float(dens[layer, head]), "recall": float(rec[layer, head]),
              "uniform_pattern": self.uniform_spec.label,
              "uniform_density": float(self.density[self.uniform, layer, head]),

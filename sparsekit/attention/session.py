@@ -17,7 +17,7 @@ import contextlib
 import copy
 import itertools
 from contextvars import ContextVar
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, cast
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,9 @@ from torch import Tensor, nn
 
 from ..models.base import LoadedModel
 from ..models.digits_nets import Attention as DigitsAttention
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 ATTN_IMPLEMENTATION = "sparsekit_attention"
 """The name the capturing attention function is registered under in transformers."""
@@ -88,7 +91,9 @@ def _attention_forward(module: nn.Module, query: Tensor, key: Tensor, value: Ten
                        **kwargs: Any) -> tuple[Tensor, Tensor]:
     # The eager computation of transformers, with the session called around the softmax.
     if kwargs.get("s_aux") is not None:
-        raise ValueError("this model uses learned attention sinks (s_aux), which sparsekit's attention capture does not support")
+        raise ValueError(
+            "this model uses learned attention sinks (s_aux), which sparsekit's attention capture does not support"
+        )
     session = _ACTIVE.get()
     n_rep = query.shape[1] // key.shape[1]
     if n_rep > 1:  # grouped-query attention: K/V head g serves query heads g*n_rep .. (g+1)*n_rep-1
@@ -187,5 +192,6 @@ def private_copy(loaded: LoadedModel) -> nn.Module:
     clone = copy.deepcopy(module, memo)
     if _is_hf(clone):
         _register()
-        clone.config._attn_implementation = ATTN_IMPLEMENTATION
+        # A plain attribute of a Hugging Face model (nn.Module's stubs type it as Tensor | Module).
+        cast("PretrainedConfig", clone.config)._attn_implementation = ATTN_IMPLEMENTATION
     return clone.eval()

@@ -65,7 +65,7 @@ class PatternSpec:
     def __or__(self, other: "PatternSpec") -> "PatternSpec":
         return PatternSpec.combine("or", self, other)
 
-    def param(self, name: str) -> Any:
+    def param(self, name: str) -> int | bool | str:
         """The value of parameter ``name`` (``KeyError`` if the pattern has none)."""
         for key, value in self.params:
             if key == name:

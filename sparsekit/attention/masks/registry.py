@@ -241,7 +241,7 @@ PATTERNS: dict[str, PatternInfo] = {}
 """Every pattern by name, in the order the family modules register them."""
 
 
-def _declared(factory: Callable, p: inspect.Parameter, decl: Param) -> Param:
+def _declared(factory: Callable[..., MaskMod], p: inspect.Parameter, decl: Param) -> Param:
     default = p.default if decl.default is _FROM_SIGNATURE else decl.default
     if default is _FROM_SIGNATURE:
         raise TypeError(f"{factory.__name__}: declare a default for {p.name} (the signature has none)")

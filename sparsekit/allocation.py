@@ -23,6 +23,7 @@ from torch import nn
 
 from .budget import LAYER_MAX_SPARSITY, Grid, choose_levels, fit_counts, interpolate, spread_continuous
 from .config import SparsifyConfig
+from .layerweight import layer_weight
 from .methods import REGISTRY, Calibration, Method, MethodOutput, PruneSettings, get_method
 from .methods.calibration import InputStats, LayerInputs, capture_input_stats, check_calibration, sequential_prune
 from .progress import ProgressFn
@@ -87,9 +88,10 @@ def owl_outlier_ratios(model: nn.Module, names: Sequence[str], calibration: Cali
     out = {}
     for name in names:
         view = LayerInputs(name, modules[name], False)
-        metric = view.matrix(modules[name].weight.detach()).double().abs()
-        if stats[name].total is not None:
-            metric = metric * stats[name].total.sqrt().unsqueeze(0)
+        metric = view.matrix(layer_weight(modules[name]).detach()).double().abs()
+        total = stats[name].total
+        if total is not None:
+            metric = metric * total.sqrt().unsqueeze(0)
         out[name] = float((metric > m * metric.mean()).double().mean())
     return out
 
@@ -133,7 +135,7 @@ def owl_sparsities(ratios: dict[str, float], numel: dict[str, int], sparsity: fl
 
 
 def _grid(method: Method, module: nn.Module) -> Grid:
-    numel = module.weight.numel()
+    numel = layer_weight(module).numel()
     if method.count_pieces is not None:
         rows, cols = LayerInputs("", module, False).view.matrix_shape
         return Grid(numel, method.count_pieces(rows, cols))
@@ -164,7 +166,7 @@ def allocate(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], config: 
         The ``Allocation``.
     """
     names = [n for n, _ in layers]
-    numel = {n: m.weight.numel() for n, m in layers}
+    numel = {n: layer_weight(m).numel() for n, m in layers}
     total = sum(numel.values())
     if config.allocation == "owl":
         _owl_calibration(calibration)

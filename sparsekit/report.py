@@ -5,12 +5,16 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any, Protocol, TypedDict
 
 import torch
 from torch import nn
 
 from .layers import GroupedView, layer_group, layer_type, prunable_layers
+from .layerweight import layer_weight
+from .models.base import LoadedModel, module_of
 
 
 @dataclass
@@ -46,12 +50,29 @@ class LayerReport:
     def pruned(self) -> bool:
         return not self.skipped_reason
 
-    def as_row(self) -> dict:
+    def as_row(self) -> dict[str, Any]:
         """A flat dict for tables and CSV (sizes in bytes)."""
         row = asdict(self)
         row["shape"] = "×".join(map(str, self.shape))
         row["kept_fraction"] = self.kept_fraction
         return row
+
+
+class FormatBytes(TypedDict):
+    """Weight memory of one layer per storage format, in bytes (``format_bytes``)."""
+
+    dense_bytes: int
+    bitmask_bytes: int
+    csr_bytes: int
+    nm_bytes: int | None
+    """None unless the layer has an N:M pattern."""
+
+
+class HasReport(Protocol):
+    """What ``report_csv`` reads: a ``sparsify.SparsifyResult`` (which imports this module)."""
+
+    @property
+    def report(self) -> Sequence[LayerReport]: ...
 
 
 def is_2_4(weight: torch.Tensor) -> bool:
@@ -62,7 +83,8 @@ def is_2_4(weight: torch.Tensor) -> bool:
     return bool(((weight.detach() != 0).reshape(weight.shape[0], -1, 4).sum(-1) <= 2).all())
 
 
-def semi_structured_check(shape: tuple[int, ...], pattern: tuple[int, int] | None, dtype=torch.float16) -> str:
+def semi_structured_check(shape: tuple[int, ...], pattern: tuple[int, int] | None,
+                          dtype: torch.dtype = torch.float16) -> str:
     """Whether a weight would run on PyTorch's 2:4 semi-structured kernels.
 
     The rules are read from ``torch.sparse``'s backend classes: a 2-D weight, a 2:4 pattern, a dtype
@@ -90,7 +112,8 @@ def semi_structured_check(shape: tuple[int, ...], pattern: tuple[int, int] | Non
             continue
         if len(shape) == 2:
             rows, cols = shape
-            if rows < rule.sparse_min_rows or rows % rule.sparse_min_rows or cols < rule.sparse_min_cols or cols % rule.sparse_min_cols:
+            min_rows, min_cols = rule.sparse_min_rows, rule.sparse_min_cols
+            if rows < min_rows or rows % min_rows or cols < min_cols or cols % min_cols:
                 shape_failures.append(
                     f"{backend} needs rows a multiple of {rule.sparse_min_rows} and columns of {rule.sparse_min_cols}"
                 )
@@ -103,13 +126,13 @@ def semi_structured_check(shape: tuple[int, ...], pattern: tuple[int, int] | Non
     return f"ok ({', '.join(accepted)}; as {str(dtype).replace('torch.', '')} on CUDA)"
 
 
-def format_bytes(shape: tuple[int, ...], kept: int, element_size: int, nm: tuple[int, int] | None) -> dict:
+def format_bytes(shape: tuple[int, ...], kept: int, element_size: int, nm: tuple[int, int] | None) -> FormatBytes:
     """Weight memory in bytes: dense; bitmask (kept values + 1 bit per entry); CSR as torch stores
     it (kept values + int64 column index each + int64 row pointers); N:M compressed (kept values +
     ceil(log2 M) index bits per kept value, which is PyTorch's 2-bit metadata for 2:4)."""
     numel = math.prod(shape)
     rows = shape[0] if len(shape) >= 1 else 1
-    out = {
+    out: FormatBytes = {
         "dense_bytes": numel * element_size,
         "bitmask_bytes": kept * element_size + math.ceil(numel / 8),
         "csr_bytes": kept * (element_size + 8) + (rows + 1) * 8,
@@ -122,7 +145,8 @@ def format_bytes(shape: tuple[int, ...], kept: int, element_size: int, nm: tuple
     return out
 
 
-def build_layer_report(name: str, module: nn.Module, view: GroupedView, kept: int, reason: str, nm) -> LayerReport:
+def build_layer_report(name: str, module: nn.Module, view: GroupedView, kept: int, reason: str,
+                       nm: tuple[int, int] | None) -> LayerReport:
     """One layer's ``LayerReport``.
 
     Args:
@@ -139,7 +163,7 @@ def build_layer_report(name: str, module: nn.Module, view: GroupedView, kept: in
     shape = view.shape
     # A conv weight stays N-D here: the 2:4 kernels take 2-D (Linear) weights only, and the check says so.
     matrix_shape = view.matrix_shape if view.transposed else shape
-    element_size = module.weight.element_size()
+    element_size = layer_weight(module).element_size()
     sizes = format_bytes(matrix_shape, kept, element_size, nm if not reason else None)
     return LayerReport(
         name=name,
@@ -154,7 +178,7 @@ def build_layer_report(name: str, module: nn.Module, view: GroupedView, kept: in
     )
 
 
-def report_csv(result) -> str:
+def report_csv(result: HasReport) -> str:
     """The per-layer report of a ``SparsifyResult`` as CSV text (sizes in bytes; kept_fraction in [0, 1])."""
     rows = [r.as_row() for r in result.report]
     buf = io.StringIO()
@@ -164,27 +188,28 @@ def report_csv(result) -> str:
     return buf.getvalue()
 
 
-def layer_table(model: nn.Module) -> list[dict]:
+def layer_table(model: nn.Module | LoadedModel) -> list[dict[str, str | int]]:
     """Every prunable layer: name, type, group (attention/mlp/other), weight shape, parameter count."""
-    rows = []
-    for name, module in prunable_layers(getattr(model, "module", model)):
-        shape = tuple(module.weight.shape)
+    rows: list[dict[str, str | int]] = []
+    for name, module in prunable_layers(module_of(model)):
+        weight = layer_weight(module)
+        shape = tuple(weight.shape)
         rows.append({
             "name": name,
             "type": layer_type(module),
             "group": layer_group(name),
             "weight_shape": "×".join(map(str, shape)),
             "params": sum(p.numel() for p in module.parameters(recurse=False)),
-            "dtype": str(module.weight.dtype).replace("torch.", ""),
+            "dtype": str(weight.dtype).replace("torch.", ""),
         })
     return rows
 
 
-def params_by_type(model: nn.Module) -> dict[str, int]:
+def params_by_type(model: nn.Module | LoadedModel) -> dict[str, int]:
     """Parameter counts by the type of the module that owns them (shared tensors counted once)."""
     counts: dict[str, int] = {}
     seen: set[int] = set()
-    for module in getattr(model, "module", model).modules():
+    for module in module_of(model).modules():
         for p in module.parameters(recurse=False):
             if id(p) in seen:
                 continue

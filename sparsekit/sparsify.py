@@ -12,13 +12,16 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .allocation import Allocation, allocate, run_allocated
+from .allocation import Allocation, DropCurves, allocate, run_allocated
 from .cache import model_fingerprint
 from .config import ALLOCATIONS, CALIBRATION_ORDERS, LAYER_SETS, MAX_M, MAX_SPARSITY, PATTERNS, SCOPES, SparsifyConfig
 from .layers import CONV_GROUPINGS, GroupedView, grouped_view, layer_group, matrix_view, prunable_layers, tied_layers
+from .layerweight import layer_weight
 from .masks import nm_mask, topk_keep, unstructured_mask
 from .methods import CALIBRATED_METHODS, METHODS, MethodOutput, get_method
 from .methods.calibration import check_calibration
+from .methods.types import Calibration
+from .models.base import LoadedModel, module_of
 from .progress import ProgressFn
 from .report import (
     LayerReport,
@@ -84,7 +87,7 @@ class SparsifyResult:
         kept = sum(r.kept for r in self.report)
         p_total = sum(r.numel for r in pruned)
         p_kept = sum(r.kept for r in pruned)
-        nm_sizes = [r.nm_bytes for r in pruned]
+        nm_sizes = [r.nm_bytes for r in pruned if r.nm_bytes is not None]
         return {
             "layers_pruned": len(pruned),
             "layers_with_zeros": sum(r.kept < r.numel for r in pruned),
@@ -97,7 +100,7 @@ class SparsifyResult:
             "pruned_dense_bytes": sum(r.dense_bytes for r in pruned),
             "pruned_bitmask_bytes": sum(r.bitmask_bytes for r in pruned),
             "pruned_csr_bytes": sum(r.csr_bytes for r in pruned),
-            "pruned_nm_bytes": None if any(b is None for b in nm_sizes) else sum(nm_sizes),
+            "pruned_nm_bytes": None if len(nm_sizes) < len(pruned) else sum(nm_sizes),
         }
 
 
@@ -132,7 +135,7 @@ def layer_mask(weight: torch.Tensor, view: GroupedView, config: SparsifyConfig, 
     return unstructured_mask(weight, float(config.sparsity), scores=scores)
 
 
-def layer_reasons(model, config: SparsifyConfig) -> dict[str, str]:
+def layer_reasons(model: nn.Module | LoadedModel, config: SparsifyConfig) -> dict[str, str]:
     """Why each Linear/Conv layer would stay dense under ``config`` ('' = it is pruned).
 
     Args:
@@ -142,7 +145,7 @@ def layer_reasons(model, config: SparsifyConfig) -> dict[str, str]:
     Returns:
         layer name -> reason, in module order.
     """
-    source = getattr(model, "module", model)
+    source = module_of(model)
     layers = prunable_layers(source)
     reasons = _selection([n for n, _ in layers], config)
     tied = tied_layers(source, layers)
@@ -150,8 +153,9 @@ def layer_reasons(model, config: SparsifyConfig) -> dict[str, str]:
         reason = reasons[name] if config.pattern != "dense" else "dense config"
         if not reason and name in tied:
             reason = "weight tied to another layer (e.g. embeddings)"
-        if not reason and not module.weight.is_floating_point():
-            reason = f"weight dtype {module.weight.dtype} is not floating point"
+        weight = layer_weight(module)
+        if not reason and not weight.is_floating_point():
+            reason = f"weight dtype {weight.dtype} is not floating point"
         if not reason and config.pattern == "nm":
             size, label = grouped_view(module, config.conv_grouping).group_axis
             if size % config.m:
@@ -164,12 +168,12 @@ def layer_reasons(model, config: SparsifyConfig) -> dict[str, str]:
 
 
 def sparsify(
-    model,
+    model: nn.Module | LoadedModel,
     config: SparsifyConfig,
     *,
     progress: ProgressFn | None = None,
-    calibration=None,
-    sensitivity=None,
+    calibration: Calibration | None = None,
+    sensitivity: DropCurves | None = None,
 ) -> SparsifyResult:
     """Prune a deep copy of ``model`` according to ``config``.
 
@@ -238,7 +242,8 @@ def sparsify(
     todo: list[tuple[str, nn.Module]] = []
     for name, module in layers:
         if reasons[name]:
-            report.append(build_layer_report(name, module, views[name], module.weight.numel(), reasons[name], nm_of(name)))
+            report.append(build_layer_report(name, module, views[name], layer_weight(module).numel(), reasons[name],
+                                             nm_of(name)))
         else:
             todo.append((name, module))
             report.append(None)  # filled below, keeps module order
@@ -262,7 +267,7 @@ def sparsify(
 
     global_keep = None
     if config.pattern == "unstructured" and config.scope == "global" and todo:
-        flat = torch.cat([scores_of(n, m.weight.detach()).reshape(-1) for n, m in todo])
+        flat = torch.cat([scores_of(n, layer_weight(m).detach()).reshape(-1) for n, m in todo])
         keep_count = flat.numel() - int(round(float(config.sparsity) * flat.numel()))
         global_keep = topk_keep(flat, keep_count)
 
@@ -272,7 +277,7 @@ def sparsify(
         for step, ((name, module), slot) in enumerate(zip(todo, slots)):
             if progress is not None:
                 progress(step / max(1, len(todo)), f"pruning {name}")
-            weight = module.weight.detach()
+            weight = layer_weight(module).detach()
             if name in output.masks:
                 mask = output.masks[name]
             elif global_keep is not None:
@@ -281,15 +286,17 @@ def sparsify(
             else:
                 layer_config = alloc.layer_config(config, name) if alloc is not None else config
                 mask = layer_mask(weight, views[name], layer_config, scores_of(name, weight))
-            new_modules[name].weight.mul_(mask.to(weight.dtype))
+            layer_weight(new_modules[name]).mul_(mask.to(weight.dtype))
             masks[name] = mask
             report[slot] = build_layer_report(name, module, views[name], int(mask.sum()), "", nm_of(name))
     if progress is not None:
         progress(1.0, "done")
+    filled = [r for r in report if r is not None]
+    assert len(filled) == len(report)  # every pruned layer's slot was filled above
     return SparsifyResult(
         model=pruned_model,
         masks=masks,
-        report=report,
+        report=filled,
         config=config,
         weight_names={name: f"{name}.weight" for name in masks},
         notes=dict(output.notes),
@@ -302,8 +309,8 @@ def sparsify(
 
 
 __all__ = [
-    "ALLOCATIONS", "CALIBRATED_METHODS", "CALIBRATION_ORDERS", "CONV_GROUPINGS", "LAYER_SETS", "LayerReport", "MAX_M", "MAX_SPARSITY",
-    "METHODS", "PATTERNS", "SCOPES", "SparsifyConfig", "SparsifyResult", "format_bytes", "is_2_4",
+    "ALLOCATIONS", "CALIBRATED_METHODS", "CALIBRATION_ORDERS", "CONV_GROUPINGS", "LAYER_SETS", "LayerReport", "MAX_M",
+    "MAX_SPARSITY", "METHODS", "PATTERNS", "SCOPES", "SparsifyConfig", "SparsifyResult", "format_bytes", "is_2_4",
     "layer_group", "layer_mask", "layer_reasons", "layer_table", "params_by_type", "prunable_layers",
     "report_csv", "semi_structured_check", "sparsify",
 ]

@@ -107,7 +107,8 @@ def get_method(name: str) -> Method:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise ValueError(f"method must be one of {', '.join(REGISTRY)} (registered pruning methods), got {name!r}") from None
+        raise ValueError(f"method must be one of {', '.join(REGISTRY)} (registered pruning methods), "
+                         f"got {name!r}") from None
 
 
 __all__ = ["Method", "REGISTRY", "get_method", "register"]

@@ -10,6 +10,7 @@ Layers outside every block (embeddings, heads) are pruned on arrival in both ord
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import Any, Callable, Sequence
 
 import torch
@@ -17,13 +18,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import grouped_view, is_prunable
+from ..layerweight import layer_weight
 from .types import Calibration, MethodOutput, ProgressFn, PruneSettings
 
 CONTRASTIVE_TEMPERATURE = 0.05
 """Temperature of the encoder calibration loss (SimCSE's value)."""
 
 
-def check_calibration(calibration: Any, method: str = "calibrated") -> None:
+def check_calibration(calibration: object, method: str = "calibrated") -> None:
     """Raise ``ValueError`` unless ``calibration`` is a non-empty float tensor or a dict with
     ``input_ids`` (and optionally ``attention_mask``)."""
     hint = ("pass calibration=... (a float tensor batch, or a dict with input_ids and attention_mask) or a "
@@ -42,34 +44,38 @@ def check_calibration(calibration: Any, method: str = "calibrated") -> None:
             raise ValueError(f"method {method!r}: calibration dict needs input_ids, a non-empty [batch, length] tensor")
         mask = calibration.get("attention_mask")
         if mask is not None and (not isinstance(mask, torch.Tensor) or mask.shape != ids.shape):
-            raise ValueError(f"method {method!r}: calibration attention_mask must match input_ids' shape {tuple(ids.shape)}")
+            raise ValueError(f"method {method!r}: calibration attention_mask must match input_ids' shape "
+                             f"{tuple(ids.shape)}")
         return
     raise ValueError(f"method {method!r}: calibration must be a tensor or a dict of token tensors, got "
                      f"{type(calibration).__name__}; {hint}")
 
 
-def calibration_size(calibration: Any) -> int:
+def calibration_size(calibration: Calibration) -> int:
     """Number of samples (images or sequences) in a calibration batch."""
     return int((calibration["input_ids"] if isinstance(calibration, dict) else calibration).shape[0])
 
 
-def calibration_slice(calibration: Any, start: int, stop: int) -> Any:
+def calibration_slice(calibration: Calibration, start: int, stop: int) -> Calibration:
     """Samples ``start:stop`` of a calibration batch (tensor or dict of tensors)."""
     if isinstance(calibration, dict):
         return {k: v[start:stop] for k, v in calibration.items()}
     return calibration[start:stop]
 
 
-def token_mask(calibration: Any) -> torch.Tensor | None:
+def token_mask(calibration: Calibration) -> torch.Tensor | None:
     if isinstance(calibration, dict) and calibration.get("attention_mask") is not None:
         return calibration["attention_mask"].bool()
     return None
 
 
-def run_model(model: nn.Module, inputs: Any) -> Any:
-    """One forward on calibration-style inputs (``model(x)`` or ``model(**token_tensors)``)."""
+def run_model(model: nn.Module, inputs: Calibration) -> Any:
+    """One forward on calibration-style inputs (``model(x)`` or ``model(**token_tensors)``); the model's own
+    output (a tensor, a tuple or a transformers ``ModelOutput``)."""
     if isinstance(inputs, dict):
-        kwargs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        names = ("input_ids", "attention_mask", "token_type_ids")
+        kwargs: dict[str, object] = {k: v for k, v in inputs.items() if k in names}
+        params: Mapping[str, inspect.Parameter]
         try:
             params = inspect.signature(model.forward).parameters
         except (TypeError, ValueError):
@@ -91,7 +97,7 @@ def main_output(out: Any) -> torch.Tensor:
     return out[0]
 
 
-def calibration_loss(model: nn.Module, batch: Any) -> torch.Tensor:
+def calibration_loss(model: nn.Module, batch: Calibration) -> torch.Tensor:
     """A label-free loss on a calibration batch, for gradient-based (Taylor) importance.
 
     - classifier (a tensor input, ``[batch, classes]`` output): cross-entropy against the model's
@@ -112,15 +118,16 @@ def calibration_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     if isinstance(batch, torch.Tensor):
         logits = main_output(out)
         if logits.dim() != 2:
-            raise ValueError(f"Taylor scores need a classifier output [batch, classes], got shape {tuple(logits.shape)}")
+            raise ValueError("Taylor scores need a classifier output [batch, classes], got shape "
+                             f"{tuple(logits.shape)}")
         return F.cross_entropy(logits, logits.detach().argmax(-1))
     mask = batch.get("attention_mask")
     if mask is None:
         mask = torch.ones_like(batch["input_ids"])
-    logits = getattr(out, "logits", None)
-    if isinstance(logits, torch.Tensor):
+    lm_logits = getattr(out, "logits", None)
+    if isinstance(lm_logits, torch.Tensor):
         valid = mask[:, 1:].bool()
-        return F.cross_entropy(logits[:, :-1][valid].float(), batch["input_ids"][:, 1:][valid])
+        return F.cross_entropy(lm_logits[:, :-1][valid].float(), batch["input_ids"][:, 1:][valid])
     hidden = main_output(out).float()
     weights = mask.unsqueeze(-1).to(hidden.dtype)
     emb = F.normalize((hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9), dim=-1)
@@ -139,7 +146,7 @@ class LayerInputs:
         if isinstance(module, nn.Conv3d):
             raise ValueError(f"{name}: calibrated methods support Linear, Conv1d and Conv2d layers, not Conv3d; "
                              "exclude it with the exclude regex")
-        if self.conv:
+        if isinstance(module, (nn.Conv1d, nn.Conv2d)):
             if module.groups != 1:
                 raise ValueError(f"{name}: grouped convolutions (groups={module.groups}) are not supported by the "
                                  "calibrated methods; exclude it with the exclude regex")
@@ -165,13 +172,14 @@ class LayerInputs:
                 return x[token_mask].float()  # padding tokens are not calibration data
             return x.reshape(-1, x.shape[-1]).float()
         mod = self.module
-        if isinstance(mod, nn.Conv1d):
+        if isinstance(mod, nn.Conv2d):
+            x4 = x
+            kernel, dilation, stride, padding = mod.kernel_size, mod.dilation, mod.stride, self._padding()
+        else:
+            assert isinstance(mod, nn.Conv1d)  # self.conv: a Conv1d or a Conv2d
             x4 = x.unsqueeze(2)
             kernel, dilation, stride = (1, mod.kernel_size[0]), (1, mod.dilation[0]), (1, mod.stride[0])
             padding = (0, self._padding()[0])
-        else:
-            x4 = x
-            kernel, dilation, stride, padding = mod.kernel_size, mod.dilation, mod.stride, self._padding()
         patches = F.unfold(x4.float(), kernel, dilation=dilation, padding=padding, stride=stride)
         cols = patches.transpose(1, 2).reshape(-1, patches.shape[1])  # c-major: (c, kh, kw)
         if self.channel_grouping:
@@ -181,11 +189,13 @@ class LayerInputs:
 
     def _padding(self) -> tuple[int, ...]:
         mod = self.module
+        assert isinstance(mod, (nn.Conv1d, nn.Conv2d))  # called for conv layers only
         if isinstance(mod.padding, str):
             if mod.padding == "valid":
                 return tuple(0 for _ in mod.kernel_size)
             if any(k % 2 == 0 for k in mod.kernel_size):
-                raise ValueError(f"{self.name}: padding='same' with an even kernel is not supported by the calibrated methods")
+                raise ValueError(f"{self.name}: padding='same' with an even kernel is not supported by the "
+                                 "calibrated methods")
             return tuple(d * (k - 1) // 2 for k, d in zip(mod.kernel_size, mod.dilation))
         return tuple(mod.padding)
 
@@ -214,8 +224,14 @@ class InputStats:
         self.total = part if self.total is None else self.total + part
         self.samples += int(samples)
 
+    def accumulated(self) -> torch.Tensor:
+        """``total``, once at least one input was added."""
+        if self.total is None:
+            raise ValueError("no inputs were added: the layer was never called")
+        return self.total
+
     def hessian(self) -> torch.Tensor:
-        return (2.0 / max(self.samples, 1)) * self.total
+        return (2.0 / max(self.samples, 1)) * self.accumulated()
 
 
 class _AllPruned(Exception):
@@ -225,8 +241,8 @@ class _AllPruned(Exception):
 
 KeepFn = Callable[["LayerInputs", torch.Tensor, PruneSettings, "InputStats", dict[str, str]],
                   "tuple[torch.Tensor, torch.Tensor | None]"]
-"""``keep(layer, weight, settings, input statistics, notes) -> (mask, new weights or None)``."""
-"""``keep(layer, weight, config, stats, notes) -> (mask in the weight's layout, new weight or None)``."""
+"""``keep(layer, weight, settings, input statistics, notes) -> (mask in the weight's layout, new weight or
+None)``."""
 
 
 def transformer_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -292,12 +308,13 @@ def sequential_prune(model: nn.Module, names: Sequence[str], config: PruneSettin
     else:
         out.order = "layer"
         out.order_note = "layer order: each layer pruned on inputs from all already-pruned layers before it"
-    state: dict[str, Any] = {"capture": None, "inside": False}
+    capturing: dict[str, InputStats] | None = None  # a block's layers -> their stats, during its extra forward
+    in_block = False
 
     def prune(view: LayerInputs, stats: InputStats) -> None:
         if progress is not None:
             progress(0.9 * len(out.masks) / max(total, 1), f"{config.method}: {view.name}")
-        weight = view.module.weight
+        weight = layer_weight(view.module)
         with torch.no_grad():
             mask, new = keep(view, weight, config, stats, out.notes)
             if new is not None:
@@ -307,34 +324,34 @@ def sequential_prune(model: nn.Module, names: Sequence[str], config: PruneSettin
         if len(out.masks) == total:
             raise _AllPruned
 
-    def layer_hook(module, args):
+    def layer_hook(module: nn.Module, args: tuple[object, ...]) -> None:
         view = views.get(module)
         if view is None or view.name in out.masks or not args or not isinstance(args[0], torch.Tensor):
             return
         x = args[0]
         X = view.columns(x, tokens)
         samples = x.shape[0] if x.dim() >= 2 else 1  # sequences, images, or rows of a 2-D batch
-        capture = state["capture"]
-        if capture is not None:
-            if view.name in capture:
-                capture[view.name].add(X, samples)
+        if capturing is not None:
+            if view.name in capturing:
+                capturing[view.name].add(X, samples)
             return
         stats = InputStats(stats_kind)
         stats.add(X, samples)
         prune(view, stats)
 
-    def block_hook(block, args, kwargs):
-        if state["inside"]:
+    def block_hook(block: nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
+        nonlocal capturing, in_block
+        if in_block:
             return None
         todo = [n for n in blocks[block] if n not in out.masks]
         if not todo:
             return None
         capture = {n: InputStats(stats_kind) for n in todo}
-        state["capture"], state["inside"] = capture, True
+        capturing, in_block = capture, True
         try:
             block(*args, **kwargs)
         finally:
-            state["capture"], state["inside"] = None, False
+            capturing, in_block = None, False
         for n in todo:
             if capture[n].total is not None:
                 prune(views[modules[n]], capture[n])
@@ -354,11 +371,11 @@ def sequential_prune(model: nn.Module, names: Sequence[str], config: PruneSettin
     for name in names:
         if name not in out.masks:
             out.notes[name] = "not reached by the calibration forward: magnitude scores used"
-            out.scores[name] = modules[name].weight.detach()
+            out.scores[name] = layer_weight(modules[name]).detach()
     return out
 
 
-def capture_input_stats(model: nn.Module, names: Sequence[str], calibration: Any,
+def capture_input_stats(model: nn.Module, names: Sequence[str], calibration: Calibration,
                         kind: str = "hessian") -> dict[str, InputStats]:
     """Statistics of each named layer's inputs over one forward of the calibration batch.
 
@@ -380,7 +397,7 @@ def capture_input_stats(model: nn.Module, names: Sequence[str], calibration: Any
     stats = {n: InputStats(kind) for n in names}
     tokens = token_mask(calibration)
 
-    def hook(module, args):
+    def hook(module: nn.Module, args: tuple[object, ...]) -> None:
         if not args or not isinstance(args[0], torch.Tensor):
             return
         view, x = views[module], args[0]

@@ -20,6 +20,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..layers import grouped_view, prunable_layers, tied_layers
+from ..layerweight import layer_weight
 from .base import get_method
 from .types import Calibration, PruneSettings
 
@@ -33,11 +34,11 @@ def forward_weights(module: nn.Module) -> int:
     """Weights a token meets in one forward: every Linear/Conv layer's, plus an output layer tied
     to the embeddings (a language model's vocabulary projection), which ``prunable_layers`` skips."""
     layers = prunable_layers(module)
-    total = sum(int(m.weight.numel()) for _, m in layers)
+    total = sum(int(layer_weight(m).numel()) for _, m in layers)
     get_out = getattr(module, "get_output_embeddings", None)
     out = get_out() if callable(get_out) else None
     weight = getattr(out, "weight", None)
-    if weight is not None and all(m.weight is not weight for _, m in layers):
+    if weight is not None and all(layer_weight(m) is not weight for _, m in layers):
         total += int(weight.numel())
     return total
 
@@ -73,7 +74,7 @@ def estimate_seconds(module: nn.Module, config: PruneSettings, calibration: Cali
     layers = prunable_layers(module)
     tied = tied_layers(module, layers)
     layers = [(name, layer) for name, layer in layers if name not in tied]
-    prunable = sum(int(m.weight.numel()) for _, m in layers)
+    prunable = sum(int(layer_weight(m).numel()) for _, m in layers)
     rate = 2.0 * weights / seconds_per_token  # flops per second of the forward's matmuls
     tokens = calibration_tokens(calibration) if calibration is not None else 0
     passes = method.calibration_passes

@@ -5,7 +5,7 @@ Cholesky factor of ``H^-1`` drives a column-by-column pass in blocks of 128 that
 kept weights are rewritten. Runs in the shared calibration forward (``calibration.sequential_prune``)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, TypedDict
 
 import torch
 from torch import nn
@@ -21,6 +21,17 @@ SPARSEGPT_DAMP = 0.01
 """SparseGPT dampening: ``lambda = 0.01 * mean(diag H)``."""
 
 
+class SparseGPTInfo(TypedDict):
+    """What ``sparsegpt_prune`` reports besides the weight and the mask."""
+
+    damp: float
+    """The dampening used (a fraction of ``mean(diag H)``; raised when H was not positive definite)."""
+    damp_raised: bool
+    """Whether it had to be raised above the requested one."""
+    loss: float
+    """The algorithm's own estimate of the increase in ``||WX - W'X||^2``."""
+
+
 def sparsegpt_prune(
     weight: torch.Tensor,
     hessian: torch.Tensor,
@@ -29,7 +40,7 @@ def sparsegpt_prune(
     nm: tuple[int, int] | None = None,
     blocksize: int = SPARSEGPT_BLOCK,
     damp: float = SPARSEGPT_DAMP,
-) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, torch.Tensor, SparseGPTInfo]:
     """SparseGPT on one weight matrix: choose the mask and rewrite the kept weights.
 
     Args:
@@ -87,12 +98,13 @@ def _nm_pruned(score: torch.Tensor, n: int, before: torch.Tensor) -> torch.Tenso
     return rank >= n
 
 
-def _nm_before(m: int, device) -> torch.Tensor:
+def _nm_before(m: int, device: torch.device) -> torch.Tensor:
     idx = torch.arange(m, device=device)
     return (idx.unsqueeze(1) > idx.unsqueeze(0)).unsqueeze(-1)
 
 
-def _sparsegpt(weight, hessian, sparsity, nm, blocksize, damp):
+def _sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float | None, nm: tuple[int, int] | None,
+               blocksize: int, damp: float) -> tuple[torch.Tensor, torch.Tensor, SparseGPTInfo]:
     rows, cols = weight.shape
     if hessian.shape != (cols, cols):
         raise ValueError(f"hessian shape {tuple(hessian.shape)} does not match {cols} weight columns")

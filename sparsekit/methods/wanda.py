@@ -58,7 +58,7 @@ def keep_layer(layer: LayerInputs, weight: torch.Tensor, config: PruneSettings, 
                notes: dict[str, str]) -> tuple[torch.Tensor, None]:
     """Wanda's mask of one layer from its input norms (no weight update)."""
     W = layer.matrix(weight.detach())
-    scores = wanda_scores(W.float(), stats.total.sqrt().float())
+    scores = wanda_scores(W.float(), stats.accumulated().sqrt().float())
     if config.pattern == "nm":
         keep = nm_mask(W, config.n, config.m, scores=scores)
     else:
@@ -88,7 +88,7 @@ def exact_count_mask(layer: LayerInputs, weight: torch.Tensor, stats: InputStats
         The mask in the weight's layout, True = kept.
     """
     W = layer.matrix(weight.detach())
-    scores = wanda_scores(W.float(), stats.total.sqrt().float())
+    scores = wanda_scores(W.float(), stats.accumulated().sqrt().float())
     rows, cols = scores.shape
     base, extra = divmod(int(count), rows)
     order = torch.sort(scores.abs(), dim=1, descending=True, stable=True).indices

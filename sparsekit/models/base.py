@@ -58,6 +58,18 @@ def state_token(module: nn.Module) -> tuple:
     return tuple(parts)
 
 
+def module_of(model: nn.Module | LoadedModel) -> nn.Module:
+    """The ``nn.Module`` of a ``LoadedModel`` (any object's ``.module``), or the module itself.
+
+    Raises:
+        TypeError: what it comes to is not an ``nn.Module``.
+    """
+    source = getattr(model, "module", model)
+    if not isinstance(source, nn.Module):
+        raise TypeError(f"expected an nn.Module or a LoadedModel, got {type(model).__name__}")
+    return source
+
+
 # A quality metric maps a module (the dense one or a sparsified copy) to named numbers.
 # Its first key is the headline figure; ``higher_is_better`` says which way is good.
 QualityFn = Callable[[nn.Module], dict[str, float]]

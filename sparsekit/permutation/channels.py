@@ -11,7 +11,10 @@ import torch
 from torch import nn
 
 from ..layers import in_features, is_conv1d_transposed, is_prunable, out_features, prunable_layers
+from ..layerweight import layer_weight
 from ..methods.calibration import calibration_slice, check_calibration, main_output, run_model
+from ..methods.types import Calibration
+from ..models.base import LoadedModel
 from ..progress import ProgressFn
 from .search import PERMUTATION_CHECK_SAMPLES, StopFn, search_permutation
 
@@ -21,21 +24,24 @@ def _permutable(module: nn.Module) -> bool:
 
 
 def _permute_outputs(module: nn.Module, perm: torch.Tensor) -> None:
+    weight = layer_weight(module)
     with torch.no_grad():
         if is_conv1d_transposed(module):
-            module.weight.copy_(module.weight[:, perm])
+            weight.copy_(weight[:, perm])
         else:
-            module.weight.copy_(module.weight[perm])
-        if getattr(module, "bias", None) is not None:
-            module.bias.copy_(module.bias[perm])
+            weight.copy_(weight[perm])
+        bias = getattr(module, "bias", None)
+        if bias is not None:
+            bias.copy_(bias[perm])
 
 
 def _permute_inputs(module: nn.Module, perm: torch.Tensor) -> None:
+    weight = layer_weight(module)
     with torch.no_grad():
         if is_conv1d_transposed(module):
-            module.weight.copy_(module.weight[perm])
+            weight.copy_(weight[perm])
         else:
-            module.weight.copy_(module.weight[:, perm])
+            weight.copy_(weight[:, perm])
 
 
 def _apply_pair(producers: list[nn.Module], consumer: nn.Module, perm: torch.Tensor) -> None:
@@ -46,7 +52,7 @@ def _apply_pair(producers: list[nn.Module], consumer: nn.Module, perm: torch.Ten
 
 def _consumer_matrix(module: nn.Module) -> torch.Tensor:
     """The consumer weight as ``[rows, input channels]``: the rows of a conv are (out, kernel position)."""
-    w = module.weight.detach()
+    w = layer_weight(module).detach()
     if is_conv1d_transposed(module):
         return w.t()
     if w.dim() > 2:
@@ -99,11 +105,11 @@ class ChannelPermutation:
 
 
 def permute_channels(
-    model: Any,
+    model: nn.Module | LoadedModel,
     n: int = 2,
     m: int = 4,
     *,
-    calibration: Any = None,
+    calibration: Calibration | None = None,
     include: Callable[[str], bool] | None = None,
     max_rounds: int = 100,
     max_seconds_per_layer: float = 20.0,
@@ -161,6 +167,7 @@ def permute_channels(
     if calibration is None:
         calibration = getattr(model, "calibration", None)
     check_calibration(calibration, "channel permutation")
+    assert calibration is not None
     layers = prunable_layers(source)
     if not layers:
         raise ValueError("the model has no Linear or Conv layers to permute")
@@ -225,7 +232,8 @@ def permute_channels(
         report(done / total, f"layer {len(rows) + 1}/{len(plan)}: {cname}")
         start = done
 
-        def layer_progress(f: float, msg: str, start=start, weight=weight, cname=cname) -> None:
+        def layer_progress(f: float, msg: str, start: float = start, weight: float = weight, cname: str = cname
+                           ) -> None:
             report((start + f * weight) / total, f"layer {len(rows) + 1}/{len(plan)}: {cname}, {msg}")
 
         found = search_permutation(_consumer_matrix(consumer), n, m, max_rounds=max_rounds,
@@ -270,7 +278,7 @@ def _static_check(names: list[str], idx: int, mods: dict, m: int) -> tuple[str, 
     if idx == 0:
         return "first layer: its input comes from outside the network", []
     if (not _permutable(consumer) or isinstance(consumer, nn.Conv1d)
-            or (consumer.weight.dim() > 2 and consumer.groups != 1)):
+            or (layer_weight(consumer).dim() > 2 and consumer.groups != 1)):
         return f"{type(consumer).__name__} consumers are not supported", []
     cin = in_features(consumer)
     if cin % m:
@@ -324,7 +332,7 @@ def _apply_resumed(row: dict, mods: dict, consumer: nn.Module) -> dict:
     fits = (perm is not None and perm.dim() == 1 and perm.numel() == cin
             and torch.equal(perm.sort().values, torch.arange(cin)) and producers
             and all(p in mods and _permutable(mods[p]) and out_features(mods[p]) == cin for p in producers))
-    if not fits:
+    if perm is None or not fits:
         raise ValueError(f"resume: the stored permutation of {row['layer']} does not fit this model "
                          f"({cin} input channels, producers {row['producers']!r})")
     _apply_pair([mods[p] for p in producers], consumer, perm)

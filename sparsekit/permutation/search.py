@@ -134,7 +134,8 @@ def search_permutation(
         return _search(matrix, n, m, max_rounds, max_seconds, progress, should_stop)
 
 
-def _search(matrix, n, m, max_rounds, max_seconds, progress=None, should_stop=None) -> PermutationSearch:
+def _search(matrix: torch.Tensor, n: int, m: int, max_rounds: int, max_seconds: float,
+            progress: ProgressFn | None = None, should_stop: StopFn | None = None) -> PermutationSearch:
     rows, cols = matrix.shape
     start_time = time.perf_counter()
     a = matrix.detach().abs().double()

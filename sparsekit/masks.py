@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Mapping
+from typing import Iterator, Mapping, TypeAlias
 
 import numba
 import numpy as np
@@ -68,27 +68,32 @@ _PACKED_OUTPUT = sys.byteorder == "little"
 
 
 @numba.njit(inline="always")
-def _ce(a, b):  # pragma: no cover - compiled
+def _ce(a: np.int64, b: np.int64) -> tuple[np.int64, np.int64]:  # pragma: no cover - compiled
     return max(a, b), min(a, b)
 
 
 @numba.njit(inline="always")
-def _key(bit_pattern, shift, low):  # pragma: no cover - compiled
+def _key(bit_pattern: np.int32, shift: int, low: int) -> np.int64:  # pragma: no cover - compiled
     return (np.int64(bit_pattern & _ABS_MASK) << shift) | low
 
 
 @numba.njit(inline="always")
-def _flags4(k0, k1, k2, k3, t):  # pragma: no cover - compiled
+def _flags4(  # pragma: no cover - compiled
+    k0: np.int64, k1: np.int64, k2: np.int64, k3: np.int64, t: np.int64
+) -> np.uint32:
     """Four keep flags, key >= threshold, as the bytes of a little-endian uint32."""
-    return np.uint32(k0 >= t) | (np.uint32(k1 >= t) << 8) | (np.uint32(k2 >= t) << 16) | (np.uint32(k3 >= t) << 24)
+    return (np.uint32(k0 >= t) | (np.uint32(k1 >= t) << 8) | (np.uint32(k2 >= t) << 16)
+            | (np.uint32(k3 >= t) << 24))
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
-def _keys_kernel_m4(bits, n, out32):  # pragma: no cover - compiled; tested through nm_mask
+def _keys_kernel_m4(  # pragma: no cover - compiled; tested through nm_mask
+    bits: np.ndarray, n: int, out32: np.ndarray
+) -> int | np.integer:
     groups = bits.shape[0] // 4
     n_blocks = (groups + _BLOCK - 1) // _BLOCK
     nan_key = (_F32_INF_BITS << 2) | 3  # any larger key holds a NaN
-    nan = 0
+    nan: int | np.integer = 0  # a sum of NumPy comparisons to mypy; an int64 in the compiled code
     for blk in numba.prange(n_blocks):
         for g in range(blk * _BLOCK, min(groups, (blk + 1) * _BLOCK)):
             b = g * 4
@@ -109,11 +114,13 @@ def _keys_kernel_m4(bits, n, out32):  # pragma: no cover - compiled; tested thro
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
-def _keys_kernel_m8(bits, n, out64):  # pragma: no cover - compiled; tested through nm_mask
+def _keys_kernel_m8(  # pragma: no cover - compiled; tested through nm_mask
+    bits: np.ndarray, n: int, out64: np.ndarray
+) -> int | np.integer:
     groups = bits.shape[0] // 8
     n_blocks = (groups + _BLOCK - 1) // _BLOCK
     nan_key = (_F32_INF_BITS << 3) | 7
-    nan = 0
+    nan: int | np.integer = 0  # a sum of NumPy comparisons to mypy; an int64 in the compiled code
     for blk in numba.prange(n_blocks):
         for g in range(blk * _BLOCK, min(groups, (blk + 1) * _BLOCK)):
             b = g * 8
@@ -164,7 +171,9 @@ def _keys_kernel_m8(bits, n, out64):  # pragma: no cover - compiled; tested thro
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", boundscheck=False)
-def _keys_kernel(bits, n, m, shift, out):  # pragma: no cover - compiled; tested through nm_mask
+def _keys_kernel(  # pragma: no cover - compiled; tested through nm_mask
+    bits: np.ndarray, n: int, m: int, shift: int, out: np.ndarray
+) -> int:
     groups = bits.shape[0] // m
     n_blocks = (groups + _BLOCK - 1) // _BLOCK
     nan = 0
@@ -193,7 +202,7 @@ def _keys_kernel(bits, n, m, shift, out):  # pragma: no cover - compiled; tested
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
-def _float_kernel(a, n, out):  # pragma: no cover - compiled; tested through nm_mask
+def _float_kernel(a: np.ndarray, n: int, out: np.ndarray) -> int:  # pragma: no cover - compiled; tested through nm_mask
     # float64 scores do not fit the 31-bit keys: compare values directly, lower index wins ties.
     groups, m = a.shape
     nan = 0
@@ -212,6 +221,7 @@ def _float_kernel(a, n, out):  # pragma: no cover - compiled; tested through nm_
 
 def _cpu_keep(groups: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """groups: [G, m] CPU scores. Returns [G, m] bool keep."""
+    nan: int | np.integer  # NaN count from the kernel
     if groups.dtype == torch.float64:
         arr = groups.contiguous().numpy()
         out = np.empty(arr.shape, dtype=np.bool_)
@@ -254,7 +264,7 @@ def _sorted_keep(a: torch.Tensor, n: int) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def serial_kernels():
+def serial_kernels() -> Iterator[None]:
     """Run the compiled mask kernels on one thread inside the block (numba's setting is per
     calling thread, so other sessions are not affected; restored on exit)."""
     previous = numba.get_num_threads()
@@ -432,7 +442,11 @@ def _as_bool(t: torch.Tensor, name: str) -> torch.Tensor:
     return t != 0
 
 
-def sad(mask_a, mask_b) -> int:
+MaskSet: TypeAlias = Mapping[str, torch.Tensor]
+"""Masks by layer name."""
+
+
+def sad(mask_a: torch.Tensor | MaskSet, mask_b: torch.Tensor | MaskSet) -> int:
     """Sparse Architecture Divergence: positions whose keep/prune bit differs (‖E_a − E_b‖₁).
 
     Args:

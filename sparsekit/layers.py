@@ -86,15 +86,23 @@ def layer_group(name: str) -> str:
     return "other"
 
 
+def _weight(module: nn.Module) -> torch.Tensor:
+    """The weight tensor of a prunable layer."""
+    weight = module.weight
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{type(module).__name__}.weight is not a tensor: not a prunable layer")
+    return weight
+
+
 def in_features(module: nn.Module) -> int:
     """Input features (channels for a conv) of a prunable layer."""
-    w = module.weight
+    w = _weight(module)
     return int(w.shape[0] if is_conv1d_transposed(module) else w.shape[1])
 
 
 def out_features(module: nn.Module) -> int:
     """Output features (channels for a conv) of a prunable layer."""
-    w = module.weight
+    w = _weight(module)
     return int(w.shape[1] if is_conv1d_transposed(module) else w.shape[0])
 
 
@@ -167,7 +175,7 @@ def grouped_view(module: nn.Module, conv_grouping: str = "channel") -> GroupedVi
     """
     if conv_grouping not in CONV_GROUPINGS:
         raise ValueError(f"conv_grouping must be one of {CONV_GROUPINGS}, got {conv_grouping!r}")
-    return GroupedView(tuple(int(s) for s in module.weight.shape), is_conv1d_transposed(module),
+    return GroupedView(tuple(int(s) for s in _weight(module).shape), is_conv1d_transposed(module),
                        conv_grouping == "channel")
 
 

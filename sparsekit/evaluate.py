@@ -18,6 +18,7 @@ from .sparsify import SparsifyResult, sparsify
 COMPARE_VERSION = 2  # 2: SparseGPT H per sequence, block calibration order
 """Bump when a row's contents or meaning change, so stale cached rows are ignored."""
 
+
 @dataclass(frozen=True, kw_only=True)
 class CompareRow:
     """One pruned setting, measured: a row of a comparison (``evaluate``, ``compare.dense_row``).

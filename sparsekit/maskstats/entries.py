@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 import torch
 
-from .inputs import _check_int, _check_pair, _mask_matrix, as_matrix
+from .inputs import TensorLike, _check_int, _check_pair, _mask_matrix, as_matrix
 
 MAX_ZOOM = 64
 """Largest zoom block side: beyond this, cells are too small to read one by one."""
@@ -20,12 +20,12 @@ MAX_GROUPS = 64
 """Most N:M groups the inspector returns at once."""
 
 
-def _kept_fraction(mask: Any, summed_dim: int) -> np.ndarray:
+def _kept_fraction(mask: TensorLike, summed_dim: int) -> np.ndarray:
     m = _mask_matrix(mask)
     return m.sum(summed_dim, dtype=torch.int64).cpu().numpy() / m.shape[summed_dim]
 
 
-def row_density(mask: Any) -> np.ndarray:
+def row_density(mask: TensorLike) -> np.ndarray:
     """Kept fraction of each row (output unit).
 
     Args:
@@ -37,7 +37,7 @@ def row_density(mask: Any) -> np.ndarray:
     return _kept_fraction(mask, 1)
 
 
-def col_density(mask: Any) -> np.ndarray:
+def col_density(mask: TensorLike) -> np.ndarray:
     """Kept fraction of each column: an input feature of a Linear weight, or one input channel
     at one kernel position of a conv weight (the ``as_matrix`` column order).
 
@@ -53,8 +53,22 @@ def col_density(mask: Any) -> np.ndarray:
 # ----------------------------------------------------------------------------- N:M groups
 
 
-def nm_groups(weight: Any, mask: Any, m: int, row: int, start_group: int = 0,
-              count: int = 8, *, dim: int = 1) -> list[dict]:
+class NMGroup(TypedDict):
+    """One N:M group of a row, as ``nm_groups`` lists it."""
+
+    group: int
+    """Its index in the row."""
+    columns: list[int]
+    """The entries' column indices in the ``as_matrix`` view."""
+    weight: list[float]
+    """Signed values."""
+    abs_weight: list[float]
+    kept: list[bool]
+    n_kept: int
+
+
+def nm_groups(weight: TensorLike, mask: TensorLike, m: int, row: int, start_group: int = 0,
+              count: int = 8, *, dim: int = 1) -> list[NMGroup]:
     """The N:M groups of one output row, for inspecting which entries each group kept.
 
     Args:
@@ -97,11 +111,11 @@ def nm_groups(weight: Any, mask: Any, m: int, row: int, start_group: int = 0,
     # every entry along; for 2-D weights (dim 1) this is the identity.
     inner = tuple(weight.shape[1:])
     columns = torch.arange(per_row).reshape(inner).movedim(dim - 1, -1).reshape(-1, m)
-    w_row = weight[row].movedim(dim - 1, -1).reshape(-1, m)[start_group:stop]
-    k_row = mask[row].movedim(dim - 1, -1).reshape(-1, m)[start_group:stop]
-    w_row = w_row.detach().to("cpu", torch.float64).numpy()
-    k_row = k_row.cpu().numpy()
-    out = []
+    w_groups = weight[row].movedim(dim - 1, -1).reshape(-1, m)[start_group:stop]
+    k_groups = mask[row].movedim(dim - 1, -1).reshape(-1, m)[start_group:stop]
+    w_row = w_groups.detach().to("cpu", torch.float64).numpy()
+    k_row = k_groups.cpu().numpy()
+    out: list[NMGroup] = []
     for offset, g in enumerate(range(start_group, stop)):
         out.append({
             "group": g,
@@ -141,7 +155,7 @@ class ZoomBlock:
         return np.arange(self.col0, self.col0 + self.weight.shape[1])
 
 
-def zoom(weight: Any, mask: Any, row0: int, col0: int, rows: int = 32, cols: int = 32) -> ZoomBlock:
+def zoom(weight: TensorLike, mask: TensorLike, row0: int, col0: int, rows: int = 32, cols: int = 32) -> ZoomBlock:
     """Cut the exact block ``[row0:row0+rows, col0:col0+cols]`` out of a weight and its mask.
 
     Args:

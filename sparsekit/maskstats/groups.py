@@ -9,12 +9,11 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
-from .inputs import _check_int, _check_mask, _mask_matrix
+from .inputs import TensorLike, _check_int, _check_mask, _mask_matrix
 
 MAX_LISTED_PATTERNS = 256
 """Most patterns listed with their count even when unused; beyond it only patterns that occur
@@ -47,7 +46,10 @@ class GroupPatterns:
     @property
     def n_kept(self) -> np.ndarray:
         """``[rows, groups]``: number kept in each group."""
-        return sum((self.codes >> j) & 1 for j in range(self.m)).astype(np.int64)
+        kept = np.zeros(self.codes.shape, dtype=np.int64)
+        for j in range(self.m):
+            kept += (self.codes >> j) & 1
+        return kept
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,7 +71,7 @@ class PatternHistogram:
     """True when every pattern with an occurring kept count is listed, used or not."""
 
 
-def _grouped(mask: Any, m: int, dim: int) -> torch.Tensor:
+def _grouped(mask: TensorLike, m: int, dim: int) -> torch.Tensor:
     """``[rows, groups, m]`` bool: groups of ``m`` consecutive entries along ``dim``, row = dim 0."""
     mask = _check_mask(mask)
     _mask_matrix(mask)  # at least 2 dims, not empty
@@ -86,7 +88,7 @@ def _grouped(mask: Any, m: int, dim: int) -> torch.Tensor:
     return mask.movedim(dim, -1).reshape(mask.shape[0], -1, m)
 
 
-def group_patterns(mask: Any, m: int, *, dim: int = -1) -> GroupPatterns:
+def group_patterns(mask: TensorLike, m: int, *, dim: int = -1) -> GroupPatterns:
     """The kept pattern of every group of ``m`` consecutive entries of each row.
 
     Args:
@@ -109,7 +111,7 @@ def group_patterns(mask: Any, m: int, *, dim: int = -1) -> GroupPatterns:
     return GroupPatterns(codes=codes.cpu().numpy(), m=int(groups.shape[-1]))
 
 
-def pattern_histogram(mask: Any, m: int, *, dim: int = -1) -> PatternHistogram:
+def pattern_histogram(mask: TensorLike, m: int, *, dim: int = -1) -> PatternHistogram:
     """How many groups of ``m`` kept each pattern of positions, over the whole mask.
 
     Args:

@@ -5,13 +5,16 @@ Kept apart from the statistics so each of them validates its inputs with the sam
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TypeAlias
 
 import numpy as np
 import torch
 
+TensorLike: TypeAlias = torch.Tensor | np.ndarray
+"""A weight or mask as the statistics take it: a torch tensor or a numpy array."""
 
-def _as_tensor(x: Any, what: str) -> torch.Tensor:
+
+def _as_tensor(x: object, what: str) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x
     if isinstance(x, np.ndarray):
@@ -22,7 +25,7 @@ def _as_tensor(x: Any, what: str) -> torch.Tensor:
         raise ValueError(f"{what} must be a torch tensor or numpy array, got {type(x).__name__}") from None
 
 
-def as_matrix(t: Any) -> torch.Tensor:
+def as_matrix(t: TensorLike) -> torch.Tensor:
     """View a weight (or mask) as the 2-D matrix the pictures show.
 
     Args:
@@ -43,28 +46,28 @@ def as_matrix(t: Any) -> torch.Tensor:
     return t.reshape(t.shape[0], math.prod(t.shape[1:]))
 
 
-def _check_mask(mask: Any, what: str = "mask") -> torch.Tensor:
+def _check_mask(mask: TensorLike, what: str = "mask") -> torch.Tensor:
     mask = _as_tensor(mask, what)
     if mask.dtype != torch.bool:
         raise ValueError(f"{what} must be a bool tensor (True = kept), got dtype {mask.dtype}")
     return mask
 
 
-def _check_weight(weight: Any) -> torch.Tensor:
+def _check_weight(weight: TensorLike) -> torch.Tensor:
     weight = _as_tensor(weight, "weight")
     if weight.dtype == torch.bool or weight.is_complex():
         raise ValueError(f"weight must be a real-valued tensor, got dtype {weight.dtype}")
     return weight
 
 
-def _mask_matrix(mask: Any, what: str = "mask") -> torch.Tensor:
+def _mask_matrix(mask: TensorLike, what: str = "mask") -> torch.Tensor:
     m = as_matrix(_check_mask(mask, what))
     if m.numel() == 0:
         raise ValueError(f"{what} is empty (shape {tuple(m.shape)})")
     return m
 
 
-def _check_pair(weight: Any, mask: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def _check_pair(weight: TensorLike, mask: TensorLike) -> tuple[torch.Tensor, torch.Tensor]:
     weight = _check_weight(weight)
     mask = _check_mask(mask)
     if weight.shape != mask.shape:
@@ -78,7 +81,7 @@ def _check_pair(weight: Any, mask: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return weight, mask
 
 
-def _check_same_shape(mask_a: Any, mask_b: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def _check_same_shape(mask_a: TensorLike, mask_b: TensorLike) -> tuple[torch.Tensor, torch.Tensor]:
     a = _check_mask(mask_a, "mask_a")
     b = _check_mask(mask_b, "mask_b")
     if a.shape != b.shape:
@@ -88,7 +91,7 @@ def _check_same_shape(mask_a: Any, mask_b: Any) -> tuple[torch.Tensor, torch.Ten
     return a, b
 
 
-def _check_int(value: Any, name: str, lo: int, hi: int | None = None) -> int:
+def _check_int(value: object, name: str, lo: int, hi: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     value = int(value)

@@ -2,12 +2,12 @@
 streamed over the whole layer."""
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from .inputs import _check_int, _check_pair
+from .inputs import TensorLike, _check_int, _check_pair
 
 MAX_BINS = 1000
 """Most histogram bins."""
@@ -30,7 +30,7 @@ class MagnitudeSplit(NamedTuple):
     """Exact number of pruned entries in the layer."""
 
 
-def magnitude_split(weight: Any, mask: Any, *, max_points: int = DEFAULT_MAX_POINTS,
+def magnitude_split(weight: TensorLike, mask: TensorLike, *, max_points: int = DEFAULT_MAX_POINTS,
                     seed: int = 0) -> MagnitudeSplit:
     """|w| of the kept entries and of the pruned entries.
 
@@ -77,7 +77,7 @@ class MagnitudeHistogram(NamedTuple):
     """int64 counts of pruned entries per bin."""
 
 
-def magnitude_histograms(weight: Any, mask: Any, bins: int = 80) -> MagnitudeHistogram:
+def magnitude_histograms(weight: TensorLike, mask: TensorLike, bins: int = 80) -> MagnitudeHistogram:
     """Histograms of |w| for kept and pruned entries over the whole layer (no sampling).
 
     Streams the layer in chunks, so the browser gets ``2 * bins`` numbers instead of one per
@@ -117,5 +117,5 @@ def magnitude_histograms(weight: Any, mask: Any, bins: int = 80) -> MagnitudeHis
         # edge land in the last bin, exactly like numpy.histogram.
         which = torch.bucketize(chunk, inner, right=True)
         counts += torch.bincount(which * 2 + flat_m[start:start + _CHUNK].long(), minlength=2 * bins)
-    counts = counts.cpu().numpy().reshape(bins, 2)
-    return MagnitudeHistogram(edges.cpu().double().numpy(), counts[:, 1].copy(), counts[:, 0].copy())
+    table = counts.cpu().numpy().reshape(bins, 2)  # [bin, (pruned, kept)]
+    return MagnitudeHistogram(edges.cpu().double().numpy(), table[:, 1].copy(), table[:, 0].copy())

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
-from .inputs import _check_int, _check_same_shape, _mask_matrix
+from .inputs import TensorLike, _check_int, _check_same_shape, _mask_matrix
 
 DEFAULT_MAX_CELLS = 250_000
 """Default cap on heatmap cells: a few hundred kB of float32 for the browser."""
@@ -140,7 +139,7 @@ def _tiles_of(m: torch.Tensor, max_cells: int, tile: tuple[int, int] | None) -> 
                     n_true=int(counts.sum()))
 
 
-def density_tiles(mask: Any, max_cells: int = DEFAULT_MAX_CELLS, *,
+def density_tiles(mask: TensorLike, max_cells: int = DEFAULT_MAX_CELLS, *,
                   tile: tuple[int, int] | None = None) -> TileGrid:
     """Kept fraction of a mask per tile, with no more than ``max_cells`` tiles.
 
@@ -193,7 +192,7 @@ class DiffStats:
         return self.sad / self.numel if self.numel else 0.0
 
 
-def mask_diff(mask_a: Any, mask_b: Any) -> DiffStats:
+def mask_diff(mask_a: TensorLike, mask_b: TensorLike) -> DiffStats:
     """Agreement counts of two masks (any shape, the same for both).
 
     Args:
@@ -215,7 +214,7 @@ def mask_diff(mask_a: Any, mask_b: Any) -> DiffStats:
                      both_pruned=numel - n_a - n_b + both, shape=tuple(a.shape))
 
 
-def diff_tiles(mask_a: Any, mask_b: Any, max_cells: int = DEFAULT_MAX_CELLS) -> TileGrid:
+def diff_tiles(mask_a: TensorLike, mask_b: TensorLike, max_cells: int = DEFAULT_MAX_CELLS) -> TileGrid:
     """Fraction of positions where two masks differ, per tile.
 
     Args:

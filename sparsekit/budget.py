@@ -67,7 +67,7 @@ def fit_counts(ideal: dict[str, float], grids: dict[str, Grid], target: int) -> 
         r = target - sum(counts.values())
         if r == 0:
             return counts
-        best = None
+        best: tuple[float, str, int] | None = None
         for n, k in counts.items():
             step = grids[n].up(k) if r > 0 else grids[n].down(k)
             if step is None or abs(step - k) > abs(r):
@@ -80,8 +80,8 @@ def fit_counts(ideal: dict[str, float], grids: dict[str, Grid], target: int) -> 
             break
         counts[best[1]] = best[2]
     if r > 0:  # the grids cannot hit the target: overshoot by the smallest step
-        ups = [(grids[n].up(k), n) for n, k in counts.items()]
-        ups = [(u - counts[n], n, u) for u, n in ups if u is not None]
+        steps = [(grids[n].up(k), n) for n, k in counts.items()]
+        ups = [(u - counts[n], n, u) for u, n in steps if u is not None]
         if ups:
             _, n, u = min(ups)
             counts[n] = u

@@ -59,7 +59,7 @@ def make_key(kind: str, *parts: Any) -> str:
     return f"{kind}:{hashlib.sha256(payload.encode()).hexdigest()}"
 
 
-def tensor_digest(*tensors) -> str:
+def tensor_digest(*tensors: torch.Tensor) -> str:
     """SHA-256 over the raw bytes, dtypes and shapes of tensors (for content-addressed keys)."""
     h = hashlib.sha256()
     for t in tensors:

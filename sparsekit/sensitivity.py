@@ -18,16 +18,22 @@ import os
 import re
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
+from torch import nn
 
 from .cache import get_cache, make_key, model_fingerprint, tensor_digest
 from .config import SparsifyConfig
 from .layers import grouped_view, layer_group
+from .layerweight import layer_weight
 from .methods import get_method
 from .methods.calibration import InputStats, LayerInputs, capture_input_stats, check_calibration, transformer_blocks
+from .methods.types import Calibration
+from .models.base import LoadedModel, module_of
 from .progress import ProgressFn
+from .ranks import average_ranks as average_ranks  # re-exported: part of this module's interface
+from .ranks import spearman
 from .sparsify import layer_mask, layer_reasons, sparsify
 
 GROUPINGS = ("layer", "block-kind")
@@ -192,7 +198,8 @@ class SensitivityScan:
             ``(sparsity, drop)`` by sparsity, N:M ``(n, drop)`` from ``(M, 0)`` (dense) down.
         """
         if fingerprint is not None and self.fingerprint != fingerprint:
-            raise ValueError("the sensitivity scan was measured on a different model (its weights differ); scan this model")
+            raise ValueError("the sensitivity scan was measured on a different model (its weights differ); "
+                             "scan this model")
         if not self.complete:
             raise ValueError("the sensitivity scan is incomplete (it was stopped); run it to the end")
         if self.config.mode != "full":
@@ -203,7 +210,8 @@ class SensitivityScan:
             raise ValueError(f"the sensitivity scan does not cover {len(missing)} of the layers to prune (e.g. "
                              f"{missing[0]}); scan with the same layer selection")
         if config.pattern == "nm":
-            cols = [(j, c.n) for j, c in enumerate(self.config.settings()) if c.pattern == "nm" and c.m == config.m]
+            cols: list[tuple[int, float]] = [(j, c.n) for j, c in enumerate(self.config.settings())
+                                             if c.pattern == "nm" and c.m == config.m]
             what = f"N:M settings with M={config.m}"
         else:
             cols = [(j, c.sparsity) for j, c in enumerate(self.config.settings()) if c.pattern == "unstructured"]
@@ -218,9 +226,10 @@ class SensitivityScan:
                 continue
             points = []
             for j, value in cols:
-                if self.drop[i][j] is None:
+                cell = self.drop[i][j]
+                if cell is None:
                     raise ValueError(f"the sensitivity scan has no drop for {self.units[i]} at {self.settings[j]}")
-                points.append((float(value), float(self.drop[i][j])))
+                points.append((float(value), float(cell)))
             if config.pattern == "nm":
                 points = [(float(config.m), 0.0)] + sorted(points, reverse=True)
             units.append(members)
@@ -228,43 +237,7 @@ class SensitivityScan:
         return units, curves
 
 
-def average_ranks(values: Sequence[float]) -> list[float]:
-    """Ranks 1..n, tied values sharing the average of their positions."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    ranks = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
-def spearman(x: Sequence["float | None"], y: Sequence["float | None"]) -> float | None:
-    """Spearman rank correlation (Pearson correlation of average ranks) over the pairs where both are
-    numbers.
-
-    Args:
-        x: values.
-        y: values, paired with ``x``.
-
-    Returns:
-        The correlation in [-1, 1]; None with fewer than 2 pairs or when one side is constant.
-    """
-    pairs = [(a, b) for a, b in zip(x, y) if a is not None and b is not None and a == a and b == b]
-    if len(pairs) < 2:
-        return None
-    rx, ry = average_ranks([a for a, _ in pairs]), average_ranks([b for _, b in pairs])
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    vx, vy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
-    return cov / math.sqrt(vx * vy) if vx > 0 and vy > 0 else None
-
-
-def scan_units(model, config: SensitivityConfig) -> list[tuple[str, list[str]]]:
+def scan_units(model: nn.Module | LoadedModel, config: SensitivityConfig) -> list[tuple[str, list[str]]]:
     """The rows of a scan: ``(label, layer names)`` in module order.
 
     Args:
@@ -274,7 +247,7 @@ def scan_units(model, config: SensitivityConfig) -> list[tuple[str, list[str]]]:
     Returns:
         One entry per layer (``layer``) or per block and kind (``block-kind``).
     """
-    module = getattr(model, "module", model)
+    module = module_of(model)
     probe = SparsifyConfig(pattern="unstructured", layers=config.layers, exclude=config.exclude)
     names = [n for n, r in layer_reasons(module, probe).items() if not r]
     if not names:
@@ -300,7 +273,7 @@ def _exact_regex(names: Sequence[str]) -> str:
 
 def _stats_for(gram: InputStats, view: LayerInputs, kind: str) -> InputStats:
     """A layer's input statistics in the column order of ``view`` from its kernel-order Gram matrix."""
-    G = gram.total
+    G = gram.accumulated()
     if view.channel_grouping:
         shape = view.view.shape
         perm = view.matrix(torch.arange(math.prod(shape)).reshape(shape))[0]
@@ -310,10 +283,10 @@ def _stats_for(gram: InputStats, view: LayerInputs, kind: str) -> InputStats:
     return stats
 
 
-def _prune_alone(module, name: str, cfg: SparsifyConfig, gram: InputStats | None,
+def _prune_alone(module: nn.Module, name: str, cfg: SparsifyConfig, gram: InputStats | None,
                  model_scores: dict[str, torch.Tensor]) -> torch.Tensor:
     """The weight ``cfg``'s method gives this layer when it alone is pruned in the dense model."""
-    W = module.weight.detach()
+    W = layer_weight(module).detach()
     method = get_method(cfg.method)
     if method.keep_layer is not None and gram is not None and gram.total is not None:
         view = LayerInputs(name, module, cfg.conv_grouping == "channel" and cfg.pattern == "nm")
@@ -323,21 +296,22 @@ def _prune_alone(module, name: str, cfg: SparsifyConfig, gram: InputStats | None
     return W * layer_mask(W, grouped_view(module, cfg.conv_grouping), cfg, scores)
 
 
-def _proxy(modules: dict, names: Sequence[str], pruned: dict, grams: dict) -> float | None:
+def _proxy(modules: dict[str, nn.Module], names: Sequence[str], pruned: dict[str, torch.Tensor],
+           grams: dict[str, InputStats]) -> float | None:
     num = den = 0.0
     for n in names:
         gram = grams.get(n)
         if gram is None or gram.total is None:
             return None
         view = LayerInputs(n, modules[n], False)
-        W = view.matrix(modules[n].weight.detach()).double()
+        W = view.matrix(layer_weight(modules[n]).detach()).double()
         D = W - view.matrix(pruned[n]).double()
         num += float(((D @ gram.total) * D).sum())
         den += float(((W @ gram.total) * W).sum())
     return num / den if den > 0 else None
 
 
-def _grams(work, names: Sequence[str], calibration: Any) -> dict[str, InputStats]:
+def _grams(work: nn.Module, names: Sequence[str], calibration: Calibration | None) -> dict[str, InputStats]:
     modules = dict(work.named_modules())
     ok = []
     for n in names:
@@ -349,7 +323,7 @@ def _grams(work, names: Sequence[str], calibration: Any) -> dict[str, InputStats
     return capture_input_stats(work, ok, calibration, "hessian") if ok and calibration is not None else {}
 
 
-def _scan_key(loaded, config: SensitivityConfig, metric: str) -> str:
+def _scan_key(loaded: LoadedModel, config: SensitivityConfig, metric: str) -> str:
     calibration = getattr(loaded, "calibration", None)
     calib = "" if calibration is None else tensor_digest(
         *(calibration[k] for k in sorted(calibration)) if isinstance(calibration, dict) else (calibration,))
@@ -359,7 +333,7 @@ def _scan_key(loaded, config: SensitivityConfig, metric: str) -> str:
                     config.to_json(), calib, metric, evaluation)
 
 
-def cached_scan(loaded, config: SensitivityConfig) -> "SensitivityScan | None":
+def cached_scan(loaded: LoadedModel, config: SensitivityConfig) -> "SensitivityScan | None":
     """The finished scan the disk cache holds for this model and config, or None (nothing is computed).
 
     Args:
@@ -375,7 +349,8 @@ def cached_scan(loaded, config: SensitivityConfig) -> "SensitivityScan | None":
     return None if raw is None else SensitivityScan.from_json(raw)
 
 
-def sensitivity_scan(loaded, config: SensitivityConfig = SensitivityConfig(), *, progress: ProgressFn | None = None,
+def sensitivity_scan(loaded: LoadedModel, config: SensitivityConfig = SensitivityConfig(), *,
+                     progress: ProgressFn | None = None,
                      stop: Callable[[], bool] | None = None, use_cache: bool = True) -> SensitivityScan:
     """Prune each unit alone at each setting and record the quality drop and the proxy error.
 
@@ -420,7 +395,10 @@ def sensitivity_scan(loaded, config: SensitivityConfig = SensitivityConfig(), *,
     if direct and method.run is not None and method.keep_layer is None and method.layer_scores is None:
         model_scores = method.run(work, [n for _, u in units for n in u], settings[0], calibration, None).scores
     hib = bool(loaded.higher_is_better.get(metric, True))
-    quality, drop, proxy, notes = [], [], [], []
+    quality: list[tuple[float | None, ...]] = []
+    drop: list[tuple[float | None, ...]] = []
+    proxy: list[tuple[float | None, ...]] = []
+    notes: list[str] = []
     complete = True
     for i, (label, names) in enumerate(units):
         if stop is not None and stop():
@@ -429,12 +407,15 @@ def sensitivity_scan(loaded, config: SensitivityConfig = SensitivityConfig(), *,
         if progress is not None:
             progress(i / len(units), f"{label} ({i + 1}/{len(units)})")
         grams = _grams(work, names, calibration)
-        q_row, d_row, p_row = [], [], []
+        q_row: list[float | None] = []
+        d_row: list[float | None] = []
+        p_row: list[float | None] = []
         for cfg, fit, setting in zip(settings, fits, labels):
             blocked = [fit[n] for n in names if fit[n]]
             if blocked:
                 notes.append(f"{label} at {setting}: {blocked[0]}")
-                q_row.append(None), d_row.append(None), p_row.append(None)
+                for row in (q_row, d_row, p_row):
+                    row.append(None)
                 continue
             q = None
             if direct:
@@ -442,23 +423,26 @@ def sensitivity_scan(loaded, config: SensitivityConfig = SensitivityConfig(), *,
             else:
                 res = sparsify(loaded, replace(cfg, include=_exact_regex(names), layers="all", exclude=""))
                 new = dict(res.model.named_modules())
-                pruned = {n: new[n].weight.detach() for n in names}
+                pruned = {n: layer_weight(new[n]).detach() for n in names}
                 if config.mode == "full":
                     q = float(loaded.quality(res.model)[metric])
                 del res
             q_row.append(q)
             d_row.append(None if q is None else (dense[metric] - q if hib else q - dense[metric]))
             p_row.append(_proxy(modules, names, pruned, grams))
-        quality.append(tuple(q_row)), drop.append(tuple(d_row)), proxy.append(tuple(p_row))
+        quality.append(tuple(q_row))
+        drop.append(tuple(d_row))
+        proxy.append(tuple(p_row))
     empty = tuple([None] * len(settings))
     while len(drop) < len(units):  # rows a stop left out
-        quality.append(empty), drop.append(empty), proxy.append(empty)
+        for table in (quality, drop, proxy):
+            table.append(empty)
     rho = tuple(spearman([p[j] for p in proxy], [d[j] for d in drop]) for j in range(len(settings)))
     scan = SensitivityScan(
         config=config, spec=loaded.spec, fingerprint=model_fingerprint(module), metric=metric, higher_is_better=hib,
         dense_quality=float(dense[metric]), settings=tuple(labels), units=tuple(u for u, _ in units),
         unit_layers=tuple(tuple(n) for _, n in units),
-        unit_numel=tuple(sum(modules[n].weight.numel() for n in names) for _, names in units),
+        unit_numel=tuple(sum(layer_weight(modules[n]).numel() for n in names) for _, names in units),
         quality=tuple(quality), drop=tuple(drop), proxy=tuple(proxy), spearman=rho, complete=complete,
         seconds=time.perf_counter() - t0, notes=tuple(dict.fromkeys(notes)))
     if progress is not None:

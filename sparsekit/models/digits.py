@@ -88,7 +88,8 @@ DEFAULT_TRAIN_CONFIGS: Mapping[str, DigitsTrainConfig] = {
     "vit": DigitsTrainConfig(epochs=30, lr=2e-3, weight_decay=0.05),
 }
 
-_NAMES = {"mlp": "digits MLP (64-256-128-10)", "cnn": "digits CNN (2 conv + linear)", "vit": "digits ViT (2 blocks, dim 64)"}
+_NAMES = {"mlp": "digits MLP (64-256-128-10)", "cnn": "digits CNN (2 conv + linear)",
+          "vit": "digits ViT (2 blocks, dim 64)"}
 
 
 # ---------------------------------------------------------------------------------------------

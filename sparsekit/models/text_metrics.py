@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -313,7 +313,7 @@ class NextTokenFidelity:
             self._reference_state = state
         return self._reference
 
-    def _scan(self, module: nn.Module):
+    def _scan(self, module: nn.Module) -> Iterator[tuple[torch.Tensor, float, int]]:
         device = _device(module)
         with torch.inference_mode():
             for batch in self.batches:

@@ -129,7 +129,8 @@ def loaded_bytes(header: Mapping[str, Any], *, float_bytes: int | None = 4) -> i
     return total
 
 
-def parse_weights(data: bytes, memory_budget_mb: float | None, what: str = "uploaded weights") -> dict[str, torch.Tensor]:
+def parse_weights(data: bytes, memory_budget_mb: float | None, what: str = "uploaded weights"
+                  ) -> dict[str, torch.Tensor]:
     """Turn uploaded safetensors bytes into a state dict, refusing anything else.
 
     Args:

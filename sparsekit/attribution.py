@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence, cast
 
 import torch
 from torch import nn
@@ -24,6 +24,9 @@ from torch import nn
 from .models.digits import digits_split
 from .models.sentences import SENTENCES
 from .models.text import sentence_embeddings
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 DEFAULT_IG_STEPS = 64
 """Integration steps (Gauss-Legendre) for image maps: completeness holds to ~1e-4 on the digits models."""
@@ -126,11 +129,12 @@ class ImageAttribution:
             "median_correlation": float(r.median()) if r.numel() else float("nan"),
             "min_correlation": float(r.min()) if r.numel() else float("nan"),
             "mean_top_overlap": sum(self.overlap) / max(len(self.overlap), 1),
-            "same_prediction": sum(a == b for a, b in zip(self.targets, self.sparse_predictions)) / max(len(self.targets), 1),
+            "same_prediction": (sum(a == b for a, b in zip(self.targets, self.sparse_predictions))
+                                / max(len(self.targets), 1)),
             "max_abs_delta": float(torch.cat([self.dense_delta, self.sparse_delta]).abs().max()),
         }
 
-    def rows(self) -> list[dict]:
+    def rows(self) -> list[dict[str, int | float]]:
         """One dict per image, for tables."""
         return [
             {"image": i, "label": self.labels[i], "explained_class": self.targets[i],
@@ -161,7 +165,8 @@ def image_attribution(
         An ``ImageAttribution`` with both maps, their correlations and the convergence deltas.
     """
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] == 0:
-        raise ValueError(f"images must be a non-empty [k, 1, H, W] tensor, got {getattr(images, 'shape', type(images).__name__)}")
+        got = getattr(images, "shape", type(images).__name__)
+        raise ValueError(f"images must be a non-empty [k, 1, H, W] tensor, got {got}")
     with torch.no_grad():
         targets = dense(images).argmax(-1)
         sparse_pred = sparse(images).argmax(-1)
@@ -219,7 +224,8 @@ DEFAULT_PAIRS: tuple[tuple[str, str], ...] = _default_pairs()
 """Two related built-in sentences from each of 8 topics."""
 
 
-def _similarity(input_ids, attention_mask, other, module):
+def _similarity(input_ids: torch.Tensor, attention_mask: torch.Tensor, other: torch.Tensor,
+                module: nn.Module) -> torch.Tensor:
     return (sentence_embeddings(module, input_ids, attention_mask) * other).sum(-1)
 
 
@@ -228,7 +234,14 @@ def _embed(module: nn.Module, ids: torch.Tensor) -> torch.Tensor:
         return sentence_embeddings(module, ids, torch.ones_like(ids))
 
 
-def _baseline_ids(ids: torch.Tensor, tokenizer: Any) -> torch.Tensor:
+class _TokenEmbedder(Protocol):
+    """A Hugging Face model's token embedding accessor (``nn.Module``'s stubs type every unknown
+    attribute as ``Tensor | Module``)."""
+
+    def get_input_embeddings(self) -> nn.Module: ...
+
+
+def _baseline_ids(ids: torch.Tensor, tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
     specials = set(getattr(tokenizer, "all_special_ids", []) or [])
     pad = getattr(tokenizer, "pad_token_id", None)
     pad = 0 if pad is None else int(pad)
@@ -238,7 +251,7 @@ def _baseline_ids(ids: torch.Tensor, tokenizer: Any) -> torch.Tensor:
 
 def token_attributions(
     module: nn.Module,
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     sentence: str,
     other_embedding: torch.Tensor,
     *,
@@ -271,12 +284,13 @@ def token_attributions(
     other = other_embedding.detach().reshape(1, -1)
     base = _baseline_ids(ids, tokenizer)
     with torch.inference_mode(False), torch.enable_grad():
-        lig = LayerIntegratedGradients(_similarity, module.get_input_embeddings())
+        lig = LayerIntegratedGradients(_similarity, cast(_TokenEmbedder, module).get_input_embeddings())
         attr, delta = lig.attribute(ids, baselines=base, additional_forward_args=(mask, other, module),
                                     n_steps=n_steps, return_convergence_delta=True)
     with torch.no_grad():
         value = float(_similarity(ids, mask, other, module))
-    tokens = tokenizer.convert_ids_to_tokens(ids[0].tolist())
+    # A list of ids gives a list of tokens (a single id would give one string).
+    tokens = cast("list[str]", tokenizer.convert_ids_to_tokens(ids[0].tolist()))
     return tokens, attr.detach().sum(-1)[0], value, float(delta.reshape(-1)[0])
 
 
@@ -309,7 +323,7 @@ class PairAttribution:
                 for d, s in ((self.dense_a, self.sparse_a), (self.dense_b, self.sparse_b))]
         return sum(same) / 2
 
-    def row(self) -> dict:
+    def row(self) -> dict[str, str | float]:
         """A flat dict for tables."""
         return {"sentence_a": self.sentence_a, "sentence_b": self.sentence_b,
                 "dense_similarity": self.dense_similarity, "sparse_similarity": self.sparse_similarity,
@@ -319,7 +333,7 @@ class PairAttribution:
 def pair_attribution(
     dense: nn.Module,
     sparse: nn.Module,
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     sentence_a: str,
     sentence_b: str,
     *,
@@ -341,8 +355,9 @@ def pair_attribution(
     Returns:
         A ``PairAttribution``.
     """
-    out: dict[str, Any] = {}
-    deltas = []
+    out: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
+    tokens: tuple[list[str], list[str]] = ([], [])
+    deltas: list[float] = []
     for tag, module in (("dense", dense), ("sparse", sparse)):
         ids_a = torch.tensor([tokenizer(sentence_a, truncation=True, max_length=128)["input_ids"]])
         ids_b = torch.tensor([tokenizer(sentence_b, truncation=True, max_length=128)["input_ids"]])
@@ -350,11 +365,11 @@ def pair_attribution(
         tok_a, attr_a, sim, da = token_attributions(module, tokenizer, sentence_a, emb_b, n_steps=n_steps)
         tok_b, attr_b, _, db = token_attributions(module, tokenizer, sentence_b, emb_a, n_steps=n_steps)
         out[tag] = (attr_a, attr_b, sim)
-        out["tokens"] = (tok_a, tok_b)
+        tokens = (tok_a, tok_b)
         deltas += [da, db]
     return PairAttribution(
         sentence_a=sentence_a, sentence_b=sentence_b,
-        tokens_a=out["tokens"][0], tokens_b=out["tokens"][1],
+        tokens_a=tokens[0], tokens_b=tokens[1],
         dense_a=out["dense"][0], dense_b=out["dense"][1], sparse_a=out["sparse"][0], sparse_b=out["sparse"][1],
         dense_similarity=out["dense"][2], sparse_similarity=out["sparse"][2], deltas=deltas,
     )
@@ -363,7 +378,7 @@ def pair_attribution(
 def text_agreement(
     dense: nn.Module,
     sparse: nn.Module,
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     pairs: Sequence[tuple[str, str]] = DEFAULT_PAIRS,
     *,
     n_steps: int = DEFAULT_LIG_STEPS,
@@ -390,7 +405,8 @@ def text_agreement(
         "mean_correlation": sum(r) / len(r) if r else float("nan"),
         "min_correlation": min(r) if r else float("nan"),
         "top_token_agreement": sum(p.top_token_agreement for p in results) / len(results),
-        "mean_abs_similarity_change": sum(abs(p.sparse_similarity - p.dense_similarity) for p in results) / len(results),
+        "mean_abs_similarity_change": (sum(abs(p.sparse_similarity - p.dense_similarity) for p in results)
+                                       / len(results)),
         "max_abs_delta": max(abs(d) for p in results for d in p.deltas),
     }
     return results, summary

@@ -179,7 +179,8 @@ def allocate(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], config: 
         scores = ratios
     elif config.allocation == "sensitivity":
         if scan is None or not callable(getattr(scan, "allocation_curves", None)):
-            raise ValueError(f"sensitivity must be a SensitivityScan (sensitivity_scan(...)), got {type(scan).__name__}")
+            raise ValueError("sensitivity must be a SensitivityScan (sensitivity_scan(...)), got "
+                             f"{type(scan).__name__}")
         units, curves = scan.allocation_curves(names, config, fingerprint)
         head = f"sensitivity scan ({scan.describe()})"
     else:
@@ -222,7 +223,8 @@ def allocate(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], config: 
         raise ValueError(f"budget out of range: pruning {sparsity:.2%} of {total} weights needs more than the "
                          f"{LAYER_MAX_SPARSITY:.0%} per-layer limit allows; lower the sparsity")
     if config.allocation == "sensitivity":
-        amounts = spread_continuous([[(0.0, 0.0)] + [(s * size, d) for s, d in c] for c, size in zip(curves, unit_numel)],
+        amounts = spread_continuous([[(0.0, 0.0)] + [(s * size, d) for s, d in c]
+                                     for c, size in zip(curves, unit_numel)],
                                     requested)
         share = {n: amounts[i] / unit_numel[i] for i, u in enumerate(units) for n in u}
         ideal = share

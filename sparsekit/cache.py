@@ -41,7 +41,8 @@ def get_cache() -> diskcache.Cache:
 
 def _jsonable(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {"__dc__": type(obj).__name__, **{f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}}
+        fields = {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {"__dc__": type(obj).__name__, **fields}
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in sorted(obj.items())}
     if isinstance(obj, (list, tuple)):

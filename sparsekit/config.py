@@ -160,8 +160,10 @@ class SparsifyConfig:
             head = f"{self.n}:{self.m} (keep {self.n} of {self.m})"
         else:
             head = f"{self.sparsity:.0%} unstructured" + (" (global)" if self.scope == "global" else "")
-        order = " (layer order)" if get_method(self.method).calibration_order and self.calibration_order == "layer" else ""
-        alloc = {"uniform": "", "owl": ", OWL allocation", "sensitivity": ", sensitivity allocation"}.get(self.allocation, "")
+        layer_order = get_method(self.method).calibration_order and self.calibration_order == "layer"
+        order = " (layer order)" if layer_order else ""
+        alloc_labels = {"uniform": "", "owl": ", OWL allocation", "sensitivity": ", sensitivity allocation"}
+        alloc = alloc_labels.get(self.allocation, "")
         return f"{head} {self.method}{order}{alloc}"
 
     def to_json(self) -> str:

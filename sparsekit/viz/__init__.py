@@ -59,15 +59,16 @@ from .training import (
 )
 
 __all__ = [
-    "study_interval_figure", "study_pareto_figure", "study_quality_figure",
-    "ATTENTION_FAMILY_COLORS", "DEFAULT_MAX_CELLS", "LABEL_ALL_TOKENS", "DIFF_COLORS", "FLIP_COLORSCALE", "KEPT_COLOR", "METHOD_COLORS", "PRUNED_COLOR",
-    "RUN_COLORS", "SKIPPED_COLOR", "STUDY_COLORS", "TEXT_CELLS_MAX", "agreement_figure", "attention_heatmap",
-    "attention_speedup_figure", "attribution_maps_figure", "bench_figures", "color_map", "compare_figure", "density_profile",
-    "flip_count_figure", "flip_maps_figure", "flip_rate_figure", "head_grid_figure", "head_picker_figure", "lambda_sweep_figure", "layer_kept_figure", "log_ticks",
-    "magnitude_histogram", "mask_diff_figure", "mask_heatmap", "mask_zoom_figure", "memory_figure",
-    "nm_group_figure", "nm_pattern_figure", "paired_difference_figure", "params_by_type_figure", "plan_grid_figure", "quality_figure",
+    "study_interval_figure", "study_pareto_figure", "study_quality_figure", "ATTENTION_FAMILY_COLORS",
+    "DEFAULT_MAX_CELLS", "LABEL_ALL_TOKENS", "DIFF_COLORS", "FLIP_COLORSCALE", "KEPT_COLOR", "METHOD_COLORS",
+    "PRUNED_COLOR", "RUN_COLORS", "SKIPPED_COLOR", "STUDY_COLORS", "TEXT_CELLS_MAX", "agreement_figure",
+    "attention_heatmap", "attention_speedup_figure", "attribution_maps_figure", "bench_figures", "color_map",
+    "compare_figure", "density_profile", "flip_count_figure", "flip_maps_figure", "flip_rate_figure",
+    "head_grid_figure", "head_picker_figure", "lambda_sweep_figure", "layer_kept_figure", "log_ticks",
+    "magnitude_histogram", "mask_diff_figure", "mask_heatmap", "mask_zoom_figure", "memory_figure", "nm_group_figure",
+    "nm_pattern_figure", "paired_difference_figure", "params_by_type_figure", "plan_grid_figure", "quality_figure",
     "recovery_colors", "recovery_curves_figure", "recovery_gap_figure", "recovery_sad_figure", "recovery_sad_heatmap",
     "run_colors", "run_key", "sad_heatmap_figure", "sad_series_figure", "search_tradeoff_figure", "sensitivity_heatmap",
-    "sensitivity_proxy_figure", "seed_study_figure", "speedup_batch_figure",
-    "speedup_density_figure", "token_attribution_figure", "training_curves_figure",
+    "sensitivity_proxy_figure", "seed_study_figure", "speedup_batch_figure", "speedup_density_figure",
+    "token_attribution_figure", "training_curves_figure",
 ]

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import plotly.graph_objects as go
 
@@ -66,7 +67,7 @@ def _pct_text(v: float) -> str:
     return f"{v * 100:g}%"
 
 
-def _log_axis(values: Sequence[float], fmt) -> dict:
+def _log_axis(values: Sequence[float], fmt: Callable[[float], str]) -> dict[str, Any]:
     ticks = log_ticks(min(values), max(values))
     return dict(type="log", tickvals=ticks, ticktext=[fmt(t) for t in ticks])
 

@@ -56,7 +56,7 @@ def speedup_density_figure(results: Sequence[CaseResult], *, x_param: str = "den
     fig.add_hline(y=1.0, line=dict(color="black", width=1), annotation_text="dense", annotation_position="bottom right")
     fig.update_layout(title=title, xaxis_title=f"{x_param.replace('_', ' ')} (kept fraction)",
                       yaxis_title="speedup over dense (×, higher is faster)")
-    ys = [float(r.speedup) for r in pts] + [1.0 / lo, 1.0 / hi, 1.0]
+    ys = [float(r.speedup) for r in pts if r.speedup is not None] + [1.0 / lo, 1.0 / hi, 1.0]
     fig.update_xaxes(**_log_axis(xs, _pct_text))
     fig.update_yaxes(**_log_axis(ys, _ratio_text))
     return fig
@@ -102,7 +102,8 @@ def attention_speedup_figure(results: Sequence[CaseResult],
         ))
     fig.add_hline(y=1.0, line=dict(color="black", width=1), annotation_text="dense SDPA",
                   annotation_position="bottom right")
-    ys = [float(r.speedup) for r in pts] + [1.0 / r.params["block_density"] for r in pts] + [1.0]
+    ys = ([float(r.speedup) for r in pts if r.speedup is not None]
+          + [1.0 / r.params["block_density"] for r in pts] + [1.0])
     fig.update_layout(title=title, xaxis_title="sequence length (tokens)", yaxis_title="speedup over dense SDPA (×)")
     lens = sorted({int(r.params["seq_len"]) for r in pts})
     fig.update_xaxes(type="log", tickvals=lens, ticktext=[str(v) for v in lens])

@@ -175,11 +175,11 @@ def nm_group_figure(weight: Any, mask: Any, m: int, row: int, start_group: int =
     """
     groups = ms.nm_groups(weight, mask, m, row, start_group, count, dim=dim)
     order: list[str] = []
-    traces = {True: ([], [], []), False: ([], [], [])}
+    traces: dict[bool, tuple[list[str], list[float], list[list[float]]]] = {True: ([], [], []), False: ([], [], [])}
     for g in groups:
-        for col, w, a, k in zip(g["columns"], g["weight"], g["abs_weight"], g["kept"]):
+        for col, w, a, kept in zip(g["columns"], g["weight"], g["abs_weight"], g["kept"]):
             order.append(str(col))
-            xs, ys, custom = traces[bool(k)]
+            xs, ys, custom = traces[bool(kept)]
             xs.append(str(col))
             ys.append(a)
             custom.append([w, g["group"]])

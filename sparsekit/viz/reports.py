@@ -46,7 +46,7 @@ def layer_kept_figure(report: Sequence[LayerReport]) -> go.Figure:
     """
     if not _records(report):
         return _empty("kept fraction per layer", "no layers to show")
-    groups = {False: ([], [], []), True: ([], [], [])}
+    groups: dict[bool, tuple[list[str], list[float], list[str]]] = {False: ([], [], []), True: ([], [], [])}
     for r in report:
         ys, xs, custom = groups[bool(r.skipped_reason)]
         ys.append(r.name)

@@ -1,18 +1,23 @@
 """Sensitivity scan figures (``sparsekit.sensitivity``): the unit x setting heatmap, proxy vs drop."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import plotly.graph_objects as go
 
 from ._style import RUN_COLORS, _empty
 
+if TYPE_CHECKING:
+    from ..sensitivity import SensitivityScan
+
 VALUES = ("drop", "proxy")
 
 
-def _cell(v) -> str:
+def _cell(v: float | None) -> str:
     return "–" if v is None else f"{v:.4g}"
 
 
-def sensitivity_heatmap(scan, *, value: str = "drop") -> go.Figure:
+def sensitivity_heatmap(scan: SensitivityScan, *, value: str = "drop") -> go.Figure:
     """Units (rows, in model order, first at the top) x settings (columns), coloured by the quality
     drop or by the proxy error of pruning that unit alone.
 
@@ -50,7 +55,7 @@ def sensitivity_heatmap(scan, *, value: str = "drop") -> go.Figure:
     return fig
 
 
-def sensitivity_proxy_figure(scan) -> go.Figure:
+def sensitivity_proxy_figure(scan: SensitivityScan) -> go.Figure:
     """Proxy error against the measured drop, one colour per setting, with its Spearman correlation.
 
     Args:

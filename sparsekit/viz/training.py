@@ -17,6 +17,7 @@ from ._style import FLIP_COLORSCALE, RUN_COLORS, _empty, _log_axis, _matrix_axes
 
 if TYPE_CHECKING:
     from ..seedstudy import SeedStudyResult
+    from ..stats import Interval
     from ..topology import SadReport
     from ..training import RunRecord
 
@@ -146,12 +147,13 @@ def sad_series_figure(runs: Sequence[RunRecord], *, kind: str = "interval", laye
         y = [float(v) for v in report.series(kind, layer, fraction=fraction)]
         if kind == "interval":
             x, y = x[1:], y[1:]
+        shown: list[float | None] = list(y)
         if log_y:
             hidden += sum(1 for v in y if v <= 0)
-            y = [v if v > 0 else None for v in y]
-            drawn += [v for v in y if v is not None]
+            shown = [v if v > 0 else None for v in y]
+            drawn += [v for v in shown if v is not None]
         value = "%{y:.3%}" if fraction else "%{y:,.0f} weights"
-        fig.add_trace(go.Scatter(x=x, y=y, name=run.label, mode="lines+markers", connectgaps=False,
+        fig.add_trace(go.Scatter(x=x, y=shown, name=run.label, mode="lines+markers", connectgaps=False,
                                  line=dict(color=color),
                                  hovertemplate=f"{run.label}<br>epoch %{{x:.2f}}<br>SAD {value}<extra></extra>"))
     fig.update_layout(title=title, legend=dict(orientation="h", y=-0.25))
@@ -290,7 +292,7 @@ def flip_maps_figure(counts: Sequence[Any], names: Sequence[str], *, title: str 
 STUDY_COLORS = {"ste": "#ff7f0e", "srste": "#1f77b4"}
 
 
-def _ci_error(intervals) -> dict:
+def _ci_error(intervals: Sequence[Interval]) -> dict[str, Any]:
     hi = [0.0 if math.isnan(iv.high) else iv.high - iv.mean for iv in intervals]
     lo = [0.0 if math.isnan(iv.low) else iv.mean - iv.low for iv in intervals]
     return {"type": "data", "symmetric": False, "array": hi, "arrayminus": lo, "thickness": 1.5, "width": 6}

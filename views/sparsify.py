@@ -7,7 +7,9 @@ import streamlit as st
 from sparsekit import viz
 from sparsekit.export import masks_safetensors, weights_safetensors
 from sparsekit.report import report_csv
+from sparsekit.recipes.pages import sparsify_recipe
 from ui.format import change_text, metric_text
+from ui.notebook import notebook_button, upload_digest
 from ui.sparsify import apply_gate, fit_banner, prunable_weights, report_table, uniform_comparison_text
 from ui.state import estimated_duration, is_computed, last_duration, require_model, sparse_quality, sparsified
 from ui.widgets import config_form, current_config
@@ -60,6 +62,7 @@ cols[2].metric(loaded.metric_names.get(headline, headline), f"{quality[headline]
                delta_color="normal" if loaded.higher_is_better.get(headline, True) else "inverse",
                help=f"measured on {loaded.info['eval_budget']}" if loaded.info.get("eval_budget") else None)
 cols[3].metric("Kept in all Linear/Conv", f"{summary['kept_fraction_all_layers']:.1%}")
+notebook_button(sparsify_recipe(loaded.spec, config, upload_sha256=upload_digest(loaded)), key="sp_notebook")
 if loaded.info.get("eval_budget"):
     st.caption(f"Quality measured on {loaded.info['eval_budget']}; the dense model's outputs are computed once "
                "per model and reused for every setting.")

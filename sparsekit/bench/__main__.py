@@ -17,7 +17,7 @@ from ..layers import prunable_layers
 from ..models import load_model
 from .records import BenchRun
 from .runner import SUITES, BenchConfig, run_benchmarks
-from .suites import verdicts
+from .suites import config_model, verdicts
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -34,6 +34,19 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def _shapes(text: str) -> tuple[tuple[int, int], ...]:
+    try:
+        out = []
+        for item in text.split(","):
+            if item.strip():
+                o, i = item.lower().split("x")
+                out.append((int(o), int(i)))
+        return tuple(out)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated OUTxIN shapes (e.g. 4096x11008), got {text!r}") from None
+
+
 def build_config(args: argparse.Namespace) -> BenchConfig:
     cfg = BenchConfig()
     kw = {}
@@ -44,7 +57,7 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
     if args.quick:
         kw.update(square_sizes=(512, 1024), batches=(1, 16, 256), formats_shape=(1024, 1024), formats_cols=64,
                   densities=(0.05, 0.2, 0.5), seq_lens=(512, 1024), repeats=5)
-    for name in ("device", "dtype", "repeats", "window", "time_budget_s"):
+    for name in ("device", "dtype", "repeats", "window", "time_budget_s", "model"):
         value = getattr(args, name)
         if value is not None:
             kw[name] = value
@@ -56,11 +69,15 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
         kw["densities"] = args.densities
     if args.seq_lens:
         kw["seq_lens"] = args.seq_lens
+    if args.layer_shapes:
+        kw["layer_shapes"] = args.layer_shapes
     if args.model_shapes:
 
-        loaded = load_model(args.model_shapes)
+        spec = args.model_shapes
+        loaded = config_model(spec) if spec.startswith("config:") else load_model(spec)
         shapes = sorted({tuple(m.weight.shape) for _, m in prunable_layers(loaded.module) if m.weight.dim() == 2})
-        kw["layer_shapes"] = tuple((int(o), int(i)) for o, i in shapes if i % 4 == 0)
+        kw["layer_shapes"] = tuple(kw.get("layer_shapes", ())) + tuple(
+            (int(o), int(i)) for o, i in shapes if i % 4 == 0)
     return BenchConfig(**{**cfg.__dict__, **kw})
 
 
@@ -105,7 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--dtype", choices=["fp16", "bf16"])
     parser.add_argument("--sizes", type=_ints, help="square Linear sizes, e.g. 1024,4096,8192")
-    parser.add_argument("--model-shapes", metavar="SPEC", help="also time this model's Linear shapes (e.g. minilm)")
+    parser.add_argument("--model-shapes", metavar="SPEC",
+                        help="also time this model's Linear shapes (e.g. minilm, or config:minilm without its files)")
+    parser.add_argument("--layer-shapes", type=_shapes, metavar="OUTxIN,...",
+                        help="extra Linear shapes for the 2:4 suite, e.g. 11008x4096,4096x11008")
+    parser.add_argument("--model", metavar="SPEC",
+                        help="the model suite's model: minilm (default), another load_model spec, or "
+                             "config:bert-base / config:minilm (random weights built from a config)")
     parser.add_argument("--batches", type=_ints)
     parser.add_argument("--densities", type=_floats, help="kept fractions for CSR/BSR, e.g. 0.01,0.1,0.5")
     parser.add_argument("--seq-lens", type=_ints)

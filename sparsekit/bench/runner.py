@@ -14,6 +14,7 @@ from .records import BenchRun
 from .suites import (
     attention_suite,
     check_densities,
+    config_model,
     default_attention_patterns,
     formats_suite,
     linear_suite,
@@ -50,6 +51,9 @@ class BenchConfig:
     window: int = 64
     """Causal sliding-window width of the attention suite's sparse pattern."""
     repeats: int = 10
+    model: str = "minilm"
+    """The model suite's model when none is passed in: a ``load_model`` spec, or ``config:bert-base`` /
+    ``config:minilm`` (built from its config with random weights, no files needed)."""
     time_budget_s: float | None = None
     """Wall-clock budget for the timed cases; cases that would start later are reported as
     skipped ("time budget spent") so a long run ends on time with everything accounted for."""
@@ -132,7 +136,8 @@ def run_benchmarks(
                                            dtype=dtype, repeats=config.repeats, progress=sub(i))
             elif suite == "model":
                 if loaded is None:
-                    loaded = load_model("minilm")
+                    loaded = config_model(config.model) if config.model.startswith("config:") else load_model(
+                        config.model)
                 results += model_suite(loaded, [b for b in config.batches if b <= 1024], device=device, dtype=half,
                                        repeats=config.repeats, progress=sub(i))
             if checkpoint is not None and i < len(config.suites) - 1:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..masks import nm_mask
+from ..models import LoadedModel
 from ..models.sentences import SENTENCES
 from ..sparsify import SparsifyConfig, is_2_4, sparsify
 from .attention_suite import MAX_SEQ, AttentionPattern, attention_suite, block_mask_density, default_attention_patterns
@@ -25,7 +26,8 @@ from ..progress import ProgressFn
 
 __all__ = [
     "MAX_BATCH", "MAX_DIM", "MAX_SEQ", "AttentionPattern", "ProgressFn", "attention_suite", "block_mask_density",
-    "check_densities", "default_attention_patterns", "formats_suite", "ideal_speedup", "linear_suite", "model_suite",
+    "CONFIG_MODELS", "check_densities", "config_model", "default_attention_patterns",
+    "formats_suite", "ideal_speedup", "linear_suite", "model_suite",
     "semi_structured_available", "verdicts",
 ]
 
@@ -233,6 +235,48 @@ def formats_suite(
     return out
 
 
+# Encoders built from a config with seeded random weights, for the whole-model forward where no
+# weight files are at hand (a GPU machine whose image lacks the 83 MB MiniLM package). Timing and
+# the dense-vs-2:4 output difference do not depend on trained weights.
+CONFIG_MODELS = {
+    # BERT-base: 12 layers, hidden 768, FFN 3072, 110M parameters (GPT-2 small's size, but with
+    # nn.Linear layers, which the 2:4 conversion takes; GPT-2's Conv1D would not be converted).
+    "config:bert-base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+                         "intermediate_size": 3072},
+    # all-MiniLM-L6-v2's architecture: 6 layers, hidden 384, FFN 1536.
+    "config:minilm": {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12,
+                      "intermediate_size": 1536},
+}
+
+
+def config_model(spec: str, seed: int = 0) -> LoadedModel:
+    """A BERT encoder of one of ``CONFIG_MODELS``' sizes with seeded random weights (no files read).
+
+    It has no tokenizer: ``model_suite`` feeds it seeded random token ids (``info["random_inputs"]``).
+    """
+    if spec not in CONFIG_MODELS:
+        raise ValueError(f"unknown config model {spec!r}; choose one of {sorted(CONFIG_MODELS)}")
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(vocab_size=30522, max_position_embeddings=512, **CONFIG_MODELS[spec])
+    torch.manual_seed(seed)
+    module = BertModel(config, add_pooling_layer=False).eval()
+    return LoadedModel(spec=spec, name=spec.removeprefix("config:") + " (config, random weights)", kind="encoder",
+                       module=module, quality_fn=lambda m: {}, calibration=None,
+                       info={"source": "config", "random_inputs": True, "architecture": type(module).__name__})
+
+
+def _model_inputs(loaded: LoadedModel, batch: int, seq_len: int, device: str) -> dict[str, torch.Tensor]:
+    """Token inputs for the whole-model forward: real sentences, or seeded random ids for a config model."""
+    if loaded.tokenizer is not None:
+        texts = [SENTENCES[j % len(SENTENCES)] for j in range(batch)]
+        enc = loaded.tokenizer(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
+        return {k: v.to(device) for k, v in enc.items()}
+    gen = torch.Generator(device="cpu").manual_seed(batch)
+    ids = torch.randint(1000, loaded.module.config.vocab_size, (batch, seq_len), generator=gen)
+    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
+
+
 def model_suite(loaded, batches: Sequence[int], *, device: str, dtype: torch.dtype = torch.float16, seq_len: int = 128,
                 repeats: int = 10, progress: ProgressFn | None = None) -> list[CaseResult]:
     """Whole-model forward: dense vs 2:4-accelerated, for a text model (e.g. the bundled MiniLM).
@@ -246,7 +290,7 @@ def model_suite(loaded, batches: Sequence[int], *, device: str, dtype: torch.dty
     if why:
         return [skipped("model", f"{loaded.name} b{b}", "2:4", device, dtype, {**params0, "batch": b}, why)
                 for b in batches]
-    if loaded.tokenizer is None:
+    if loaded.tokenizer is None and not loaded.info.get("random_inputs"):
         raise ValueError(f"{loaded.name} has no tokenizer; the model suite times text models")
 
     pruned = sparsify(loaded, SparsifyConfig(pattern="nm", n=2, m=4)).model
@@ -271,9 +315,7 @@ def model_suite(loaded, batches: Sequence[int], *, device: str, dtype: torch.dty
     for bi, b in enumerate(batches):
         if progress is not None:
             progress(bi / len(batches), f"{loaded.name} batch {b}")
-        texts = [SENTENCES[j % len(SENTENCES)] for j in range(b)]
-        enc = loaded.tokenizer(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
-        enc = {k: v.to(device) for k, v in enc.items()}
+        enc = _model_inputs(loaded, b, seq_len, device)
         params = {**params0, "batch": b}
 
         def run(model):

@@ -8,8 +8,6 @@ or plotly's template decides it.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import plotly.graph_objects as go
 import torch
@@ -17,6 +15,7 @@ from plotly.subplots import make_subplots
 
 from .. import maskstats as ms
 from ..maskstats import DEFAULT_MAX_CELLS
+from ..maskstats.inputs import TensorLike
 from ._style import DIFF_COLORS, KEPT_COLOR, PRUNED_COLOR, _matrix_axes, _percent
 
 TEXT_CELLS_MAX = 20
@@ -46,7 +45,7 @@ def _tile_heatmap(grid: ms.TileGrid, *, colorbar: str, colorscale: str, what: st
     )
 
 
-def mask_heatmap(mask: Any, *, max_cells: int = DEFAULT_MAX_CELLS, title: str | None = None) -> go.Figure:
+def mask_heatmap(mask: TensorLike, *, max_cells: int = DEFAULT_MAX_CELLS, title: str | None = None) -> go.Figure:
     """Heatmap of a mask's kept fraction per tile (exact cells when the mask is small).
 
     Args:
@@ -80,7 +79,7 @@ def mask_heatmap(mask: Any, *, max_cells: int = DEFAULT_MAX_CELLS, title: str | 
     return fig
 
 
-def mask_zoom_figure(weight: Any, mask: Any, row0: int, col0: int, rows: int = 32,
+def mask_zoom_figure(weight: TensorLike, mask: TensorLike, row0: int, col0: int, rows: int = 32,
                      cols: int = 32, *, m: int | None = None) -> go.Figure:
     """Exact cells of a weight block: kept weights coloured by value, pruned ones grey.
 
@@ -152,7 +151,7 @@ def mask_zoom_figure(weight: Any, mask: Any, row0: int, col0: int, rows: int = 3
     return fig
 
 
-def nm_group_figure(weight: Any, mask: Any, m: int, row: int, start_group: int = 0,
+def nm_group_figure(weight: TensorLike, mask: TensorLike, m: int, row: int, start_group: int = 0,
                     count: int = 8, *, dim: int = 1) -> go.Figure:
     """Bars of |w| for every entry of some N:M groups of one row, kept vs pruned.
 
@@ -218,7 +217,7 @@ def nm_group_figure(weight: Any, mask: Any, m: int, row: int, start_group: int =
     return fig
 
 
-def magnitude_histogram(weight: Any, mask: Any, bins: int = 80, *, log_y: bool = False) -> go.Figure:
+def magnitude_histogram(weight: TensorLike, mask: TensorLike, bins: int = 80, *, log_y: bool = False) -> go.Figure:
     """Overlaid histograms of |w| for kept and pruned weights, exact over the whole layer.
 
     The histograms are binned in the library (``maskstats.magnitude_histograms``) and drawn as
@@ -262,7 +261,7 @@ def magnitude_histogram(weight: Any, mask: Any, bins: int = 80, *, log_y: bool =
     return fig
 
 
-def density_profile(mask: Any) -> go.Figure:
+def density_profile(mask: TensorLike) -> go.Figure:
     """Kept fraction per row (output unit) and per column (input feature), one subplot each.
 
     Args:
@@ -298,7 +297,7 @@ def density_profile(mask: Any) -> go.Figure:
     return fig
 
 
-def nm_pattern_figure(mask: Any, m: int, *, dim: int = -1) -> go.Figure:
+def nm_pattern_figure(mask: TensorLike, m: int, *, dim: int = -1) -> go.Figure:
     """How many N:M groups kept each pattern of positions, over the whole layer.
 
     Args:
@@ -333,7 +332,7 @@ def nm_pattern_figure(mask: Any, m: int, *, dim: int = -1) -> go.Figure:
     return fig
 
 
-def mask_diff_figure(mask_a: Any, mask_b: Any, *, labels: tuple[str, str] = ("A", "B"),
+def mask_diff_figure(mask_a: TensorLike, mask_b: TensorLike, *, labels: tuple[str, str] = ("A", "B"),
                      max_cells: int = DEFAULT_MAX_CELLS) -> go.Figure:
     """Where two masks differ: a per-cell map for small masks, differing fraction per tile else.
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .models import BUILTIN_SPECS, load_model
+from .models.base import LoadedModel
 from .sparsify import SparsifyResult, is_2_4, semi_structured_check
 
 
@@ -65,7 +66,7 @@ def _sha256(data: bytes) -> str:
 
 def export_files(
     result: SparsifyResult,
-    loaded: Any = None,
+    loaded: LoadedModel | None = None,
     *,
     quality: dict[str, float] | None = None,
 ) -> dict[str, bytes]:
@@ -104,7 +105,8 @@ def export_files(
         "files": {"model.safetensors": _sha256(weights), "masks.safetensors": _sha256(masks)},
         "torch_version": torch.__version__,
         "reload": (f"sparsekit.load_model({spec!r}, weights=<model.safetensors bytes>)" if spec and not
-                   spec.startswith("hf:") else "model.load_state_dict(safetensors.torch.load(<model.safetensors bytes>))"),
+                   spec.startswith("hf:")
+                   else "model.load_state_dict(safetensors.torch.load(<model.safetensors bytes>))"),
     }
     return {
         "model.safetensors": weights,
@@ -141,7 +143,9 @@ def read_export(data: bytes | dict[str, bytes]) -> tuple[dict[str, Any], dict[st
         files = dict(data)
     else:
         if len(data) > MAX_EXPORT_BYTES:
-            raise ValueError(f"the export is {len(data) / 2**20:,.0f} MB; at most {MAX_EXPORT_BYTES / 2**20:,.0f} MB")
+            raise ValueError(
+                f"the export is {len(data) / 2**20:,.0f} MB; at most {MAX_EXPORT_BYTES / 2**20:,.0f} MB"
+            )
         try:
             zf = zipfile.ZipFile(io.BytesIO(bytes(data)))
         except zipfile.BadZipFile:
@@ -171,7 +175,9 @@ def read_export(data: bytes | dict[str, bytes]) -> tuple[dict[str, Any], dict[st
     return manifest, files
 
 
-def reload_export(data: bytes | dict[str, bytes], *, memory_budget_mb: float | None = None):
+def reload_export(
+    data: bytes | dict[str, bytes], *, memory_budget_mb: float | None = None
+) -> tuple[LoadedModel, dict[str, Any], dict[str, torch.Tensor]]:
     """Load an export back through ``load_model`` and check that its masks hold.
 
     Args:
@@ -189,7 +195,7 @@ def reload_export(data: bytes | dict[str, bytes], *, memory_budget_mb: float | N
 
     manifest, files = read_export(data)
     spec = manifest.get("spec")
-    if spec not in BUILTIN_SPECS:
+    if not isinstance(spec, str) or spec not in BUILTIN_SPECS:
         raise ValueError(
             f"exports of {spec!r} cannot be reloaded through load_model(weights=...), which takes the built-in "
             f"architectures ({', '.join(BUILTIN_SPECS)}); load model.safetensors with load_state_dict instead"
@@ -223,7 +229,9 @@ class SemiStructuredResult:
     """Whether CUDA (and the semi-structured kernels) were available."""
 
 
-def to_semi_structured(model: Any, *, dtype: torch.dtype = torch.float16, device: str = "cuda") -> SemiStructuredResult:
+def to_semi_structured(
+    model: nn.Module | SparsifyResult | LoadedModel, *, dtype: torch.dtype = torch.float16, device: str = "cuda"
+) -> SemiStructuredResult:
     """Convert every eligible Linear weight of a 2:4-pruned model to PyTorch's semi-structured format.
 
     A layer is eligible when its weight has at most 2 non-zeros in every group of 4 along the input
@@ -242,13 +250,19 @@ def to_semi_structured(model: Any, *, dtype: torch.dtype = torch.float16, device
 
     source = getattr(model, "model", None) if isinstance(model, SparsifyResult) else getattr(model, "module", model)
     if not isinstance(source, nn.Module):
-        raise TypeError(f"to_semi_structured needs an nn.Module, SparsifyResult or LoadedModel, got {type(model).__name__}")
+        raise TypeError(
+            f"to_semi_structured needs an nn.Module, SparsifyResult or LoadedModel, got {type(model).__name__}"
+        )
     if not torch.cuda.is_available():
-        return SemiStructuredResult(model=None, skipped={"*": "CUDA is not available: 2:4 semi-structured kernels need an "
-                                                              "NVIDIA GPU (Ampere or newer)"})
+        return SemiStructuredResult(
+            model=None,
+            skipped={"*": "CUDA is not available: 2:4 semi-structured kernels need an NVIDIA GPU (Ampere or newer)"},
+        )
     major, _ = torch.cuda.get_device_capability(torch.device(device))
     if major < 8:
-        return SemiStructuredResult(model=None, skipped={"*": f"GPU compute capability {major}.x; 2:4 kernels need 8.0 (Ampere) or newer"})
+        return SemiStructuredResult(
+            model=None, skipped={"*": f"GPU compute capability {major}.x; 2:4 kernels need 8.0 (Ampere) or newer"}
+        )
     from torch.sparse import to_sparse_semi_structured
 
     work = copy.deepcopy(source).to(device=device, dtype=dtype).eval()

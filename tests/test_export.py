@@ -67,6 +67,17 @@ def test_tampered_or_foreign_exports_are_refused(mlp):
         reload_export({**files, "masks.safetensors": save(masks), "manifest.json": json.dumps(manifest).encode()})
 
 
+@pytest.mark.parametrize("spec", [["digits:mlp"], {"name": "digits:mlp"}, None, 3])
+def test_manifest_spec_that_is_not_a_string_is_refused(mlp, spec):
+    # A hand-edited manifest whose spec is a list or object used to escape as a TypeError
+    # (unhashable, from the lookup in BUILTIN_SPECS) instead of the documented ValueError.
+    result = sparsify(mlp, SparsifyConfig(pattern="unstructured", sparsity=0.5))
+    files = export_files(result, mlp)
+    manifest = json.loads(files["manifest.json"])
+    manifest["spec"] = spec
+    with pytest.raises(ValueError, match="cannot be reloaded"):
+        reload_export({**files, "manifest.json": json.dumps(manifest).encode()})
+
 def test_semi_structured_without_cuda_skips_cleanly():
     model = nn.Sequential(nn.Linear(64, 64))
     out = to_semi_structured(sparsify(model, SparsifyConfig()))

@@ -3,8 +3,10 @@ import pandas as pd
 import streamlit as st
 
 from sparsekit import viz
+from sparsekit.recipes.model import model_headline, model_recipe
 from sparsekit.report import layer_table, params_by_type
 from ui.format import KIND_LABELS, metric_text, source_details
+from ui.notebook import notebook_button, upload_digest
 from ui.state import require_model
 
 st.title("Model")
@@ -30,19 +32,22 @@ loaded, _ = require_model()
 
 table = layer_table(loaded)
 counts = params_by_type(loaded)
-prunable = sum(r["params"] for r in table)
-c1, c2, c3, c4 = st.columns(4)
-c1.metric("Parameters", f"{loaded.n_params:,}")
-c2.metric("In Linear/Conv layers", f"{prunable / loaded.n_params:.1%}")
-c3.metric("Weight memory", f"{loaded.n_bytes / 2**20:,.1f} MB", help="1 MB = 2²⁰ bytes")
-c4.metric("Kind", KIND_LABELS.get(loaded.kind, loaded.kind))
+c1, c2, c3, c4 = st.columns(4)  # filled once the dense quality is measured (the headline holds both)
+notebook_slot = st.empty()
 
 with st.spinner("Measuring dense quality…"):
     dense = loaded.quality()
+head = model_headline(loaded, dense)
+c1.metric("Parameters", f"{head['params']:,}")
+c2.metric("In Linear/Conv layers", f"{head['prunable_share']:.1%}")
+c3.metric("Weight memory", f"{head['weight_mb']:,.1f} MB", help="1 MB = 2²⁰ bytes")
+c4.metric("Kind", KIND_LABELS.get(head["kind"], head["kind"]))
+with notebook_slot.container():
+    notebook_button(model_recipe(loaded.spec, upload_sha256=upload_digest(loaded)), key="model_notebook")
 st.subheader("Dense quality")
 st.dataframe(
     pd.DataFrame([{"metric": loaded.metric_names.get(k, k), "value": v, "shown": metric_text(v)}
-                  for k, v in dense.items()]),
+                  for k, v in head["quality"].items()]),
     hide_index=True, width="stretch", column_order=["metric", "shown"],
     column_config={"metric": st.column_config.TextColumn("metric", width="large"),
                    "shown": st.column_config.TextColumn("value")},
@@ -56,7 +61,7 @@ left, right = st.columns([1, 2])
 with left:
     st.plotly_chart(viz.params_by_type_figure(counts), width="stretch")
 with right:
-    st.subheader(f"Prunable layers ({len(table)})")
+    st.subheader(f"Prunable layers ({head['prunable_layers']})")
     st.dataframe(pd.DataFrame(table), hide_index=True, height=min(38 + 35 * len(table), 360))
 
 with st.expander("Source details"):

@@ -15,11 +15,12 @@ import pandas as pd
 import streamlit as st
 
 from sparsekit.attention import PATTERNS, PatternSpec
-from sparsekit.attention.capture import MAX_TOKENS, passage_ids
+from sparsekit.attention.capture import passage_ids
 from sparsekit.attention.masks import MAX_PARAM
 from sparsekit.attention.search import ALLOCATIONS, DEFAULT_FAMILIES, SEARCH_FAMILIES, SearchConfig
 from sparsekit.attention.specs import COMBINATORS
 from sparsekit.models.sentences import SENTENCES
+from sparsekit.recipes.attention import PASSAGE_TOKENS, AttentionInput, fit_text_input, token_limit
 from ui.cached import attention_quality, digits_data
 
 MAX_WIDGET = 4096  # parameter inputs accept more than any sequence, so the library can say why it does not fit
@@ -60,7 +61,8 @@ def input_form(loaded):
     """Widgets choosing the input to capture: a held-out digit for the ViT, text otherwise.
 
     Returns:
-        ``(inputs, input_key)``: what ``capture_attention`` takes, and a cache key naming it.
+        ``(inputs, input_key, source)``: what ``capture_attention`` takes, a cache key naming it, and
+        the choice as an ``AttentionInput`` (for the notebook).
     """
     if loaded.kind == "image-classifier":
         data = digits_data()
@@ -71,7 +73,7 @@ def input_form(loaded):
         c1.caption(f"Label {int(data.y_test[idx])}. Tokens: a class token (CLS) and 16 patches of 2×2 pixels, "
                    "named by patch row and column.")
         c2.image(data.x_test[idx, 0].numpy(), width=96, clamp=True)
-        return data.x_test[idx: idx + 1], f"image:{idx}"
+        return data.x_test[idx: idx + 1], f"image:{idx}", AttentionInput("image", image=idx)
     source = st.radio("Text", [PASSAGE, "Built-in sentence", "Your text"], key="att_source", horizontal=True,
                       bind=URL)
     if source == "Your text":
@@ -79,47 +81,17 @@ def input_form(loaded):
         # Not bound to the URL: a pasted text can be far longer than a URL may be.
         text = st.text_area(f"Your text (the first {limit} tokens are used)", SENTENCES[0], max_chars=MAX_TEXT_CHARS,
                             key="att_text")
-        if not text.strip():
-            return text, "text:"  # capture_attention says the text is empty, in its words
-        ids, n_tokens = fit_text(loaded.tokenizer, text, limit)
-        if n_tokens <= limit:
-            return text, f"text:{text}"
+        chosen = AttentionInput("text", text=text)
+        inputs, n_tokens = fit_text_input(loaded, text)  # the text itself, or its first ids when too long
+        if isinstance(inputs, str):
+            return inputs, f"text:{text}" if text.strip() else "text:", chosen
         st.info(f"Your text was {len(text):,} characters / {n_tokens:,} tokens; {loaded.name} takes at most "
-                f"{limit} tokens here, so the first {len(ids)} tokens are shown.")
-        return ids, "ids:" + hashlib.sha256(json.dumps(ids).encode()).hexdigest()
+                f"{limit} tokens here, so the first {len(inputs)} tokens are shown.")
+        return inputs, "ids:" + hashlib.sha256(json.dumps(inputs).encode()).hexdigest(), chosen
     if source == PASSAGE:
-        return passage_ids(loaded, 128), "passage:128"
+        return passage_ids(loaded, PASSAGE_TOKENS), f"passage:{PASSAGE_TOKENS}", AttentionInput("passage")
     sentence = st.selectbox("Sentence", SENTENCES, key="att_sentence", bind=URL)
-    return sentence, f"text:{sentence}"
-
-
-def token_limit(loaded) -> int:
-    """The most tokens the page captures for a text model: ``MAX_TOKENS``, or fewer where the model
-    has fewer positions (the limit ``capture_attention`` applies)."""
-    positions = getattr(getattr(loaded.module, "config", None), "max_position_embeddings", None)
-    return min(MAX_TOKENS, positions) if isinstance(positions, int) and positions > 0 else MAX_TOKENS
-
-
-def fit_text(tokenizer, text: str, limit: int) -> tuple[list[int], int]:
-    """Token ids of ``text`` cut to at most ``limit`` tokens, the special tokens that close the
-    sequence (``[SEP]``, an end-of-text token) kept at its end.
-
-    Args:
-        tokenizer: a Hugging Face tokenizer.
-        text: the text.
-        limit: the most tokens wanted.
-
-    Returns:
-        ``(ids, n_tokens)``: the ids, and how many tokens the whole text has (special tokens included).
-    """
-    ids = tokenizer(text, truncation=False)["input_ids"]
-    if len(ids) <= limit:
-        return ids, len(ids)
-    special = set(tokenizer.all_special_ids)
-    tail = 0
-    while tail < min(len(ids), limit - 1) and ids[len(ids) - 1 - tail] in special:
-        tail += 1
-    return ids[: limit - tail] + ids[len(ids) - tail:], len(ids)
+    return sentence, f"text:{sentence}", AttentionInput("sentence", text=sentence)
 
 
 def combined_pattern_form() -> PatternSpec:
@@ -209,10 +181,10 @@ def scope_form(n_layers: int, n_heads: int, layer: int, head: int) -> tuple[tupl
 
 
 def quality_section(model_key: str, loaded, spec: PatternSpec, scope: tuple[tuple | None, tuple | None],
-                    stem: str) -> None:
+                    stem: str):
     """End-to-end quality with the pattern inside the model (on ``scope``): headline metric, mean
     density, the table and its download; a pattern the model cannot run gets an error, and the
-    rest of the page still runs."""
+    rest of the page still runs. Returns the ``AttentionQuality`` shown (None after an error)."""
     layers, heads = scope
     st.caption("The quality metric runs on the model's own evaluation set (for MiniLM the 240 built-in sentences, "
                "mostly 10–40 tokens; for the ViT the held-out digits), not on the input above. Each evaluation "
@@ -223,7 +195,7 @@ def quality_section(model_key: str, loaded, spec: PatternSpec, scope: tuple[tupl
             q = attention_quality(model_key, spec.to_json(), loaded, spec, layers, heads)
     except ValueError as err:
         st.error(f"Cannot run the model with this pattern: {err}")
-        return
+        return None
     headline = next(iter(q.sparse))
     k1, k2 = st.columns(2)
     k1.metric(loaded.metric_names.get(headline, headline), f"{q.sparse[headline]:.4g}",
@@ -234,6 +206,7 @@ def quality_section(model_key: str, loaded, spec: PatternSpec, scope: tuple[tupl
     st.dataframe(frame, hide_index=True)
     st.download_button("Quality (.csv)", frame.to_csv(index=False), f"{stem}-quality.csv", mime="text/csv",
                        key="att_dl_quality")
+    return q
 
 
 def search_form() -> tuple[SearchConfig, int]:

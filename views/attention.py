@@ -10,10 +10,12 @@ from sparsekit.attention import attention_support
 from sparsekit.attention.apply import model_shape
 from sparsekit.attention.metrics import measure, plan_masks
 from sparsekit.attention.search import plan_comparison_rows
+from sparsekit.recipes.attention import attention_headline, attention_recipe
 from sparsekit.viz.attention import head_picker_figure
 from ui.attention import (GRID_KEY, combined_pattern_form, head_form, input_form, quality_section, scope_form,
                           search_form)
 from ui.cached import attention_capture, attention_quality, attention_search
+from ui.notebook import notebook_button, upload_digest
 from ui.state import require_model
 
 st.title("Attention")
@@ -35,7 +37,7 @@ if reason:
 # Input and capture
 
 st.subheader("Input")
-inputs, input_key = input_form(loaded)
+inputs, input_key, source = input_form(loaded)
 
 try:
     with st.spinner("Capturing the attention of every layer and head…"):
@@ -63,13 +65,14 @@ layer, head = head_form(capture.n_layers, capture.n_heads)
 
 masks = plan_masks(capture, spec)
 metrics = measure(capture, spec)
+shown = attention_headline(metrics, layer, head)
 m1, m2, m3, m4 = st.columns(4)
-m1.metric("Density, this head", f"{metrics.density[layer, head].item():.1%}")
-m2.metric("Recall, this head", f"{metrics.recall[layer, head].item():.1%}")
-m3.metric("Output error, this head", f"{metrics.error[layer, head].item():.3f}",
+m1.metric("Density, this head", f"{shown['density_head']:.1%}")
+m2.metric("Recall, this head", f"{shown['recall_head']:.1%}")
+m3.metric("Output error, this head", f"{shown['error_head']:.3f}",
           help="‖O_sparse − O_dense‖ / ‖O_dense‖ with the softmax renormalised over the kept keys")
-mean = metrics.mean()
-m4.metric("Recall, mean of all heads", f"{mean['recall']:.1%}", help=f"mean density {mean['density']:.1%}")
+m4.metric("Recall, mean of all heads", f"{shown['recall_mean']:.1%}", help=f"mean density {shown['density_mean']:.1%}")
+notebook_slot = st.container()  # filled once the page knows what it shows (quality, search)
 
 st.plotly_chart(head_picker_figure(metrics.recall, (layer, head), title="attention mass kept (recall) per layer "
                                    "and head: click a cell to show that head, hover for the mass lost"),
@@ -101,8 +104,16 @@ d3.download_button("Pattern (.json)", spec.to_json(), f"{stem}-pattern.json", mi
 st.subheader("Quality with the pattern inside the model")
 n_layers, n_heads = model_shape(loaded)
 scope = scope_form(n_layers, n_heads, layer, head)
-if scope is not None:
-    quality_section(key, loaded, spec, scope, stem)
+quality = quality_section(key, loaded, spec, scope, stem) if scope is not None else None
+
+
+def offer_notebook(search=None) -> None:
+    """The notebook of what the page shows: the quality when it was measured, the search when it ran."""
+    with notebook_slot:
+        notebook_button(attention_recipe(loaded.spec, source, spec, layer, head,
+                                         scope=scope if quality is not None else None, search=search,
+                                         upload_sha256=upload_digest(loaded)), key="att_notebook")
+
 
 # ---------------------------------------------------------------------------------------------
 # Search per head
@@ -120,6 +131,7 @@ if st.button("Run the per-head search", key="att_search", type="primary"):
     st.session_state["att_search_ran"] = config_json
 if st.session_state.get("att_search_ran") != config_json:
     st.caption("Press the button to search with these settings.")
+    offer_notebook()
     st.stop()
 try:
     with st.spinner("Measuring every candidate on the calibration inputs…"):
@@ -129,7 +141,9 @@ try:
         uniform_q = attention_quality(key, result.uniform_spec.to_json(), loaded, result.uniform_spec, None, None)
 except ValueError as err:
     st.error(f"Cannot search: {err}")
+    offer_notebook()
     st.stop()
+offer_notebook((config, count))
 
 summary = result.summary()
 headline = next(iter(plan_q.sparse))

@@ -1,0 +1,98 @@
+"""'Open as notebook' on the Attention, Training & topology and Recovery pages: each page's download,
+executed in a fresh kernel, prints the values the page shows (formatted as the page formats them)."""
+from __future__ import annotations
+
+import pytest
+import streamlit
+from test_page_notebooks import NOTEBOOK_LABEL, metric, run_notebook
+
+from devtools.apptest import page_app
+
+TIMEOUT = 300
+
+
+@pytest.fixture
+def notebooks(monkeypatch):
+    """widget key -> the notebook bytes each "Open as notebook" button was given (the Training page
+    draws one per tab, under the same label)."""
+    seen: dict[str, bytes] = {}
+    original = streamlit.download_button
+
+    def capture(label, data, *args, **kwargs):
+        if label == NOTEBOOK_LABEL:
+            seen[kwargs.get("key", "")] = data() if callable(data) else data
+        return original(label, data, *args, **kwargs)
+
+    monkeypatch.setattr(streamlit, "download_button", capture)
+    return seen
+
+
+def source_of(nb) -> str:
+    return "\n".join(c.source for c in nb.cells)
+
+
+def plotly_outputs(nb) -> list[dict]:
+    return [o["data"]["application/vnd.plotly.v1+json"] for c in nb.cells for o in c.get("outputs", [])
+            if "application/vnd.plotly.v1+json" in o.get("data", {})]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Attention
+
+
+def test_attention_page_notebook(notebooks):
+    at = page_app("attention", "digits:vit", TIMEOUT, att_image=5, att_calib=4)
+    at.run()
+    at.selectbox(key="att_p_name").set_value("sliding_window").run()
+    at.number_input(key="att_p_sliding_window_window").set_value(3).run()
+    at.selectbox(key="att_layer").set_value(1).run()
+    at.selectbox(key="att_head").set_value(2).run()
+    at.radio(key="att_scope").set_value("Chosen layers and heads").run()
+    at.multiselect(key="att_heads").set_value([2, 3]).run()
+    at.number_input(key="att_budget").set_value(40.0).run()
+    at.button(key="att_search").click().run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+
+    head, nb = run_notebook(notebooks["att_notebook"])
+    text = source_of(nb)
+    assert "digits_split().x_test[5:6]" in text and "PatternSpec.of('sliding_window', window=3" in text
+    assert "layer, head = 1, 2" in text and "layers=[1], heads=[2, 3]" in text
+    assert "SearchConfig(budget=0.4)" in text and "calibration_captures(model, 4)" in text
+    assert (head["layer"], head["head"]) == (1, 2)
+    assert metric(at, "Density, this head") == f"{head['density_head']:.1%}"
+    assert metric(at, "Recall, this head") == f"{head['recall_head']:.1%}"
+    assert metric(at, "Output error, this head") == f"{head['error_head']:.3f}"
+    assert metric(at, "Recall, mean of all heads") == f"{head['recall_mean']:.1%}"
+    q = head["quality"]
+    assert metric(at, q["metric"]) == f"{q['sparse']:.4g}"
+    assert [m.delta for m in at.metric if m.label == q["metric"]][0] == f"{q['change']:+.4g} vs dense"
+    assert metric(at, "Mean density on the evaluation inputs") == f"{q['mean_density']:.1%}"
+    s = head["search"]
+    assert metric(at, "Per-head plan: mean density") == f"{s['plan_density']:.1%}"
+    assert metric(at, "Per-head plan: mean recall") == f"{s['plan_recall']:.1%}"
+    assert [m.delta for m in at.metric if m.label == "Per-head plan: mean recall"][0] == \
+        f"{s['recall_vs_uniform']:+.1%} vs uniform"
+    # The search's quality metric is the last metric of that name on the page.
+    assert [m.value for m in at.metric if m.label == s["metric"]][-1] == f"{s['plan_quality']:.4g}"
+    assert [m.delta for m in at.metric if m.label == s["metric"]][-1] == f"{s['quality_vs_uniform']:+.4g} vs uniform"
+    compare = at.dataframe[-2].value
+    assert compare["pattern"].iloc[2] == s["uniform"]
+    assert len(plotly_outputs(nb)) == 6  # recall grid, heatmap, density, error, plan grid, trade-off
+
+
+def test_attention_notebook_before_the_search_and_for_a_text(notebooks):
+    at = page_app("attention", "minilm", TIMEOUT)
+    at.query_params["att_source"] = "Your text"
+    at.run()
+    at.text_area(key="att_text").set_value("Sparse attention keeps a few keys per query, so long inputs cost less.")
+    at.run()
+    at.selectbox(key="att_head").set_value(7).run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    head, nb = run_notebook(notebooks["att_notebook"])
+    text = source_of(nb)
+    assert "fit_text_input(model, text)" in text and "keeps a few keys per query" in text
+    assert "search_heads" not in text and "search" not in head
+    assert metric(at, "Recall, this head") == f"{head['recall_head']:.1%}"
+    assert metric(at, "Output error, this head") == f"{head['error_head']:.3f}"
+    assert metric(at, head["quality"]["metric"]) == f"{head['quality']['sparse']:.4g}"
+    assert metric(at, "Mean density on the evaluation inputs") == f"{head['quality']['mean_density']:.1%}"

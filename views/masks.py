@@ -4,9 +4,9 @@ import dataclasses
 import pandas as pd
 import streamlit as st
 
-import sparsekit
-from sparsekit import maskstats, viz
-from sparsekit.viz.masks import nm_pattern_figure
+from sparsekit import viz
+from sparsekit.recipes.masks import masks_headline, masks_recipe
+from ui.notebook import notebook_button, upload_digest
 from ui.state import require_model, sparsified
 from ui.widgets import config_form, current_config
 
@@ -45,9 +45,12 @@ mask = result.masks[layer]
 w2, m2 = result.matrix_view(layer, orig), result.matrix_view(layer, mask)
 rows, cols = m2.shape
 nm = config.pattern == "nm" and cols % config.m == 0
+head = masks_headline(result, layer)
 st.caption(f"Weight {tuple(orig.shape)} shown as a {rows}×{cols} matrix (rows = outputs, N:M groups run along "
            f"each row; conv weights as [out, kh·kw·in] for channel grouping). Kept "
-           f"{int(mask.sum()):,} of {mask.numel():,} ({mask.float().mean().item():.1%}).")
+           f"{head['kept']:,} of {head['numel']:,} ({head['kept_share']:.1%}).")
+notebook_slot = st.empty()  # filled at the end, when the zoom, group and second setting are known
+irow = start = 0
 
 overview, zoom_tab, groups_tab, compare_tab = st.tabs(["Overview", "Zoom", "N:M groups", "Compare"],
                                                       key="mask_view", bind="query-params")
@@ -77,7 +80,7 @@ with groups_tab:
         start = int(g2.number_input("First group", 0, n_groups - 1, 0, key="grp_start"))
         chart(viz.nm_group_figure(w2, m2, config.m, irow, start, min(8, n_groups - start)))
         st.subheader("Which positions each group kept")
-        chart(nm_pattern_figure(m2, config.m))
+        chart(viz.nm_pattern_figure(m2, config.m))
         st.caption(f"Every group of {config.m} along a row keeps {config.n} positions: one of the patterns above "
                    "(1 = kept, position 0 first). Magnitude pruning of weights without positional structure uses "
                    "them about equally; a skew shows positions the layer favours.")
@@ -96,22 +99,26 @@ with compare_tab:
         st.warning(f"{layer} is not pruned under {other.label()}, so there is nothing to compare.")
     elif result_b is not None:
         mb2 = result.matrix_view(layer, result_b.masks[layer])
-        stats = maskstats.mask_diff(m2, mb2)
-        common = [n for n in result.masks if n in result_b.masks]
-        total = sparsekit.sad({n: result.masks[n] for n in common}, {n: result_b.masks[n] for n in common})
-        numel = sum(result.masks[n].numel() for n in common)
-        kept_a, kept_b = int(m2.sum()), int(mb2.sum())
+        diff = masks_headline(result, layer, result_b)
+        kept_a, kept_b = diff["kept"], diff["kept_b"]
         d1, d2, d3, d4 = st.columns(4)
         # A SAD share is a size, not a change: no arrow, no colour. A change in the kept count is
         # neither good nor bad: grey, and none at all when there is no change.
-        d1.metric("SAD, this layer", f"{stats.sad:,}", f"{stats.fraction:.2%} of weights" if stats.sad else None,
+        d1.metric("SAD, this layer", f"{diff['sad_layer']:,}",
+                  f"{diff['sad_layer_share']:.2%} of weights" if diff["sad_layer"] else None,
                   delta_color="off", delta_arrow="off")
-        d2.metric(f"SAD, {len(common)} layers", f"{total:,}", f"{total / numel:.2%} of weights" if total else None,
+        d2.metric(f"SAD, {diff['common_layers']} layers", f"{diff['sad_total']:,}",
+                  f"{diff['sad_total_share']:.2%} of weights" if diff["sad_total"] else None,
                   delta_color="off", delta_arrow="off")
-        d3.metric("Kept in both", f"{stats.both_kept:,}")
+        d3.metric("Kept in both", f"{diff['both_kept']:,}")
         d4.metric("Kept, second mask", f"{kept_b:,}", f"{kept_b - kept_a:+,}" if kept_b != kept_a else None,
                   delta_color="off", delta_description="vs this mask")
         chart(viz.mask_diff_figure(m2, mb2, labels=(config.label(), other.label())))
-        st.dataframe(pd.DataFrame([{"both kept": stats.both_kept, f"only {config.label()}": stats.only_a,
-                                    f"only {other.label()}": stats.only_b, "both pruned": stats.both_pruned}]),
+        st.dataframe(pd.DataFrame([{"both kept": diff["both_kept"], f"only {config.label()}": diff["only_a"],
+                                    f"only {other.label()}": diff["only_b"], "both pruned": diff["both_pruned"]}]),
                      hide_index=True)
+
+with notebook_slot.container():
+    notebook_button(masks_recipe(loaded.spec, config, layer, other if result_b is not None else None,
+                                 zoom=(row0, col0, size), group=(irow, start), upload_sha256=upload_digest(loaded)),
+                    key="mask_notebook")

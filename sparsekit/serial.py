@@ -31,9 +31,9 @@ import json
 import types
 import typing
 from functools import lru_cache
-from typing import Any, Callable, Iterable, Mapping, TypeVar, Union, cast
+from typing import Any, Callable, Iterable, Mapping, Self, TypeVar, Union, cast
 
-__all__ = ["VERSION_KEY", "Migration", "check_keys", "check_version", "dumps", "from_json", "to_json"]
+__all__ = ["VERSION_KEY", "JsonConfig", "Migration", "check_keys", "check_version", "dumps", "from_json", "to_json"]
 
 T = TypeVar("T")
 Migration = Callable[[dict[str, Any]], dict[str, Any]]
@@ -161,6 +161,23 @@ def check_version(found: Any, version: int, what: str, *, migrations: Mapping[in
                              f"and has no migration from version {step}")
         out = migrate(out)
     return out
+
+
+class JsonConfig:
+    """``to_json``/``from_json`` methods for a dataclass config (no version), under this module's rule.
+
+    A config dataclass inherits them (``class TrainConfig(JsonConfig)``) instead of writing the same
+    two methods again.
+    """
+
+    def to_json(self) -> str:
+        """The config as sorted JSON (``sparsekit.serial.dumps``)."""
+        return dumps(self)
+
+    @classmethod
+    def from_json(cls, text: str | Mapping[str, Any]) -> Self:
+        """Inverse of ``to_json`` (also takes the parsed dict), under ``sparsekit.serial``'s rule."""
+        return from_json(cls, text)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 ``RunStore`` is the one contract: ``save``, ``load``, ``runs`` (the index, newest first), ``load_all`` (damaged
 entries named and skipped), ``rename`` and ``delete``, the same for every kind; ``run_store(kind)``
 finds a kind's store and refuses an unknown kind. Every entry carries a ``RecordHeader`` (its format
-and version); runs with tensors are safetensors bytes (``pack_run``/``unpack_run``).
+and version); runs with tensors are safetensors bytes (``pack_run``/``unpack_run``/``unpack_masked_run``).
 
 A kind's runs live in the one disk cache (``cache.get_cache``): each run is one entry under a
 kind-prefixed key, and one index entry holds a JSON list of small summaries, so listing the runs
@@ -23,8 +23,9 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Mapping, TypeVar
+from typing import Any, Callable, Generic, Mapping, Protocol, TypeVar, cast
 
+import diskcache
 import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
@@ -32,9 +33,28 @@ from safetensors.torch import save as save_tensors
 from .cache import get_cache, make_key
 from .models.weights import safetensors_header
 from .serial import Migration, check_version
+from .topology import MaskHistory, read_run_tensors
 
-R = TypeVar("R")
-_STORES: dict[str, "RunStore"] = {}
+
+class StoredRun(Protocol):
+    """What every record a ``RunStore`` keeps has: a name and the summary its index lists."""
+
+    name: str
+
+    def summary(self) -> dict[str, Any]: ...
+
+
+class OwnedRun(StoredRun, Protocol):
+    """A record with its own id and owning process (training, recovery): what ``save`` reads without an id."""
+
+    run_id: str
+    status: str
+    owner: str
+    message: str
+
+
+R = TypeVar("R", bound=StoredRun)
+_STORES: dict[str, RunStore[Any]] = {}
 
 
 def finite_json(obj: Any) -> Any:
@@ -56,15 +76,8 @@ def finite_json(obj: Any) -> Any:
 
 
 def finite_dumps(obj: Any, **kwargs: Any) -> str:
-    """``json.dumps`` of ``finite_json(obj)``: strict JSON that any reader, not only Python, parses.
-
-    Args:
-        obj: JSON-able data.
-        **kwargs: passed to ``json.dumps`` (``indent``, ``default`` ...).
-
-    Returns:
-        The JSON text.
-    """
+    """``json.dumps`` of ``finite_json(obj)``: strict JSON that any reader, not only Python, parses
+    (``kwargs`` go to ``json.dumps``: ``indent``, ``default`` ...)."""
     return json.dumps(finite_json(obj), allow_nan=False, **kwargs)
 
 
@@ -230,6 +243,18 @@ def unpack_run(header: RecordHeader, blob: bytes) -> tuple[dict[str, Any], dict[
     return record, load_tensors(blob)
 
 
+def unpack_masked_run(header: RecordHeader, blob: bytes, *, epochs_key: str | None = None,
+                      ) -> tuple[dict[str, Any], MaskHistory, dict[str, torch.Tensor]]:
+    """``unpack_run`` of a run with mask snapshots (tensors of ``topology.run_tensors``, ``shapes`` and
+    ``snapshot_steps`` in the record): ``(record, history, weights)``, the history's masks read back.
+    ``epochs_key`` names the record field of the snapshots' epochs (None: the steps, as floats)."""
+    info, tensors = unpack_run(header, blob)
+    steps = list(info["snapshot_steps"])
+    epochs = list(info[epochs_key]) if epochs_key is not None else [float(s) for s in steps]
+    history = MaskHistory({k: tuple(v) for k, v in info["shapes"].items()}, steps=steps, epochs=epochs)
+    return info, history, read_run_tensors(tensors, history)
+
+
 # ---------------------------------------------------------------------------------------------
 # The store
 
@@ -256,13 +281,14 @@ class RunStore(Generic[R]):
         orphan_summary: the same for an index summary.
     """
 
+    # ``from_bytes`` and ``summarize`` take Any: an entry is the bytes or the text its kind's ``to_bytes`` wrote.
     def __init__(self, kind: str, *, what: str, index_key: str, to_bytes: Callable[[R], bytes | str],
-                 from_bytes: Callable[[Any], R], summarize: Callable[[Any], dict] | None = None,
+                 from_bytes: Callable[[Any], R], summarize: Callable[[Any], dict[str, Any]] | None = None,
                  hash_ids: bool = True, orphan_record: Callable[[R], str] | None = None,
-                 orphan_summary: Callable[[dict], str] | None = None) -> None:
+                 orphan_summary: Callable[[dict[str, Any]], str] | None = None) -> None:
         self.kind, self.what, self.index_key, self.hash_ids = kind, what, index_key, hash_ids
         self.to_bytes, self.from_bytes = to_bytes, from_bytes
-        self.summarize = summarize or (lambda value: _any(from_bytes(value)).summary())
+        self.summarize: Callable[[Any], dict[str, Any]] = summarize or (lambda value: from_bytes(value).summary())
         self.orphan_record, self.orphan_summary = orphan_record, orphan_summary
         _STORES[kind] = self
 
@@ -280,14 +306,14 @@ class RunStore(Generic[R]):
         Returns:
             The run id.
         """
-        rec: Any = record  # a run record (or a benchmark run): run_id, summary()
         if run_id is None:
-            if not rec.run_id:
-                rec.run_id = uuid.uuid4().hex[:12]
-            run_id = rec.run_id
+            owned = cast(OwnedRun, record)  # saved without an id: a record with one of its own
+            if not owned.run_id:
+                owned.run_id = uuid.uuid4().hex[:12]
+            run_id = owned.run_id
         cache = get_cache()
         cache.set(self.key(run_id), self.to_bytes(record))
-        summary = finite_json({**rec.summary(), "run_id": run_id})
+        summary = finite_json({**record.summary(), "run_id": run_id})
         with cache.transact():
             entries = self._read_index(cache)
             pos = next((i for i, e in enumerate(entries) if e["run_id"] == run_id), None)
@@ -315,13 +341,14 @@ class RunStore(Generic[R]):
             raise
         except Exception as err:  # safetensors raises its own error type for damaged bytes
             raise ValueError(f"the cache entry of {self.what} {run_id!r} is damaged: {err}") from None
-        rec: Any = record
-        if self.orphan_record is not None and orphaned(rec.status, rec.owner):
-            rec.status = "stopped"
-            rec.message = self.orphan_record(record)
+        if self.orphan_record is not None:  # a kind whose records have an owner
+            owned = cast(OwnedRun, record)
+            if orphaned(owned.status, owned.owner):
+                owned.status = "stopped"
+                owned.message = self.orphan_record(record)
         return record
 
-    def runs(self, *, oldest_first: bool = False) -> list[dict]:
+    def runs(self, *, oldest_first: bool = False) -> list[dict[str, Any]]:
         """The index: one summary dict (with ``run_id``) per run whose entry exists, newest first.
 
         Args:
@@ -360,8 +387,7 @@ class RunStore(Generic[R]):
         if len(name) > 80:
             raise ValueError(f"a run name has at most 80 characters, got {len(name)}")
         record = self.load(run_id)
-        rec: Any = record
-        rec.name = name
+        record.name = name
         self.save(record)
         return record
 
@@ -382,7 +408,12 @@ class RunStore(Generic[R]):
         cache.delete(key)
         return found
 
-    def _read_index(self, cache: Any) -> list[dict]:
+    def remove(self, run_id: str) -> None:
+        """``delete``, raising ``KeyError`` for an unknown id."""
+        if not self.delete(run_id):
+            raise KeyError(f"no saved {self.what} with id {run_id!r}")
+
+    def _read_index(self, cache: diskcache.Cache) -> list[dict[str, Any]]:
         raw = cache.get(self.index_key)
         if raw is None:
             return []
@@ -403,14 +434,14 @@ class RunStore(Generic[R]):
                     entries.append(summary)
         return entries
 
-    def _rebuild(self, cache: Any) -> list[dict]:
+    def _rebuild(self, cache: diskcache.Cache) -> list[dict[str, Any]]:
         # Never expected (index writes are atomic), but a damaged index must not hide the runs.
         found = (self._summary_at(cache, key) for key in list(cache.iterkeys()) if isinstance(key, str))
         entries = sorted((e for e in found if e is not None), key=lambda e: e.get("created") or 0.0)
         cache.set(self.index_key, finite_dumps(entries))
         return entries
 
-    def _summary_at(self, cache: Any, key: str) -> dict | None:
+    def _summary_at(self, cache: diskcache.Cache, key: str) -> dict[str, Any] | None:
         """The index summary of the entry at ``key``; None for another kind's key, or a missing or
         unreadable entry."""
         prefix = f"{self.kind}:"
@@ -427,11 +458,7 @@ class RunStore(Generic[R]):
         return finite_json({**summary, "run_id": run_id}) if isinstance(run_id, str) else None
 
 
-def _any(value: Any) -> Any:
-    return value
-
-
-def run_store(kind: str) -> RunStore:
+def run_store(kind: str) -> RunStore[Any]:
     """The store of a kind of run.
 
     Args:

@@ -62,8 +62,8 @@ from .store import (
 
 __all__ = [
     "DEFAULT_LOSS", "FORMAT_VERSION", "KIND_DEFAULTS", "LOSSES", "LOSSES_BY_KIND", "MAX_BATCH", "MAX_INTERVALS",
-    "MAX_STEPS", "MODES", "MODE_LABELS", "ModeComparison", "Objective", "ProgressFn", "RecoveryConfig", "RecoveryInterval",
-    "RecoveryProgress", "RecoveryRecord", "StopFn", "check_inputs", "clean_corpus", "compare_modes",
+    "MAX_STEPS", "MODES", "MODE_LABELS", "ModeComparison", "Objective", "ProgressFn", "RecoveryConfig",
+    "RecoveryInterval", "RecoveryProgress", "RecoveryRecord", "StopFn", "check_inputs", "clean_corpus", "compare_modes",
     "default_recovery_config", "delete_recovery", "gap_recovered", "layer_levels", "list_recoveries",
     "load_recovery", "make_objective", "pooled_embeddings", "record_from_bytes", "record_to_bytes", "recover",
     "recover_and_save", "recovered_model", "recovered_safetensors", "save_recovery",

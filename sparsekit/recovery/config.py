@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Any
 
 from .. import serial
 from ..training.config import DEFAULT_LAMBDA_W
@@ -42,7 +42,7 @@ KIND_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 @dataclass(frozen=True)
-class RecoveryConfig:
+class RecoveryConfig(serial.JsonConfig):
     """One recovery fine-tuning run of a pruned model. Serialises to JSON (``to_json``/``from_json``)."""
 
     mode: str = "fixed"
@@ -167,15 +167,6 @@ class RecoveryConfig:
         if self.mode == "srste":
             head += f" λ={self.lambda_w:g}"
         return f"{head} · {self.steps:,} steps"
-
-    def to_json(self) -> str:
-        """The config as sorted JSON (``sparsekit.serial.dumps``)."""
-        return serial.dumps(self)
-
-    @classmethod
-    def from_json(cls, text: str | Mapping[str, Any]) -> "RecoveryConfig":
-        """Inverse of ``to_json`` (also takes the parsed dict), under ``sparsekit.serial``'s rule."""
-        return serial.from_json(cls, text)
 
 
 def default_recovery_config(kind: str, **overrides: Any) -> RecoveryConfig:

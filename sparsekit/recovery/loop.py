@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -12,14 +13,14 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..flips import FlipTracker
-from ..layers import grouped_view
+from ..layers import GroupedView, grouped_view
 from ..masks import nm_mask, sad, serial_kernels
 from ..models.base import LoadedModel
 from ..models.sentences import SENTENCES
 from ..sparsify import SparsifyResult
 from ..store import process_token
 from ..topology import MaskHistory
-from ..training.ste import FixedMask, sparse_forward_weight
+from ..training.ste import FixedMask, dense_weight, mask_buffer, sparse_forward_weight, weight_parametrizations
 from .config import RecoveryConfig
 from .objectives import Objective, clean_corpus, make_objective
 from .records import ProgressFn, RecoveryInterval, RecoveryProgress, RecoveryRecord
@@ -94,6 +95,8 @@ class _MovingMask(nn.Module):
     every optimiser step. The same masks as recomputing at every access (the weights only change at
     a step), without a second N:M pass per step, nor one per evaluation forward."""
 
+    mask: torch.Tensor
+
     def __init__(self, mask: torch.Tensor, decay: float) -> None:
         super().__init__()
         self.register_buffer("mask", mask)
@@ -101,6 +104,14 @@ class _MovingMask(nn.Module):
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         return sparse_forward_weight(weight, self.mask, self.decay)
+
+
+def _nm_mask_fn(view: GroupedView, n: int, m: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The N:M mask of a weight, grouped as ``view`` groups it (N kept of every M)."""
+    def mask_fn(weight: torch.Tensor) -> torch.Tensor:
+        return view.from_matrix(nm_mask(view.matrix(weight), n, m))
+
+    return mask_fn
 
 
 class _Session:
@@ -115,22 +126,22 @@ class _Session:
         modules = dict(self.model.named_modules())
         self.layers = {name: modules[name] for name in result.masks}
         self.start = {name: mask.detach().clone() for name, mask in result.masks.items()}
-        self.mask_fns = {}
+        self.mask_fns: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
         if config.moves_mask:
             dense = dict(loaded.module.named_modules())
             m = result.config.m
             for name, layer in self.layers.items():
                 view = result.views.get(name) or grouped_view(layer, result.config.conv_grouping)
-                n = levels[name]
-                self.mask_fns[name] = (lambda w, v=view, n=n: v.from_matrix(nm_mask(v.matrix(w), n, m)))
+                self.mask_fns[name] = _nm_mask_fn(view, levels[name], m)
                 with torch.no_grad():
                     if config.shadow == "dense":
                         # Pruned entries get their dense values back: they compete with the kept
                         # ones from the first step. Kept entries keep the pruned model's values
                         # (SparseGPT rewrites them).
                         keep = self.start[name]
-                        layer.weight.copy_(torch.where(keep, layer.weight, dense[name].weight.detach()))
-                mask = self.mask_fns[name](layer.weight.detach())
+                        weight = dense_weight(layer)
+                        weight.copy_(torch.where(keep, weight, dense_weight(dense[name]).detach()))
+                mask = self.mask_fns[name](dense_weight(layer).detach())
                 parametrize.register_parametrization(layer, "weight", _MovingMask(mask, config.decay), unsafe=True)
         else:
             for name, layer in self.layers.items():
@@ -140,14 +151,14 @@ class _Session:
         # in eval mode, and a pretrained model's statistics should not drift on small batches.
         self.model.eval()
         # Set on the copy either way: the flags it inherited from the shared model are not a choice.
-        trained = {id(layer.parametrizations.weight.original) for layer in self.layers.values()}
+        trained = {id(weight_parametrizations(layer).original) for layer in self.layers.values()}
         for p in self.model.parameters():
             p.requires_grad_(config.train == "all" or id(p) in trained)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
 
     def masks(self) -> dict[str, torch.Tensor]:
         """The mask each pruned layer's next forward uses (the live buffers)."""
-        return {name: layer.parametrizations.weight[0].mask for name, layer in self.layers.items()}
+        return {name: mask_buffer(layer) for name, layer in self.layers.items()}
 
     @torch.no_grad()
     def refresh(self) -> dict[str, torch.Tensor]:
@@ -160,8 +171,7 @@ class _Session:
             ValueError: NaN shadow weights, which no mask can rank.
         """
         for name, layer in self.layers.items():
-            holder = layer.parametrizations.weight
-            holder[0].mask.copy_(self.mask_fns[name](holder.original))
+            mask_buffer(layer).copy_(self.mask_fns[name](weight_parametrizations(layer).original))
         return self.masks()
 
     @torch.no_grad()
@@ -170,7 +180,7 @@ class _Session:
         cloned per name so safetensors can store them."""
         out = {}
         for key in self.plain_keys:
-            obj = self.model
+            obj: nn.Module = self.model
             *path, attr = key.split(".")
             for part in path:
                 obj = getattr(obj, part)
@@ -178,7 +188,8 @@ class _Session:
         return out
 
 
-def _optimizer(params: list[torch.Tensor], config: RecoveryConfig) -> tuple[torch.optim.Optimizer, object]:
+def _optimizer(params: Sequence[torch.Tensor],
+               config: RecoveryConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     if config.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
                                                      weight_decay=config.weight_decay)
@@ -202,7 +213,7 @@ def recover(
     name: str = "",
     progress: ProgressFn | None = None,
     stop: StopFn | None = None,
-    checkpoint: Callable[[RecoveryRecord], None] | None = None,
+    checkpoint: Callable[[RecoveryRecord], object] | None = None,
     objective: Objective | None = None,
 ) -> RecoveryRecord:
     """Fine-tune a pruned model to win back the quality pruning cost.
@@ -235,7 +246,7 @@ def recover(
     if loaded.kind == "image-classifier" and corpus is not None:
         raise ValueError("a corpus is for text models; a digits model trains on its own training split")
     loss_kind = config.resolve_loss(loaded.kind)
-    notes = []
+    notes: list[str] = []
     if loaded.kind != "image-classifier":
         sentences = clean_corpus(corpus)
         shared = len({s.lower() for s in sentences} & {s.lower() for s in SENTENCES})
@@ -257,8 +268,19 @@ def recover(
         return _recover(result, loaded, config, levels, objective, loss_kind, notes, name, progress, stop, checkpoint)
 
 
-def _recover(result, loaded, config, levels, objective: Objective, loss_kind, notes, name, progress, stop,
-             checkpoint) -> RecoveryRecord:
+@dataclass
+class _SinceEval:
+    """What the steps since the last evaluation left: its masks, the training loss, the last learning rate."""
+
+    masks: dict[str, torch.Tensor]
+    loss_sum: float = 0.0
+    loss_n: int = 0
+    lr: float = float("nan")
+
+
+def _recover(result: SparsifyResult, loaded: LoadedModel, config: RecoveryConfig, levels: dict[str, int],
+             objective: Objective, loss_kind: str, notes: list[str], name: str, progress: ProgressFn | None,
+             stop: StopFn | None, checkpoint: Callable[[RecoveryRecord], object] | None) -> RecoveryRecord:
     start_time = time.perf_counter()
     dense_quality = loaded.quality()
     metric = next(iter(dense_quality))
@@ -272,22 +294,22 @@ def _recover(result, loaded, config, levels, objective: Objective, loss_kind, no
     record.history.record(0, 0.0, session.start)
     tracker = FlipTracker(session.start, run_window=True)
     opt, sched = _optimizer(session.params, config)
-    last = {"masks": session.start, "loss_sum": 0.0, "loss_n": 0, "lr": float("nan")}
+    last = _SinceEval(session.start)
     step = 0
 
     def evaluate(step: int, masks: dict[str, torch.Tensor], *, before: bool = False) -> RecoveryInterval:
         # Before training the score is the pruned model's own (the SparsifyResult as given).
         quality = loaded.quality(result.model if before else session.model)
-        n = last["loss_n"]
+        n = last.loss_n
         interval = RecoveryInterval(
-            step=step, quality=quality, train_loss=last["loss_sum"] / n if n else float("nan"), lr=last["lr"],
+            step=step, quality=quality, train_loss=last.loss_sum / n if n else float("nan"), lr=last.lr,
             seconds=time.perf_counter() - start_time,
-            sad={k: sad(last["masks"][k], masks[k]) for k in masks},
+            sad={k: sad(last.masks[k], masks[k]) for k in masks},
             sad_from_start={k: sad(session.start[k], masks[k]) for k in masks},
             flips=tracker.close(),
         )
         record.intervals.append(interval)
-        last.update(masks={k: v.clone() for k, v in masks.items()}, loss_sum=0.0, loss_n=0)
+        last.masks, last.loss_sum, last.loss_n = {k: v.clone() for k, v in masks.items()}, 0.0, 0
         record.seconds = interval.seconds
         return interval
 
@@ -340,7 +362,7 @@ def _recover(result, loaded, config, levels, objective: Objective, loss_kind, no
                                         f"lower the learning rate (now {config.lr:g})", masks)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            last["lr"] = opt.param_groups[0]["lr"]
+            last.lr = opt.param_groups[0]["lr"]
             opt.step()
             sched.step()
             step += 1
@@ -350,14 +372,14 @@ def _recover(result, loaded, config, levels, objective: Objective, loss_kind, no
                     masks = session.refresh()
                 except ValueError:  # NaN/inf shadow weights cannot be ranked into a mask
                     return finish("failed", f"the weights became NaN or infinite at step {step}; "
-                                            f"lower the learning rate (now {config.lr:g})", last["masks"])
+                                            f"lower the learning rate (now {config.lr:g})", last.masks)
                 changed = tracker.update(masks)
             else:
                 changed = tracker.tick()  # a frozen mask: nothing changes, nothing to compare
             record.step_loss.append(loss_value)
             record.step_flip_rate.append(tracker.step_rate(changed))
-            last["loss_sum"] += loss_value
-            last["loss_n"] += 1
+            last.loss_sum += loss_value
+            last.loss_n += 1
             if progress is not None:
                 progress(RecoveryProgress("step", step, config.steps, loss_value, None, masks, record, session.model))
             if step % config.eval_every == 0 or step == config.steps:

@@ -12,7 +12,7 @@ dense model is never trained). Encoder and digits targets are computed once; a c
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Generic, Sequence, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,9 @@ from ..models.base import LoadedModel
 from ..models.text_metrics import MAX_LENGTH, last_hidden_states, length_batches, pad, padding_id, tokenize
 
 __all__ = ["Objective", "clean_corpus", "make_objective", "pooled_embeddings"]
+
+B = TypeVar("B")
+"""An objective's batch: what ``batch`` returns and ``loss`` takes (its own form per model kind)."""
 
 
 def pooled_embeddings(module: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -64,8 +67,8 @@ def clean_corpus(corpus: Sequence[str] | None) -> list[str]:
     return sentences
 
 
-class Objective:
-    """The training examples of one recovery run and its loss.
+class Objective(Generic[B]):
+    """The training examples of one recovery run and its loss, over batches of type ``B``.
 
     Attributes:
         n_examples: examples to draw batches from.
@@ -75,16 +78,18 @@ class Objective:
     n_examples: int
     loss_kind: str
 
-    def batch(self, idx: torch.Tensor) -> Any:
+    def batch(self, idx: torch.Tensor) -> B:
         """The examples at ``idx`` (a LongTensor of example indices), ready for ``loss``."""
         raise NotImplementedError
 
-    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+    def loss(self, model: nn.Module, batch: B) -> torch.Tensor:
         """The scalar loss of ``model`` on a batch."""
         raise NotImplementedError
 
 
-class _Digits(Objective):
+class _Digits(Objective[torch.Tensor]):
+    """Digits: a batch is the example indices into the training split."""
+
     def __init__(self, loaded: LoadedModel, loss_kind: str) -> None:
         from ..models.digits import digits_split
 
@@ -93,23 +98,29 @@ class _Digits(Objective):
         self.x, self.y = data.x_train, data.y_train
         self.n_examples = int(self.x.shape[0])
         self.loss_kind = loss_kind
-        self.teacher = None
+        self.teacher: torch.Tensor | None = None
         if loss_kind == "kl":
             with torch.no_grad():
                 self.teacher = F.log_softmax(loaded.module(self.x).float(), dim=-1)
 
-    def batch(self, idx: torch.Tensor) -> Any:
+    def batch(self, idx: torch.Tensor) -> torch.Tensor:
         return idx
 
-    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+    def loss(self, model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
         logits = model(self.x[batch])
         if self.loss_kind == "labels":
             return F.cross_entropy(logits, self.y[batch])
+        if self.teacher is None:
+            raise ValueError(f"a digits model recovers with loss labels or kl, not {self.loss_kind!r}")
         return F.kl_div(F.log_softmax(logits.float(), dim=-1), self.teacher[batch], log_target=True,
                         reduction="batchmean")
 
 
-class _Encoder(Objective):
+_EncoderBatch = tuple[dict[str, torch.Tensor], torch.Tensor]
+"""Padded ``input_ids``/``attention_mask`` and the dense model's pooled embeddings of those sentences."""
+
+
+class _Encoder(Objective[_EncoderBatch]):
     def __init__(self, loaded: LoadedModel, loss_kind: str, corpus: list[str]) -> None:
         self.ids = [x for x in tokenize(loaded.tokenizer, corpus, MAX_LENGTH) if x]
         if not self.ids:
@@ -126,10 +137,10 @@ class _Encoder(Objective):
         target[torch.cat(order)] = torch.cat(parts)
         self.target = target
 
-    def batch(self, idx: torch.Tensor) -> Any:
+    def batch(self, idx: torch.Tensor) -> _EncoderBatch:
         return pad([self.ids[int(i)] for i in idx], self.pad_id), self.target[idx]
 
-    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+    def loss(self, model: nn.Module, batch: _EncoderBatch) -> torch.Tensor:
         tokens, target = batch
         pooled = pooled_embeddings(model, tokens["input_ids"], tokens["attention_mask"])
         total = pooled.new_zeros(())
@@ -140,7 +151,9 @@ class _Encoder(Objective):
         return total
 
 
-class _Causal(Objective):
+class _Causal(Objective[dict[str, torch.Tensor]]):
+    """Causal LMs: a batch is padded ``input_ids`` and ``attention_mask``."""
+
     def __init__(self, loaded: LoadedModel, corpus: list[str]) -> None:
         # A single token predicts nothing.
         self.ids = [x for x in tokenize(loaded.tokenizer, corpus, MAX_LENGTH) if len(x) >= 2]
@@ -152,10 +165,10 @@ class _Causal(Objective):
         self.loss_kind = "kl"
         self.teacher_module = loaded.module
 
-    def batch(self, idx: torch.Tensor) -> Any:
+    def batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         return pad([self.ids[int(i)] for i in idx], self.pad_id)
 
-    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         input_ids, mask = batch["input_ids"], batch["attention_mask"]
         # Position t predicts token t+1; with right padding a real next token marks a real pair.
         valid = mask[:, 1:].bool()

@@ -14,8 +14,8 @@ from torch import nn
 from .. import serial
 from ..flips import FlipWindow, window_series
 from ..sparsify import SparsifyConfig
-from ..store import RecordHeader, finite_json, pack_run, run_meta, unpack_run
-from ..topology import MaskHistory, read_run_tensors, run_tensors
+from ..store import RecordHeader, finite_json, pack_run, run_meta, unpack_masked_run
+from ..topology import MaskHistory, run_tensors
 from .config import RecoveryConfig
 
 FORMAT = "sparsekit-recovery-run"
@@ -251,14 +251,8 @@ ProgressFn = Callable[[RecoveryProgress], None]
 
 
 def record_to_bytes(record: RecoveryRecord) -> bytes:
-    """A recovery run as safetensors bytes.
-
-    Args:
-        record: the run.
-
-    Returns:
-        The bytes ``record_from_bytes`` reads back.
-    """
+    """A recovery run as the safetensors bytes ``record_from_bytes`` reads back: weights and packed
+    masks as tensors, everything else as JSON metadata, the index summary on its own too."""
     tensors = run_tensors(record.weights, record.history)
     meta = {
         "config": serial.to_json(record.config), "sparsify_config": json.loads(record.sparsify_config.to_json()),
@@ -282,21 +276,12 @@ def summary_from_bytes(blob: bytes) -> dict[str, Any]:
 
 
 def record_from_bytes(blob: bytes) -> RecoveryRecord:
-    """Inverse of ``record_to_bytes``.
-
-    Args:
-        blob: bytes written by ``record_to_bytes``.
-
-    Returns:
-        The run, equal to the one saved.
+    """Inverse of ``record_to_bytes``: the run, equal to the one saved.
 
     Raises:
-        ValueError: not a recovery-run entry, or a newer format.
+        ValueError: ``blob`` is not a recovery-run entry, or has a newer format.
     """
-    info, tensors = unpack_run(HEADER, blob)
-    history = MaskHistory({k: tuple(v) for k, v in info["shapes"].items()}, steps=list(info["snapshot_steps"]),
-                          epochs=[float(s) for s in info["snapshot_steps"]])
-    weights = read_run_tensors(tensors, history)
+    info, history, weights = unpack_masked_run(HEADER, blob)  # snapshots at steps: epochs are the steps
     return RecoveryRecord(
         config=RecoveryConfig.from_json(info["config"]),
         sparsify_config=SparsifyConfig.from_json(json.dumps(info["sparsify_config"])),

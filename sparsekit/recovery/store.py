@@ -4,6 +4,7 @@ safetensors bytes for download."""
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Callable, Sequence
 
 from safetensors.torch import save as save_tensors
@@ -37,50 +38,14 @@ STORE: RunStore[RecoveryRecord] = RunStore(
 """The recovery runs' store."""
 
 
-def save_recovery(record: RecoveryRecord) -> str:
-    """Write a recovery run to the disk cache (entry first, then the index), giving it an id if new.
-
-    Args:
-        record: the run; ``record.run_id`` is set when empty.
-
-    Returns:
-        The run id.
-    """
-    return STORE.save(record)
-
-
-def load_recovery(run_id: str) -> RecoveryRecord:
-    """A saved recovery run, exactly as saved (a run whose process died shows as stopped).
-
-    Args:
-        run_id: the id ``save_recovery`` returned.
-
-    Returns:
-        The ``RecoveryRecord``.
-
-    Raises:
-        KeyError: no such run. ValueError: the entry is not readable.
-    """
-    return STORE.load(run_id)
-
-
-def list_recoveries() -> list[dict]:
-    """Summaries of the saved recovery runs, oldest first (``RecoveryRecord.summary`` dicts).
-
-    Returns:
-        One dict per run whose entry still exists.
-    """
-    return STORE.runs(oldest_first=True)
-
-
-def delete_recovery(run_id: str) -> None:
-    """Remove a saved recovery run.
-
-    Args:
-        run_id: the run; an unknown id raises ``KeyError``.
-    """
-    if not STORE.delete(run_id):
-        raise KeyError(f"no saved recovery run with id {run_id!r}")
+# The store's operations under the recovery names (``RunStore`` documents each): ``save_recovery(record)``
+# gives a new run its id; ``load_recovery`` raises ``KeyError`` for an unknown id, ``ValueError`` for an
+# unreadable entry; ``list_recoveries()`` lists the summaries oldest first; ``delete_recovery`` raises
+# ``KeyError`` for an unknown id.
+save_recovery = STORE.save
+load_recovery = STORE.load
+list_recoveries = partial(STORE.runs, oldest_first=True)
+delete_recovery = STORE.remove
 
 
 def recover_and_save(
@@ -92,7 +57,7 @@ def recover_and_save(
     name: str = "",
     progress: ProgressFn | None = None,
     stop: StopFn | None = None,
-    checkpoint: Callable[[RecoveryRecord], None] | None = None,
+    checkpoint: Callable[[RecoveryRecord], object] | None = None,
     objective: Objective | None = None,
 ) -> RecoveryRecord:
     """``recover`` with the run kept in the run store from its first evaluation: saved at the start,

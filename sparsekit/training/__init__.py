@@ -14,10 +14,10 @@ A run is seeded and deterministic. ``train`` returns a ``RunRecord`` (metrics, b
 snapshots, final weights); ``run_and_save`` also keeps it in the run store (one key per run plus an
 index, each written atomically), so a stopped or crashed run leaves a readable partial entry.
 
-Modules: ``config`` (settings, bounds and per-architecture defaults), ``ste`` (masked forward weights), ``loop`` (training),
-``records`` (what a run produces, its bytes, exports, SAD summary and the at-chance check), ``store`` (saved runs),
-``grid`` (methods × N:M patterns as configs); the public names of all six are importable from
-``sparsekit.training`` itself. ``seedstudy``/``seedresults`` (STE vs SR-STE over seeds) are
+Modules: ``config`` (settings, bounds and per-architecture defaults), ``ste`` (masked forward weights),
+``loop`` (training), ``records`` (what a run produces, its bytes, exports, SAD summary and the at-chance
+check), ``store`` (saved runs), ``grid`` (methods × N:M patterns as configs); the public names of all six
+are importable from ``sparsekit.training`` itself. ``seedstudy``/``seedresults`` (STE vs SR-STE over seeds) are
 imported on their own, as ``sparsekit.training.seedstudy``.
 """
 from ..store import owner_alive, process_token
@@ -48,6 +48,7 @@ from .config import (
     srste_effect_config,
     zhu_gupta_sparsity,
 )
+from .grid import MAX_GRID_RUNS, PATTERN_METHODS, run_grid
 from .loop import _Run, run_and_save, train
 from .records import (
     CHANCE_MIN_EPOCHS,
@@ -65,7 +66,6 @@ from .records import (
     sad_csv,
     sad_summary,
 )
-from .grid import MAX_GRID_RUNS, PATTERN_METHODS, run_grid
 from .ste import layer_plan, sparse_forward_weight
 from .store import _INDEX_KEY, _run_key, delete_run, list_runs, load_run, rename_run, save_run
 

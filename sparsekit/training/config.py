@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Any
 
 from .. import serial
 from ..models.digits import ARCHITECTURES
@@ -35,7 +35,7 @@ DIGITS_TRAIN_SIZE = DIGITS_IMAGES - math.ceil(0.2 * DIGITS_IMAGES)
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(serial.JsonConfig):
     """One training run. Serialises to JSON (``to_json``/``from_json``) for cache entries and exports."""
 
     arch: str = "cnn"
@@ -136,7 +136,8 @@ class TrainConfig:
                              f"mask snapshots, over the limit of {MAX_SNAPSHOTS:,}; snapshot less often")
         if self.method == "gradual":
             if not 0.0 < self.target_sparsity <= MAX_SPARSITY:
-                raise ValueError(f"target sparsity must be > 0 and at most {MAX_SPARSITY}, got {self.target_sparsity:g}")
+                raise ValueError(f"target sparsity must be > 0 and at most {MAX_SPARSITY}, "
+                                 f"got {self.target_sparsity:g}")
             if not 0.0 <= self.initial_sparsity < self.target_sparsity:
                 raise ValueError(f"initial sparsity must satisfy 0 <= s_i < target ({self.target_sparsity:g}), "
                                  f"got {self.initial_sparsity:g}")
@@ -178,15 +179,6 @@ class TrainConfig:
         if self.method == "srste":
             head += f" λ={self.lambda_w:g}"
         return f"{head} · {self.arch.upper()}"
-
-    def to_json(self) -> str:
-        """The config as sorted JSON (``sparsekit.serial.dumps``)."""
-        return serial.dumps(self)
-
-    @classmethod
-    def from_json(cls, text: str | Mapping[str, Any]) -> "TrainConfig":
-        """Inverse of ``to_json`` (also takes the parsed dict), under ``sparsekit.serial``'s rule."""
-        return serial.from_json(cls, text)
 
 
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {

@@ -12,12 +12,14 @@ MAX_GRID_RUNS = 8
 PATTERN_METHODS = ("ste", "srste", "random")
 """Methods that run once per N:M pattern; dense and gradual run once (dense records the masks the
 first pattern would pick)."""
+_DEFAULT_BASE = TrainConfig()
+"""``run_grid``'s default shared settings (a frozen config, made once)."""
 
 
 def run_grid(
     methods: Sequence[str],
     patterns: str | Sequence[tuple[int, int]],
-    base: TrainConfig = TrainConfig(),
+    base: TrainConfig = _DEFAULT_BASE,
     *,
     max_runs: int = MAX_GRID_RUNS,
 ) -> tuple[list[TrainConfig], list[str]]:

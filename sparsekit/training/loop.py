@@ -18,7 +18,7 @@ from ..store import process_token
 from ..topology import MaskHistory
 from .config import TrainConfig, zhu_gupta_sparsity
 from .records import EpochMetrics, RunRecord, StepCallback, TrainProgress
-from .ste import FixedMask, _NMStraightThrough, _nm_mask_fn, layer_plan
+from .ste import FixedMask, _nm_mask_fn, _NMStraightThrough, dense_weight, layer_plan, mask_buffer
 from .store import save_run
 
 
@@ -39,26 +39,24 @@ class _Run:
         elif method == "random":
             gen = torch.Generator().manual_seed(config.seed + 1)
             for name, layer in self.sparse.items():
-                scores = torch.rand(layer.weight.shape, generator=gen)
-                mask = self.mask_fns[name](layer.weight.detach(), scores)
+                weight = dense_weight(layer)
+                scores = torch.rand(weight.shape, generator=gen)
+                mask = self.mask_fns[name](weight.detach(), scores)
                 parametrize.register_parametrization(layer, "weight", FixedMask(mask), unsafe=True)
         elif method == "gradual":
             for layer in self.sparse.values():
-                ones = torch.ones(layer.weight.shape, dtype=torch.bool)
+                ones = torch.ones(dense_weight(layer).shape, dtype=torch.bool)
                 parametrize.register_parametrization(layer, "weight", FixedMask(ones), unsafe=True)
 
     def dense_weight(self, name: str) -> torch.Tensor:
-        layer = self.sparse[name]
-        if parametrize.is_parametrized(layer, "weight"):
-            return layer.parametrizations.weight.original
-        return layer.weight
+        return dense_weight(self.sparse[name])
 
     def masks(self) -> dict[str, torch.Tensor]:
         """The masks the next forward uses (dense: the N:M masks it would get)."""
         out = {}
         for name, layer in self.sparse.items():
             if self.config.method in ("random", "gradual"):
-                out[name] = layer.parametrizations.weight[0].mask.clone()
+                out[name] = mask_buffer(layer).clone()
             else:
                 out[name] = self.mask_fns[name](self.dense_weight(name).detach())
         return out
@@ -72,11 +70,11 @@ class _Run:
     def prune_to(self, sparsity: float) -> None:
         """Gradual: prune every sparse layer to ``sparsity``; once pruned, a weight stays pruned."""
         for name in self.sparse:
-            holder = self.sparse[name].parametrizations.weight[0]
+            mask = mask_buffer(self.sparse[name])
             w = self.dense_weight(name)
             # Scores zero at already-pruned weights keep the masks nested as sparsity grows.
-            keep = unstructured_mask(w, sparsity, scores=w.abs() * holder.mask)
-            holder.mask.copy_(keep)
+            keep = unstructured_mask(w, sparsity, scores=w.abs() * mask)
+            mask.copy_(keep)
             w.mul_(keep)
 
     @torch.no_grad()
@@ -108,7 +106,7 @@ def train(
     name: str = "",
     data: DigitsData | None = None,
     callback: StepCallback | None = None,
-    checkpoint: Callable[[RunRecord], None] | None = None,
+    checkpoint: Callable[[RunRecord], object] | None = None,
 ) -> RunRecord:
     """Train a digits model from scratch with one sparse-training method.
 
@@ -137,7 +135,7 @@ def train(
 
 
 def _train(config: TrainConfig, name: str, data: DigitsData, callback: StepCallback | None,
-           checkpoint: Callable[[RunRecord], None] | None) -> RunRecord:
+           checkpoint: Callable[[RunRecord], object] | None) -> RunRecord:
     start_time = time.perf_counter()
     run = _Run(config)
     model = run.model
@@ -145,7 +143,7 @@ def _train(config: TrainConfig, name: str, data: DigitsData, callback: StepCallb
     spe = config.steps_per_epoch(n_train)
     total = config.epochs * spe
     record = RunRecord(config=config, name=name, created=time.time(), steps_per_epoch=spe,
-                       history=MaskHistory({k: tuple(v.weight.shape) for k, v in run.sparse.items()}),
+                       history=MaskHistory({k: tuple(dense_weight(v).shape) for k, v in run.sparse.items()}),
                        dense_layers=dict(run.dense), owner=process_token())
     prune_steps: set[int] = set()
     if config.method == "gradual":
@@ -164,7 +162,8 @@ def _train(config: TrainConfig, name: str, data: DigitsData, callback: StepCallb
     else:
         opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     if config.schedule == "cosine":
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t, total) / total)))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t, total) / total)))
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0)
     gen = torch.Generator().manual_seed(config.seed)

@@ -14,8 +14,8 @@ from torch import nn
 from .. import serial
 from ..flips import FlipWindow, window_series
 from ..models.digits import N_CLASSES, build_digits_model
-from ..store import RecordHeader, finite_json, pack_run, unpack_run
-from ..topology import MaskHistory, SadReport, read_run_tensors, run_tensors, sad_report
+from ..store import RecordHeader, finite_json, pack_run, unpack_masked_run
+from ..topology import MaskHistory, SadReport, run_tensors, sad_report
 from .config import TrainConfig, default_train_config
 
 FORMAT_VERSION = 1
@@ -229,10 +229,7 @@ def run_from_bytes(blob: bytes) -> RunRecord:
     Raises:
         ValueError: not a training-run entry, or a newer format.
     """
-    info, tensors = unpack_run(HEADER, blob)
-    history = MaskHistory({k: tuple(v) for k, v in info["shapes"].items()},
-                          steps=list(info["snapshot_steps"]), epochs=list(info["snapshot_epochs"]))
-    weights = read_run_tensors(tensors, history)
+    info, history, weights = unpack_masked_run(HEADER, blob, epochs_key="snapshot_epochs")
     return RunRecord(
         config=TrainConfig.from_json(info["config"]), name=info["name"], run_id=info["run_id"],
         status=info["status"], message=info["message"], created=info["created"], seconds=info["seconds"],

@@ -6,7 +6,7 @@ the driver (``seedstudy``, which runs it through ``sparsekit.study``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from .. import serial
@@ -61,12 +61,13 @@ def parse_floats(text: str) -> list[float]:
 
 
 @dataclass(frozen=True)
-class SeedStudyConfig:
-    """A seed study. Serialises to JSON (``to_json``/``from_json``)."""
+class SeedStudyConfig(serial.JsonConfig):
+    """A seed study. Serialises to JSON (``to_json``/``from_json``), its ``TrainConfig`` as an object."""
 
-    train: Any = None
+    train: TrainConfig = field(default_factory=TrainConfig)
     """Base ``TrainConfig`` (model, epochs, optimiser, learning rate, conv grouping, SR-STE's λ_w for the
-    main comparison); method, N:M, seed and snapshots are set per run. None = ``TrainConfig()``."""
+    main comparison); method, N:M, seed and snapshots are set per run. Also accepted when constructing:
+    None (``TrainConfig()``) or the config's JSON dict."""
     patterns: tuple[tuple[int, int], ...] = ((2, 4), (1, 4))
     """N:M patterns compared (N = kept)."""
     seeds: int = 8
@@ -79,8 +80,11 @@ class SeedStudyConfig:
     """Coverage of the intervals."""
 
     def __post_init__(self) -> None:
-        base = TrainConfig() if self.train is None else self.train
-        if isinstance(base, Mapping):
+        # None or a JSON dict may still be passed in (older callers, hand-written specs).
+        base: TrainConfig | Mapping[str, Any] | None = self.train
+        if base is None:
+            base = TrainConfig()
+        elif isinstance(base, Mapping):
             base = TrainConfig.from_json(base)
         object.__setattr__(self, "train", replace(base, snapshot_unit="epoch", snapshot_every=1))
         object.__setattr__(self, "patterns", tuple(tuple(int(v) for v in p) for p in self.patterns))
@@ -95,13 +99,13 @@ class SeedStudyConfig:
         """SR-STE's decay in the main comparison."""
         return self.train.lambda_w
 
-    def run_configs(self) -> list[Any]:
+    def run_configs(self) -> list[TrainConfig]:
         """Every run of the study (no duplicates), main comparison first, in seed-major order so that a
         study stopped early already has complete pairs."""
-        out: list[Any] = []
+        out: list[TrainConfig] = []
         seen: set[str] = set()
 
-        def add(cfg):
+        def add(cfg: TrainConfig) -> None:
             key = cfg.to_json()
             if key not in seen:
                 seen.add(key)
@@ -117,7 +121,7 @@ class SeedStudyConfig:
                 add(self._cell("ste" if lam == 0 else "srste", n, m, seed, lam))
         return out
 
-    def _cell(self, method: str, n: int, m: int, seed: int, lam: float):
+    def _cell(self, method: str, n: int, m: int, seed: int, lam: float) -> TrainConfig:
         # STE ignores λ_w; a fixed value keeps one cache entry per STE run.
         return replace(self.train, method=method, n=n, m=m, seed=seed,
                        lambda_w=lam if method == "srste" else DEFAULT_LAMBDA_W)
@@ -145,15 +149,6 @@ class SeedStudyConfig:
                              "patterns or λ_w values")
         for cfg in runs:
             cfg.validate()
-
-    def to_json(self) -> str:
-        """The study as sorted JSON, its ``TrainConfig`` as an object (``sparsekit.serial.dumps``)."""
-        return serial.dumps(self)
-
-    @classmethod
-    def from_json(cls, text: str | Mapping[str, Any]) -> "SeedStudyConfig":
-        """Inverse of ``to_json`` (also takes the parsed dict), under ``sparsekit.serial``'s rule."""
-        return serial.from_json(cls, text)
 
 
 __all__ = ["DEFAULT_LAMBDA_SWEEP", "MAX_LAMBDAS", "MAX_PATTERNS", "MAX_RUNS", "MAX_SEEDS", "SeedStudyConfig",

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from ..stats import Interval, PairedDifference, describe_difference, mean_interval, paired_difference
 from .. import serial
+from ..stats import Interval, PairedDifference, describe_difference, mean_interval, paired_difference
 from ..store import finite_json
+from .records import RunRecord
 from .seedconfig import SeedStudyConfig
-
 
 STUDY_VERSION = 1
 """Part of every cached run's key: bump when a metric's definition changes."""
@@ -55,7 +55,7 @@ class SeedRun:
     """Wall time of the training run (where it was computed)."""
 
 
-def run_metrics(record) -> SeedRun:
+def run_metrics(record: RunRecord) -> SeedRun:
     """A study's numbers from a finished training run (epoch snapshots, 0..E).
 
     Args:
@@ -70,6 +70,9 @@ def run_metrics(record) -> SeedRun:
     if record.status != "complete" or epochs < 2:
         raise ValueError(f"run {record.label!r} is {record.status} with {epochs} epoch snapshot(s); a study needs "
                          "complete runs of at least 2 epochs")
+    accuracy = record.final_accuracy
+    if accuracy is None:
+        raise ValueError(f"run {record.label!r} has no evaluation; a study needs its final accuracy")
     half = epochs // 2
     iv = record.sad().series("interval", fraction=True)
     total = sum(hist.numel(layer) for layer in hist.layers)
@@ -82,7 +85,7 @@ def run_metrics(record) -> SeedRun:
         flipped += int(np.unpackbits(changed, count=hist.numel(layer)).sum())
     return SeedRun(
         method=cfg.method, n=cfg.n, m=cfg.m, lambda_w=cfg.lambda_w if cfg.method == "srste" else 0.0,
-        seed=cfg.seed, accuracy=float(record.final_accuracy), late_sad_pct=100.0 * float(iv[half + 1:].sum()),
+        seed=cfg.seed, accuracy=float(accuracy), late_sad_pct=100.0 * float(iv[half + 1:].sum()),
         early_sad_pct=100.0 * float(iv[1:half + 1].sum()), late_flipped_pct=100.0 * flipped / total,
         sparse_weights=int(total), seconds=float(record.seconds),
     )
@@ -141,7 +144,7 @@ class SeedStudyResult:
                 rows.append(self._row(n, m, method, lam))
         return rows
 
-    def _row(self, n, m, method, lam) -> SummaryRow:
+    def _row(self, n: int, m: int, method: str, lam: float) -> SummaryRow:
         return SummaryRow(n, m, method, lam, {
             k: mean_interval(list(self.values(method, n, m, lam, k).values()), self.config.confidence)
             for k in METRICS})

@@ -21,18 +21,31 @@ Command line: ``python -m sparsekit.seedstudy --help``.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
-from dataclasses import dataclass, replace
-from typing import Any, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
 
-from ..models.digits import digits_split
-from ..stats import DEFAULT_CONFIDENCE
-from .config import DEFAULT_LAMBDA_W, TrainConfig, default_train_config
-from .seedconfig import (DEFAULT_LAMBDA_SWEEP, MAX_LAMBDAS, MAX_PATTERNS, MAX_RUNS, MAX_SEEDS, SeedStudyConfig,
-                         parse_floats, parse_patterns)
+from ..models.digits import DigitsData, digits_split
+from .config import TrainConfig, default_train_config
+from .seedconfig import (
+    DEFAULT_LAMBDA_SWEEP,
+    MAX_LAMBDAS,
+    MAX_PATTERNS,
+    MAX_RUNS,
+    MAX_SEEDS,
+    SeedStudyConfig,
+    parse_floats,
+    parse_patterns,
+)
 from .seedresults import SeedRun, SeedStudyResult
+
+# The bounds and parsers are re-exported: ``sparsekit.seedstudy`` imports them from here.
+__all__ = [
+    "DEFAULT_LAMBDA_SWEEP", "MAX_LAMBDAS", "MAX_PATTERNS", "MAX_RUNS", "MAX_SEEDS", "SeedStudyConfig",
+    "StudyProgress", "cached_runs", "main", "parse_floats", "parse_patterns", "run_seed_study",
+]
+
 
 @dataclass(frozen=True)
 class StudyProgress:
@@ -46,6 +59,22 @@ class StudyProgress:
     message: str
     eta_s: float | None
     """Seconds left, estimated from the runs trained so far (None before the first)."""
+
+
+class _StudyCell(Protocol):
+    """What ``run_seed_study`` reads of a ``sparsekit.study.Cell`` (the study package imports this one,
+    so its classes are not named here)."""
+
+    def train_config(self) -> TrainConfig: ...
+
+
+class _StudyRecord(Protocol):
+    """What ``run_seed_study`` reads of a ``sparsekit.study.CellRecord``."""
+
+    @property
+    def seconds(self) -> float | None: ...
+
+    def seed_run(self) -> SeedRun: ...
 
 
 def _cells(config: SeedStudyConfig) -> list:
@@ -73,7 +102,7 @@ def run_seed_study(
     config: SeedStudyConfig,
     *,
     progress: Callable[[StudyProgress], "bool | None"] | None = None,
-    data=None,
+    data: DigitsData | None = None,
     use_cache: bool = True,
 ) -> SeedStudyResult:
     """Train every run of a study (or take it from the disk cache) and collect the numbers.
@@ -100,27 +129,27 @@ def run_seed_study(
     cells = _cells(config)
     result = SeedStudyResult(config)
     runs: list[SeedRun | None] = [None] * len(cells)
-    state = {"done": 0, "to_train": 0, "trained_s": 0.0}
+    done = 0
+    trained_s = 0.0
+    to_train = len({c.key for c in cells})
+    if use_cache:
+        to_train -= cached_runs(config)[0]
 
-    def on_record(i, cell, record, cached) -> bool:
+    def on_record(i: int, cell: _StudyCell, record: _StudyRecord, cached: bool) -> bool:
+        nonlocal done, trained_s
         runs[i] = record.seed_run()
-        state["done"] += 1
+        done += 1
         if not cached:
             result.computed += 1
-            state["trained_s"] += float(record.seconds or 0.0)
+            trained_s += float(record.seconds or 0.0)
         if progress is None:
             return False
-        eta = state["trained_s"] / result.computed * (state["to_train"] - result.computed) if result.computed else None
+        eta = trained_s / result.computed * (to_train - result.computed) if result.computed else None
         cfg = cell.train_config()
         label = "STE" if cfg.method == "ste" else f"SR-STE λ={cfg.lambda_w:g}"
         message = f"{label} {cfg.n}:{cfg.m} seed {cfg.seed}"
-        return bool(progress(StudyProgress(state["done"], len(cells), result.computed, message, eta)))
+        return bool(progress(StudyProgress(done, len(cells), result.computed, message, eta)))
 
-    if use_cache:
-        found, _ = cached_runs(config)
-        state["to_train"] = len({c.key for c in cells}) - found
-    else:
-        state["to_train"] = len({c.key for c in cells})
     backend = LocalBackend(data=data, raise_errors=True)
     run = execute(cells, backend, read_cache=use_cache, write_cache=use_cache, on_record=on_record)
     result.runs = [r for r in runs if r is not None]
@@ -150,9 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in ("lr", "optimizer", "lambda_w"):
             if getattr(args, name) is not None:
                 overrides[name] = getattr(args, name)
-        config = SeedStudyConfig(train=default_train_config(args.arch, **overrides), patterns=tuple(parse_patterns(args.patterns)),
-                                 seeds=args.seeds, first_seed=args.first_seed,
-                                 lambda_sweep=tuple(parse_floats(args.lambdas)))
+        config = SeedStudyConfig(train=default_train_config(args.arch, **overrides),
+                                 patterns=tuple(parse_patterns(args.patterns)), seeds=args.seeds,
+                                 first_seed=args.first_seed, lambda_sweep=tuple(parse_floats(args.lambdas)))
         config.validate()
     except ValueError as err:
         parser.error(str(err))

@@ -2,13 +2,14 @@
 parametrizations each training method attaches, and which layers a run makes sparse."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
-from ..masks import conv_nm_mask, nm_mask
 from ..layers import grouped_view, prunable_layers
+from ..masks import conv_nm_mask, nm_mask
 from .config import TrainConfig
 
 
@@ -16,15 +17,17 @@ class _StraightThrough(torch.autograd.Function):
     # Forward E⊙W; backward passes the gradient straight to the dense W, plus SR-STE's
     # λ_w(1−E)⊙W on the pruned weights when decay > 0.
 
+    # ``ctx`` is Any: the decay is kept on it as an attribute, which ``FunctionCtx`` does not declare.
+
     @staticmethod
-    def forward(ctx, weight, mask, decay):
+    def forward(ctx: Any, weight: torch.Tensor, mask: torch.Tensor, decay: float) -> torch.Tensor:
         ctx.decay = decay
         if decay:
             ctx.save_for_backward(weight, mask)
         return weight * mask
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         if ctx.decay:
             weight, mask = ctx.saved_tensors
             return grad + ctx.decay * weight * (~mask), None, None
@@ -62,12 +65,54 @@ class _NMStraightThrough(nn.Module):
 class FixedMask(nn.Module):
     """Parametrization: a mask held in a buffer; pruned weights get no gradient."""
 
+    mask: torch.Tensor
+
     def __init__(self, mask: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("mask", mask)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         return weight * self.mask
+
+
+def weight_parametrizations(layer: nn.Module) -> parametrize.ParametrizationList:
+    """The parametrizations of a masked layer's weight: ``.original`` is the dense weight, ``[0]`` the
+    parametrization that holds the mask.
+
+    Raises:
+        TypeError: the layer's weight is not parametrized.
+    """
+    plists = layer.parametrizations if parametrize.is_parametrized(layer, "weight") else None
+    plist = plists["weight"] if isinstance(plists, nn.ModuleDict) else None
+    if not isinstance(plist, parametrize.ParametrizationList):
+        raise TypeError(f"the weight of this {type(layer).__name__} is not parametrized")
+    return plist
+
+
+def dense_weight(layer: nn.Module) -> torch.Tensor:
+    """A layer's dense weight W: the parametrization's original when the weight is masked, else the weight.
+
+    Raises:
+        TypeError: the layer has no weight tensor.
+    """
+    if parametrize.is_parametrized(layer, "weight"):
+        return weight_parametrizations(layer).original
+    weight = layer.weight
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{type(layer).__name__}.weight is not a tensor")
+    return weight
+
+
+def mask_buffer(layer: nn.Module) -> torch.Tensor:
+    """The live mask buffer of a layer masked by ``FixedMask`` (or another parametrization holding ``mask``).
+
+    Raises:
+        TypeError: the layer's weight is not parametrized, or its parametrization holds no mask.
+    """
+    mask = weight_parametrizations(layer)[0].mask
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"the weight parametrization of this {type(layer).__name__} holds no mask tensor")
+    return mask
 
 
 def _nm_mask_fn(module: nn.Module, config: TrainConfig) -> Callable[..., torch.Tensor]:

@@ -6,6 +6,8 @@ so runs saved before still load.
 """
 from __future__ import annotations
 
+from functools import partial
+
 from ..store import RunStore
 from .records import RunRecord, run_from_bytes, run_to_bytes
 
@@ -26,60 +28,12 @@ STORE: RunStore[RunRecord] = RunStore(
 _run_key = STORE.key
 
 
-def save_run(record: RunRecord) -> str:
-    """Write a run to the disk cache (its entry first, then the index), giving it an id if new.
-
-    Args:
-        record: the run; ``record.run_id`` is set when empty.
-
-    Returns:
-        The run id.
-    """
-    return STORE.save(record)
-
-
-def load_run(run_id: str) -> RunRecord:
-    """A saved run, exactly as saved.
-
-    Args:
-        run_id: the id ``save_run`` returned.
-
-    Returns:
-        The ``RunRecord``.
-
-    Raises:
-        KeyError: no such run. ValueError: the entry is not readable.
-    """
-    return STORE.load(run_id)
-
-
-def list_runs() -> list[dict]:
-    """Summaries of the saved runs, oldest first (``RunRecord.summary`` dicts).
-
-    Returns:
-        One dict per run whose entry still exists.
-    """
-    return STORE.runs(oldest_first=True)
-
-
-def rename_run(run_id: str, name: str) -> RunRecord:
-    """Give a saved run a new name.
-
-    Args:
-        run_id: the run.
-        name: the new name, at most 80 characters (empty: back to the config's label).
-
-    Returns:
-        The renamed run.
-    """
-    return STORE.rename(run_id, name)
-
-
-def delete_run(run_id: str) -> None:
-    """Remove a saved run (index first, so no listed run ever lacks its entry).
-
-    Args:
-        run_id: the run; an unknown id raises ``KeyError``.
-    """
-    if not STORE.delete(run_id):
-        raise KeyError(f"no saved training run with id {run_id!r}")
+# The store's operations under the training names (``RunStore`` documents each): ``save_run(record)`` gives a
+# new run its id; ``load_run`` and ``rename_run`` raise ``KeyError`` for an unknown id, ``ValueError`` for an
+# unreadable entry; ``list_runs()`` lists the summaries oldest first; ``delete_run`` raises ``KeyError`` for an
+# unknown id.
+save_run = STORE.save
+load_run = STORE.load
+list_runs = partial(STORE.runs, oldest_first=True)
+rename_run = STORE.rename
+delete_run = STORE.remove

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 import streamlit
+from streamlit.testing.v1 import AppTest
 from test_page_notebooks import NOTEBOOK_LABEL, metric, run_notebook
 
 from devtools.apptest import page_app
+from sparsekit.recipes import rounded
 
 TIMEOUT = 300
 
@@ -96,3 +98,64 @@ def test_attention_notebook_before_the_search_and_for_a_text(notebooks):
     assert metric(at, "Output error, this head") == f"{head['error_head']:.3f}"
     assert metric(at, head["quality"]["metric"]) == f"{head['quality']['sparse']:.4g}"
     assert metric(at, "Mean density on the evaluation inputs") == f"{head['quality']['mean_density']:.1%}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Recovery
+
+
+def recovery_app() -> AppTest:
+    at = AppTest.from_file("../app.py", default_timeout=TIMEOUT)
+    at.run()
+    at.selectbox(key="model_source").set_value("digits:mlp").run()
+    at.switch_page("views/sparsify.py")
+    at.run()
+    at.selectbox(key="sp_method").set_value("wanda").run()
+    at.switch_page("views/recovery.py")
+    at.run()
+    assert not at.exception
+    return at
+
+
+def assert_rows_shown(frame, rows):
+    """The page's summary table against the notebook's headline rows (columns the headline has)."""
+    assert len(frame) == len(rows)
+    for (_, shown), want in zip(frame.iterrows(), rows):
+        for column, value in want.items():
+            cell = shown[column]
+            if value is None:
+                assert cell is None or cell != cell, column  # None or NaN
+            else:
+                assert rounded(cell.item() if hasattr(cell, "item") else cell) == value, column
+
+
+def test_recovery_page_notebooks(tmp_cache, notebooks):
+    at = recovery_app()
+    at.multiselect(key="rc_modes").set_value(["ste", "srste"])
+    at.number_input(key="rc_steps").set_value(20)
+    at.number_input(key="rc_lr").set_value(0.002)
+    at.number_input(key="rc_every").set_value(10)
+    at.run()
+    at.button(key="rc_run").click().run()
+    at.selectbox(key="rc_layer_run").set_value(1).run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+
+    head, nb = run_notebook(notebooks["rc_notebook"])
+    text = source_of(nb)
+    assert "SparsifyConfig(method='wanda')" in text
+    assert "RecoveryConfig(mode='ste', steps=20, lr=0.002" in text and "RecoveryConfig(mode='srste'" in text
+    assert "viz.recovery_sad_heatmap(records[1])" in text and head["layer_run"] == "SR-STE"
+    assert [r["mode"] for r in head["runs"]] == ["STE", "SR-STE"]
+    assert_rows_shown(at.dataframe[0].value, head["runs"])
+    assert len(plotly_outputs(nb)) == 5
+
+    # The Saved runs view: the same runs reopened from the run store.
+    at.radio(key="rc_view").set_value("Saved runs").run()
+    at.selectbox(key="rc_saved_layer_run").set_value(0).run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    saved, nb = run_notebook(notebooks["rc_saved_notebook"])
+    assert "recovery.load_recovery(run_id)" in source_of(nb)
+    shown = at.dataframe[1].value  # [0] is the table of every saved run
+    assert_rows_shown(shown, saved["runs"])
+    assert sorted(r["after"] for r in saved["runs"]) == sorted(r["after"] for r in head["runs"])
+    assert all("wanda" in r["starting setting"] for r in saved["runs"])

@@ -10,9 +10,12 @@ from typing import Callable, Sequence
 import streamlit as st
 
 from sparsekit import recovery, viz
+from sparsekit.recipes import Recipe
+from sparsekit.recipes.recovery import recovery_rows, saved_recovery_recipe
 from sparsekit.recovery import MODE_LABELS, RecoveryRecord
 from sparsekit.sparsify import SparsifyConfig
 from ui.format import shown_path
+from ui.notebook import notebook_button
 from ui.saved_runs import SavedRuns
 
 MAX_DEFAULT_PICK = 3
@@ -34,7 +37,8 @@ def download_stem(record: RecoveryRecord) -> str:
 
 
 def show_records(records: Sequence[RecoveryRecord], *, key: str = "rc",
-                 label_of: Callable[[RecoveryRecord], str] = mode_label, origin: bool = False) -> None:
+                 label_of: Callable[[RecoveryRecord], str] = mode_label, origin: bool = False,
+                 notebook: Callable[[int], Recipe] | None = None) -> None:
     """The figures (quality and loss, gap recovered, SAD, flip rate), the summary table, one run's
     per-layer SAD and the download of its recovered weights.
 
@@ -44,6 +48,8 @@ def show_records(records: Sequence[RecoveryRecord], *, key: str = "rc",
         label_of: how a run is named in the per-layer SAD picker.
         origin: also name each run's model and starting setting in the summary (reopened runs may
             come from different ones).
+        notebook: the page's recipe for the index of the run whose per-layer SAD is shown ("Open as
+            notebook" under the summary).
     """
     colors = viz.recovery_colors(records)
     left, right = st.columns(2)
@@ -52,15 +58,15 @@ def show_records(records: Sequence[RecoveryRecord], *, key: str = "rc",
     left.plotly_chart(viz.recovery_sad_figure(records), width="stretch", key=f"{key}_sad")
     right.plotly_chart(viz.flip_rate_figure(records), width="stretch", key=f"{key}_flips")
     st.subheader("Summary")
-    rows = []
-    for r in records:
-        where = {"model": model_text(r.model_spec), "starting setting": r.sparsify_config.label()} if origin else {}
-        rows.append({**where, "mode": mode_label(r), f"{r.metric} before": r.before, "after": r.after,
-                     "dense": r.dense, "gap recovered": r.gap_recovered, "seconds": r.seconds, "status": r.status})
+    rows = recovery_rows(records, origin=origin, model_text=model_text)
     st.dataframe(rows, hide_index=True, width="stretch",
                  column_config={"gap recovered": st.column_config.NumberColumn(format="percent")})
+    notebook_slot = st.container()
     pick = st.selectbox("Per-layer SAD of", range(len(records)), format_func=lambda i: label_of(records[i]),
                         key=f"{key}_layer_run")
+    if notebook is not None:
+        with notebook_slot:
+            notebook_button(notebook(pick), key=f"{key}_notebook")
     record = records[pick]
     st.plotly_chart(viz.recovery_sad_heatmap(record), width="stretch", key=f"{key}_heat")
     if not record.weights:
@@ -182,4 +188,5 @@ def saved_runs_view() -> None:
         return
     records = load_saved([by_id[r] for r in picked], labels)
     if records:
-        show_records(records, key="rc_saved", label_of=lambda r: labels.get(r.run_id, r.label), origin=True)
+        show_records(records, key="rc_saved", label_of=lambda r: labels.get(r.run_id, r.label), origin=True,
+                     notebook=lambda pick: saved_recovery_recipe([r.run_id for r in records], layer_run=pick))

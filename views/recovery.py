@@ -4,7 +4,9 @@ the Saved runs view lists, reopens and deletes them."""
 import streamlit as st
 
 from sparsekit import recovery, viz
+from sparsekit.recipes.recovery import recovery_recipe
 from sparsekit.recovery import MODE_LABELS, MODES, default_recovery_config
+from ui.notebook import upload_digest
 from ui.recovery import saved_runs_view, show_records
 from ui.state import require_model, sparsified
 from ui.widgets import current_config
@@ -88,4 +90,5 @@ if records is None:
     chart.empty()
     runs[run_key] = records
 
-show_records(records)
+show_records(records, notebook=lambda pick: recovery_recipe(loaded.spec, config, configs, layer_run=pick,
+                                                             upload_sha256=upload_digest(loaded)))

@@ -17,9 +17,14 @@ from torch import nn
 
 from .cache import get_cache, make_key, model_fingerprint, tensor_digest
 from .config import NM_PRESETS, SparsifyConfig
-from .evaluate import COMPARE_VERSION, CompareRow, PermutedRow, best_format_bytes, evaluate, pattern_label
+from .evaluate import COMPARE_VERSION, CompareRow, PermutedRow, best_format_bytes, summary_number
+from .evaluate import evaluate as evaluate  # re-exported: sparsekit.compare.evaluate
+from .evaluate import pattern_label as pattern_label  # re-exported: sparsekit.compare.pattern_label
 from .layers import prunable_layers
+from .layerweight import layer_weight
 from .methods import METHODS, get_method
+from .methods.types import Calibration
+from .models.base import LoadedModel
 from .permutation import permute_channels
 from .progress import ProgressFn
 from .sparsify import sparsify
@@ -80,7 +85,7 @@ def sweep_configs(
     return configs
 
 
-def _calibration_digest(calibration: Any) -> str:
+def _calibration_digest(calibration: Calibration | None) -> str:
     if calibration is None:
         return ""
     if isinstance(calibration, dict):
@@ -88,10 +93,11 @@ def _calibration_digest(calibration: Any) -> str:
     return tensor_digest(calibration)
 
 
-def dense_row(loaded: Any) -> CompareRow:
+def dense_row(loaded: LoadedModel) -> CompareRow:
     """The dense model as a comparison row (sparsity 0, dense memory)."""
 
-    dense_bytes = sum(m.weight.numel() * m.weight.element_size() for _, m in prunable_layers(loaded.module))
+    weights = [layer_weight(m) for _, m in prunable_layers(loaded.module)]
+    dense_bytes = sum(w.numel() * w.element_size() for w in weights)
     return CompareRow(
         method="dense", pattern="dense", family="dense", setting="dense",
         target_sparsity=0.0, sparsity=0.0, quality=dict(loaded.quality()),
@@ -102,10 +108,10 @@ def dense_row(loaded: Any) -> CompareRow:
 
 
 def compare(
-    loaded: Any,
+    loaded: LoadedModel,
     configs: Sequence[SparsifyConfig],
     *,
-    calibration: Any = None,
+    calibration: Calibration | None = None,
     use_cache: bool = True,
     progress: ProgressFn | None = None,
 ) -> list[CompareRow]:
@@ -126,6 +132,7 @@ def compare(
     """
     from .study import LocalBackend, execute, oneshot_cell  # the study engine imports this module
     from .study.records import CellRecord
+    from .study.spec import Cell
 
     if not hasattr(loaded, "quality") or not isinstance(getattr(loaded, "module", None), nn.Module):
         raise TypeError(f"compare needs a LoadedModel (with a quality metric), got {type(loaded).__name__}")
@@ -137,7 +144,7 @@ def compare(
     rows: list[CompareRow | None] = [None] * len(configs)
     total = max(len(configs), 1)
 
-    def on_record(i: int, cell: Any, record: CellRecord, cached: bool) -> None:
+    def on_record(i: int, cell: Cell, record: CellRecord, cached: bool) -> None:
         rows[i] = replace(record.compare_row(), cached=cached)
         if progress is not None:
             progress(sum(r is not None for r in rows) / total, f"{configs[i].label()} ({i + 1}/{len(configs)})")
@@ -151,7 +158,8 @@ def compare(
     return [r for r in rows if r is not None]
 
 
-def _row_keys(loaded: Any, configs: Sequence[SparsifyConfig], calibration: Any = None) -> list[str]:
+def _row_keys(loaded: LoadedModel, configs: Sequence[SparsifyConfig],
+              calibration: Calibration | None = None) -> list[str]:
     from .study import CELL_VERSION
 
     fingerprint = model_fingerprint(loaded.module)
@@ -162,8 +170,8 @@ def _row_keys(loaded: Any, configs: Sequence[SparsifyConfig], calibration: Any =
                      calib_digest if get_method(c.method).needs_calibration else "") for c in configs]
 
 
-def cached_rows(loaded: Any, configs: Sequence[SparsifyConfig], *,
-                calibration: Any = None) -> list[CompareRow] | None:
+def cached_rows(loaded: LoadedModel, configs: Sequence[SparsifyConfig], *,
+                calibration: Calibration | None = None) -> list[CompareRow] | None:
     """The rows ``compare`` would return, if every one of them is already in the disk cache.
 
     Args:
@@ -193,7 +201,8 @@ def flat_rows(rows: Sequence[CompareRow]) -> list[dict[str, Any]]:
     text (for tables and CSV)."""
     out = []
     for r in rows:
-        flat = {f.name: getattr(r, f.name) for f in fields(r) if f.name not in ("quality", "formats", "notes", "config")}
+        flat = {f.name: getattr(r, f.name) for f in fields(r)
+                if f.name not in ("quality", "formats", "notes", "config")}
         flat.update(r.quality)
         flat["formats"] = ", ".join(f"{k}×{v}" for k, v in sorted(r.formats.items()))
         out.append(flat)
@@ -248,13 +257,13 @@ def markdown_table(rows: Sequence[CompareRow], metric: str, *, digits: int = 3) 
     return "\n".join(lines)
 
 
-def _permuted_key(loaded: Any, n: int, m: int, max_seconds_per_layer: float) -> str:
+def _permuted_key(loaded: LoadedModel, n: int, m: int, max_seconds_per_layer: float) -> str:
     return make_key("compare-perm", COMPARE_VERSION, PERMUTED_ROW_VERSION, loaded.spec,
                     model_fingerprint(loaded.module), n, m, max_seconds_per_layer,
                     _calibration_digest(getattr(loaded, "calibration", None)))
 
 
-def cached_permuted_row(loaded: Any, n: int = 2, m: int = 4, *,
+def cached_permuted_row(loaded: LoadedModel, n: int = 2, m: int = 4, *,
                         max_seconds_per_layer: float = 20.0) -> PermutedRow | None:
     """The cached ``permuted_nm_row`` of a finished search, or None (nothing is computed; an entry
     that does not read as a ``PermutedRow`` counts as missing)."""
@@ -267,10 +276,11 @@ def cached_permuted_row(loaded: Any, n: int = 2, m: int = 4, *,
         return None
 
 
-def permuted_nm_row(loaded: Any, n: int = 2, m: int = 4, *, use_cache: bool = True,
+def permuted_nm_row(loaded: LoadedModel, n: int = 2, m: int = 4, *, use_cache: bool = True,
                     max_seconds_per_layer: float = 20.0, progress: ProgressFn | None = None,
-                    should_stop: Callable[[], bool] | None = None, on_layer: Callable[[dict], None] | None = None,
-                    resume: Sequence[dict] | None = None) -> PermutedRow:
+                    should_stop: Callable[[], bool] | None = None,
+                    on_layer: Callable[[dict[str, Any]], None] | None = None,
+                    resume: Sequence[dict[str, Any]] | None = None) -> PermutedRow:
     """Magnitude N:M after a function-preserving channel permutation, as a comparison row (cached).
 
     A run that ``should_stop`` ends early gives the row of the layers finished so far (the rest
@@ -311,10 +321,11 @@ def permuted_nm_row(loaded: Any, n: int = 2, m: int = 4, *, use_cache: bool = Tr
     memory = best_format_bytes(result)
     row = PermutedRow(
         method="magnitude+perm", pattern=f"{n}:{m}", family="N:M", setting=f"{n}:{m} magnitude+perm",
-        target_sparsity=1 - n / m, sparsity=1.0 - summary["kept_fraction_all_layers"],
+        target_sparsity=1 - n / m, sparsity=1.0 - float(summary_number(summary, "kept_fraction_all_layers")),
         quality={k: float(v) for k, v in quality.items()}, dense_bytes=memory["dense_bytes"],
         best_bytes=memory["best_bytes"], formats=memory["formats"],
-        layers_pruned=summary["layers_pruned"], layers_total=summary["layers_total"],
+        layers_pruned=int(summary_number(summary, "layers_pruned")),
+        layers_total=int(summary_number(summary, "layers_total")),
         prune_seconds=time.perf_counter() - start, seconds=time.perf_counter() - start,
         search_seconds=search_seconds, notes={}, config=config.to_json(),
         recovered_share=perm.recovered_share(), layers=perm.rows, skipped=perm.skipped,

@@ -9,10 +9,12 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Mapping, Self
+from typing import Any, Mapping, Self, TypedDict
 
 from . import serial
 from .config import SparsifyConfig
+from .methods.types import Calibration
+from .models.base import LoadedModel
 from .sparsify import SparsifyResult, sparsify
 
 COMPARE_VERSION = 2  # 2: SparseGPT H per sequence, block calibration order
@@ -104,7 +106,30 @@ class PermutedRow(CompareRow):
     """Layers a stopped search did not get to (left unpermuted)."""
 
 
-def best_format_bytes(result: SparsifyResult) -> dict[str, Any]:
+class FormatBytes(TypedDict):
+    """Weight memory of the Linear/Conv layers (``best_format_bytes``)."""
+
+    dense_bytes: int
+    """All of them, dense."""
+    best_bytes: int
+    """Each in its cheapest format (layers left dense at their dense size)."""
+    formats: dict[str, int]
+    """Format -> number of layers stored in it."""
+
+
+def summary_number(summary: Mapping[str, float | int | None], key: str) -> float | int:
+    """One number of ``SparsifyResult.summary()``, which may also hold None (``pruned_nm_bytes``).
+
+    Raises:
+        ValueError: the summary holds None under ``key``.
+    """
+    value = summary[key]
+    if value is None:
+        raise ValueError(f"the sparsify summary has no value for {key!r}")
+    return value
+
+
+def best_format_bytes(result: SparsifyResult) -> FormatBytes:
     """Weight memory of the Linear/Conv layers, each in its cheapest format.
 
     Args:
@@ -125,7 +150,7 @@ def best_format_bytes(result: SparsifyResult) -> dict[str, Any]:
         # N:M first: on a tie (2:4 costs exactly a bitmask) the format sparse kernels run wins.
         options = {"n:m": r.nm_bytes} if r.nm_bytes is not None else {}
         options.update({"dense": r.dense_bytes, "bitmask": r.bitmask_bytes, "csr": r.csr_bytes})
-        fmt = min(options, key=options.get)
+        fmt = min(options, key=options.__getitem__)
         best += options[fmt]
         formats[fmt] = formats.get(fmt, 0) + 1
     return {"dense_bytes": dense, "best_bytes": best, "formats": formats}
@@ -140,7 +165,7 @@ def pattern_label(config: SparsifyConfig) -> str:
     return "dense"
 
 
-def evaluate(loaded: Any, config: SparsifyConfig, *, calibration: Any = None) -> CompareRow:
+def evaluate(loaded: LoadedModel, config: SparsifyConfig, *, calibration: Calibration | None = None) -> CompareRow:
     """Prune a copy with ``config`` and measure it: one row of a comparison.
 
     Args:
@@ -163,13 +188,13 @@ def evaluate(loaded: Any, config: SparsifyConfig, *, calibration: Any = None) ->
         family="N:M" if config.pattern == "nm" else config.pattern,
         setting=f"{pattern_label(config)} {config.method}",
         target_sparsity=1.0 - config.target_density,
-        sparsity=1.0 - summary["kept_fraction_all_layers"],
+        sparsity=1.0 - float(summary_number(summary, "kept_fraction_all_layers")),
         quality={k: float(v) for k, v in quality.items()},
         dense_bytes=memory["dense_bytes"],
         best_bytes=memory["best_bytes"],
         formats=memory["formats"],
-        layers_pruned=summary["layers_pruned"],
-        layers_total=summary["layers_total"],
+        layers_pruned=int(summary_number(summary, "layers_pruned")),
+        layers_total=int(summary_number(summary, "layers_total")),
         prune_seconds=prune_seconds,
         seconds=time.perf_counter() - start,
         notes=dict(result.notes),
@@ -177,4 +202,5 @@ def evaluate(loaded: Any, config: SparsifyConfig, *, calibration: Any = None) ->
     )
 
 
-__all__ = ["COMPARE_VERSION", "CompareRow", "PermutedRow", "best_format_bytes", "evaluate", "pattern_label"]
+__all__ = ["COMPARE_VERSION", "CompareRow", "FormatBytes", "PermutedRow", "best_format_bytes", "evaluate",
+           "pattern_label", "summary_number"]

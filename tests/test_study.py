@@ -475,6 +475,25 @@ def test_command_line_runs_a_spec_file_and_refuses_a_bad_one(tmp_path):
         "error: unknown method(s) 'obs'; the registered methods are magnitude, random, wanda, sparsegpt, taylor"]
 
 
+def test_command_line_run_lists_failed_cells(tmp_cache, tmp_path, monkeypatch, capsys):
+    # A failed cell is one line on stderr and exit code 1 (it used to raise TypeError: a CellRecord is no dict).
+    from sparsekit.study.__main__ import main
+
+    real = cells.run_cell
+
+    def flaky(cell, **kw):
+        if cell.method == "random" and cell.seed == 1:
+            raise RuntimeError("mask exploded")
+        return real(cell, **kw)
+
+    monkeypatch.setattr(cells, "run_cell", flaky)
+    path = tmp_path / "spec.json"
+    path.write_text(CLI_SPEC.to_json())
+    assert main(["run", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "FAILED digits:mlp 2:4 random seed 1: RuntimeError: mask exploded" in err.splitlines()
+
+
 @pytest.mark.slow
 def test_command_line_status_export_and_unreachable_ray(tmp_path, monkeypatch):
     monkeypatch.setenv("SPARSEKIT_CACHE_DIR", str(tmp_path / "cache"))

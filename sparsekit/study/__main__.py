@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from . import aggregate
 from .runner import export, run_study, study_status
@@ -31,8 +31,8 @@ def _read_spec(path: str) -> StudySpec:
     return spec
 
 
-def _printer():
-    last: list[tuple] = []
+def _printer() -> Callable[[StudyStatus], None]:
+    last: list[tuple[int, int, int, str]] = []
 
     def show(status: StudyStatus) -> None:
         # One line per change of the counts, not per poll.
@@ -52,7 +52,7 @@ def _run(args: argparse.Namespace) -> int:
     result = run_study(spec, backend, ray_address=args.ray, workers=args.workers, progress=_printer())
     print(aggregate.summary_markdown(result.summary(), spec.metrics or None))
     for r in result.failed:
-        print(f"FAILED {r['model']} {r['pattern']} {r['method']} seed {r['seed']}: {r['error']}", file=sys.stderr)
+        print(f"FAILED {r.model} {r.pattern} {r.method} seed {r.seed}: {r.error}", file=sys.stderr)
     return 1 if result.failed else 0
 
 

@@ -14,7 +14,14 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from ..stats import DEFAULT_CONFIDENCE, Interval, PairedDifference, describe_difference, mean_interval, paired_difference
+from ..stats import (
+    DEFAULT_CONFIDENCE,
+    Interval,
+    PairedDifference,
+    describe_difference,
+    mean_interval,
+    paired_difference,
+)
 from .records import CellRecord
 
 COSTS = ("kept_fraction", "memory_bytes")
@@ -70,7 +77,11 @@ class Group:
                 "metrics": {k: v.as_dict() for k, v in self.metrics.items()}}
 
 
-def _group_key(r: CellRecord) -> tuple:
+GroupKey = tuple[str, str, str, str, float | None]
+"""``(kind, model, method, pattern, lambda_w)``: what the cells of a group share."""
+
+
+def _group_key(r: CellRecord) -> GroupKey:
     return r.kind, r.model, r.method, r.pattern, r.lambda_w
 
 
@@ -101,7 +112,7 @@ def summarize(records: Sequence[CellRecord], metrics: Sequence[str] | None = Non
     """
     done = [r for r in records if r.done]
     metrics = list(metrics) if metrics else metric_names(done)
-    groups: dict[tuple, list[CellRecord]] = {}
+    groups: dict[GroupKey, list[CellRecord]] = {}
     for r in done:
         groups.setdefault(_group_key(r), []).append(r)
     out = []
@@ -113,16 +124,24 @@ def summarize(records: Sequence[CellRecord], metrics: Sequence[str] | None = Non
         for m in metrics:
             values = [v for v in (r.metrics.get(m) for r in rs) if v is not None and _finite(v)]
             intervals[m] = mean_interval(values, confidence)
-        memory = [r.memory_bytes for r in rs]
+        memory = [r.memory_bytes for r in rs if r.memory_bytes is not None]
         out.append(Group(
             kind=kind, model=model, method=method, pattern=pattern, lambda_w=lam,
             seeds=tuple(sorted(r.seed for r in rs)), metrics=intervals,
             higher_is_better={m: bool(higher.get(m, True)) for m in metrics},
-            kept_fraction=sum(float(r.kept_fraction) for r in rs) / len(rs),
-            memory_bytes=None if any(v is None for v in memory) else sum(memory) / len(memory),
+            kept_fraction=sum(_kept_fraction(r) for r in rs) / len(rs),
+            memory_bytes=sum(memory) / len(memory) if len(memory) == len(rs) else None,
             seed_matters=any(bool(r.seed_matters) for r in rs),
         ))
     return out
+
+
+def _kept_fraction(record: CellRecord) -> float:
+    # Every finished cell has one (run_oneshot, run_training); a stored record without it is unreadable.
+    if record.kept_fraction is None:
+        raise TypeError(f"the finished record of {record.model} {record.pattern} {record.method} seed "
+                        f"{record.seed} has no kept_fraction")
+    return float(record.kept_fraction)
 
 
 @dataclass(frozen=True)
@@ -193,11 +212,14 @@ def pareto_front(groups: Sequence[Group], metric: str, cost: str = "kept_fractio
     """
     if cost not in COSTS:
         raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
-    points = [(g, g.cost(cost), g.metrics[metric].mean) for g in groups
-              if metric in g.metrics and _finite(g.metrics[metric].mean) and g.cost(cost) is not None]
+    points: list[tuple[Group, float, float]] = []  # (group, cost, mean)
+    for g in groups:
+        c = g.cost(cost)
+        if metric in g.metrics and _finite(g.metrics[metric].mean) and c is not None:
+            points.append((g, c, g.metrics[metric].mean))
     sign = 1.0 if (points and points[0][0].higher_is_better.get(metric, True)) else -1.0
 
-    def beats(p, q) -> bool:  # p dominates q
+    def beats(p: tuple[Group, float, float], q: tuple[Group, float, float]) -> bool:  # p dominates q
         better_q, better_c = sign * p[2] >= sign * q[2], p[1] <= q[1]
         return better_q and better_c and (sign * p[2] > sign * q[2] or p[1] < q[1])
 
@@ -242,7 +264,8 @@ def summary_csv(groups: Sequence[Group]) -> str:
     metrics = list(dict.fromkeys(m for g in groups for m in g.metrics))
     buf = io.StringIO()
     writer = csv.writer(buf)
-    head = ["kind", "model", "method", "pattern", "lambda_w", "n_seeds", "kept_fraction", "memory_bytes", "seed_matters"]
+    head = ["kind", "model", "method", "pattern", "lambda_w", "n_seeds", "kept_fraction", "memory_bytes",
+            "seed_matters"]
     writer.writerow(head + [f"{m}_{part}" for m in metrics for part in ("mean", "low", "high", "sd")])
     for g in groups:
         row = [g.kind, g.model, g.method, g.pattern, _text(g.lambda_w), len(g.seeds), g.kept_fraction,

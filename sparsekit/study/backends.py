@@ -15,15 +15,34 @@ import os
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, Protocol, Sequence
 
-from ..models.base import memory_budget_mb
+from ..methods.types import Calibration
+from ..models.base import LoadedModel, memory_budget_mb
+from ..models.digits import DigitsData
 from . import cells as _cells
+from .cells import CellContext
 from .events import POLL_S, Event
 from .records import CellRecord
 from .spec import Cell
 
 MAX_WORKERS = 64
+
+
+class Backend(Protocol):
+    """What the runner needs of a backend (``LocalBackend``, ``ray_backend.RayBackend``)."""
+
+    def describe(self) -> str:
+        """One line for the status."""
+        ...
+
+    def worker_budget(self) -> tuple[float, str]:
+        """``(MB one worker may use, what that budget is)``."""
+        ...
+
+    def run(self, items: Sequence[tuple[str, Cell]]) -> Iterator[Event]:
+        """Run ``(key, cell)`` pairs, yielding ``Event``s (see the module docstring)."""
+        ...
 
 
 class LocalBackend:
@@ -41,13 +60,14 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self, workers: int | None = None, *, models: Mapping[str, Any] | None = None,
-                 calibration: Any = None, data: Any = None, raise_errors: bool = False, max_retries: int = 2) -> None:
+    def __init__(self, workers: int | None = None, *, models: Mapping[str, LoadedModel] | None = None,
+                 calibration: Calibration | None = None, data: DigitsData | None = None, raise_errors: bool = False,
+                 max_retries: int = 2) -> None:
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
                                     or not 1 <= workers <= MAX_WORKERS):
             raise ValueError(f"workers must be a whole number from 1 to {MAX_WORKERS}, got {workers!r}")
         self.workers = workers or 1
-        self.context = {"calibration": calibration, "data": data}
+        self.context: CellContext = {"calibration": calibration, "data": data}
         self.models = dict(models or {})
         if self.workers > 1 and (self.models or calibration is not None or data is not None):
             raise ValueError("models, calibration and data stay in this process: use workers=None with them")
@@ -72,7 +92,7 @@ class LocalBackend:
     def _in_process(self, items: Sequence[tuple[str, Cell]]) -> Iterator[Event]:
         for key, cell in items:
             yield Event("start", key, running=1, workers=({"cell": cell.label(), **_cells.worker_info()},))
-            context = {**self.context, "loaded": self.models.get(cell.model)}
+            context: CellContext = {**self.context, "loaded": self.models.get(cell.model)}
             # Looked up on the module at call time, so a test's monkeypatch of run_cell/safe_run applies.
             record = _cells.run_cell(cell, **context) if self.raise_errors else _cells.safe_run(cell, **context)
             yield Event("done", key, record)
@@ -82,8 +102,8 @@ class LocalBackend:
         queue = deque(items)
         attempts: dict[str, int] = {}
         retries = 0
-        futures: dict[Future, tuple[str, Cell]] = {}
-        seen_running: set[Future] = set()
+        futures: dict[Future[CellRecord], tuple[str, Cell]] = {}
+        seen_running: set[Future[CellRecord]] = set()
         pool = _new_pool(self.workers, threads)
         try:
             while queue or futures:
@@ -115,7 +135,7 @@ class LocalBackend:
                     futures.clear()
                     seen_running.clear()
                     pool.shutdown(wait=False, cancel_futures=True)
-                    kept = deque()
+                    kept: deque[tuple[str, Cell]] = deque()
                     for key, cell in queue:
                         if attempts.get(key, 0) > self.max_retries:
                             record = _cells.failed_record(cell, f"its worker process died {attempts[key]} times")
@@ -132,7 +152,7 @@ class LocalBackend:
             pool.shutdown(wait=not (queue or futures), cancel_futures=True)
 
 
-def _running(futures: Mapping[Future, Any]) -> int:
+def _running(futures: Mapping[Future[CellRecord], object]) -> int:
     return sum(1 for f in futures if f.running())
 
 
@@ -153,7 +173,8 @@ def _pool_cell(cell: Cell) -> CellRecord:
     return _cells.safe_run(cell)
 
 
-def make_backend(backend: Any = None, *, ray_address: str | None = None, workers: int | None = None) -> Any:
+def make_backend(backend: Backend | str | None = None, *, ray_address: str | None = None,
+                 workers: int | None = None) -> Backend:
     """The backend a study runs on.
 
     Args:

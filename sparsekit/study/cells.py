@@ -21,11 +21,14 @@ import time
 from collections import OrderedDict
 from dataclasses import asdict, replace
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import torch
 
 from ..evaluate import evaluate
+from ..methods.types import Calibration
+from ..models.base import LoadedModel
+from ..models.digits import DigitsData
 from ..store import finite_json
 from .records import CellRecord
 from .spec import Cell
@@ -39,11 +42,19 @@ RUNTIME_FIELDS = ("seconds", "worker")
 """Record fields that differ between two runs of the same cell (timing, which process); the rest is
 deterministic wherever the computation is."""
 
-_MODELS: "OrderedDict[str, Any]" = OrderedDict()
+_MODELS: OrderedDict[str, LoadedModel] = OrderedDict()
 _MODELS_LOCK = threading.Lock()
 
 
-def worker_model(spec: str) -> Any:
+class CellContext(TypedDict, total=False):
+    """What an in-process run may hand ``run_cell`` besides the cell (``backends.LocalBackend``)."""
+
+    loaded: LoadedModel | None
+    calibration: Calibration | None
+    data: DigitsData | None
+
+
+def worker_model(spec: str) -> LoadedModel:
     """The loaded model for ``spec``, loaded once per process.
 
     Args:
@@ -78,7 +89,7 @@ def _draw(pool_size: int, count: int, seed: int) -> list[int]:
     return sorted(torch.randperm(pool_size, generator=gen)[:count].tolist())
 
 
-def calibration_subset(loaded: Any, seed: int) -> tuple[Any, dict[str, Any]]:
+def calibration_subset(loaded: LoadedModel, seed: int) -> tuple[Calibration, dict[str, Any]]:
     """A seeded calibration set for a model, the same size as its own.
 
     Args:
@@ -129,7 +140,7 @@ def _pad_id(tokenizer: Any) -> int:
     return 0
 
 
-def run_oneshot(cell: Cell, *, loaded: Any = None, calibration: Any = None) -> CellRecord:
+def run_oneshot(cell: Cell, *, loaded: LoadedModel | None = None, calibration: Calibration | None = None) -> CellRecord:
     """Prune and measure one oneshot cell (``sparsekit.evaluate.evaluate``).
 
     Args:
@@ -161,7 +172,7 @@ def run_oneshot(cell: Cell, *, loaded: Any = None, calibration: Any = None) -> C
     )
 
 
-def run_training(cell: Cell, *, data: Any = None) -> CellRecord:
+def run_training(cell: Cell, *, data: DigitsData | None = None) -> CellRecord:
     """Train one STE/SR-STE cell on the digits data and measure it (``seedresults.run_metrics``).
 
     Args:
@@ -189,7 +200,8 @@ def run_training(cell: Cell, *, data: Any = None) -> CellRecord:
     )
 
 
-def run_cell(cell: Cell, *, loaded: Any = None, calibration: Any = None, data: Any = None) -> CellRecord:
+def run_cell(cell: Cell, *, loaded: LoadedModel | None = None, calibration: Calibration | None = None,
+             data: DigitsData | None = None) -> CellRecord:
     """Run one cell. Pure: same cell, same record (apart from ``RUNTIME_FIELDS``) on any backend.
 
     Args:
@@ -230,7 +242,7 @@ def failed_record(cell: Cell, error: BaseException | str) -> CellRecord:
                       seed_effect="", calibration=None, seconds=None, detail=None, worker=worker_info())
 
 
-def safe_run(cell: Cell, **context: Any) -> CellRecord:
+def safe_run(cell: Cell, **context: Unpack[CellContext]) -> CellRecord:
     """``run_cell`` that returns a failed record instead of raising (backends run this).
 
     Args:

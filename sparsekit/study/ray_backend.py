@@ -40,9 +40,8 @@ NAMESPACE = "sparsekit"
 _connected: dict[str, Any] = {"address": None}
 
 
-@ray.remote(num_cpus=0, max_restarts=0)
-class _Attempts:
-    """Which cells started, how often, and in which process."""
+class _AttemptLog:
+    """Which cells started, how often, and in which process (run as the actor ``_Attempts``)."""
 
     def __init__(self) -> None:
         self.attempts: dict[str, list[dict[str, Any]]] = {}
@@ -55,7 +54,10 @@ class _Attempts:
         return self.attempts
 
 
-def _cell_task(cell: Cell, key: str, tracker: Any) -> CellRecord:
+_Attempts = ray.remote(_AttemptLog)
+
+
+def _cell_task(cell: Cell, key: str, tracker: Any) -> CellRecord:  # tracker: the _Attempts actor's handle
     # Reported before the work starts, so an attempt killed mid-cell still counts. Not awaited: a task
     # blocked in ray.get lends its CPU to the next task, which would then run one cell too many per node.
     tracker.started.remote(key, os.getpid(), socket.gethostname())
@@ -104,7 +106,7 @@ def _probe(address: str, timeout: float) -> None:
 
     def ask() -> None:
         try:
-            from ray._raylet import GcsClient
+            from ray._raylet import GcsClient  # type: ignore[attr-defined]  # compiled; ray's stub omits it
 
             outcome["id"] = GcsClient(address=f"{target[0]}:{target[1]}").cluster_id
         except Exception as err:  # noqa: BLE001 - any failure means "not a Ray cluster we can use"
@@ -262,10 +264,13 @@ class RayBackend:
         """Run ``(key, cell)`` pairs as Ray tasks, yielding ``Event``s as ``ray.wait`` returns them."""
         # Per task, so a second study in this process gets its own settings (the code is the job's).
         runtime_env = {"env_vars": worker_env()}
-        tracker = _Attempts.options(name=f"attempts-{uuid.uuid4().hex[:12]}", runtime_env=runtime_env).remote()
+        # An actor with no CPU of its own, not restarted. Any: ray types neither the handle's methods' ``remote``
+        # nor what ``ray.get`` of them returns.
+        tracker: Any = _Attempts.options(num_cpus=0, max_restarts=0, name=f"attempts-{uuid.uuid4().hex[:12]}",
+                                         runtime_env=runtime_env).remote()
         window = max(4, 2 * int(ray.cluster_resources().get("CPU", 1)))
         queue = list(items)[::-1]
-        pending: dict[Any, tuple[str, Cell]] = {}
+        pending: dict[ray.ObjectRef[CellRecord], tuple[str, Cell]] = {}
         finished: set[str] = set()
         try:
             while queue or pending:
@@ -303,7 +308,7 @@ class RayBackend:
                 pass
 
     @staticmethod
-    def _progress(attempts: dict[str, list[dict[str, Any]]], pending: dict[Any, tuple[str, Cell]],
+    def _progress(attempts: dict[str, list[dict[str, Any]]], pending: dict[ray.ObjectRef[CellRecord], tuple[str, Cell]],
                   finished: set[str]) -> tuple[int, int, tuple[dict[str, Any], ...]]:
         labels = {key: cell.label() for key, cell in pending.values()}
         running = [(key, tries[-1]) for key, tries in attempts.items() if key in labels and key not in finished]

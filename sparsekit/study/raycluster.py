@@ -105,5 +105,5 @@ class LocalRayCluster:
     def __enter__(self) -> "LocalRayCluster":
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()

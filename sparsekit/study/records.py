@@ -115,7 +115,7 @@ class CellRecord:
         return record
 
 
-def read_record(raw: Any) -> CellRecord | None:
+def read_record(raw: object) -> CellRecord | None:
     """A stored record's text as a ``CellRecord``, or None when it is not one (not text, not JSON, an
     unknown or missing field, or a finished record whose detail does not read as its kind's type)."""
     if not isinstance(raw, str):

@@ -11,17 +11,19 @@ import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from ..store import finite_dumps, process_token
 from . import aggregate
-from .backends import make_backend
+from .backends import Backend, make_backend
+from .events import Event
 from .memory import MB, check_memory
 from .records import CellRecord
 from .spec import Cell, StudySpec
 from .store import StudyStatus, count_cells, is_done, lookup, read_status, save_record, write_status
 
-ProgressFn = Callable[[StudyStatus], Any]
+StudyProgressFn = Callable[[StudyStatus], Any]
+"""``progress(status)``: what a study run reports (the return value is ignored)."""
 StopFn = Callable[[], bool]
 RecordFn = Callable[[int, Cell, CellRecord, bool], "bool | None"]
 STATUS_EVERY_S = 1.0
@@ -48,8 +50,8 @@ class Execution:
     status: StudyStatus | None = None
 
 
-def execute(cells: Sequence[Cell], backend: Any, *, keys: Sequence[str] | None = None, read_cache: bool = True,
-            write_cache: bool = True, on_record: RecordFn | None = None, progress: ProgressFn | None = None,
+def execute(cells: Sequence[Cell], backend: Backend, *, keys: Sequence[str] | None = None, read_cache: bool = True,
+            write_cache: bool = True, on_record: RecordFn | None = None, progress: StudyProgressFn | None = None,
             stop: StopFn | None = None, study_id: str = "", name: str = "") -> Execution:
     """Get a record for every cell: from the cache, or computed on ``backend`` (each distinct key once).
 
@@ -77,7 +79,7 @@ def execute(cells: Sequence[Cell], backend: Any, *, keys: Sequence[str] | None =
     out = Execution()
     stored = lookup(owners) if read_cache else {}
     want_stop = False
-    for key, idx in owners.items():
+    for key in owners:
         if is_done(stored.get(key)):
             out.records[key] = stored[key]
             out.cached.add(key)
@@ -91,12 +93,14 @@ def execute(cells: Sequence[Cell], backend: Any, *, keys: Sequence[str] | None =
                        done=sum(per_key[k] for k in out.cached), backend=backend.describe(), owner=process_token())
     status = _publish(base, study_id, progress)
     last_write = time.perf_counter()
-    events = backend.run(todo) if todo and not want_stop and not (stop and stop()) else iter(())
+    events: Iterator[Event] = backend.run(todo) if todo and not want_stop and not (stop and stop()) else iter(())
     failed = 0
     try:
         for event in events:
             if event.kind == "done":
                 record = event.record
+                if record is None:
+                    raise ValueError(f"the backend reported cell {event.key} done without its record")
                 out.records[event.key] = record
                 out.computed.add(event.key)
                 if write_cache:
@@ -136,13 +140,14 @@ def execute(cells: Sequence[Cell], backend: Any, *, keys: Sequence[str] | None =
         if close is not None:
             close()
     state = "stopped" if out.stopped else "finished"
-    message = f"{len(out.computed)} computed, {len(out.cached)} from the cache" + (f", {failed} failed" if failed else "")
+    message = (f"{len(out.computed)} computed, {len(out.cached)} from the cache"
+               + (f", {failed} failed" if failed else ""))
     out.status = _publish(replace(status, state=state, running=0, workers=(), eta_s=None,
                                   elapsed_s=time.perf_counter() - start, message=message), study_id, progress)
     return out
 
 
-def _publish(status: StudyStatus, study_id: str, progress: ProgressFn | None) -> StudyStatus:
+def _publish(status: StudyStatus, study_id: str, progress: StudyProgressFn | None) -> StudyStatus:
     if study_id:
         status = write_status(status)
     if progress is not None:
@@ -177,8 +182,9 @@ class StudyResult:
         return study_document(self.spec, self.records, self.status)
 
 
-def run_study(spec: StudySpec, backend: Any = None, *, ray_address: str | None = None, workers: int | None = None,
-              progress: ProgressFn | None = None, stop: StopFn | None = None) -> StudyResult:
+def run_study(spec: StudySpec, backend: Backend | str | None = None, *, ray_address: str | None = None,
+              workers: int | None = None, progress: StudyProgressFn | None = None,
+              stop: StopFn | None = None) -> StudyResult:
     """Run a study: what the cache holds is reused, the rest is computed and stored cell by cell.
 
     Args:
@@ -207,6 +213,8 @@ def run_study(spec: StudySpec, backend: Any = None, *, ray_address: str | None =
     keys = [c.key for c in cells]
     ex = execute(cells, runner, keys=keys, progress=progress, stop=stop, study_id=spec.study_id, name=spec.name)
     records = [relabel(ex.records[k], c, k) for c, k in zip(cells, keys) if k in ex.records]
+    if ex.status is None:  # execute sets it on every return
+        raise RuntimeError("the study run ended without a status")
     return StudyResult(spec, records, ex.status)
 
 

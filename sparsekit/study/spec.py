@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Any, Mapping, TypedDict
 
 from .. import serial
 from ..cache import make_key
@@ -84,7 +84,7 @@ def canonical_pattern(text: str) -> str:
     return f"{n}:{m}" if pattern == "nm" else f"unstructured:{s:g}"
 
 
-def model_files_token(model: str) -> list[list[Any]]:
+def model_files_token(model: str) -> list[list[str | int]]:
     """For a Hugging Face directory (``hf:<dir>``): name, size and modification time of its files, so a
     checkpoint changed in place gets new cell keys without the driver loading it. Empty for the built-in
     models (they change only with a release) and for a directory this process cannot resolve."""
@@ -97,6 +97,17 @@ def model_files_token(model: str) -> list[list[Any]]:
     if path is None or not path.is_dir():
         return []
     return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(path.iterdir()) if f.is_file()]
+
+
+class CellLabels(TypedDict):
+    """A cell's axis values, as its record carries them (``Cell.labels``)."""
+
+    kind: str
+    model: str
+    method: str
+    pattern: str
+    seed: int
+    lambda_w: float | None
 
 
 @dataclass(frozen=True)
@@ -139,7 +150,7 @@ class Cell:
         """Content key of the result: equal for equal ``identity()`` in any study."""
         return make_key(f"study-cell-{self.kind}", self.identity())
 
-    def labels(self) -> dict[str, Any]:
+    def labels(self) -> CellLabels:
         """The axis values a record carries."""
         return {"kind": self.kind, "model": self.model, "method": self.method, "pattern": self.pattern,
                 "seed": self.seed, "lambda_w": self.lambda_w}
@@ -374,13 +385,13 @@ class StudySpec:
                         for method in self.methods:
                             out.append(_oneshot_axis_cell(model, base, pattern, n, m, s, method, seed))
             return out
-        base = self.train_base()
+        train = self.train_base()
         for seed in self.seeds:
             for p in self.patterns:
                 _, n, m, _ = parse_pattern(p)
                 for method in self.methods:
                     for lam in (self._lambdas() if method == "srste" else (DEFAULT_LAMBDA_W,)):
-                        out.append(training_cell(replace(base, method=method, n=n, m=m, seed=seed, lambda_w=lam)))
+                        out.append(training_cell(replace(train, method=method, n=n, m=m, seed=seed, lambda_w=lam)))
         return out
 
     def to_json(self) -> str:
@@ -415,7 +426,7 @@ def _check_model(model: str) -> None:
     raise ValueError(f"unknown model {model!r}; use one of {', '.join(BUILTIN_SPECS)} or hf:<model directory>")
 
 
-def _strings(values: Any, name: str) -> tuple[str, ...]:
+def _strings(values: object, name: str) -> tuple[str, ...]:
     if isinstance(values, str):
         raise ValueError(f"{name} must be a list of strings, got the single string {values!r}")
     if not isinstance(values, (list, tuple)):

@@ -1,8 +1,7 @@
 """Method comparison figure (``sparsekit.compare``): quality against sparsity or weight memory."""
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import plotly.graph_objects as go
 
@@ -23,7 +22,7 @@ LABEL_POSITIONS = ("top center", "bottom center", "middle right", "middle left",
 """Text positions handed out to the pattern labels that share an x value, so they do not pile up."""
 
 
-def _check_rows(rows: Any, what: str) -> list[CompareRow]:
+def _check_rows(rows: object, what: str) -> list[CompareRow]:
     if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence):
         raise ValueError(f"{what} must be a list of CompareRows (sparsekit.compare), got {type(rows).__name__}")
     for i, row in enumerate(rows):
@@ -109,7 +108,7 @@ def compare_figure(rows: Sequence[CompareRow], metric: str, *, x: str = "sparsit
     return fig
 
 
-def _pattern_labels(nm_rows: Sequence[CompareRow], xval, metric: str) -> go.Scatter:
+def _pattern_labels(nm_rows: Sequence[CompareRow], xval: Callable[[CompareRow], float], metric: str) -> go.Scatter:
     # One label per pattern and x (not one per method), each x's labels in different positions:
     # the highest cluster above its top point, the next below its bottom point, then to the sides.
     clusters: dict[tuple[float, str], list[float]] = {}

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import plotly.graph_objects as go
 
+from ..stats import Interval
 from ..study.aggregate import Group
 from ._style import _BYTES_PER_MB, _empty
 from .compare import METHOD_COLORS
@@ -16,10 +18,12 @@ _FALLBACK = ("#ff7f0e", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#393b79", "
 
 def _groups(groups: Sequence[Group], metric: str, what: str) -> list[Group]:
     if isinstance(groups, (str, bytes)) or not isinstance(groups, Sequence):
-        raise ValueError(f"{what} takes a list of study Groups (sparsekit.study.summarize), got {type(groups).__name__}")
+        raise ValueError(f"{what} takes a list of study Groups (sparsekit.study.summarize), "
+                         f"got {type(groups).__name__}")
     for i, g in enumerate(groups):
         if not isinstance(g, Group):
-            raise ValueError(f"{what}: item {i} is a {type(g).__name__}, not a study Group (use sparsekit.study.summarize)")
+            raise ValueError(f"{what}: item {i} is a {type(g).__name__}, not a study Group "
+                             "(use sparsekit.study.summarize)")
         if metric not in g.metrics:
             raise ValueError(f"{what}: metric {metric!r} is not in the summaries (they have {sorted(g.metrics)})")
     return list(groups)
@@ -36,7 +40,17 @@ def _ok(x: float | None) -> bool:
     return x is not None and math.isfinite(x)
 
 
-def _whiskers(iv) -> dict:
+def _with_cost(groups: Sequence[Group], cost: str) -> list[tuple[Group, float]]:
+    """``(group, cost)`` for the groups with a finite cost, in order."""
+    out = []
+    for g in groups:
+        c = g.cost(cost)
+        if c is not None and math.isfinite(c):
+            out.append((g, c))
+    return out
+
+
+def _whiskers(iv: Sequence[Interval]) -> dict[str, Any]:
     """Plotly error bars from intervals (none drawn where a setting has fewer than two seeds)."""
     return {"type": "data", "symmetric": False, "array": [i.high - i.mean if _ok(i.high) else 0 for i in iv],
             "arrayminus": [i.mean - i.low if _ok(i.low) else 0 for i in iv]}
@@ -107,29 +121,30 @@ def study_pareto_figure(groups: Sequence[Group], front: Sequence[Group], metric:
     if cost not in ("kept_fraction", "memory_bytes"):
         raise ValueError(f"cost must be kept_fraction or memory_bytes, got {cost!r}")
     label = metric_label or metric
-    points = [g for g in groups if _ok(g.cost(cost))]
+    points = _with_cost(groups, cost)
     if not points:
         return _empty("Pareto front", "No finished cells with this cost")
     scale = 100.0 if cost == "kept_fraction" else 1.0 / _BYTES_PER_MB
-    x_title = "kept share of the prunable weights (%)" if cost == "kept_fraction" else "weight memory (MB, 1 MB = 2²⁰ bytes)"
-    order = list(dict.fromkeys(g.variant for g in points))
+    x_title = ("kept share of the prunable weights (%)" if cost == "kept_fraction"
+               else "weight memory (MB, 1 MB = 2²⁰ bytes)")
+    order = list(dict.fromkeys(g.variant for g, _ in points))
     fig = go.Figure()
     for variant in order:
-        rows = [g for g in points if g.variant == variant]
-        iv = [g.metrics[metric] for g in rows]
+        rows = [(g, c) for g, c in points if g.variant == variant]
+        iv = [g.metrics[metric] for g, _ in rows]
         fig.add_trace(go.Scatter(
-            x=[g.cost(cost) * scale for g in rows], y=[i.mean for i in iv], mode="markers", name=variant,
+            x=[c * scale for _, c in rows], y=[i.mean for i in iv], mode="markers", name=variant,
             marker={"color": _colour(variant, order), "size": 9},
             error_y=_whiskers(iv),
-            customdata=[[g.pattern, i.text(4)] for g, i in zip(rows, iv)],
+            customdata=[[g.pattern, i.text(4)] for (g, _), i in zip(rows, iv)],
             hovertemplate="%{customdata[0]}<br>" + label + ": %{customdata[1]}<br>cost %{x:.3g}<extra>" + variant
                           + "</extra>"))
-    line = sorted((g for g in front if _ok(g.cost(cost))), key=lambda g: g.cost(cost))
+    line = sorted(_with_cost(front, cost), key=lambda gc: gc[1])
     if line:
         fig.add_trace(go.Scatter(
-            x=[g.cost(cost) * scale for g in line], y=[g.metrics[metric].mean for g in line], mode="lines",
+            x=[c * scale for _, c in line], y=[g.metrics[metric].mean for g, _ in line], mode="lines",
             name="Pareto front", line={"color": "#888888", "dash": "dot"},
-            hovertext=[g.label for g in line], hoverinfo="text"))
+            hovertext=[g.label for g, _ in line], hoverinfo="text"))
     fig.update_layout(title=f"{label} against cost: the front holds the settings nothing beats on both",
                       xaxis_title=x_title, yaxis_title=label, legend_title_text="method")
     return fig
@@ -158,7 +173,8 @@ def study_interval_figure(groups: Sequence[Group], metric: str, *, metric_label:
         iv = [g.metrics[metric] for g in rows]
         fig.add_trace(go.Scatter(
             x=[f"{g.model} {g.pattern}" if len({x.model for x in groups}) > 1 else g.pattern for g in rows],
-            y=[i.mean for i in iv], mode="markers", name=variant, marker={"color": _colour(variant, order), "size": 10},
+            y=[i.mean for i in iv], mode="markers", name=variant,
+            marker={"color": _colour(variant, order), "size": 10},
             error_y=_whiskers(iv),
             customdata=[[i.text(4), len(g.seeds)] for g, i in zip(rows, iv)],
             hovertemplate=label + ": %{customdata[0]}<br>seeds: %{customdata[1]}<extra>" + variant + "</extra>"))

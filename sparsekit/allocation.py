@@ -23,6 +23,7 @@ from torch import nn
 
 from .budget import LAYER_MAX_SPARSITY, Grid, choose_levels, fit_counts, interpolate, spread_continuous
 from .config import SparsifyConfig
+from .display import Card, Shown, percent
 from .layerweight import layer_weight
 from .methods import REGISTRY, Calibration, Method, MethodOutput, PruneSettings, get_method
 from .methods.calibration import InputStats, LayerInputs, capture_input_stats, check_calibration, sequential_prune
@@ -38,8 +39,8 @@ class DropCurves(Protocol):
     def describe(self) -> str: ...
 
 
-@dataclass(frozen=True)
-class Allocation:
+@dataclass(frozen=True, repr=False)
+class Allocation(Shown):
     """Per-layer targets chosen under one overall budget."""
 
     kind: str
@@ -62,6 +63,20 @@ class Allocation:
     method_sparsity: dict[str, float] = field(default_factory=dict)
     """Unstructured: layer -> the sparsity handed to its method so that it prunes exactly ``pruned``
     (SparseGPT rounds per block of columns, so this can differ slightly from ``sparsity``)."""
+
+    FIGURE = "allocation_figure"
+
+    def summary_card(self) -> Card:
+        """The spread of the layer targets, the count achieved, and one row per layer."""
+        total = sum(self.numel.values())
+        pruned = sum(self.pruned.values())
+        head = {"layers": str(len(self.sparsity)),
+                "overall sparsity": f"{percent(pruned / total if total else 0.0, 2)} ({pruned:,} of {total:,})",
+                "requested": f"{self.requested_pruned:,} pruned"}
+        rows = [{"layer": n, "weights": self.numel[n], "sparsity": percent(s, 2),
+                 **({"N kept of M": self.levels[n]} if n in self.levels else {}),
+                 **({"score": self.scores[n]} if n in self.scores else {})} for n, s in self.sparsity.items()]
+        return Card(f"Allocation ({self.kind}, {self.pattern})", head, rows, self.note)
 
     def layer_config(self, config: SparsifyConfig, name: str) -> SparsifyConfig:
         """``config`` with this layer's own sparsity (unstructured) or N (N:M)."""

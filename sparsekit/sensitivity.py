@@ -25,6 +25,7 @@ from torch import nn
 
 from .cache import get_cache, make_key, model_fingerprint, tensor_digest
 from .config import SparsifyConfig
+from .display import Card, Shown, fmt
 from .layers import grouped_view, layer_group
 from .layerweight import layer_weight
 from .methods import get_method
@@ -123,8 +124,8 @@ class SensitivityConfig:
 Cells = tuple[tuple["float | None", ...], ...]
 
 
-@dataclass(frozen=True)
-class SensitivityScan:
+@dataclass(frozen=True, repr=False)
+class SensitivityScan(Shown):
     """A unit x setting table of quality drops (positive = worse than dense) and proxy errors."""
 
     config: SensitivityConfig
@@ -153,6 +154,22 @@ class SensitivityScan:
     """False when ``stop`` ended the scan early (such scans are not cached)."""
     seconds: float = 0.0
     notes: tuple[str, ...] = ()
+
+    FIGURE = "sensitivity_heatmap"
+
+    def summary_card(self) -> Card:
+        """The units that cost most at the strongest setting, and the proxy's rank agreement."""
+        last = len(self.settings) - 1
+        order = sorted(range(len(self.units)), key=lambda i: -(self.drop[i][last] or -math.inf))
+        rows = [{"unit": self.units[i], "weights": self.unit_numel[i],
+                 **{f"drop {s}": self.drop[i][j] for j, s in enumerate(self.settings)}} for i in order]
+        head = {"model": self.spec, "metric": f"{self.metric} (dense {fmt(self.dense_quality)})",
+                "units": str(len(self.units)), "settings": ", ".join(self.settings),
+                "complete": "yes" if self.complete else "no (stopped)"}
+        if any(v is not None for v in self.spearman):
+            head["Spearman proxy vs drop"] = ", ".join(fmt(v, 3) for v in self.spearman)
+        return Card(f"SensitivityScan ({self.config.method}, {self.config.grouping})", head, rows,
+                    "Rows: most sensitive first at the last setting; drop = dense minus pruned (positive = worse).")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -15,6 +15,7 @@ from torch import nn
 from .allocation import Allocation, DropCurves, allocate, run_allocated
 from .cache import model_fingerprint
 from .config import ALLOCATIONS, CALIBRATION_ORDERS, LAYER_SETS, MAX_M, MAX_SPARSITY, PATTERNS, SCOPES, SparsifyConfig
+from .display import Card, Shown, percent
 from .layers import CONV_GROUPINGS, GroupedView, grouped_view, layer_group, matrix_view, prunable_layers, tied_layers
 from .layerweight import layer_weight
 from .masks import nm_mask, topk_keep, unstructured_mask
@@ -35,8 +36,8 @@ from .report import (
 )
 
 
-@dataclass
-class SparsifyResult:
+@dataclass(repr=False)
+class SparsifyResult(Shown):
     """The sparsified copy, its masks (True = kept, in each weight's own layout) and the report."""
 
     model: nn.Module
@@ -59,6 +60,21 @@ class SparsifyResult:
     layer kept dense at the n = M level)."""
     allocation_note: str = ""
     """Non-uniform allocation only: the spread of the layer targets and the overall count achieved."""
+
+    FIGURE = "layer_kept_figure"
+    FIGURE_INPUT = "report"
+
+    def summary_card(self) -> Card:
+        """Kept shares and layers pruned, and one row per layer (Jupyter shows it as HTML)."""
+        s = self.summary()
+        head = {"layers with weights removed": f"{s['layers_with_zeros']} / {s['layers_total']}",
+                "kept in pruned layers": percent(float(s["kept_fraction_pruned_layers"] or 0.0)),
+                "kept in all Linear/Conv": percent(float(s["kept_fraction_all_layers"] or 0.0))}
+        if self.calibration_order:
+            head["calibration order"] = self.calibration_order
+        rows = [{"layer": r.name, "shape": r.shape, "kept": percent(r.kept_fraction),
+                 "2:4 kernel / why dense": r.skipped_reason or r.semi_structured} for r in self.report]
+        return Card(f"SparsifyResult: {self.config.label()}", head, rows, self.allocation_note)
 
     def matrix_view(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         """A layer's weight or mask as a 2-D matrix whose rows hold the N:M groups as consecutive

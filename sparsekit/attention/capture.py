@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..display import Card, Shown
 from ..models.base import LoadedModel
 from ..models.sentences import SENTENCES
 from .masks import PatternContext
@@ -44,8 +45,8 @@ CALIBRATION_COUNT = 16
 """Calibration inputs captured for the per-head search by default."""
 
 
-@dataclass
-class AttentionCapture:
+@dataclass(repr=False)
+class AttentionCapture(Shown):
     """Attention of one input sequence at every layer and head.
 
     Scores are the pre-softmax logits (scaled, model mask applied, ``-inf`` where the model
@@ -70,6 +71,19 @@ class AttentionCapture:
     """Module name of each attention layer."""
     model: str = ""
     """Spec of the model it came from."""
+
+    FIGURE = "capture_figure"
+
+    def summary_card(self) -> Card:
+        """Shape, model, tokens and the mean attention entropy per layer."""
+        p = self.probs.clamp_min(1e-12)
+        entropy = -(self.probs * p.log()).sum(-1).mean(dim=(1, 2))  # per layer, nats
+        rows = [{"layer": i, "module": name, "mean entropy (nats)": float(entropy[i])}
+                for i, name in enumerate(self.layer_names)]
+        tokens = " ".join(self.tokens[:16]) + (" …" if len(self.tokens) > 16 else "")
+        head = {"model": self.model or "?", "layers × heads": f"{self.n_layers} × {self.n_heads}",
+                "tokens": f"{self.seq_len}: {tokens}", "causal": "yes" if self.causal else "no"}
+        return Card("AttentionCapture", head, rows)
 
     @property
     def n_layers(self) -> int:

@@ -25,6 +25,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ..display import Card, Shown, percent
 from .capture import AttentionCapture
 from .masks import PatternContext, materialize_heads
 from .specs import AttentionPlan, PatternSpec, layer_mask, static_mask
@@ -166,8 +167,8 @@ def spec_masks(capture: AttentionCapture, spec: PatternSpec, *, strict: bool = T
     return materialize_heads(spec.build(ctx), n_layers * n_heads, n, n).view(n_layers, n_heads, n, n)
 
 
-@dataclass
-class HeadMetrics:
+@dataclass(repr=False)
+class HeadMetrics(Shown):
     """Density, recall and output error of a pattern at every layer and head."""
 
     label: str
@@ -180,6 +181,18 @@ class HeadMetrics:
     """float ``[layers, heads]``: relative output error."""
     n_inputs: int = 1
     """Inputs averaged over."""
+
+    FIGURE = "head_metrics_figure"
+
+    def summary_card(self) -> Card:
+        """Means over heads, and per layer the mean density, recall and output error."""
+        m = self.mean()
+        head = {"pattern": self.label, "mean density": percent(m["density"]), "mean recall": percent(m["recall"]),
+                "mean output error": f"{m['error']:.4g}", "inputs": str(self.n_inputs)}
+        rows = [{"layer": i, "density": percent(float(self.density[i].mean())),
+                 "recall": percent(float(self.recall[i].mean())), "output error": float(self.error[i].mean())}
+                for i in range(self.density.shape[0])]
+        return Card("HeadMetrics", head, rows)
 
     def mean(self) -> dict[str, float]:
         """Means over all heads: ``{"density", "recall", "error"}``."""

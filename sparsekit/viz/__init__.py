@@ -12,7 +12,9 @@ from .attention import (
     ATTENTION_FAMILY_COLORS,
     LABEL_ALL_TOKENS,
     attention_heatmap,
+    capture_figure,
     head_grid_figure,
+    head_metrics_figure,
     head_picker_figure,
     plan_grid_figure,
     search_tradeoff_figure,
@@ -39,7 +41,7 @@ from .recovery import (
     recovery_sad_heatmap,
 )
 from .reports import layer_kept_figure, memory_figure, params_by_type_figure, quality_figure
-from .sensitivity import sensitivity_heatmap, sensitivity_proxy_figure
+from .sensitivity import allocation_figure, sensitivity_heatmap, sensitivity_proxy_figure
 from .study import study_interval_figure, study_pareto_figure, study_quality_figure
 from .training import (
     FLIP_COLORSCALE,
@@ -60,6 +62,7 @@ from .training import (
 
 __all__ = [
     "study_interval_figure", "study_pareto_figure", "study_quality_figure", "ATTENTION_FAMILY_COLORS",
+    "allocation_figure", "capture_figure", "head_metrics_figure",
     "DEFAULT_MAX_CELLS", "LABEL_ALL_TOKENS", "DIFF_COLORS", "FLIP_COLORSCALE", "KEPT_COLOR", "METHOD_COLORS",
     "PRUNED_COLOR", "RUN_COLORS", "SKIPPED_COLOR", "STUDY_COLORS", "TEXT_CELLS_MAX", "agreement_figure",
     "attention_heatmap", "attention_speedup_figure", "attribution_maps_figure", "bench_figures", "color_map",

@@ -13,6 +13,8 @@ import torch
 from ._style import KEPT_COLOR, PRUNED_COLOR, _percent
 
 if TYPE_CHECKING:
+    from ..attention.capture import AttentionCapture
+    from ..attention.metrics import HeadMetrics
     from ..attention.search import SearchResult
 
 ATTENTION_FAMILY_COLORS = (
@@ -241,3 +243,26 @@ def search_tradeoff_figure(result: SearchResult) -> go.Figure:
     fig.update_xaxes(title_text="density (share of attention pairs kept)", range=[0, 1.02])
     fig.update_yaxes(title_text="attention recall", range=[0, 1.02])
     return fig
+
+
+def capture_figure(capture: AttentionCapture, *, layer: int = 0, head: int = 0) -> go.Figure:
+    """One head of a captured input: ``attention_heatmap`` of ``capture.probs[layer, head]``.
+
+    Raises:
+        ValueError: a layer or head outside the capture.
+    """
+    if not 0 <= layer < capture.n_layers or not 0 <= head < capture.n_heads:
+        raise ValueError(f"layer {layer}, head {head} is outside the capture ({capture.n_layers} layers x "
+                         f"{capture.n_heads} heads)")
+    return attention_heatmap(capture.probs[layer, head], capture.tokens,
+                             title=f"layer {layer}, head {head} ({capture.model or 'attention'})")
+
+
+def head_metrics_figure(metrics: HeadMetrics, *, value: str = "recall") -> go.Figure:
+    """``head_grid_figure`` of one of a pattern's per-head metrics: ``recall``, ``density`` or ``error``."""
+    grids = {"recall": (metrics.recall, "recall", 1.0), "density": (metrics.density, "density", 1.0),
+             "error": (metrics.error, "relative output error", None)}
+    if value not in grids:
+        raise ValueError(f"value must be one of {sorted(grids)}, got {value!r}")
+    grid, label, zmax = grids[value]
+    return head_grid_figure(grid, title=f"{label} per head: {metrics.label}", colorbar=label, zmax=zmax)

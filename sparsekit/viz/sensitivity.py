@@ -1,4 +1,5 @@
-"""Sensitivity scan figures (``sparsekit.sensitivity``): the unit x setting heatmap, proxy vs drop."""
+"""Sensitivity scan figures (``sparsekit.sensitivity``): the unit x setting heatmap, proxy vs drop; and the
+per-layer sparsities an allocation (``sparsekit.allocation``) chose."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -8,6 +9,7 @@ import plotly.graph_objects as go
 from ._style import RUN_COLORS, _empty
 
 if TYPE_CHECKING:
+    from ..allocation import Allocation
     from ..sensitivity import SensitivityScan
 
 VALUES = ("drop", "proxy")
@@ -83,3 +85,20 @@ def sensitivity_proxy_figure(scan: SensitivityScan) -> go.Figure:
     fig.update_xaxes(title_text="proxy: relative output error of the unit")
     fig.update_yaxes(title_text=f"{scan.metric} drop")
     return fig
+
+
+def allocation_figure(allocation: Allocation) -> go.Figure:
+    """The sparsity each layer got under a non-uniform allocation (bars, in layer order), with the
+    weight-count weighted overall sparsity as a dashed line."""
+    names = list(allocation.sparsity)
+    if not names:
+        return _empty("allocation", "no layers in this allocation")
+    total = sum(allocation.numel[n] for n in names)
+    overall = sum(allocation.pruned[n] for n in names) / total if total else 0.0
+    fig = go.Figure(go.Bar(x=names, y=[100 * allocation.sparsity[n] for n in names], marker_color=RUN_COLORS[0],
+                           hovertemplate="%{x}<br>sparsity %{y:.2f}%<extra></extra>", name="layer sparsity"))
+    fig.add_hline(y=100 * overall, line_dash="dash", annotation_text=f"overall {100 * overall:.2f}%")
+    fig.update_layout(title=f"{allocation.kind} allocation: sparsity per layer (pruned share, %)",
+                      yaxis_title="sparsity (%)", xaxis_tickangle=-45, showlegend=False)
+    return fig
+

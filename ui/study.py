@@ -12,6 +12,7 @@ import streamlit as st
 from sparsekit import study, viz
 from sparsekit.methods import REGISTRY
 from sparsekit.models import BUILTIN_SPECS, list_model_dirs
+from sparsekit.recipes.study import COSTS, study_groups, study_headline
 from sparsekit.study import CellRecord, StudySpec
 from sparsekit.training import default_train_config
 from ui.long_jobs import duration_text
@@ -157,9 +158,9 @@ def run_study(spec: StudySpec, backend: str, address: str | None):
         bar.empty()
 
 
-def results(spec: StudySpec, records: list[CellRecord]) -> None:
-    """Figures, tables and downloads of the finished cells."""
-    groups = study.summarize(records, spec.metrics or None, spec.confidence)
+def results(spec: StudySpec, records: list[CellRecord]) -> tuple[str, str, str] | None:
+    """Figures, tables and downloads of the finished cells; the (metric, model, Pareto cost) shown."""
+    groups = study_groups(spec, records)
     failed = [r for r in records if not r.done]
     if failed:
         with st.expander(f"{len(failed)} failed cell(s)"):
@@ -167,37 +168,33 @@ def results(spec: StudySpec, records: list[CellRecord]) -> None:
                                         "error": r.error} for r in failed]), hide_index=True, width="stretch")
     if not groups:
         st.info("No finished cells yet.")
-        return
+        return None
     metrics = list(groups[0].metrics)
     c1, c2 = st.columns(2)
     metric = c1.selectbox("Metric", metrics, key="st_metric")
     models = list(dict.fromkeys(g.model for g in groups))
     model = c2.selectbox("Model", models, key="st_result_model") if len(models) > 1 else models[0]
     mine = [g for g in groups if g.model == model]
+    cost = COSTS[0]
     if spec.kind == "oneshot":
         left, right = st.columns(2)
         left.plotly_chart(viz.study_quality_figure(mine, metric), width="stretch", key="st_fig_quality")
-        cost = right.radio("Pareto cost", ["kept_fraction", "memory_bytes"], horizontal=True, key="st_cost",
+        cost = right.radio("Pareto cost", COSTS, horizontal=True, key="st_cost",
                            format_func=lambda c: "kept share" if c == "kept_fraction" else "weight memory")
         front = study.pareto_front(mine, metric, cost)
         right.plotly_chart(viz.study_pareto_figure(mine, front, metric, cost=cost), width="stretch", key="st_fig_pareto")
-        best = study.best_per_pattern(mine, metric)
+    head = study_headline(spec, records, metric, model, cost)
+    if spec.kind == "oneshot":
         st.subheader("Best method per pattern")
-        st.dataframe(pd.DataFrame([{"model": m, "pattern": p, "best": g.variant, metric: g.metrics[metric].text(4),
-                                    "seeds": len(g.seeds)} for (m, p), g in best.items()]),
-                     hide_index=True, width="stretch")
+        st.dataframe(pd.DataFrame(head["best"]), hide_index=True, width="stretch")
     else:
         st.plotly_chart(viz.study_interval_figure(mine, metric), width="stretch", key="st_fig_interval")
-    diffs = study.paired_differences([r for r in records if r.model == model], metric, spec.confidence)
-    if diffs:
+    if head["differences"]:
         st.subheader("Paired differences (same seeds)")
-        for d in diffs:
-            st.caption(d.sentence)
+        for sentence in head["differences"]:
+            st.caption(sentence)
     st.subheader("Every setting")
-    st.dataframe(pd.DataFrame([{"model": g.model, "pattern": g.pattern, "method": g.variant, "seeds": len(g.seeds),
-                                "kept share": g.kept_fraction,
-                                **{m: g.metrics[m].text(4) for m in metrics},
-                                "seed matters": g.seed_matters} for g in groups]), hide_index=True, width="stretch")
+    st.dataframe(pd.DataFrame(head["settings"]), hide_index=True, width="stretch")
     d1, d2, d3, d4 = st.columns(4)
     stem = spec.name.replace(" ", "_").replace("/", "_")
     d1.download_button("Records (.csv)", study.records_csv(records), f"{stem}-records.csv", mime="text/csv",
@@ -208,3 +205,4 @@ def results(spec: StudySpec, records: list[CellRecord]) -> None:
                        mime="application/json", on_click="ignore", key="st_dl_json")
     d4.download_button("Spec (.json)", json.dumps(json.loads(spec.to_json()), indent=1), f"{stem}-spec.json",
                        mime="application/json", on_click="ignore", key="st_dl_spec_results")
+    return metric, model, cost

@@ -6,8 +6,10 @@ import torch
 from sparsekit import viz
 from sparsekit.bench import BenchConfig, BenchRun, delete_run, list_runs, load_run, results_csv, run_benchmarks, save_run
 from sparsekit.bench.runner import CUDA_ONLY, SUITES
-from sparsekit.bench.suites import semi_structured_available, verdicts
+from sparsekit.bench.suites import semi_structured_available
 from sparsekit.layers import prunable_layers
+from sparsekit.recipes.benchmarks import FAILED_STATUSES, benchmarks_headline, benchmarks_recipe
+from ui.notebook import notebook_button
 from ui.state import get_model
 
 st.title("Benchmarks")
@@ -35,20 +37,22 @@ SUITE_LABELS = {"linear": "Linear: dense vs 2:4", "formats": "CSR / BSR vs dense
                 "attention": "FlexAttention block-sparse vs SDPA", "model": "Whole MiniLM: dense vs 2:4"}
 
 
-def show_run(run: BenchRun, key: str, where: str) -> None:
+def show_run(run: BenchRun, key: str, where: str, config: BenchConfig | None = None, spec: str = "") -> None:
     env = run.env
+    head = benchmarks_headline(run)
     wall = f" · {env['wall_s']:g} s" if isinstance(env.get("wall_s"), (int, float)) else ""
     st.caption(f"Measured on **{env.get('device_name', env.get('device'))}** · torch {env.get('torch')} · "
                f"{'CUDA ' + str(env['cuda']) if env.get('cuda') else 'no CUDA'} · {env.get('threads')} CPU threads · {env.get('measured_at', '')}{wall}")
     c = run.ceilings
-    if c:
+    if head["ceilings"]:
         a, b = st.columns(2)
-        a.metric("Dense matmul ceiling (measured now)", f"{c.get('matmul_tflops', 0):.2f} TFLOP/s",
+        a.metric("Dense matmul ceiling (measured now)", head["ceilings"]["matmul"],
                  help=f"{c.get('matmul_dtype')} {c.get('matmul_n')}³ matmul")
-        b.metric("Copy bandwidth (measured now)", f"{c.get('copy_gbps', 0):.1f} GB/s")
+        b.metric("Copy bandwidth (measured now)", head["ceilings"]["copy"])
+    notebook_button(benchmarks_recipe(run, key, config, spec=spec), key=f"nb_{where}_{key}")
     rows = [r.as_row() for r in run.results]
     frame = pd.DataFrame(rows)
-    failed = [r for r in run.results if r.status in ("failed", "error", "oom")]
+    failed = [r for r in run.results if r.status in FAILED_STATUSES]
     if failed:
         st.error(f"{len(failed)} case(s) did not produce a valid timing: "
                  + "; ".join(f"{r.case} {r.backend}: {r.message}" for r in failed[:5]))
@@ -60,7 +64,7 @@ def show_run(run: BenchRun, key: str, where: str) -> None:
     for suite, fig in figures.items():
         st.plotly_chart(fig, width="stretch", key=f"fig_{suite}_{where}_{key}")
     if "linear" in figures:
-        v = verdicts(run.results)
+        v = head["verdicts"]
         if v:
             st.subheader("2:4 verdict per Linear shape")
             st.dataframe(pd.DataFrame(v), hide_index=True, key=f"verdicts_{where}_{key}")
@@ -147,11 +151,14 @@ with run_tab:
             except torch.OutOfMemoryError as err:
                 st.error(f"Out of memory: {err}")
             else:
-                st.session_state["bench_last"] = save_run(run)
+                st.session_state["bench_last"] = saved = save_run(run)
+                st.session_state.setdefault("bench_configs", {})[saved] = (
+                    config, loaded.spec if loaded is not None and loaded.kind == "encoder" and "model" in suites
+                    else "")
             bar.empty()
     last = st.session_state.get("bench_last")
     if last and (run := load_run(last)) is not None:
-        show_run(run, last, "run")
+        show_run(run, last, "run", *st.session_state.get("bench_configs", {}).get(last, (None, "")))
 
 with history_tab:
     runs = list_runs()
@@ -162,7 +169,7 @@ with history_tab:
         pick = st.selectbox("Stored run", list(titles), format_func=titles.get, key="bench_history")
         run = load_run(pick)
         if run is not None:
-            show_run(run, pick, "history")
+            show_run(run, pick, "history", *st.session_state.get("bench_configs", {}).get(pick, (None, "")))
 
 with import_tab:
     st.caption("JSON written by `python -m sparsekit.bench --out FILE` (e.g. on a GPU server).")

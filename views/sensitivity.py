@@ -1,6 +1,5 @@
 """Sensitivity: prune one layer (or one block's attention or MLP) at a time, see which ones the model can
 spare, and spend a global budget unevenly from what the scan found."""
-import math
 
 import pandas as pd
 import streamlit as st
@@ -8,9 +7,11 @@ import streamlit as st
 import sparsekit
 from sparsekit import viz
 from sparsekit.methods import REGISTRY
+from sparsekit.recipes.sensitivity import ALLOCATIONS, allocation_row, sensitivity_headline, sensitivity_recipe
 from sparsekit.sensitivity import GROUPINGS, SensitivityConfig, cached_scan, sensitivity_scan
 from sparsekit.sparsify import SparsifyConfig
 from ui.long_jobs import EstimatingProgress
+from ui.notebook import notebook_button, upload_digest
 from ui.state import require_model
 
 st.title("Layer sensitivity")
@@ -66,26 +67,29 @@ if scan is None:
 scans[scan_key] = scan
 
 value = "drop" if mode == "full" else "proxy"
+head = sensitivity_headline(scan)
 left, right = st.columns([3, 2])
 left.plotly_chart(viz.sensitivity_heatmap(scan, value=value), width="stretch", key="sen_heat")
 if mode == "full":
     right.plotly_chart(viz.sensitivity_proxy_figure(scan), width="stretch", key="sen_proxy")
-    rho = ", ".join(f"{s}: {'–' if r is None or (isinstance(r, float) and math.isnan(r)) else f'{r:+.2f}'}"
-                    for s, r in zip(scan.settings, scan.spearman))
+    rho = ", ".join(f"{s}: {r}" for s, r in zip(head["settings"], head["spearman"]))
     right.caption(f"Spearman ρ of proxy vs measured drop across units: {rho} (1 = the proxy ranks units exactly as "
                   "the measured drop does).")
 label = loaded.metric_names.get(scan.metric, scan.metric)
-st.subheader(f"Per unit: drop in {label} (positive = worse than dense {scan.dense_quality:.4g})")
-table = pd.DataFrame({"unit": scan.units, "weights": scan.unit_numel})
-for j, setting in enumerate(scan.settings):
+st.subheader(f"Per unit: drop in {label} (positive = worse than dense {head['dense_quality']:.4g})")
+table = pd.DataFrame({"unit": head["units"], "weights": head["weights"]})
+for j, setting in enumerate(head["settings"]):
     if mode == "full":
-        table[f"drop {setting}"] = [row[j] for row in scan.drop]
-    table[f"proxy {setting}"] = [row[j] for row in scan.proxy]
+        table[f"drop {setting}"] = [row[j] for row in head["drop"]]
+    table[f"proxy {setting}"] = [row[j] for row in head["proxy"]]
 st.dataframe(table, hide_index=True, width="stretch", height=min(38 + 35 * len(table), 420))
 st.download_button("Scan (.csv)", scan.to_csv(), f"{loaded.name}-sensitivity.csv".replace("/", "_"), mime="text/csv",
                    on_click="ignore", key="sen_csv")
+notebook_slot = st.empty()  # filled at the end: the notebook holds the comparison below when the page shows it
 
 if mode != "full":
+    with notebook_slot:
+        notebook_button(sensitivity_recipe(loaded.spec, config, upload_sha256=upload_digest(loaded)), key="sen_notebook")
     st.stop()
 st.subheader("Spend a budget unevenly")
 st.markdown("With the scan, sparsekit can give the units that hurt least more sparsity and the sensitive ones less, "
@@ -93,18 +97,16 @@ st.markdown("With the scan, sparsekit can give the units that hurt least more sp
             "same budget spread evenly.")
 a1, a2 = st.columns(2)
 target = a1.slider("Overall sparsity (% pruned)", 10, 90, 70, key="sen_target") / 100
-if a2.button("Compare uniform and sensitivity-guided", key="sen_alloc"):
+compared = a2.button("Compare uniform and sensitivity-guided", key="sen_alloc")
+if compared:
     rows = []
     with st.spinner("Pruning twice and measuring both…"):
         try:
-            for allocation in ("uniform", "sensitivity"):
+            for allocation in ALLOCATIONS:
                 cfg = SparsifyConfig(pattern="unstructured", sparsity=target, method=method, allocation=allocation)
                 result = sparsekit.sparsify(loaded, cfg, sensitivity=scan if allocation == "sensitivity" else None)
-                summary = result.summary()
-                rows.append({"allocation": allocation, label: loaded.quality(result.model)[scan.metric],
-                             "pruned share": 1 - summary["kept_fraction_pruned_layers"],
-                             "per layer": result.allocation,
-                             "note": result.allocation_note})
+                row = allocation_row(allocation, result, loaded.quality(result.model), scan.metric)
+                rows.append({label if k == "quality" else k: v for k, v in row.items()})
         except ValueError as err:
             st.error(f"Cannot allocate: {err}")
             st.stop()
@@ -114,3 +116,6 @@ if a2.button("Compare uniform and sensitivity-guided", key="sen_alloc"):
     if per_layer:
         st.bar_chart(pd.DataFrame({"sparsity": list(per_layer.values())}, index=list(per_layer.keys())),
                      horizontal=True, y_label="", x_label="sparsity chosen for the layer")
+with notebook_slot:
+    notebook_button(sensitivity_recipe(loaded.spec, config, target=target if compared else None,
+                                       upload_sha256=upload_digest(loaded)), key="sen_notebook")

@@ -5,6 +5,8 @@ import json
 import streamlit as st
 
 from sparsekit import study
+from sparsekit.recipes.study import study_recipe
+from ui.notebook import notebook_button
 from ui.study import backend_choice, oneshot_form, results, run_study, status_text, training_form, uploaded_spec
 
 st.title("Studies")
@@ -53,7 +55,8 @@ if start:
     st.success(f"Finished: {status_text(outcome.status)}.")
 
 records = study.study_records(spec)
-if records:
-    results(spec, records)
-elif not start:
+shown = results(spec, records) if records else None
+if shown is not None:
+    notebook_button(study_recipe(spec, *shown), key="st_notebook")
+if not records and not start:
     st.info("Nothing of this study is on disk yet: press Run study.")

@@ -1,0 +1,121 @@
+"""'Open as notebook' on the Sensitivity, Studies and Benchmarks pages: the downloaded notebook, run in a
+fresh kernel, prints the values the page shows (formatted as the page formats them)."""
+from __future__ import annotations
+
+import math
+
+
+from devtools.apptest import page_app
+from sparsekit.recipes import rounded
+from test_page_notebooks import NOTEBOOK_LABEL, downloads, run_notebook  # noqa: F401  (the fixture, re-exported)
+
+
+def _source(nb) -> str:
+    return "\n".join(c.source for c in nb.cells)
+
+
+def _figures(nb) -> int:
+    return sum(1 for c in nb.cells for o in c.get("outputs", []) if "application/vnd.plotly.v1+json" in o.get("data", {}))
+
+
+def _column(frame, name: str) -> list:
+    return [None if isinstance(v, float) and math.isnan(v) else rounded(float(v)) for v in frame[name]]
+
+
+def test_sensitivity_page_notebook(downloads, tmp_cache):  # noqa: F811
+    at = page_app("sensitivity", "digits:mlp", 300)
+    at.run()
+    at.selectbox(key="sen_method").set_value("wanda")
+    at.multiselect(key="sen_pcts").set_value([90])
+    at.multiselect(key="sen_nm").set_value(["4:8"])
+    at.run()
+    at.button(key="sen_run").click().run()
+    at.slider(key="sen_target").set_value(60).run()
+    at.button(key="sen_alloc").click().run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    head, nb = run_notebook(downloads[NOTEBOOK_LABEL])
+    src = _source(nb)
+    assert "SensitivityConfig(method='wanda', sparsities=(0.9,), nm=((4, 8),))" in src
+    assert "sparsity=0.6, method='wanda'" in src and "load_model('digits:mlp')" in src
+    assert head["settings"] == ["4:8", "90%"]
+    # The subheader's dense quality and the caption's Spearman ρ.
+    assert any(f"positive = worse than dense {head['dense_quality']:.4g})" in h.value for h in at.subheader)
+    rho = ", ".join(f"{s}: {r}" for s, r in zip(head["settings"], head["spearman"]))
+    assert any(c.value.startswith(f"Spearman ρ of proxy vs measured drop across units: {rho} (") for c in at.caption)
+    # The per-unit table.
+    table = at.dataframe[0].value
+    assert list(table["unit"]) == head["units"] and list(table["weights"]) == head["weights"]
+    for j, setting in enumerate(head["settings"]):
+        assert _column(table, f"drop {setting}") == [row[j] for row in head["drop"]]
+        assert _column(table, f"proxy {setting}") == [row[j] for row in head["proxy"]]
+    # The allocation comparison.
+    compare = at.dataframe[1].value
+    assert list(compare["allocation"]) == [r["allocation"] for r in head["allocation"]] == ["uniform", "sensitivity"]
+    assert _column(compare, "pruned share") == [r["pruned share"] for r in head["allocation"]]
+    quality = next(c for c in compare.columns if c not in ("allocation", "pruned share", "note"))
+    assert _column(compare, quality) == [r["quality"] for r in head["allocation"]]
+    assert list(compare["note"]) == [r["note"] for r in head["allocation"]]
+    assert _figures(nb) == 3  # heatmap, proxy vs drop, chosen sparsity per layer
+
+
+def _rows(frame) -> list[dict]:
+    return [{k: rounded(v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+            for row in frame.to_dict("records")]
+
+
+def test_study_page_notebook(downloads, tmp_cache):  # noqa: F811
+    at = page_app("study", "digits:mlp", 300)
+    at.run()
+    at.multiselect(key="st_models").set_value(["digits:mlp"])
+    at.multiselect(key="st_methods").set_value(["magnitude", "random"])
+    at.multiselect(key="st_patterns").set_value(["2:4", "unstructured:0.7"])
+    at.number_input(key="st_seeds").set_value(2)
+    at.text_input(key="st_name").set_value("notebook study")
+    at.run()
+    at.button(key="st_run").click().run()
+    at.radio(key="st_cost").set_value("memory_bytes").run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    head, nb = run_notebook(downloads[NOTEBOOK_LABEL])
+    src = _source(nb)
+    assert ("StudySpec(name='notebook study', methods=('magnitude', 'random'), patterns=('2:4', 'unstructured:0.7'), "
+            "seeds=(0, 1))") in src
+    assert "run_study(spec, 'local')" in src and "cost = 'memory_bytes'" in src
+    assert head["cells"] == 8 and head["failed"] == 0 and head["cost"] == "memory_bytes"
+    best, every = (d.value for d in at.dataframe)  # "Best method per pattern", "Every setting"
+    assert _rows(best) == head["best"] and _rows(every) == head["settings"]
+    assert [c.value for c in at.caption if c.value in head["differences"]] == head["differences"]
+    assert len(head["differences"]) == 2 and len(head["intervals"]) == 4 and head["pareto"]
+    assert _figures(nb) == 2  # quality against sparsity, Pareto front
+
+
+def test_benchmarks_page_notebook(downloads, tmp_cache):  # noqa: F811
+    at = page_app("benchmarks", "digits:mlp", 300)
+    at.run()
+    at.multiselect(key="bench_suites").set_value(["formats"])
+    at.select_slider(key="bench_size").set_value(512)
+    at.multiselect(key="bench_densities").set_value([0.1, 0.5])
+    at.number_input(key="bench_repeats").set_value(3)
+    at.button(key="bench_run").click().run()
+    at.run()  # shown again from the store, as after any later change on the page
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    key = at.session_state["bench_last"]
+    head, nb = run_notebook(downloads[NOTEBOOK_LABEL])
+    src = _source(nb)
+    assert f"run = load_run('{key}')" in src
+    assert "suites=('formats',)" in src and "formats_shape=(512, 512)" in src and "densities=(0.1, 0.5)" in src
+    assert "repeats=3" in src and "device='cpu'" in src
+    # The ceilings, the table of all cases, and the page's claims (failures, cases over the budget).
+    assert head["ceilings"]["matmul"] == next(m.value for m in at.metric if m.label.startswith("Dense matmul"))
+    assert head["ceilings"]["copy"] == next(m.value for m in at.metric if m.label.startswith("Copy bandwidth"))
+    table = at.dataframe[-1].value
+    assert [(r["suite"], r["case"], r["backend"], r["status"]) for r in head["cases"]] == list(
+        zip(table["suite"], table["case"], table["backend"], table["status"]))
+    assert [r["speedup"] for r in head["cases"]] == _column(table, "speedup")
+    faster = {}
+    for suite, case, backend, speedup in zip(table["suite"], table["case"], table["backend"], table["speedup"]):
+        if speedup > 1:
+            faster.setdefault(f"{suite} {backend}", []).append(case)
+    assert head["faster"] == faster
+    assert head["failed"] == 0 and not at.warning and head["over_budget"] == 0 and head["verdicts"] == []
+    # One figure per suite, as on the page (whose "Run here" and "History" tabs both show this run).
+    assert _figures(nb) == 1 and {c.key.split("_")[1] for c in at.get("plotly_chart")} == {"formats"}

@@ -24,7 +24,7 @@ from torch import nn
 from .budget import LAYER_MAX_SPARSITY, Grid, choose_levels, fit_counts, interpolate, spread_continuous
 from .config import SparsifyConfig
 from .display import Card, Shown, percent
-from .layerweight import layer_weight
+from .layers import layer_weight
 from .methods import REGISTRY, Calibration, Method, MethodOutput, PruneSettings, get_method
 from .methods.calibration import InputStats, LayerInputs, capture_input_stats, check_calibration, sequential_prune
 from .progress import ProgressFn

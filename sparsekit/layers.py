@@ -19,6 +19,19 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+
+def layer_weight(module: nn.Module) -> torch.Tensor:
+    """``module.weight``: a parameter, or the computed tensor of a parametrized layer.
+
+    Raises:
+        TypeError: the module's ``weight`` is not a tensor.
+    """
+    weight = module.weight
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{type(module).__name__}.weight is a {type(weight).__name__}, not a tensor")
+    return weight
+
+
 CONV_GROUPINGS = ("channel", "kernel")
 
 _ATTENTION_WORDS = re.compile(

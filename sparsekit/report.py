@@ -12,8 +12,7 @@ from typing import Any, Protocol, TypedDict
 import torch
 from torch import nn
 
-from .layers import GroupedView, layer_group, layer_type, prunable_layers
-from .layerweight import layer_weight
+from .layers import GroupedView, layer_group, layer_type, layer_weight, prunable_layers
 from .models.base import LoadedModel, module_of
 
 

@@ -26,8 +26,7 @@ from torch import nn
 from .cache import get_cache, make_key, model_fingerprint, tensor_digest
 from .config import SparsifyConfig
 from .display import Card, Shown, fmt
-from .layers import grouped_view, layer_group
-from .layerweight import layer_weight
+from .layers import grouped_view, layer_group, layer_weight
 from .methods import get_method
 from .methods.calibration import InputStats, LayerInputs, capture_input_stats, check_calibration, transformer_blocks
 from .methods.types import Calibration

@@ -16,8 +16,16 @@ from .allocation import Allocation, DropCurves, allocate, run_allocated
 from .cache import model_fingerprint
 from .config import ALLOCATIONS, CALIBRATION_ORDERS, LAYER_SETS, MAX_M, MAX_SPARSITY, PATTERNS, SCOPES, SparsifyConfig
 from .display import Card, Shown, percent
-from .layers import CONV_GROUPINGS, GroupedView, grouped_view, layer_group, matrix_view, prunable_layers, tied_layers
-from .layerweight import layer_weight
+from .layers import (
+    CONV_GROUPINGS,
+    GroupedView,
+    grouped_view,
+    layer_group,
+    layer_weight,
+    matrix_view,
+    prunable_layers,
+    tied_layers,
+)
 from .masks import nm_mask, topk_keep, unstructured_mask
 from .methods import CALIBRATED_METHODS, METHODS, MethodOutput, get_method
 from .methods.calibration import check_calibration

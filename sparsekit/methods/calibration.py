@@ -17,8 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import grouped_view, is_prunable
-from ..layerweight import layer_weight
+from ..layers import grouped_view, is_prunable, layer_weight
 from .types import Calibration, MethodOutput, ProgressFn, PruneSettings
 
 CONTRASTIVE_TEMPERATURE = 0.05

@@ -19,8 +19,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..layers import grouped_view, prunable_layers, tied_layers
-from ..layerweight import layer_weight
+from ..layers import grouped_view, layer_weight, prunable_layers, tied_layers
 from .base import get_method
 from .types import Calibration, PruneSettings
 

@@ -10,8 +10,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..layers import in_features, is_conv1d_transposed, is_prunable, out_features, prunable_layers
-from ..layerweight import layer_weight
+from ..layers import in_features, is_conv1d_transposed, is_prunable, layer_weight, out_features, prunable_layers
 from ..methods.calibration import calibration_slice, check_calibration, main_output, run_model
 from ..methods.types import Calibration
 from ..models.base import LoadedModel

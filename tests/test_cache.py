@@ -4,7 +4,6 @@ consumer that promises not to trust a damaged entry (the digits weights) fed one
 import copy
 import dataclasses
 import hashlib
-import json
 import os
 import subprocess
 import sys

@@ -119,3 +119,50 @@ def test_benchmarks_page_notebook(downloads, tmp_cache):  # noqa: F811
     assert head["failed"] == 0 and not at.warning and head["over_budget"] == 0 and head["verdicts"] == []
     # One figure per suite, as on the page (whose "Run here" and "History" tabs both show this run).
     assert _figures(nb) == 1 and {c.key.split("_")[1] for c in at.get("plotly_chart")} == {"formats"}
+
+
+def test_study_page_notebook_of_a_training_study(downloads, tmp_cache):  # noqa: F811
+    at = page_app("study", "digits:mlp", 300)
+    at.run()
+    at.radio(key="st_kind").set_value("training").run()
+    at.selectbox(key="st_arch").set_value("mlp")
+    at.number_input(key="st_epochs").set_value(2)
+    at.number_input(key="st_tseeds").set_value(2)
+    at.run()
+    at.button(key="st_run").click().run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    head, nb = run_notebook(downloads[NOTEBOOK_LABEL])
+    assert "train=TrainConfig(arch='mlp', epochs=2)" in _source(nb) and "pareto" not in head
+    (every,) = (d.value for d in at.dataframe)
+    assert _rows(every) == head["settings"] and head["metric"] == at.selectbox(key="st_metric").value
+    assert [c.value for c in at.caption if c.value in head["differences"]] == head["differences"] != []
+    assert _figures(nb) == 1  # the intervals over seeds
+
+
+def test_recipe_branches_write_valid_code():
+    """The branches the page tests above do not take: a proxy-only scan, a run the page did not make."""
+    import ast
+
+    from sparsekit.bench import BenchRun, CaseResult
+    from sparsekit.recipes.benchmarks import benchmarks_headline, benchmarks_recipe
+    from sparsekit.recipes.sensitivity import sensitivity_recipe
+    from sparsekit.sensitivity import SensitivityConfig
+
+    proxy = sensitivity_recipe("digits:cnn", SensitivityConfig(mode="proxy", grouping="block-kind"), target=0.5)
+    run = BenchRun(env={"device": "cuda", "device_name": "GPU"}, suites=["linear"], results=[
+        CaseResult("linear", "64x64 b8", "dense", "cuda", "fp16", {"out_features": 64, "in_features": 64, "batch": 8},
+                   median_ms=2.0),
+        CaseResult("linear", "64x64 b8", "cusparselt", "cuda", "fp16",
+                   {"out_features": 64, "in_features": 64, "batch": 8}, median_ms=1.0, speedup=2.0)])
+    imported = benchmarks_recipe(run, "bench-run:0123456789abcdef")
+    for recipe in (proxy, imported):
+        for cell in recipe.all_cells():
+            if cell.kind == "code":
+                ast.parse(cell.source)
+    text = proxy.to_script()
+    assert "mode='proxy'" in text and "sensitivity_proxy_figure" not in text and "allocation" not in text
+    text = imported.to_script()
+    assert "BenchRun.from_json" in text and "run_benchmarks(" not in text and "verdicts(run.results)" in text
+    head = benchmarks_headline(run)
+    assert head["faster"] == {"linear cusparselt": ["64x64 b8"]}
+    assert head["verdicts"][0]["verdict"] == "2:4 faster from batch 8 on this device"

@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from sparsekit import study, viz
+from sparsekit.config import NM_PRESETS, nm_label
 from sparsekit.methods import REGISTRY
 from sparsekit.models import BUILTIN_SPECS, list_model_dirs
 from sparsekit.recipes.study import COSTS, study_groups, study_headline
@@ -19,8 +20,8 @@ from ui.long_jobs import duration_text
 
 MODEL_LABELS = {"minilm": "MiniLM (bundled)", "digits:mlp": "Digits MLP", "digits:cnn": "Digits CNN",
                 "digits:vit": "Digits ViT"}
-PATTERNS = ["2:4", "4:8", "1:4", "2:8", "unstructured:0.3", "unstructured:0.5", "unstructured:0.7", "unstructured:0.9"]
-TRAIN_PATTERNS = ["2:4", "1:4", "4:8", "2:8"]
+TRAIN_PATTERNS = [nm_label(n, m) for n, m in NM_PRESETS[:4]]
+PATTERNS = [*TRAIN_PATTERNS, "unstructured:0.3", "unstructured:0.5", "unstructured:0.7", "unstructured:0.9"]
 MAX_UPLOAD_BYTES = 64 * 1024
 
 

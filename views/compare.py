@@ -7,8 +7,10 @@ import streamlit as st
 from sparsekit import compare as cmp
 from sparsekit import viz
 from sparsekit.export import export_files, export_zip
+from sparsekit.recipes.compare import compare_headline, compare_recipe
 from sparsekit.sparsify import SparsifyConfig
 from ui.long_jobs import EstimatingProgress, job_buttons, job_state
+from ui.notebook import notebook_button, upload_digest
 from ui.state import require_model, sparsified
 
 st.title("Compare methods")
@@ -42,6 +44,7 @@ metrics = list(loaded.quality())
 metric = st.selectbox("Quality metric", metrics, format_func=lambda k: loaded.metric_names.get(k, k), key="cmp_metric")
 label = loaded.metric_names.get(metric, metric)
 higher = loaded.higher_is_better.get(metric, True)
+notebook_slot = st.empty()  # filled at the end, once the sweep and the permutation shown are known
 
 # Only a click runs a sweep; what this model already ran (any session) comes from the disk cache.
 rows = cmp.cached_rows(loaded, configs)
@@ -60,10 +63,10 @@ if configs and rows is None:
 if rows:
     dense = cmp.dense_row(loaded)
     all_rows = [dense, *rows]
-    ranking = cmp.best_first(rows, metric, higher_is_better=higher)
-    st.markdown(f"Dense: {dense.quality[metric]:.4g} ({label}). Best first:  \n" + "  \n".join(
+    sweep_head = compare_headline(metric, configs=configs, rows=rows, dense=dense, higher_is_better=higher)
+    st.markdown(f"Dense: {sweep_head['dense']:.4g} ({label}). Best first:  \n" + "  \n".join(
         f"**{pattern}**: " + ", ".join(f"{method} {value:.4g}" for method, value in ranked)
-        for pattern, ranked in ranking.items()))
+        for pattern, ranked in sweep_head["best_first"].items()))
     left, right = st.columns(2)
     for col, x in ((left, "sparsity"), (right, "memory")):
         col.plotly_chart(viz.compare_figure(all_rows, metric, x=x, metric_label=label, higher_is_better=higher),
@@ -119,15 +122,17 @@ except ValueError as err:
 prow = job["result"]
 if prow is not None:
     plain = cmp.compare(loaded, [SparsifyConfig(pattern="nm", n=pn, m=pm)])[0]
+    perm_head = compare_headline(metric, permuted=prow, plain=plain)
     if prow.stopped:
         pc1.warning(f"Stopped after {prow.layers_searched} layer(s); {len(prow.not_reached)} not searched "
                     "stay as they were. The numbers are for this partial permutation; Continue carries on.")
     with pc2:
         a, b, c = st.columns(3)
-        a.metric("Recovered share of the gap", "–" if not prow.layers else f"{prow.recovered_share:.1%}")
-        b.metric(f"{label}, magnitude {perm_pattern}", f"{plain.quality[metric]:.4g}")
-        change = prow.quality[metric] - plain.quality[metric]
-        c.metric(f"{label}, permuted", f"{prow.quality[metric]:.4g}", f"{change:+.4g}" if change else None,
+        share = perm_head["recovered_share"]
+        a.metric("Recovered share of the gap", "–" if share is None else f"{share:.1%}")
+        b.metric(f"{label}, magnitude {perm_pattern}", f"{perm_head['plain']:.4g}")
+        change = perm_head["permuted"] - perm_head["plain"]
+        c.metric(f"{label}, permuted", f"{perm_head['permuted']:.4g}", f"{change:+.4g}" if change else None,
                  delta_color="normal" if higher else "inverse")
     if prow.layers:
         st.dataframe(pd.DataFrame(prow.layers).drop(columns=["perm"], errors="ignore"), hide_index=True,
@@ -156,3 +161,13 @@ else:
 
     stem = f"{loaded.name}-{setting}".replace(" ", "_").replace(":", "-").replace("/", "_").replace("%", "pct")
     st.download_button("Export (.zip)", export_bytes, f"{stem}.zip", mime="application/zip", key="cmp_export")
+
+with notebook_slot.container():
+    finished = prow is not None and not prow.stopped
+    notebook_button(compare_recipe(
+        loaded.spec, methods, [NM_CHOICES[p] for p in nm], [p / 100 for p in pcts], metric, swept=bool(rows),
+        permutation=(pn, pm, PERM_SECONDS) if finished else None,
+        permutation_note=("The page showed a permutation search that was stopped part way; it is left out here "
+                          "(`cmp.permuted_nm_row` runs the whole search)." if prow is not None and not finished
+                          else ""),
+        upload_sha256=upload_digest(loaded)), key="cmp_notebook")

@@ -20,8 +20,7 @@ from .config import NM_PRESETS, SparsifyConfig
 from .evaluate import COMPARE_VERSION, CompareRow, PermutedRow, best_format_bytes, summary_number
 from .evaluate import evaluate as evaluate  # re-exported: sparsekit.compare.evaluate
 from .evaluate import pattern_label as pattern_label  # re-exported: sparsekit.compare.pattern_label
-from .layers import prunable_layers
-from .layerweight import layer_weight
+from .layers import layer_weight, prunable_layers
 from .methods import METHODS, get_method
 from .methods.types import Calibration
 from .models.base import LoadedModel

@@ -19,7 +19,10 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nbformat import NotebookNode
 
 HEADLINE_PREFIX = "SPARSEKIT_HEADLINE "
 """The last cell prints this, then the headline JSON, on one line."""
@@ -137,7 +140,7 @@ print("sparsekit", sparsekit.__version__)
         tail = code("print(headline_line(headline))")
         return [md(intro), setup, *self.cells, tail]
 
-    def to_notebook(self) -> Any:
+    def to_notebook(self) -> NotebookNode:
         """An ``nbformat`` v4 notebook (no outputs)."""
         import nbformat
         from nbformat import v4
@@ -172,7 +175,7 @@ print("sparsekit", sparsekit.__version__)
         return f"{stem or 'sparsekit'}.ipynb"
 
 
-def literal(value: Any) -> str:
+def literal(value: object) -> str:
     """A Python literal for ``value`` (strings, finite numbers, bools, None, and tuples, lists and dicts
     of those); ``ValueError`` for anything whose ``repr`` does not read back as the same value."""
     text = repr(value)
@@ -185,7 +188,7 @@ def literal(value: Any) -> str:
     return text
 
 
-def config_literal(config: Any) -> str:
+def config_literal(config: object) -> str:
     """``SparsifyConfig(...)``-style constructor text of a dataclass config, with only the fields that
     differ from their defaults (so the cell reads like something a person would type)."""
     import dataclasses

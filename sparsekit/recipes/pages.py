@@ -9,7 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import SparsifyConfig
+from ..evaluate import summary_number
 from ..methods import get_method
+from ..sparsify import SparsifyResult
 from .base import Recipe, code, config_literal, literal, md
 
 
@@ -23,7 +25,7 @@ def load_cell(spec: str, upload_sha256: str = "") -> str:
     return f"model = sparsekit.load_model({literal(spec)})\nmodel"
 
 
-def summary_headline(result: Any, quality: dict[str, float]) -> dict[str, Any]:
+def summary_headline(result: SparsifyResult, quality: dict[str, float]) -> dict[str, Any]:
     """What the Sparsify page shows at the top: quality, kept shares and layers with weights removed.
 
     Args:
@@ -33,10 +35,10 @@ def summary_headline(result: Any, quality: dict[str, float]) -> dict[str, Any]:
     summary = result.summary()
     return {
         "quality": {k: float(v) for k, v in quality.items()},
-        "kept_fraction_pruned_layers": float(summary["kept_fraction_pruned_layers"]),
-        "kept_fraction_all_layers": float(summary["kept_fraction_all_layers"]),
-        "layers_with_zeros": int(summary["layers_with_zeros"]),
-        "layers_total": int(summary["layers_total"]),
+        "kept_fraction_pruned_layers": float(summary_number(summary, "kept_fraction_pruned_layers")),
+        "kept_fraction_all_layers": float(summary_number(summary, "kept_fraction_all_layers")),
+        "layers_with_zeros": int(summary_number(summary, "layers_with_zeros")),
+        "layers_total": int(summary_number(summary, "layers_total")),
     }
 
 

@@ -85,7 +85,7 @@ def _group_key(r: CellRecord) -> GroupKey:
     return r.kind, r.model, r.method, r.pattern, r.lambda_w
 
 
-def _finite(value: Any) -> bool:
+def _finite(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 

@@ -229,7 +229,7 @@ def run_cell(cell: Cell, *, loaded: LoadedModel | None = None, calibration: Cali
     return CellRecord.from_json(finite_json(replace(record, worker=worker_info()).to_json()))
 
 
-def worker_info() -> dict[str, Any]:
+def worker_info() -> dict[str, int | str]:
     """``{"pid", "host"}`` of this process."""
     return {"pid": os.getpid(), "host": socket.gethostname()}
 

@@ -152,6 +152,22 @@ def test_json_round_trip_and_cache(tmp_cache):
     assert len(csv_text.strip().splitlines()) == len(back.results) + 1
 
 
+def test_partial_quartiles_import_and_export():
+    # A file whose result carries q1_ms but null q3_ms (e.g. a non-finite q3 written as null) passes the
+    # import checks; its IQR is unknown, and the CSV export must not crash on it (it raised TypeError).
+    text = json.dumps({"schema": "sparsekit.bench", "schema_version": 1, "env": {}, "results": [
+        {"suite": "linear", "case": "c", "backend": "dense", "device": "cpu", "dtype": "float32",
+         "median_ms": 1.0, "q1_ms": 0.9, "q3_ms": None}]})
+    run = BenchRun.from_json(text)
+    assert run.results[0].iqr_ms is None
+    assert len(results_csv(run).strip().splitlines()) == 2
+    # A dense baseline without a time gives no speedup (it raised TypeError).
+    timed = CaseResult(suite="s", case="c", backend="2:4", device="cpu", dtype="float32", median_ms=1.0)
+    from sparsekit.bench.harness import attach_baseline
+    attach_baseline([timed], CaseResult(suite="s", case="c", backend="dense", device="cpu", dtype="float32"))
+    assert timed.speedup is None and timed.baseline_ms is None
+
+
 @pytest.mark.parametrize("text,words", [
     ("not json", "not valid JSON"),
     ("[1, 2]", "not a sparsekit benchmark file"),

@@ -12,6 +12,9 @@ import argparse
 import os
 import sys
 import time
+from typing import Any, TextIO
+
+import torch
 
 from ..layers import prunable_layers
 from ..models import load_model
@@ -49,7 +52,7 @@ def _shapes(text: str) -> tuple[tuple[int, int], ...]:
 
 def build_config(args: argparse.Namespace) -> BenchConfig:
     cfg = BenchConfig()
-    kw = {}
+    kw: dict[str, Any] = {}  # BenchConfig field -> value
     if args.gpu_all:
         kw.update(suites=SUITES, device="cuda")
     if args.suites:
@@ -75,27 +78,29 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
 
         spec = args.model_shapes
         loaded = config_model(spec) if spec.startswith("config:") else load_model(spec)
-        shapes = sorted({tuple(m.weight.shape) for _, m in prunable_layers(loaded.module) if m.weight.dim() == 2})
+        weights = [m.weight for _, m in prunable_layers(loaded.module)]
+        shapes = sorted({tuple(w.shape) for w in weights if isinstance(w, torch.Tensor) and w.dim() == 2})
         kw["layer_shapes"] = tuple(kw.get("layer_shapes", ())) + tuple(
             (int(o), int(i)) for o, i in shapes if i % 4 == 0)
     return BenchConfig(**{**cfg.__dict__, **kw})
 
 
-def print_run(run: BenchRun, out=sys.stdout) -> None:
+def print_run(run: BenchRun, out: TextIO = sys.stdout) -> None:
     env = run.env
-    print(f"device: {env.get('device_name')} ({env.get('device')}), torch {env.get('torch')}, CUDA {env.get('cuda')}, "
-          f"{env.get('threads')} threads", file=out)
+    print(f"device: {env.get('device_name')} ({env.get('device')}), torch {env.get('torch')}, "
+          f"CUDA {env.get('cuda')}, {env.get('threads')} threads", file=out)
     c = run.ceilings
     if c:
-        print(f"ceilings measured now: {c.get('matmul_tflops', 0):.2f} TFLOP/s ({c.get('matmul_dtype')} {c.get('matmul_n')}³ "
-              f"matmul), {c.get('copy_gbps', 0):.1f} GB/s (copy)", file=out)
+        print(f"ceilings measured now: {c.get('matmul_tflops', 0):.2f} TFLOP/s "
+              f"({c.get('matmul_dtype')} {c.get('matmul_n')}³ matmul), {c.get('copy_gbps', 0):.1f} GB/s (copy)",
+              file=out)
     for suite in run.suites:
         rows = [r for r in run.results if r.suite == suite]
         if not rows:
             continue
         print(f"\n== {suite} ==", file=out)
-        print(f"{'case':<28}{'backend':<26}{'params':<34}{'median ms':>10}{'IQR':>8}{'speedup':>9}{'TFLOP/s':>9}  status",
-              file=out)
+        print(f"{'case':<28}{'backend':<26}{'params':<34}{'median ms':>10}{'IQR':>8}{'speedup':>9}"
+              f"{'TFLOP/s':>9}  status", file=out)
         for r in rows:
             p = r.params
             extra = ", ".join(f"{k}={p[k]:.3g}" if isinstance(p[k], float) else f"{k}={p[k]}"

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from .harness import CaseResult, attach_baseline, check_fits, check_positive_ints, run_case, skipped
 from ..progress import ProgressFn
+from .harness import CaseResult, attach_baseline, check_fits, check_positive_ints, run_case, skipped
 
+if TYPE_CHECKING:
+    from torch.nn.attention.flex_attention import BlockMask
+
+    from ..attention.masks.core import MaskMod
 
 MAX_SEQ = 131072
 
@@ -25,22 +29,22 @@ class AttentionPattern:
     """A named block-sparse pattern for the attention suite: ``mask_mod(b, h, q_idx, kv_idx)``."""
 
     name: str
-    mask_mod: Callable
+    mask_mod: MaskMod
 
 
 def default_attention_patterns(window: int = 64) -> list[AttentionPattern]:
     """Causal sliding window of ``window`` tokens, and the full mask (FlexAttention's overhead)."""
 
-    def sliding(b, h, q_idx, kv_idx):
+    def sliding(b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
         return (q_idx >= kv_idx) & (q_idx - kv_idx <= window)
 
-    def full(b, h, q_idx, kv_idx):
+    def full(b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
         return q_idx >= 0
 
     return [AttentionPattern(f"causal window {window}", sliding), AttentionPattern("full", full)]
 
 
-def block_mask_density(bm, q_len: int, kv_len: int, block_size: int) -> float:
+def block_mask_density(bm: BlockMask, q_len: int, kv_len: int, block_size: int) -> float:
     """Share of (query block, key block) pairs FlexAttention computes (partial or full).
 
     Counted from the block mask's per-row block counts. ``BlockMask.sparsity()`` weighs blocks by a
@@ -116,7 +120,8 @@ def attention_suite(
                 bm = create_block_mask(pat.mask_mod, None, None, L, L, device=device, BLOCK_SIZE=block_size)
                 block_density = block_mask_density(bm, L, L, block_size)
                 idx = torch.arange(L, device=device)
-                dense_mask = pat.mask_mod(0, 0, idx[:, None], idx[None, :])
+                zero = torch.zeros((), dtype=torch.long, device=device)  # batch and head 0
+                dense_mask = pat.mask_mod(zero, zero, idx[:, None], idx[None, :])
                 dense_mask = torch.as_tensor(dense_mask, device=device).expand(L, L)
                 density = float(dense_mask.float().mean())
             except Exception as err:  # a pattern FlexAttention cannot take is reported, not fatal
@@ -126,11 +131,15 @@ def attention_suite(
             p = {**params, "pattern": pat.name, "density": density, "block_density": block_density,
                  "block_size": block_size}
 
-            def reference(t, m=dense_mask):
-                return F.scaled_dot_product_attention(*t, attn_mask=m)
+            def reference(t: tuple[torch.Tensor, ...], m: torch.Tensor = dense_mask) -> torch.Tensor:
+                tq, tk, tv = t
+                return F.scaled_dot_product_attention(tq, tk, tv, attn_mask=m)
+
+            def sparse(t: tuple[torch.Tensor, ...], bm: BlockMask = bm) -> torch.Tensor:
+                return flex(*t, block_mask=bm)
 
             res = run_case(suite="attention", case=f"L{L}", backend=f"flex {pat.name}", device=device, dtype=dtype,
-                           params=p, fn=lambda t, bm=bm: flex(*t, block_mask=bm), reference=reference,
+                           params=p, fn=sparse, reference=reference,
                            inputs=inputs, flops=flops_dense * density, repeats=repeats,
                            tolerance=1e-3 if dtype == torch.float32 else None)
             attach_baseline([res], base)

@@ -12,7 +12,7 @@ import statistics
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 import torch
 
@@ -44,7 +44,7 @@ def parse_dtype(name: str) -> torch.dtype:
 
 def environment(device: str) -> dict[str, Any]:
     """What the numbers were measured on: device, versions, threads."""
-    env = {
+    env: dict[str, Any] = {
         "device": device,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
@@ -61,7 +61,8 @@ def environment(device: str) -> dict[str, Any]:
             "device_name": props.name,
             "compute_capability": f"{props.major}.{props.minor}",
             "device_memory_gb": round(props.total_memory / 2**30, 1),
-            "cusparselt": bool(getattr(torch.backends, "cusparselt", None) and torch.backends.cusparselt.is_available()),
+            "cusparselt": bool(getattr(torch.backends, "cusparselt", None)
+                               and torch.backends.cusparselt.is_available()),
         })
     else:
         env["device_name"] = env["cpu"]
@@ -144,13 +145,13 @@ class time_budget:
             raise ValueError(f"time budget must be a positive number of seconds, got {seconds!r}")
         self.seconds = seconds
 
-    def __enter__(self):
+    def __enter__(self) -> time_budget:
         self._saved = getattr(_BUDGET, "value", None)
         if self.seconds is not None:
             _BUDGET.value = (budget_clock() + self.seconds, float(self.seconds))
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         _BUDGET.value = self._saved
         return False
 
@@ -256,7 +257,7 @@ class CaseResult:
 
     @property
     def iqr_ms(self) -> float | None:
-        return None if self.q1_ms is None else self.q3_ms - self.q1_ms
+        return None if self.q1_ms is None or self.q3_ms is None else self.q3_ms - self.q1_ms
 
     def as_row(self) -> dict[str, Any]:
         row = asdict(self)
@@ -349,12 +350,12 @@ def skipped(suite: str, case: str, backend: str, device: str, dtype: torch.dtype
 def attach_baseline(results: list[CaseResult], baseline: CaseResult) -> None:
     """Set ``baseline_ms`` and ``speedup`` of each result from a dense baseline of the same case."""
     for r in results:
-        if r.status == "ok" and baseline.status == "ok" and r.median_ms:
+        if r.status == "ok" and baseline.status == "ok" and r.median_ms and baseline.median_ms is not None:
             r.baseline_ms = baseline.median_ms
             r.speedup = baseline.median_ms / r.median_ms
 
 
-def ceilings(device: str, dtype: torch.dtype = torch.float32, quick: bool = False) -> dict[str, float]:
+def ceilings(device: str, dtype: torch.dtype = torch.float32, quick: bool = False) -> dict[str, float | str]:
     """The device's own ceilings measured now: a large dense matmul (TFLOP/s) and a large copy (GB/s)."""
     n = 1024 if (quick or not device.startswith("cuda")) else 8192
     mm_dtype = dtype if device.startswith("cuda") else torch.float32

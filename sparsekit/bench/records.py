@@ -24,7 +24,8 @@ class BenchRun:
 
     env: dict[str, Any]
     results: list[CaseResult]
-    ceilings: dict[str, float] = field(default_factory=dict)
+    ceilings: dict[str, float | str] = field(default_factory=dict)
+    """``harness.ceilings``: the measured TFLOP/s and GB/s, and the matmul's size and dtype."""
     suites: list[str] = field(default_factory=list)
     name: str = ""
     created: float = field(default_factory=time.time)
@@ -41,11 +42,13 @@ class BenchRun:
         """Parse a run; ``ValueError`` saying what is wrong for anything malformed."""
         if isinstance(text, bytes):
             if len(text) > MAX_IMPORT_BYTES:
-                raise ValueError(f"benchmark file is {len(text) / 2**20:.0f} MB; the limit is {MAX_IMPORT_BYTES // 2**20} MB")
+                raise ValueError(f"benchmark file is {len(text) / 2**20:.0f} MB; "
+                                 f"the limit is {MAX_IMPORT_BYTES // 2**20} MB")
             try:
                 text = text.decode("utf-8")
             except UnicodeDecodeError:
-                raise ValueError("benchmark file is not UTF-8 text (expected the JSON written by sparsekit.bench)") from None
+                raise ValueError("benchmark file is not UTF-8 text "
+                                 "(expected the JSON written by sparsekit.bench)") from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:

@@ -7,9 +7,10 @@ from typing import Callable
 
 import torch
 
-from ..models import load_model
+from ..models import LoadedModel, load_model
+from ..progress import ProgressFn
+from .harness import CaseResult, environment, parse_dtype, time_budget
 from .harness import ceilings as measure_ceilings
-from .harness import environment, parse_dtype, time_budget
 from .records import BenchRun
 from .suites import (
     attention_suite,
@@ -86,8 +87,8 @@ def validate(config: BenchConfig) -> None:
 def run_benchmarks(
     config: BenchConfig,
     *,
-    loaded=None,
-    progress: Callable[[float, str], None] | None = None,
+    loaded: LoadedModel | None = None,
+    progress: ProgressFn | None = None,
     name: str = "",
     checkpoint: Callable[[BenchRun], None] | None = None,
 ) -> BenchRun:
@@ -100,10 +101,10 @@ def run_benchmarks(
     validate(config)
     device = resolve_device(config.device)
     half = parse_dtype(config.dtype)
-    results = []
+    results: list[CaseResult] = []
     n = len(config.suites)
 
-    def sub(i):
+    def sub(i: int) -> ProgressFn | None:
         if progress is None:
             return None
         return lambda f, msg: progress((i + f) / n, msg)

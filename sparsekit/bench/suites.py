@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence, TypedDict, cast
 
 import torch
 import torch.nn.functional as F
@@ -19,10 +19,13 @@ from torch import nn
 from ..masks import nm_mask
 from ..models import LoadedModel
 from ..models.sentences import SENTENCES
+from ..progress import ProgressFn
 from ..sparsify import SparsifyConfig, is_2_4, sparsify
 from .attention_suite import MAX_SEQ, AttentionPattern, attention_suite, block_mask_density, default_attention_patterns
 from .harness import CaseResult, attach_baseline, budget_spent, check_fits, check_positive_ints, run_case, skipped
-from ..progress import ProgressFn
+
+if TYPE_CHECKING:
+    from transformers import BertConfig
 
 __all__ = [
     "MAX_BATCH", "MAX_DIM", "MAX_SEQ", "AttentionPattern", "ProgressFn", "attention_suite", "block_mask_density",
@@ -114,7 +117,7 @@ def linear_suite(
     for si, (o, i) in enumerate(shapes):
         w = torch.randn(o, i, generator=gen).to(device=device, dtype=dtype)
         w = w * nm_mask(w, 2, 4)
-        sparse_weights = {}
+        sparse_weights: dict[str, torch.Tensor | Exception] = {}
         if not why and sparse_fn is None:
             for backend in _backends(device):
                 try:
@@ -132,15 +135,19 @@ def linear_suite(
             bytes_moved = float((b * i + b * o + o * i) * element)
             case = f"linear {o}x{i} b{b}"
 
-            def dense(x, w=w):
+            def dense(x: torch.Tensor, w: torch.Tensor = w) -> torch.Tensor:
                 return F.linear(x, w)
 
             base = run_case(suite="linear", case=case, backend="dense", device=device, dtype=dtype, params=params,
                             fn=dense, reference=dense, inputs=xs, flops=flops, bytes_moved=bytes_moved, repeats=repeats)
             variants: list[CaseResult] = []
             if sparse_fn is not None:
+                def custom(x: torch.Tensor, w: torch.Tensor = w,
+                           fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = sparse_fn) -> torch.Tensor:
+                    return fn(x, w)
+
                 variants.append(run_case(suite="linear", case=case, backend="custom", device=device, dtype=dtype,
-                                         params=params, fn=lambda x, w=w: sparse_fn(x, w), reference=dense, inputs=xs,
+                                         params=params, fn=custom, reference=dense, inputs=xs,
                                          flops=flops, bytes_moved=bytes_moved, repeats=repeats))
             elif why:
                 variants.append(skipped("linear", case, "2:4", device, dtype, params, why))
@@ -150,8 +157,12 @@ def linear_suite(
                         variants.append(skipped("linear", case, f"2:4 {backend}", device, dtype, params,
                                                 f"cannot convert: {str(ws).splitlines()[0][:200]}"))
                         continue
+
+                    def semi(x: torch.Tensor, ws: torch.Tensor = ws) -> torch.Tensor:
+                        return F.linear(x, ws)
+
                     variants.append(run_case(suite="linear", case=case, backend=f"2:4 {backend}", device=device,
-                                             dtype=dtype, params=params, fn=lambda x, ws=ws: F.linear(x, ws),
+                                             dtype=dtype, params=params, fn=semi,
                                              reference=dense, inputs=xs, flops=flops, bytes_moved=bytes_moved,
                                              repeats=repeats))
             attach_baseline(variants, base)
@@ -202,11 +213,14 @@ def formats_suite(
         case = f"{rows}x{cols}@{cols}x{n_cols} d{d:g}"
         flops = 2.0 * rows * cols * n_cols
 
-        def dense_u(x, a=a_unstructured):
+        def dense_u(x: torch.Tensor, a: torch.Tensor = a_unstructured) -> torch.Tensor:
             return a @ x
 
-        def dense_b(x, a=a_block):
+        def dense_b(x: torch.Tensor, a: torch.Tensor = a_block) -> torch.Tensor:
             return a @ x
+
+        def sparse_at(s: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+            return lambda x: s @ x
 
         base = run_case(suite="formats", case=case, backend="dense", device=device, dtype=dtype, params=params,
                         fn=dense_u, reference=dense_u, inputs=xs, flops=flops, repeats=repeats)
@@ -215,7 +229,7 @@ def formats_suite(
             csr = a_unstructured.to_sparse_csr()
             variants.append(run_case(suite="formats", case=case, backend="CSR", device=device, dtype=dtype,
                                      params={**params, "actual_density": float(keep.float().mean())},
-                                     fn=lambda x, s=csr: s @ x, reference=dense_u, inputs=xs, flops=flops,
+                                     fn=sparse_at(csr), reference=dense_u, inputs=xs, flops=flops,
                                      repeats=repeats))
         except (RuntimeError, NotImplementedError) as err:
             variants.append(skipped("formats", case, "CSR", device, dtype, params, str(err).splitlines()[0][:200]))
@@ -225,7 +239,7 @@ def formats_suite(
             bsr = a_block.to_sparse_bsr((block, block))
             bsr_res = run_case(suite="formats", case=case, backend=f"BSR {block}×{block}", device=device, dtype=dtype,
                                params={**params, "actual_density": float(blocks.float().mean())},
-                               fn=lambda x, s=bsr: s @ x, reference=dense_b, inputs=xs, flops=flops, repeats=repeats)
+                               fn=sparse_at(bsr), reference=dense_b, inputs=xs, flops=flops, repeats=repeats)
         except (RuntimeError, NotImplementedError) as err:
             bsr_res = skipped("formats", case, f"BSR {block}×{block}", device, dtype, params,
                               str(err).splitlines()[0][:200])
@@ -238,7 +252,14 @@ def formats_suite(
 # Encoders built from a config with seeded random weights, for the whole-model forward where no
 # weight files are at hand (a GPU machine whose image lacks the 83 MB MiniLM package). Timing and
 # the dense-vs-2:4 output difference do not depend on trained weights.
-CONFIG_MODELS = {
+class _BertSize(TypedDict):
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+
+
+CONFIG_MODELS: dict[str, _BertSize] = {
     # BERT-base: 12 layers, hidden 768, FFN 3072, 110M parameters (GPT-2 small's size, but with
     # nn.Linear layers, which the 2:4 conversion takes; GPT-2's Conv1D would not be converted).
     "config:bert-base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
@@ -273,12 +294,13 @@ def _model_inputs(loaded: LoadedModel, batch: int, seq_len: int, device: str) ->
         enc = loaded.tokenizer(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
         return {k: v.to(device) for k, v in enc.items()}
     gen = torch.Generator(device="cpu").manual_seed(batch)
-    ids = torch.randint(1000, loaded.module.config.vocab_size, (batch, seq_len), generator=gen)
+    vocab_size = cast("BertConfig", loaded.module.config).vocab_size  # a ``config_model``
+    ids = torch.randint(1000, vocab_size, (batch, seq_len), generator=gen)
     return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
 
 
-def model_suite(loaded, batches: Sequence[int], *, device: str, dtype: torch.dtype = torch.float16, seq_len: int = 128,
-                repeats: int = 10, progress: ProgressFn | None = None) -> list[CaseResult]:
+def model_suite(loaded: LoadedModel, batches: Sequence[int], *, device: str, dtype: torch.dtype = torch.float16,
+                seq_len: int = 128, repeats: int = 10, progress: ProgressFn | None = None) -> list[CaseResult]:
     """Whole-model forward: dense vs 2:4-accelerated, for a text model (e.g. the bundled MiniLM).
 
     Both models carry the same 2:4-pruned weights; the sparse one stores every eligible Linear
@@ -318,7 +340,7 @@ def model_suite(loaded, batches: Sequence[int], *, device: str, dtype: torch.dty
         enc = _model_inputs(loaded, b, seq_len, device)
         params = {**params0, "batch": b}
 
-        def run(model):
+        def run(model: nn.Module) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
             return lambda e: model(**e).last_hidden_state
 
         base = run_case(suite="model", case=f"{loaded.name} b{b}", backend="dense", device=device, dtype=dtype,
@@ -347,17 +369,17 @@ def verdicts(results: Sequence[CaseResult]) -> list[dict]:
     rows = []
     for (o, i, backend), rs in sorted(by_key.items(), key=lambda kv: (kv[0][0] or 0, kv[0][1] or 0, kv[0][2])):
         rs = sorted(rs, key=lambda r: r.params.get("batch", 0))
-        timed = [r for r in rs if r.status == "ok" and r.speedup is not None]
+        timed = [(r, r.speedup) for r in rs if r.status == "ok" and r.speedup is not None]
         if not timed:
             reasons = sorted({r.message or r.status for r in rs})
             verdict = "not measured: " + "; ".join(reasons)[:200]
             best = None
         else:
-            best = max(r.speedup for r in timed)
+            best = max(speedup for _, speedup in timed)
             start = None
             for j in range(len(timed)):
-                if all(r.speedup > 1.0 for r in timed[j:]):
-                    start = timed[j].params["batch"]
+                if all(speedup > 1.0 for _, speedup in timed[j:]):
+                    start = timed[j][0].params["batch"]
                     break
             if start is None:
                 verdict = "slower at every size measured" if best <= 1.0 else "faster only at some sizes"

@@ -8,6 +8,7 @@ from streamlit.testing.v1 import AppTest
 from test_page_notebooks import NOTEBOOK_LABEL, metric, run_notebook
 
 from devtools.apptest import page_app
+from sparsekit import training
 from sparsekit.recipes import rounded
 
 TIMEOUT = 300
@@ -159,3 +160,82 @@ def test_recovery_page_notebooks(tmp_cache, notebooks):
     assert_rows_shown(shown, saved["runs"])
     assert sorted(r["after"] for r in saved["runs"]) == sorted(r["after"] for r in head["runs"])
     assert all("wanda" in r["starting setting"] for r in saved["runs"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training & topology
+
+
+@pytest.fixture
+def training_page(tmp_cache, monkeypatch):
+    # The "hf" source with no model roots draws the sidebar without loading a model (the page trains its own).
+    monkeypatch.delenv("SPARSEKIT_MODEL_ROOTS", raising=False)
+    at = page_app("training", "hf", TIMEOUT)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_training_runs_notebook(training_page, notebooks, tmp_path, monkeypatch):
+    at = training_page
+    at.selectbox(key="tr_arch").set_value("mlp").run()
+    at.text_input(key="tr_patterns").set_value("1:4")
+    at.number_input(key="tr_epochs").set_value(2)
+    at.number_input(key="tr_batch").set_value(512)
+    at.number_input(key="tr_seed").set_value(3)
+    at.run()
+    at.button(key="tr_go").click().run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    at.radio(key="tr_sad_unit").set_value("number of weights").run()
+    layers = at.selectbox(key="tr_sad_layer").options
+    at.selectbox(key="tr_sad_layer").set_value(layers[-1]).run()
+    at.selectbox(key="tr_focus").set_value(training.list_runs()[1]["run_id"]).run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+
+    head, nb = run_notebook(notebooks["tr_notebook"])
+    text = source_of(nb)
+    for setting in ("arch='mlp'", "n=1", "seed=3", "epochs=2", "batch_size=512", "method='ste'"):
+        assert setting in text, setting
+    assert f"layer, fraction = {layers[-1]!r}, False" in text
+    summary = at.dataframe[1].value
+    assert_rows_shown(summary, head["summary"])
+    assert [r["name"] for r in head["summary"]] == list(summary["name"])
+    captions = " ".join(c.value for c in at.caption)
+    focus_label = head["flips"][0]["run"]
+    assert head["flips"][0]["run"] == list(summary["name"])[1]
+    for f in head["flips"]:
+        assert (f"{f['run']}, {f['layer']}: weight {tuple(f['shape'])} shown as {f['grid'][0]}×{f['grid'][1]}"
+                in captions)
+        assert (f"{f['changed']:,} of {f['weights']:,} weights changed state at least once over {f['intervals']} "
+                f"intervals; most flips of one weight: {f['most']}." in captions)
+    assert len(head["flips"]) == 2 and focus_label
+    assert len(plotly_outputs(nb)) == 7  # curves, 4 SAD series, heatmap, flip maps
+
+    # Where the run store lacks the runs, the notebook trains them again from their seeded configs.
+    monkeypatch.setenv("SPARSEKIT_CACHE_DIR", str(tmp_path / "empty-cache"))
+    again, _ = run_notebook(notebooks["tr_notebook"])
+    assert again == head
+
+
+def test_seed_study_notebook(training_page, notebooks):
+    at = training_page
+    at.selectbox(key="ss_arch").set_value("mlp")
+    at.number_input(key="ss_epochs").set_value(2)
+    at.number_input(key="ss_seeds").set_value(2)
+    at.text_input(key="ss_patterns").set_value("1:4")
+    at.text_input(key="ss_sweep").set_value("").run()
+    at.button(key="ss_go").click().run()
+    at.radio(key="ss_metric").set_value("accuracy").run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+
+    head, nb = run_notebook(notebooks["ss_notebook"])
+    text = source_of(nb)
+    assert "patterns=((1, 4),), seeds=2, lambda_sweep=()" in text and "arch='mlp'" in text
+    assert "viz.seed_study_figure(result, 'accuracy')" in text
+    assert "0 of 4 runs trained here" in "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    shown = [m.value for m in [*at.info, *at.success]]
+    assert head["comparisons"] and all(s in shown for s in head["comparisons"])
+    table = next(d.value for d in at.dataframe if "run" in d.value.columns)
+    assert_rows_shown(table, head["summary"])
+    assert head["complete"] is True
+    assert len(plotly_outputs(nb)) == 2  # per-seed values, paired differences (no λ_w sweep)

@@ -10,9 +10,8 @@ import pandas as pd
 import streamlit as st
 
 from sparsekit import training, viz
-from sparsekit.layers import matrix_view
 from sparsekit.models.digits_nets import ARCHITECTURES
-from sparsekit.topology import flip_counts
+from sparsekit.recipes.training import flip_stats, flip_grid, seed_study_recipe, seed_summary_rows
 from sparsekit.training import (DEFAULT_LAMBDA_W, EFFECT_LAMBDA_W, METHOD_LABELS, OPTIMIZERS, RunRecord, TrainConfig,
                                 default_train_config)
 from sparsekit.training import seedconfig
@@ -21,6 +20,7 @@ from sparsekit.training.seedresults import METRICS, SeedStudyResult
 from sparsekit.training.seedstudy import cached_runs, run_seed_study
 from sparsekit.viz.training import RUN_COLORS, flip_maps_figure, run_key
 from ui.cached import training_run
+from ui.notebook import notebook_button
 from ui.saved_runs import SavedRuns
 
 OPTIMIZER_LABELS = {"sgd": "SGD + momentum", "adamw": "AdamW"}
@@ -246,9 +246,9 @@ def _pair_default(focus: RunRecord, others: list[RunRecord]) -> int:
     return 1 if others else 0
 
 
-def flip_maps(focus: RunRecord, candidates: list[RunRecord], labels: dict[str, str]) -> None:
+def flip_maps(focus: RunRecord, candidates: list[RunRecord], labels: dict[str, str]) -> tuple[str, list[RunRecord]]:
     """The chosen layer's flips per weight for the focus run and, beside it, another run's on one
-    colour scale."""
+    colour scale; returns the layer and the runs shown (focus first)."""
     layer = st.selectbox("Layer for the flip counts", focus.history.layers, key="tr_flip_layer")
     shape = focus.history.shapes[layer]
     others = [r for r in candidates if r.run_id != focus.run_id and r.history.shapes.get(layer) == shape]
@@ -258,15 +258,15 @@ def flip_maps(focus: RunRecord, candidates: list[RunRecord], labels: dict[str, s
     pair = [focus, *[r for r in others if r.run_id == choice]]
     grids = []
     for rec in pair:
-        counts = flip_counts(rec.history, layer)
-        grid = matrix_view(counts, rec.config.conv_grouping)
-        grids.append(grid)
-        st.caption(f"{rec.label}, {layer}: weight {tuple(counts.shape)} shown as {grid.shape[0]}×{grid.shape[1]} "
-                   f"(rows = outputs, N:M groups along each row). {int((counts > 0).sum()):,} of {counts.numel():,} "
-                   f"weights changed state at least once over {len(rec.history) - 1} intervals; most flips of one "
-                   f"weight: {int(counts.max())}.")
+        grids.append(flip_grid(rec, layer)[1])
+        f = flip_stats(rec, layer)
+        st.caption(f"{rec.label}, {layer}: weight {tuple(f['shape'])} shown as {f['grid'][0]}×{f['grid'][1]} "
+                   f"(rows = outputs, N:M groups along each row). {f['changed']:,} of {f['weights']:,} "
+                   f"weights changed state at least once over {f['intervals']} intervals; most flips of one "
+                   f"weight: {f['most']}.")
     title = f"flips per weight of {layer}" + (" (one colour scale)" if len(pair) > 1 else f": {focus.label}")
     st.plotly_chart(flip_maps_figure(grids, [rec.label for rec in pair], title=title), key="tr_flips")
+    return layer, pair
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,16 +360,7 @@ def _study_form(sidebar_arch: str) -> SeedStudyConfig | None:
 
 
 def _summary_frame(rows) -> pd.DataFrame:
-    out = []
-    for row in rows:
-        item = {"N:M": f"{row.n}:{row.m}", "run": row.label, "seeds": row.metrics["accuracy"].n}
-        for key, (name, unit, _) in METRICS.items():
-            iv = row.metrics[key]
-            item[f"{name} ({unit})"] = iv.mean
-            item[f"{name} CI low"] = iv.low
-            item[f"{name} CI high"] = iv.high
-        out.append(item)
-    return pd.DataFrame(out)
+    return pd.DataFrame(seed_summary_rows(rows))
 
 
 def _show_study(result) -> None:
@@ -380,8 +371,11 @@ def _show_study(result) -> None:
         if c.metric == "early_sad_pct":
             continue
         (st.info if c.paired.diff.includes_zero else st.success)(c.sentence)
+    notebook_slot = st.container()
     metric = st.radio("Per-seed values of", list(METRICS), format_func=lambda k: METRICS[k][0], horizontal=True,
                       key="ss_metric")
+    with notebook_slot:
+        notebook_button(seed_study_recipe(cfg, metric), key="ss_notebook")
     st.plotly_chart(viz.seed_study_figure(result, metric), key="ss_fig_seeds")
     st.plotly_chart(viz.paired_difference_figure(result), key="ss_fig_paired")
     st.dataframe(_summary_frame(result.summary()), hide_index=True)

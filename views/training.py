@@ -3,7 +3,9 @@ import pandas as pd
 import streamlit as st
 
 from sparsekit import training, viz
+from sparsekit.recipes.training import training_recipe
 from sparsekit.viz.training import run_colors
+from ui.notebook import notebook_button
 from ui.state import get_model
 from ui.training import (fill_effect_preset, flip_maps, load_selected, render_effect_note, render_seed_study,
                          saved_runs, train_with_progress, training_form, wait_for_interrupted, warn_at_chance)
@@ -82,6 +84,14 @@ with runs_tab:
 
     summary = training.sad_summary(records, reports, layer=layer, fraction=fraction)
     st.dataframe(pd.DataFrame(summary), hide_index=True)
+    notebook_slot = st.container()  # filled once the run up close is known
+
+    def offer_notebook(focus_id=None, flip_layer=None, pair=()) -> None:
+        runs = [(rec.run_id, rec.config, rec.name) for rec in records]
+        beside = pair[1].run_id if len(pair) > 1 else None
+        with notebook_slot:
+            notebook_button(training_recipe(runs, layer=layer, fraction=fraction, focus=focus_id,
+                                            flip_layer=flip_layer, beside=beside), key="tr_notebook")
     warn_at_chance(records)
     for rec in records:
         if rec.dense_layers:
@@ -92,6 +102,7 @@ with runs_tab:
     sparse_records = [rec for rec in records if rec.history.layers and len(rec.history) > 1]
     if not sparse_records:
         st.info("None of these runs has mask snapshots to compare.")
+        offer_notebook()
         st.stop()
     # The layer choice lists only layers every run recorded, so each run has its series.
     sad_options = dict(layer=layer, fraction=fraction, reports=[reports[rec.run_id] for rec in sparse_records],
@@ -112,7 +123,8 @@ with runs_tab:
     st.plotly_chart(viz.sad_heatmap_figure(rep.layers, rep.epochs, rep.matrix("interval", fraction=fraction),
                                            fraction=fraction, title=f"{focus.label}: SAD per layer and interval"),
                     key="tr_heat")
-    flip_maps(focus, sparse_records, labels)
+    flip_layer, pair = flip_maps(focus, sparse_records, labels)
+    offer_notebook(focus_id, flip_layer, pair)
 
     st.subheader("Export")
     d1, d2, d3 = st.columns(3)

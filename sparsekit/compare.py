@@ -25,7 +25,7 @@ from .methods import METHODS, get_method
 from .methods.types import Calibration
 from .models.base import LoadedModel
 from .permutation import permute_channels
-from .progress import ProgressFn
+from .progress import ProgressArg, ProgressFn, reporter
 from .sparsify import sparsify
 
 PERMUTED_ROW_VERSION = 2  # 2: layers carry their perm; stopped, layers_searched, not_reached
@@ -112,7 +112,7 @@ def compare(
     *,
     calibration: Calibration | None = None,
     use_cache: bool = True,
-    progress: ProgressFn | None = None,
+    progress: ProgressArg = True,
 ) -> list[CompareRow]:
     """Evaluate every config on ``loaded``, reading and filling the disk cache.
 
@@ -124,11 +124,24 @@ def compare(
         configs: the settings (e.g. from ``sweep_configs``).
         calibration: calibration inputs for the calibrated methods (default: the model's).
         use_cache: read cached rows (computed rows are always stored).
-        progress: optional ``progress(fraction, message)`` callback.
+        progress: True (default): a ``tqdm.auto`` bar when the call takes over 2 s; False: silent; or a
+            ``progress(fraction, message)`` callback (``sparsekit.progress``).
 
     Returns:
         One ``CompareRow`` per config (see ``evaluate``), in order, ``cached`` saying where it came from.
     """
+    with reporter(progress, "compare") as report:
+        return _compare(loaded, configs, calibration=calibration, use_cache=use_cache, progress=report)
+
+
+def _compare(
+     loaded: LoadedModel,
+     configs: Sequence[SparsifyConfig],
+     *,
+     calibration: Calibration | None = None,
+     use_cache: bool = True,
+     progress: ProgressFn | None = None,
+) -> list[CompareRow]:
     from .study import LocalBackend, execute, oneshot_cell  # the study engine imports this module
     from .study.records import CellRecord
     from .study.spec import Cell
@@ -291,7 +304,8 @@ def permuted_nm_row(loaded: LoadedModel, n: int = 2, m: int = 4, *, use_cache: b
         m: group size.
         use_cache: read a cached row.
         max_seconds_per_layer: search time limit per layer (``permutation.permute_channels``).
-        progress: optional ``progress(fraction, message)`` callback.
+        progress: True (default): a ``tqdm.auto`` bar when the call takes over 2 s; False: silent; or a
+            ``progress(fraction, message)`` callback (``sparsekit.progress``).
         should_stop: optional ``should_stop() -> bool``, asked between layers and search rounds.
         on_layer: optional callback with each permuted layer's row as soon as it is done.
         resume: layer rows of an earlier, stopped run (its ``layers``), not searched again.
@@ -314,7 +328,7 @@ def permuted_nm_row(loaded: LoadedModel, n: int = 2, m: int = 4, *, use_cache: b
     perm = permute_channels(loaded, n, m, max_seconds_per_layer=max_seconds_per_layer, progress=progress,
                             should_stop=should_stop, on_layer=on_layer, resume=resume)
     search_seconds = time.perf_counter() - start
-    result = sparsify(perm.model, config)
+    result = sparsify(perm.model, config, progress=None)
     quality = loaded.quality(result.model)
     summary = result.summary()
     memory = best_format_bytes(result)

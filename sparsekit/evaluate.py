@@ -177,7 +177,7 @@ def evaluate(loaded: LoadedModel, config: SparsifyConfig, *, calibration: Calibr
         The ``CompareRow`` (``cached`` False).
     """
     start = time.perf_counter()
-    result = sparsify(loaded, config, calibration=calibration)
+    result = sparsify(loaded, config, calibration=calibration, progress=None)
     prune_seconds = time.perf_counter() - start
     quality = loaded.quality(result.model)
     summary = result.summary()

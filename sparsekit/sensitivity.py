@@ -31,7 +31,7 @@ from .methods import get_method
 from .methods.calibration import InputStats, LayerInputs, capture_input_stats, check_calibration, transformer_blocks
 from .methods.types import Calibration
 from .models.base import LoadedModel, module_of
-from .progress import ProgressFn
+from .progress import ProgressArg, ProgressFn, reporter
 from .ranks import average_ranks as average_ranks  # re-exported: part of this module's interface
 from .ranks import spearman
 from .sparsify import layer_mask, layer_reasons, sparsify
@@ -366,7 +366,7 @@ def cached_scan(loaded: LoadedModel, config: SensitivityConfig) -> "SensitivityS
 
 
 def sensitivity_scan(loaded: LoadedModel, config: SensitivityConfig = SensitivityConfig(), *,
-                     progress: ProgressFn | None = None,
+                     progress: ProgressArg = True,
                      stop: Callable[[], bool] | None = None, use_cache: bool = True) -> SensitivityScan:
     """Prune each unit alone at each setting and record the quality drop and the proxy error.
 
@@ -374,7 +374,8 @@ def sensitivity_scan(loaded: LoadedModel, config: SensitivityConfig = Sensitivit
         loaded: a ``LoadedModel`` (its module is never modified: every cell prunes a copy, and the
             calibration hooks run on a copy).
         config: what to scan; validated first.
-        progress: optional ``progress(fraction, message)``, called once per unit.
+        progress: True (default): a ``tqdm.auto`` bar when the scan takes over 2 s; False: silent; or a
+            ``progress(fraction, message)`` callback, called once per unit.
         stop: optional callable; when it returns True the scan ends after the current unit and the
             record says ``complete=False``.
         use_cache: read and write the disk cache (complete scans only).
@@ -382,6 +383,13 @@ def sensitivity_scan(loaded: LoadedModel, config: SensitivityConfig = Sensitivit
     Returns:
         A ``SensitivityScan``.
     """
+    with reporter(progress, "sensitivity scan") as report:
+        return _sensitivity_scan(loaded, config, progress=report, stop=stop, use_cache=use_cache)
+
+
+def _sensitivity_scan(loaded: LoadedModel, config: SensitivityConfig = SensitivityConfig(), *,
+                      progress: ProgressFn | None = None,
+                      stop: Callable[[], bool] | None = None, use_cache: bool = True) -> SensitivityScan:
     config.validate()
     module = loaded.module
     dense = loaded.quality()
@@ -437,7 +445,8 @@ def sensitivity_scan(loaded: LoadedModel, config: SensitivityConfig = Sensitivit
             if direct:
                 pruned = {n: _prune_alone(modules[n], n, cfg, grams.get(n), model_scores) for n in names}
             else:
-                res = sparsify(loaded, replace(cfg, include=_exact_regex(names), layers="all", exclude=""))
+                res = sparsify(loaded, replace(cfg, include=_exact_regex(names), layers="all", exclude=""),
+                               progress=None)
                 new = dict(res.model.named_modules())
                 pruned = {n: layer_weight(new[n]).detach() for n in names}
                 if config.mode == "full":

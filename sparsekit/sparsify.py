@@ -31,7 +31,7 @@ from .methods import CALIBRATED_METHODS, METHODS, MethodOutput, get_method
 from .methods.calibration import check_calibration
 from .methods.types import Calibration
 from .models.base import LoadedModel, module_of
-from .progress import ProgressFn
+from .progress import ProgressArg, ProgressFn, reporter
 from .report import (
     LayerReport,
     build_layer_report,
@@ -195,7 +195,7 @@ def sparsify(
     model: nn.Module | LoadedModel,
     config: SparsifyConfig,
     *,
-    progress: ProgressFn | None = None,
+    progress: ProgressArg = True,
     calibration: Calibration | None = None,
     sensitivity: DropCurves | None = None,
 ) -> SparsifyResult:
@@ -204,7 +204,8 @@ def sparsify(
     Args:
         model: an ``nn.Module`` or a ``LoadedModel`` (its ``.module`` is used). Never modified.
         config: what to prune; validated first.
-        progress: optional ``progress(fraction, message)`` callback.
+        progress: True (default): a ``tqdm.auto`` bar when the call takes over 2 s; False: silent; or a
+            ``progress(fraction, message)`` callback (``sparsekit.progress``).
         calibration: inputs for ``wanda``, ``sparsegpt``, ``taylor`` and OWL allocation (a float tensor
             batch, or a dict with ``input_ids``/``attention_mask``); default: the LoadedModel's ``calibration``.
         sensitivity: a ``sparsekit.sensitivity.SensitivityScan`` of this model, for
@@ -216,6 +217,12 @@ def sparsify(
         and say why in ``skipped_reason``. With a non-uniform allocation, ``allocation`` holds each
         layer's sparsity and ``allocation_note`` the overall count.
     """
+    with reporter(progress, "sparsify") as report:
+        return _prune_copy(model, config, report, calibration, sensitivity)
+
+
+def _prune_copy(model: nn.Module | LoadedModel, config: SparsifyConfig, progress: ProgressFn | None,
+                calibration: Calibration | None, sensitivity: DropCurves | None) -> SparsifyResult:
     config.validate()
     method = get_method(config.method)
     alloc_on = config.allocation != "uniform" and config.pattern != "dense"

@@ -121,7 +121,7 @@ except ValueError as err:
     st.error(f"Cannot permute this model: {err}")
 prow = job["result"]
 if prow is not None:
-    plain = cmp.compare(loaded, [SparsifyConfig(pattern="nm", n=pn, m=pm)])[0]
+    plain = cmp.compare(loaded, [SparsifyConfig(pattern="nm", n=pn, m=pm)], progress=False)[0]
     perm_head = compare_headline(metric, permuted=prow, plain=plain)
     if prow.stopped:
         pc1.warning(f"Stopped after {prow.layers_searched} layer(s); {len(prow.not_reached)} not searched "

@@ -104,7 +104,8 @@ if compared:
         try:
             for allocation in ALLOCATIONS:
                 cfg = SparsifyConfig(pattern="unstructured", sparsity=target, method=method, allocation=allocation)
-                result = sparsekit.sparsify(loaded, cfg, sensitivity=scan if allocation == "sensitivity" else None)
+                result = sparsekit.sparsify(loaded, cfg, sensitivity=scan if allocation == "sensitivity" else None,
+                                            progress=False)
                 row = allocation_row(allocation, result, loaded.quality(result.model), scan.metric)
                 rows.append({label if k == "quality" else k: v for k, v in row.items()})
         except ValueError as err:

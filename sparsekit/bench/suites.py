@@ -315,7 +315,7 @@ def model_suite(loaded: LoadedModel, batches: Sequence[int], *, device: str, dty
     if loaded.tokenizer is None and not loaded.info.get("random_inputs"):
         raise ValueError(f"{loaded.name} has no tokenizer; the model suite times text models")
 
-    pruned = sparsify(loaded, SparsifyConfig(pattern="nm", n=2, m=4)).model
+    pruned = sparsify(loaded, SparsifyConfig(pattern="nm", n=2, m=4), progress=None).model
     dense_model = copy.deepcopy(pruned).to(device=device, dtype=dtype).eval()
     sparse_model = copy.deepcopy(dense_model)
     converted, not_converted = 0, []

@@ -14,7 +14,7 @@ from ..layers import in_features, is_conv1d_transposed, is_prunable, layer_weigh
 from ..methods.calibration import calibration_slice, check_calibration, main_output, run_model
 from ..methods.types import Calibration
 from ..models.base import LoadedModel
-from ..progress import ProgressFn
+from ..progress import ProgressArg, ProgressFn, reporter
 from .search import PERMUTATION_CHECK_SAMPLES, StopFn, search_permutation
 
 
@@ -112,7 +112,7 @@ def permute_channels(
     include: Callable[[str], bool] | None = None,
     max_rounds: int = 100,
     max_seconds_per_layer: float = 20.0,
-    progress: ProgressFn | None = None,
+    progress: ProgressArg = True,
     should_stop: StopFn | None = None,
     on_layer: Callable[[dict], None] | None = None,
     resume: Sequence[Mapping] | None = None,
@@ -157,6 +157,26 @@ def permute_channels(
         ValueError: bad N:M, no calibration, no prunable layers, or ``resume`` rows that do not
             fit this model.
     """
+    with reporter(progress, "channel permutation") as report:
+        return _permute_channels(model, n, m, calibration=calibration, include=include, max_rounds=max_rounds,
+                                 max_seconds_per_layer=max_seconds_per_layer, progress=report,
+                                 should_stop=should_stop, on_layer=on_layer, resume=resume)
+
+
+def _permute_channels(
+    model: nn.Module | LoadedModel,
+    n: int = 2,
+    m: int = 4,
+    *,
+    calibration: Calibration | None = None,
+    include: Callable[[str], bool] | None = None,
+    max_rounds: int = 100,
+    max_seconds_per_layer: float = 20.0,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    on_layer: Callable[[dict], None] | None = None,
+    resume: Sequence[Mapping] | None = None,
+) -> ChannelPermutation:
 
     if not 1 <= n < m:
         raise ValueError(f"N:M needs 1 <= N < M (keep N of every M), got N={n}, M={m}")

@@ -6,9 +6,10 @@ batching live in ``text_metrics``; every name there is re-exported here.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -126,7 +127,29 @@ def classify_config(config: Any) -> str:
     raise ValueError(f"unsupported architecture {label}; {supported}")
 
 
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers' own load report and weight-loading bar off for the block: ``_check_loading`` says
+    what matters (missing weights) in sparsekit's words, and a notebook stays readable."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
 def _from_pretrained(auto_cls: Any, path: Path, notes: list[str], **extra: Any) -> nn.Module:
+    with _quiet_transformers():
+        return _load_pretrained(auto_cls, path, notes, **extra)
+
+
+def _load_pretrained(auto_cls: Any, path: Path, notes: list[str], **extra: Any) -> nn.Module:
     kwargs = dict(
         local_files_only=True, trust_remote_code=False, use_safetensors=True, dtype=torch.float32,
         output_loading_info=True, **extra,

@@ -28,7 +28,8 @@ UNREPRODUCIBLE = ("seconds",)
 def saved_run(run_id: str, config: TrainConfig, name: str = "") -> RunRecord:
     """A run the page showed: read back from the run store when this machine has it (exactly as
     saved), else trained again from its config (seeded, so the same run up to float summation
-    order; not saved) and given ``run_id``.
+    order; not saved) and given ``run_id``. A run the page showed as stopped or failed is only in
+    the store: trained again, it runs to the end.
 
     Args:
         run_id: the run's id in the store.

@@ -67,7 +67,7 @@ def test_vit_heatmap_pattern_and_recall_grid(vit_capture):
     assert z.shape == (2, 4) and z[1, 2] == pytest.approx(want, abs=1e-5)
     recall = next(m for m in at.metric if m.label == "Recall, this head")
     assert recall.value == f"{want:.1%}"
-    assert len(at.get("download_button")) == 4  # metrics, head, pattern, quality
+    assert len(at.get("download_button")) == 5  # metrics, head, pattern, quality, notebook
 
 
 def test_head_grid_marks_the_current_head_and_hovers_the_mass_lost(vit_capture):
@@ -178,7 +178,7 @@ def test_search_results_and_zero_budget():
     assert decode(plan_fig["data"][0]["z"]).shape == (2, 4)
     rows = at.dataframe[-1].value
     assert len(rows) == 8 and (rows["density"] <= 0.30).all()
-    assert len(at.get("download_button")) == 6
+    assert len(at.get("download_button")) == 7  # and the notebook
     at.number_input(key="att_budget").set_value(0.0).run()
     at.button(key="att_search").click().run()
     assert any("budget must be above 0" in e.value for e in at.error)

@@ -102,7 +102,7 @@ def test_page_trains_runs_and_compares(page):
     assert len(flips["data"]) == 2
     top = max(float(r.max()) for r in refs)
     assert [(t["zmin"], t["zmax"]) for t in flips["data"]] == [(0, top), (0, top)]
-    assert len(at.get("download_button")) == 3
+    assert len(at.get("download_button")) == 4  # and the notebook
     # Raw counts instead of fractions: the same series times the weights counted.
     at.radio(key="tr_sad_unit").set_value("number of weights").run()
     fig = titled(at, "SAD between consecutive snapshots (weights)")

@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .cache import get_cache, make_key, model_fingerprint, tensor_digest
+from .cache import get_cache, make_key, model_fingerprint, read_entry, tensor_digest
 from .config import SparsifyConfig
 from .display import Card, Shown, fmt
 from .layers import grouped_view, layer_group, layer_weight
@@ -361,8 +361,7 @@ def cached_scan(loaded: LoadedModel, config: SensitivityConfig) -> "SensitivityS
     """
     config.validate()
     metric = config.metric or next(iter(loaded.quality()))
-    raw = get_cache().get(_scan_key(loaded, config, metric))
-    return None if raw is None else SensitivityScan.from_json(raw)
+    return read_entry(_scan_key(loaded, config, metric), SensitivityScan.from_json)  # an older version's: None
 
 
 def sensitivity_scan(loaded: LoadedModel, config: SensitivityConfig = SensitivityConfig(), *,
@@ -402,8 +401,8 @@ def _sensitivity_scan(loaded: LoadedModel, config: SensitivityConfig = Sensitivi
         check_calibration(calibration, f"{config.method} sensitivity scan" if method.needs_calibration else
                           "the proxy of the sensitivity scan")
     key = _scan_key(loaded, config, metric)
-    if use_cache and key in get_cache():
-        return SensitivityScan.from_json(get_cache()[key])
+    if use_cache and (hit := read_entry(key, SensitivityScan.from_json)) is not None:
+        return hit  # an entry an older version wrote reads as missing and is computed again
 
     t0 = time.perf_counter()
     settings, labels = config.settings(), config.labels()

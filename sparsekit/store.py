@@ -25,12 +25,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Mapping, Protocol, TypeVar, cast
 
-import diskcache
 import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from .cache import get_cache, make_key
+from .cache import Cache, get_cache, make_key
 from .models.weights import safetensors_header
 from .serial import Migration, check_version
 from .topology import MaskHistory, read_run_tensors
@@ -413,7 +412,7 @@ class RunStore(Generic[R]):
         if not self.delete(run_id):
             raise KeyError(f"no saved {self.what} with id {run_id!r}")
 
-    def _read_index(self, cache: diskcache.Cache) -> list[dict[str, Any]]:
+    def _read_index(self, cache: Cache) -> list[dict[str, Any]]:
         raw = cache.get(self.index_key)
         if raw is None:
             return []
@@ -434,14 +433,14 @@ class RunStore(Generic[R]):
                     entries.append(summary)
         return entries
 
-    def _rebuild(self, cache: diskcache.Cache) -> list[dict[str, Any]]:
+    def _rebuild(self, cache: Cache) -> list[dict[str, Any]]:
         # Never expected (index writes are atomic), but a damaged index must not hide the runs.
         found = (self._summary_at(cache, key) for key in list(cache.iterkeys()) if isinstance(key, str))
         entries = sorted((e for e in found if e is not None), key=lambda e: e.get("created") or 0.0)
         cache.set(self.index_key, finite_dumps(entries))
         return entries
 
-    def _summary_at(self, cache: diskcache.Cache, key: str) -> dict[str, Any] | None:
+    def _summary_at(self, cache: Cache, key: str) -> dict[str, Any] | None:
         """The index summary of the entry at ``key``; None for another kind's key, or a missing or
         unreadable entry."""
         prefix = f"{self.kind}:"

@@ -11,6 +11,7 @@ from collections import OrderedDict
 import streamlit as st
 
 import sparsekit
+from sparsekit.cache import cache_problem
 from sparsekit.models import BUILTIN_SPECS, list_model_dirs, model_roots
 from sparsekit.methods.cost import estimate_seconds
 from sparsekit.models.digits import digits_model_cached, trained_digits_model
@@ -173,6 +174,10 @@ def sidebar_model():
     with st.sidebar:
         spec, weights = _pick_source()
         status = st.empty()
+        problem = cache_problem()
+        if problem:  # the library warned once in the server's log; the page says it here, on every run
+            st.info(f"Running without the disk cache ({problem}). Everything works, but results are kept in "
+                    "this server's memory only and computed again after a restart.", icon=":material/storage:")
     if spec is None:
         if "_model_error" in st.session_state:
             status.error("Could not load the model: see the message on the page.")

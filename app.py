@@ -17,6 +17,7 @@ import time  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from ui.state import TIMING_LOG, sidebar_model  # noqa: E402
+from ui.widgets import note_unapplied_link_values  # noqa: E402
 
 if os.environ.get("SPARSEKIT_LOG_TIMINGS") == "1" and not TIMING_LOG.handlers:
     _handler = logging.StreamHandler()
@@ -56,6 +57,7 @@ def main() -> None:
     st.session_state["_model_key"] = key
     try:
         page.run()
+        note_unapplied_link_values()  # bound widgets of every page: a link value none of them took
     finally:  # also after st.stop() / a rerun request, which end the page with an exception
         TIMING_LOG.info("page %s %.3f s", _title(page), time.perf_counter() - started)
 

@@ -20,6 +20,7 @@ from sparsekit.sparsify import SparsifyConfig
 from ui.cached import loaded_model, model_quality
 from ui.format import KIND_LABELS
 from ui.long_jobs import EstimatingProgress
+from ui.widgets import linked, start_link_notice
 
 TIMING_LOG = logging.getLogger("sparsekit.timing")
 """Server-side seconds of each sparsify, quality pass and page run; printed to stderr when the server
@@ -131,8 +132,10 @@ def _train_with_progress(arch: str) -> None:
 def _pick_source() -> tuple[str | None, bytes | None]:
     """The sidebar widgets: (model spec, uploaded weights), or (None, None) with a hint drawn."""
     st.header("Model")
-    source = st.selectbox("Source", list(SOURCES), format_func=SOURCES.get, key="model_source",
-                          bind="query-params")
+    source = linked("model_source", True, "not a model source (a link names one by its label: "
+                    + "; ".join(SOURCES.values()) + ")",
+                    lambda: st.selectbox("Source", list(SOURCES), format_func=SOURCES.get, key="model_source",
+                                         bind="query-params"), SOURCES.get)
     if source == "hf":
         dirs = [str(p) for p in list_model_dirs()]
         roots = [str(r) for r in model_roots()]
@@ -171,6 +174,7 @@ def sidebar_model():
     in the main area (``require_model``), the narrow sidebar only a short line.
     """
     st.session_state.pop("_model_error", None)
+    start_link_notice()  # the top of the main area: the warning naming the link's ignored values
     with st.sidebar:
         spec, weights = _pick_source()
         status = st.empty()

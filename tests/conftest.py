@@ -169,3 +169,20 @@ def ray_cluster(tmp_path_factory):
         ray_backend.disconnect()  # leave first: a driver whose cluster vanished waits 60 s for it
         head.stop()
     assert head.proc is None
+
+
+@pytest.fixture
+def downloads(monkeypatch):
+    """label -> the data each ``st.download_button`` call of a page under AppTest was given (last call wins):
+    the bytes a user would download (``Open as notebook`` tests run them)."""
+    import streamlit
+
+    seen: dict[str, bytes] = {}
+    original = streamlit.download_button
+
+    def capture(label, data, *args, **kwargs):
+        seen[label] = data() if callable(data) else data
+        return original(label, data, *args, **kwargs)
+
+    monkeypatch.setattr(streamlit, "download_button", capture)
+    return seen

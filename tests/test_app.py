@@ -70,7 +70,7 @@ def test_sparsify_page_2_4_then_1_4(mlp):
     report = at.dataframe[1].value
     pruned = report[report["skipped_reason"] == ""]
     assert (pruned["kept_fraction"] == 0.25).all()
-    assert len(at.get("download_button")) == 3
+    assert len(at.get("download_button")) == 4  # masks, weights, report, notebook
 
 
 def test_sparsify_bad_inputs_keep_app_running():

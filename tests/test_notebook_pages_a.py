@@ -4,7 +4,6 @@ formatted as the page formats it."""
 from __future__ import annotations
 
 import pytest
-import test_page_notebooks
 from devtools.apptest import page_app
 from test_page_notebooks import NOTEBOOK_LABEL, metric, run_notebook
 from sparsekit.recipes import rounded
@@ -12,7 +11,6 @@ from sparsekit.recipes.compare import compare_recipe
 from sparsekit.sparsify import SparsifyConfig
 from ui.format import KIND_LABELS, metric_text
 
-downloads = test_page_notebooks.downloads  # the fixture: the data each download button was given
 
 
 def source(nb) -> str:

@@ -7,7 +7,7 @@ import math
 
 from devtools.apptest import page_app
 from sparsekit.recipes import rounded
-from test_page_notebooks import NOTEBOOK_LABEL, downloads, run_notebook  # noqa: F401  (the fixture, re-exported)
+from test_page_notebooks import NOTEBOOK_LABEL, run_notebook
 
 
 def _source(nb) -> str:
@@ -22,7 +22,7 @@ def _column(frame, name: str) -> list:
     return [None if isinstance(v, float) and math.isnan(v) else rounded(float(v)) for v in frame[name]]
 
 
-def test_sensitivity_page_notebook(downloads, tmp_cache):  # noqa: F811
+def test_sensitivity_page_notebook(downloads, tmp_cache):
     at = page_app("sensitivity", "digits:mlp", 300)
     at.run()
     at.selectbox(key="sen_method").set_value("wanda")
@@ -63,7 +63,7 @@ def _rows(frame) -> list[dict]:
             for row in frame.to_dict("records")]
 
 
-def test_study_page_notebook(downloads, tmp_cache):  # noqa: F811
+def test_study_page_notebook(downloads, tmp_cache):
     at = page_app("study", "digits:mlp", 300)
     at.run()
     at.multiselect(key="st_models").set_value(["digits:mlp"])
@@ -88,7 +88,7 @@ def test_study_page_notebook(downloads, tmp_cache):  # noqa: F811
     assert _figures(nb) == 2  # quality against sparsity, Pareto front
 
 
-def test_benchmarks_page_notebook(downloads, tmp_cache):  # noqa: F811
+def test_benchmarks_page_notebook(downloads, tmp_cache):
     at = page_app("benchmarks", "digits:mlp", 300)
     at.run()
     at.multiselect(key="bench_suites").set_value(["formats"])
@@ -121,7 +121,7 @@ def test_benchmarks_page_notebook(downloads, tmp_cache):  # noqa: F811
     assert _figures(nb) == 1 and {c.key.split("_")[1] for c in at.get("plotly_chart")} == {"formats"}
 
 
-def test_study_page_notebook_of_a_training_study(downloads, tmp_cache):  # noqa: F811
+def test_study_page_notebook_of_a_training_study(downloads, tmp_cache):
     at = page_app("study", "digits:mlp", 300)
     at.run()
     at.radio(key="st_kind").set_value("training").run()

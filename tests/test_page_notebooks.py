@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 
 import pytest
-import streamlit
-
 from devtools import ROOT
 from devtools.apptest import page_app
 from sparsekit.recipes import Recipe, code, headline_line, literal, md, parse_headline, rounded
@@ -19,20 +17,6 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
 NOTEBOOK_LABEL = "Open as notebook (.ipynb)"
-
-
-@pytest.fixture
-def downloads(monkeypatch):
-    """label -> the data each ``st.download_button`` call of the page was given (last call wins)."""
-    seen: dict[str, bytes] = {}
-    original = streamlit.download_button
-
-    def capture(label, data, *args, **kwargs):
-        seen[label] = data() if callable(data) else data
-        return original(label, data, *args, **kwargs)
-
-    monkeypatch.setattr(streamlit, "download_button", capture)
-    return seen
 
 
 def run_notebook(data: bytes) -> tuple[dict, object]:

@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import serial
+from ..display import Card, Shown, fmt
 from ..store import RecordHeader, RunStore, finite_dumps, finite_json
 from .harness import SCHEMA_VERSION, CaseResult
+from .suites import verdicts
 
 MAX_IMPORT_BYTES = 50 * 2**20
 _STATUSES = {"ok", "failed", "skipped", "oom", "error"}
@@ -18,8 +20,8 @@ HEADER = RecordHeader("sparsekit.bench", SCHEMA_VERSION, "benchmark file", forma
 """The header of a benchmark file (the CLI's output, a stored run, an import)."""
 
 
-@dataclass
-class BenchRun:
+@dataclass(repr=False)
+class BenchRun(Shown):
     """A set of results measured in one run, with the environment and the device's ceilings."""
 
     env: dict[str, Any]
@@ -29,6 +31,39 @@ class BenchRun:
     suites: list[str] = field(default_factory=list)
     name: str = ""
     created: float = field(default_factory=time.time)
+
+    FIGURE = "bench_run_figure"
+
+    def summary_card(self) -> Card:
+        """What it ran on, the cases measured and skipped, and a speedup verdict per Linear shape (2:4) and
+        per sparse backend of the other suites."""
+        env, res = self.env, self.results
+        count = {s: sum(1 for r in res if r.status == s) for s in _STATUSES}
+        timed = [r for r in res if r.status == "ok" and r.speedup is not None]
+        head = {"environment": f"{env.get('device_name') or env.get('device', '?')} ({env.get('device', '?')}), "
+                               f"torch {env.get('torch', '?')}, {env.get('threads', '?')} threads",
+                "cases": f"{count['ok']} ok, {count['skipped']} skipped"
+                         + "".join(f", {count[s]} {s}" for s in ("failed", "oom", "error") if count[s]),
+                "faster than dense": f"{sum(1 for r in timed if (r.speedup or 0.0) > 1.0)} of {len(timed)} timed"}
+        if self.ceilings:
+            head["ceilings"] = (f"{fmt(self.ceilings.get('matmul_tflops'), 3)} TFLOP/s matmul, "
+                                f"{fmt(self.ceilings.get('copy_gbps'), 3)} GB/s copy")
+        rows: list[dict[str, Any]] = [{"suite": "linear", "backend": v["backend"], "case": v["shape"],
+                                       "best speedup": v["best_speedup"], "verdict": v["verdict"]}
+                                      for v in verdicts(res)]
+        groups: dict[tuple[str, str], list[CaseResult]] = {}
+        for r in res:
+            if r.suite != "linear":
+                groups.setdefault((r.suite, r.backend), []).append(r)
+        for (suite, backend), rs in groups.items():
+            ok = [r.speedup for r in rs if r.status == "ok" and r.speedup is not None]
+            if not ok and all(r.status == "ok" for r in rs):
+                continue  # the dense baseline the others are timed against
+            verdict = (f"faster in {sum(1 for v in ok if v > 1.0)} of {len(ok)} timed" if ok else
+                       "not measured: " + "; ".join(sorted({r.message or r.status for r in rs}))[:200])
+            rows.append({"suite": suite, "backend": backend, "case": f"{len(rs)} cases",
+                         "best speedup": max(ok) if ok else None, "verdict": verdict})
+        return Card(f"BenchRun {self.title()}", head, rows, "speedup = dense time / sparse time (> 1 is faster)")
 
     def to_json(self) -> str:
         return finite_dumps({

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .. import serial
+from ..display import Card, Shown, fmt, percent
 from ..flips import FlipWindow, window_series
 from ..sparsify import SparsifyConfig
 from ..store import RecordHeader, finite_json, pack_run, run_meta, unpack_masked_run
@@ -84,8 +85,8 @@ class RecoveryInterval:
         return serial.from_json(cls, data)
 
 
-@dataclass
-class RecoveryRecord:
+@dataclass(repr=False)
+class RecoveryRecord(Shown):
     """Everything a recovery run produced; restores exactly from the run store.
 
     Attributes:
@@ -137,6 +138,23 @@ class RecoveryRecord:
     weights: dict[str, torch.Tensor] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     owner: str = ""
+
+    FIGURE = "recovery_figure"
+
+    def summary_card(self) -> Card:
+        """The headline metric before → after recovery next to dense, the gap recovered, the flip rate,
+        one row per evaluation."""
+        gap, flips = self.gap_recovered, self.run_flips
+        head = {"status": self.status, "mode": self.config.label(), "pruned": self.sparsify_config.label(),
+                "steps": f"{self.steps_done:,} of {self.config.steps:,}",
+                self.metric or "metric": f"{fmt(self.before)} → {fmt(self.after)} (dense {fmt(self.dense)})",
+                "gap recovered": "— (no gap)" if gap is None else percent(gap),
+                "flip rate per step": "—" if flips is None else f"{flips.flip_rate():.3%} (oscillating "
+                                                                  f"{flips.oscillation_rate():.2%})"}
+        rows = [{"step": iv.step, self.metric or "metric": iv.quality.get(self.metric), "train loss": iv.train_loss,
+                 "SAD": sum(iv.sad.values()), "flip rate": f"{iv.flips.flip_rate():.3%}", "seconds": iv.seconds}
+                for iv in self.intervals]
+        return Card(f"RecoveryRecord {self.label}", head, rows, " ".join([self.message, *self.notes]).strip())
 
     @property
     def label(self) -> str:

@@ -13,6 +13,8 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Sequence
 
+from ..display import Card, Shown, fmt
+from ..progress import ProgressFn, reporter
 from ..store import finite_dumps, process_token
 from . import aggregate
 from .backends import Backend, make_backend
@@ -155,13 +157,35 @@ def _publish(status: StudyStatus, study_id: str, progress: StudyProgressFn | Non
     return status
 
 
-@dataclass
-class StudyResult:
+@dataclass(repr=False)
+class StudyResult(Shown):
     """A study's records (in cell order; done and failed) and its final status."""
 
     spec: StudySpec
     records: list[CellRecord]
     status: StudyStatus
+
+    FIGURE = "study_figure"
+
+    def summary_card(self) -> Card:
+        """Cells done and failed, the best method per pattern on the first metric, one row per setting."""
+        groups = self.summary()
+        head = {"cells": f"{len(self.done)} done, {len(self.failed)} failed of {self.status.total}",
+                "state": self.status.state}
+        rows: list[dict[str, object]] = []
+        note = "no finished cells"
+        if groups:
+            metric = next(iter(groups[0].metrics))
+            best = aggregate.best_per_pattern(groups, metric)
+            several = len({g.model for g in groups}) > 1
+            head[f"best {metric}"] = "; ".join(
+                f"{f'{m} ' if several else ''}{p}: {g.variant} {fmt(g.metrics[metric].mean)}"
+                for (m, p), g in best.items())
+            rows = [{"model": g.model, "pattern": g.pattern, "method": g.variant, "seeds": len(g.seeds),
+                     **{k: iv.text(4) for k, iv in g.metrics.items()}, "kept share": g.kept_fraction,
+                     "best": "★" if best.get((g.model, g.pattern)) is g else ""} for g in groups]
+            note = f"mean [{groups[0].metrics[metric].confidence:.0%} t-interval] over seeds per setting"
+        return Card(f"StudyResult {self.spec.name} ({self.spec.kind})", head, rows, note)
 
     @property
     def done(self) -> list[CellRecord]:
@@ -183,7 +207,7 @@ class StudyResult:
 
 
 def run_study(spec: StudySpec, backend: Backend | str | None = None, *, ray_address: str | None = None,
-              workers: int | None = None, progress: StudyProgressFn | None = None,
+              workers: int | None = None, progress: StudyProgressFn | bool | None = True,
               stop: StopFn | None = None) -> StudyResult:
     """Run a study: what the cache holds is reused, the rest is computed and stored cell by cell.
 
@@ -193,7 +217,8 @@ def run_study(spec: StudySpec, backend: Backend | str | None = None, *, ray_addr
         ray_address: Ray cluster address (implies ``ray``); default ``$SPARSEKIT_RAY_ADDRESS``, then ``auto``;
             ``local`` starts a Ray instance in this process.
         workers: local: worker processes (None = in this process); Ray ``local``: its CPUs.
-        progress: ``progress(StudyStatus)`` after every cell and when the running set changes.
+        progress: True (default): a bar of the cells done of all (``sparsekit.progress``); False/None: silent;
+            a callable: ``progress(StudyStatus)`` after every cell and when the running set changes.
         stop: ``stop() -> bool``, asked after every event; True ends the run (finished cells are kept).
 
     Returns:
@@ -211,11 +236,26 @@ def run_study(spec: StudySpec, backend: Backend | str | None = None, *, ray_addr
         runner.memory_per_cell = {m: mb * MB for m, mb in estimates.items() if mb}
     cells = spec.cells()
     keys = [c.key for c in cells]
-    ex = execute(cells, runner, keys=keys, progress=progress, stop=stop, study_id=spec.study_id, name=spec.name)
+    with reporter(None if callable(progress) else progress, f"study {spec.name}") as bar:
+        on_status = progress if callable(progress) else _status_bar(bar)
+        ex = execute(cells, runner, keys=keys, progress=on_status, stop=stop, study_id=spec.study_id,
+                     name=spec.name)
     records = [relabel(ex.records[k], c, k) for c, k in zip(cells, keys) if k in ex.records]
     if ex.status is None:  # execute sets it on every return
         raise RuntimeError("the study run ended without a status")
     return StudyResult(spec, records, ex.status)
+
+
+def _status_bar(bar: ProgressFn | None) -> StudyProgressFn | None:
+    """A ``StudyStatus`` callback moving ``bar`` to the cells finished (done or failed) of all."""
+    if bar is None:
+        return None
+
+    def show(s: StudyStatus) -> None:
+        extra = "".join(f", {n} {what}" for n, what in ((s.failed, "failed"), (s.running, "running")) if n)
+        bar((s.done + s.failed) / s.total if s.total else 1.0, f"{s.done}/{s.total} cells done{extra}")
+
+    return show
 
 
 def study_status(spec: StudySpec) -> StudyStatus:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .. import serial
+from ..display import Card, Shown, fmt, percent
 from ..flips import FlipWindow, window_series
 from ..models.digits import N_CLASSES, build_digits_model
 from ..store import RecordHeader, finite_json, pack_run, unpack_masked_run
@@ -48,8 +49,8 @@ class EpochMetrics:
     """Wall time since the start of the run."""
 
 
-@dataclass
-class RunRecord:
+@dataclass(repr=False)
+class RunRecord(Shown):
     """Everything a training run produced; restores exactly from the cache (``load_run``).
 
     Attributes:
@@ -95,6 +96,27 @@ class RunRecord:
     has ended without saving a final status (server killed, crash) is then shown as stopped."""
     step_flip_rate: list[float] = field(default_factory=list)
     flip_windows: list[FlipWindow] = field(default_factory=list)
+
+    FIGURE = "run_figure"
+
+    def summary_card(self) -> Card:
+        """Final held-out metrics, epochs done, how far the topology still moves (SAD), one row per epoch."""
+        cfg, last = self.config, (self.epochs[-1] if self.epochs else None)
+        head = {"status": self.status, "method": cfg.label(),
+                "epochs": f"{fmt(last.epoch if last else 0.0)} of {cfg.epochs} ({self.steps_done:,} steps)"}
+        if last is not None:
+            head.update({"held-out accuracy": f"{last.test_accuracy:.2f}%", "test loss": fmt(last.test_loss),
+                         "kept": percent(last.density)})
+        rep = self.sad()
+        if rep.layers and len(rep.steps) > 1:
+            last_sad = float(rep.series("interval", fraction=True)[-1])
+            whole = float(rep.series("from_first", fraction=True)[-1])
+            head["SAD last interval / first → final"] = f"{percent(last_sad, 2)} / {percent(whole, 2)}"
+        rows = [{"epoch": e.epoch, "train loss": e.train_loss, "test loss": e.test_loss,
+                 "accuracy (%)": e.test_accuracy, "kept": percent(e.density), "seconds": e.seconds}
+                for e in self.epochs]
+        note = " ".join(t for t in (self.message, chance_warning(self)) if t)
+        return Card(f"RunRecord {self.name}".strip(), head, rows, note)
 
     @property
     def total_steps(self) -> int:

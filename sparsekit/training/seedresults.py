@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from .. import serial
+from ..display import Card, Shown
 from ..stats import Interval, PairedDifference, describe_difference, mean_interval, paired_difference
 from ..store import finite_json
 from .records import RunRecord
@@ -117,8 +118,8 @@ class Comparison:
     sentence: str
 
 
-@dataclass
-class SeedStudyResult:
+@dataclass(repr=False)
+class SeedStudyResult(Shown):
     """The runs of a study and everything computed from them."""
 
     config: SeedStudyConfig
@@ -127,6 +128,30 @@ class SeedStudyResult:
     """Runs trained in this call (the rest came from the cache)."""
     complete: bool = True
     """False when the study was stopped before its last run."""
+
+    FIGURE = "seed_study_figure"
+    _CARD_METRICS = ("late_sad_pct", "accuracy", "late_flipped_pct")
+
+    def summary_card(self) -> Card:
+        """Per pattern: STE and SR-STE as mean [interval] over the seeds, then SR-STE − STE paired by seed."""
+        cfg = self.config
+        head = {"runs": f"{len(self.runs)} of {len(cfg.run_configs())}" + ("" if self.complete else " (stopped)"),
+                "trained now": str(self.computed)}
+        diffs = {(c.n, c.m, c.metric): c.paired for c in self.comparisons()}
+        for n, m in cfg.patterns:
+            pd = diffs[(n, m, "late_sad_pct")]
+            head[f"{n}:{m} late SAD, SR-STE − STE"] = f"{pd.diff.text()} pp (SR-STE lower in {pd.a_lower} of {pd.n})"
+        rows: list[dict[str, str]] = []
+        for row in self.summary():
+            rows.append({"N:M": f"{row.n}:{row.m}", "run": row.label, "seeds": str(row.metrics["accuracy"].n),
+                         **{f"{METRICS[k][0]} %": row.metrics[k].text() for k in self._CARD_METRICS}})
+            if row.method == "srste":
+                rows.append({"N:M": f"{row.n}:{row.m}", "run": "SR-STE − STE", "seeds": str(diffs[(row.n, row.m,
+                             "accuracy")].n), **{f"{METRICS[k][0]} %": diffs[(row.n, row.m, k)].diff.text()
+                                                 for k in self._CARD_METRICS}})
+        return Card(f"SeedStudyResult ({cfg.train.arch.upper()}, {cfg.train.epochs} epochs, K = {cfg.seeds} seeds)",
+                    head, rows, f"mean [{cfg.confidence:.0%} t-interval] over seeds; differences paired by seed; SAD "
+                    "and flips in % of the sparse weights.")
 
     def values(self, method: str, n: int, m: int, lam: float, metric: str) -> dict[int, float]:
         """seed -> value of one metric for one cell (λ is ignored for STE)."""

@@ -20,7 +20,13 @@ from .attention import (
     search_tradeoff_figure,
 )
 from .attribution import agreement_figure, attribution_maps_figure, token_attribution_figure
-from .bench import attention_speedup_figure, bench_figures, speedup_batch_figure, speedup_density_figure
+from .bench import (
+    attention_speedup_figure,
+    bench_figures,
+    bench_run_figure,
+    speedup_batch_figure,
+    speedup_density_figure,
+)
 from .compare import METHOD_COLORS, compare_figure
 from .masks import (
     TEXT_CELLS_MAX,
@@ -36,13 +42,14 @@ from .recovery import (
     flip_rate_figure,
     recovery_colors,
     recovery_curves_figure,
+    recovery_figure,
     recovery_gap_figure,
     recovery_sad_figure,
     recovery_sad_heatmap,
 )
 from .reports import layer_kept_figure, memory_figure, params_by_type_figure, quality_figure
 from .sensitivity import allocation_figure, sensitivity_heatmap, sensitivity_proxy_figure
-from .study import study_interval_figure, study_pareto_figure, study_quality_figure
+from .study import study_figure, study_interval_figure, study_pareto_figure, study_quality_figure
 from .training import (
     FLIP_COLORSCALE,
     RUN_COLORS,
@@ -53,6 +60,7 @@ from .training import (
     lambda_sweep_figure,
     paired_difference_figure,
     run_colors,
+    run_figure,
     run_key,
     sad_heatmap_figure,
     sad_series_figure,
@@ -62,7 +70,8 @@ from .training import (
 
 __all__ = [
     "study_interval_figure", "study_pareto_figure", "study_quality_figure", "ATTENTION_FAMILY_COLORS",
-    "allocation_figure", "capture_figure", "head_metrics_figure",
+    "allocation_figure", "capture_figure", "head_metrics_figure", "study_figure", "run_figure", "recovery_figure",
+    "bench_run_figure",
     "DEFAULT_MAX_CELLS", "LABEL_ALL_TOKENS", "DIFF_COLORS", "FLIP_COLORSCALE", "KEPT_COLOR", "METHOD_COLORS",
     "PRUNED_COLOR", "RUN_COLORS", "SKIPPED_COLOR", "STUDY_COLORS", "TEXT_CELLS_MAX", "agreement_figure",
     "attention_heatmap", "attention_speedup_figure", "attribution_maps_figure", "bench_figures", "color_map",

@@ -17,6 +17,7 @@ from ._style import _empty, _log_axis, _pct_text, _ratio_text
 
 if TYPE_CHECKING:
     from ..bench import CaseResult
+    from ..bench.records import BenchRun
 
 
 def _timed(results: Sequence[CaseResult], *needed: str) -> list[CaseResult]:
@@ -166,3 +167,21 @@ def bench_figures(results: Sequence[CaseResult]) -> dict[str, go.Figure]:
     if suite("linear"):
         out["linear"] = speedup_batch_figure(suite("linear"))
     return out
+
+
+def bench_run_figure(run: BenchRun, suite: str | None = None) -> go.Figure:
+    """A benchmark run's plot (``BenchRun.figure()``): one suite's figure from ``bench_figures``.
+
+    Args:
+        run: the run.
+        suite: ``formats``, ``attention`` or ``linear`` (default: the first the run can draw, in that order).
+
+    Returns:
+        A plotly Figure (a note when no suite has anything to draw).
+    """
+    figures = bench_figures(run.results)
+    if suite is None:
+        return next(iter(figures.values())) if figures else _empty("benchmarks", "no timed cases to draw")
+    if suite not in figures:
+        raise ValueError(f"suite {suite!r} has nothing to draw in this run; it can draw {sorted(figures) or 'none'}")
+    return figures[suite]

@@ -17,7 +17,7 @@ from ._style import RUN_COLORS, _empty, _log_axis, _number_text, _pct_text, colo
 if TYPE_CHECKING:
     from ..recovery import RecoveryRecord
 
-__all__ = ["flip_rate_figure", "recovery_colors", "recovery_curves_figure", "recovery_gap_figure",
+__all__ = ["flip_rate_figure", "recovery_colors", "recovery_curves_figure", "recovery_figure", "recovery_gap_figure",
            "recovery_sad_figure", "recovery_sad_heatmap"]
 
 
@@ -84,6 +84,12 @@ def recovery_curves_figure(records: Sequence[RecoveryRecord], *, colors: Mapping
                      row=1, col=2)
     fig.update_layout(title="recovery: quality and loss", legend=dict(orientation="h", y=-0.25))
     return fig
+
+
+def recovery_figure(record: RecoveryRecord, **kwargs: Any) -> go.Figure:
+    """One recovery run's plot (``RecoveryRecord.figure()``): its quality at every evaluation next to the
+    dense value, and its training loss (``recovery_curves_figure``; ``kwargs`` go there)."""
+    return recovery_curves_figure([record], **kwargs)
 
 
 def recovery_sad_figure(records: Sequence[RecoveryRecord], *, layer: str | None = None, from_start: bool = False,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import plotly.graph_objects as go
 
@@ -12,6 +12,9 @@ from ..stats import Interval
 from ..study.aggregate import Group
 from ._style import _BYTES_PER_MB, _empty
 from .compare import METHOD_COLORS
+
+if TYPE_CHECKING:
+    from ..study.runner import StudyResult
 
 _FALLBACK = ("#ff7f0e", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#393b79", "#637939", "#843c39")
 
@@ -182,3 +185,29 @@ def study_interval_figure(groups: Sequence[Group], metric: str, *, metric_label:
     fig.update_layout(title=f"{label}: mean and {conf:.0%} interval over seeds", xaxis_title="pattern (N = kept)",
                       yaxis_title=label, legend_title_text="method", scattermode="group")
     return fig
+
+
+def study_figure(result: StudyResult, metric: str | None = None, *, model: str | None = None) -> go.Figure:
+    """A study run's plot (``StudyResult.figure()``): one-shot studies as quality against sparsity with
+    interval bands (``study_quality_figure``), training studies as intervals per pattern
+    (``study_interval_figure``).
+
+    Args:
+        result: ``sparsekit.study.run_study``'s result.
+        metric: the metric (default: the first the summaries carry).
+        model: the model (default: the first; a study of several models draws one at a time).
+
+    Returns:
+        A plotly Figure (a note when no cell has finished).
+    """
+    groups = result.summary()
+    if not groups:
+        return _empty("Study", "No finished cells yet")
+    metric = metric or next(iter(groups[0].metrics))
+    model = model or groups[0].model
+    mine = [g for g in groups if g.model == model]
+    if not mine:
+        raise ValueError(f"no finished cells of model {model!r}; the study has {sorted({g.model for g in groups})}")
+    if result.spec.kind == "oneshot":
+        return study_quality_figure(mine, metric)
+    return study_interval_figure(mine, metric)

@@ -287,6 +287,24 @@ def flip_maps_figure(counts: Sequence[Any], names: Sequence[str], *, title: str 
     return fig
 
 
+def run_figure(run: RunRecord, what: str = "curves", **kwargs: Any) -> go.Figure:
+    """One training run's plot (``RunRecord.figure()``).
+
+    Args:
+        run: the run.
+        what: ``curves`` (held-out accuracy and loss per epoch, ``training_curves_figure``) or ``sad``
+            (interval SAD as % of the sparse weights, ``sad_series_figure``; ``kwargs`` go there).
+
+    Returns:
+        A plotly Figure.
+    """
+    if what == "curves":
+        return training_curves_figure([run], **kwargs)
+    if what == "sad":
+        return sad_series_figure([run], **{"fraction": True, **kwargs})
+    raise ValueError(f"what must be curves or sad, got {what!r}")
+
+
 # ----------------------------------------------------------------------------- seed studies
 
 STUDY_COLORS = {"ste": "#ff7f0e", "srste": "#1f77b4"}

@@ -173,7 +173,7 @@ def train_with_progress(configs: list[TrainConfig], prefix: str, first_color: in
         box = st.status(f"Run {i + 1} of {len(configs)}: {cfg.label()}", expanded=True)
         on_progress = _progress_callback(i, box, RUN_COLORS[(first_color + i) % len(RUN_COLORS)])
         try:
-            rec = training.run_and_save(cfg, name=name, callback=on_progress)
+            rec = training.run_and_save(cfg, name=name, callback=on_progress, progress=False)
         except Exception as err:  # the run saved itself as 'failed'; the page carries on
             st.session_state.pop("tr_training", None)
             box.update(label=f"Run {i + 1}: {cfg.label()} failed", state="error")
@@ -294,7 +294,7 @@ def _fill_study(config: SeedStudyConfig) -> None:
 def _cached_result(config: SeedStudyConfig) -> SeedStudyResult | None:
     # Read back only when every run is on disk: a partial study would train the rest here.
     found, _ = cached_runs(config)
-    return run_seed_study(config) if found == len(config.run_configs()) else None
+    return run_seed_study(config, progress=False) if found == len(config.run_configs()) else None
 
 
 def render_effect_note(fill_form: Callable[[], None]) -> None:

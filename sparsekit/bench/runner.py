@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from ..models import LoadedModel, load_model
-from ..progress import ProgressFn
+from ..progress import ProgressArg, ProgressFn, reporter
 from .harness import CaseResult, environment, parse_dtype, time_budget
 from .harness import ceilings as measure_ceilings
 from .records import BenchRun
@@ -88,7 +88,7 @@ def run_benchmarks(
     config: BenchConfig,
     *,
     loaded: LoadedModel | None = None,
-    progress: ProgressFn | None = None,
+    progress: ProgressArg = True,
     name: str = "",
     checkpoint: Callable[[BenchRun], None] | None = None,
 ) -> BenchRun:
@@ -96,10 +96,17 @@ def run_benchmarks(
 
     Suites that need CUDA are reported as skipped (with the reason) on a CPU-only machine.
     ``checkpoint`` receives the run so far after each suite (the CLI writes it to disk, so a run
-    stopped from outside still leaves what it measured).
+    stopped from outside still leaves what it measured). ``progress``: True (default) draws a bar
+    (``sparsekit.progress``), False/None is silent, ``progress(fraction, message)`` is called as it goes.
     """
     validate(config)
     device = resolve_device(config.device)
+    with reporter(progress, "benchmarks") as report:
+        return _run_benchmarks(config, device, loaded, report, name, checkpoint)
+
+
+def _run_benchmarks(config: BenchConfig, device: str, loaded: LoadedModel | None, progress: ProgressFn | None,
+                    name: str, checkpoint: Callable[[BenchRun], None] | None) -> BenchRun:
     half = parse_dtype(config.dtype)
     results: list[CaseResult] = []
     n = len(config.suites)

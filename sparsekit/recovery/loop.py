@@ -17,6 +17,8 @@ from ..layers import GroupedView, grouped_view
 from ..masks import nm_mask, sad, serial_kernels
 from ..models.base import LoadedModel
 from ..models.sentences import SENTENCES
+from ..progress import ProgressFn as BarFn
+from ..progress import reporter
 from ..sparsify import SparsifyResult
 from ..store import process_token
 from ..topology import MaskHistory
@@ -211,7 +213,7 @@ def recover(
     *,
     corpus: Sequence[str] | None = None,
     name: str = "",
-    progress: ProgressFn | None = None,
+    progress: ProgressFn | bool | None = True,
     stop: StopFn | None = None,
     checkpoint: Callable[[RecoveryRecord], object] | None = None,
     objective: Objective | None = None,
@@ -227,7 +229,9 @@ def recover(
         corpus: sentences for text models (default: ``sparsekit.data.recovery_corpus()``); digits
             models train on their training split and take no corpus.
         name: a label for the run.
-        progress: ``progress(RecoveryProgress)`` at the start, after every step and every evaluation.
+        progress: True (default): a bar of the steps done, with the loss and the latest quality
+            (``sparsekit.progress``); False/None: silent; a callable: ``progress(RecoveryProgress)`` at the
+            start, after every step and every evaluation.
         stop: asked before every step; True stops the run (evaluated once more, status ``stopped``).
         checkpoint: ``checkpoint(record)`` at the start, after every evaluation and at the end, also
             when the run fails or is interrupted.
@@ -263,9 +267,27 @@ def recover(
     # A forked RNG: seeding must not reset the caller's random state. Masks of large layers are
     # recomputed every step; numba's parallel launch costs more than it saves on a shared machine
     # (all of MiniLM's 2:4 masks: 0.24 s in parallel, 0.011 s serial, measured).
-    with torch.random.fork_rng(devices=[]), serial_kernels():
+    with (torch.random.fork_rng(devices=[]), serial_kernels(),
+          reporter(None if callable(progress) else progress, "recover") as bar):
         torch.manual_seed(config.seed)
-        return _recover(result, loaded, config, levels, objective, loss_kind, notes, name, progress, stop, checkpoint)
+        report = progress if callable(progress) else _bar_progress(bar)
+        return _recover(result, loaded, config, levels, objective, loss_kind, notes, name, report, stop, checkpoint)
+
+
+def _bar_progress(bar: BarFn | None) -> ProgressFn | None:
+    """A ``RecoveryProgress`` callback moving ``bar`` to the steps done (the loss; at evaluations, the quality)."""
+    if bar is None:
+        return None
+
+    def show(p: RecoveryProgress) -> None:
+        if p.interval is not None:
+            metric = p.record.metric
+            message = f"step {p.step}/{p.total_steps}: {metric} {p.interval.quality.get(metric, float('nan')):.4g}"
+        else:
+            message = f"step {p.step}/{p.total_steps}, loss {p.loss:.3g}"
+        bar(p.step / p.total_steps if p.total_steps else 1.0, message)
+
+    return show
 
 
 @dataclass

@@ -55,7 +55,7 @@ def recover_and_save(
     *,
     corpus: Sequence[str] | None = None,
     name: str = "",
-    progress: ProgressFn | None = None,
+    progress: ProgressFn | bool | None = True,
     stop: StopFn | None = None,
     checkpoint: Callable[[RecoveryRecord], object] | None = None,
     objective: Objective | None = None,
@@ -64,7 +64,8 @@ def recover_and_save(
     after every evaluation and at the end, also when it is stopped or raises.
 
     Args:
-        result, loaded, config, corpus, name, progress, stop, objective: as for ``recover``.
+        result, loaded, config, corpus, name, progress, stop, objective: as for ``recover`` (``progress``
+            True, the default, draws a bar of the steps done; False/None is silent).
         checkpoint: also called after each save (e.g. to refresh a page).
 
     Returns:

@@ -188,7 +188,7 @@ def run_training(cell: Cell, *, data: DigitsData | None = None) -> CellRecord:
 
     cfg = cell.train_config()
     start = time.perf_counter()
-    run = run_metrics(train(cfg, data=data if data is not None else digits_split()))
+    run = run_metrics(train(cfg, data=data if data is not None else digits_split(), progress=None))
     detail = asdict(run)
     return CellRecord(
         **cell.labels(), status="done", error=None,

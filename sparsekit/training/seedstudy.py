@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
 from ..models.digits import DigitsData, digits_split
+from ..progress import reporter
 from .config import TrainConfig, default_train_config
 from .seedconfig import (
     DEFAULT_LAMBDA_SWEEP,
@@ -101,7 +102,7 @@ def cached_runs(config: SeedStudyConfig) -> tuple[int, float]:
 def run_seed_study(
     config: SeedStudyConfig,
     *,
-    progress: Callable[[StudyProgress], "bool | None"] | None = None,
+    progress: Callable[[StudyProgress], "bool | None"] | bool | None = True,
     data: DigitsData | None = None,
     use_cache: bool = True,
 ) -> SeedStudyResult:
@@ -112,7 +113,9 @@ def run_seed_study(
 
     Args:
         config: the study (validated here).
-        progress: called after every run; return True to stop (the result then has ``complete=False``).
+        progress: True (default): a bar of the runs done (``sparsekit.progress``); False/None: silent; a
+            callable: ``progress(StudyProgress)`` after every run, return True to stop (the result then has
+            ``complete=False``).
         data: the digits split (default ``digits_split()``).
         use_cache: read and write finished runs in the disk cache.
 
@@ -142,18 +145,24 @@ def run_seed_study(
         if not cached:
             result.computed += 1
             trained_s += float(record.seconds or 0.0)
-        if progress is None:
+        if not callable(progress) and bar is None:
             return False
         eta = trained_s / result.computed * (to_train - result.computed) if result.computed else None
         cfg = cell.train_config()
         label = "STE" if cfg.method == "ste" else f"SR-STE λ={cfg.lambda_w:g}"
         message = f"{label} {cfg.n}:{cfg.m} seed {cfg.seed}"
-        return bool(progress(StudyProgress(done, len(cells), result.computed, message, eta)))
+        if callable(progress):
+            return bool(progress(StudyProgress(done, len(cells), result.computed, message, eta)))
+        if bar is not None:
+            bar(done / len(cells), f"{done}/{len(cells)} runs, {message}")
+        return False
 
     backend = LocalBackend(data=data, raise_errors=True)
-    run = execute(cells, backend, read_cache=use_cache, write_cache=use_cache, on_record=on_record)
+    with reporter(None if callable(progress) else progress, "seed study") as bar:
+        run = execute(cells, backend, read_cache=use_cache, write_cache=use_cache, on_record=on_record)
     result.runs = [r for r in runs if r is not None]
-    result.complete = not run.stopped
+    # A stop among cached runs ends the study before any is computed: ``run.stopped`` does not see it.
+    result.complete = not run.stopped and len(result.runs) == len(cells)
     return result
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -183,10 +183,8 @@ def layer_reasons(model: nn.Module | LoadedModel, config: SparsifyConfig) -> dic
         if not reason and config.pattern == "nm":
             size, label = grouped_view(module, config.conv_grouping).group_axis
             if size % config.m:
+                # Any allocation leaves such a layer dense, as uniform does; the allocation note says so.
                 reason = f"{label} = {size} is not a multiple of M={config.m}"
-                if config.allocation != "uniform":
-                    raise ValueError(f"{name}: {reason}, so it cannot take the N:M levels of allocation="
-                                     f"{config.allocation!r}; leave it out with the exclude regex")
         reasons[name] = reason
     return reasons
 
@@ -262,6 +260,9 @@ def _prune_copy(model: nn.Module | LoadedModel, config: SparsifyConfig, progress
         for name, level in alloc.levels.items():
             if level == config.m:
                 reasons[name] = f"kept dense by the allocation (level {level}:{level})"
+        unfit = [f"{n} ({r})" for n, r in reasons.items() if f"not a multiple of M={config.m}" in r]
+        if config.pattern == "nm" and unfit:
+            alloc = replace(alloc, note=f"{alloc.note}; left dense, as M does not fit: {', '.join(unfit)}")
 
     def nm_of(name: str) -> tuple[int, int] | None:
         if config.pattern != "nm":

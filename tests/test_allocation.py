@@ -211,8 +211,10 @@ def test_bad_inputs_at_run_time(tmp_cache):
     with pytest.raises(ValueError, match="needs a sensitivity scan"):
         sparsify(tiny_loaded(), SparsifyConfig(pattern="unstructured", allocation="sensitivity"))
     odd = nn.Sequential(nn.Linear(6, 8), nn.Linear(8, 4))
-    with pytest.raises(ValueError, match="0: in_features = 6 is not a multiple of M=4.*exclude"):
-        sparsify(odd, SparsifyConfig(allocation="owl"), calibration=torch.randn(4, 6))
+    # A layer M does not fit stays dense under OWL as under uniform, and the note says so (issue #24).
+    owl = sparsify(odd, SparsifyConfig(allocation="owl"), calibration=torch.randn(4, 6))
+    assert owl.report[0].skipped_reason == "in_features = 6 is not a multiple of M=4"
+    assert "left dense, as M does not fit: 0 (in_features = 6" in owl.allocation_note
     # Uniform N:M still leaves such a layer dense, as before.
     assert "not a multiple" in sparsify(odd, SparsifyConfig()).report[0].skipped_reason
     small = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 4))

@@ -131,7 +131,7 @@ def _train_with_progress(arch: str) -> None:
 
 def _pick_source() -> tuple[str | None, bytes | None]:
     """The sidebar widgets: (model spec, uploaded weights), or (None, None) with a hint drawn."""
-    st.header("Model")
+    st.header("Model for all pages", help="Every page works on the model picked here.")
     source = linked("model_source", True, "not a model source (a link names one by its label: "
                     + "; ".join(SOURCES.values()) + ")",
                     lambda: st.selectbox("Source", list(SOURCES), format_func=SOURCES.get, key="model_source",

@@ -41,7 +41,8 @@ def oneshot_form() -> StudySpec | None:
     """Widgets for a one-shot grid (models × methods × patterns × seeds); None with a message when bad."""
     choices = model_choices()
     c1, c2 = st.columns(2)
-    models = c1.multiselect("Models", choices, default=["minilm"], key="st_models",
+    sidebar = st.session_state.get("_model_key", "").split("#", 1)[0]  # a study starts from the sidebar's model
+    models = c1.multiselect("Models", choices, default=[sidebar if sidebar in choices else "minilm"], key="st_models",
                             format_func=lambda s: MODEL_LABELS.get(s, s.removeprefix("hf:")))
     methods = c2.multiselect("Methods", list(REGISTRY), default=["magnitude", "wanda"], key="st_methods",
                              format_func=lambda m: REGISTRY[m].label)
@@ -60,7 +61,10 @@ def oneshot_form() -> StudySpec | None:
 def training_form() -> StudySpec | None:
     """Widgets for a sparse-training grid (STE / SR-STE × N:M × λ_w × seeds on a digits model)."""
     c1, c2, c3 = st.columns(3)
-    arch = c1.selectbox("Model", ["cnn", "mlp", "vit"], key="st_arch", format_func=lambda a: f"Digits {a.upper()}")
+    sidebar = st.session_state.get("_model_key", "").split("#", 1)[0].removeprefix("digits:")
+    arch = c1.selectbox("Model", ["cnn", "mlp", "vit"], index=["cnn", "mlp", "vit"].index(sidebar)
+                        if sidebar in ("cnn", "mlp", "vit") else 0, key="st_arch",
+                        format_func=lambda a: f"Digits {a.upper()}")
     methods = c2.multiselect("Methods", ["ste", "srste"], default=["ste", "srste"], key="st_tmethods",
                              format_func=lambda m: {"ste": "STE", "srste": "SR-STE"}[m])
     patterns = c3.multiselect("N:M (keep N of M)", TRAIN_PATTERNS, default=["2:4"], key="st_tpatterns")

@@ -2,6 +2,8 @@
 values of a shared link (URL query parameters) that were ignored, and why."""
 from __future__ import annotations
 
+import json
+from dataclasses import fields
 from typing import Any, Callable, TypeVar
 
 import streamlit as st
@@ -70,6 +72,8 @@ def _same(raw: str, value: Any, shown: Callable[[Any], Any] | None) -> bool:
     """Whether the widget took the link's ``raw`` value (a link names an option by its label)."""
     if raw == str(value) or (shown is not None and raw == str(shown(value))):
         return True
+    if isinstance(value, bool):  # a checkbox: the URL spells it true/false
+        return raw.lower() == str(value).lower()
     try:
         return float(raw) == float(value)
     except (TypeError, ValueError):
@@ -106,6 +110,30 @@ def note_unapplied_link_values() -> None:
         value = st.session_state[key]
         if not _same(raw, value, None) and not (isinstance(value, (list, tuple)) and raw in map(str, value)):
             note_ignored_link_value(key, raw, f"not a value this page offers (it shows {value!r})")
+
+
+def config_link_value(config: SparsifyConfig) -> str:
+    """A config as a short link value: the JSON of its fields that differ from the defaults."""
+    default = SparsifyConfig()
+    data = {f.name: getattr(config, f.name) for f in fields(config) if getattr(config, f.name) != getattr(default, f.name)}
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def apply_linked_config(param: str) -> None:
+    """Make the config a link carries in ``param`` (``config_link_value``) the current one, once per link
+    value: a shared link shows the sender's setting, not the receiver's own. A bad value is named in the
+    run's warning and the current config stays."""
+    raw = st.query_params.get(param)
+    if raw is None or not _first_look(param, raw):
+        return
+    try:
+        config = SparsifyConfig.from_json(raw)
+        config.validate()
+    except (ValueError, TypeError) as err:  # bad JSON is a ValueError; an unknown field a TypeError
+        note_ignored_link_value(param, raw if len(raw) <= 80 else raw[:80] + "…",
+                                f"not a sparsity setting ({err})")
+        return
+    st.session_state["config_json"] = config.to_json()
 
 
 def current_config() -> SparsifyConfig:
@@ -179,11 +207,15 @@ def config_form(prefix: str, initial: SparsifyConfig, *, compact: bool = False,
             include, exclude = initial.include, initial.exclude
             first, last, grouping = initial.keep_first_dense, initial.keep_last_dense, initial.conv_grouping
         else:
-            include = st.text_input("Include regex", initial.include, max_chars=500, key=f"{prefix}_include",
-                                    placeholder="e.g. encoder\\.layer\\.[0-2]\\.")
-            exclude = st.text_input("Exclude regex", initial.exclude, max_chars=500, key=f"{prefix}_exclude")
-            first = st.checkbox("Keep first layer dense", initial.keep_first_dense, key=f"{prefix}_first")
-            last = st.checkbox("Keep last layer dense", initial.keep_last_dense, key=f"{prefix}_last")
+            include = linked(f"{prefix}_include", url, "a regex of at most 500 characters", lambda: st.text_input(
+                "Include regex", initial.include, max_chars=500, key=f"{prefix}_include", bind=bind,
+                placeholder="e.g. encoder\\.layer\\.[0-2]\\."))
+            exclude = linked(f"{prefix}_exclude", url, "a regex of at most 500 characters", lambda: st.text_input(
+                "Exclude regex", initial.exclude, max_chars=500, key=f"{prefix}_exclude", bind=bind))
+            first = linked(f"{prefix}_first", url, "keep-first-dense is true or false", lambda: st.checkbox(
+                "Keep first layer dense", initial.keep_first_dense, key=f"{prefix}_first", bind=bind))
+            last = linked(f"{prefix}_last", url, "keep-last-dense is true or false", lambda: st.checkbox(
+                "Keep last layer dense", initial.keep_last_dense, key=f"{prefix}_last", bind=bind))
             grouping = st.selectbox("Conv grouping", ["channel", "kernel"],
                                     index=["channel", "kernel"].index(initial.conv_grouping), key=f"{prefix}_grouping",
                                     help="channel: M input channels at one kernel position (NVIDIA ASP); "

@@ -6,9 +6,13 @@ import streamlit as st
 
 from sparsekit import viz
 from sparsekit.recipes.masks import masks_headline, masks_recipe
+from ui.next_step import next_step
 from ui.notebook import notebook_button, upload_digest
 from ui.state import require_model, sparsified
-from ui.widgets import config_form, current_config
+from ui.widgets import apply_linked_config, config_form, config_link_value, current_config, linked
+
+LINK_CONFIG = "mask_config"  # the URL parameter holding the setting shown
+SPARSIFY_PAGE = "views/sparsify.py"
 
 st.title("Masks")
 st.markdown(
@@ -20,8 +24,12 @@ st.markdown(
 
 loaded, key = require_model()
 
+# A shared link carries the sender's setting: it is applied before the page reads the current one.
+apply_linked_config(LINK_CONFIG)
 config = current_config()
-st.caption(f"Showing the masks of **{config.label()}** (change it on the Sparsify page).")
+st.query_params[LINK_CONFIG] = config_link_value(config)
+st.caption(f"Showing the masks of **{config.label()}**.")
+next_step(SPARSIFY_PAGE, "Change the setting on the Sparsify page", ":material/content_cut:")
 try:
     result = sparsified(key, loaded, config)
 except ValueError as err:
@@ -39,7 +47,9 @@ def chart(fig, **kw) -> None:
 
 
 names = list(result.masks)
-layer = st.selectbox("Layer", names, key="mask_layer", bind="query-params")
+layer = linked("mask_layer", True, "not a pruned layer under this setting (" + ", ".join(names[:6])
+              + (", …" if len(names) > 6 else "") + ")",
+              lambda: st.selectbox("Layer", names, key="mask_layer", bind="query-params"))
 orig = dict(loaded.module.named_modules())[layer].weight.detach()
 mask = result.masks[layer]
 w2, m2 = result.matrix_view(layer, orig), result.matrix_view(layer, mask)
@@ -64,9 +74,9 @@ with overview:
 
 with zoom_tab:
     z1, z2, z3 = st.columns(3)
-    size = z3.slider("Block size", 4, 64, 12, key="zoom_size", help="values are printed up to 20×20")
-    row0 = int(z1.number_input("First row", 0, max(0, rows - 1), 0, key="zoom_row"))
-    col0 = int(z2.number_input("First column", 0, max(0, cols - 1), 0, key="zoom_col"))
+    size = z3.slider("Block size", 4, 64, 12, key="zoom_size", bind="query-params", help="values are printed up to 20×20")
+    row0 = int(z1.number_input("First row", 0, max(0, rows - 1), 0, key="zoom_row", bind="query-params"))
+    col0 = int(z2.number_input("First column", 0, max(0, cols - 1), 0, key="zoom_col", bind="query-params"))
     chart(viz.mask_zoom_figure(w2, m2, row0, col0, size, size, m=config.m if nm else None))
 
 with groups_tab:

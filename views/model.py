@@ -6,6 +6,7 @@ from sparsekit import viz
 from sparsekit.recipes.model import model_headline, model_recipe
 from sparsekit.report import layer_table, params_by_type
 from ui.format import KIND_LABELS, metric_text, source_details
+from ui.next_step import next_step
 from ui.notebook import notebook_button, upload_digest
 from ui.state import require_model
 
@@ -27,6 +28,7 @@ with st.expander("Start here: a first tour in five steps", expanded="tour_seen" 
         "5. **Training & topology**: train a 2:4 network from scratch and watch its mask settle (SAD)."
     )
     st.caption("The pages are listed at the top of the sidebar; every page works on the model picked below them.")
+    next_step("views/sparsify.py", "Next: Sparsify this model (step 2)", ":material/content_cut:")
 
 loaded, _ = require_model()
 

@@ -5,7 +5,8 @@ Each cell of the unit x setting table prunes only that unit of a copy (``sparsif
 unit's own output reconstruction error on the dense model's calibration inputs,
 ``sum ||W x - W' x||^2 / sum ||W x||^2`` over its layers (W' the pruned weight, as SparseGPT rewrote
 it), from each layer's input Gram matrix ``X^T X``. ``proxy`` mode computes only the proxy, without a
-model copy or an evaluation per cell. Scans are cached on disk per model fingerprint and config.
+model copy or an evaluation per cell. Scans are cached on disk per model fingerprint and config, and
+each unit as it finishes (``sensitivity_units``): a stopped scan continues where it was.
 """
 from __future__ import annotations
 
@@ -14,8 +15,6 @@ import csv
 import io
 import json
 import math
-import os
-import re
 import time
 from dataclasses import asdict, dataclass, replace
 from typing import Callable, Sequence
@@ -23,18 +22,18 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from . import sensitivity_units as store
 from .cache import get_cache, make_key, model_fingerprint, read_entry, tensor_digest
 from .config import SparsifyConfig
 from .display import Card, Shown, fmt
-from .layers import grouped_view, layer_group, layer_weight
+from .layers import layer_group, layer_weight
 from .methods import get_method
-from .methods.calibration import InputStats, LayerInputs, capture_input_stats, check_calibration, transformer_blocks
-from .methods.types import Calibration
+from .methods.calibration import check_calibration, transformer_blocks
 from .models.base import LoadedModel, module_of
 from .progress import ProgressArg, ProgressFn, reporter
 from .ranks import average_ranks as average_ranks  # re-exported: part of this module's interface
 from .ranks import spearman
-from .sparsify import layer_mask, layer_reasons, sparsify
+from .sparsify import layer_reasons, sparsify
 
 GROUPINGS = ("layer", "block-kind")
 """``layer``: every prunable layer alone; ``block-kind``: the attention (or MLP, or other) layers of
@@ -150,9 +149,11 @@ class SensitivityScan(Shown):
     spearman: tuple["float | None", ...]
     """Per setting: Spearman rank correlation of proxy vs drop across units (None: too few values)."""
     complete: bool = True
-    """False when ``stop`` ended the scan early (such scans are not cached)."""
+    """False when the scan was stopped early (only its finished units are cached: the same call continues it)."""
     seconds: float = 0.0
     notes: tuple[str, ...] = ()
+    not_reached: tuple[str, ...] = ()
+    """Units a stopped scan did not get to (their rows are None); empty when complete."""
 
     FIGURE = "sensitivity_heatmap"
 
@@ -177,7 +178,8 @@ class SensitivityScan(Shown):
     def from_json(cls, text: str) -> "SensitivityScan":
         data = json.loads(text)
         data["config"] = SensitivityConfig(**data["config"])
-        for key in ("settings", "units", "unit_numel", "spearman", "notes"):
+        data["not_reached"] = data.get("not_reached", ())
+        for key in ("settings", "units", "unit_numel", "spearman", "notes", "not_reached"):
             data[key] = tuple(data[key])
         for key in ("unit_layers", "quality", "drop", "proxy"):
             data[key] = tuple(tuple(row) for row in data[key])
@@ -278,67 +280,6 @@ def scan_units(model: nn.Module | LoadedModel, config: SensitivityConfig) -> lis
     return list(groups.items())
 
 
-def _exact_regex(names: Sequence[str]) -> str:
-    prefix = os.path.commonprefix(list(names))
-    body = "|".join(re.escape(n[len(prefix):]) for n in names)
-    regex = f"^{re.escape(prefix)}(?:{body})$"
-    if len(regex) > 500:
-        raise ValueError(f"a group of {len(names)} layers is too large for one include regex; use grouping='layer'")
-    return regex
-
-
-def _stats_for(gram: InputStats, view: LayerInputs, kind: str) -> InputStats:
-    """A layer's input statistics in the column order of ``view`` from its kernel-order Gram matrix."""
-    G = gram.accumulated()
-    if view.channel_grouping:
-        shape = view.view.shape
-        perm = view.matrix(torch.arange(math.prod(shape)).reshape(shape))[0]
-        G = G[perm][:, perm]
-    stats = InputStats(kind)
-    stats.samples, stats.total = gram.samples, (G if kind == "hessian" else G.diagonal().clone())
-    return stats
-
-
-def _prune_alone(module: nn.Module, name: str, cfg: SparsifyConfig, gram: InputStats | None,
-                 model_scores: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The weight ``cfg``'s method gives this layer when it alone is pruned in the dense model."""
-    W = layer_weight(module).detach()
-    method = get_method(cfg.method)
-    if method.keep_layer is not None and gram is not None and gram.total is not None:
-        view = LayerInputs(name, module, cfg.conv_grouping == "channel" and cfg.pattern == "nm")
-        mask, new = method.keep_layer(view, W, cfg, _stats_for(gram, view, method.stats), {})
-        return (new.to(W.dtype) if new is not None else W) * mask
-    scores = method.layer_scores(W, name, cfg) if method.layer_scores is not None else model_scores.get(name, W)
-    return W * layer_mask(W, grouped_view(module, cfg.conv_grouping), cfg, scores)
-
-
-def _proxy(modules: dict[str, nn.Module], names: Sequence[str], pruned: dict[str, torch.Tensor],
-           grams: dict[str, InputStats]) -> float | None:
-    num = den = 0.0
-    for n in names:
-        gram = grams.get(n)
-        if gram is None or gram.total is None:
-            return None
-        view = LayerInputs(n, modules[n], False)
-        W = view.matrix(layer_weight(modules[n]).detach()).double()
-        D = W - view.matrix(pruned[n]).double()
-        num += float(((D @ gram.total) * D).sum())
-        den += float(((W @ gram.total) * W).sum())
-    return num / den if den > 0 else None
-
-
-def _grams(work: nn.Module, names: Sequence[str], calibration: Calibration | None) -> dict[str, InputStats]:
-    modules = dict(work.named_modules())
-    ok = []
-    for n in names:
-        try:
-            LayerInputs(n, modules[n], False)
-            ok.append(n)
-        except ValueError:  # Conv3d, grouped conv: no proxy for them
-            pass
-    return capture_input_stats(work, ok, calibration, "hessian") if ok and calibration is not None else {}
-
-
 def _scan_key(loaded: LoadedModel, config: SensitivityConfig, metric: str) -> str:
     calibration = getattr(loaded, "calibration", None)
     calib = "" if calibration is None else tensor_digest(
@@ -349,19 +290,28 @@ def _scan_key(loaded: LoadedModel, config: SensitivityConfig, metric: str) -> st
                     config.to_json(), calib, metric, evaluation)
 
 
-def cached_scan(loaded: LoadedModel, config: SensitivityConfig) -> "SensitivityScan | None":
-    """The finished scan the disk cache holds for this model and config, or None (nothing is computed).
+def cached_scan(loaded: LoadedModel, config: SensitivityConfig, *, partial: bool = False) -> "SensitivityScan | None":
+    """The scan the disk cache holds for this model and config, or None (nothing is computed).
 
     Args:
         loaded: a ``LoadedModel``.
         config: what the scan pruned.
+        partial: also give a stopped scan: the units finished so far (``complete=False``, the other rows
+            None), when at least one is stored.
 
     Returns:
         The ``SensitivityScan`` or None.
     """
     config.validate()
     metric = config.metric or next(iter(loaded.quality()))
-    return read_entry(_scan_key(loaded, config, metric), SensitivityScan.from_json)  # an older version's: None
+    key = _scan_key(loaded, config, metric)
+    hit = read_entry(key, SensitivityScan.from_json)  # an older version's: None
+    if hit is not None or not partial:
+        return hit
+    labels = [u for u, _ in scan_units(loaded.module, config)]
+    if not store.load_units(key, labels, len(config.labels())):
+        return None
+    return sensitivity_scan(loaded, config, progress=False, stop=lambda: True)
 
 
 def sensitivity_scan(loaded: LoadedModel, config: SensitivityConfig = SensitivityConfig(), *,
@@ -375,9 +325,11 @@ def sensitivity_scan(loaded: LoadedModel, config: SensitivityConfig = Sensitivit
         config: what to scan; validated first.
         progress: True (default): a ``tqdm.auto`` bar when the scan takes over 2 s; False: silent; or a
             ``progress(fraction, message)`` callback, called once per unit.
-        stop: optional callable; when it returns True the scan ends after the current unit and the
-            record says ``complete=False``.
-        use_cache: read and write the disk cache (complete scans only).
+        stop: optional callable, asked before each unit to compute; when it returns True the scan ends
+            there and the record says ``complete=False`` (the rows not reached are None).
+        use_cache: read and write the disk cache: the finished scan, and each unit as it finishes, so a
+            scan that was stopped (``stop``, Ctrl-C, a killed process) is continued by the same call,
+            computing only the units not yet stored.
 
     Returns:
         A ``SensitivityScan``.
@@ -409,58 +361,39 @@ def _sensitivity_scan(loaded: LoadedModel, config: SensitivityConfig = Sensitivi
     units = scan_units(module, config)
     fits = [layer_reasons(module, cfg) for cfg in settings]
     modules = dict(module.named_modules())
-    work = copy.deepcopy(module).eval()  # hooks and gradients go here, never on the shared module
+    hib = bool(loaded.higher_is_better.get(metric, True))
+    # Units a stopped run finished come back from the store first; only the others are computed.
+    rows = store.load_units(key, [u for u, _ in units], len(settings)) if use_cache else {}
+    work: nn.Module | None = None
+    model_scores: dict[str, torch.Tensor] = {}
     # Proxy-only scans prune each unit alone without a forward when the method allows it: per-layer
     # scores, a per-layer keep on the captured statistics, or model-level scores computed once.
     direct = config.mode == "proxy" and (method.layer_scores is not None or method.keep_layer is not None
                                          or (method.run is not None and method.run_output == "scores"))
-    model_scores: dict[str, torch.Tensor] = {}
-    if direct and method.run is not None and method.keep_layer is None and method.layer_scores is None:
-        model_scores = method.run(work, [n for _, u in units for n in u], settings[0], calibration, None).scores
-    hib = bool(loaded.higher_is_better.get(metric, True))
-    quality: list[tuple[float | None, ...]] = []
-    drop: list[tuple[float | None, ...]] = []
-    proxy: list[tuple[float | None, ...]] = []
-    notes: list[str] = []
     complete = True
     for i, (label, names) in enumerate(units):
+        if i in rows:
+            continue
         if stop is not None and stop():
             complete = False
             break
         if progress is not None:
-            progress(i / len(units), f"{label} ({i + 1}/{len(units)})")
-        grams = _grams(work, names, calibration)
-        q_row: list[float | None] = []
-        d_row: list[float | None] = []
-        p_row: list[float | None] = []
-        for cfg, fit, setting in zip(settings, fits, labels):
-            blocked = [fit[n] for n in names if fit[n]]
-            if blocked:
-                notes.append(f"{label} at {setting}: {blocked[0]}")
-                for row in (q_row, d_row, p_row):
-                    row.append(None)
-                continue
-            q = None
-            if direct:
-                pruned = {n: _prune_alone(modules[n], n, cfg, grams.get(n), model_scores) for n in names}
-            else:
-                res = sparsify(loaded, replace(cfg, include=_exact_regex(names), layers="all", exclude=""),
-                               progress=None)
-                new = dict(res.model.named_modules())
-                pruned = {n: layer_weight(new[n]).detach() for n in names}
-                if config.mode == "full":
-                    q = float(loaded.quality(res.model)[metric])
-                del res
-            q_row.append(q)
-            d_row.append(None if q is None else (dense[metric] - q if hib else q - dense[metric]))
-            p_row.append(_proxy(modules, names, pruned, grams))
-        quality.append(tuple(q_row))
-        drop.append(tuple(d_row))
-        proxy.append(tuple(p_row))
-    empty = tuple([None] * len(settings))
-    while len(drop) < len(units):  # rows a stop left out
-        for table in (quality, drop, proxy):
-            table.append(empty)
+            done = len(rows)
+            progress(done / len(units), f"{label} ({done + 1}/{len(units)})")
+        if work is None:
+            work = copy.deepcopy(module).eval()  # hooks and gradients go here, never on the shared module
+            if direct and method.run is not None and method.keep_layer is None and method.layer_scores is None:
+                model_scores = method.run(work, [n for _, u in units for n in u], settings[0], calibration,
+                                          None).scores
+        rows[i] = _scan_unit(loaded, config, label, names, modules, work, fits, dense[metric], metric, hib,
+                             direct, model_scores)
+        if use_cache:
+            store.save_unit(key, i, rows[i])
+    empty = tuple([None] * len(settings))  # rows a stop left out
+    quality = [rows[i].quality if i in rows else empty for i in range(len(units))]
+    drop = [rows[i].drop if i in rows else empty for i in range(len(units))]
+    proxy = [rows[i].proxy if i in rows else empty for i in range(len(units))]
+    notes = [n for i in sorted(rows) for n in rows[i].notes]
     rho = tuple(spearman([p[j] for p in proxy], [d[j] for d in drop]) for j in range(len(settings)))
     scan = SensitivityScan(
         config=config, spec=loaded.spec, fingerprint=model_fingerprint(module), metric=metric, higher_is_better=hib,
@@ -468,9 +401,44 @@ def _sensitivity_scan(loaded: LoadedModel, config: SensitivityConfig = Sensitivi
         unit_layers=tuple(tuple(n) for _, n in units),
         unit_numel=tuple(sum(layer_weight(modules[n]).numel() for n in names) for _, names in units),
         quality=tuple(quality), drop=tuple(drop), proxy=tuple(proxy), spearman=rho, complete=complete,
-        seconds=time.perf_counter() - t0, notes=tuple(dict.fromkeys(notes)))
-    if progress is not None:
+        seconds=time.perf_counter() - t0 + sum(r.seconds for r in rows.values()), notes=tuple(dict.fromkeys(notes)),
+        not_reached=tuple(u for i, (u, _) in enumerate(units) if i not in rows))
+    if progress is not None and complete:
         progress(1.0, "done")
     if use_cache and complete:
         get_cache()[key] = scan.to_json()
     return scan
+
+
+def _scan_unit(loaded: LoadedModel, config: SensitivityConfig, label: str, names: Sequence[str],
+               modules: dict[str, nn.Module], work: nn.Module, fits: list[dict[str, str]], dense: float, metric: str,
+               hib: bool, direct: bool, model_scores: dict[str, torch.Tensor]) -> store.UnitRow:
+    """Prune one unit alone at every setting: its quality, drop and proxy per setting."""
+    start = time.perf_counter()
+    grams = store.input_grams(work, names, getattr(loaded, "calibration", None))
+    q_row: list[float | None] = []
+    d_row: list[float | None] = []
+    p_row: list[float | None] = []
+    notes: list[str] = []
+    for cfg, fit, setting in zip(config.settings(), fits, config.labels()):
+        blocked = [fit[n] for n in names if fit[n]]
+        if blocked:
+            notes.append(f"{label} at {setting}: {blocked[0]}")
+            for row in (q_row, d_row, p_row):
+                row.append(None)
+            continue
+        q = None
+        if direct:
+            pruned = {n: store.prune_alone(modules[n], n, cfg, grams.get(n), model_scores) for n in names}
+        else:
+            res = sparsify(loaded, replace(cfg, include=store.exact_regex(names), layers="all", exclude=""),
+                           progress=None)
+            new = dict(res.model.named_modules())
+            pruned = {n: layer_weight(new[n]).detach() for n in names}
+            if config.mode == "full":
+                q = float(loaded.quality(res.model)[metric])
+            del res
+        q_row.append(q)
+        d_row.append(None if q is None else (dense - q if hib else q - dense))
+        p_row.append(store.proxy_error(modules, names, pruned, grams))
+    return store.UnitRow(label, tuple(q_row), tuple(d_row), tuple(p_row), tuple(notes), time.perf_counter() - start)

@@ -1,6 +1,8 @@
 """Studies on a real Ray cluster: a one-node cluster on localhost (2 CPUs, no dashboard), started for
 this module by conftest's ``ray_cluster`` (``ray start --head --block``) and stopped by its pid. The
-records must equal the local backend's; a worker killed mid-study must cost only a retry."""
+records must equal the local backend's; a worker killed mid-study must cost only a retry. The fault tests
+(#23) kill the attempts actor and a second node by pid (only processes of the clusters started here), start
+a head without CPUs, connect through ``ray://`` and check the one-line errors of unreachable addresses."""
 import os
 import signal
 import socket

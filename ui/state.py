@@ -19,6 +19,7 @@ from sparsekit.methods import get_method
 from sparsekit.sparsify import SparsifyConfig
 from ui.cached import loaded_model, model_quality
 from ui.format import KIND_LABELS
+from ui.heavy import heavy_job
 from ui.long_jobs import EstimatingProgress
 from ui.widgets import linked, start_link_notice
 
@@ -125,7 +126,8 @@ def _train_with_progress(arch: str) -> None:
         left = f" · about {elapsed / fraction - elapsed:,.0f} s left" if 0.05 <= fraction < 1 else ""
         bar.progress(fraction, text=f"Training the {name}: {message}{left}")
 
-    trained_digits_model(arch, progress=progress)
+    with heavy_job("training", label=name):
+        trained_digits_model(arch, progress=progress)
     bar.empty()
 
 
@@ -245,7 +247,8 @@ def sparsified(model_key: str, loaded, config: SparsifyConfig):
 
         start = time.perf_counter()
         try:
-            result = sparsekit.sparsify(loaded, config, progress=progress)
+            with heavy_job("sparsify", loaded, method=config.method, label=config.label()):
+                result = sparsekit.sparsify(loaded, config, progress=progress)
         finally:
             if bar is not None:
                 bar.empty()

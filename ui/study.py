@@ -16,6 +16,7 @@ from sparsekit.models import BUILTIN_SPECS, list_model_dirs
 from sparsekit.recipes.study import COSTS, study_groups, study_headline
 from sparsekit.study import CellRecord, StudySpec
 from sparsekit.training import default_train_config
+from ui.heavy import heavy_job
 from ui.long_jobs import duration_text
 
 MODEL_LABELS = {"minilm": "MiniLM (bundled)", "digits:mlp": "Digits MLP", "digits:cnn": "Digits CNN",
@@ -158,7 +159,8 @@ def run_study(spec: StudySpec, backend: str, address: str | None):
         bar.progress(min(status.done / max(status.total, 1), 1.0), text=f"{spec.name}: {status_text(status)}")
 
     try:
-        return study.run_study(spec, backend, ray_address=address, progress=progress)
+        with heavy_job("study", label=spec.name):
+            return study.run_study(spec, backend, ray_address=address, progress=progress)
     finally:
         bar.empty()
 

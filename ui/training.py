@@ -3,6 +3,7 @@ loop, the saved runs (``ui.saved_runs``), at-chance warnings, the side-by-side f
 study tab (SR-STE vs STE over K seeds, with intervals) with the note on where SR-STE's effect shows."""
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Callable, Mapping
 
@@ -20,6 +21,7 @@ from sparsekit.training.seedresults import METRICS, SeedStudyResult
 from sparsekit.training.seedstudy import cached_runs, run_seed_study
 from sparsekit.viz.training import RUN_COLORS, flip_maps_figure, run_key
 from ui.cached import training_run
+from ui.heavy import heavy_job
 from ui.notebook import notebook_button
 from ui.saved_runs import SavedRuns
 
@@ -173,7 +175,8 @@ def train_with_progress(configs: list[TrainConfig], prefix: str, first_color: in
         box = st.status(f"Run {i + 1} of {len(configs)}: {cfg.label()}", expanded=True)
         on_progress = _progress_callback(i, box, RUN_COLORS[(first_color + i) % len(RUN_COLORS)])
         try:
-            rec = training.run_and_save(cfg, name=name, callback=on_progress, progress=False)
+            with heavy_job("training", label=name):
+                rec = training.run_and_save(cfg, name=name, callback=on_progress, progress=False)
         except Exception as err:  # the run saved itself as 'failed'; the page carries on
             st.session_state.pop("tr_training", None)
             box.update(label=f"Run {i + 1}: {cfg.label()} failed", state="error")
@@ -421,7 +424,8 @@ def render_seed_study(sidebar_arch: str) -> None:
             bar.progress(p.done / p.total, text=f"run {p.done}/{p.total}: {p.message}{eta}")
 
     try:
-        result = run_seed_study(config, progress=on_progress)
+        with heavy_job("seed_study") if missing else contextlib.nullcontext():  # (read back: light)
+            result = run_seed_study(config, progress=on_progress)
     except ValueError as err:
         st.error(f"The study could not run: {err}")
         return

@@ -15,6 +15,7 @@ from sparsekit.viz.attention import head_picker_figure
 from ui.attention import (GRID_KEY, combined_pattern_form, head_form, input_form, quality_section, scope_form,
                           search_form)
 from ui.cached import attention_capture, attention_quality, attention_search
+from ui.heavy import heavy_job
 from ui.notebook import notebook_button, upload_digest
 from ui.state import require_model
 
@@ -135,7 +136,8 @@ if st.session_state.get("att_search_ran") != config_json:
     st.stop()
 try:
     with st.spinner("Measuring every candidate on the calibration inputs…"):
-        result = attention_search(key, config_json, count, loaded, config)
+        with heavy_job("attention_search", loaded, once=f"attention_search {key} {config_json} {count}"):
+            result = attention_search(key, config_json, count, loaded, config)
     with st.spinner("Running the model with the plan and with the uniform pattern…"):
         plan_q = attention_quality(key, result.plan.to_json(), loaded, result.plan, None, None)
         uniform_q = attention_quality(key, result.uniform_spec.to_json(), loaded, result.uniform_spec, None, None)

@@ -9,6 +9,7 @@ from sparsekit.bench.runner import CUDA_ONLY, SUITES
 from sparsekit.bench.suites import semi_structured_available
 from sparsekit.layers import prunable_layers
 from sparsekit.recipes.benchmarks import FAILED_STATUSES, benchmarks_headline, benchmarks_recipe
+from ui.heavy import heavy_job
 from ui.notebook import notebook_button
 from ui.state import get_model
 
@@ -144,8 +145,9 @@ with run_tab:
                                  time_budget_s=budget)
             bar = st.progress(0.0, text="starting")
             try:
-                run = run_benchmarks(config, loaded=loaded if loaded is not None and loaded.kind == "encoder" else None,
-                                     progress=lambda f, msg: bar.progress(min(max(f, 0.0), 1.0), text=msg))
+                with heavy_job("benchmark"):
+                    run = run_benchmarks(config, loaded=loaded if loaded is not None and loaded.kind == "encoder" else None,
+                                         progress=lambda f, msg: bar.progress(min(max(f, 0.0), 1.0), text=msg))
             except ValueError as err:
                 st.error(f"Cannot run these settings: {err}")
             except torch.OutOfMemoryError as err:

@@ -9,6 +9,7 @@ from sparsekit import viz
 from sparsekit.export import export_files, export_zip
 from sparsekit.recipes.compare import compare_headline, compare_recipe
 from sparsekit.sparsify import SparsifyConfig
+from ui.heavy import heavy_job
 from ui.long_jobs import EstimatingProgress, job_buttons, job_state
 from ui.notebook import notebook_button, upload_digest
 from ui.state import require_model, sparsified
@@ -52,7 +53,8 @@ if configs and rows is None:
     if st.button(f"Run comparison ({len(configs)} settings)", type="primary", key="cmp_run"):
         bar = EstimatingProgress("Comparing")
         try:
-            rows = cmp.compare(loaded, configs, progress=bar)
+            with heavy_job("sweep", loaded):
+                rows = cmp.compare(loaded, configs, progress=bar)
         except ValueError as err:
             st.error(f"The comparison failed: {err}")
         bar.empty()
@@ -108,8 +110,9 @@ try:
     if job["status"] == "running":
         # Each finished layer lands in job["parts"] at once: a Stop press (a rerun) keeps them.
         bar = EstimatingProgress("Searching channel permutations")
-        job["result"] = cmp.permuted_nm_row(loaded, pn, pm, max_seconds_per_layer=PERM_SECONDS, progress=bar,
-                                            on_layer=job["parts"].append, resume=job["parts"])
+        with heavy_job("permutation", loaded):
+            job["result"] = cmp.permuted_nm_row(loaded, pn, pm, max_seconds_per_layer=PERM_SECONDS, progress=bar,
+                                                on_layer=job["parts"].append, resume=job["parts"])
         job["status"] = "done"
         bar.empty()
         stop_slot.empty()

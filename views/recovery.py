@@ -6,6 +6,7 @@ import streamlit as st
 from sparsekit import recovery, viz
 from sparsekit.recipes.recovery import recovery_recipe
 from sparsekit.recovery import MODE_LABELS, MODES, default_recovery_config
+from ui.heavy import heavy_job
 from ui.notebook import upload_digest
 from ui.recovery import saved_runs_view, show_records
 from ui.state import require_model, sparsified
@@ -82,7 +83,8 @@ if records is None:
                 chart.plotly_chart(viz.recovery_curves_figure([*records, p.record]), width="stretch",
                                    key=f"rc_live_{i}_{p.step}")
         try:
-            records.append(recovery.recover_and_save(result, loaded, cfg, progress=progress))
+            with heavy_job("recovery", loaded):
+                records.append(recovery.recover_and_save(result, loaded, cfg, progress=progress))
         except ValueError as err:
             st.error(f"{MODE_LABELS[cfg.mode]}: {err}")
             st.stop()

@@ -10,6 +10,7 @@ from sparsekit.methods import REGISTRY
 from sparsekit.recipes.sensitivity import ALLOCATIONS, allocation_row, sensitivity_headline, sensitivity_recipe
 from sparsekit.sensitivity import GROUPINGS, SensitivityConfig, cached_scan, sensitivity_scan
 from sparsekit.sparsify import SparsifyConfig
+from ui.heavy import heavy_job
 from ui.long_jobs import EstimatingProgress
 from ui.notebook import notebook_button, upload_digest
 from ui.state import require_model
@@ -59,7 +60,8 @@ if scan is None:
         st.stop()
     bar = EstimatingProgress("Scanning")
     try:
-        scan = sensitivity_scan(loaded, config, progress=bar)
+        with heavy_job("scan", loaded):
+            scan = sensitivity_scan(loaded, config, progress=bar)
     except ValueError as err:
         st.error(f"The scan failed: {err}")
         st.stop()
@@ -104,8 +106,9 @@ if compared:
         try:
             for allocation in ALLOCATIONS:
                 cfg = SparsifyConfig(pattern="unstructured", sparsity=target, method=method, allocation=allocation)
-                result = sparsekit.sparsify(loaded, cfg, sensitivity=scan if allocation == "sensitivity" else None,
-                                            progress=False)
+                with heavy_job("allocation", loaded):
+                    result = sparsekit.sparsify(loaded, cfg, sensitivity=scan if allocation == "sensitivity" else None,
+                                                progress=False)
                 row = allocation_row(allocation, result, loaded.quality(result.model), scan.metric)
                 rows.append({label if k == "quality" else k: v for k, v in row.items()})
         except ValueError as err:

@@ -13,3 +13,113 @@ def test_owl_2_4_on_digits_cnn_leaves_conv1_dense():
     assert "not a multiple of M=4" in reasons["conv1"]
     assert "conv1" not in res.masks and len(res.masks) >= 2
     assert "left dense, as M does not fit: conv1" in res.allocation_note
+
+
+def test_architecture_names_are_cased():
+    from sparsekit.training import TrainConfig
+    assert TrainConfig(arch="vit", method="ste").label().endswith("· ViT")
+    assert TrainConfig(arch="cnn", method="ste").label().endswith("· CNN")
+    assert TrainConfig(arch="mlp", method="ste").label().endswith("· MLP")
+
+
+class _Box:
+    def __init__(self):
+        self.messages = []
+
+    def warning(self, text, **_):
+        self.messages.append(text)
+
+
+def test_no_m_fits_suggests_keep_first_layer_dense():
+    from ui.sparsify import fit_banner
+    cnn = sparsekit.load_model("digits:cnn")
+    box = _Box()
+    config = SparsifyConfig(pattern="nm", n=2, m=4)
+    fit_banner(cnn, config, {"layers_pruned": 2, "layers_total": 3}, box)
+    assert len(box.messages) == 1 and "No M up to 32 fits every layer" in box.messages[0]
+    assert "**keep first layer dense**" in box.messages[0] and "`conv1`" in box.messages[0]
+
+
+def test_training_warns_when_m_does_not_fit(tmp_cache, monkeypatch):
+    from devtools.apptest import page_app
+    monkeypatch.delenv("SPARSEKIT_MODEL_ROOTS", raising=False)
+    at = page_app("training", "hf", 180)
+    at.run()
+    at.selectbox(key="tr_arch").set_value("cnn")
+    at.text_input(key="tr_patterns").set_value("2:5")
+    at.run()
+    assert not at.exception, at.exception
+    warnings = [w.value for w in at.warning]
+    assert any("M = 5 does not fit" in w and "`conv1`" in w and "CNN" in w for w in warnings), warnings
+    at.text_input(key="tr_patterns").set_value("2:4")
+    at.run()
+    assert not any("M = 4 does not fit 3" in w for w in at.warning)
+
+
+def test_study_name_that_is_not_text_says_so():
+    import pytest
+
+    from sparsekit.study import StudySpec
+    with pytest.raises(ValueError, match="name must be text") as err:
+        spec = '{"name": 5, "models": ["digits:mlp"], "methods": ["magnitude"], "patterns": ["2:4"]}'
+        StudySpec.from_json(spec).validate()
+    assert "1 to 120 characters" not in str(err.value)
+
+
+def test_too_long_model_path_has_a_clear_message(tmp_path, monkeypatch):
+    import pytest
+    monkeypatch.setenv("SPARSEKIT_MODEL_ROOTS", str(tmp_path))
+    for target in ["hf:" + "a" * 300, f"hf:{tmp_path}/" + "b" * 300]:
+        with pytest.raises(ValueError, match="is too long") as err:
+            sparsekit.load_model(target)
+        assert "Errno" not in str(err.value)
+
+
+def test_model_list_leaves_out_a_folder_with_a_broken_config(model_root):
+    from sparsekit.models import list_model_dirs
+    broken = model_root / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    array = model_root / "array"
+    array.mkdir()
+    (array / "config.json").write_text("[1, 2]")
+    dirs = list_model_dirs()
+    assert dirs and broken not in dirs and array not in dirs
+
+
+_QUIET_LOAD = """
+import sparsekit
+sparsekit.load_model("minilm")
+print("loaded")
+"""
+
+
+def test_minilm_load_prints_no_load_report(tmp_path):
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "SPARSEKIT_CACHE_DIR": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-c", _QUIET_LOAD], capture_output=True, text=True, env=env, timeout=600,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr[-2000:]
+    both = out.stdout + out.stderr
+    assert "loaded" in out.stdout
+    assert "UNEXPECTED" not in both and "LOAD REPORT" not in both.upper() and "pooler.dense" not in both, both[-2000:]
+
+
+def test_serve_prints_the_url_and_no_load_report(tmp_path):
+    import os
+    import time
+
+    from devtools.served import served_app
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "SPARSEKIT_CACHE_DIR": str(tmp_path / "cache")}
+    with served_app(("scripts/serve.py",), env=env, log_path=log, timeout=300) as url:
+        # The preload of MiniLM runs beside the server; transformers printed its report when it ended.
+        for _ in range(30):
+            time.sleep(1)
+            if "UNEXPECTED" in log.read_text():
+                break
+    text = log.read_text()
+    assert f"URL: {url}" in text or url.split(":")[-1] in text, text[-2000:]
+    assert "UNEXPECTED" not in text and "pooler.dense" not in text, text[-2000:]

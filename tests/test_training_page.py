@@ -191,7 +191,7 @@ def test_vit_form_offers_the_vit_defaults(page):
     assert form == ("adamw", 0.003, 0.05)
     vit = default_train_config("vit")
     assert form == (vit.optimizer, vit.lr, vit.weight_decay)
-    assert any("SR-STE 2:4 λ=0.0002 · VIT" in c.value for c in at.caption)
+    assert any("SR-STE 2:4 λ=0.0002 · ViT" in c.value for c in at.caption)
     # A learning rate the user typed is kept across a model change; untouched fields follow the model.
     at.number_input(key="tr_lr").set_value(0.01).run()
     at.selectbox(key="tr_arch").set_value("cnn").run()
@@ -215,7 +215,7 @@ def test_url_opens_the_form_with_its_settings(tmp_cache, monkeypatch):
     assert at.number_input(key="tr_lambda").value == 0.001
     # Fields the URL leaves out take the ViT's defaults.
     assert (at.selectbox(key="tr_opt").value, at.number_input(key="tr_lr").value) == ("adamw", 0.003)
-    assert any(c.value.startswith("1 run(s), 69 optimiser steps each: STE 1:4 · VIT") for c in at.caption)
+    assert any(c.value.startswith("1 run(s), 69 optimiser steps each: STE 1:4 · ViT") for c in at.caption)
     # Settings put in by the page itself reach the URL too (a reload keeps them); defaults are dropped.
     at.button(key="tr_preset").click().run()
     assert at.query_params.get("tr_lambda") == "0.002" and at.query_params.get("tr_patterns") == "2:4"

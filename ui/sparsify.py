@@ -79,7 +79,15 @@ def fit_banner(loaded, config: SparsifyConfig, summary: dict, container) -> None
     listing = ", ".join(f"{w:,} ({c} layer{'s' if c > 1 else ''})" for w, c in counts.items())
     good = fitting_group_sizes(widths, MAX_M)
     fix = (f"M values that fit every layer: {', '.join(map(str, good))}." if good
-           else "No M up to 32 fits every layer.")
+           else f"No M up to {MAX_M} fits every layer.")
+    first = next(iter(widths))
+    if first in unfit and not config.keep_first_dense and len(widths) > 1:
+        rest = fitting_group_sizes({n: w for n, w in widths.items() if n != first}, MAX_M)
+        if rest and config.m in rest:
+            fix += f" Tick **keep first layer dense** to leave `{first}` dense on purpose: M = {config.m} fits the others."
+        elif rest:
+            fix += (f" With **keep first layer dense** (`{first}`), M = {', '.join(map(str, rest))} "
+                    "fit all the other layers.")
     how = (f"{summary['layers_pruned']} of {summary['layers_total']} layers were pruned" if summary["layers_pruned"]
            else "**nothing was pruned**")
     container.warning(f"**M = {config.m} does not divide the input width of {len(unfit)} of {len(widths)} layers**, "
@@ -91,10 +99,11 @@ REPORT_COLUMNS = {
     "name": st.column_config.TextColumn("layer", width="large"),
     "kept_fraction": st.column_config.ProgressColumn("kept fraction", min_value=0.0, max_value=1.0, format="%.3f",
                                                      width="small"),
-    "best KB": st.column_config.NumberColumn("cheapest (KB)", format="%.1f", width="small",
+    "best KB": st.column_config.NumberColumn("cheapest KB", format="%.1f", width="medium",
                                              help="the smallest of the dense, bitmask, CSR and N:M sizes"),
     "skipped_reason": st.column_config.TextColumn("left dense because", width="large"),
-    "semi_structured": st.column_config.TextColumn("2:4 kernel (PyTorch, fp16 on CUDA)", width="large"),
+    "semi_structured": st.column_config.TextColumn("2:4 kernel", width="large",
+                                                   help="PyTorch's semi-structured 2:4 kernel, fp16 on CUDA"),
 }
 
 
@@ -109,6 +118,8 @@ def report_table(report, counting_help: str) -> None:
     # stayed dense; the per-format sizes and counts follow.
     order = ["name", "kept_fraction", "best KB", "skipped_reason", "semi_structured", "shape", *sizes.values(),
              "layer_type", "group", "kept"]
+    if not frame["skipped_reason"].fillna("").astype(str).str.strip().any():
+        order.remove("skipped_reason")  # no layer was left dense: no wide empty column
     config = dict(REPORT_COLUMNS)
     config["kept_fraction"] = st.column_config.ProgressColumn(
         "kept fraction", min_value=0.0, max_value=1.0, format="%.3f", width="small", help=counting_help)

@@ -11,7 +11,8 @@ import pandas as pd
 import streamlit as st
 
 from sparsekit import training, viz
-from sparsekit.models.digits_nets import ARCHITECTURES
+from sparsekit.models.digits_nets import ARCH_LABELS as ARCH_NAMES
+from sparsekit.models.digits_nets import ARCHITECTURES, build_digits_model
 from sparsekit.recipes.training import flip_stats, flip_grid, seed_study_recipe, seed_summary_rows
 from sparsekit.training import (DEFAULT_LAMBDA_W, EFFECT_LAMBDA_W, METHOD_LABELS, OPTIMIZERS, RunRecord, TrainConfig,
                                 default_train_config)
@@ -19,6 +20,7 @@ from sparsekit.training import seedconfig
 from sparsekit.training.seedconfig import SeedStudyConfig, parse_floats, parse_patterns
 from sparsekit.training.seedresults import METRICS, SeedStudyResult
 from sparsekit.training.seedstudy import cached_runs, run_seed_study
+from sparsekit.training.ste import layer_plan
 from sparsekit.viz.training import RUN_COLORS, flip_maps_figure, run_key
 from ui.cached import training_run
 from ui.heavy import heavy_job
@@ -53,6 +55,24 @@ def fill_effect_preset() -> None:
         tr_arch=cfg.arch, tr_methods=["ste", "srste"], tr_patterns=f"{cfg.n}:{cfg.m}", tr_grouping=cfg.conv_grouping,
         tr_lambda=cfg.lambda_w, tr_opt=cfg.optimizer, tr_lr=cfg.lr, tr_wd=cfg.weight_decay, tr_epochs=cfg.epochs,
         tr_batch=cfg.batch_size, tr_momentum=cfg.momentum, tr_schedule=cfg.schedule, tr_defaults_arch=cfg.arch)
+
+
+def fit_warnings(configs: list[TrainConfig]) -> list[str]:
+    """One line per N:M pattern whose M does not divide some layers' group axis (they train dense)."""
+    out: list[str] = []
+    seen = set()
+    for config in configs:
+        if not config.uses_nm or (config.arch, config.m, config.conv_grouping) in seen:
+            continue
+        seen.add((config.arch, config.m, config.conv_grouping))
+        _, dense = layer_plan(build_digits_model(config.arch), config)
+        if dense:
+            listing = "; ".join(f"`{n}` ({why})" for n, why in dense.items())
+            out.append(f"**M = {config.m} does not fit {len(dense)} layer{'s' if len(dense) > 1 else ''} of the "
+                       f"{ARCH_NAMES[config.arch]}**, so "
+                       f"{'they stay' if len(dense) > 1 else 'it stays'} dense in the {config.n}:{config.m} runs: "
+                       f"{listing}.")
+    return out
 
 
 def training_form(sidebar_arch: str) -> tuple[list[TrainConfig], list[str], str]:
@@ -308,7 +328,7 @@ def render_effect_note(fill_form: Callable[[], None]) -> None:
         f"**What to expect.** At the defaults (λ_w = {DEFAULT_LAMBDA_W:g}), one STE and one SR-STE run on these "
         "small models often show overlapping SAD curves: the difference is about as large as the spread from one "
         f"seed to the next. It shows in a single pair with **{cfg.epochs} epochs and λ_w = {cfg.lambda_w:g}** (2:4, "
-        f"{cfg.arch.upper()}; compare *SAD, second half* in the table), and reliably only over seeds: the "
+        f"{ARCH_NAMES[cfg.arch]}; compare *SAD, second half* in the table), and reliably only over seeds: the "
         f"*Seed study* tab trains {study.seeds} paired seeds and gives intervals.")
     b1, b2 = st.columns(2)
     b1.button("Fill the form below with these settings", on_click=fill_form, key="tr_preset")
@@ -323,7 +343,7 @@ def render_effect_note(fill_form: Callable[[], None]) -> None:
     rows = {r.lambda_w: r.metrics["late_sad_pct"] for r in result.lambda_rows()}
     sweep = "; ".join(f"λ_w = {lam:g}{' (STE)' if lam == 0 else ''}: {iv.text()} %" for lam, iv in rows.items()
                       if lam in (0.0, study.lambda_w, cfg.lambda_w))
-    st.success(f"From the seed study on disk ({study.train.arch.upper()}, {study.train.epochs} epochs, {study.seeds} "
+    st.success(f"From the seed study on disk ({ARCH_NAMES[study.train.arch]}, {study.train.epochs} epochs, {study.seeds} "
                f"seeds, mean [{study.confidence:.0%} interval]): late SAD at {n}:{m}, {sweep}.")
     for c in result.comparisons():
         if c.metric == "late_sad_pct":

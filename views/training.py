@@ -7,8 +7,9 @@ from sparsekit.recipes.training import training_recipe
 from sparsekit.viz.training import run_colors
 from ui.notebook import notebook_button
 from ui.state import get_model
-from ui.training import (fill_effect_preset, flip_maps, load_selected, render_effect_note, render_seed_study,
-                         saved_runs, train_with_progress, training_form, wait_for_interrupted, warn_at_chance)
+from ui.training import (fill_effect_preset, fit_warnings, flip_maps, load_selected, render_effect_note,
+                         render_seed_study, saved_runs, train_with_progress, training_form, wait_for_interrupted,
+                         warn_at_chance)
 
 MAX_COMPARE = 8
 
@@ -41,6 +42,8 @@ with runs_tab:
     configs, errors, prefix = training_form(sidebar_arch)
     for message in errors:
         st.error(f"Invalid settings: {message}")
+    for message in [] if errors else fit_warnings(configs):
+        st.warning(message, icon=":material/warning:")
     if not errors:
         steps = configs[0].epochs * configs[0].steps_per_epoch()
         st.caption(f"{len(configs)} run(s), {steps:,} optimiser steps each: " + "; ".join(c.label() for c in configs))

@@ -34,6 +34,7 @@ from ..cache import get_cache, make_key
 from ..progress import ProgressFn
 from .base import LoadedModel, check_budget
 from .digits_nets import (
+    ARCH_LABELS,
     ARCHITECTURES,
     N_CLASSES,
     Attention,
@@ -47,8 +48,9 @@ from .digits_nets import (
 from .weights import load_state_dict_strict, safetensors_header
 
 __all__ = [
-    "ARCHITECTURES", "BUNDLED_DIR", "CALIBRATION_SIZE", "DEFAULT_TRAIN_CONFIGS", "N_CLASSES", "PIXEL_MAX",
-    "VERSION", "Attention", "Block", "DigitsCNN", "DigitsData", "DigitsMLP", "DigitsTrainConfig", "DigitsViT",
+    "ARCH_LABELS", "ARCHITECTURES", "BUNDLED_DIR", "CALIBRATION_SIZE", "DEFAULT_TRAIN_CONFIGS", "N_CLASSES",
+    "PIXEL_MAX", "VERSION", "Attention", "Block", "DigitsCNN", "DigitsData", "DigitsMLP", "DigitsTrainConfig",
+    "DigitsViT",
     "MLPBlock", "ProgressFn", "build_digits_model", "bundled_path", "digits_accuracy", "digits_model_cached",
     "digits_split", "load_digits", "preprocess_digits", "train_digits_model", "trained_digits_model",
     "write_bundled",

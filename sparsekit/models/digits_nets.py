@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 ARCHITECTURES = ("mlp", "cnn", "vit")
+ARCH_LABELS = {"mlp": "MLP", "cnn": "CNN", "vit": "ViT"}
+"""How each architecture is written in labels and text."""
 N_CLASSES = 10
 
 

@@ -90,6 +90,19 @@ def _outside_error(target: str, roots: list[Path]) -> ValueError:
     return ValueError(f"{target!r} is outside the allowed model roots ({_roots_text(roots)})")
 
 
+_MAX_NAME_BYTES = 255  # one path component, as most file systems allow
+_MAX_PATH_BYTES = 4096
+
+
+def _check_length(target: str, expanded: str) -> None:
+    """A clear message for a path no file system can hold (instead of "[Errno 36] File name too long")."""
+    longest = max((len(part.encode()) for part in Path(expanded).parts), default=0)
+    if longest > _MAX_NAME_BYTES or len(expanded.encode()) > _MAX_PATH_BYTES:
+        shown = target if len(target) <= 60 else f"{target[:40]}…{target[-15:]}"
+        raise ValueError(f"the model path {shown!r} is too long ({len(target)} characters; a folder or file name "
+                         f"may have at most {_MAX_NAME_BYTES}): give the path of a model folder under the model roots")
+
+
 def resolve_under_roots(target: str) -> Path | None:
     """Resolve a user-given path against the allowed roots, following symlinks.
 
@@ -108,6 +121,7 @@ def resolve_under_roots(target: str) -> Path | None:
     """
     roots = model_roots()
     expanded = os.path.expanduser(target)
+    _check_length(target, expanded)
     if os.path.isabs(expanded):
         if not roots:
             raise _no_roots_error(target)
@@ -129,9 +143,17 @@ def resolve_under_roots(target: str) -> Path | None:
     return None
 
 
+def _readable_config(file: Path) -> bool:
+    """Whether ``file`` is a JSON object (a broken ``config.json`` is not worth offering)."""
+    try:
+        return file.is_file() and isinstance(json.loads(file.read_text(encoding="utf-8")), dict)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+
+
 def list_model_dirs() -> list[Path]:
-    """Hugging Face model directories (holding a ``config.json``) at most two levels below each
-    root, for a picker.
+    """Hugging Face model directories (holding a ``config.json`` that is a JSON object; folders
+    whose ``config.json`` is broken are left out) at most two levels below each root, for a picker.
 
     Returns:
         Real paths, sorted, each inside a root (symlinks leading out are skipped).
@@ -147,7 +169,7 @@ def list_model_dirs() -> list[Path]:
                 real = Path(os.path.realpath(d))
                 if not _inside(real, root):
                     continue
-                if (real / "config.json").is_file():
+                if _readable_config(real / "config.json"):
                     found.add(real)
                 if depth < 2:
                     try:

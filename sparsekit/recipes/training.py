@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ..layers import matrix_view
+from ..models.digits import ARCH_LABELS
 from ..topology import SadReport, flip_counts
 from ..training import RunRecord, TrainConfig, load_run, sad_summary, train
 from ..training.seedconfig import SeedStudyConfig
@@ -208,7 +209,7 @@ def seed_study_recipe(config: SeedStudyConfig, metric: str = "late_sad_pct") -> 
         code("headline = seed_study_headline(result)\nheadline"),
     )
     patterns = ", ".join(f"{n}:{m}" for n, m in config.patterns)
-    shown = (f"It ran a seed study: STE vs SR-STE on the digits {config.train.arch.upper()}, {patterns}, "
+    shown = (f"It ran a seed study: STE vs SR-STE on the digits {ARCH_LABELS[config.train.arch]}, {patterns}, "
              f"{config.seeds} seeds, {config.train.epochs} epochs.")
     return Recipe("Training & topology, seed study", shown, "", cells)
 

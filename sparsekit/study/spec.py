@@ -267,7 +267,10 @@ class StudySpec:
         if self.kind not in KINDS:
             raise ValueError(f"unknown study kind {self.kind!r}; choose oneshot (prune and measure) or training "
                              "(train with STE/SR-STE)")
-        if not isinstance(self.name, str) or not self.name.strip() or len(self.name) > MAX_NAME:
+        if not isinstance(self.name, str):
+            raise ValueError(f"the study's name must be text (a string in quotes), got {type(self.name).__name__} "
+                             f"{self.name!r}")
+        if not self.name.strip() or len(self.name) > MAX_NAME:
             raise ValueError(f"the study needs a name of 1 to {MAX_NAME} characters, got {self.name!r}")
         if not isinstance(self.confidence, (int, float)) or not 0.5 <= self.confidence < 1.0:
             raise ValueError(f"confidence must be in [0.5, 1), got {self.confidence!r}")

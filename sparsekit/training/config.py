@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import serial
-from ..models.digits import ARCHITECTURES
+from ..models.digits import ARCH_LABELS, ARCHITECTURES
 
 METHODS = ("dense", "ste", "srste", "gradual", "random")
 METHOD_LABELS = {"dense": "dense", "ste": "STE", "srste": "SR-STE", "gradual": "gradual", "random": "random mask"}
@@ -178,7 +178,7 @@ class TrainConfig(serial.JsonConfig):
             head = f"{METHOD_LABELS[self.method]} {self.n}:{self.m}"
         if self.method == "srste":
             head += f" λ={self.lambda_w:g}"
-        return f"{head} · {self.arch.upper()}"
+        return f"{head} · {ARCH_LABELS.get(self.arch, self.arch)}"
 
 
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {

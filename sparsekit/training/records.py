@@ -14,7 +14,7 @@ from torch import nn
 from .. import serial
 from ..display import Card, Shown, fmt, percent
 from ..flips import FlipWindow, window_series
-from ..models.digits import N_CLASSES, build_digits_model
+from ..models.digits import ARCH_LABELS, N_CLASSES, build_digits_model
 from ..store import RecordHeader, finite_json, pack_run, unpack_masked_run
 from ..topology import MaskHistory, SadReport, run_tensors, sad_report
 from .config import TrainConfig, default_train_config
@@ -403,6 +403,6 @@ def chance_warning(record: RunRecord, *, num_classes: int = N_CLASSES) -> str | 
             f"{math.log(num_classes):.3f}). It is not learning: ")
     ref = default_train_config(cfg.arch)
     if (cfg.optimizer, cfg.lr, cfg.weight_decay) != (ref.optimizer, ref.lr, ref.weight_decay):
-        return head + (f"these settings ({_settings_text(cfg)}) do not train the {cfg.arch.upper()}; its defaults "
+        return head + (f"these settings ({_settings_text(cfg)}) do not train the {ARCH_LABELS[cfg.arch]}; its defaults "
                        f"do ({_settings_text(ref)}).")
     return head + f"try more epochs, a smaller batch or a lower learning rate (now {cfg.lr:g})."

@@ -12,6 +12,7 @@ import numpy as np
 
 from .. import serial
 from ..display import Card, Shown
+from ..models.digits import ARCH_LABELS
 from ..stats import Interval, PairedDifference, describe_difference, mean_interval, paired_difference
 from ..store import finite_json
 from .records import RunRecord
@@ -149,7 +150,8 @@ class SeedStudyResult(Shown):
                 rows.append({"N:M": f"{row.n}:{row.m}", "run": "SR-STE − STE", "seeds": str(diffs[(row.n, row.m,
                              "accuracy")].n), **{f"{METRICS[k][0]} %": diffs[(row.n, row.m, k)].diff.text()
                                                  for k in self._CARD_METRICS}})
-        return Card(f"SeedStudyResult ({cfg.train.arch.upper()}, {cfg.train.epochs} epochs, K = {cfg.seeds} seeds)",
+        arch = ARCH_LABELS[cfg.train.arch]
+        return Card(f"SeedStudyResult ({arch}, {cfg.train.epochs} epochs, K = {cfg.seeds} seeds)",
                     head, rows, f"mean [{cfg.confidence:.0%} t-interval] over seeds; differences paired by seed; SAD "
                     "and flips in % of the sparse weights.")
 
@@ -226,7 +228,7 @@ class SeedStudyResult(Shown):
         cfg = self.config
         t = cfg.train
         pct = f"{cfg.confidence:.0%}"
-        lines = [f"{t.arch.upper()}, {t.epochs} epochs, {t.optimizer.upper()} lr {t.lr:g} {t.schedule}, batch "
+        lines = [f"{ARCH_LABELS[t.arch]}, {t.epochs} epochs, {t.optimizer.upper()} lr {t.lr:g} {t.schedule}, batch "
                  f"{t.batch_size}, seeds {cfg.first_seed}–{cfg.first_seed + cfg.seeds - 1} (K = {cfg.seeds}); "
                  f"mean [{pct} t-interval]. SAD and flips in % of the sparse weights.", "",
                  "| N:M | run | late SAD % | early SAD % | late flips % | accuracy % |", "|---|---|---|---|---|---|"]

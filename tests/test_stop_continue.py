@@ -109,3 +109,117 @@ def test_sensitivity_page_stop_shows_the_partial_scan_and_continue_finishes_it(t
     done = cached_scan(loaded, config)
     assert done is not None and _table(done) == _table(whole)
     assert not any(b.label in ("Continue", "Stop") for b in at.button)
+
+
+def _study_page():
+    at = page_app("study", timeout=300)
+    at.run()
+    at.multiselect(key="st_models").set_value(["digits:mlp"])
+    at.multiselect(key="st_methods").set_value(["magnitude", "random"])
+    at.multiselect(key="st_patterns").set_value(["2:4"])
+    at.number_input(key="st_seeds").set_value(2)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def test_study_page_stop_shows_the_stopped_state_and_resume_computes_only_the_rest(tmp_cache, tmp_path,
+                                                                                   monkeypatch):
+    from sparsekit import study
+    from sparsekit.study import StudySpec
+
+    real = study.run_study
+    outcomes = []
+
+    def stopping(spec, backend=None, **kwargs):  # a Stop after the first computed cell
+        page_progress = kwargs.get("progress")
+        computed = [0]
+
+        def progress(status):
+            computed[0] = status.computed
+            if callable(page_progress):
+                page_progress(status)
+
+        kwargs["progress"] = progress
+        kwargs.setdefault("stop", lambda: computed[0] >= 1)
+        outcomes.append(real(spec, backend, **kwargs))
+        return outcomes[-1]
+
+    monkeypatch.setattr(study, "run_study", stopping)
+    at = _study_page()
+    at.button(key="st_run").click().run()
+    assert not at.exception and not at.error
+    spec = StudySpec(name="one-shot study", models=("digits:mlp",), methods=("magnitude", "random"),
+                     patterns=("2:4",), seeds=(0, 1))
+    keys = {c.key for c in spec.cells()}
+    assert outcomes[-1].status.computed == 1
+    done = study.study_status(spec).done
+    assert 1 <= done < 4
+    warning = " ".join(w.value for w in at.warning)
+    assert f"Stopped after {done} of 4 cells" in warning
+    assert [b.label for b in at.button if b.key == "st_run"] == ["Resume study"]
+    assert at.get("plotly_chart")  # figures of the finished cells
+    # A reload shows the same stopped state.
+    again = _study_page()
+    assert f"Stopped after {done} of 4 cells" in " ".join(w.value for w in again.warning)
+    assert [b.label for b in again.button if b.key == "st_run"] == ["Resume study"]
+    monkeypatch.setattr(study, "run_study", lambda *a, **k: outcomes.append(real(*a, **k)) or outcomes[-1])
+    at.button(key="st_run").click().run()
+    assert not at.exception and not at.error and not at.warning
+    assert outcomes[-1].status.computed == len(keys) - 1  # no finished cell was computed again
+    assert any("4 of 4 cells done" in s.value for s in at.success)
+    resumed = {(r.method, r.seed): r.metrics for r in study.study_records(spec)}
+    monkeypatch.setenv("SPARSEKIT_CACHE_DIR", str(tmp_path / "uninterrupted"))
+    whole = real(spec, "local", progress=False)
+    assert {(r.method, r.seed): r.metrics for r in whole.records} == resumed
+
+
+def _compare_page():
+    at = page_app("compare", timeout=300)
+    at.run()
+    at.multiselect(key="cmp_methods").set_value(["random", "magnitude"])
+    at.multiselect(key="cmp_nm").set_value(["1:4"])
+    at.multiselect(key="cmp_sparsity").set_value([50]).run()
+    assert not at.exception
+    return at
+
+
+def test_compare_sweep_stop_keeps_finished_settings_and_continue_computes_the_rest(tmp_cache, monkeypatch):
+    import streamlit as st
+
+    from sparsekit import compare as cmp
+
+    real = cmp.compare
+    computed: list[str] = []
+
+    def counting(loaded, configs, **kwargs):
+        rows = real(loaded, configs, **kwargs)
+        computed.extend(r.setting for r in rows if not r.cached)
+        return rows
+
+    def stopping(loaded, configs, **kwargs):  # the page's stop flag goes up once a setting has finished
+        rows = counting(loaded, configs, **kwargs)
+        for job in st.session_state["cmp_sweep_jobs"].values():
+            job["status"] = "stopped"
+        return rows
+
+    monkeypatch.setattr(cmp, "compare", stopping)
+    at = _compare_page()
+    at.button(key="cmp_run").click().run()
+    assert not at.exception and not at.error
+    assert len(computed) == 1
+    assert "Stopped after 1 of 4 settings" in " ".join(w.value for w in at.warning)
+    assert len(at.get("plotly_chart")) >= 2 and at.dataframe[0].value.size == 1  # the finished setting
+    # A reload shows the same state, computing nothing.
+    again = _compare_page()
+    assert "Stopped after 1 of 4 settings" in " ".join(w.value for w in again.warning) and len(computed) == 1
+    monkeypatch.setattr(cmp, "compare", counting)
+    at.button(key="cmp_continue").click().run()
+    assert not at.exception and not at.error and not at.warning
+    assert len(computed) == 4 and len(set(computed)) == 4  # the first setting was not computed again
+    loaded = sparsekit.load_model("digits:mlp")
+    configs = cmp.sweep_configs(["random", "magnitude"], [(1, 4)], [0.5])
+    whole = real(loaded, configs, progress=False, use_cache=False)
+    shown = cmp.cached_rows(loaded, configs)
+    assert shown is not None and [r.quality for r in shown] == [r.quality for r in whole]
+    assert not any(b.label in ("Continue", "Stop") for b in at.button if b.key and b.key.startswith("cmp_c"))

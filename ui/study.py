@@ -13,6 +13,7 @@ from sparsekit import study, viz
 from sparsekit.config import NM_PRESETS, nm_label
 from sparsekit.methods import REGISTRY
 from sparsekit.models import BUILTIN_SPECS, list_model_dirs
+from sparsekit.models.digits import ARCH_LABELS
 from sparsekit.recipes.study import COSTS, study_groups, study_headline
 from sparsekit.study import CellRecord, StudySpec
 from sparsekit.training import default_train_config
@@ -65,7 +66,7 @@ def training_form() -> StudySpec | None:
     sidebar = st.session_state.get("_model_key", "").split("#", 1)[0].removeprefix("digits:")
     arch = c1.selectbox("Model", ["cnn", "mlp", "vit"], index=["cnn", "mlp", "vit"].index(sidebar)
                         if sidebar in ("cnn", "mlp", "vit") else 0, key="st_arch",
-                        format_func=lambda a: f"Digits {a.upper()}")
+                        format_func=lambda a: f"Digits {ARCH_LABELS[a]}")
     methods = c2.multiselect("Methods", ["ste", "srste"], default=["ste", "srste"], key="st_tmethods",
                              format_func=lambda m: {"ste": "STE", "srste": "SR-STE"}[m])
     patterns = c3.multiselect("N:M (keep N of M)", TRAIN_PATTERNS, default=["2:4"], key="st_tpatterns")
@@ -149,6 +150,27 @@ def status_text(status) -> str:
     retries = f", {status.retries} retried" if status.retries else ""
     return (f"{status.done} of {status.total} cells done, {status.running} running, {status.failed} failed"
             f"{retries}{eta}")
+
+
+def study_buttons(job: dict, where) -> object:
+    """The study's one button, with a press applied: Run study when nothing is on disk, Resume study when
+    some cells are (key ``st_run``), Stop while it runs (key ``st_stop``: the press reruns the page, which
+    ends the run; the finished cells stay on disk).
+
+    Returns:
+        The placeholder holding the button, to clear once the run has ended in this script run.
+    """
+    slot = where.empty()
+    stop_drawn = job["status"] == "running"
+    if stop_drawn and slot.button("Stop", key="st_stop", help="keep the finished cells and show them"):
+        job["status"] = "stopped"
+    if job["status"] in ("idle", "stopped") and slot.button(
+            "Run study" if job["status"] == "idle" else "Resume study", type="primary", key="st_run",
+            help=None if job["status"] == "idle" else "compute only the cells not on disk"):
+        job["status"] = "running"
+    if job["status"] == "running" and not stop_drawn:
+        slot.button("Stop", key="st_stop", help="keep the finished cells and show them")
+    return slot
 
 
 def run_study(spec: StudySpec, backend: str, address: str | None):

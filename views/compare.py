@@ -6,6 +6,7 @@ import streamlit as st
 
 from sparsekit import compare as cmp
 from sparsekit import viz
+from sparsekit.cache import get_cache, make_key
 from sparsekit.export import export_files, export_zip
 from sparsekit.recipes.compare import compare_headline, compare_recipe
 from sparsekit.sparsify import SparsifyConfig
@@ -47,21 +48,51 @@ label = loaded.metric_names.get(metric, metric)
 higher = loaded.higher_is_better.get(metric, True)
 notebook_slot = st.empty()  # filled at the end, once the sweep and the permutation shown are known
 
-# Only a click runs a sweep; what this model already ran (any session) comes from the disk cache.
+# Only a click runs a sweep; what this model already ran (any session) comes from the disk cache, setting by
+# setting: a stopped sweep shows its finished settings, and Continue computes only the rest.
 rows = cmp.cached_rows(loaded, configs)
+sweep = job_state("cmp_sweep_jobs", "|".join([key, *(c.to_json() for c in configs)]))
+# On disk while this sweep is started and not finished, so that a reload shows it stopped and offers Continue.
+started = make_key("page-compare-sweep", key, [c.to_json() for c in configs])
 if configs and rows is None:
-    if st.button(f"Run comparison ({len(configs)} settings)", type="primary", key="cmp_run"):
+    have = {i: hit[0] for i, c in enumerate(configs) if (hit := cmp.cached_rows(loaded, [c]))}
+    if sweep["status"] != "running":
+        sweep["status"] = "stopped" if have and get_cache().get(started) else "idle"
+    sweep_slot = job_buttons(sweep, st, "cmp", f"Run comparison ({len(configs)} settings)")
+    if sweep["status"] == "running":
+        get_cache()[started] = "1"
         bar = EstimatingProgress("Comparing")
+        todo = [i for i in range(len(configs)) if i not in have]
         try:
             with heavy_job("sweep", loaded):
-                rows = cmp.compare(loaded, configs, progress=bar)
+                for j, i in enumerate(todo):
+                    if sweep["status"] != "running":  # the page's stop flag (a Stop press reruns the page instead)
+                        break
+
+                    def setting_progress(f: float, message: str, j: int = j, i: int = i) -> None:
+                        bar((j + f) / len(todo), f"{configs[i].label()} ({len(have) + 1} of {len(configs)})")
+
+                    # Each finished setting is stored on disk at once: a Stop press (a rerun) keeps it.
+                    have[i] = cmp.compare(loaded, [configs[i]], progress=setting_progress)[0]
         except ValueError as err:
+            sweep["status"] = "idle"
             st.error(f"The comparison failed: {err}")
         bar.empty()
-    else:
+        if sweep["status"] == "running":
+            sweep["status"] = "done" if len(have) == len(configs) else "stopped"
+        if sweep["status"] == "done":
+            get_cache().delete(started)
+        sweep_slot.empty()
+        if sweep["status"] == "stopped":
+            sweep_slot.button("Continue", key="cmp_continue", help="carry on from the settings already done")
+    if sweep["status"] == "idle":
         st.info(f"{len(configs)} settings for {loaded.name}: each prunes a fresh copy and measures it (results are "
                 "cached on disk, so a sweep runs once per model). SparseGPT on MiniLM takes several seconds per "
                 "setting.")
+    elif sweep["status"] == "stopped":
+        st.warning(f"Stopped after {len(have)} of {len(configs)} settings (finished settings are kept on disk, "
+                   "also from earlier sweeps); the figures and tables show them. Continue computes only the rest.")
+    rows = [have[i] for i in sorted(have)] if sweep["status"] != "idle" else None
 if rows:
     dense = cmp.dense_row(loaded)
     all_rows = [dense, *rows]

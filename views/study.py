@@ -7,7 +7,9 @@ import streamlit as st
 from sparsekit import study
 from sparsekit.recipes.study import study_recipe
 from ui.notebook import notebook_button
-from ui.study import backend_choice, oneshot_form, results, run_study, status_text, training_form, uploaded_spec
+from ui.long_jobs import job_state
+from ui.study import (backend_choice, oneshot_form, results, run_study, status_text, study_buttons, training_form,
+                      uploaded_spec)
 
 st.title("Studies")
 st.markdown(
@@ -37,22 +39,39 @@ need = max((mb for mb in memory.values() if mb), default=0.0)
 st.caption(f"**{cells} cells** ({status_text(status)}); the largest cell needs about {need:,.1f} MB of memory.")
 
 c1, c2 = st.columns([1, 3])
-start = False
-if status.done == status.total:
+job = job_state("st_jobs", spec.study_id)
+if job["status"] != "running":  # what the disk holds decides: also after a reload or another session's run
+    job["status"] = "done" if status.done == status.total else "stopped" if status.done else "idle"
+stop_slot = study_buttons(job, c1)
+if job["status"] == "done":
     c1.caption("Every cell is on disk.")
-else:
-    start = c1.button("Run study" if status.done == 0 else "Resume study", type="primary", key="st_run")
 c2.download_button("Spec (.json)", json.dumps(json.loads(spec.to_json()), indent=1),
                    f"{spec.name.replace(' ', '_')}-spec.json", mime="application/json", on_click="ignore",
                    key="st_dl_spec")
+start = job["status"] == "running"
 if start:
-    st.caption("Stop with Streamlit's Stop (top right) or any other change: finished cells stay on disk.")
+    st.caption("Stop keeps the finished cells on disk and shows them; Resume study computes only the rest.")
     try:
         outcome = run_study(spec, backend, address)
     except (ValueError, ConnectionError) as err:
+        job["status"] = "idle"
         st.error(f"The study could not run: {err}")
         st.stop()
-    st.success(f"Finished: {status_text(outcome.status)}.")
+    status = outcome.status
+    job["status"] = "done" if status.done + status.failed >= status.total else "stopped"
+    stop_slot.empty()
+    if job["status"] == "done":
+        st.success(f"Finished: {status_text(status)}.")
+    else:  # ended early (a stop): draw the page again in its stopped state, with Resume study
+        st.rerun()
+if job["status"] == "stopped":
+    status = study.study_status(spec)
+    if status.done + status.failed < status.total:
+        st.warning(f"Stopped after {status.done} of {status.total} cells"
+                   + (f" ({status.failed} failed)" if status.failed else "")
+                   + ". The figures below show the finished cells; Resume study computes only the rest.")
+    else:
+        st.warning(f"{status.failed} of {status.total} cells failed (see below); Resume study runs them again.")
 
 records = study.study_records(spec)
 shown = results(spec, records) if records else None

@@ -204,15 +204,21 @@ def layer_table(model: nn.Module | LoadedModel) -> list[dict[str, str | int]]:
     return rows
 
 
+_OWN_PARAMS = {"cls_token": "tokens & position embedding", "pos_embed": "tokens & position embedding"}
+
+
 def params_by_type(model: nn.Module | LoadedModel) -> dict[str, int]:
-    """Parameter counts by the type of the module that owns them (shared tensors counted once)."""
+    """Parameter counts by the type of the module that owns them (shared tensors counted once);
+    those the model holds itself (a ViT's class token and position embedding) are named by what
+    they are, not by the model's class."""
     counts: dict[str, int] = {}
     seen: set[int] = set()
-    for module in module_of(model).modules():
-        for p in module.parameters(recurse=False):
+    root = module_of(model)
+    for module in root.modules():
+        for pname, p in module.named_parameters(recurse=False):
             if id(p) in seen:
                 continue
             seen.add(id(p))
-            key = type(module).__name__
+            key = type(module).__name__ if module is not root else _OWN_PARAMS.get(pname, "other (model-level)")
             counts[key] = counts.get(key, 0) + p.numel()
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))

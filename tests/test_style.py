@@ -123,3 +123,66 @@ def test_serve_prints_the_url_and_no_load_report(tmp_path):
     text = log.read_text()
     assert f"URL: {url}" in text or url.split(":")[-1] in text, text[-2000:]
     assert "UNEXPECTED" not in text and "pooler.dense" not in text, text[-2000:]
+
+
+def test_table_cells_headers_and_sizes():
+    import pandas as pd
+
+    from ui.format import MISSING, cell_text, header_text, shown_table, size_text
+    assert header_text("explained_class") == "explained class"
+    assert header_text("median_ms") == "median (ms)" and header_text("early_sad_pct") == "early SAD (%)"
+    assert header_text("foo_ms") == "foo (ms)"
+    assert cell_text(None) == MISSING == "—" and cell_text(float("nan")) == MISSING
+    assert cell_text(5308416) == "5,308,416" and cell_text(36788) == "36,788"
+    assert cell_text(96.11111) == "96.11" and cell_text(0.98765) == "0.9877"
+    table = shown_table(pd.DataFrame({"explained_class": [3, None], "median_ms": [1.5, None]}))
+    assert list(table.columns) == ["explained class", "median (ms)"]
+    assert "None" not in table.to_string() and "nan" not in table.to_string()
+    assert size_text(36_000) == "35.2 KB" and size_text(5 * 2**20) == "5.0 MB" and size_text(100) == "100 bytes"
+
+
+def test_model_details_use_thousands_separators():
+    from types import SimpleNamespace
+
+    from ui.format import source_details
+    rows = dict(source_details(SimpleNamespace(info={"parameters": 5308416, "missing": None})))
+    assert rows["parameters"] == "5,308,416" and rows["missing"] == "—"
+
+
+def test_vit_params_by_type_names_no_model_class():
+    from sparsekit.models.digits_nets import build_digits_model
+    from sparsekit.report import params_by_type
+    counts = params_by_type(build_digits_model("vit"))
+    assert "DigitsViT" not in counts and counts["tokens & position embedding"] == 64 + 1088
+
+
+def test_sparsify_page_one_precision_and_small_file_size(digits_cache, downloads):
+    from devtools.apptest import page_app
+    at = page_app("sparsify", "digits:cnn", 180, config_json=SparsifyConfig(pattern="nm", n=2, m=4).to_json())
+    at.run()
+    assert not at.exception, at.exception
+    weights = next(d.proto.label for d in at.get("download_button") if d.proto.label.startswith("Pruned weights"))
+    assert "0 MB" not in weights and "KB" in weights, weights
+    accuracy = next(m for m in at.metric if "accuracy" in m.label)
+    assert len(accuracy.value.split(".")[-1]) == 2, accuracy.value  # 96.11, as elsewhere, not 96.1111
+
+
+def test_attribution_table_has_human_headers(digits_cache):
+    from devtools.apptest import page_app
+    at = page_app("attribution", "digits:mlp", 180, config_json=SparsifyConfig(pattern="nm", n=2, m=4).to_json())
+    at.run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert "explained class" in table.columns and "explained_class" not in table.columns
+    assert not table.astype(str).isin(["None", "nan"]).any().any()
+
+
+def test_model_page_parameter_counts_have_separators(digits_cache):
+    import json
+
+    from devtools.apptest import page_app
+    at = page_app("model", "digits:cnn", 180)
+    at.run()
+    assert not at.exception, at.exception
+    layers = next(d for d in at.dataframe if "params" in d.value.columns)
+    assert json.loads(layers.proto.columns)["params"]["type_config"]["format"] == "localized"

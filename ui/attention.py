@@ -22,6 +22,7 @@ from sparsekit.attention.specs import COMBINATORS
 from sparsekit.models.sentences import SENTENCES
 from sparsekit.recipes.attention import PASSAGE_TOKENS, AttentionInput, fit_text_input, token_limit
 from ui.cached import attention_quality, digits_data
+from ui.format import change_text, metric_text
 
 MAX_WIDGET = 4096  # parameter inputs accept more than any sequence, so the library can say why it does not fit
 # Browsers refuse a paste longer than max_chars outright (the box stays empty), so the bound sits far above
@@ -198,8 +199,8 @@ def quality_section(model_key: str, loaded, spec: PatternSpec, scope: tuple[tupl
         return None
     headline = next(iter(q.sparse))
     k1, k2 = st.columns(2)
-    k1.metric(loaded.metric_names.get(headline, headline), f"{q.sparse[headline]:.4g}",
-              f"{q.sparse[headline] - q.dense[headline]:+.4g} vs dense",
+    k1.metric(loaded.metric_names.get(headline, headline), metric_text(q.sparse[headline]),
+              f"{change_text(q.sparse[headline] - q.dense[headline], q.sparse[headline])} vs dense",
               delta_color="normal" if loaded.higher_is_better.get(headline, True) else "inverse")
     k2.metric("Mean density on the evaluation inputs", f"{q.mean_density:.1%}")
     frame = pd.DataFrame(q.rows(loaded.metric_names))

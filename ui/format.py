@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,72 @@ def shown_path(path: str) -> str:
     return f"…/{real.name}"
 
 
+MISSING = "—"
+"""What a table or a detail shows for a missing value (never "None" or "nan")."""
+
+HEADERS = {
+    "explained_class": "explained class", "sparse_prediction": "sparse prediction", "median_ms": "median (ms)",
+    "iqr_ms": "IQR (ms)", "baseline_ms": "baseline (ms)", "q1_ms": "Q1 (ms)", "q3_ms": "Q3 (ms)",
+    "rel_error": "relative error", "achieved_tflops": "achieved TFLOP/s", "achieved_gbps": "achieved GB/s",
+    "speedup": "speed-up (×)", "early_sad_pct": "early SAD (%)", "late_sad_pct": "late SAD (%)",
+    "late_flipped_pct": "late flipped (%)", "accuracy": "accuracy (%)",
+}
+"""Human column headers, with units, for the raw field names tables carry."""
+
+
+def header_text(column: str) -> str:
+    """A column's header for a reader: ``HEADERS``, else underscores as spaces with ``_ms``/``_pct``
+    written as units ("median_ms" -> "median (ms)")."""
+    if column in HEADERS:
+        return HEADERS[column]
+    for suffix, unit in (("_ms", "ms"), ("_pct", "%"), ("_seconds", "s"), ("_bytes", "bytes")):
+        if column.endswith(suffix) and len(column) > len(suffix):
+            return f"{column[: -len(suffix)].replace('_', ' ')} ({unit})"
+    return column.replace("_", " ") if column.islower() or "_" in column else column
+
+
+def cell_text(value: Any) -> str:
+    """One table cell: an em dash for missing, integers with thousands separators (5,308,416), other
+    numbers as ``metric_text`` writes them (96.11, 0.9876)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return MISSING
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, numbers.Integral):
+        return f"{int(value):,}"
+    if isinstance(value, numbers.Real):
+        v = float(value)
+        if v.is_integer() and abs(v) >= 1000:
+            return f"{int(v):,}"
+        return metric_text(v) if abs(v) >= 10 or v == 0 else f"{v:.4g}"
+    return str(value)
+
+
+def shown_table(frame: Any) -> Any:
+    """``frame`` (a DataFrame) as a reader sees it: human headers with units, ``cell_text`` cells."""
+    out = frame.copy()
+    for column in out.columns:
+        out[column] = [cell_text(v) for v in out[column]]
+    return out.rename(columns={c: header_text(str(c)) for c in out.columns})
+
+
+def size_text(num_bytes: float) -> str:
+    """A file size in a unit that suits it: bytes, KB, MB or GB (1 KB = 1024 bytes)."""
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if num_bytes >= scale:
+            return f"{num_bytes / scale:,.1f} {unit}"
+    return f"{int(num_bytes):,} bytes"
+
+
 def _value_text(key: str, value: Any) -> str:
     if key == "path" or key.endswith("_path"):
         return shown_path(str(value))
     if key.endswith("_seconds") and isinstance(value, (int, float)):
         return f"{value:,.1f} s"
+    if value is None:
+        return MISSING
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, (dict, list)):

@@ -7,6 +7,7 @@ import streamlit as st
 from sparsekit.layers import fitting_group_sizes, group_widths, prunable_layers
 from sparsekit.methods import REGISTRY
 from sparsekit.sparsify import MAX_M, SparsifyConfig
+from ui.format import change_text, metric_text
 from ui.long_jobs import duration_text
 
 LIVE_MAX_WEIGHTS = 50_000_000
@@ -139,5 +140,6 @@ def uniform_comparison_text(loaded, metric: str, allocated: dict[str, float], un
     else:
         better = (a > u) == loaded.higher_is_better.get(metric, True)
         verdict = "better than" if better else "worse than"
-    return (f"{name}: **{a:.4g}** with this allocation, **{u:.4g}** with every layer at the same target "
-            f"(uniform allocation, same overall sparsity) – {verdict} uniform by {abs(a - u):.3g}.")
+    return (f"{name}: **{metric_text(a)}** with this allocation, **{metric_text(u)}** with every layer at the same "
+            f"target (uniform allocation, same overall sparsity) – {verdict} uniform by "
+            f"{change_text(abs(a - u), a).lstrip('+')}.")

@@ -16,6 +16,7 @@ from ui.attention import (GRID_KEY, combined_pattern_form, head_form, input_form
                           search_form)
 from ui.cached import attention_capture, attention_quality, attention_search
 from ui.heavy import heavy_job
+from ui.format import change_text, metric_text
 from ui.notebook import notebook_button, upload_digest
 from ui.state import require_model
 
@@ -153,8 +154,8 @@ r1, r2, r3 = st.columns(3)
 r1.metric("Per-head plan: mean density", f"{summary['plan_density']:.1%}", help="on the calibration inputs")
 r2.metric("Per-head plan: mean recall", f"{summary['plan_recall']:.1%}",
           f"{summary['plan_recall'] - summary['uniform_recall']:+.1%} vs uniform")
-r3.metric(loaded.metric_names.get(headline, headline), f"{plan_q.sparse[headline]:.4g}",
-          f"{plan_q.sparse[headline] - uniform_q.sparse[headline]:+.4g} vs uniform",
+r3.metric(loaded.metric_names.get(headline, headline), metric_text(plan_q.sparse[headline]),
+          f"{change_text(plan_q.sparse[headline] - uniform_q.sparse[headline], plan_q.sparse[headline])} vs uniform",
           delta_color="normal" if loaded.higher_is_better.get(headline, True) else "inverse")
 compare = pd.DataFrame(plan_comparison_rows(result, plan_q, uniform_q, loaded.metric_names))
 st.dataframe(compare, hide_index=True)

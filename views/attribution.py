@@ -6,6 +6,7 @@ from sparsekit import attribution as attr
 from sparsekit import viz
 from sparsekit.recipes.attribution import IMAGE_COUNT, attribution_recipe, image_headline, text_headline
 from ui.cached import image_maps, pair_maps, pair_set
+from ui.format import MISSING, shown_table
 from ui.notebook import notebook_button, upload_digest
 from ui.state import require_model, sparsified
 from ui.widgets import config_form, current_config
@@ -62,7 +63,7 @@ if is_image:
                f"attributions sum to the logit change within {head['max_abs_delta']:.2g} (largest error).")
     st.plotly_chart(viz.agreement_figure([f"#{i} ({maps.labels[i]})" for i in range(count)], maps.correlation),
                     width="stretch", key="at_agreement")
-    st.dataframe(pd.DataFrame(maps.rows()), hide_index=True, width="stretch")
+    st.dataframe(shown_table(pd.DataFrame(maps.rows())), hide_index=True, width="stretch")
 else:
     steps = st.slider("Integration steps", 8, 64, 16, step=8, key="at_steps",
                       help="Each step is one encoder forward and backward per sentence and model.")
@@ -77,8 +78,10 @@ else:
     head = text_headline(pair)
     c = st.columns(3)
     c[0].metric("Similarity, dense", f"{head['dense_similarity']:.3f}")
-    c[1].metric("Similarity, sparse", f"{head['sparse_similarity']:.3f}", f"{head['similarity_change']:+.3f}")
-    c[2].metric("Token attribution correlation", "–" if head["correlation"] is None else f"{head['correlation']:.3f}")
+    # A change of similarity is neither good nor bad: its delta stays grey.
+    c[1].metric("Similarity, sparse", f"{head['sparse_similarity']:.3f}", f"{head['similarity_change']:+.3f}",
+                delta_color="off")
+    c[2].metric("Token attribution correlation", MISSING if head["correlation"] is None else f"{head['correlation']:.3f}")
     notebook_slot = st.empty()  # filled at the end, once it is known whether the pairs were summarised
     st.plotly_chart(viz.token_attribution_figure(pair.tokens_a, pair.dense_a, pair.sparse_a, title="Sentence A"),
                     width="stretch", key="at_tokens_a")
@@ -101,7 +104,7 @@ else:
         c[0].metric("Mean correlation", f"{head['mean_correlation']:.3f}")
         c[1].metric("Top token agreement", f"{head['top_token_agreement']:.0%}")
         c[2].metric("Mean |similarity change|", f"{head['mean_abs_similarity_change']:.3f}")
-        st.dataframe(pd.DataFrame([p.row() for p in results]), hide_index=True, width="stretch")
+        st.dataframe(shown_table(pd.DataFrame([p.row() for p in results])), hide_index=True, width="stretch")
     with notebook_slot.container():
         notebook_button(attribution_recipe(loaded.spec, config, steps, sentences=(a, b),
                                            pairs=count if summarised else None, upload_sha256=upload_digest(loaded)),

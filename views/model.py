@@ -64,7 +64,8 @@ with left:
     st.plotly_chart(viz.params_by_type_figure(counts), width="stretch")
 with right:
     st.subheader(f"Prunable layers ({head['prunable_layers']})")
-    st.dataframe(pd.DataFrame(table), hide_index=True, height=min(38 + 35 * len(table), 360))
+    st.dataframe(pd.DataFrame(table), hide_index=True, height=min(38 + 35 * len(table), 360),
+                 column_config={"params": st.column_config.NumberColumn("params", format="localized")})
 
 with st.expander("Source details"):
     st.dataframe(pd.DataFrame(source_details(loaded), columns=["detail", "value"]), hide_index=True, width="stretch")

@@ -8,7 +8,7 @@ from sparsekit import viz
 from sparsekit.export import masks_safetensors, weights_safetensors
 from sparsekit.report import report_csv
 from sparsekit.recipes.pages import sparsify_recipe
-from ui.format import change_text, metric_text
+from ui.format import change_text, metric_text, size_text
 from ui.notebook import notebook_button, upload_digest
 from ui.sparsify import apply_gate, fit_banner, prunable_weights, report_table, uniform_comparison_text
 from ui.state import estimated_duration, is_computed, last_duration, require_model, sparse_quality, sparsified
@@ -57,8 +57,8 @@ cols[0].metric("Layers with weights removed", f"{summary['layers_with_zeros']} /
 cols[1].metric("Kept in pruned layers", f"{summary['kept_fraction_pruned_layers']:.1%}")
 headline = next(iter(quality))
 delta = quality[headline] - dense[headline]
-cols[2].metric(loaded.metric_names.get(headline, headline), f"{quality[headline]:.4g}",
-               f"{delta:+.3g} vs dense" if delta else None,
+cols[2].metric(loaded.metric_names.get(headline, headline), metric_text(quality[headline]),
+               f"{change_text(delta, quality[headline])} vs dense" if delta else None,
                delta_color="normal" if loaded.higher_is_better.get(headline, True) else "inverse",
                help=f"measured on {loaded.info['eval_budget']}" if loaded.info.get("eval_budget") else None)
 cols[3].metric("Kept in all Linear/Conv", f"{summary['kept_fraction_all_layers']:.1%}")
@@ -101,11 +101,11 @@ with right:
 
 st.subheader("Downloads")
 stem = f"{loaded.name}-{config.label()}".replace(" ", "_").replace(":", "-").replace("/", "_")
-weights_mb = sum(p.numel() * p.element_size() for p in result.model.state_dict().values()) / 2**20
+weights_bytes = sum(p.numel() * p.element_size() for p in result.model.state_dict().values())
 d1, d2, d3 = st.columns(3)
 # Files are built when clicked (on a thread of their own) and the page does not rerun afterwards.
 d1.download_button("Masks (.safetensors)", lambda: masks_safetensors(result), f"{stem}-masks.safetensors",
                    mime="application/octet-stream", on_click="ignore")
-d2.download_button(f"Pruned weights (.safetensors, {weights_mb:,.0f} MB)", lambda: weights_safetensors(result),
+d2.download_button(f"Pruned weights (.safetensors, {size_text(weights_bytes)})", lambda: weights_safetensors(result),
                    f"{stem}-weights.safetensors", mime="application/octet-stream", on_click="ignore")
 d3.download_button("Report (.csv)", report_csv(result), f"{stem}-report.csv", mime="text/csv", on_click="ignore")

@@ -186,3 +186,38 @@ def test_model_page_parameter_counts_have_separators(digits_cache):
     assert not at.exception, at.exception
     layers = next(d for d in at.dataframe if "params" in d.value.columns)
     assert json.loads(layers.proto.columns)["params"]["type_config"]["format"] == "localized"
+
+
+def _rec(run_id, mode):
+    from types import SimpleNamespace
+    return SimpleNamespace(run_id=run_id, label=run_id, config=SimpleNamespace(mode=mode))
+
+
+def test_recovery_colours_follow_the_mode_in_any_order():
+    from sparsekit import viz
+    from sparsekit.viz.compare import METHOD_COLORS
+    new = viz.recovery_colors([_rec("a", "fixed"), _rec("b", "ste"), _rec("c", "srste")])
+    saved = viz.recovery_colors([_rec("c", "srste"), _rec("a", "fixed"), _rec("b", "ste")])
+    assert new == saved
+    assert new["b"] == METHOD_COLORS["ste"] and new["c"] == METHOD_COLORS["srste"]
+    # Two runs of one mode still get two colours.
+    two = viz.recovery_colors([_rec("x", "ste"), _rec("y", "ste")])
+    assert len(set(two.values())) == 2 and two["x"] == METHOD_COLORS["ste"]
+
+
+def test_all_zero_sad_heatmap_reads_as_zero():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from sparsekit.viz.recovery import recovery_sad_heatmap
+    from sparsekit.viz.training import sad_heatmap_figure
+    rec = SimpleNamespace(label="fixed mask", history=SimpleNamespace(layers=["fc1", "fc2"]), intervals=[0, 1, 2],
+                          sad_series=lambda name, fraction=True: np.zeros(3), steps=lambda: [0, 10, 20])
+    for fig in (recovery_sad_heatmap(rec), sad_heatmap_figure(["fc1"], [0.0, 1.0, 2.0], np.zeros((1, 3)))):
+        heat = fig.data[0]
+        assert heat.zmin == 0 and heat.zmax == 1
+        assert {c[1] for c in heat.colorscale} == {"#f0f0f0"}
+        assert "all zero" in fig.layout.title.text
+    nonzero = sad_heatmap_figure(["fc1"], [0.0, 1.0, 2.0], np.array([[0.0, 0.1, 0.2]]))
+    assert nonzero.data[0].zmin == 0 and "all zero" not in nonzero.layout.title.text

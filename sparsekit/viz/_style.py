@@ -80,6 +80,20 @@ FLIP_COLORSCALE = ((0.0, "#f0f0f0"), (0.15, "#fdd49e"), (0.4, "#fc8d59"), (0.7, 
 (luminance falls along the scale, so it reads the same way in a light and a dark theme)."""
 
 
+METHOD_COLORS = {
+    "dense": "#888888", "magnitude": "#1f77b4", "wanda": "#2ca02c", "sparsegpt": "#d62728",
+    "taylor": "#9467bd", "random": "#7f7f7f", "magnitude+perm": "#17becf",
+    # Sparse training and recovery: the same method keeps its colour on every page.
+    "ste": "#ff7f0e", "srste": "#a6a30f", "gradual": "#e05cb8", "fixed": "#8c564b",
+}
+"""One colour per method on every page (one-shot methods, the training methods and the recovery
+modes); mid-grey for dense so its line shows on light and dark themes."""
+MODE_COLORS = {mode: METHOD_COLORS[mode] for mode in ("fixed", "ste", "srste")}
+"""One colour per recovery mode (fixed mask, STE, SR-STE), the same in every view of the Recovery page."""
+ZERO_COLORSCALE = ((0.0, "#f0f0f0"), (1.0, "#f0f0f0"))
+"""The flat light grey of a heatmap whose values are all zero (drawn over 0…1 so it reads as zero)."""
+
+
 def color_map(keys: Sequence[str], palette: Sequence[str] = RUN_COLORS) -> dict[str, str]:
     """One colour per distinct key, in first-seen order (cycling through ``palette`` past its end).
 

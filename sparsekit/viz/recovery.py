@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..flips import FlipWindow, window_series
-from ._style import RUN_COLORS, _empty, _log_axis, _number_text, _pct_text, color_map
+from ._style import MODE_COLORS, RUN_COLORS, ZERO_COLORSCALE, _empty, _log_axis, _number_text, _pct_text
 
 if TYPE_CHECKING:
     from ..recovery import RecoveryRecord
@@ -26,7 +26,9 @@ def _key(rec: Any) -> str:
 
 
 def recovery_colors(records: Sequence[Any]) -> dict[str, str]:
-    """One colour per run (its run id, or its label before it is saved), in order.
+    """One colour per run (keyed by its run id, or its label before it is saved): the first run of
+    each recovery mode takes the mode's colour (``MODE_COLORS``, the same in every view and on every
+    page), further runs of a mode the other colours of ``RUN_COLORS`` in order.
 
     Args:
         records: recovery (or training) runs.
@@ -34,7 +36,20 @@ def recovery_colors(records: Sequence[Any]) -> dict[str, str]:
     Returns:
         key -> colour, to pass to every figure of the same runs.
     """
-    return color_map([_key(r) for r in records], RUN_COLORS)
+    out: dict[str, str] = {}
+    spare = [c for c in RUN_COLORS if c not in MODE_COLORS.values()]
+    for rec in records:
+        key = _key(rec)
+        if key in out:
+            continue
+        mode = getattr(getattr(rec, "config", None), "mode", None)
+        own = MODE_COLORS.get(mode) if isinstance(mode, str) else None
+        if own is not None and own not in out.values():
+            out[key] = own
+        else:
+            taken = sum(c in spare for c in out.values())
+            out[key] = spare[taken % len(spare)]
+    return out
 
 
 def _colors(records: Sequence[Any], colors: Mapping[str, str] | None) -> list[str]:
@@ -140,8 +155,13 @@ def recovery_sad_heatmap(record: RecoveryRecord, *, fraction: bool = True) -> go
     if len(record.intervals) < 2 or not layers:
         return _empty(title, "at least one evaluation after step 0 is needed")
     z = np.stack([record.sad_series(name, fraction=fraction) for name in layers])[:, 1:]
+    zero = not np.any(np.nan_to_num(z))
+    if zero:  # a fixed mask never changes: a flat grey on 0…1 reads as zero (not Viridis' middle on -0.5…0.5)
+        title += " · no mask changed (all zero)"
     fig = go.Figure(go.Heatmap(
-        z=z.astype(np.float32), x=[str(s) for s in record.steps()[1:]], y=list(layers), colorscale="Viridis",
+        z=z.astype(np.float32), x=[str(s) for s in record.steps()[1:]], y=list(layers),
+        colorscale=[list(c) for c in ZERO_COLORSCALE] if zero else "Viridis", zmin=0,
+        zmax=1 if zero else None,
         colorbar=dict(title=dict(text="SAD" + (" (fraction)" if fraction else ""))),
         hovertemplate="%{y}<br>interval ending at step %{x}<br>SAD " + ("%{z:.3%}" if fraction else "%{z:,.0f}")
                       + "<extra></extra>"))
@@ -223,11 +243,27 @@ def recovery_gap_figure(records: Sequence[RecoveryRecord], *, colors: Mapping[st
     values = [r.gap_recovered for r in records]
     text = [_pct_text(v) if v is not None else "no gap" for v in values]
     fig = go.Figure(go.Bar(
-        x=[r.label for r in records], y=[v if v is not None else 0.0 for v in values], text=text,
+        x=short_run_labels(records), y=[v if v is not None else 0.0 for v in values], text=text,
         marker=dict(color=_colors(records, colors)),
-        customdata=[[r.before, r.after, r.dense] for r in records],
-        hovertemplate="%{x}<br>gap recovered %{text}<br>before %{customdata[0]:.4g}, after %{customdata[1]:.4g}, "
-                      "dense %{customdata[2]:.4g}<extra></extra>"))
-    fig.update_layout(title=f"gap recovered ({records[0].metric}): (after − before) / (dense − before)")
+        customdata=[[r.before, r.after, r.dense, r.label] for r in records],
+        hovertemplate="%{customdata[3]}<br>gap recovered %{text}<br>before %{customdata[0]:.4g}, "
+                      "after %{customdata[1]:.4g}, dense %{customdata[2]:.4g}<extra></extra>"))
+    fig.update_layout(title=dict(text=f"gap recovered ({records[0].metric})<br><sup>(after − before) / "
+                                      "(dense − before); full run names in the hover</sup>"))
+    fig.update_xaxes(tickangle=0)
     fig.update_yaxes(tickformat="~%", title_text="gap recovered")
     return fig
+
+
+SHORT_LABEL = 18
+"""Most characters of a run's name under its bar (the full name is in the hover)."""
+
+
+def short_run_labels(records: Sequence[Any]) -> list[str]:
+    """Short, distinct bar labels: ``1 · <recovery part of the name>``, cut to ``SHORT_LABEL`` characters."""
+    out = []
+    for i, r in enumerate(records, 1):
+        head = str(r.label).split(" · ")[0]
+        head = head if len(head) <= SHORT_LABEL else head[:SHORT_LABEL - 1] + "…"
+        out.append(f"{i} · {head}")
+    return out

@@ -13,7 +13,17 @@ from plotly.subplots import make_subplots
 
 from ..maskstats import DEFAULT_MAX_CELLS
 from ..training.seedresults import METRICS
-from ._style import FLIP_COLORSCALE, RUN_COLORS, _empty, _log_axis, _matrix_axes, _number_text, _pct_text, color_map
+from ._style import (
+    FLIP_COLORSCALE,
+    RUN_COLORS,
+    ZERO_COLORSCALE,
+    _empty,
+    _log_axis,
+    _matrix_axes,
+    _number_text,
+    _pct_text,
+    color_map,
+)
 
 if TYPE_CHECKING:
     from ..seedstudy import SeedStudyResult
@@ -194,9 +204,13 @@ def sad_heatmap_figure(layers: Sequence[str], epochs: Sequence[float], values: A
         raise ValueError(f"values must be [{len(layers)} layers, {len(epochs)} snapshots], got {z.shape}")
     if z.shape[1] < 2 or not len(layers):
         return _empty(title, "at least two snapshots of a sparse layer are needed")
+    zero = not np.any(np.nan_to_num(z[:, 1:]))
+    if zero:  # a zero-only map reads as zero: flat grey on 0…1, and the title says so
+        title += " · no mask changed (all zero)"
     fig = go.Figure(go.Heatmap(
         z=z[:, 1:].astype(np.float32), x=[float(e) for e in epochs[1:]], y=[str(n) for n in layers],
-        colorscale="Viridis", colorbar=dict(title=dict(text="SAD" + (" (fraction)" if fraction else ""))),
+        colorscale=[list(c) for c in ZERO_COLORSCALE] if zero else "Viridis", zmin=0, zmax=1 if zero else None,
+        colorbar=dict(title=dict(text="SAD" + (" (fraction)" if fraction else ""))),
         hovertemplate="%{y}<br>interval ending at epoch %{x:.2f}<br>SAD "
                       + ("%{z:.3%}" if fraction else "%{z:,.0f}") + "<extra></extra>",
     ))

@@ -1,0 +1,120 @@
+"""Ctrl-C in a notebook or a terminal keeps finished work: a study, a sensitivity scan and a seed study,
+each in its own Python process with its own disk cache, get SIGINT once their first unit (cell, layer,
+run) has finished; the same call run again computes only what is missing, and its result equals an
+uninterrupted run's."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from devtools import ROOT
+
+COMMON = """
+import json, os, sys, time
+from dataclasses import asdict, replace
+DELAY = float(os.environ.get("PAUSE_AFTER_UNIT", "0"))
+
+def finished(what, count):  # a unit is on disk: say so, and give the test time to interrupt
+    print(what, count, flush=True)
+    time.sleep(DELAY)
+"""
+
+JOBS = {
+    "study": """
+from sparsekit import study
+from sparsekit.study import StudySpec
+spec = StudySpec(name="interrupted", models=("digits:mlp",), methods=("magnitude", "random"),
+                 patterns=("2:4", "unstructured:0.5"), seeds=(0, 1))
+seen = [0]
+def progress(status):
+    if status.computed > seen[0]:
+        seen[0] = status.computed
+        finished("UNIT", status.computed)
+res = study.run_study(spec, "local", progress=progress)
+print("COMPUTED", res.status.computed, flush=True)
+print("RESULT", json.dumps(sorted([r.method, r.pattern, r.seed, r.metrics] for r in res.records)))
+""",
+    "scan": """
+import sparsekit
+from sparsekit import sensitivity_units
+from sparsekit.sensitivity import SensitivityConfig, sensitivity_scan
+real = sensitivity_units.save_unit
+computed = []
+def save(key, index, row):
+    real(key, index, row)
+    computed.append(index)
+    finished("UNIT", len(computed))
+sensitivity_units.save_unit = save
+scan = sensitivity_scan(sparsekit.load_model("digits:mlp"), SensitivityConfig(sparsities=(0.5, 0.9), nm=((2, 4),)),
+                        progress=False)
+print("COMPUTED", len(computed), flush=True)
+print("RESULT", json.dumps([scan.units, scan.quality, scan.drop, scan.proxy, scan.notes, scan.complete]))
+""",
+    "seeds": """
+from sparsekit.seedstudy import SeedStudyConfig, run_seed_study
+from sparsekit.training import TrainConfig
+cfg = SeedStudyConfig(train=TrainConfig(arch="mlp", epochs=2, batch_size=256), patterns=((2, 4),), seeds=2,
+                      lambda_sweep=())
+seen = [0]
+def progress(p):
+    if p.computed > seen[0]:
+        seen[0] = p.computed
+        finished("UNIT", p.computed)
+res = run_seed_study(cfg, progress=progress)
+print("COMPUTED", res.computed, flush=True)
+print("RESULT", json.dumps([asdict(replace(r, seconds=0)) for r in res.runs]))
+""",
+}
+TOTAL = {"study": 6, "scan": 3, "seeds": 4}
+"""Units each job computes from nothing (the study's magnitude cells share one key per pattern)."""
+
+
+def _command(job: str) -> list[str]:
+    return [sys.executable, "-c", textwrap.dedent(COMMON) + textwrap.dedent(JOBS[job])]
+
+
+def _env(cache, pause: float = 0.0) -> dict[str, str]:
+    return {**os.environ, "SPARSEKIT_CACHE_DIR": str(cache), "PAUSE_AFTER_UNIT": str(pause),
+            "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
+
+
+def _run(job: str, cache) -> tuple[int, object]:
+    """Run the job to the end: (units computed, its result)."""
+    out = subprocess.run(_command(job), env=_env(cache), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if line.startswith(("COMPUTED", "RESULT")))
+    return int(lines["COMPUTED"]), json.loads(lines["RESULT"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("job", sorted(JOBS))
+def test_sigint_keeps_finished_units_and_the_rerun_computes_only_the_rest(job, tmp_path):
+    cache = tmp_path / "cache"
+    proc = subprocess.Popen(_command(job), env=_env(cache, pause=30.0), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # blocks until the first unit is on disk (or the process ends)
+        assert first.startswith("UNIT 1"), (first, proc.stderr.read() if proc.stderr else "")
+        proc.send_signal(signal.SIGINT)  # Ctrl-C while it pauses after that unit
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err, err[-3000:]
+    assert "RESULT" not in out
+    done_before = 1 + sum(line.startswith("UNIT") for line in out.splitlines())
+    assert done_before < TOTAL[job]
+    computed, resumed = _run(job, cache)
+    assert computed == TOTAL[job] - done_before  # no finished unit was computed again
+    again, _ = _run(job, cache)
+    assert again == 0
+    fresh_count, fresh = _run(job, tmp_path / "fresh")
+    assert fresh_count == TOTAL[job] and resumed == fresh

@@ -221,3 +221,38 @@ def test_all_zero_sad_heatmap_reads_as_zero():
         assert "all zero" in fig.layout.title.text
     nonzero = sad_heatmap_figure(["fc1"], [0.0, 1.0, 2.0], np.array([[0.0, 0.1, 0.2]]))
     assert nonzero.data[0].zmin == 0 and "all zero" not in nonzero.layout.title.text
+
+
+def test_study_difference_sentence_has_the_unit_and_label():
+    from sparsekit import study
+    from sparsekit.study import CellRecord
+    from sparsekit.study.aggregate import metric_label
+
+    def rec(method, seed, value):
+        return CellRecord(kind="oneshot", model="digits:mlp", method=method, pattern="2:4", seed=seed,
+                          status="done", metrics={"accuracy": value}, kept_fraction=0.5,
+                          higher_is_better={"accuracy": True})
+    records = [rec("magnitude", s, v) for s, v in enumerate((70.0, 71.0, 69.0))]
+    records += [rec("wanda", s, v) for s, v in enumerate((93.0, 94.5, 92.0))]
+    (diff,) = study.paired_differences(records, "accuracy")
+    assert "wanda is higher than magnitude by 23.2 pp" in diff.sentence, diff.sentence
+    assert "held-out accuracy (%)" in diff.sentence
+    assert metric_label("accuracy") == "held-out accuracy (%)"
+
+
+def test_studies_metric_box_shows_the_label(tmp_cache):
+    from streamlit.testing.v1 import AppTest
+    at = AppTest.from_file("../app.py", default_timeout=300)
+    at.run()
+    at.switch_page("views/study.py")
+    at.run()
+    at.multiselect(key="st_models").set_value(["digits:mlp"])
+    at.multiselect(key="st_methods").set_value(["magnitude"])
+    at.multiselect(key="st_patterns").set_value(["2:4"])
+    at.number_input(key="st_seeds").set_value(1)
+    at.run()
+    at.button(key="st_run").click().run()
+    assert not at.exception, at.exception
+    box = at.selectbox(key="st_metric")
+    assert box.value == "accuracy"
+    assert "held-out accuracy (%)" in box.options and "accuracy" not in box.options

@@ -89,6 +89,23 @@ def _finite(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+METRIC_LABELS = {
+    "accuracy": "held-out accuracy (%)", "cosine": "mean cosine to dense embeddings",
+    "top5_agreement": "top-5 neighbour agreement (fraction)", "perplexity": "perplexity",
+    "top1_agreement": "next-token agreement with dense (fraction)",
+    "early_sad_pct": "early SAD (% of sparse weights)", "late_sad_pct": "late SAD (% of sparse weights)",
+    "late_flipped_pct": "late flipped (% of sparse weights)",
+}
+"""How a study names its metrics (with units) in boxes, axes and sentences."""
+METRIC_UNITS = {"accuracy": " pp", "early_sad_pct": " pp", "late_sad_pct": " pp", "late_flipped_pct": " pp"}
+"""The unit of a difference of each metric (pp: percentage points, for metrics in %)."""
+
+
+def metric_label(metric: str) -> str:
+    """A metric's label with its unit (``METRIC_LABELS``), else the key with spaces."""
+    return METRIC_LABELS.get(metric, metric.replace("_", " "))
+
+
 def metric_names(records: Iterable[CellRecord]) -> list[str]:
     """Metrics the finished records carry, in order of first appearance."""
     out: dict[str, None] = {}
@@ -194,7 +211,8 @@ def paired_differences(records: Sequence[CellRecord], metric: str,
                 if not seeds:
                     continue
                 pd = paired_difference([by_variant[a][s] for s in seeds], [by_variant[b][s] for s in seeds], confidence)
-                sentence = describe_difference(pd, f"{model} {pattern} {metric}", a, b)
+                sentence = describe_difference(pd, f"{model} {pattern} {metric_label(metric)}", a, b,
+                                               METRIC_UNITS.get(metric, ""))
                 out.append(MethodDifference(model, pattern, a, b, metric, seeds, pd, sentence))
     return out
 

@@ -218,9 +218,9 @@ def test_all_zero_sad_heatmap_reads_as_zero():
         heat = fig.data[0]
         assert heat.zmin == 0 and heat.zmax == 1
         assert {c[1] for c in heat.colorscale} == {"#f0f0f0"}
-        assert "all zero" in fig.layout.title.text
+        assert "all zero" in heat.colorbar.title.text
     nonzero = sad_heatmap_figure(["fc1"], [0.0, 1.0, 2.0], np.array([[0.0, 0.1, 0.2]]))
-    assert nonzero.data[0].zmin == 0 and "all zero" not in nonzero.layout.title.text
+    assert nonzero.data[0].zmin == 0 and "all zero" not in nonzero.data[0].colorbar.title.text
 
 
 def test_study_difference_sentence_has_the_unit_and_label():

@@ -156,13 +156,13 @@ def recovery_sad_heatmap(record: RecoveryRecord, *, fraction: bool = True) -> go
         return _empty(title, "at least one evaluation after step 0 is needed")
     z = np.stack([record.sad_series(name, fraction=fraction) for name in layers])[:, 1:]
     zero = not np.any(np.nan_to_num(z))
-    if zero:  # a fixed mask never changes: a flat grey on 0…1 reads as zero (not Viridis' middle on -0.5…0.5)
-        title += " · no mask changed (all zero)"
+    # A fixed mask never changes: a flat grey on 0…1 reads as zero (not Viridis' middle on -0.5…0.5),
+    # and the colour bar says so.
     fig = go.Figure(go.Heatmap(
         z=z.astype(np.float32), x=[str(s) for s in record.steps()[1:]], y=list(layers),
         colorscale=[list(c) for c in ZERO_COLORSCALE] if zero else "Viridis", zmin=0,
         zmax=1 if zero else None,
-        colorbar=dict(title=dict(text="SAD" + (" (fraction)" if fraction else ""))),
+        colorbar=dict(title=dict(text="SAD" + (" (fraction)" if fraction else "") + ("<br>all zero" if zero else ""))),
         hovertemplate="%{y}<br>interval ending at step %{x}<br>SAD " + ("%{z:.3%}" if fraction else "%{z:,.0f}")
                       + "<extra></extra>"))
     fig.update_layout(title=title, height=max(300, 22 * len(layers) + 140))

@@ -205,12 +205,11 @@ def sad_heatmap_figure(layers: Sequence[str], epochs: Sequence[float], values: A
     if z.shape[1] < 2 or not len(layers):
         return _empty(title, "at least two snapshots of a sparse layer are needed")
     zero = not np.any(np.nan_to_num(z[:, 1:]))
-    if zero:  # a zero-only map reads as zero: flat grey on 0…1, and the title says so
-        title += " · no mask changed (all zero)"
+    # A zero-only map reads as zero: flat grey on 0…1, and the colour bar says so.
     fig = go.Figure(go.Heatmap(
         z=z[:, 1:].astype(np.float32), x=[float(e) for e in epochs[1:]], y=[str(n) for n in layers],
         colorscale=[list(c) for c in ZERO_COLORSCALE] if zero else "Viridis", zmin=0, zmax=1 if zero else None,
-        colorbar=dict(title=dict(text="SAD" + (" (fraction)" if fraction else ""))),
+        colorbar=dict(title=dict(text="SAD" + (" (fraction)" if fraction else "") + ("<br>all zero" if zero else ""))),
         hovertemplate="%{y}<br>interval ending at epoch %{x:.2f}<br>SAD "
                       + ("%{z:.3%}" if fraction else "%{z:,.0f}") + "<extra></extra>",
     ))

@@ -223,3 +223,30 @@ def test_compare_sweep_stop_keeps_finished_settings_and_continue_computes_the_re
     shown = cmp.cached_rows(loaded, configs)
     assert shown is not None and [r.quality for r in shown] == [r.quality for r in whole]
     assert not any(b.label in ("Continue", "Stop") for b in at.button if b.key and b.key.startswith("cmp_c"))
+
+
+def test_sensitivity_page_stop_button_interrupts_and_keeps_the_finished_unit(tmp_cache, saved, monkeypatch):
+    from streamlit.runtime.scriptrunner_utils.exceptions import StopException
+
+    real = sensitivity_units.save_unit  # the counting one
+
+    def interrupted(scan_key, index, row):  # a Stop press reruns the page: the run ends at its next call
+        real(scan_key, index, row)
+        if len(saved) == 1:
+            raise StopException()
+
+    at = page_app("sensitivity", timeout=300)
+    at.run()
+    at.multiselect(key="sen_pcts").set_value([50, 90])
+    at.multiselect(key="sen_nm").set_value(["2:4"]).run()
+    monkeypatch.setattr(sensitivity_units, "save_unit", interrupted)
+    at.button(key="sen_run").click().run()
+    assert not at.exception and saved == [0]
+    assert at.button(key="sen_stop").proto.label == "Stop"  # drawn while the scan ran
+    monkeypatch.setattr(sensitivity_units, "save_unit", real)
+    at.button(key="sen_stop").click().run()
+    assert not at.exception and not at.error
+    n = len(sensitivity.scan_units(sparsekit.load_model("digits:mlp"), CONFIG))
+    assert f"Stopped after 1 of {n} units" in " ".join(w.value for w in at.warning) and saved == [0]
+    at.button(key="sen_continue").click().run()
+    assert not at.exception and not at.warning and saved == list(range(n))

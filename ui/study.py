@@ -16,6 +16,7 @@ from sparsekit.models import BUILTIN_SPECS, list_model_dirs
 from sparsekit.models.digits import ARCH_LABELS
 from sparsekit.recipes.study import COSTS, study_groups, study_headline
 from sparsekit.study import CellRecord, StudySpec
+from sparsekit.study.aggregate import metric_label
 from sparsekit.training import default_train_config
 from ui.heavy import heavy_job
 from ui.long_jobs import duration_text
@@ -200,24 +201,25 @@ def results(spec: StudySpec, records: list[CellRecord]) -> tuple[str, str, str] 
         return None
     metrics = list(groups[0].metrics)
     c1, c2 = st.columns(2)
-    metric = c1.selectbox("Metric", metrics, key="st_metric")
+    metric = c1.selectbox("Metric", metrics, key="st_metric", format_func=metric_label)
     models = list(dict.fromkeys(g.model for g in groups))
     model = c2.selectbox("Model", models, key="st_result_model") if len(models) > 1 else models[0]
     mine = [g for g in groups if g.model == model]
     cost = COSTS[0]
     if spec.kind == "oneshot":
         left, right = st.columns(2)
-        left.plotly_chart(viz.study_quality_figure(mine, metric), width="stretch", key="st_fig_quality")
+        left.plotly_chart(viz.study_quality_figure(mine, metric, metric_label=metric_label(metric)), width="stretch", key="st_fig_quality")
         cost = right.radio("Pareto cost", COSTS, horizontal=True, key="st_cost",
                            format_func=lambda c: "kept share" if c == "kept_fraction" else "weight memory")
         front = study.pareto_front(mine, metric, cost)
-        right.plotly_chart(viz.study_pareto_figure(mine, front, metric, cost=cost), width="stretch", key="st_fig_pareto")
+        right.plotly_chart(viz.study_pareto_figure(mine, front, metric, cost=cost,
+                                                       metric_label=metric_label(metric)), width="stretch", key="st_fig_pareto")
     head = study_headline(spec, records, metric, model, cost)
     if spec.kind == "oneshot":
         st.subheader("Best method per pattern")
         st.dataframe(pd.DataFrame(head["best"]), hide_index=True, width="stretch")
     else:
-        st.plotly_chart(viz.study_interval_figure(mine, metric), width="stretch", key="st_fig_interval")
+        st.plotly_chart(viz.study_interval_figure(mine, metric, metric_label=metric_label(metric)), width="stretch", key="st_fig_interval")
     if head["differences"]:
         st.subheader("Paired differences (same seeds)")
         for sentence in head["differences"]:

@@ -65,7 +65,7 @@ irow = start = 0
 overview, zoom_tab, groups_tab, compare_tab = st.tabs(["Overview", "Zoom", "N:M groups", "Compare"],
                                                       key="mask_view", bind="query-params")
 with overview:
-    chart(viz.mask_heatmap(m2, title=f"{layer}: kept fraction per tile"))
+    chart(viz.mask_heatmap(m2, title=f"{layer}: kept fraction per tile", m=config.m if nm else None))
     left, right = st.columns(2)
     with left:
         chart(viz.magnitude_histogram(w2, m2))

@@ -10,6 +10,7 @@ from sparsekit.methods import REGISTRY
 from sparsekit.recipes.sensitivity import ALLOCATIONS, allocation_row, sensitivity_headline, sensitivity_recipe
 from sparsekit.sensitivity import GROUPINGS, SensitivityConfig, cached_scan, sensitivity_scan
 from sparsekit.sparsify import SparsifyConfig
+from sparsekit.viz.sensitivity import layer_sparsity_figure
 from ui.heavy import heavy_job
 from ui.long_jobs import EstimatingProgress
 from ui.notebook import notebook_button, upload_digest
@@ -27,6 +28,7 @@ st.markdown(
 
 loaded, key = require_model()
 NM = {"2:4": (2, 4), "1:4": (1, 4), "4:8": (4, 8)}
+FEW_UNITS = 5  # a Spearman ρ over fewer units says little: the caption says so
 c1, c2, c3, c4 = st.columns(4)
 method = c1.selectbox("Method", list(REGISTRY), format_func=lambda m: REGISTRY[m].label, key="sen_method")
 pcts = c2.multiselect("Unstructured (% pruned)", [30, 50, 70, 90], default=[50, 70, 90], key="sen_pcts")
@@ -76,7 +78,8 @@ if mode == "full":
     right.plotly_chart(viz.sensitivity_proxy_figure(scan), width="stretch", key="sen_proxy")
     rho = ", ".join(f"{s}: {r}" for s, r in zip(head["settings"], head["spearman"]))
     right.caption(f"Spearman ρ of proxy vs measured drop across units: {rho} (1 = the proxy ranks units exactly as "
-                  "the measured drop does).")
+                  "the measured drop does)." + (f" ρ over {len(head['units'])} units: too few to judge."
+                                                if len(head["units"]) < FEW_UNITS else ""))
 label = loaded.metric_names.get(scan.metric, scan.metric)
 st.subheader(f"Per unit: drop in {label} (positive = worse than dense {head['dense_quality']:.4g})")
 table = pd.DataFrame({"unit": head["units"], "weights": head["weights"]})
@@ -84,7 +87,7 @@ for j, setting in enumerate(head["settings"]):
     if mode == "full":
         table[f"drop {setting}"] = [row[j] for row in head["drop"]]
     table[f"proxy {setting}"] = [row[j] for row in head["proxy"]]
-st.dataframe(table, hide_index=True, width="stretch", height=min(38 + 35 * len(table), 420))
+st.dataframe(table.style.format(na_rep="—"), hide_index=True, width="stretch", height=min(38 + 35 * len(table), 420))
 st.download_button("Scan (.csv)", scan.to_csv(), f"{loaded.name}-sensitivity.csv".replace("/", "_"), mime="text/csv",
                    on_click="ignore", key="sen_csv")
 notebook_slot = st.empty()  # filled at the end: the notebook holds the comparison below when the page shows it
@@ -118,8 +121,7 @@ if compared:
                  width="stretch")
     per_layer = rows[1]["per layer"]
     if per_layer:
-        st.bar_chart(pd.DataFrame({"sparsity": list(per_layer.values())}, index=list(per_layer.keys())),
-                     horizontal=True, y_label="", x_label="sparsity chosen for the layer")
+        st.plotly_chart(layer_sparsity_figure(per_layer, target), width="stretch", key="sen_alloc_fig")
 with notebook_slot:
     notebook_button(sensitivity_recipe(loaded.spec, config, target=target if compared else None,
                                        upload_sha256=upload_digest(loaded)), key="sen_notebook")

@@ -45,13 +45,16 @@ def _tile_heatmap(grid: ms.TileGrid, *, colorbar: str, colorscale: str, what: st
     )
 
 
-def mask_heatmap(mask: TensorLike, *, max_cells: int = DEFAULT_MAX_CELLS, title: str | None = None) -> go.Figure:
+def mask_heatmap(mask: TensorLike, *, max_cells: int = DEFAULT_MAX_CELLS, title: str | None = None,
+                 m: int | None = None) -> go.Figure:
     """Heatmap of a mask's kept fraction per tile (exact cells when the mask is small).
 
     Args:
         mask: bool tensor (True = kept), 2-D or a conv mask (shown as ``[out, in*kh*kw]``).
         max_cells: most heatmap cells sent to the browser.
         title: figure title; by default it names the tile size, the shape and the kept share.
+        m: N:M group size: the column axis gets a minor tick at every group start and, when the
+            cells are exact and there are at most ``MAX_GROUP_LINES`` groups, a line between groups.
 
     Returns:
         A figure with one ``Heatmap``: ``z`` is the kept fraction per tile (0..1), ``x``/``y``
@@ -73,10 +76,33 @@ def mask_heatmap(mask: TensorLike, *, max_cells: int = DEFAULT_MAX_CELLS, title:
                                   what="kept fraction"))
     fig.update_layout(title=title)
     _matrix_axes(fig)
+    _square_cells(fig)
+    if m is not None:
+        _group_marks(fig, m, cols, exact=grid.tile_cols == 1, rows=rows)
+    return fig
+
+
+MAX_GROUP_LINES = 64
+"""Most N:M group lines drawn on an overview heatmap (more would hide the cells; ticks mark them then)."""
+
+
+def _square_cells(fig: go.Figure) -> None:
     # One matrix cell is square on screen: a 384×384 mask is drawn square, a 384×1536 one 4× wider.
     fig.update_yaxes(scaleanchor="x", scaleratio=1, constrain="domain")
     fig.update_xaxes(constrain="domain")
-    return fig
+
+
+def _group_marks(fig: go.Figure, m: int, cols: int, *, exact: bool, rows: int) -> None:
+    if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1:
+        raise ValueError(f"m must be a positive integer group size, got {m!r}")
+    fig.update_xaxes(minor=dict(tick0=-0.5 if exact else 0, dtick=int(m), ticks="outside", ticklen=5,
+                                showgrid=False))
+    if exact and cols // m <= MAX_GROUP_LINES:
+        for k in range(1, -(-cols // m)):
+            fig.add_shape(type="line", x0=k * m - 0.5, x1=k * m - 0.5, y0=-0.5, y1=rows - 0.5,
+                          line=dict(color="rgba(255,255,255,0.6)", width=1), layer="above")
+    fig.update_layout(title=dict(text=f"{fig.layout.title.text}<br><sup>ticks on the column axis mark the "
+                                      f"groups of {m}</sup>"))
 
 
 def mask_zoom_figure(weight: TensorLike, mask: TensorLike, row0: int, col0: int, rows: int = 32,
@@ -387,4 +413,5 @@ def mask_diff_figure(mask_a: TensorLike, mask_b: TensorLike, *, labels: tuple[st
     fig = go.Figure(trace)
     fig.update_layout(title=f"{head}<br><sup>{sub}</sup>")
     _matrix_axes(fig)
+    _square_cells(fig)  # a 384×384 layer square, as on the overview
     return fig

@@ -2,6 +2,7 @@
 per-layer sparsities an allocation (``sparsekit.allocation``) chose."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import plotly.graph_objects as go
@@ -102,3 +103,29 @@ def allocation_figure(allocation: Allocation) -> go.Figure:
                       yaxis_title="sparsity (%)", xaxis_tickangle=-45, showlegend=False)
     return fig
 
+
+
+def layer_sparsity_figure(per_layer: Mapping[str, float], target: float | None = None) -> go.Figure:
+    """The sparsity an allocation chose for each layer: one horizontal bar per layer (first layer on top),
+    the value axis in percent like the page's slider, one row of height per layer so names never overlap.
+
+    Args:
+        per_layer: layer name -> pruned share (0..1).
+        target: the overall share asked for (0..1), drawn as a dashed line; None for none.
+    """
+    names = list(per_layer)
+    if not names:
+        return _empty("sparsity chosen per layer", "no layers in this allocation")
+    values = [100 * float(per_layer[n]) for n in names]
+    if any(not 0 <= v <= 100 for v in values):
+        raise ValueError(f"per-layer sparsities must be shares between 0 and 1, got {per_layer!r}")
+    fig = go.Figure(go.Bar(y=names, x=values, orientation="h", marker_color=RUN_COLORS[0], name="layer sparsity",
+                           hovertemplate="%{y}<br>sparsity chosen %{x:.1f} %<extra></extra>"))
+    if target is not None:
+        fig.add_vline(x=100 * target, line_dash="dash", annotation_text=f"target {100 * target:.0f} %",
+                      annotation_position="top")
+    fig.update_xaxes(title_text="sparsity chosen for the layer (% pruned)", range=[0, 100], ticksuffix=" %")
+    fig.update_yaxes(title_text="", autorange="reversed", automargin=True, type="category")
+    fig.update_layout(title="Sparsity chosen per layer", showlegend=False, height=max(260, 120 + 24 * len(names)),
+                      bargap=0.25)
+    return fig

@@ -142,15 +142,43 @@ def study_pareto_figure(groups: Sequence[Group], front: Sequence[Group], metric:
             customdata=[[g.pattern, i.text(4)] for (g, _), i in zip(rows, iv)],
             hovertemplate="%{customdata[0]}<br>" + label + ": %{customdata[1]}<br>cost %{x:.3g}<extra>" + variant
                           + "</extra>"))
-    line = sorted(_with_cost(front, cost), key=lambda gc: gc[1])
+    line = _front_line(_with_cost(front, cost), metric)
     if line:
         fig.add_trace(go.Scatter(
             x=[c * scale for _, c in line], y=[g.metrics[metric].mean for g, _ in line], mode="lines",
             name="Pareto front", line={"color": "#888888", "dash": "dot"},
             hovertext=[g.label for g, _ in line], hoverinfo="text"))
-    fig.update_layout(title=f"{label} against cost: the front holds the settings nothing beats on both",
-                      xaxis_title=x_title, yaxis_title=label, legend_title_text="method")
+    hib = points[0][0].higher_is_better.get(metric, True)
+    fig.update_layout(title=dict(text=f"Pareto front: {label} against cost<br><sup>the front joins the settings "
+                                      "nothing beats on both</sup>"),
+                      xaxis_title=x_title, yaxis_title=f"{label} ({'higher' if hib else 'lower'} is better)",
+                      legend_title_text="method")
     return fig
+
+
+COST_TOLERANCE = 1e-3
+"""Costs within this share of each other count as equal on the drawn front (a 2:4 cell kept 50.00 % and
+another 50.01 %: the worse of the two is not a point of the front)."""
+
+
+def _front_line(points: Sequence[tuple[Group, float]], metric: str) -> list[tuple[Group, float]]:
+    """The non-dominated points of ``points`` (costs equal within ``COST_TOLERANCE``), cheapest first: the
+    front's line only ever goes towards better quality as the cost grows, never drops to a point that a
+    point of (nearly) the same cost beats."""
+    pts = [(g, c) for g, c in points if _ok(g.metrics[metric].mean)]
+    if not pts:
+        return []
+    sign = 1.0 if pts[0][0].higher_is_better.get(metric, True) else -1.0
+
+    def no_dearer(a: float, b: float) -> bool:  # cost a is at most cost b, within the tolerance
+        return a <= b + COST_TOLERANCE * max(abs(a), abs(b))
+
+    def beats(p: tuple[Group, float], q: tuple[Group, float]) -> bool:
+        qp, qq = sign * p[0].metrics[metric].mean, sign * q[0].metrics[metric].mean
+        return no_dearer(p[1], q[1]) and qp >= qq and (qp > qq or p[1] < q[1])
+
+    keep = [q for q in pts if not any(beats(p, q) for p in pts if p is not q)]
+    return sorted(keep, key=lambda gc: (gc[1], -sign * gc[0].metrics[metric].mean))
 
 
 def study_interval_figure(groups: Sequence[Group], metric: str, *, metric_label: str | None = None) -> go.Figure:

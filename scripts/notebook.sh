@@ -17,4 +17,6 @@ port=8888
 if [ "${1:-}" = "--port" ]; then port="$2"; shift 2; fi
 # The notebooks import sparsekit from the checkout: put it on the kernel's path.
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-exec jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 --port="$port" --no-browser "$@"
+extra=()
+[ "$(id -u)" = 0 ] && extra+=(--allow-root)  # JupyterLab refuses root without it (containers, CI)
+exec jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 --port="$port" --no-browser "${extra[@]}" "$@"

@@ -1,6 +1,8 @@
 """Sensitivity: prune one layer (or one block's attention or MLP) at a time, see which ones the model can
 spare, and spend a global budget unevenly from what the scan found."""
 
+import time
+
 import pandas as pd
 import streamlit as st
 
@@ -8,11 +10,11 @@ import sparsekit
 from sparsekit import viz
 from sparsekit.methods import REGISTRY
 from sparsekit.recipes.sensitivity import ALLOCATIONS, allocation_row, sensitivity_headline, sensitivity_recipe
-from sparsekit.sensitivity import GROUPINGS, SensitivityConfig, cached_scan, sensitivity_scan
+from sparsekit.sensitivity import GROUPINGS, SensitivityConfig, cached_scan, scan_units, sensitivity_scan
 from sparsekit.sparsify import SparsifyConfig
 from sparsekit.viz.sensitivity import layer_sparsity_figure
 from ui.heavy import heavy_job
-from ui.long_jobs import EstimatingProgress
+from ui.long_jobs import duration_text, job_buttons, job_state
 from ui.notebook import notebook_button, upload_digest
 from ui.state import require_model
 
@@ -25,6 +27,30 @@ st.markdown(
     "measured on the same sentences or held-out digits the quality metric uses, so its drops are optimistic "
     "for unseen data."
 )
+
+
+class ScanProgress:
+    """The scan's bar: units done of all and, from the first unit computed in this run on, the time left
+    (units a stopped run finished come back at once and do not count towards the rate)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.first: tuple[float, float] | None = None
+        self.bar = st.progress(0.0, text="Scanning…")
+
+    def __call__(self, fraction: float, message: str) -> None:
+        now = time.monotonic()
+        if self.first is None:
+            self.first = (fraction, now)
+        f0, t0 = self.first
+        left = (now - t0) * (1 - fraction) / (fraction - f0) if fraction > f0 else None
+        eta = f", {duration_text(left)} left" if left is not None else " (time left: after the first unit)"
+        self.bar.progress(min(max(fraction, 0.0), 1.0),
+                          text=f"Scanning: {round(fraction * self.total)} of {self.total} units done{eta} · {message}")
+
+    def empty(self) -> None:
+        self.bar.empty()
+
 
 loaded, key = require_model()
 NM = {"2:4": (2, 4), "1:4": (1, 4), "4:8": (4, 8)}
@@ -48,28 +74,48 @@ except ValueError as err:
 
 scans = st.session_state.setdefault("sen_scans", {})
 scan_key = (key, config.to_json())
-scan = scans.get(scan_key)
-if scan is None:
-    try:  # a scan on disk shows at once; nothing is computed without a click
-        scan = cached_scan(loaded, config)
-    except ValueError as err:
-        st.error(f"Cannot scan this model: {err}")
-        st.stop()
-if scan is None:
-    if not st.button("Run scan", type="primary", key="sen_run"):
-        st.info(f"{len(config.settings())} settings × every unit of {loaded.name}. A full scan of MiniLM's 36 layers "
-                "at 3 settings takes minutes on 2 cores; the proxy alone takes seconds. Results are cached on disk.")
-        st.stop()
-    bar = EstimatingProgress("Scanning")
+job = job_state("sen_jobs", f"{key}|{config.to_json()}")
+scan = scans.get(scan_key)  # complete scans only
+try:
+    if scan is None and job["status"] != "running":
+        # A scan on disk shows at once, and so do the units of a stopped one; nothing is computed without a click.
+        scan = cached_scan(loaded, config, partial=True)
+except ValueError as err:
+    st.error(f"Cannot scan this model: {err}")
+    st.stop()
+if scan is not None and job["status"] != "running":
+    job["status"] = "done" if scan.complete else "stopped"
+stop_slot = job_buttons(job, st, "sen", "Run scan")
+if job["status"] == "idle":
+    st.info(f"{len(config.settings())} settings × every unit of {loaded.name}. A full scan of MiniLM's 36 layers "
+            "at 3 settings takes minutes on 2 cores; the proxy alone takes seconds. Each finished unit is kept on "
+            "disk: Stop shows the units done so far, and Continue computes only the rest.")
+    st.stop()
+if job["status"] == "running":
+    bar = ScanProgress(len(scan_units(loaded.module, config)))
     try:
+        # Each unit is stored as it finishes: a Stop press (a rerun) or a closed tab keeps them.
         with heavy_job("scan", loaded):
             scan = sensitivity_scan(loaded, config, progress=bar)
     except ValueError as err:
+        job["status"] = "idle"
         st.error(f"The scan failed: {err}")
         st.stop()
     bar.empty()
-scans[scan_key] = scan
-
+    job["status"] = "done" if scan.complete else "stopped"
+    stop_slot.empty()
+    if not scan.complete:  # the library's stop ended it: the next press carries on
+        stop_slot.button("Continue", key="sen_continue", help="carry on from the units already done")
+elif job["status"] == "stopped" and (scan is None or scan.complete):
+    scan = cached_scan(loaded, config, partial=True)
+if scan is None:  # stopped before the first unit finished
+    st.info("The scan was stopped before its first unit finished; Continue starts it.")
+    st.stop()
+if scan.complete:
+    scans[scan_key] = scan
+else:
+    st.warning(f"Stopped after {len(scan.units) - len(scan.not_reached)} of {len(scan.units)} units. The heatmap and "
+               "the table show the finished units (the others are empty); Continue computes only the rest.")
 value = "drop" if mode == "full" else "proxy"
 head = sensitivity_headline(scan)
 left, right = st.columns([3, 2])
@@ -92,6 +138,9 @@ st.download_button("Scan (.csv)", scan.to_csv(), f"{loaded.name}-sensitivity.csv
                    on_click="ignore", key="sen_csv")
 notebook_slot = st.empty()  # filled at the end: the notebook holds the comparison below when the page shows it
 
+if not scan.complete:
+    st.caption("Spending a budget by the scan needs every unit: Continue the scan first.")
+    st.stop()
 if mode != "full":
     with notebook_slot:
         notebook_button(sensitivity_recipe(loaded.spec, config, upload_sha256=upload_digest(loaded)), key="sen_notebook")

@@ -181,6 +181,9 @@ def test_recovery_gap_bars_have_short_labels_and_full_names_in_hover():
     bar = viz.recovery_gap_figure(recs).data[0]
     assert all(len(x) <= 24 for x in bar.x) and len(set(bar.x)) == len(recs)
     assert [c[3] for c in bar.customdata] == [r.label for r in recs] and "customdata[3]" in bar.hovertemplate
+    # The flip-rate panels' titles fit half a page ("oscillating weights per interva" was cut).
+    titles = [a.text for a in viz.flip_rate_figure(recs).layout.annotations]
+    assert titles and all(len(t) <= 24 for t in titles), titles
 
 
 def test_layer_sparsity_figure_puts_percent_on_the_value_axis():
@@ -223,3 +226,18 @@ def test_sensitivity_page_caveat_dash_and_allocation_chart():
     assert not at.exception
     fig = next(f for f in figures(at) if f["layout"].get("title", {}).get("text") == "Sparsity chosen per layer")
     assert fig["layout"]["xaxis"]["title"]["text"].startswith("sparsity chosen for the layer")
+
+
+def test_labels_that_were_cut_are_short():
+    from sparsekit.recovery.config import MODE_LABELS
+    from ui.state import SOURCES
+
+    assert all(len(label) <= 32 for label in SOURCES.values()), SOURCES  # the sidebar cut 34: "…bundle"
+    at = page_app("recovery", "digits:mlp")
+    at.run()
+    assert not at.exception
+    modes = at.multiselect(key="rc_modes")
+    assert [MODE_LABELS[m] for m in modes.value] == ["fixed mask", "STE", "SR-STE"]
+    weights = [c.proto.weight for c in at.columns[:4]]
+    assert weights[0] >= 2 * max(weights[1:])  # the modes' chips get room for all three
+

@@ -41,7 +41,7 @@ except ValueError as err:
     st.error(f"Cannot recover this model: {err}")
     st.stop()
 
-c1, c2, c3, c4 = st.columns(4)
+c1, c2, c3, c4 = st.columns([2, 1, 1, 1])  # the modes' chips (fixed mask, STE, SR-STE) fit on one line
 keep = dict(persist_state="page")  # a look at the saved runs keeps these settings (and the runs they show)
 modes = c1.multiselect("Modes (same budget each)", list(MODES), default=list(MODES) if config.pattern == "nm"
                        else ["fixed"], format_func=MODE_LABELS.get, key="rc_modes",

@@ -202,7 +202,7 @@ def flip_rate_figure(records: Sequence[Any], *, layer: str | None = None, smooth
         return _empty("flip rate", "no runs to show")
     fig = make_subplots(rows=1, cols=2, subplot_titles=(
         "flip rate per step" + (f" (mean of {smooth})" if smooth > 1 else ""),
-        "oscillating weights per interval" + (f" · {layer}" if layer else "")))
+        "oscillating weights" + (f" · {layer}" if layer else "")))  # per interval: the x axis
     for rec, color in zip(records, _colors(records, colors)):
         rate = np.asarray(rec.step_flip_rate, dtype=np.float64)
         if smooth > 1 and rate.size:

@@ -241,3 +241,18 @@ def test_labels_that_were_cut_are_short():
     weights = [c.proto.weight for c in at.columns[:4]]
     assert weights[0] >= 2 * max(weights[1:])  # the modes' chips get room for all three
 
+
+
+def test_study_pattern_chips_are_short():
+    from ui.study import PATTERNS, _pattern_label
+
+    assert all(len(_pattern_label(p)) <= 17 for p in PATTERNS), [_pattern_label(p) for p in PATTERNS]
+    assert _pattern_label("unstructured:0.3") == "30% unstructured"
+
+
+@pytest.mark.parametrize("source, arch", [("digits:cnn", "cnn"), ("digits:mlp", "mlp")])
+def test_training_starts_from_the_sidebar_model(source, arch):
+    at = page_app("training", source)
+    at.run()
+    assert not at.exception
+    assert at.selectbox(key="tr_arch").value == arch

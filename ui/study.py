@@ -30,7 +30,7 @@ MAX_UPLOAD_BYTES = 64 * 1024
 
 def _pattern_label(p: str) -> str:
     if p.startswith("unstructured:"):
-        return f"unstructured {float(p.split(':')[1]):.0%} pruned"
+        return f"{float(p.split(':')[1]):.0%} unstructured"  # short: a longer chip was cut
     n, m = p.split(":")
     return f"{p} (keep {n} of {m})"
 

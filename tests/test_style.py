@@ -168,13 +168,17 @@ def test_sparsify_page_one_precision_and_small_file_size(digits_cache, downloads
 
 
 def test_attribution_table_has_human_headers(digits_cache):
+    import json
+
     from devtools.apptest import page_app
     at = page_app("attribution", "digits:mlp", 180, config_json=SparsifyConfig(pattern="nm", n=2, m=4).to_json())
     at.run()
     assert not at.exception, at.exception
-    table = at.dataframe[0].value
-    assert "explained class" in table.columns and "explained_class" not in table.columns
-    assert not table.astype(str).isin(["None", "nan"]).any().any()
+    labels = {k: v.get("label") for k, v in json.loads(at.dataframe[0].proto.columns).items()}
+    assert labels, at.dataframe[0].proto.columns
+    assert labels["explained_class"] == "explained class" and labels["sparse_prediction"] == "sparse prediction"
+    shown = at.dataframe[0].proto.arrow_data.styler.display_values
+    assert b"None" not in shown and b"nan" not in shown
 
 
 def test_model_page_parameter_counts_have_separators(digits_cache):
@@ -256,3 +260,26 @@ def test_studies_metric_box_shows_the_label(tmp_cache):
     box = at.selectbox(key="st_metric")
     assert box.value == "accuracy"
     assert "held-out accuracy (%)" in box.options and "accuracy" not in box.options
+
+
+def test_table_view_keeps_numbers_and_shows_text():
+    import pandas as pd
+
+    from ui.format import table_view
+    frame = pd.DataFrame({"median_ms": [1.5, None], "p_rows": [5308416, 3], "early_sad_pct": [0.5, 1.0]})
+    view = table_view(frame, {"median_ms": "median"})
+    assert view["column_config"] == {"median_ms": "median", "p_rows": "rows", "early_sad_pct": "early SAD (%)"}
+    html = view["data"].to_html()
+    assert "5,308,416" in html and "—" in html and "None" not in html and "nan" not in html
+    assert view["data"].data["p_rows"].tolist() == [5308416, 3]  # the values stay numbers
+
+
+def test_attribution_similarity_delta_is_not_coloured(model_root, tmp_cache):
+    from devtools.apptest import page_app
+    at = page_app("attribution", "hf", 300)
+    at.run()
+    at.sidebar.selectbox(key="hf_choice").set_value(str(model_root / "tiny-bert")).run()
+    assert not at.exception, at.exception
+    metric = next(m for m in at.metric if m.label == "Similarity, sparse")
+    # Higher similarity after pruning is not "better": the delta is grey, not green/red.
+    assert metric.proto.color == metric.proto.MetricColor.GRAY, metric.proto

@@ -42,7 +42,7 @@ HEADERS = {
     "iqr_ms": "IQR (ms)", "baseline_ms": "baseline (ms)", "q1_ms": "Q1 (ms)", "q3_ms": "Q3 (ms)",
     "rel_error": "relative error", "achieved_tflops": "achieved TFLOP/s", "achieved_gbps": "achieved GB/s",
     "speedup": "speed-up (×)", "early_sad_pct": "early SAD (%)", "late_sad_pct": "late SAD (%)",
-    "late_flipped_pct": "late flipped (%)", "accuracy": "accuracy (%)",
+    "late_flipped_pct": "late flipped (%)",
 }
 """Human column headers, with units, for the raw field names tables carry."""
 
@@ -52,6 +52,8 @@ def header_text(column: str) -> str:
     written as units ("median_ms" -> "median (ms)")."""
     if column in HEADERS:
         return HEADERS[column]
+    if column.startswith("p_") and len(column) > 2:  # a benchmark case's parameter
+        return column[2:].replace("_", " ")
     for suffix, unit in (("_ms", "ms"), ("_pct", "%"), ("_seconds", "s"), ("_bytes", "bytes")):
         if column.endswith(suffix) and len(column) > len(suffix):
             return f"{column[: -len(suffix)].replace('_', ' ')} ({unit})"
@@ -81,6 +83,18 @@ def shown_table(frame: Any) -> Any:
     for column in out.columns:
         out[column] = [cell_text(v) for v in out[column]]
     return out.rename(columns={c: header_text(str(c)) for c in out.columns})
+
+
+def table_view(frame: Any, column_config: dict | None = None) -> dict[str, Any]:
+    """``st.dataframe`` arguments that show ``frame`` as a reader should see it while its values stay
+    numbers (sortable, and what tests read): ``cell_text`` cells through a Styler, human headers
+    (``header_text``) as column labels; ``column_config`` entries of the caller win.
+
+    Use as ``st.dataframe(**table_view(frame), hide_index=True)``.
+    """
+    config: dict[str, Any] = {str(c): header_text(str(c)) for c in frame.columns}
+    config.update(column_config or {})
+    return {"data": frame.style.format(cell_text), "column_config": config}
 
 
 def size_text(num_bytes: float) -> str:

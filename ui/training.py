@@ -23,6 +23,7 @@ from sparsekit.training.seedstudy import cached_runs, run_seed_study
 from sparsekit.training.ste import layer_plan
 from sparsekit.viz.training import RUN_COLORS, flip_maps_figure, run_key
 from ui.cached import training_run
+from ui.format import table_view
 from ui.heavy import heavy_job
 from ui.notebook import notebook_button
 from ui.saved_runs import SavedRuns
@@ -401,7 +402,7 @@ def _show_study(result) -> None:
         notebook_button(seed_study_recipe(cfg, metric), key="ss_notebook")
     st.plotly_chart(viz.seed_study_figure(result, metric), key="ss_fig_seeds")
     st.plotly_chart(viz.paired_difference_figure(result), key="ss_fig_paired")
-    st.dataframe(_summary_frame(result.summary()), hide_index=True)
+    st.dataframe(**table_view(_summary_frame(result.summary())), hide_index=True)
     if result.lambda_rows():
         st.plotly_chart(viz.lambda_sweep_figure(result), key="ss_fig_lambda")
         st.caption("λ_w's effect also depends on the learning rate: the decay enters the gradient, so the pull on a "

@@ -6,7 +6,7 @@ from sparsekit import attribution as attr
 from sparsekit import viz
 from sparsekit.recipes.attribution import IMAGE_COUNT, attribution_recipe, image_headline, text_headline
 from ui.cached import image_maps, pair_maps, pair_set
-from ui.format import MISSING, shown_table
+from ui.format import MISSING, table_view
 from ui.notebook import notebook_button, upload_digest
 from ui.state import require_model, sparsified
 from ui.widgets import config_form, current_config
@@ -63,7 +63,7 @@ if is_image:
                f"attributions sum to the logit change within {head['max_abs_delta']:.2g} (largest error).")
     st.plotly_chart(viz.agreement_figure([f"#{i} ({maps.labels[i]})" for i in range(count)], maps.correlation),
                     width="stretch", key="at_agreement")
-    st.dataframe(shown_table(pd.DataFrame(maps.rows())), hide_index=True, width="stretch")
+    st.dataframe(**table_view(pd.DataFrame(maps.rows())), hide_index=True, width="stretch")
 else:
     steps = st.slider("Integration steps", 8, 64, 16, step=8, key="at_steps",
                       help="Each step is one encoder forward and backward per sentence and model.")
@@ -104,7 +104,7 @@ else:
         c[0].metric("Mean correlation", f"{head['mean_correlation']:.3f}")
         c[1].metric("Top token agreement", f"{head['top_token_agreement']:.0%}")
         c[2].metric("Mean |similarity change|", f"{head['mean_abs_similarity_change']:.3f}")
-        st.dataframe(shown_table(pd.DataFrame([p.row() for p in results])), hide_index=True, width="stretch")
+        st.dataframe(**table_view(pd.DataFrame([p.row() for p in results])), hide_index=True, width="stretch")
     with notebook_slot.container():
         notebook_button(attribution_recipe(loaded.spec, config, steps, sentences=(a, b),
                                            pairs=count if summarised else None, upload_sha256=upload_digest(loaded)),

@@ -9,6 +9,7 @@ from sparsekit.bench.runner import CUDA_ONLY, SUITES
 from sparsekit.bench.suites import semi_structured_available
 from sparsekit.layers import prunable_layers
 from sparsekit.recipes.benchmarks import FAILED_STATUSES, benchmarks_headline, benchmarks_recipe
+from ui.format import table_view
 from ui.heavy import heavy_job
 from ui.notebook import notebook_button
 from ui.state import get_model
@@ -73,7 +74,7 @@ def show_run(run: BenchRun, key: str, where: str, config: BenchConfig | None = N
     show = [c for c in ["suite", "case", "backend", "status", "median_ms", "iqr_ms", "speedup", "baseline_ms",
                         "rel_error", "achieved_tflops", "achieved_gbps", "message"] if c in frame.columns]
     params = [c for c in frame.columns if c.startswith("p_")]
-    st.dataframe(frame[show + params], hide_index=True, height=320, key=f"cases_{where}_{key}")
+    st.dataframe(**table_view(frame[show + params]), hide_index=True, height=320, key=f"cases_{where}_{key}")
     d1, d2, d3 = st.columns(3)
     d1.download_button("Results (.json)", run.to_json(), "sparsekit-bench.json", mime="application/json",
                        key=f"dl_json_{where}_{key}")

@@ -5,6 +5,7 @@ import streamlit as st
 from sparsekit import training, viz
 from sparsekit.recipes.training import training_recipe
 from sparsekit.viz.training import run_colors
+from ui.format import table_view
 from ui.notebook import notebook_button
 from ui.state import get_model
 from ui.training import (fill_effect_preset, fit_warnings, flip_maps, load_selected, render_effect_note,
@@ -86,7 +87,7 @@ with runs_tab:
     layer = None if layer_choice == "all sparse layers" else layer_choice
 
     summary = training.sad_summary(records, reports, layer=layer, fraction=fraction)
-    st.dataframe(pd.DataFrame(summary), hide_index=True)
+    st.dataframe(**table_view(pd.DataFrame(summary)), hide_index=True)
     notebook_slot = st.container()  # filled once the run up close is known
 
     def offer_notebook(focus_id=None, flip_layer=None, pair=()) -> None:

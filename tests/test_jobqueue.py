@@ -156,3 +156,34 @@ def test_the_library_says_what_is_heavy():
         is_heavy("sparsify", weights=large)
     with pytest.raises(ValueError, match="method must be one of"):
         is_heavy("sparsify", weights=large, method="banana")
+
+
+def _light_and_heavy_page():
+    import threading
+    import types
+
+    import streamlit as st
+    import torch
+
+    from ui.heavy import heavy_job, server_queue
+
+    server_queue.clear()  # a queue of SPARSEKIT_HEAVY_JOBS=1 slot, whatever ran before
+    queue = server_queue()
+    other = queue.enter("another session")  # the only slot is taken
+    tiny = types.SimpleNamespace(module=torch.nn.Sequential(torch.nn.Linear(4, 4)))
+    with heavy_job("sparsify", tiny, method="wanda"):  # calibrated, but on a tiny model: light
+        st.write("light ran at once")
+    threading.Timer(1.0, queue.leave, args=(other,)).start()
+    with heavy_job("training", label="digits"):  # heavy: waits for the slot
+        st.write(f"heavy ran after the other job left: {other.left}")
+    st.write(f"queue empty: {queue.snapshot() == {'running': [], 'waiting': []}}")
+
+
+def test_the_streamlit_side_runs_light_jobs_at_once_and_queues_heavy_ones(monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("SPARSEKIT_HEAVY_JOBS", "1")
+    at = AppTest.from_function(_light_and_heavy_page).run(timeout=60)
+    assert not at.exception
+    texts = [m.value for m in at.markdown]
+    assert texts == ["light ran at once", "heavy ran after the other job left: True", "queue empty: True"]

@@ -283,3 +283,16 @@ def test_attribution_similarity_delta_is_not_coloured(model_root, tmp_cache):
     metric = next(m for m in at.metric if m.label == "Similarity, sparse")
     # Higher similarity after pruning is not "better": the delta is grey, not green/red.
     assert metric.proto.color == metric.proto.MetricColor.GRAY, metric.proto
+
+
+def test_recovery_summary_shows_one_precision():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from ui.format import table_view
+    rows = pd.DataFrame([{"mode": "STE", "before": 96.111111, "after": 97.5, "gap recovered": 0.8, "seconds": None}])
+    view = table_view(rows, {"gap recovered": SimpleNamespace()})
+    html = view["data"].to_html()
+    assert "96.11<" in html and "96.1111" not in html and "—" in html
+    assert ">0.800000<" in html  # unstyled: the caller's NumberColumn formats it (percent on the page)

@@ -88,13 +88,16 @@ def shown_table(frame: Any) -> Any:
 def table_view(frame: Any, column_config: dict | None = None) -> dict[str, Any]:
     """``st.dataframe`` arguments that show ``frame`` as a reader should see it while its values stay
     numbers (sortable, and what tests read): ``cell_text`` cells through a Styler, human headers
-    (``header_text``) as column labels; ``column_config`` entries of the caller win.
+    (``header_text``) as column labels; a column the caller gives a column config (not just a
+    label) in ``column_config`` keeps that config's format.
 
     Use as ``st.dataframe(**table_view(frame), hide_index=True)``.
     """
+    own = column_config or {}
     config: dict[str, Any] = {str(c): header_text(str(c)) for c in frame.columns}
-    config.update(column_config or {})
-    return {"data": frame.style.format(cell_text), "column_config": config}
+    config.update(own)
+    styled = [c for c in frame.columns if isinstance(own.get(str(c), ""), str)]  # a label only: styled
+    return {"data": frame.style.format(cell_text, subset=styled), "column_config": config}
 
 
 def size_text(num_bytes: float) -> str:

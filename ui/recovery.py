@@ -7,6 +7,7 @@ import json
 from datetime import datetime, timezone
 from typing import Callable, Sequence
 
+import pandas as pd
 import streamlit as st
 
 from sparsekit import recovery, viz
@@ -14,7 +15,7 @@ from sparsekit.recipes import Recipe
 from sparsekit.recipes.recovery import recovery_rows, saved_recovery_recipe
 from sparsekit.recovery import MODE_LABELS, RecoveryRecord
 from sparsekit.sparsify import SparsifyConfig
-from ui.format import shown_path
+from ui.format import shown_path, table_view
 from ui.notebook import notebook_button
 from ui.saved_runs import SavedRuns
 
@@ -59,8 +60,8 @@ def show_records(records: Sequence[RecoveryRecord], *, key: str = "rc",
     right.plotly_chart(viz.flip_rate_figure(records), width="stretch", key=f"{key}_flips")
     st.subheader("Summary")
     rows = recovery_rows(records, origin=origin, model_text=model_text)
-    st.dataframe(rows, hide_index=True, width="stretch",
-                 column_config={"gap recovered": st.column_config.NumberColumn(format="percent")})
+    st.dataframe(**table_view(pd.DataFrame(rows), {"gap recovered": st.column_config.NumberColumn(format="percent")}),
+                 hide_index=True, width="stretch")
     notebook_slot = st.container()
     pick = st.selectbox("Per-layer SAD of", range(len(records)), format_func=lambda i: label_of(records[i]),
                         key=f"{key}_layer_run")

@@ -296,3 +296,14 @@ def test_recovery_summary_shows_one_precision():
     html = view["data"].to_html()
     assert "96.11<" in html and "96.1111" not in html and "—" in html
     assert ">0.800000<" in html  # unstyled: the caller's NumberColumn formats it (percent on the page)
+
+
+def test_masks_diff_table_has_thousands_separators():
+    from devtools.apptest import page_app
+    at = page_app("masks", "digits:mlp", 180)
+    at.run()
+    assert not at.exception, at.exception
+    table = next(d for d in at.dataframe if "both kept" in d.value.columns)
+    assert int(table.value["both kept"].iloc[0]) >= 1000  # the first layer: 64×256 weights
+    shown = table.proto.arrow_data.styler.display_values
+    assert f"{int(table.value['both kept'].iloc[0]):,}".encode() in shown

@@ -6,6 +6,7 @@ import streamlit as st
 
 from sparsekit import viz
 from sparsekit.recipes.masks import masks_headline, masks_recipe
+from ui.format import table_view
 from ui.next_step import next_step
 from ui.notebook import notebook_button, upload_digest
 from ui.state import require_model, sparsified
@@ -124,8 +125,9 @@ with compare_tab:
         d4.metric("Kept, second mask", f"{kept_b:,}", f"{kept_b - kept_a:+,}" if kept_b != kept_a else None,
                   delta_color="off", delta_description="vs this mask")
         chart(viz.mask_diff_figure(m2, mb2, labels=(config.label(), other.label())))
-        st.dataframe(pd.DataFrame([{"both kept": diff["both_kept"], f"only {config.label()}": diff["only_a"],
-                                    f"only {other.label()}": diff["only_b"], "both pruned": diff["both_pruned"]}]),
+        st.dataframe(**table_view(pd.DataFrame([{"both kept": diff["both_kept"], f"only {config.label()}": diff["only_a"],
+                                                 f"only {other.label()}": diff["only_b"],
+                                                 "both pruned": diff["both_pruned"]}])),
                      hide_index=True)
 
 with notebook_slot.container():

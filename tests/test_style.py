@@ -307,3 +307,13 @@ def test_masks_diff_table_has_thousands_separators():
     assert int(table.value["both kept"].iloc[0]) >= 1000  # the first layer: 64×256 weights
     shown = table.proto.arrow_data.styler.display_values
     assert f"{int(table.value['both kept'].iloc[0]):,}".encode() in shown
+
+
+def test_sparsify_page_owl_2_4_on_cnn_runs_and_says_conv1_stays_dense(digits_cache):
+    from devtools.apptest import page_app
+    cfg = SparsifyConfig(pattern="nm", n=2, m=4, allocation="owl")
+    at = page_app("sparsify", "digits:cnn", 180, config_json=cfg.to_json())
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert any("left dense, as M does not fit: conv1" in c.value for c in at.caption), [c.value for c in at.caption]

@@ -6,21 +6,32 @@ and ``print()`` give one short line built from the same card, so a result never 
 tensor. ``.figure()`` draws the plot people would rather look at, through the ``sparsekit.viz``
 builder the class names in ``FIGURE``.
 
-The library layer does not import ``sparsekit.viz`` (plotly lives only there, and viz sits above the
-library: its builders take these records). ``figure()`` therefore looks the builder up by name at call
-time, the one place where the library reaches up to the figures, on purpose and only when asked.
+The library never imports ``sparsekit.viz``: plotly lives only there, and viz sits above the library
+(its builders take these records). Instead viz hands its builders to this module when it is imported
+(``register_figures``); ``figure()`` looks the named builder up here, and until ``sparsekit.viz`` has
+been imported (``from sparsekit import viz``, as every notebook of the gallery does) it says so.
 """
 from __future__ import annotations
 
 import html
-import importlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 MAX_ROWS = 10
 """Table rows shown in a card (the rest are counted in a footnote)."""
+_FIGURES: dict[str, Callable[..., Any]] = {}
+"""Figure builders by name, handed over by ``sparsekit.viz`` when it is imported."""
+
+
+def register_figures(builders: Mapping[str, Callable[..., Any]]) -> None:
+    """Make ``builders`` (name -> figure function) available to ``Shown.figure`` (``sparsekit.viz`` calls
+    this with its public builders when it is imported)."""
+    for name, builder in builders.items():
+        if not callable(builder):
+            raise TypeError(f"figure builder {name!r} is not callable")
+        _FIGURES[name] = builder
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -106,9 +117,12 @@ class Shown:
         """The plot of this result (a plotly ``Figure``), drawn by ``sparsekit.viz.<FIGURE>``."""
         if not self.FIGURE:
             raise TypeError(f"{type(self).__name__} has no figure")
-        viz = importlib.import_module("sparsekit.viz")
+        builder = _FIGURES.get(self.FIGURE)
+        if builder is None:
+            raise RuntimeError(f"{type(self).__name__}.figure() draws with sparsekit.viz.{self.FIGURE}: import the "
+                               "figures first (from sparsekit import viz; it needs plotly)")
         subject = getattr(self, self.FIGURE_INPUT) if self.FIGURE_INPUT else self
-        return getattr(viz, self.FIGURE)(subject, **kwargs)
+        return builder(subject, **kwargs)
 
 
-__all__ = ["Card", "MAX_ROWS", "Shown", "fmt", "percent"]
+__all__ = ["Card", "MAX_ROWS", "Shown", "fmt", "percent", "register_figures"]

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import sparsekit
+import sparsekit.viz  # noqa: F401  (registers the figure builders that .figure() uses)
 from sparsekit.allocation import Allocation
 from sparsekit.attention import AttentionCapture, HeadMetrics
 from sparsekit.display import Card, Shown, fmt, percent
@@ -337,3 +338,48 @@ def test_bench_run_card():
     assert run.figure(suite="linear") is not None
     with pytest.raises(ValueError, match="nothing to draw"):
         run.figure(suite="attention")
+
+
+def test_every_declared_figure_is_registered_by_viz():
+    import inspect
+
+    import sparsekit.viz  # noqa: F401  (registers the builders)
+    from sparsekit import display
+
+    shown = {cls for cls in _subclasses(Shown)}
+    declared = {cls.FIGURE for cls in shown if cls.FIGURE}
+    assert len(declared) >= 10
+    missing = declared - set(display._FIGURES)
+    assert not missing, missing
+    for name in declared:
+        assert inspect.signature(display._FIGURES[name]).parameters  # takes the result (or its attribute)
+
+
+def _subclasses(cls):
+    import importlib
+    import pkgutil
+
+    import sparsekit
+
+    for info in pkgutil.walk_packages(sparsekit.__path__, "sparsekit."):
+        if not info.name.endswith("__main__"):
+            importlib.import_module(info.name)
+    out, todo = set(), [cls]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            if sub not in out:
+                out.add(sub)
+                todo.append(sub)
+    return out
+
+
+def test_figure_before_viz_is_imported_says_what_to_do(monkeypatch):
+    from sparsekit import display
+
+    monkeypatch.setattr(display, "_FIGURES", {})
+    torch.manual_seed(0)
+    result = sparsekit.sparsify(nn.Sequential(nn.Linear(8, 4)), sparsekit.SparsifyConfig())
+    with pytest.raises(RuntimeError, match="from sparsekit import viz"):
+        result.figure()
+    with pytest.raises(TypeError, match="not callable"):
+        display.register_figures({"x": 3})

@@ -6,6 +6,7 @@ studies), ``recovery`` (recovery runs, flip rate and oscillation), ``attention``
 ``attribution``; ``_style`` holds what they share. Every public name is importable from here, so
 ``from sparsekit import viz; viz.mask_heatmap(...)`` works whatever module a builder lives in.
 """
+from ..display import register_figures
 from ..maskstats import DEFAULT_MAX_CELLS
 from ._style import DIFF_COLORS, KEPT_COLOR, PRUNED_COLOR, SKIPPED_COLOR, log_ticks
 from .attention import (
@@ -84,3 +85,6 @@ __all__ = [
     "sensitivity_proxy_figure", "seed_study_figure", "speedup_batch_figure", "speedup_density_figure",
     "token_attribution_figure", "training_curves_figure",
 ]
+
+# Results' .figure() (sparsekit.display) draws with these builders, looked up by name.
+register_figures({name: globals()[name] for name in __all__ if callable(globals()[name])})

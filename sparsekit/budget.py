@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
+
 LAYER_MAX_SPARSITY = 0.99
 """Most a single layer may be pruned under an allocation (as ``SparsifyConfig`` allows)."""
 
@@ -59,9 +61,25 @@ class Grid:
         return hi if lo is None or abs(hi - x) <= abs(x - lo) else lo
 
 
+REPAIR_STEPS = 24
+"""How many reachable counts above and below its greedy count ``fit_counts``' repair tries per layer."""
+
+
 def fit_counts(ideal: dict[str, float], grids: dict[str, Grid], target: int) -> dict[str, int]:
     """Integer pruned counts near ``ideal`` that add up to ``target`` where the grids allow (else the
-    nearest total above it: the kept share never exceeds the requested one)."""
+    nearest total above it: the kept share never exceeds the requested one).
+
+    A greedy pass moves one layer a step at a time towards the target (the layer whose count ends
+    closest to its ideal); on plain grids (steps of 1) it always hits the target, with the least total
+    distance from the ideal. On block grids it can stop with a remainder that no single step fits
+    although several layers moving together would (3 = 3 + 0 + 0 where the greedy sits at 1 + 2 + 0).
+    Then a repair step runs (``_repair``): a dynamic programme over the exact offsets from the greedy
+    counts, each layer limited to its ``REPAIR_STEPS`` nearest reachable counts either way. Its state
+    count is bounded by those windows (no search over all combinations, no merging of states), so it
+    finds the target whenever it can be reached within them, else the smallest total above it, and
+    among those the counts least far from the ideal. A result the greedy pass already got exactly, or
+    whose total the repair cannot improve, is returned unchanged.
+    """
     counts = {n: grids[n].near(x) for n, x in ideal.items()}
     while True:
         r = target - sum(counts.values())
@@ -85,7 +103,64 @@ def fit_counts(ideal: dict[str, float], grids: dict[str, Grid], target: int) -> 
         if ups:
             _, n, u = min(ups)
             counts[n] = u
+    repaired = _repair(ideal, grids, counts, target)
+    if repaired is not None and sum(repaired.values()) < sum(counts.values()):
+        return repaired
     return counts
+
+
+def _window(grid: Grid, k: int) -> list[int]:
+    """``k`` and up to ``REPAIR_STEPS`` reachable counts either side of it, ascending."""
+    below: list[int] = []
+    above: list[int] = []
+    lo: int | None = k
+    hi: int | None = k
+    for _ in range(REPAIR_STEPS):
+        lo = grid.down(lo) if lo is not None else None
+        hi = grid.up(hi) if hi is not None else None
+        if lo is None and hi is None:
+            break
+        if lo is not None:
+            below.append(lo)
+        if hi is not None:
+            above.append(hi)
+    return below[::-1] + [k] + above
+
+
+def _repair(ideal: dict[str, float], grids: dict[str, Grid], counts: dict[str, int],
+            target: int) -> dict[str, int] | None:
+    """Counts within each layer's window around ``counts`` whose total is the least one at or above
+    ``target``, least far from ``ideal`` (exact DP over offset totals); None if no total reaches it."""
+    names = list(counts)
+    cur = np.zeros(1)  # cur[i]: least distance from the ideal with offset total i + low
+    low = 0
+    picks: list[tuple[list[int], int, np.ndarray]] = []
+    for n in names:
+        opts = _window(grids[n], counts[n])
+        offs = [c - counts[n] for c in opts]
+        span = offs[-1] - offs[0]
+        new = np.full(len(cur) + span, np.inf)
+        arg = np.zeros(len(new), dtype=np.int32)
+        for j, (c, d) in enumerate(zip(opts, offs)):
+            at = d - offs[0]
+            cand = cur + abs(c - ideal[n])
+            part = new[at:at + len(cur)]
+            better = cand < part
+            part[better] = cand[better]
+            arg[at:at + len(cur)][better] = j
+        picks.append((opts, offs[0], arg))
+        cur, low = new, low + offs[0]
+    start = max(0, target - sum(counts.values()) - low)
+    reach = np.flatnonzero(np.isfinite(cur[start:]))
+    if len(reach) == 0:
+        return None
+    idx = start + int(reach[0])
+    out: dict[str, int] = {}
+    for n, (opts, lo_off, arg) in zip(reversed(names), reversed(picks)):
+        c = opts[int(arg[idx])]
+        out[n] = c
+        idx -= c - counts[n] - lo_off
+    return {n: out[n] for n in names}
 
 
 def _lower_hull(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -107,6 +182,12 @@ def choose_levels(options: Sequence[Sequence[tuple[int, float]]], need: int, max
     lowest total cost among the choices reaching it (a dynamic programme over totals; above
     ``max_states`` distinct totals they are merged into buckets, keeping the cheapest of each).
 
+    Merged buckets can drop the only choices that reach ``need`` (a cheaper total just below it wins
+    the bucket). A reachable ``need`` then gets a second pass that also keeps, per bucket, the state
+    with the largest total: the state of the largest total overall always survives it, so some choice
+    reaching ``need`` is always found, with at most twice the states. The first pass's result, where
+    it reaches ``need``, is returned unchanged.
+
     Args:
         options: per unit, ``(pruned, cost)`` options (integer pruned counts).
         need: the least total pruned.
@@ -114,25 +195,47 @@ def choose_levels(options: Sequence[Sequence[tuple[int, float]]], need: int, max
 
     Returns:
         The chosen option index per unit.
+
+    Raises:
+        ValueError: if even the largest option of every unit together stays below ``need``.
     """
     top = sum(max(p for p, _ in opts) for opts in options)
     if top < need:
         raise ValueError("the available levels cannot reach the budget")
     width = max(1, top // max_states)
-    states: dict[int, tuple[float, int]] = {0: (0.0, 0)}  # bucket -> (cost, exact total)
-    back: list[dict[int, tuple[int, int]]] = []
+    choice = _levels_pass(options, need, width, False)
+    if choice is None:
+        choice = _levels_pass(options, need, width, True)
+    assert choice is not None, "the largest total always survives the second pass"
+    return choice
+
+
+def _levels_pass(options: Sequence[Sequence[tuple[int, float]]], need: int, width: int,
+                 keep_top: bool) -> list[int] | None:
+    """``choose_levels``' programme with buckets of ``width`` totals: per bucket the cheapest state
+    (ties: the smaller total) and, with ``keep_top``, also the largest total (ties: the cheaper);
+    None if no kept state reaches ``need``."""
+    states: dict[tuple[int, int], tuple[float, int]] = {(0, 0): (0.0, 0)}  # (bucket, slot) -> (cost, total)
+    back: list[dict[tuple[int, int], tuple[tuple[int, int], int]]] = []
     for opts in options:
-        new: dict[int, tuple[float, int]] = {}
-        links: dict[int, tuple[int, int]] = {}
+        new: dict[tuple[int, int], tuple[float, int]] = {}
+        links: dict[tuple[int, int], tuple[tuple[int, int], int]] = {}
         for key, (cost, total) in states.items():
             for j, (p, c) in enumerate(opts):
                 t = total + int(p)
-                k = t // width
+                k = (t // width, 0)
                 if k not in new or (cost + c, t) < new[k]:
                     new[k], links[k] = (cost + c, t), (key, j)
+                if keep_top:
+                    k = (t // width, 1)
+                    if k not in new or (-t, cost + c) < (-new[k][1], new[k][0]):
+                        new[k], links[k] = (cost + c, t), (key, j)
         states = new
         back.append(links)
-    key = min((k for k, (_, t) in states.items() if t >= need), key=lambda k: (states[k][1], states[k][0]))
+    ends = [k for k, (_, t) in states.items() if t >= need]
+    if not ends:
+        return None
+    key = min(ends, key=lambda k: (states[k][1], states[k][0]))
     choice = []
     for links in reversed(back):
         key, j = links[key]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from devtools.apptest import page_app
-from test_page_notebooks import NOTEBOOK_LABEL, metric, run_notebook
+from test_page_notebooks import NOTEBOOK_LABEL, metric, run_notebook, same
 from sparsekit.recipes import rounded
 from sparsekit.recipes.compare import compare_recipe
 from sparsekit.sparsify import SparsifyConfig
@@ -96,7 +96,7 @@ def test_compare_page_notebook(downloads):
         for pattern, ranked in head["best_first"].items())
     table = at.dataframe[0].value
     assert list(table.index) == list(head["table"]) == ["4:8", "unstructured 60%"]
-    assert {p: {m: rounded(v) for m, v in row.items()} for p, row in table.to_dict("index").items()} == head["table"]
+    assert same({p: {m: rounded(v) for m, v in row.items()} for p, row in table.to_dict("index").items()}, head["table"])
     share = head["recovered_share"]
     assert metric(at, "Recovered share of the gap") == ("–" if share is None else f"{share:.1%}")
     assert metric(at, f"{label}, magnitude 1:4") == f"{head['plain']:.4g}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import streamlit
 from streamlit.testing.v1 import AppTest
-from test_page_notebooks import NOTEBOOK_LABEL, metric, run_notebook
+from test_page_notebooks import NOTEBOOK_LABEL, metric, run_notebook, same
 
 from devtools.apptest import page_app
 from sparsekit import training
@@ -127,7 +127,7 @@ def assert_rows_shown(frame, rows):
             if value is None:
                 assert cell is None or cell != cell, column  # None or NaN
             else:
-                assert rounded(cell.item() if hasattr(cell, "item") else cell) == value, column
+                assert same(rounded(cell.item() if hasattr(cell, "item") else cell), value), column
 
 
 def test_recovery_page_notebooks(tmp_cache, notebooks):

@@ -7,7 +7,7 @@ import math
 
 from devtools.apptest import page_app
 from sparsekit.recipes import rounded
-from test_page_notebooks import NOTEBOOK_LABEL, run_notebook
+from test_page_notebooks import NOTEBOOK_LABEL, run_notebook, same
 
 
 def _source(nb) -> str:
@@ -46,14 +46,14 @@ def test_sensitivity_page_notebook(downloads, tmp_cache):
     table = at.dataframe[0].value
     assert list(table["unit"]) == head["units"] and list(table["weights"]) == head["weights"]
     for j, setting in enumerate(head["settings"]):
-        assert _column(table, f"drop {setting}") == [row[j] for row in head["drop"]]
-        assert _column(table, f"proxy {setting}") == [row[j] for row in head["proxy"]]
+        assert same(_column(table, f"drop {setting}"), [row[j] for row in head["drop"]])
+        assert same(_column(table, f"proxy {setting}"), [row[j] for row in head["proxy"]])
     # The allocation comparison.
     compare = at.dataframe[1].value
     assert list(compare["allocation"]) == [r["allocation"] for r in head["allocation"]] == ["uniform", "sensitivity"]
-    assert _column(compare, "pruned share") == [r["pruned share"] for r in head["allocation"]]
+    assert same(_column(compare, "pruned share"), [r["pruned share"] for r in head["allocation"]])
     quality = next(c for c in compare.columns if c not in ("allocation", "pruned share", "note"))
-    assert _column(compare, quality) == [r["quality"] for r in head["allocation"]]
+    assert same(_column(compare, quality), [r["quality"] for r in head["allocation"]])
     assert list(compare["note"]) == [r["note"] for r in head["allocation"]]
     assert _figures(nb) == 3  # heatmap, proxy vs drop, chosen sparsity per layer
 
@@ -82,7 +82,7 @@ def test_study_page_notebook(downloads, tmp_cache):
     assert "run_study(spec, 'local')" in src and "cost = 'memory_bytes'" in src
     assert head["cells"] == 8 and head["failed"] == 0 and head["cost"] == "memory_bytes"
     best, every = (d.value for d in at.dataframe)  # "Best method per pattern", "Every setting"
-    assert _rows(best) == head["best"] and _rows(every) == head["settings"]
+    assert same(_rows(best), head["best"]) and same(_rows(every), head["settings"])
     assert [c.value for c in at.caption if c.value in head["differences"]] == head["differences"]
     assert len(head["differences"]) == 2 and len(head["intervals"]) == 4 and head["pareto"]
     assert _figures(nb) == 2  # quality against sparsity, Pareto front
@@ -110,7 +110,7 @@ def test_benchmarks_page_notebook(downloads, tmp_cache):
     table = at.dataframe[-1].value
     assert [(r["suite"], r["case"], r["backend"], r["status"]) for r in head["cases"]] == list(
         zip(table["suite"], table["case"], table["backend"], table["status"]))
-    assert [r["speedup"] for r in head["cases"]] == _column(table, "speedup")
+    assert same([r["speedup"] for r in head["cases"]], _column(table, "speedup"))
     faster = {}
     for suite, case, backend, speedup in zip(table["suite"], table["case"], table["backend"], table["speedup"]):
         if speedup > 1:
@@ -134,7 +134,7 @@ def test_study_page_notebook_of_a_training_study(downloads, tmp_cache):
     head, nb = run_notebook(downloads[NOTEBOOK_LABEL])
     assert "train=TrainConfig(arch='mlp', epochs=2)" in _source(nb) and "pareto" not in head
     (every,) = (d.value for d in at.dataframe)
-    assert _rows(every) == head["settings"] and head["metric"] == at.selectbox(key="st_metric").value
+    assert same(_rows(every), head["settings"]) and head["metric"] == at.selectbox(key="st_metric").value
     assert [c.value for c in at.caption if c.value in head["differences"]] == head["differences"] != []
     assert _figures(nb) == 1  # the intervals over seeds
 

@@ -7,9 +7,10 @@ from sparsekit.recipes import Recipe
 
 
 def notebook_button(recipe: Recipe, *, key: str) -> None:
-    """A download of ``recipe`` as a notebook, with a caption saying what it holds."""
+    """A download of ``recipe`` as a notebook, with a caption saying what it holds. The file is written
+    when clicked (nbformat's first use costs about a second; a page run should not pay it)."""
     st.download_button(
-        "Open as notebook (.ipynb)", recipe.to_ipynb(), recipe.file_name(), mime="application/x-ipynb+json",
+        "Open as notebook (.ipynb)", recipe.to_ipynb, recipe.file_name(), mime="application/x-ipynb+json",
         key=key, on_click="ignore", icon=":material/code:",
         help="A Jupyter notebook that repeats what this page shows with sparsekit's public API: the same "
              "model, settings and figures. Its last cell prints the headline values as one JSON line.")

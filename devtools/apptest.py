@@ -14,15 +14,18 @@ from streamlit.testing.v1 import AppTest
 
 from devtools import ROOT
 
+# A process pool that a page (or a later test) starts spawns workers that import the main module as
+# ``__mp_main__``; AppTest can leave this script as ``__main__``, so it must draw nothing there (as app.py).
 _HARNESS = """
 import runpy, sys
-sys.path.insert(0, {root!r})
-import streamlit as st
-from ui.state import sidebar_model
-loaded, key = sidebar_model()
-st.session_state["_loaded"] = loaded
-st.session_state["_model_key"] = key
-runpy.run_path({page!r}, run_name="__page__")
+if __name__ != "__mp_main__":
+    sys.path.insert(0, {root!r})
+    import streamlit as st
+    from ui.state import sidebar_model
+    loaded, key = sidebar_model()
+    st.session_state["_loaded"] = loaded
+    st.session_state["_model_key"] = key
+    runpy.run_path({page!r}, run_name="__page__")
 """
 
 

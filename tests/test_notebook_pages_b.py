@@ -6,6 +6,7 @@ import pytest
 import streamlit
 from streamlit.testing.v1 import AppTest
 from test_page_notebooks import NOTEBOOK_LABEL, metric, run_notebook, same
+from ui.format import change_text, metric_text
 
 from devtools.apptest import page_app
 from sparsekit import training
@@ -67,8 +68,8 @@ def test_attention_page_notebook(notebooks):
     assert metric(at, "Output error, this head") == f"{head['error_head']:.3f}"
     assert metric(at, "Recall, mean of all heads") == f"{head['recall_mean']:.1%}"
     q = head["quality"]
-    assert metric(at, q["metric"]) == f"{q['sparse']:.4g}"
-    assert [m.delta for m in at.metric if m.label == q["metric"]][0] == f"{q['change']:+.4g} vs dense"
+    assert metric(at, q["metric"]) == metric_text(q["sparse"])
+    assert [m.delta for m in at.metric if m.label == q["metric"]][0] == f"{change_text(q['change'], q['sparse'])} vs dense"
     assert metric(at, "Mean density on the evaluation inputs") == f"{q['mean_density']:.1%}"
     s = head["search"]
     assert metric(at, "Per-head plan: mean density") == f"{s['plan_density']:.1%}"
@@ -76,8 +77,9 @@ def test_attention_page_notebook(notebooks):
     assert [m.delta for m in at.metric if m.label == "Per-head plan: mean recall"][0] == \
         f"{s['recall_vs_uniform']:+.1%} vs uniform"
     # The search's quality metric is the last metric of that name on the page.
-    assert [m.value for m in at.metric if m.label == s["metric"]][-1] == f"{s['plan_quality']:.4g}"
-    assert [m.delta for m in at.metric if m.label == s["metric"]][-1] == f"{s['quality_vs_uniform']:+.4g} vs uniform"
+    assert [m.value for m in at.metric if m.label == s["metric"]][-1] == metric_text(s["plan_quality"])
+    assert [m.delta for m in at.metric if m.label == s["metric"]][-1] == \
+        f"{change_text(s['quality_vs_uniform'], s['plan_quality'])} vs uniform"
     compare = at.dataframe[-2].value
     assert compare["pattern"].iloc[2] == s["uniform"]
     assert len(plotly_outputs(nb)) == 6  # recall grid, heatmap, density, error, plan grid, trade-off
@@ -97,7 +99,7 @@ def test_attention_notebook_before_the_search_and_for_a_text(notebooks):
     assert "search_heads" not in text and "search" not in head
     assert metric(at, "Recall, this head") == f"{head['recall_head']:.1%}"
     assert metric(at, "Output error, this head") == f"{head['error_head']:.3f}"
-    assert metric(at, head["quality"]["metric"]) == f"{head['quality']['sparse']:.4g}"
+    assert metric(at, head["quality"]["metric"]) == metric_text(head["quality"]["sparse"])
     assert metric(at, "Mean density on the evaluation inputs") == f"{head['quality']['mean_density']:.1%}"
 
 

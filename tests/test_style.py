@@ -317,3 +317,118 @@ def test_sparsify_page_owl_2_4_on_cnn_runs_and_says_conv1_stays_dense(digits_cac
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
     assert any("left dense, as M does not fit: conv1" in c.value for c in at.caption), [c.value for c in at.caption]
+
+
+# ----------------------------------------------------------------------------- one colour per method (#24)
+
+def _train_run(method, n=2, m=4, seed=0, sad=(0, 30, 10)):
+    import numpy as np
+
+    from sparsekit.topology import SadReport
+    from sparsekit.training import EpochMetrics, RunRecord, TrainConfig
+    epochs = [EpochMetrics(epoch=i + 1, step=10 * (i + 1), train_loss=1.0, train_accuracy=50.0, test_loss=0.9,
+                           test_accuracy=60.0 + i, lr=0.1, density=0.5, seconds=1.0) for i in range(2)]
+    cfg = TrainConfig(method=method, n=n, m=m, seed=seed)
+    run = RunRecord(config=cfg, name=f"{method} {n}:{m} s{seed}", run_id=f"{method}-{n}-{m}-{seed}", epochs=epochs)
+    k = len(sad)
+    report = SadReport(layers=["fc"], numel={"fc": 1000}, steps=list(range(k)), epochs=[float(i) for i in range(k)],
+                       interval={"fc": np.array(sad, dtype=np.int64)},
+                       from_first={"fc": np.cumsum(sad).astype(np.int64)}, to_final={"fc": np.zeros(k, dtype=np.int64)})
+    return run, report
+
+
+def _colours_by_label(fig):
+    return {t.name: t.line.color for t in fig.data if t.name and " (" not in t.name}
+
+
+def test_training_colour_is_the_method_in_any_order_or_subset():
+    from sparsekit.viz import METHOD_COLORS, sad_series_figure, training_curves_figure
+    runs = {m: _train_run(m) for m in ("dense", "ste", "srste", "gradual", "random")}
+    first = ["dense", "ste", "srste", "gradual", "random"]
+    second = ["random", "srste", "ste"]  # another order, a subset
+    seen = {}
+    for order in (first, second):
+        recs = [runs[m][0] for m in order]
+        reports = [runs[m][1] for m in order]
+        for fig in (training_curves_figure(recs), sad_series_figure(recs, reports=reports, kind="cumulative")):
+            for rec in recs:
+                colour = _colours_by_label(fig)[rec.label]
+                assert seen.setdefault(rec.config.method, colour) == colour, (rec.label, order)
+    # The method's own colour, one per method, all distinct.
+    assert seen == {m: METHOD_COLORS[m] for m in first}
+    assert len(set(seen.values())) == 5
+
+
+def test_runs_sharing_a_method_get_shades_of_it_whatever_the_order():
+    import colorsys
+
+    from sparsekit.viz import METHOD_COLORS, run_colors
+
+    def hue(c):
+        return colorsys.rgb_to_hls(*(int(c[i:i + 2], 16) / 255 for i in (1, 3, 5)))[0] * 360
+    runs = [_train_run("ste", 2, 4)[0], _train_run("ste", 1, 4)[0], _train_run("srste", 2, 4, seed=1)[0],
+            _train_run("srste", 2, 4, seed=0)[0]]
+    a, b = run_colors(runs), run_colors(runs[::-1])
+    assert a == b and len(set(a.values())) == 4
+    # 1:4 sorts before 2:4 and seed 0 before seed 1: those keep the method's colour.
+    assert a["ste-1-4-0"] == METHOD_COLORS["ste"] and a["srste-2-4-0"] == METHOD_COLORS["srste"]
+    for key, colour in a.items():
+        assert abs(hue(colour) - hue(METHOD_COLORS[key.split("-")[0]])) < 3, (key, colour)
+
+
+def test_seed_study_studies_and_recovery_use_the_training_colours():
+    from sparsekit import study, viz
+    from sparsekit.seedstudy import SeedRun, SeedStudyConfig, SeedStudyResult
+    from sparsekit.study import CellRecord
+    from sparsekit.training import TrainConfig
+    ste, srste = viz.METHOD_COLORS["ste"], viz.METHOD_COLORS["srste"]
+    training = run_colors_of([_train_run("ste")[0], _train_run("srste")[0]])
+    assert training == {"ste": ste, "srste": srste}
+
+    cfg = SeedStudyConfig(train=TrainConfig(arch="mlp", epochs=2, batch_size=256), patterns=((2, 4),), seeds=2,
+                          lambda_sweep=())
+    seed_runs = [SeedRun(method=m, n=2, m=4, lambda_w=cfg.lambda_w if m == "srste" else 0.0, seed=s, accuracy=90.0 + s,
+                         late_sad_pct=2.0 + s, early_sad_pct=40.0, late_flipped_pct=1.0, sparse_weights=100,
+                         seconds=1.0) for m in ("ste", "srste") for s in range(2)]
+    fig = viz.seed_study_figure(SeedStudyResult(cfg, seed_runs))
+    diamonds = {t.legendgroup: t.marker.color for t in fig.data if t.legendgroup}
+    assert diamonds == {"ste": ste, "srste": srste}
+
+    def cell(method, seed, lam=None):
+        return CellRecord(kind="training", model="digits:mlp", method=method, pattern="2:4", seed=seed, lambda_w=lam,
+                          status="done", metrics={"accuracy": 90.0 + seed}, kept_fraction=0.5,
+                          higher_is_better={"accuracy": True})
+    records = [cell("ste", s) for s in range(2)] + [cell("srste", s, 2e-4) for s in range(2)]
+    for recs in (records, records[::-1]):
+        fig = viz.study_interval_figure(study.summarize(recs), "accuracy")
+        assert {t.name: t.marker.color for t in fig.data} == {"ste": ste, "srste λ=0.0002": srste}
+    # Two λ_w of SR-STE: shades of SR-STE's colour, the smaller λ_w in the colour itself.
+    two = records + [cell("srste", s, 1e-3) for s in range(2)]
+    colours = viz.variant_colors(study.summarize(two[::-1]))
+    assert colours["srste λ=0.0002"] == srste and colours["srste λ=0.001"] not in (srste, ste)
+
+    assert {m: viz.recovery_colors([_rec(m, m)])[m] for m in ("ste", "srste", "fixed")} == {
+        "ste": ste, "srste": srste, "fixed": viz.MODE_COLORS["fixed"]}
+
+
+def run_colors_of(runs):
+    from sparsekit.viz import run_colors
+    colours = run_colors(runs)
+    return {r.config.method: colours[r.run_id] for r in runs}
+
+
+def test_all_zero_sad_line_sits_on_a_zero_based_axis():
+    from sparsekit.viz import sad_series_figure
+    fixed, rep = _train_run("random", sad=(0, 0, 0))
+    for kind in ("from_first", "to_final", "cumulative"):
+        fig = sad_series_figure([fixed], reports=[rep], kind=kind, log_y=False, fraction=True)
+        assert fig.layout.yaxis.rangemode == "tozero", kind  # plotly draws [0, 1], not [-1, 1]
+    # Interval SAD is on a log axis by default: all zero, there is nothing to put there, so a linear one.
+    fig = sad_series_figure([fixed], reports=[rep])
+    assert fig.layout.yaxis.type == "linear" and fig.layout.yaxis.rangemode == "tozero"
+    assert list(fig.data[0].y) == [0.0, 0.0]
+    moving, rep2 = _train_run("ste")
+    assert sad_series_figure([moving], reports=[rep2]).layout.yaxis.type == "log"
+    # Beside a moving run, the fixed run's zeros are left off the log axis (and the note says so).
+    both = sad_series_figure([moving, fixed], reports=[rep2, rep])
+    assert both.layout.yaxis.type == "log" and "2 zero value(s)" in both.layout.annotations[0].text

@@ -59,14 +59,19 @@ def test_a_run_keeps_its_colour_in_every_figure():
         sad_series_figure(runs, reports=reports, colors={"a": "#000000"})
 
 
-def test_eight_runs_get_eight_distinct_hues():
+def test_eight_runs_get_eight_distinct_colours():
+    # Issue #24: the colour is the method's; eight runs of one method are eight shades of its hue.
     runs = [record(f"r{i}", [1.0]) for i in range(8)]
     colors = list(run_colors(runs).values())
-    assert len(colors) == 8
-    hues = [hue(c) for c in colors]
+    assert len(set(colors)) == 8 and colors[0] == "#ff7f0e"  # STE's orange on every page
+    assert all(abs(hue(c) - hue(colors[0])) < 3 for c in colors), colors
+    lum = sorted(luminance(c) for c in colors)
+    assert min(b / a for a, b in zip(lum, lum[1:])) > 1.1, colors  # each a visibly lighter or darker shade
+    # Runs of different training methods get hues at least 25° apart (dense is grey).
+    hues = [hue(c) for c in run_colors([record(m, [1.0], method=m) for m in ("ste", "srste", "gradual", "random")]).values()]
     closest = min(min(abs(a - b), 360 - abs(a - b)) for a, b in itertools.combinations(hues, 2))
-    assert closest >= 25, (colors, closest)  # no two shades of one hue
-    # Runs sharing an id (the same run listed twice) share a colour; a ninth run cycles.
+    assert closest >= 25, (hues, closest)
+    # Runs sharing an id (the same run listed twice) share a colour.
     assert run_colors([record("x", [1.0]), record("x", [1.0])]) == {"x": colors[0]}
 
 

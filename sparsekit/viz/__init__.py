@@ -8,7 +8,18 @@ studies), ``recovery`` (recovery runs, flip rate and oscillation), ``attention``
 """
 from ..display import register_figures
 from ..maskstats import DEFAULT_MAX_CELLS
-from ._style import DIFF_COLORS, KEPT_COLOR, PRUNED_COLOR, SKIPPED_COLOR, log_ticks
+from ._style import (
+    DIFF_COLORS,
+    KEPT_COLOR,
+    MODE_COLORS,
+    PRUNED_COLOR,
+    RUN_COLORS,
+    SKIPPED_COLOR,
+    color_map,
+    log_ticks,
+    method_color,
+    method_colors,
+)
 from .attention import (
     ATTENTION_FAMILY_COLORS,
     LABEL_ALL_TOKENS,
@@ -50,12 +61,10 @@ from .recovery import (
 )
 from .reports import layer_kept_figure, memory_figure, params_by_type_figure, quality_figure
 from .sensitivity import allocation_figure, sensitivity_heatmap, sensitivity_proxy_figure
-from .study import study_figure, study_interval_figure, study_pareto_figure, study_quality_figure
+from .study import study_figure, study_interval_figure, study_pareto_figure, study_quality_figure, variant_colors
 from .training import (
     FLIP_COLORSCALE,
-    RUN_COLORS,
     STUDY_COLORS,
-    color_map,
     flip_count_figure,
     flip_maps_figure,
     lambda_sweep_figure,
@@ -72,7 +81,7 @@ from .training import (
 __all__ = [
     "study_interval_figure", "study_pareto_figure", "study_quality_figure", "ATTENTION_FAMILY_COLORS",
     "allocation_figure", "capture_figure", "head_metrics_figure", "study_figure", "run_figure", "recovery_figure",
-    "bench_run_figure",
+    "bench_run_figure", "MODE_COLORS", "method_color", "method_colors", "variant_colors",
     "DEFAULT_MAX_CELLS", "LABEL_ALL_TOKENS", "DIFF_COLORS", "FLIP_COLORSCALE", "KEPT_COLOR", "METHOD_COLORS",
     "PRUNED_COLOR", "RUN_COLORS", "SKIPPED_COLOR", "STUDY_COLORS", "TEXT_CELLS_MAX", "agreement_figure",
     "attention_heatmap", "attention_speedup_figure", "attribution_maps_figure", "bench_figures", "color_map",

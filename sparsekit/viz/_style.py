@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import plotly.graph_objects as go
@@ -82,14 +83,20 @@ FLIP_COLORSCALE = ((0.0, "#f0f0f0"), (0.15, "#fdd49e"), (0.4, "#fc8d59"), (0.7, 
 
 METHOD_COLORS = {
     "dense": "#888888", "magnitude": "#1f77b4", "wanda": "#2ca02c", "sparsegpt": "#d62728",
-    "taylor": "#9467bd", "random": "#7f7f7f", "magnitude+perm": "#17becf",
+    "taylor": "#9467bd", "random": "#1b9e77", "magnitude+perm": "#17becf",
     # Sparse training and recovery: the same method keeps its colour on every page.
     "ste": "#ff7f0e", "srste": "#a6a30f", "gradual": "#e05cb8", "fixed": "#8c564b",
 }
 """One colour per method on every page (one-shot methods, the training methods and the recovery
-modes); mid-grey for dense so its line shows on light and dark themes."""
+modes); mid-grey for dense so its line shows on light and dark themes. Random (one-shot pruning,
+and the fixed random mask of training) is teal, not a second grey beside dense."""
 MODE_COLORS = {mode: METHOD_COLORS[mode] for mode in ("fixed", "ste", "srste")}
 """One colour per recovery mode (fixed mask, STE, SR-STE), the same in every view of the Recovery page."""
+EXTRA_COLORS = ("#393b79", "#bd9e39", "#ad494a", "#5254a3", "#8ca252", "#e7969c", "#637939", "#7b4173")
+"""Colours of methods that ``METHOD_COLORS`` does not name (a method registered later), picked by name."""
+SHADE_LEVELS = (0.0, -0.3, 0.35, -0.5, 0.55, -0.15, 0.2, 0.7)
+"""How the runs of one method are told apart: the first keeps the method's colour, the next ones are
+mixed towards black (negative) or white (positive) by these shares, alternately darker and lighter."""
 ZERO_COLORSCALE = ((0.0, "#f0f0f0"), (1.0, "#f0f0f0"))
 """The flat light grey of a heatmap whose values are all zero (drawn over 0…1 so it reads as zero)."""
 
@@ -109,6 +116,56 @@ def color_map(keys: Sequence[str], palette: Sequence[str] = RUN_COLORS) -> dict[
         if key not in out:
             out[key] = palette[len(out) % len(palette)]
     return out
+
+
+def method_color(method: str) -> str:
+    """The colour of a method (``METHOD_COLORS``); a method it does not name gets one of ``EXTRA_COLORS``
+    chosen by its name (the same on every page and in every process)."""
+    if method in METHOD_COLORS:
+        return METHOD_COLORS[method]
+    return EXTRA_COLORS[zlib.crc32(str(method).encode()) % len(EXTRA_COLORS)]
+
+
+def shade(color: str, level: float) -> str:
+    """``color`` (``#rrggbb``) mixed towards white (``level`` > 0) or black (< 0) by ``|level|``."""
+    rgb = [int(color[i:i + 2], 16) for i in (1, 3, 5)]
+    if not -1 <= level <= 1:
+        raise ValueError(f"a shade level is between -1 and 1, got {level}")
+    target = 255 if level > 0 else 0
+    return "#" + "".join(f"{round(v + (target - v) * abs(level)):02x}" for v in rgb)
+
+
+def method_colors(items: Iterable[tuple[str, str, Any]]) -> dict[str, str]:
+    """One colour per series, a function of its method: every series of a method in the method's colour
+    (``method_color``), several series of one method told apart by shade (``SHADE_LEVELS``) in the order
+    of their ``variant`` (then their key). The colours do not depend on the order of ``items`` nor on
+    the other methods present.
+
+    Args:
+        items: ``(key, method, variant)`` per series: key as the figures look it up (a run id), the
+            method (or recovery mode), and a sort key that orders the series of one method (pattern,
+            λ_w, seed, ...; the same types for every item of a method).
+
+    Returns:
+        key -> colour.
+    """
+    by_method: dict[str, dict[str, Any]] = {}
+    for key, method, variant in items:
+        by_method.setdefault(str(method), {}).setdefault(key, variant)
+    out: dict[str, str] = {}
+    for method, variants in by_method.items():
+        base = method_color(method)
+        for rank, key in enumerate(sorted(variants, key=lambda k: (variants[k], k))):
+            out[key] = shade(base, SHADE_LEVELS[rank % len(SHADE_LEVELS)])
+    return out
+
+
+def run_order(run: Any) -> tuple:
+    """How the runs of one method are ordered for their shades: by pattern (M, then N), λ_w, target
+    sparsity, seed, then label (works for training and recovery records alike)."""
+    cfg = getattr(run, "config", None)
+    return (int(getattr(cfg, "m", 0) or 0), int(getattr(cfg, "n", 0) or 0), float(getattr(cfg, "lambda_w", 0) or 0),
+            float(getattr(cfg, "target_sparsity", 0) or 0), int(getattr(cfg, "seed", 0) or 0), str(run.label))
 
 
 def _number_text(v: float) -> str:

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 import plotly.graph_objects as go
 
 from ..evaluate import CompareRow
-from ._style import _BYTES_PER_MB, METHOD_COLORS, _empty
+from ._style import _BYTES_PER_MB, METHOD_COLORS, _empty, method_color
 
 NM_SYMBOLS = (("diamond", "◆"), ("square", "■"), ("triangle-up", "▲"), ("cross", "✚"), ("x", "✖"),
               ("pentagon", "⬟"), ("hexagon", "⬢"), ("star", "★"))
@@ -70,7 +70,7 @@ def compare_figure(rows: Sequence[CompareRow], metric: str, *, x: str = "sparsit
     symbol = {p: NM_SYMBOLS[i % len(NM_SYMBOLS)] for i, p in enumerate(nm_patterns)}
     methods = list(dict.fromkeys(r.method for r in pts if r.method != "dense"))
     for method in methods:
-        color = METHOD_COLORS.get(method)
+        color = method_color(method)
         shown = False
         for family in ("unstructured", "N:M"):
             sel = sorted((r for r in pts if r.method == method and r.family == family), key=xval)

@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..flips import FlipWindow, window_series
-from ._style import MODE_COLORS, RUN_COLORS, ZERO_COLORSCALE, _empty, _log_axis, _number_text, _pct_text
+from ._style import METHOD_COLORS, ZERO_COLORSCALE, _empty, _log_axis, _number_text, _pct_text, method_colors, run_order
 
 if TYPE_CHECKING:
     from ..recovery import RecoveryRecord
@@ -26,30 +26,22 @@ def _key(rec: Any) -> str:
 
 
 def recovery_colors(records: Sequence[Any]) -> dict[str, str]:
-    """One colour per run (keyed by its run id, or its label before it is saved): the first run of
-    each recovery mode takes the mode's colour (``MODE_COLORS``, the same in every view and on every
-    page), further runs of a mode the other colours of ``RUN_COLORS`` in order.
+    """One colour per run (keyed by its run id, or its label before it is saved), a function of its
+    recovery mode (``MODE_COLORS``: fixed mask, STE, SR-STE, the same in New recovery, Saved runs and
+    on every page); several runs of one mode get shades of it (``method_colors``, ordered by
+    ``run_order``), whatever the order or the other runs.
 
     Args:
-        records: recovery (or training) runs.
+        records: recovery (or training) runs; a record without a mode is coloured by its method.
 
     Returns:
         key -> colour, to pass to every figure of the same runs.
     """
-    out: dict[str, str] = {}
-    spare = [c for c in RUN_COLORS if c not in MODE_COLORS.values()]
-    for rec in records:
-        key = _key(rec)
-        if key in out:
-            continue
-        mode = getattr(getattr(rec, "config", None), "mode", None)
-        own = MODE_COLORS.get(mode) if isinstance(mode, str) else None
-        if own is not None and own not in out.values():
-            out[key] = own
-        else:
-            taken = sum(c in spare for c in out.values())
-            out[key] = spare[taken % len(spare)]
-    return out
+    def mode(rec: Any) -> str:
+        cfg = getattr(rec, "config", None)
+        return str(getattr(cfg, "mode", None) or getattr(cfg, "method", None) or "")
+
+    return method_colors([(_key(rec), mode(rec), run_order(rec)) for rec in records])
 
 
 def _colors(records: Sequence[Any], colors: Mapping[str, str] | None) -> list[str]:
@@ -92,7 +84,7 @@ def recovery_curves_figure(records: Sequence[RecoveryRecord], *, colors: Mapping
                                  hovertemplate=f"{rec.label}<br>step %{{x}}<br>loss %{{y:.4g}}<extra></extra>"),
                       row=1, col=2)
     for dense in sorted({r.dense for r in records if math.isfinite(r.dense)}):
-        fig.add_hline(y=dense, line=dict(color="#888888", dash="dash", width=1), row=1, col=1)
+        fig.add_hline(y=dense, line=dict(color=METHOD_COLORS["dense"], dash="dash", width=1), row=1, col=1)
     fig.update_xaxes(title_text="step")
     fig.update_yaxes(title_text=metric, row=1, col=1)
     fig.update_yaxes(title_text="loss", **(_log_axis(losses, _number_text) if losses else {"type": "log"}),

@@ -10,14 +10,10 @@ import plotly.graph_objects as go
 
 from ..stats import Interval
 from ..study.aggregate import Group
-from ._style import _BYTES_PER_MB, _empty
-from .compare import METHOD_COLORS
+from ._style import _BYTES_PER_MB, METHOD_COLORS, _empty, method_colors
 
 if TYPE_CHECKING:
     from ..study.runner import StudyResult
-
-_FALLBACK = ("#ff7f0e", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#393b79", "#637939", "#843c39")
-
 
 def _groups(groups: Sequence[Group], metric: str, what: str) -> list[Group]:
     if isinstance(groups, (str, bytes)) or not isinstance(groups, Sequence):
@@ -32,11 +28,10 @@ def _groups(groups: Sequence[Group], metric: str, what: str) -> list[Group]:
     return list(groups)
 
 
-def _colour(variant: str, order: list[str]) -> str:
-    base = variant.split(" ")[0]
-    if base in METHOD_COLORS and sum(v.split(" ")[0] == base for v in order) == 1:
-        return METHOD_COLORS[base]
-    return _FALLBACK[order.index(variant) % len(_FALLBACK)]
+def variant_colors(groups: Sequence[Group]) -> dict[str, str]:
+    """variant -> colour: the method's colour on every page (``METHOD_COLORS``), the λ_w variants of
+    one method (SR-STE at several λ_w) shades of it in order of λ_w, whatever the order of ``groups``."""
+    return method_colors([(g.variant, g.method, -1.0 if g.lambda_w is None else float(g.lambda_w)) for g in groups])
 
 
 def _ok(x: float | None) -> bool:
@@ -78,12 +73,13 @@ def study_quality_figure(groups: Sequence[Group], metric: str, *, metric_label: 
     if not groups:
         return _empty("Quality against sparsity", "No finished cells yet")
     order = list(dict.fromkeys(g.variant for g in groups))
+    colours = variant_colors(groups)
     fig = go.Figure()
     for variant in order:
         rows = sorted((g for g in groups if g.variant == variant), key=lambda g: 1 - g.kept_fraction)
         xs = [100 * (1 - g.kept_fraction) for g in rows]
         iv = [g.metrics[metric] for g in rows]
-        colour = _colour(variant, order)
+        colour = colours[variant]
         band = [(x, i) for x, i in zip(xs, iv) if _ok(i.low)]
         if band:
             fig.add_trace(go.Scatter(
@@ -97,7 +93,7 @@ def study_quality_figure(groups: Sequence[Group], metric: str, *, metric_label: 
             hovertemplate="%{customdata[0]}<br>" + label + ": %{customdata[1]}<br>seeds: %{customdata[2]}"
                           "<br>sparsity %{x:.1f}%<extra>" + variant + "</extra>"))
     if dense is not None and _ok(dense):
-        fig.add_hline(y=dense, line={"dash": "dash", "color": "#888888"}, annotation_text="dense")
+        fig.add_hline(y=dense, line={"dash": "dash", "color": METHOD_COLORS["dense"]}, annotation_text="dense")
     conf = groups[0].metrics[metric].confidence
     fig.update_layout(title=f"{label} against sparsity (bands: {conf:.0%} interval over seeds)",
                       xaxis_title="sparsity: pruned share of the prunable weights (%)", yaxis_title=label,
@@ -131,13 +127,14 @@ def study_pareto_figure(groups: Sequence[Group], front: Sequence[Group], metric:
     x_title = ("kept share of the prunable weights (%)" if cost == "kept_fraction"
                else "weight memory (MB, 1 MB = 2²⁰ bytes)")
     order = list(dict.fromkeys(g.variant for g, _ in points))
+    colours = variant_colors(groups)
     fig = go.Figure()
     for variant in order:
         rows = [(g, c) for g, c in points if g.variant == variant]
         iv = [g.metrics[metric] for g, _ in rows]
         fig.add_trace(go.Scatter(
             x=[c * scale for _, c in rows], y=[i.mean for i in iv], mode="markers", name=variant,
-            marker={"color": _colour(variant, order), "size": 9},
+            marker={"color": colours[variant], "size": 9},
             error_y=_whiskers(iv),
             customdata=[[g.pattern, i.text(4)] for (g, _), i in zip(rows, iv)],
             hovertemplate="%{customdata[0]}<br>" + label + ": %{customdata[1]}<br>cost %{x:.3g}<extra>" + variant
@@ -198,6 +195,7 @@ def study_interval_figure(groups: Sequence[Group], metric: str, *, metric_label:
     if not groups:
         return _empty("Intervals over seeds", "No finished cells yet")
     order = list(dict.fromkeys(g.variant for g in groups))
+    colours = variant_colors(groups)
     fig = go.Figure()
     for variant in order:
         rows = [g for g in groups if g.variant == variant]
@@ -205,7 +203,7 @@ def study_interval_figure(groups: Sequence[Group], metric: str, *, metric_label:
         fig.add_trace(go.Scatter(
             x=[f"{g.model} {g.pattern}" if len({x.model for x in groups}) > 1 else g.pattern for g in rows],
             y=[i.mean for i in iv], mode="markers", name=variant,
-            marker={"color": _colour(variant, order), "size": 10},
+            marker={"color": colours[variant], "size": 10},
             error_y=_whiskers(iv),
             customdata=[[i.text(4), len(g.seeds)] for g, i in zip(rows, iv)],
             hovertemplate=label + ": %{customdata[0]}<br>seeds: %{customdata[1]}<extra>" + variant + "</extra>"))

@@ -15,14 +15,18 @@ from ..maskstats import DEFAULT_MAX_CELLS
 from ..training.seedresults import METRICS
 from ._style import (
     FLIP_COLORSCALE,
-    RUN_COLORS,
+    METHOD_COLORS,
     ZERO_COLORSCALE,
     _empty,
     _log_axis,
     _matrix_axes,
     _number_text,
     _pct_text,
-    color_map,
+    method_colors,
+    run_order,
+)
+from ._style import (
+    RUN_COLORS as RUN_COLORS,  # ui/training.py's live run colours import it from here
 )
 
 if TYPE_CHECKING:
@@ -45,15 +49,18 @@ def run_key(run: RunRecord) -> str:
 
 
 def run_colors(runs: Sequence[RunRecord]) -> dict[str, str]:
-    """One colour per run, to pass to every figure of the same runs so a run keeps its colour.
+    """One colour per run, a function of its training method (``METHOD_COLORS``: dense, STE, SR-STE,
+    gradual, random), so a method has the same colour in every figure, whatever runs are picked and
+    in what order; several runs of one method get shades of it (``method_colors``, ordered by
+    ``run_order``: pattern, λ_w, seed). Pass the map to every figure of the same runs.
 
     Args:
-        runs: training runs, in the order the colours are handed out.
+        runs: training runs.
 
     Returns:
-        ``run_key(run)`` -> colour (``RUN_COLORS``, distinct hues for up to eight runs).
+        ``run_key(run)`` -> colour.
     """
-    return color_map([run_key(run) for run in runs], RUN_COLORS)
+    return method_colors([(run_key(run), run.config.method, run_order(run)) for run in runs])
 
 
 def _colors_for(runs: Sequence[RunRecord], colors: Mapping[str, str] | None) -> list[str]:
@@ -128,7 +135,8 @@ def sad_series_figure(runs: Sequence[RunRecord], *, kind: str = "interval", laye
         layer: one recorded layer, or None for the sum over all sparse layers.
         fraction: values as fractions of the weights counted (axis in %) instead of raw counts.
         log_y: log y axis; default True for ``interval``. Zeros cannot sit on a log axis, so they
-            are left out there (a gap), and a note says how many.
+            are left out there (a gap), and a note says how many; when no value is above 0 (fixed
+            masks) the axis is linear instead. A linear axis starts at 0.
         reports: each run's ``run.sad()``, in the same order, where the caller has them already
             (it reads every mask snapshot); computed here when None.
         colors: ``run_colors`` of the runs on the page; built from ``runs`` when None.
@@ -148,15 +156,18 @@ def sad_series_figure(runs: Sequence[RunRecord], *, kind: str = "interval", laye
     if not runs:
         return _empty(title, "no runs to show")
     log_y = (kind == "interval") if log_y is None else bool(log_y)
-    fig = go.Figure()
-    hidden = 0
-    drawn: list[float] = []
-    for i, (run, color) in enumerate(zip(runs, _colors_for(runs, colors))):
+    series = []
+    for i, run in enumerate(runs):
         report = reports[i] if reports is not None else run.sad()
         x = [float(v) for v in report.epochs]
         y = [float(v) for v in report.series(kind, layer, fraction=fraction)]
-        if kind == "interval":
-            x, y = x[1:], y[1:]
+        series.append((x[1:], y[1:]) if kind == "interval" else (x, y))
+    all_zero = not any(v > 0 for _, y in series for v in y)
+    log_y = log_y and not all_zero  # nothing to draw on a log axis: a flat zero on a linear one
+    fig = go.Figure()
+    hidden = 0
+    drawn: list[float] = []
+    for (x, y), run, color in zip(series, runs, _colors_for(runs, colors)):
         shown: list[float | None] = list(y)
         if log_y:
             hidden += sum(1 for v in y if v <= 0)
@@ -174,7 +185,10 @@ def sad_series_figure(runs: Sequence[RunRecord], *, kind: str = "interval", laye
         fig.update_yaxes(title_text=axis_title, **(_log_axis(drawn, _pct_text if fraction else _count_text)
                                                    if drawn else {"type": "log"}))
     else:
-        fig.update_yaxes(title_text=axis_title, type="linear", tickformat="~%" if fraction else None)
+        # SAD is never negative: the axis starts at 0, so an all-zero run (a fixed mask) lies on the floor
+        # of a 0…1 axis instead of in the middle of plotly's −1…1.
+        fig.update_yaxes(title_text=axis_title, type="linear", tickformat="~%" if fraction else None,
+                         rangemode="tozero")
     if hidden:
         fig.add_annotation(text=f"{hidden} zero value(s) not drawn on the log axis", showarrow=False,
                            x=1, y=1.02, xref="paper", yref="paper", xanchor="right", font=dict(size=11))
@@ -320,7 +334,8 @@ def run_figure(run: RunRecord, what: str = "curves", **kwargs: Any) -> go.Figure
 
 # ----------------------------------------------------------------------------- seed studies
 
-STUDY_COLORS = {"ste": "#ff7f0e", "srste": "#1f77b4"}
+STUDY_COLORS = {method: METHOD_COLORS[method] for method in ("ste", "srste")}
+"""STE and SR-STE in their colours of every other page."""
 
 
 def _ci_error(intervals: Sequence[Interval]) -> dict[str, Any]:
@@ -373,6 +388,8 @@ def seed_study_figure(result: SeedStudyResult, metric: str = "late_sad_pct") -> 
                             f"with {result.config.confidence:.0%} CI)",
                       yaxis_title=f"{name} ({unit})", xaxis_title=definition, height=420,
                       legend={"orientation": "h", "y": -0.25})
+    if metric != "accuracy":  # SAD and flip shares are never negative: their axis starts at 0
+        fig.update_yaxes(rangemode="tozero")
     return fig
 
 
@@ -432,6 +449,7 @@ def lambda_sweep_figure(result: SeedStudyResult) -> go.Figure:
                                  marker={"size": 9, "color": STUDY_COLORS["srste"]}, showlegend=False,
                                  hovertemplate="λ_w %{x}: %{y:.3g}<extra></extra>"), row=1, col=col)
         fig.update_xaxes(title_text="λ_w", type="category", row=1, col=col)
+    fig.update_yaxes(rangemode="tozero", row=1, col=1)  # late SAD is never negative
     fig.update_layout(title=f"SR-STE's λ_w at {n}:{m}, {result.config.seeds} seeds, mean and "
                             f"{result.config.confidence:.0%} CI", height=380)
     return fig

@@ -32,6 +32,7 @@ SOURCES = {
     "digits:mlp": "Digits MLP (shipped, 8×8 digits)",
     "digits:cnn": "Digits CNN (shipped, 8×8 digits)",
     "digits:vit": "Digits ViT (shipped, 8×8 digits)",
+    "lm:small": "Small GPT-2 LM (shipped)",
     "hf": "Hugging Face directory",
     "upload": "Upload weights (.safetensors)",
 }

@@ -1,16 +1,31 @@
 """Benchmarks: does the sparsity actually run faster, at these shapes, on this hardware?"""
+import json
+import time
+from dataclasses import asdict, replace
+
 import pandas as pd
 import streamlit as st
 import torch
 
 from sparsekit import viz
-from sparsekit.bench import BenchConfig, BenchRun, delete_run, list_runs, load_run, results_csv, run_benchmarks, save_run
+from sparsekit.bench import (
+    BenchConfig,
+    BenchRun,
+    delete_run,
+    list_runs,
+    load_run,
+    results_csv,
+    run_benchmarks,
+    save_run,
+    stored_run,
+)
 from sparsekit.bench.runner import CUDA_ONLY, SUITES
 from sparsekit.bench.suites import semi_structured_available
 from sparsekit.layers import prunable_layers
 from sparsekit.recipes.benchmarks import FAILED_STATUSES, benchmarks_headline, benchmarks_recipe
 from ui.format import table_view
 from ui.heavy import heavy_job
+from ui.long_jobs import duration_text, job_buttons, job_state
 from ui.notebook import notebook_button
 from ui.state import get_model
 
@@ -39,21 +54,16 @@ SUITE_LABELS = {"linear": "Linear: dense vs 2:4", "formats": "CSR / BSR vs dense
                 "attention": "FlexAttention block-sparse vs SDPA", "model": "Whole MiniLM: dense vs 2:4"}
 
 
-def show_run(run: BenchRun, key: str, where: str, config: BenchConfig | None = None, spec: str = "") -> None:
+def measured_on(run: BenchRun) -> None:
     env = run.env
-    head = benchmarks_headline(run)
     wall = f" · {env['wall_s']:g} s" if isinstance(env.get("wall_s"), (int, float)) else ""
     st.caption(f"Measured on **{env.get('device_name', env.get('device'))}** · torch {env.get('torch')} · "
-               f"{'CUDA ' + str(env['cuda']) if env.get('cuda') else 'no CUDA'} · {env.get('threads')} CPU threads · {env.get('measured_at', '')}{wall}")
-    c = run.ceilings
-    if head["ceilings"]:
-        a, b = st.columns(2)
-        a.metric("Dense matmul ceiling (measured now)", head["ceilings"]["matmul"],
-                 help=f"{c.get('matmul_dtype')} {c.get('matmul_n')}³ matmul")
-        b.metric("Copy bandwidth (measured now)", head["ceilings"]["copy"])
-    notebook_button(benchmarks_recipe(run, key, config, spec=spec), key=f"nb_{where}_{key}")
-    rows = [r.as_row() for r in run.results]
-    frame = pd.DataFrame(rows)
+               f"{'CUDA ' + str(env['cuda']) if env.get('cuda') else 'no CUDA'} · {env.get('threads')} CPU threads · "
+               f"{env.get('measured_at', '')}{wall}")
+
+
+def show_cases(run: BenchRun, head: dict, key: str, where: str) -> None:
+    """The figures, the 2:4 verdicts and the table of every case (a stopped run's: the finished cases)."""
     failed = [r for r in run.results if r.status in FAILED_STATUSES]
     if failed:
         st.error(f"{len(failed)} case(s) did not produce a valid timing: "
@@ -61,20 +71,32 @@ def show_run(run: BenchRun, key: str, where: str, config: BenchConfig | None = N
     late = [r for r in run.results if r.status == "skipped" and "time budget" in r.message]
     if late:
         st.warning(f"{len(late)} case(s) were not run: the run's time budget "
-                   f"({env.get('time_budget_s', '?')} s) was spent. They are listed as skipped below.")
+                   f"({run.env.get('time_budget_s', '?')} s) was spent. They are listed as skipped below.")
     figures = viz.bench_figures(run.results)
     for suite, fig in figures.items():
         st.plotly_chart(fig, width="stretch", key=f"fig_{suite}_{where}_{key}")
-    if "linear" in figures:
-        v = head["verdicts"]
-        if v:
-            st.subheader("2:4 verdict per Linear shape")
-            st.dataframe(pd.DataFrame(v), hide_index=True, key=f"verdicts_{where}_{key}")
+    if "linear" in figures and head["verdicts"]:
+        st.subheader("2:4 verdict per Linear shape")
+        st.dataframe(pd.DataFrame(head["verdicts"]), hide_index=True, key=f"verdicts_{where}_{key}")
     st.subheader("All cases")
+    frame = pd.DataFrame([r.as_row() for r in run.results])
     show = [c for c in ["suite", "case", "backend", "status", "median_ms", "iqr_ms", "speedup", "baseline_ms",
                         "rel_error", "achieved_tflops", "achieved_gbps", "message"] if c in frame.columns]
     params = [c for c in frame.columns if c.startswith("p_")]
     st.dataframe(**table_view(frame[show + params]), hide_index=True, height=320, key=f"cases_{where}_{key}")
+
+
+def show_run(run: BenchRun, key: str, where: str, config: BenchConfig | None = None, spec: str = "") -> None:
+    head = benchmarks_headline(run)
+    measured_on(run)
+    c = run.ceilings
+    if head["ceilings"]:
+        a, b = st.columns(2)
+        a.metric("Dense matmul ceiling (measured now)", head["ceilings"]["matmul"],
+                 help=f"{c.get('matmul_dtype')} {c.get('matmul_n')}³ matmul")
+        b.metric("Copy bandwidth (measured now)", head["ceilings"]["copy"])
+    notebook_button(benchmarks_recipe(run, key, config, spec=spec), key=f"nb_{where}_{key}")
+    show_cases(run, head, key, where)
     d1, d2, d3 = st.columns(3)
     d1.download_button("Results (.json)", run.to_json(), "sparsekit-bench.json", mime="application/json",
                        key=f"dl_json_{where}_{key}")
@@ -83,6 +105,77 @@ def show_run(run: BenchRun, key: str, where: str, config: BenchConfig | None = N
         delete_run(key)
         st.session_state.pop("bench_last", None)
         st.rerun()
+
+
+class CaseProgress:
+    """The run's bar: cases done of all and, from the first case measured in this run on, the time left
+    (cases a stopped run finished come back at once and do not count towards the rate)."""
+
+    def __init__(self) -> None:
+        self.first: tuple[float, float] | None = None
+        self.bar = st.progress(0.0, text="Measuring…")
+
+    def __call__(self, fraction: float, message: str) -> None:
+        now = time.monotonic()
+        if self.first is None and "ceilings" not in message:
+            self.first = (fraction, now)
+        f0, t0 = self.first or (fraction, now)
+        left = (now - t0) * (1 - fraction) / (fraction - f0) if fraction > f0 else None
+        eta = f", {duration_text(left)} left" if left is not None else ""
+        self.bar.progress(min(max(fraction, 0.0), 1.0), text=f"Measuring: {fraction:.0%}{eta} · {message}")
+
+    def empty(self) -> None:
+        self.bar.empty()
+
+
+def run_here(config: BenchConfig, model, spec: str) -> bool:
+    """The run of these settings: its button (Run, Stop while it runs, Continue once stopped), the run itself,
+    and a stopped run's finished cases. Returns whether a stopped run is shown."""
+    job = job_state("bench_jobs", f"{spec}|{json.dumps(asdict(replace(config, time_budget_s=None)))}")
+    partial = None
+    try:
+        if job["status"] == "idle":
+            # Cases a stopped run (this session's, another's, or one before a reload) kept on disk show at once.
+            partial = stored_run(config, loaded=model)
+            if partial is not None:
+                job["status"] = "stopped"
+    except ValueError as err:
+        st.error(f"Cannot run these settings: {err}")
+        return False
+    slot = job_buttons(job, st, "bench", "Run benchmarks")
+    if job["status"] == "running":
+        bar = CaseProgress()
+        try:
+            # Each case is stored as it finishes: a Stop press (a rerun), a closed tab or an error keeps them.
+            with heavy_job("benchmark"):
+                run = run_benchmarks(config, loaded=model, progress=bar)
+        except (ValueError, torch.OutOfMemoryError) as err:
+            job["status"] = "idle"
+            bar.empty()
+            st.error(f"{'Out of memory' if isinstance(err, torch.OutOfMemoryError) else 'Cannot run these settings'}: "
+                     f"{err}")
+            return False
+        bar.empty()
+        slot.empty()
+        if run.complete:
+            job["status"] = "idle"
+            st.session_state["bench_last"] = saved = save_run(run)
+            st.session_state.setdefault("bench_configs", {})[saved] = (config, spec)
+            st.rerun()  # drawn again idle: the Run button (for a fresh run) above the finished run
+        job["status"], partial = "stopped", run
+        slot.button("Continue", key="bench_continue", help="carry on from the cases already measured")
+    if job["status"] != "stopped":
+        return False
+    if partial is None:
+        partial = stored_run(config, loaded=model)
+    if partial is None or not partial.results:
+        st.info("The run was stopped before its first case finished; Continue starts it.")
+        return True
+    st.warning(f"Stopped after {partial.cases_done} of {partial.cases_total} cases. The figures and the table show "
+               "the finished cases; Continue measures only the rest (each finished case is kept on disk).")
+    measured_on(partial)
+    show_cases(partial, benchmarks_headline(partial), "partial", "stopped")
+    return True
 
 
 run_tab, history_tab, import_tab = st.tabs(["Run here", "History", "Import results"])
@@ -103,16 +196,16 @@ with run_tab:
                                             key="bench_size", **keep)
         densities = col["formats"].multiselect("Densities (kept fraction)", [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5,
                                                                              0.7, 1.0],
-                                               default=DENSITIES, key="bench_densities", **keep)
+                                               default=DENSITIES, key="bench_densities", wrap=True, **keep)
     if "attention" in col:
         col["attention"].markdown("**Attention**")
         seq_lens = col["attention"].multiselect("Lengths (tokens)", [256, 512, 1024, 2048, 4096, 8192],
-                                                default=SEQ_LENS, key="bench_seq", **keep)
+                                                default=SEQ_LENS, key="bench_seq", wrap=True, **keep)
         window = int(col["attention"].number_input("Sliding window (tokens)", 1, 8192, 64, key="bench_window", **keep))
     if "gpu" in col:
         col["gpu"].markdown("**2:4 on the GPU**")
         batches = col["gpu"].multiselect("Batch sizes (linear/model)", [1, 8, 16, 64, 256, 512, 2048, 8192],
-                                         default=BATCHES, key="bench_batches", **keep)
+                                         default=BATCHES, key="bench_batches", wrap=True, **keep)
         use_model = col["gpu"].checkbox("Add the loaded model's Linear shapes", value=True, key="bench_model_shapes",
                                         **keep)
     with col["all"]:
@@ -130,37 +223,24 @@ with run_tab:
         layer_shapes = tuple(sorted({(int(m.weight.shape[0]), int(m.weight.shape[1]))
                                      for _, m in prunable_layers(loaded.module)
                                      if m.weight.dim() == 2 and m.weight.shape[1] % 4 == 0}))[:8]
-    if st.button("Run benchmarks", type="primary", key="bench_run"):
-        if not suites:
-            st.error("Pick at least one suite.")
-        elif "formats" in suites and not densities:
-            st.error("Pick at least one density for CSR/BSR.")
-        elif "attention" in suites and not seq_lens:
-            st.error("Pick at least one attention length.")
-        elif any(s in suites for s in ("linear", "model")) and not batches:
-            st.error("Pick at least one batch size.")
-        else:
-            config = BenchConfig(suites=tuple(suites), device=device, formats_shape=(size, size),
-                                 densities=tuple(sorted(densities)), seq_lens=tuple(sorted(seq_lens)), window=window,
-                                 batches=tuple(sorted(batches)), repeats=repeats, layer_shapes=layer_shapes,
-                                 time_budget_s=budget)
-            bar = st.progress(0.0, text="starting")
-            try:
-                with heavy_job("benchmark"):
-                    run = run_benchmarks(config, loaded=loaded if loaded is not None and loaded.kind == "encoder" else None,
-                                         progress=lambda f, msg: bar.progress(min(max(f, 0.0), 1.0), text=msg))
-            except ValueError as err:
-                st.error(f"Cannot run these settings: {err}")
-            except torch.OutOfMemoryError as err:
-                st.error(f"Out of memory: {err}")
-            else:
-                st.session_state["bench_last"] = saved = save_run(run)
-                st.session_state.setdefault("bench_configs", {})[saved] = (
-                    config, loaded.spec if loaded is not None and loaded.kind == "encoder" and "model" in suites
-                    else "")
-            bar.empty()
+    model = loaded if loaded is not None and loaded.kind == "encoder" else None
+    problem = ("Pick at least one suite." if not suites else
+               "Pick at least one density for CSR/BSR." if "formats" in suites and not densities else
+               "Pick at least one attention length." if "attention" in suites and not seq_lens else
+               "Pick at least one batch size." if any(s in suites for s in CUDA_ONLY) and not batches else "")
+    stopped_shown = False
+    if problem:
+        if st.button("Run benchmarks", key="bench_run"):
+            st.error(problem)
+    else:
+        config = BenchConfig(suites=tuple(suites), device=device, formats_shape=(size, size),
+                             densities=tuple(sorted(densities)), seq_lens=tuple(sorted(seq_lens)), window=window,
+                             batches=tuple(sorted(batches)), repeats=repeats, layer_shapes=layer_shapes,
+                             time_budget_s=budget)
+        spec = model.spec if model is not None and "model" in suites else ""
+        stopped_shown = run_here(config, model if "model" in suites else None, spec)
     last = st.session_state.get("bench_last")
-    if last and (run := load_run(last)) is not None:
+    if not stopped_shown and last and (run := load_run(last)) is not None:
         show_run(run, last, "run", *st.session_state.get("bench_configs", {}).get(last, (None, "")))
 
 with history_tab:

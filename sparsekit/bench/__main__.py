@@ -1,7 +1,8 @@
 """Headless benchmark runs: ``python -m sparsekit.bench [--suites ...] --out results.json``.
 
 Prints a table per suite (median ms, IQR, speedup over dense, achieved TFLOP/s) and writes the
-same JSON the Benchmarks page imports.
+same JSON the Benchmarks page imports. Each finished case is kept on disk as it finishes: after Ctrl-C
+(or a crash) the same command measures only the cases still missing.
 
     python -m sparsekit.bench --gpu-all --out gpu.json      # every suite on CUDA (< 8 min on one GPU)
     python -m sparsekit.bench --suites formats attention --quick --out cpu.json
@@ -19,7 +20,7 @@ import torch
 from ..layers import prunable_layers
 from ..models import load_model
 from .records import BenchRun
-from .runner import SUITES, BenchConfig, run_benchmarks
+from .runner import SUITES, BenchConfig, run_benchmarks, stored_run
 from .suites import config_model, verdicts
 
 
@@ -120,6 +121,15 @@ def print_run(run: BenchRun, out: TextIO = sys.stdout) -> None:
             print(f"{row['shape']:<14}{row['backend']:<18}{row['verdict']}  (best {best})", file=out)
 
 
+def interrupted_line(config: BenchConfig | None) -> str:
+    """The one line the CLI prints after Ctrl-C: how many cases are kept, and that a rerun continues."""
+    kept = stored_run(config) if config is not None else None
+    if kept is None:
+        return "interrupted before the first case finished; nothing kept (rerunning starts afresh)"
+    return (f"interrupted: {kept.cases_done} of {kept.cases_total} cases kept on disk; run the same command "
+            "again to measure only the rest")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sparsekit.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--suites", nargs="+", choices=SUITES, help="suites to run (default: linear formats attention)")
@@ -153,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 f.write(run.to_json())
             os.replace(tmp, args.out)
 
+    config = None
     try:
         config = build_config(args)
         t0 = time.perf_counter()
@@ -161,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(interrupted_line(config), file=sys.stderr, flush=True)
+        return 130
     print_run(run)
     print(f"\nwall time {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     if args.out:

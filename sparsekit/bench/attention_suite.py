@@ -8,13 +8,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ..progress import ProgressFn
-from .harness import CaseResult, attach_baseline, check_fits, check_positive_ints, run_case, skipped
+from .harness import (
+    Case,
+    CaseResult,
+    attach_baseline,
+    case_seed,
+    check_fits,
+    check_positive_ints,
+    run_case,
+    run_cases,
+    skipped,
+)
 
 if TYPE_CHECKING:
     from torch.nn.attention.flex_attention import BlockMask
@@ -90,19 +101,28 @@ def attention_suite(
     baseline is plain dense SDPA (what the sparse kernel would replace). Block density (the share
     of non-empty blocks, the work FlexAttention cannot skip) is reported next to the speedup.
     """
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    return run_cases(attention_cases(seq_lens, patterns, device=device, dtype=dtype, batch=batch, heads=heads,
+                                     head_dim=head_dim, block_size=block_size, repeats=repeats, compile=compile),
+                     progress)
 
+
+def attention_cases(seq_lens: Sequence[int], patterns: Sequence[AttentionPattern] | None = None, *, device: str,
+                    dtype: torch.dtype = torch.float32, batch: int = 1, heads: int = 8, head_dim: int = 64,
+                    block_size: int = 128, repeats: int = 10, compile: bool = True) -> list[Case]:
+    """``attention_suite``'s cases, one per sequence length (every pattern at it), validated but not measured."""
     seq_lens = check_positive_ints(seq_lens, "sequence lengths", MAX_SEQ)
     patterns = list(patterns) if patterns is not None else default_attention_patterns()
-    flex = _compiled_flex() if compile else flex_attention
-    gen = torch.Generator(device="cpu").manual_seed(2)
-    out: list[CaseResult] = []
-    total = len(seq_lens) * len(patterns)
-    for li, L in enumerate(seq_lens):
-        element = torch.finfo(dtype).bits // 8
+    element = torch.finfo(dtype).bits // 8
+    for L in seq_lens:
         # q, k, v, output, plus the materialised reference mask and scores of one head at a time.
         check_fits(4 * batch * heads * L * head_dim * element + batch * heads * L * L * (element + 1), device,
                    f"attention at {L} tokens")
+
+    def measure(L: int) -> list[CaseResult]:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        flex = _compiled_flex() if compile else flex_attention
+        gen = torch.Generator(device="cpu").manual_seed(case_seed("attention", L))
         q, k, v = (torch.randn(batch, heads, L, head_dim, generator=gen).to(device=device, dtype=dtype)
                    for _ in range(3))
         inputs = [(q, k, v)]
@@ -112,10 +132,8 @@ def attention_suite(
                         params=params, fn=lambda t: F.scaled_dot_product_attention(*t),
                         reference=lambda t: F.scaled_dot_product_attention(*t), inputs=inputs, flops=flops_dense,
                         repeats=repeats)
-        out.append(base)
-        for pi, pat in enumerate(patterns):
-            if progress is not None:
-                progress((li * len(patterns) + pi) / total, f"attention {pat.name} at {L} tokens")
+        out = [base]
+        for pat in patterns:
             try:
                 bm = create_block_mask(pat.mask_mod, None, None, L, L, device=device, BLOCK_SIZE=block_size)
                 block_density = block_mask_density(bm, L, L, block_size)
@@ -144,4 +162,7 @@ def attention_suite(
                            tolerance=1e-3 if dtype == torch.float32 else None)
             attach_baseline([res], base)
             out.append(res)
-    return out
+        return out
+
+    names = ", ".join(p.name for p in patterns)
+    return [Case("attention", f"attention at {L} tokens ({names})", partial(measure, L)) for L in seq_lens]

@@ -11,6 +11,7 @@ import platform
 import statistics
 import threading
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Literal, Sequence
 
@@ -340,6 +341,36 @@ def run_case(
 def _free_cuda(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
+
+
+@dataclass(frozen=True)
+class Case:
+    """One case of a suite: one shape (or density, length, batch), its dense baseline and every sparse
+    kernel at it, measured together by ``measure()`` (speedups need the baseline of the same case).
+
+    The runner keeps each finished case on disk; a stopped run measures only the cases it lacks.
+    """
+
+    suite: str
+    label: str
+    """Names the case within its suite's plan (``linear 1024×1024, batch 8``); also the progress message."""
+    measure: Callable[[], list[CaseResult]]
+
+
+def case_seed(*parts: object) -> int:
+    """A seed from a case's own parameters, so a case draws the same inputs whether or not the
+    cases before it ran in this process (a continued run skips them)."""
+    return zlib.crc32(repr(parts).encode()) & 0x7FFFFFFF
+
+
+def run_cases(cases: Sequence[Case], progress: Callable[[float, str], None] | None = None) -> list[CaseResult]:
+    """Measure ``cases`` in order (no store): what the suite functions return."""
+    out: list[CaseResult] = []
+    for i, case in enumerate(cases):
+        if progress is not None:
+            progress(i / len(cases), case.label)
+        out.extend(case.measure())
+    return out
 
 
 def skipped(suite: str, case: str, backend: str, device: str, dtype: torch.dtype, params: dict, why: str) -> CaseResult:

@@ -29,8 +29,20 @@ class BenchRun(Shown):
     ceilings: dict[str, float | str] = field(default_factory=dict)
     """``harness.ceilings``: the measured TFLOP/s and GB/s, and the matmul's size and dtype."""
     suites: list[str] = field(default_factory=list)
+    """The suites every case of which is in ``results``."""
     name: str = ""
     created: float = field(default_factory=time.time)
+    complete: bool = True
+    """False for a run that was stopped: its finished cases only (``run_benchmarks`` continues it)."""
+    cases_total: int = 0
+    """Cases the run planned (one shape: a dense baseline and every sparse kernel at it); 0: not recorded."""
+    not_reached: list[str] = field(default_factory=list)
+    """The cases a stopped run did not get to (empty when complete)."""
+
+    @property
+    def cases_done(self) -> int:
+        """Cases finished (of ``cases_total``)."""
+        return self.cases_total - len(self.not_reached)
 
     FIGURE = "bench_run_figure"
 
@@ -45,6 +57,8 @@ class BenchRun(Shown):
                 "cases": f"{count['ok']} ok, {count['skipped']} skipped"
                          + "".join(f", {count[s]} {s}" for s in ("failed", "oom", "error") if count[s]),
                 "faster than dense": f"{sum(1 for r in timed if (r.speedup or 0.0) > 1.0)} of {len(timed)} timed"}
+        if not self.complete:
+            head["complete"] = f"no: stopped after {self.cases_done} of {self.cases_total} cases"
         if self.ceilings:
             head["ceilings"] = (f"{fmt(self.ceilings.get('matmul_tflops'), 3)} TFLOP/s matmul, "
                                 f"{fmt(self.ceilings.get('copy_gbps'), 3)} GB/s copy")
@@ -70,6 +84,8 @@ class BenchRun(Shown):
             "schema": HEADER.format, "schema_version": HEADER.version, "name": self.name,
             "created": self.created, "suites": self.suites, "env": self.env, "ceilings": self.ceilings,
             "results": [serial.to_json(r) for r in self.results],
+            **({} if self.complete else {"complete": False, "not_reached": self.not_reached}),
+            **({"cases_total": self.cases_total} if self.cases_total else {}),
         }, indent=1, default=str)
 
     @classmethod
@@ -107,9 +123,16 @@ class BenchRun(Shown):
             if not isinstance(raw.get("params", {}), dict):
                 raise ValueError(f"result {n}: params must be an object")
             results.append(serial.from_json(CaseResult, raw, what=f"result {n}"))
+        not_reached = data.get("not_reached") or []
+        if not isinstance(not_reached, list) or not isinstance(data.get("complete", True), bool):
+            raise ValueError("benchmark file: \"not_reached\" must be a list and \"complete\" true or false")
+        total = data.get("cases_total") or 0
+        if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+            raise ValueError(f"benchmark file: cases_total must be a whole number, got {total!r}")
         return cls(env=data["env"], results=results, ceilings=data.get("ceilings") or {},
                    suites=list(data.get("suites") or []), name=str(data.get("name") or ""),
-                   created=float(data.get("created") or time.time()))
+                   created=float(data.get("created") or time.time()), complete=data.get("complete", True),
+                   cases_total=total, not_reached=[str(c) for c in not_reached])
 
     @property
     def key(self) -> str:
@@ -135,7 +158,8 @@ def sanitize(run: BenchRun) -> BenchRun:
     """A copy with non-finite numbers replaced by None (so it serialises as strict JSON)."""
     results = [serial.from_json(CaseResult, finite_json(serial.to_json(r))) for r in run.results]
     return BenchRun(env=finite_json(run.env), results=results, ceilings=finite_json(run.ceilings),
-                    suites=list(run.suites), name=run.name, created=run.created)
+                    suites=list(run.suites), name=run.name, created=run.created, complete=run.complete,
+                    cases_total=run.cases_total, not_reached=list(run.not_reached))
 
 
 # The history: entries keep the keys of earlier versions (``bench-run:<digest>``, the public key), and

@@ -2,24 +2,26 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
 
 import torch
 
+from ..cache import model_fingerprint
 from ..models import LoadedModel, load_model
 from ..progress import ProgressArg, ProgressFn, reporter
-from .harness import CaseResult, environment, parse_dtype, time_budget
+from . import journal
+from .harness import Case, budget_spent, environment, parse_dtype, time_budget
 from .harness import ceilings as measure_ceilings
 from .records import BenchRun
 from .suites import (
-    attention_suite,
+    attention_cases,
     check_densities,
     config_model,
     default_attention_patterns,
-    formats_suite,
-    linear_suite,
-    model_suite,
+    formats_cases,
+    linear_cases,
+    model_cases,
     semi_structured_available,
 )
 
@@ -84,6 +86,43 @@ def validate(config: BenchConfig) -> None:
     time_budget(config.time_budget_s)  # validates
 
 
+def journal_settings(config: BenchConfig, device: str, loaded: LoadedModel | None = None) -> dict[str, Any]:
+    """What decides a run's cases and their timings: the config without its name and time budget (a budget
+    only decides which cases are skipped), the resolved device, and the model suite's model."""
+    settings = {k: v for k, v in asdict(config).items() if k != "time_budget_s"}
+    settings["device"] = device
+    if "model" in config.suites:
+        settings["model"] = ([loaded.spec, model_fingerprint(loaded.module)] if loaded is not None
+                             else config.model)
+    else:
+        settings.pop("model")
+    return settings
+
+
+def plan(config: BenchConfig, device: str, loaded: LoadedModel | None = None) -> list[Case]:
+    """Every case of the run, in the order it measures them (validated; nothing is measured or loaded)."""
+    half = parse_dtype(config.dtype)
+    cases: list[Case] = []
+    for suite in config.suites:
+        if suite == "linear":
+            shapes = [(s, s) for s in config.square_sizes] + list(config.layer_shapes)
+            cases += linear_cases(shapes, config.batches, device=device, dtype=half, repeats=config.repeats)
+        elif suite == "formats":
+            cases += formats_cases(config.formats_shape, config.formats_cols, config.densities, device=device,
+                                   dtype=torch.float32, repeats=config.repeats)
+        elif suite == "attention":
+            dtype = half if device.startswith("cuda") else torch.float32
+            cases += attention_cases(config.seq_lens, default_attention_patterns(config.window), device=device,
+                                     dtype=dtype, repeats=config.repeats)
+        elif suite == "model":
+            def load(spec: str = config.model) -> LoadedModel:
+                return config_model(spec) if spec.startswith("config:") else load_model(spec)
+
+            cases += model_cases(loaded if loaded is not None else load, [b for b in config.batches if b <= 1024],
+                                 device=device, dtype=half, repeats=config.repeats)
+    return cases
+
+
 def run_benchmarks(
     config: BenchConfig,
     *,
@@ -91,65 +130,118 @@ def run_benchmarks(
     progress: ProgressArg = True,
     name: str = "",
     checkpoint: Callable[[BenchRun], None] | None = None,
+    stop: Callable[[], bool] | None = None,
+    resume: bool = True,
 ) -> BenchRun:
     """Measure the chosen suites in one run, with the environment and the device ceilings.
 
     Suites that need CUDA are reported as skipped (with the reason) on a CPU-only machine.
-    ``checkpoint`` receives the run so far after each suite (the CLI writes it to disk, so a run
-    stopped from outside still leaves what it measured). ``progress``: True (default) draws a bar
-    (``sparsekit.progress``), False/None is silent, ``progress(fraction, message)`` is called as it goes.
+
+    Each finished case (one shape: its dense baseline and every sparse kernel at it) is kept on disk
+    (``SPARSEKIT_CACHE_DIR``) as it finishes, so a run stopped by ``stop``, Ctrl-C, a Stop press or an
+    error is continued by the same call: it reads the finished cases back as they were stored, measures
+    only the missing ones, and returns the whole run. A run that finishes forgets its stored cases, so
+    the next call measures afresh.
+
+    Args:
+        config: what to measure; validated first.
+        loaded: the model suite's model (default: ``config.model``, loaded when a model case is measured).
+        progress: True (default) draws a bar (``sparsekit.progress``), False/None is silent, a callable
+            ``progress(fraction, message)`` is called before each case (the fraction counts cases).
+        name: the run's name in the history.
+        checkpoint: receives the run so far after each suite but the last (the CLI writes it to disk).
+        stop: asked before each case to measure; when it returns True the run ends there and the record
+            says ``complete=False`` (``not_reached`` names the cases left; the same call continues it).
+        resume: False forgets what a stopped run of these settings kept and measures every case again.
+
+    Returns:
+        A ``BenchRun``: the finished cases' results in the order of an uninterrupted run.
     """
     validate(config)
     device = resolve_device(config.device)
     with reporter(progress, "benchmarks") as report:
-        return _run_benchmarks(config, device, loaded, report, name, checkpoint)
+        return _run_benchmarks(config, device, loaded, report, name, checkpoint, stop, resume, measure=True)
+
+
+def stored_run(config: BenchConfig, *, loaded: LoadedModel | None = None, name: str = "") -> BenchRun | None:
+    """What a stopped run of these settings kept on disk, measuring nothing.
+
+    Returns:
+        The partial ``BenchRun`` (``complete=False``, the cases not measured yet in ``not_reached``), or
+        None when nothing is kept (never started here, or it finished).
+    """
+    validate(config)
+    device = resolve_device(config.device)
+    header = journal.load_header(journal.settings_key(journal_settings(config, device, loaded)))
+    if header is None or header.identity != journal.device_identity(environment(device)):
+        return None  # (nothing stored is looked for on the device until a header says there may be)
+    return _run_benchmarks(config, device, loaded, None, name, None, None, True, measure=False)
 
 
 def _run_benchmarks(config: BenchConfig, device: str, loaded: LoadedModel | None, progress: ProgressFn | None,
-                    name: str, checkpoint: Callable[[BenchRun], None] | None) -> BenchRun:
-    half = parse_dtype(config.dtype)
-    results: list[CaseResult] = []
-    n = len(config.suites)
-
-    def sub(i: int) -> ProgressFn | None:
-        if progress is None:
-            return None
-        return lambda f, msg: progress((i + f) / n, msg)
-
-    t0 = time.perf_counter()
-    if progress is not None:
-        progress(0.0, "measuring the device's matmul and copy ceilings")
-    ceil = measure_ceilings(device, half, quick=device == "cpu")
+                    name: str, checkpoint: Callable[[BenchRun], None] | None, stop: Callable[[], bool] | None,
+                    resume: bool, *, measure: bool) -> BenchRun:
+    """The run (``measure``), or what the store holds of it (not ``measure``: nothing measured or forgotten)."""
+    cases = plan(config, device, loaded)
+    labels = [c.label for c in cases]
     env = environment(device)
-    env["semi_structured"] = semi_structured_available(device) or "available"
+    identity = journal.device_identity(env)
+    skey = journal.settings_key(journal_settings(config, device, loaded))
+    key = journal.run_key(skey, identity)
+    if not resume:
+        journal.clear(skey, key, labels)
+    header = journal.load_header(skey)
+    if header is None or header.identity != identity:  # none, or another device's or versions': start afresh
+        if not measure or (stop is not None and stop()):
+            return _record(config, cases, {}, env, {}, 0.0, name, complete=False)
+        if progress is not None:
+            progress(0.0, "measuring the device's matmul and copy ceilings")
+        t0 = time.perf_counter()
+        ceil = measure_ceilings(device, parse_dtype(config.dtype), quick=device == "cpu")
+        env["semi_structured"] = semi_structured_available(device) or "available"
+        header = journal.Header(env=env, ceilings=ceil, identity=identity, seconds=time.perf_counter() - t0)
+        journal.save_header(skey, header)
+    done = journal.load_cases(key, labels)
+    reused = len(done)
+    ends = {i for i in range(len(cases) - 1) if cases[i].suite != cases[i + 1].suite}  # a suite's last case
+    complete = True
+    with time_budget(config.time_budget_s):
+        for i, case in enumerate(cases):
+            if i not in done:
+                if not measure or (stop is not None and stop()):
+                    complete = False
+                    break
+                if progress is not None:
+                    progress(len(done) / len(cases), f"{case.label} ({len(done) + 1}/{len(cases)})")
+                t0 = time.perf_counter()
+                results = case.measure()
+                finished = journal.StoredCase(case.label, tuple(results), time.perf_counter() - t0)
+                spent = budget_spent()
+                if not (spent and any(r.status == "skipped" and r.message == spent for r in results)):
+                    journal.save_case(key, i, finished)  # a case the time budget cut short is not finished
+                done[i] = finished
+            if checkpoint is not None and i in ends:
+                checkpoint(_record(config, cases, {j: c for j, c in done.items() if j <= i}, header.env,
+                                   header.ceilings, header.seconds, name, complete=False, reused=reused))
+    if progress is not None and complete:
+        progress(1.0, "done")
+    run = _record(config, cases, done, header.env, header.ceilings, header.seconds, name, complete=complete,
+                  reused=reused)
+    if complete and measure:
+        journal.clear(skey, key, labels)
+    return run
+
+
+def _record(config: BenchConfig, cases: list[Case], done: dict[int, journal.StoredCase], env: dict[str, Any],
+            ceilings: dict[str, Any], seconds: float, name: str, *, complete: bool, reused: int = 0) -> BenchRun:
+    """The run so far: the finished cases' results in plan order."""
+    env = dict(env)
     if config.time_budget_s is not None:
         env["time_budget_s"] = config.time_budget_s
-
-    def snapshot(done: list[str]) -> BenchRun:
-        env["wall_s"] = round(time.perf_counter() - t0, 1)
-        return BenchRun(env=dict(env), results=list(results), ceilings=ceil, suites=done, name=name)
-
-    with time_budget(config.time_budget_s):
-        for i, suite in enumerate(config.suites):
-            if suite == "linear":
-                shapes = [(s, s) for s in config.square_sizes] + list(config.layer_shapes)
-                results += linear_suite(shapes, config.batches, device=device, dtype=half, repeats=config.repeats,
-                                        progress=sub(i))
-            elif suite == "formats":
-                results += formats_suite(config.formats_shape, config.formats_cols, config.densities, device=device,
-                                         dtype=torch.float32, repeats=config.repeats, progress=sub(i))
-            elif suite == "attention":
-                dtype = half if device.startswith("cuda") else torch.float32
-                results += attention_suite(config.seq_lens, default_attention_patterns(config.window), device=device,
-                                           dtype=dtype, repeats=config.repeats, progress=sub(i))
-            elif suite == "model":
-                if loaded is None:
-                    loaded = config_model(config.model) if config.model.startswith("config:") else load_model(
-                        config.model)
-                results += model_suite(loaded, [b for b in config.batches if b <= 1024], device=device, dtype=half,
-                                       repeats=config.repeats, progress=sub(i))
-            if checkpoint is not None and i < len(config.suites) - 1:
-                checkpoint(snapshot(list(config.suites[: i + 1])))
-    if progress is not None:
-        progress(1.0, "done")
-    return snapshot(list(config.suites))
+    env["wall_s"] = round(seconds + sum(c.seconds for c in done.values()), 1)
+    if reused:
+        env["resumed_cases"] = reused
+    suites = [s for s in config.suites if all(i in done for i, c in enumerate(cases) if c.suite == s)]
+    return BenchRun(env=env, results=[r for i in range(len(cases)) if i in done for r in done[i].results],
+                    ceilings=dict(ceilings), suites=suites, name=name, complete=complete, cases_total=len(cases),
+                    not_reached=[c.label for i, c in enumerate(cases) if i not in done])

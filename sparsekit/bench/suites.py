@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+from functools import partial
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence, TypedDict, cast
 
 import torch
@@ -21,16 +22,35 @@ from ..models import LoadedModel
 from ..models.sentences import SENTENCES
 from ..progress import ProgressFn
 from ..sparsify import SparsifyConfig, is_2_4, sparsify
-from .attention_suite import MAX_SEQ, AttentionPattern, attention_suite, block_mask_density, default_attention_patterns
-from .harness import CaseResult, attach_baseline, budget_spent, check_fits, check_positive_ints, run_case, skipped
+from .attention_suite import (
+    MAX_SEQ,
+    AttentionPattern,
+    attention_cases,
+    attention_suite,
+    block_mask_density,
+    default_attention_patterns,
+)
+from .harness import (
+    Case,
+    CaseResult,
+    attach_baseline,
+    budget_spent,
+    case_seed,
+    check_fits,
+    check_positive_ints,
+    run_case,
+    run_cases,
+    skipped,
+)
 
 if TYPE_CHECKING:
     from transformers import BertConfig
 
 __all__ = [
-    "MAX_BATCH", "MAX_DIM", "MAX_SEQ", "AttentionPattern", "ProgressFn", "attention_suite", "block_mask_density",
+    "MAX_BATCH", "MAX_DIM", "MAX_SEQ", "AttentionPattern", "ProgressFn", "attention_cases", "attention_suite",
+    "block_mask_density",
     "CONFIG_MODELS", "check_densities", "config_model", "default_attention_patterns",
-    "formats_suite", "ideal_speedup", "linear_suite", "model_suite",
+    "formats_cases", "formats_suite", "ideal_speedup", "linear_cases", "linear_suite", "model_cases", "model_suite",
     "semi_structured_available", "verdicts",
 ]
 
@@ -104,71 +124,86 @@ def linear_suite(
         Per (shape, batch): a ``dense`` baseline and one result per 2:4 backend (``skipped`` with the
         reason where 2:4 kernels are unavailable).
     """
+    return run_cases(linear_cases(shapes, batches, device=device, dtype=dtype, repeats=repeats, n_inputs=n_inputs,
+                                  sparse_fn=sparse_fn), progress)
+
+
+def linear_cases(shapes: Sequence[tuple[int, int]], batches: Sequence[int], *, device: str,
+                 dtype: torch.dtype = torch.float16, repeats: int = 20, n_inputs: int = 3,
+                 sparse_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> list[Case]:
+    """``linear_suite``'s cases, one per (shape, batch), validated but not measured."""
     shapes = [(int(o), int(i)) for o, i in shapes]
     for o, i in shapes:
         check_positive_ints([o, i], "layer dimensions", MAX_DIM)
         if i % 4:
             raise ValueError(f"in_features {i} of shape ({o}, {i}) is not a multiple of 4 (2:4 groups)")
     batches = check_positive_ints(batches, "batch sizes", MAX_BATCH)
-    why = "" if sparse_fn is not None else semi_structured_available(device)
-    out: list[CaseResult] = []
-    total = len(shapes) * len(batches)
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    for si, (o, i) in enumerate(shapes):
-        w = torch.randn(o, i, generator=gen).to(device=device, dtype=dtype)
-        w = w * nm_mask(w, 2, 4)
-        sparse_weights: dict[str, torch.Tensor | Exception] = {}
-        if not why and sparse_fn is None:
-            for backend in _backends(device):
-                try:
-                    sparse_weights[backend] = _to_semi_structured(w, backend)
-                except (RuntimeError, ValueError) as err:
-                    sparse_weights[backend] = err
-        for bi, b in enumerate(batches):
-            if progress is not None:
-                progress((si * len(batches) + bi) / total, f"linear {o}×{i}, batch {b}")
-            params = {"out_features": o, "in_features": i, "batch": b, "density": 0.5}
-            element = torch.finfo(dtype).bits // 8
+    element = torch.finfo(dtype).bits // 8
+    for o, i in shapes:
+        for b in batches:
             check_fits((n_inputs * b * i + b * o + o * i) * element * 2, device, f"linear {o}×{i} at batch {b}")
-            xs = [torch.randn(b, i, generator=gen).to(device=device, dtype=dtype) for _ in range(n_inputs)]
-            flops = 2.0 * b * o * i
-            bytes_moved = float((b * i + b * o + o * i) * element)
-            case = f"linear {o}x{i} b{b}"
+    why = "" if sparse_fn is not None else semi_structured_available(device)
+    # The weight of the shape being measured and its 2:4 forms, made once for all its batch sizes.
+    prepared: dict[tuple[int, int], tuple[torch.Tensor, dict[str, torch.Tensor | Exception]]] = {}
 
-            def dense(x: torch.Tensor, w: torch.Tensor = w) -> torch.Tensor:
-                return F.linear(x, w)
+    def weights(o: int, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor | Exception]]:
+        if (o, i) not in prepared:
+            prepared.clear()
+            gen = torch.Generator(device="cpu").manual_seed(case_seed("linear", o, i))
+            w = torch.randn(o, i, generator=gen).to(device=device, dtype=dtype)
+            w = w * nm_mask(w, 2, 4)
+            sparse_weights: dict[str, torch.Tensor | Exception] = {}
+            if not why and sparse_fn is None:
+                for backend in _backends(device):
+                    try:
+                        sparse_weights[backend] = _to_semi_structured(w, backend)
+                    except (RuntimeError, ValueError) as err:
+                        sparse_weights[backend] = err
+            prepared[(o, i)] = (w, sparse_weights)
+        return prepared[(o, i)]
 
-            base = run_case(suite="linear", case=case, backend="dense", device=device, dtype=dtype, params=params,
-                            fn=dense, reference=dense, inputs=xs, flops=flops, bytes_moved=bytes_moved, repeats=repeats)
-            variants: list[CaseResult] = []
-            if sparse_fn is not None:
-                def custom(x: torch.Tensor, w: torch.Tensor = w,
-                           fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = sparse_fn) -> torch.Tensor:
-                    return fn(x, w)
+    def measure(o: int, i: int, b: int) -> list[CaseResult]:
+        w, sparse_weights = weights(o, i)
+        params = {"out_features": o, "in_features": i, "batch": b, "density": 0.5}
+        gen = torch.Generator(device="cpu").manual_seed(case_seed("linear", o, i, b))
+        xs = [torch.randn(b, i, generator=gen).to(device=device, dtype=dtype) for _ in range(n_inputs)]
+        flops = 2.0 * b * o * i
+        bytes_moved = float((b * i + b * o + o * i) * element)
+        case = f"linear {o}x{i} b{b}"
 
-                variants.append(run_case(suite="linear", case=case, backend="custom", device=device, dtype=dtype,
-                                         params=params, fn=custom, reference=dense, inputs=xs,
+        def dense(x: torch.Tensor, w: torch.Tensor = w) -> torch.Tensor:
+            return F.linear(x, w)
+
+        base = run_case(suite="linear", case=case, backend="dense", device=device, dtype=dtype, params=params,
+                        fn=dense, reference=dense, inputs=xs, flops=flops, bytes_moved=bytes_moved, repeats=repeats)
+        variants: list[CaseResult] = []
+        if sparse_fn is not None:
+            def custom(x: torch.Tensor, w: torch.Tensor = w,
+                       fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = sparse_fn) -> torch.Tensor:
+                return fn(x, w)
+
+            variants.append(run_case(suite="linear", case=case, backend="custom", device=device, dtype=dtype,
+                                     params=params, fn=custom, reference=dense, inputs=xs,
+                                     flops=flops, bytes_moved=bytes_moved, repeats=repeats))
+        elif why:
+            variants.append(skipped("linear", case, "2:4", device, dtype, params, why))
+        else:
+            for backend, ws in sparse_weights.items():
+                if isinstance(ws, Exception):
+                    variants.append(skipped("linear", case, f"2:4 {backend}", device, dtype, params,
+                                            f"cannot convert: {str(ws).splitlines()[0][:200]}"))
+                    continue
+
+                def semi(x: torch.Tensor, ws: torch.Tensor = ws) -> torch.Tensor:
+                    return F.linear(x, ws)
+
+                variants.append(run_case(suite="linear", case=case, backend=f"2:4 {backend}", device=device,
+                                         dtype=dtype, params=params, fn=semi, reference=dense, inputs=xs,
                                          flops=flops, bytes_moved=bytes_moved, repeats=repeats))
-            elif why:
-                variants.append(skipped("linear", case, "2:4", device, dtype, params, why))
-            else:
-                for backend, ws in sparse_weights.items():
-                    if isinstance(ws, Exception):
-                        variants.append(skipped("linear", case, f"2:4 {backend}", device, dtype, params,
-                                                f"cannot convert: {str(ws).splitlines()[0][:200]}"))
-                        continue
+        attach_baseline(variants, base)
+        return [base, *variants]
 
-                    def semi(x: torch.Tensor, ws: torch.Tensor = ws) -> torch.Tensor:
-                        return F.linear(x, ws)
-
-                    variants.append(run_case(suite="linear", case=case, backend=f"2:4 {backend}", device=device,
-                                             dtype=dtype, params=params, fn=semi,
-                                             reference=dense, inputs=xs, flops=flops, bytes_moved=bytes_moved,
-                                             repeats=repeats))
-            attach_baseline(variants, base)
-            out.append(base)
-            out.extend(variants)
-    return out
+    return [Case("linear", f"linear {o}×{i}, batch {b}", partial(measure, o, i, b)) for o, i in shapes for b in batches]
 
 
 def formats_suite(
@@ -188,6 +223,14 @@ def formats_suite(
     ``A [rows, cols]`` holds the sparse weight, ``X [cols, n_cols]`` the activations; the dense
     baseline multiplies the same pruned ``A`` stored densely.
     """
+    return run_cases(formats_cases(shape, n_cols, densities, device=device, dtype=dtype, block=block,
+                                   repeats=repeats, n_inputs=n_inputs), progress)
+
+
+def formats_cases(shape: tuple[int, int], n_cols: int, densities: Sequence[float], *, device: str,
+                  dtype: torch.dtype = torch.float32, block: int = 32, repeats: int = 10,
+                  n_inputs: int = 3) -> list[Case]:
+    """``formats_suite``'s cases, one per density, validated but not measured."""
     rows, cols = (int(shape[0]), int(shape[1]))
     check_positive_ints([rows, cols], "matrix dimensions", MAX_DIM)
     n_cols = check_positive_ints([n_cols], "columns of X", MAX_BATCH)[0]
@@ -197,12 +240,15 @@ def formats_suite(
     element = torch.finfo(dtype).bits // 8
     check_fits((rows * cols * 3 + n_inputs * cols * n_cols + rows * n_cols) * element, device,
                f"a {rows}×{cols} matrix times {cols}×{n_cols}")
-    gen = torch.Generator(device="cpu").manual_seed(1)
-    xs = [torch.randn(cols, n_cols, generator=gen).to(device=device, dtype=dtype) for _ in range(n_inputs)]
-    out: list[CaseResult] = []
-    for di, d in enumerate(densities):
-        if progress is not None:
-            progress(di / len(densities), f"CSR/BSR at density {d:.0%}")
+    inputs: list[torch.Tensor] = []  # X, drawn once for every density
+
+    def measure(d: float) -> list[CaseResult]:
+        if not inputs:
+            gen_x = torch.Generator(device="cpu").manual_seed(1)
+            inputs.extend(torch.randn(cols, n_cols, generator=gen_x).to(device=device, dtype=dtype)
+                          for _ in range(n_inputs))
+        xs = list(inputs)
+        gen = torch.Generator(device="cpu").manual_seed(case_seed("formats", rows, cols, d))
         params = {"rows": rows, "cols": cols, "n_cols": n_cols, "density": d, "block": block}
         a = torch.randn(rows, cols, generator=gen)
         keep = torch.rand(rows, cols, generator=gen) < d
@@ -245,8 +291,9 @@ def formats_suite(
                               str(err).splitlines()[0][:200])
         attach_baseline(variants, base)
         attach_baseline([bsr_res], base_b)
-        out.extend([base, *variants, base_b, bsr_res])
-    return out
+        return [base, *variants, base_b, bsr_res]
+
+    return [Case("formats", f"CSR/BSR at density {d:g}", partial(measure, d)) for d in densities]
 
 
 # Encoders built from a config with seeded random weights, for the whole-model forward where no
@@ -306,51 +353,70 @@ def model_suite(loaded: LoadedModel, batches: Sequence[int], *, device: str, dty
     Both models carry the same 2:4-pruned weights; the sparse one stores every eligible Linear
     weight as a semi-structured tensor. CUDA only.
     """
-    batches = check_positive_ints(batches, "batch sizes", 4096)
-    why = semi_structured_available(device) or budget_spent()
-    params0 = {"model": loaded.name, "seq_len": seq_len}
-    if why:
-        return [skipped("model", f"{loaded.name} b{b}", "2:4", device, dtype, {**params0, "batch": b}, why)
-                for b in batches]
-    if loaded.tokenizer is None and not loaded.info.get("random_inputs"):
-        raise ValueError(f"{loaded.name} has no tokenizer; the model suite times text models")
+    return run_cases(model_cases(loaded, batches, device=device, dtype=dtype, seq_len=seq_len, repeats=repeats),
+                     progress)
 
-    pruned = sparsify(loaded, SparsifyConfig(pattern="nm", n=2, m=4), progress=None).model
-    dense_model = copy.deepcopy(pruned).to(device=device, dtype=dtype).eval()
-    sparse_model = copy.deepcopy(dense_model)
-    converted, not_converted = 0, []
-    backend = _backends(device)[0]
-    for name, mod in sparse_model.named_modules():
-        if isinstance(mod, nn.Linear):
-            w = mod.weight.detach()
-            if not is_2_4(w):  # the compressor would silently drop weights that break the pattern
-                not_converted.append(f"{name}: not 2:4")
-                continue
-            try:
-                mod.weight = nn.Parameter(_to_semi_structured(w, backend), requires_grad=False)
-                converted += 1
-            except (RuntimeError, ValueError) as err:
-                not_converted.append(f"{name}: {str(err).splitlines()[0][:120]}")
-    params0 = {**params0, "backend": backend, "converted_linears": converted,
-               "unconverted_linears": len(not_converted), "unconverted": "; ".join(not_converted)[:300]}
-    out: list[CaseResult] = []
-    for bi, b in enumerate(batches):
-        if progress is not None:
-            progress(bi / len(batches), f"{loaded.name} batch {b}")
-        enc = _model_inputs(loaded, b, seq_len, device)
-        params = {**params0, "batch": b}
+
+def model_cases(loaded: LoadedModel | Callable[[], LoadedModel], batches: Sequence[int], *, device: str,
+                dtype: torch.dtype = torch.float16, seq_len: int = 128, repeats: int = 10) -> list[Case]:
+    """``model_suite``'s cases, one per batch size; ``loaded`` may be a loader, called at the first measurement
+    (a run whose model cases are all stored does not load the model)."""
+    batches = check_positive_ints(batches, "batch sizes", 4096)
+    why_not = semi_structured_available(device)
+    state: dict[str, object] = {}  # the model, and its dense and 2:4 copies, made once for every batch size
+
+    def model() -> LoadedModel:
+        if "loaded" not in state:
+            state["loaded"] = loaded if isinstance(loaded, LoadedModel) else loaded()
+        return cast(LoadedModel, state["loaded"])
+
+    def prepare(m: LoadedModel) -> tuple[nn.Module, nn.Module, dict]:
+        if m.tokenizer is None and not m.info.get("random_inputs"):
+            raise ValueError(f"{m.name} has no tokenizer; the model suite times text models")
+        if "models" not in state:
+            pruned = sparsify(m, SparsifyConfig(pattern="nm", n=2, m=4), progress=None).model
+            dense_model = copy.deepcopy(pruned).to(device=device, dtype=dtype).eval()
+            sparse_model = copy.deepcopy(dense_model)
+            converted, not_converted = 0, []
+            backend = _backends(device)[0]
+            for name, mod in sparse_model.named_modules():
+                if isinstance(mod, nn.Linear):
+                    w = mod.weight.detach()
+                    if not is_2_4(w):  # the compressor would silently drop weights that break the pattern
+                        not_converted.append(f"{name}: not 2:4")
+                        continue
+                    try:
+                        mod.weight = nn.Parameter(_to_semi_structured(w, backend), requires_grad=False)
+                        converted += 1
+                    except (RuntimeError, ValueError) as err:
+                        not_converted.append(f"{name}: {str(err).splitlines()[0][:120]}")
+            state["models"] = (dense_model, sparse_model, {
+                "backend": backend, "converted_linears": converted, "unconverted_linears": len(not_converted),
+                "unconverted": "; ".join(not_converted)[:300]})
+        return cast("tuple[nn.Module, nn.Module, dict]", state["models"])
+
+    def measure(b: int) -> list[CaseResult]:
+        m = model()
+        params0 = {"model": m.name, "seq_len": seq_len}
+        why = why_not or budget_spent()
+        if why:
+            return [skipped("model", f"{m.name} b{b}", "2:4", device, dtype, {**params0, "batch": b}, why)]
+        dense_model, sparse_model, info = prepare(m)
+        enc = _model_inputs(m, b, seq_len, device)
+        params = {**params0, **info, "batch": b}
 
         def run(model: nn.Module) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
             return lambda e: model(**e).last_hidden_state
 
-        base = run_case(suite="model", case=f"{loaded.name} b{b}", backend="dense", device=device, dtype=dtype,
+        base = run_case(suite="model", case=f"{m.name} b{b}", backend="dense", device=device, dtype=dtype,
                         params=params, fn=run(dense_model), reference=run(dense_model), inputs=[enc], repeats=repeats)
-        res = run_case(suite="model", case=f"{loaded.name} b{b}", backend="2:4", device=device, dtype=dtype,
+        res = run_case(suite="model", case=f"{m.name} b{b}", backend="2:4", device=device, dtype=dtype,
                        params=params, fn=run(sparse_model), reference=run(dense_model), inputs=[enc],
                        repeats=repeats, tolerance=2e-2)
         attach_baseline([res], base)
-        out.extend([base, res])
-    return out
+        return [base, res]
+
+    return [Case("model", f"whole model, batch {b}", partial(measure, b)) for b in batches]
 
 
 def verdicts(results: Sequence[CaseResult]) -> list[dict]:

@@ -1,6 +1,8 @@
 """Issue #24, "One style" and "Messages": one number style, one colour per method/mode, clear messages."""
 from __future__ import annotations
 
+import pytest
+
 import sparsekit
 from sparsekit.sparsify import SparsifyConfig, sparsify
 
@@ -432,3 +434,100 @@ def test_all_zero_sad_line_sits_on_a_zero_based_axis():
     # Beside a moving run, the fixed run's zeros are left off the log axis (and the note says so).
     both = sad_series_figure([moving, fixed], reports=[rep2, rep])
     assert both.layout.yaxis.type == "log" and "2 zero value(s)" in both.layout.annotations[0].text
+
+
+# ----------------------------------------------------------------------------- human table headers (#24)
+
+RAW_NAME = r"^[a-z]+(_[a-z]+)+$"
+
+
+def _shown_tables(at):
+    """Per dataframe on the page: its headers as the reader sees them (the column config's label, else
+    the column name), the values, the styled cell texts and the placeholder for missing values."""
+    import json
+    out = []
+    for d in at.dataframe:
+        config = json.loads(d.proto.columns or "{}")
+        names = list(d.proto.column_order) or [str(c) for c in d.value.columns]
+        heads = []
+        for name in names:
+            cfg = config.get(name, {})
+            label = cfg.get("label") if isinstance(cfg, dict) else cfg
+            heads.append(label or name)
+        styled = d.proto.arrow_data.styler.display_values if d.proto.arrow_data.HasField("styler") else b""
+        out.append((heads, d.value, styled, d.proto.placeholder))
+    return out
+
+
+def _assert_human_tables(at, where):
+    import re
+
+    from ui.format import MISSING
+    tables = _shown_tables(at)
+    assert tables, f"{where}: no table"
+    for heads, frame, styled, placeholder in tables:
+        assert not [h for h in heads if re.match(RAW_NAME, h)], (where, heads)
+        assert b"None" not in styled and b"nan" not in styled, (where, heads)
+        # A missing value the Styler does not write (a configured number column) shows the placeholder.
+        if frame.isna().to_numpy().any():
+            assert placeholder == MISSING, (where, heads)
+        assert not frame.astype(str).isin(["None", "nan"]).to_numpy().any(), (where, heads)
+    return tables
+
+
+def test_compare_tables_have_human_headers(tmp_cache):
+    from devtools.apptest import page_app
+    at = page_app("compare", "digits:mlp", 600)
+    at.run()
+    at.multiselect(key="cmp_methods").set_value(["magnitude", "wanda"])
+    at.multiselect(key="cmp_nm").set_value(["2:4"])
+    at.multiselect(key="cmp_sparsity").set_value([50])
+    at.run()
+    at.button(key="cmp_run").click().run()
+    at.button(key="cmp_perm_run").click().run()
+    assert not at.exception, at.exception
+    tables = _assert_human_tables(at, "compare")
+    heads = [h for table in tables for h in table[0]]
+    for shown in ("target sparsity", "layers pruned", "pruning (s)", "cheapest (KB)", "held-out accuracy (%)",
+                  "kept |w|, N:M", "recovered share"):
+        assert shown in heads, heads
+    pivot = tables[0][1]  # settings down, methods across, every cell a number
+    assert pivot.index.name == "setting" and list(pivot.index) == ["2:4", "unstructured 50%"]
+    assert list(pivot.columns) == ["magnitude", "wanda"] and pivot.notna().all().all()
+
+
+def test_studies_tables_have_human_headers(tmp_cache):
+    from devtools.apptest import page_app
+    at = page_app("study", "digits:mlp", 600)
+    at.run()
+    at.multiselect(key="st_models").set_value(["digits:mlp"])
+    at.multiselect(key="st_methods").set_value(["magnitude", "random"])
+    at.multiselect(key="st_patterns").set_value(["2:4"])
+    at.number_input(key="st_seeds").set_value(2)
+    at.run()
+    at.button(key="st_run").click().run()
+    assert not at.exception, at.exception
+    tables = _assert_human_tables(at, "studies")
+    assert len(tables) == 2  # best method per pattern, every setting
+    for heads, *_ in tables:
+        assert "held-out accuracy (%)" in heads and "accuracy" not in heads, heads
+    assert "best method" in tables[0][0]
+
+
+@pytest.mark.slow  # trains two digits MLPs (about 25 s)
+def test_training_study_table_names_sad_metrics_with_units(tmp_cache):
+    from devtools.apptest import page_app
+    at = page_app("study", "digits:mlp", 600)
+    at.run()
+    at.radio(key="st_kind").set_value("training").run()
+    at.selectbox(key="st_arch").set_value("mlp")
+    at.multiselect(key="st_tmethods").set_value(["ste"])
+    at.number_input(key="st_epochs").set_value(2)
+    at.number_input(key="st_tseeds").set_value(2)
+    at.run()
+    at.button(key="st_run").click().run()
+    assert not at.exception, at.exception
+    (settings,) = _assert_human_tables(at, "training study")
+    for shown in ("held-out accuracy (%)", "early SAD (% of sparse weights)", "late SAD (% of sparse weights)",
+                  "late flipped (% of sparse weights)"):
+        assert shown in settings[0], settings[0]

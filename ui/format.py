@@ -42,7 +42,12 @@ HEADERS = {
     "iqr_ms": "IQR (ms)", "baseline_ms": "baseline (ms)", "q1_ms": "Q1 (ms)", "q3_ms": "Q3 (ms)",
     "rel_error": "relative error", "achieved_tflops": "achieved TFLOP/s", "achieved_gbps": "achieved GB/s",
     "speedup": "speed-up (×)", "early_sad_pct": "early SAD (%)", "late_sad_pct": "late SAD (%)",
-    "late_flipped_pct": "late flipped (%)",
+    "late_flipped_pct": "late flipped (%)", "best_KB": "cheapest (KB)", "best_bytes": "cheapest (bytes)",
+    "target_sparsity": "target sparsity", "layers_pruned": "layers pruned", "layers_total": "layers",
+    "prune_seconds": "pruning (s)", "seconds": "time (s)", "kept_fraction": "kept share",
+    "kept_before": "kept |w|, N:M", "kept_after": "kept |w|, permuted", "kept_unstructured": "kept |w|, unstructured",
+    "kept_row_bound": "kept |w|, per-row bound", "recovered_share": "recovered share", "layer_type": "type",
+    "weight_shape": "weight shape", "skipped_reason": "left dense because",
 }
 """Human column headers, with units, for the raw field names tables carry."""
 
@@ -91,13 +96,16 @@ def table_view(frame: Any, column_config: dict | None = None) -> dict[str, Any]:
     (``header_text``) as column labels; a column the caller gives a column config (not just a
     label) in ``column_config`` keeps that config's format.
 
+    Missing values in the columns the caller configures show ``MISSING`` too (the dataframe's placeholder).
     Use as ``st.dataframe(**table_view(frame), hide_index=True)``.
     """
     own = column_config or {}
     config: dict[str, Any] = {str(c): header_text(str(c)) for c in frame.columns}
-    config.update(own)
+    # A column config without a label (NumberColumn(format=...)) would show the raw name: give it the header.
+    config.update({c: {**v, "label": header_text(c)} if isinstance(v, dict) and not v.get("label") else v
+                   for c, v in own.items()})
     styled = [c for c in frame.columns if isinstance(own.get(str(c), ""), str)]  # a label only: styled
-    return {"data": frame.style.format(cell_text, subset=styled), "column_config": config}
+    return {"data": frame.style.format(cell_text, subset=styled), "column_config": config, "placeholder": MISSING}
 
 
 def size_text(num_bytes: float) -> str:

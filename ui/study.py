@@ -18,6 +18,7 @@ from sparsekit.recipes.study import COSTS, study_groups, study_headline
 from sparsekit.study import CellRecord, StudySpec
 from sparsekit.study.aggregate import metric_label
 from sparsekit.training import default_train_config
+from ui.format import table_view
 from ui.heavy import heavy_job
 from ui.long_jobs import duration_text
 
@@ -188,14 +189,25 @@ def run_study(spec: StudySpec, backend: str, address: str | None):
         bar.empty()
 
 
+def study_table(rows: list[dict], metrics: list[str], column_config: dict | None = None) -> dict:
+    """``st.dataframe`` arguments of a study table (``table_view``): each metric's column headed by its
+    label with its unit (``metric_label``), an interval of no finished value (NaN) shown as missing."""
+    frame = pd.DataFrame(rows)
+    for m in metrics:
+        if m in frame.columns:
+            frame[m] = [None if str(v).startswith("nan") else v for v in frame[m]]
+    return table_view(frame, {**{m: metric_label(m) for m in metrics}, **(column_config or {})})
+
+
 def results(spec: StudySpec, records: list[CellRecord]) -> tuple[str, str, str] | None:
     """Figures, tables and downloads of the finished cells; the (metric, model, Pareto cost) shown."""
     groups = study_groups(spec, records)
     failed = [r for r in records if not r.done]
     if failed:
         with st.expander(f"{len(failed)} failed cell(s)"):
-            st.dataframe(pd.DataFrame([{"model": r.model, "method": r.method, "pattern": r.pattern, "seed": r.seed,
-                                        "error": r.error} for r in failed]), hide_index=True, width="stretch")
+            st.dataframe(**table_view(pd.DataFrame([{"model": r.model, "method": r.method, "pattern": r.pattern,
+                                                     "seed": r.seed, "error": r.error} for r in failed])),
+                         hide_index=True, width="stretch")
     if not groups:
         st.info("No finished cells yet.")
         return None
@@ -217,7 +229,7 @@ def results(spec: StudySpec, records: list[CellRecord]) -> tuple[str, str, str] 
     head = study_headline(spec, records, metric, model, cost)
     if spec.kind == "oneshot":
         st.subheader("Best method per pattern")
-        st.dataframe(pd.DataFrame(head["best"]), hide_index=True, width="stretch")
+        st.dataframe(**study_table(head["best"], metrics, {"best": "best method"}), hide_index=True, width="stretch")
     else:
         st.plotly_chart(viz.study_interval_figure(mine, metric, metric_label=metric_label(metric)), width="stretch", key="st_fig_interval")
     if head["differences"]:
@@ -225,7 +237,8 @@ def results(spec: StudySpec, records: list[CellRecord]) -> tuple[str, str, str] 
         for sentence in head["differences"]:
             st.caption(sentence)
     st.subheader("Every setting")
-    st.dataframe(pd.DataFrame(head["settings"]), hide_index=True, width="stretch")
+    st.dataframe(**study_table(head["settings"], metrics, {"kept share": st.column_config.NumberColumn(
+        "kept share", format="percent", help="kept share of the prunable weights")}), hide_index=True, width="stretch")
     d1, d2, d3, d4 = st.columns(4)
     stem = spec.name.replace(" ", "_").replace("/", "_")
     d1.download_button("Records (.csv)", study.records_csv(records), f"{stem}-records.csv", mime="text/csv",

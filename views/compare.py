@@ -10,6 +10,7 @@ from sparsekit.cache import get_cache, make_key
 from sparsekit.export import export_files, export_zip
 from sparsekit.recipes.compare import compare_headline, compare_recipe
 from sparsekit.sparsify import SparsifyConfig
+from ui.format import table_view
 from ui.heavy import heavy_job
 from ui.long_jobs import EstimatingProgress, job_buttons, job_state
 from ui.notebook import notebook_button, upload_digest
@@ -110,11 +111,15 @@ if rows:
                "N:M-compressed.")
     patterns, cols, values = cmp.pivot(rows, metric)
     st.subheader(f"{label} by setting and method")
-    st.dataframe(pd.DataFrame(values, index=patterns, columns=cols), width="stretch")
+    st.dataframe(**table_view(pd.DataFrame(values, index=pd.Index(patterns, name="setting"), columns=cols)),
+                 width="stretch")
     flat = pd.DataFrame(cmp.flat_rows(all_rows))
     flat["best_KB"] = flat["best_bytes"] / 1024
     with st.expander("All results"):
-        st.dataframe(flat.drop(columns=["best_bytes", "dense_bytes"]), hide_index=True, width="stretch")
+        share = st.column_config.NumberColumn(format="percent")
+        st.dataframe(**table_view(flat.drop(columns=["best_bytes", "dense_bytes"]), {
+            "target_sparsity": share, "sparsity": share, "cached": "from cache",
+            **{k: loaded.metric_names.get(k, k) for k in metrics}}), hide_index=True, width="stretch")
     notes = {f"{r.setting}: {layer}": note for r in rows for layer, note in r.notes.items()}
     if notes:
         st.caption("Notes: " + "; ".join(f"{k}: {v}" for k, v in list(notes.items())[:8]))
@@ -169,14 +174,15 @@ if prow is not None:
         c.metric(f"{label}, permuted", f"{perm_head['permuted']:.4g}", f"{change:+.4g}" if change else None,
                  delta_color="normal" if higher else "inverse")
     if prow.layers:
-        st.dataframe(pd.DataFrame(prow.layers).drop(columns=["perm"], errors="ignore"), hide_index=True,
-                     width="stretch", column_config={
-                         "recovered_share": st.column_config.NumberColumn("recovered share", format="%.3f")})
+        st.dataframe(**table_view(pd.DataFrame(prow.layers).drop(columns=["perm"], errors="ignore"), {
+            "recovered_share": st.column_config.NumberColumn("recovered share", format="%.3f")}),
+            hide_index=True, width="stretch")
     elif not prow.stopped:
         st.info("No layer of this model can be permuted without changing its function.")
     if prow.skipped:
         with st.expander(f"{len(prow.skipped)} layers not permuted"):
-            st.dataframe(pd.DataFrame([{"layer": k, "why": v} for k, v in prow.skipped.items()]), hide_index=True)
+            st.dataframe(**table_view(pd.DataFrame([{"layer": k, "why": v} for k, v in prow.skipped.items()])),
+                         hide_index=True)
 
 st.subheader("Export")
 st.markdown("A pruned model as `.safetensors`, its masks, and a JSON manifest (config, per-layer report, quality), "

@@ -110,6 +110,78 @@ def test_a_waiting_job_whose_owner_went_away_leaves_the_line():
     assert q.snapshot() == {"running": [], "waiting": []}
 
 
+def test_a_running_job_whose_owner_went_away_gives_up_its_slot_before_its_body_ends():
+    # A closed tab's job may compute for long between progress updates (where Streamlit would stop
+    # it): the reaper frees its slot meanwhile, and the next job in line runs.
+    q = JobQueue(1, reap_every=0.01)
+    alive, in_body, release = [True], threading.Event(), threading.Event()
+
+    def orphan():
+        with held(q, "closed tab", alive=lambda: alive[0], poll=0.01):
+            in_body.set()
+            release.wait(30)  # a long step without a progress update
+
+    t = threading.Thread(target=orphan)
+    t.start()
+    assert in_body.wait(10)
+    nxt = q.enter("next")
+    assert not nxt.running and q.ahead(nxt) == 1
+    assert not q.wait(nxt, 0.05)  # the owner is still there: the slot stays taken
+    alive[0] = False
+    assert q.wait(nxt, 10), "the slot of a gone owner's running job was not freed"
+    assert t.is_alive() and not release.is_set()  # freed while the orphan's body still runs
+    assert q.snapshot() == {"running": [("next", "")], "waiting": []}
+    release.set()
+    t.join(10)
+    assert q.snapshot() == {"running": [("next", "")], "waiting": []}  # its late leave takes nothing
+    q.leave(nxt)
+    deadline = time.monotonic() + 10  # nothing left to watch: the reaper thread ends
+    while q.watching:
+        assert time.monotonic() < deadline, "the reaper thread outlived the last watched ticket"
+        time.sleep(0.01)
+
+
+def test_reap_takes_out_gone_owners_only_and_a_reaped_waiter_raises_owner_gone():
+    q = JobQueue(1, reap_every=600)  # the thread's first reap is minutes away: reap() is called by hand
+    status = {"a": True, "b": True, "c": True}
+
+    def check(owner):
+        def alive():
+            if owner == "c":
+                raise RuntimeError("cannot tell")  # counts as alive
+            return status[owner]
+        return alive
+
+    a, b, c = (q.enter(o, alive=check(o)) for o in "abc")
+    plain = q.enter("no check")
+    assert q.watching and q.reap() == []
+    status["a"] = status["b"] = False
+    assert q.reap() == [a, b]
+    assert a.left and b.left and c.running and not plain.running
+    assert q.snapshot() == {"running": [("c", "")], "waiting": [("no check", "")]}
+
+    errors = []
+    gone = [False]
+
+    def waiter():
+        try:
+            with held(q, "w", alive=lambda: not gone[0], poll=60):  # only the reaper can notice
+                pass
+        except OwnerGone as err:
+            errors.append(err)
+
+    th = threading.Thread(target=waiter)
+    th.start()
+    while len(q.snapshot()["waiting"]) < 2:
+        time.sleep(0.001)
+    gone[0] = True
+    assert [t.owner for t in q.reap()] == ["w"]
+    th.join(10)
+    assert not th.is_alive() and errors and "went away" in str(errors[0])
+    with pytest.raises(ValueError, match="reap_every must be a positive"):
+        JobQueue(1, reap_every=0)
+
+
 def test_a_wait_times_out_with_a_message_and_leaves():
     q = JobQueue(1)
     q.enter("first")

@@ -2,7 +2,9 @@
 ``with heavy_job(kind, loaded, method=...)``. The library says what is heavy
 (``sparsekit.jobs.is_heavy``); a light job runs at once, a heavy one waits for one of the
 ``SPARSEKIT_HEAVY_JOBS`` slots (``ui.jobqueue``) showing "waiting: k jobs ahead", and leaves the
-line when its session goes away or its script is stopped or rerun."""
+line when its session goes away or its script is stopped or rerun. A running job whose session
+closed gives up its slot within the queue's ``reap_every`` (half a second), not at its next progress
+update (its script stops there)."""
 from __future__ import annotations
 
 import contextlib

@@ -3,6 +3,9 @@
 At most ``slots`` tickets run at once; the others wait in the order they came. A ticket knows how
 many jobs are ahead of it (the running ones plus those ahead in line), may stop waiting after a
 timeout or when its owner is gone, and leaves the queue in every case (``leave``), running or not.
+A ticket entered with an ``alive`` check is watched by the queue's reaper thread: once its owner is
+gone (a closed browser tab) it leaves within ``reap_every`` seconds, running or waiting, so the next
+job gets the slot without waiting for the orphaned job's next progress update.
 ``ui.heavy`` is the Streamlit side: one queue per server, shown as "waiting: k jobs ahead".
 """
 from __future__ import annotations
@@ -48,27 +51,73 @@ class Ticket:
     entered: float = field(default_factory=time.monotonic)
     running: bool = False
     left: bool = False
+    alive: Callable[[], bool] | None = field(default=None, repr=False)
+    """Whether the owner is still there (checked by the reaper; None: never reaped)."""
 
 
 class JobQueue:
     """Thread-safe FIFO of tickets with ``slots`` running at once."""
 
-    def __init__(self, slots: int) -> None:
+    def __init__(self, slots: int, *, reap_every: float = 0.5) -> None:
         if slots < 1:
             raise ValueError(f"a job queue needs at least one slot, got {slots}")
+        if reap_every <= 0:
+            raise ValueError(f"reap_every must be a positive number of seconds, got {reap_every}")
         self.slots = slots
+        self.reap_every = reap_every
         self._cond = threading.Condition()
         self._waiting: deque[Ticket] = deque()
         self._running: list[Ticket] = []
         self._numbers = itertools.count(1)
+        self._reaper: threading.Thread | None = None
 
-    def enter(self, owner: str, label: str = "") -> Ticket:
-        """A new ticket at the end of the line (it runs at once when a slot is free and nobody waits)."""
+    def enter(self, owner: str, label: str = "", alive: Callable[[], bool] | None = None) -> Ticket:
+        """A new ticket at the end of the line (it runs at once when a slot is free and nobody waits).
+        With ``alive``, the reaper takes it out once ``alive()`` says False (``reap``)."""
         with self._cond:
-            ticket = Ticket(owner, label, next(self._numbers))
+            ticket = Ticket(owner, label, next(self._numbers), alive=alive)
             self._waiting.append(ticket)
             self._grant()
+            if alive is not None and (self._reaper is None or not self._reaper.is_alive()):
+                self._reaper = threading.Thread(target=self._reap_loop, name="jobqueue-reaper", daemon=True)
+                self._reaper.start()
             return ticket
+
+    def _watched(self) -> list[Ticket]:
+        return [t for t in [*self._running, *self._waiting] if t.alive is not None]
+
+    def reap(self) -> list[Ticket]:
+        """Take out every ticket, running or waiting, whose ``alive`` check says its owner is gone (a
+        check that raises counts as alive); returns them. The reaper thread calls this every
+        ``reap_every`` seconds while watched tickets are in the queue."""
+        with self._cond:
+            watched = self._watched()
+        gone = []
+        for ticket in watched:
+            try:
+                ok = ticket.alive is None or ticket.alive()
+            except Exception:  # noqa: BLE001 (a failing check must not drop a live job)
+                ok = True
+            if not ok:
+                gone.append(ticket)
+        for ticket in gone:
+            self.leave(ticket)
+        return gone
+
+    @property
+    def watching(self) -> bool:
+        """Whether the reaper thread runs (it ends once no watched ticket is left)."""
+        with self._cond:
+            return self._reaper is not None and self._reaper.is_alive()
+
+    def _reap_loop(self) -> None:
+        while True:
+            with self._cond:
+                if not self._watched():
+                    self._reaper = None  # the next watched ticket starts a new one
+                    return
+            time.sleep(self.reap_every)
+            self.reap()
 
     def _grant(self) -> None:
         while self._waiting and len(self._running) < self.slots:
@@ -144,23 +193,32 @@ def held(queue: JobQueue, owner: str, label: str = "", *, on_wait: Callable[[int
          timeout: float | None = None) -> Iterator[Ticket]:
     """Hold a slot of ``queue`` for the body of the ``with``: wait in line first, calling
     ``on_wait(jobs ahead)`` on entry and every ``poll`` seconds while waiting (it may raise to give
-    up, e.g. Streamlit stopping the script), and leave the queue at the end in every case.
+    up, e.g. Streamlit stopping the script), and leave the queue at the end in every case. With
+    ``alive``, the queue's reaper also frees the slot once the owner is gone while the body still
+    runs (an orphaned job's body goes on until its own code stops it; the next job need not wait).
 
     Raises:
-        OwnerGone: ``alive()`` said False while waiting.
+        OwnerGone: ``alive()`` said False while waiting (or the reaper took the ticket out).
         QueueTimeout: still waiting after ``timeout`` seconds.
     """
-    ticket = queue.enter(owner, label)
+    ticket = queue.enter(owner, label, alive=alive)
+
+    def runs(seconds: float) -> bool:
+        try:
+            return queue.wait(ticket, seconds)
+        except ValueError:  # the reaper took the ticket out: its owner is gone
+            raise OwnerGone(f"{owner} went away while its job waited") from None
+
     try:
         start = time.monotonic()
-        while not queue.wait(ticket, 0):
+        while not runs(0):
             if alive is not None and not alive():
                 raise OwnerGone(f"{owner} went away while its job waited")
             if timeout is not None and time.monotonic() - start > timeout:
                 raise QueueTimeout(f"waited {timeout:g} s for a heavy-job slot: {queue.ahead(ticket)} jobs still ahead")
             if on_wait is not None:
                 on_wait(queue.ahead(ticket))
-            queue.wait(ticket, poll)
+            runs(poll)
         yield ticket
     finally:
         queue.leave(ticket)

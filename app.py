@@ -16,7 +16,7 @@ import time  # noqa: E402
 
 import streamlit as st  # noqa: E402
 
-from ui.state import TIMING_LOG, sidebar_model  # noqa: E402
+from ui.state import TIMING_LOG, sidebar_model, warm_up  # noqa: E402
 from ui.widgets import note_unapplied_link_values  # noqa: E402
 
 if os.environ.get("SPARSEKIT_LOG_TIMINGS") == "1" and not TIMING_LOG.handlers:
@@ -60,6 +60,9 @@ def main() -> None:
         note_unapplied_link_values()  # bound widgets of every page: a link value none of them took
     finally:  # also after st.stop() / a rerun request, which end the page with an exception
         TIMING_LOG.info("page %s %.3f s", _title(page), time.perf_counter() - started)
+        # Once per server started by scripts/serve.py: the other pages' imports and the Sparsify page's
+        # default setting, in the background after this first page (ui.preload).
+        warm_up(loaded, key)
 
 
 # A process that a study's pool spawns re-runs the main module as ``__mp_main__`` (Streamlit makes the

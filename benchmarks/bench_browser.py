@@ -1,6 +1,7 @@
 """Responsiveness as a browser user meets it: time from a click to the idle page, in Chromium.
 
     python benchmarks/bench_browser.py [--repeats 3] [--empty-cache] [--out results.json]
+    python benchmarks/bench_browser.py --goals [--root OTHER_CHECKOUT ...] [--repeats 3]
 
 Starts the app as `scripts/run_app.sh` does (`scripts/serve.py`) on a free localhost port (stopped by its pid at the end) and drives
 it with Playwright and Debian's chromium:
@@ -9,6 +10,11 @@ it with Playwright and Debian's chromium:
 - model switch: MiniLM -> digits MLP -> digits CNN -> MiniLM in the sidebar;
 - Sparsify on MiniLM: a new N:M setting with magnitude and random (live), Wanda and SparseGPT (Apply);
 - Masks: another layer picked.
+
+``--goals`` times issue #24's four latency goals instead, each server started fresh: cold start, page
+switches (first visit and revisit), a live magnitude change on MiniLM and a deep link (on a fresh server
+and in a new browser tab); with several ``--root`` checkouts (e.g. a ``git archive`` of the commit
+before a change) it alternates between them, so before and after share one run window and its load.
 
 "Idle" is Streamlit's script state back at ``notRunning`` after the rerun the action started (and
 the expected text on the page), checked every 20 ms; each timing ends at the first idle sample. Prints one table with the median and range of each
@@ -212,8 +218,11 @@ def server_split(log_path: Path, offset: int) -> tuple[dict[str, float], int]:
         offset = f.tell()
     split = {"page": 0.0, "sparsify": 0.0, "quality": 0.0}
     for line in text.splitlines():
-        if line.startswith("sparsekit.timing "):
-            what, seconds = line.split()[1], float(line.split()[-2])
+        if line.startswith("sparsekit.timing ") and line.endswith(" s"):
+            try:
+                what, seconds = line.split()[1], float(line.split()[-2])
+            except ValueError:  # a line of another form (the warm-up's notes)
+                continue
             split[what] = split.get(what, 0.0) + seconds
     return split, offset
 
@@ -298,6 +307,115 @@ def run_gpt2(repeats: int) -> tuple[dict[str, list[float]], list[str]]:
         shutil.rmtree(tmp, ignore_errors=True)
     return times, captions
 
+GOALS = {"cold start to Model page (MiniLM)": 6.0, "deep link to Sparsify, fresh server": 8.0,
+         "page switch, revisit": 0.5, "Sparsify magnitude (live): new setting": 1.0}
+"""Issue #24's goals (seconds); the other actions are shown for context."""
+
+
+def server_cpu() -> float:
+    """CPU seconds (user + system, all threads) used so far by this process's app server (a child
+    running ``serve.py``): a measure of the server's work that the machine's load hardly changes."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == os.getpid() and "serve.py" in (stat.parent / "cmdline").read_text():
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def _load() -> str:
+    return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def goals_once(browser, root: Path, times: dict[str, list[float]], env: dict) -> None:
+    """One round of the issue #24 actions on servers started from checkout ``root`` (two servers: the
+    first for the cold start, page switches, live changes and a deep link in a new tab; the second
+    for a deep link as the very first request of a fresh server)."""
+    serve = (str(root / "scripts" / "serve.py"),)
+
+    def timed(key: str, value: float) -> None:
+        times.setdefault(key, []).append(value)
+
+    start = time.perf_counter()
+    with served_app(serve, env=env, timeout=300) as url:
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.set_default_timeout(300_000)
+        page.goto(url)
+        watch(page)
+        timed("cold start to Model page (MiniLM)", wait_idle(page, start, page.get_by_text("Prunable layers (36)")))
+        timed("server CPU s: start to Model page idle", server_cpu())
+        expect = {"Sparsify": "Per-layer report", "Masks": "Showing the masks of", "Model": "Prunable layers (36)"}
+        for i, name in enumerate(("Sparsify", "Masks", "Model") * 2):
+            t = mark(page)
+            page.locator('[data-testid="stSidebarNavLink"]', has_text=name).first.click()
+            key = {0: "page switch, first visit to Sparsify (computes 2:4)", 1: "page switch, first visit to Masks"}
+            timed(key.get(i, "page switch, revisit"), wait_idle(page, t, page.get_by_text(expect[name]).first))
+        nav(page, "Sparsify")
+        wait_idle(page, mark(page), page.get_by_text("Per-layer report"))
+        t = mark(page)
+        page.get_by_text("Update live").click()
+        wait_idle(page, t, page.get_by_text("Per-layer report"))
+        for nm in ("1:4", "4:8", "2:8"):
+            t, cpu = mark(page), server_cpu()
+            pick(page, "N:M", nm)
+            timed("Sparsify magnitude (live): new setting", wait_idle(page, t, page.get_by_text("Per-layer report")))
+            timed("server CPU s: live magnitude setting", server_cpu() - cpu)
+        fresh = browser.new_page(viewport={"width": 1440, "height": 1000})
+        t0 = time.perf_counter()
+        fresh.goto(f"{url}/sparsify?sp_nm=1%3A2")
+        watch(fresh)
+        timed("deep link to Sparsify, new tab (warm server)",
+              wait_idle(fresh, t0, fresh.get_by_text("Per-layer report")))
+        fresh.close()
+        page.close()
+    start = time.perf_counter()
+    with served_app(serve, env=env, timeout=300) as url:
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.set_default_timeout(300_000)
+        page.goto(f"{url}/sparsify?sp_nm=1%3A4")
+        watch(page)
+        timed("deep link to Sparsify, fresh server", wait_idle(page, start, page.get_by_text("Per-layer report")))
+        timed("server CPU s: start to deep link idle", server_cpu())
+        page.close()
+
+
+def run_goals(roots: list[Path], repeats: int, warmup: bool) -> dict[str, dict[str, list[float]]]:
+    """``repeats`` rounds of ``goals_once`` per checkout, alternating between them; load averages too."""
+    from playwright.sync_api import sync_playwright
+
+    results: dict[str, dict[str, list[float]]] = {str(r): {} for r in roots}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        for rep in range(-1 if warmup else 0, repeats):
+            for root in roots:
+                times: dict[str, list[float]] = {} if rep < 0 else results[str(root)]
+                times.setdefault("load average (1/5/15 min) at start", []).append(_load())  # type: ignore[arg-type]
+                goals_once(browser, root, times, dict(os.environ))
+                print(f"round {rep} {root}: " + ", ".join(f"{k} {v[-1]}" if isinstance(v[-1], str) else
+                                                          f"{k} {v[-1]:.2f}" for k, v in times.items()), flush=True)
+        browser.close()
+    return results
+
+
+def print_goals(results: dict[str, dict[str, list[float]]]) -> None:
+    roots = list(results)
+    print("| action | goal (s) | " + " | ".join(f"{Path(r).name}: median (min–max), n" for r in roots) + " |")
+    print("|---|---:|" + "---:|" * len(roots))
+    for action in results[roots[0]]:
+        if action.startswith("load"):
+            continue
+        cells = []
+        for r in roots:
+            ts = results[r].get(action, [])
+            cells.append(f"{statistics.median(ts):.2f} ({min(ts):.2f}–{max(ts):.2f}), {len(ts)}" if ts else "–")
+        goal = GOALS.get(action)
+        print(f"| {action} | {'≤ ' + format(goal, 'g') if goal else ''} | " + " | ".join(cells) + " |")
+    for r in roots:
+        print(f"load averages at the start of each round ({Path(r).name}): {'; '.join(results[r]['load average (1/5/15 min) at start'])}")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -308,9 +426,19 @@ def main() -> None:
                         help="time the GPT-2 small-size model (random weights, 124 M parameters) instead of MiniLM")
     parser.add_argument("--streamlit-arg", action="append", default=[],
                         help="extra option for streamlit run, e.g. --streamlit-arg=--runner.postScriptGC=false")
+    parser.add_argument("--goals", action="store_true", help="time issue #24's latency goals (fresh servers)")
+    parser.add_argument("--root", action="append", type=Path, default=[],
+                        help="with --goals: a checkout to serve (repeatable; rounds alternate between them)")
+    parser.add_argument("--warmup", action="store_true", help="with --goals: one unrecorded round per checkout first")
     args = parser.parse_args()
     if not os.path.exists(CHROMIUM):
         sys.exit("chromium is not installed: bash scripts/setup.sh --dev installs it")
+    if args.goals:
+        results = run_goals([r.resolve() for r in args.root] or [ROOT], args.repeats, args.warmup)
+        print_goals(results)
+        if args.out:
+            Path(args.out).write_text(json.dumps(results, indent=1))
+        return
     captions: list[str] = []
     if args.gpt2:
         times, captions = run_gpt2(args.repeats)

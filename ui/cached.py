@@ -15,13 +15,11 @@ from typing import Callable
 import streamlit as st
 
 import sparsekit
-from sparsekit import attribution as attr
-from sparsekit import training
-from sparsekit.attention import capture_attention
-from sparsekit.attention.apply import attention_quality as _attention_quality
-from sparsekit.attention.capture import calibration_captures
-from sparsekit.attention.search import search_heads
 from ui import preload
+
+# The Attention, Training and Attribution libraries are imported by the functions that use them: the
+# sidebar imports this module on every page, and the first page (Model) needs none of them (a cold
+# start paid their imports before its page was drawn; tests/test_latency_mechanics.py).
 
 # ---------------------------------------------------------------------------------------------
 # Models and their quality (every page)
@@ -56,23 +54,31 @@ def model_quality(model_key: str, config_json: str, _loaded, _result,
 
 @st.cache_resource(show_spinner=False, max_entries=16)
 def attention_capture(model_key: str, input_key: str, _loaded, _inputs):
+    from sparsekit.attention import capture_attention
+
     return capture_attention(_loaded, _inputs)
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
 def attention_quality(model_key: str, pattern_json: str, _loaded, _pattern, layers: tuple | None,
                       heads: tuple | None):
+    from sparsekit.attention.apply import attention_quality as _attention_quality
+
     return _attention_quality(_loaded, _pattern, layers=None if layers is None else list(layers),
                               heads=None if heads is None else list(heads))
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def attention_calibration(model_key: str, count: int, _loaded):
+    from sparsekit.attention.capture import calibration_captures
+
     return calibration_captures(_loaded, count)
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
 def attention_search(model_key: str, config_json: str, count: int, _loaded, _config):
+    from sparsekit.attention.search import search_heads
+
     return search_heads(attention_calibration(model_key, count, _loaded), _config)
 
 
@@ -93,6 +99,8 @@ def training_run(run_id: str, stamp: str):
     """A saved training run and its SAD report."""
     # The stamp (status, time, name, epochs) changes whenever the entry is rewritten, so a stale copy
     # is never served. Shared read-only between sessions, with its SAD report computed once.
+    from sparsekit import training
+
     rec = training.load_run(run_id)
     return rec, rec.sad()
 
@@ -103,15 +111,21 @@ def training_run(run_id: str, stamp: str):
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def image_maps(model_key: str, config_json: str, steps: int, count: int, _dense, _sparse):
+    from sparsekit import attribution as attr
+
     images, labels = attr.digits_examples(count)
     return attr.image_attribution(_dense, _sparse, images, labels, n_steps=steps)
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
 def pair_maps(model_key: str, config_json: str, steps: int, a: str, b: str, _dense, _sparse, _tokenizer):
+    from sparsekit import attribution as attr
+
     return attr.pair_attribution(_dense, _sparse, _tokenizer, a, b, n_steps=steps)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def pair_set(model_key: str, config_json: str, steps: int, count: int, _dense, _sparse, _tokenizer):
+    from sparsekit import attribution as attr
+
     return attr.text_agreement(_dense, _sparse, _tokenizer, attr.DEFAULT_PAIRS[:count], n_steps=steps)

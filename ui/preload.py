@@ -1,28 +1,49 @@
-"""Load the default model while the server starts and the browser fetches the page.
+"""Load the default model while the server starts and the browser fetches the page; warm the rest after
+the first page was drawn.
 
 ``scripts/serve.py`` (what ``scripts/run_app.sh`` runs) calls ``start("minilm")`` before handing
 over to Streamlit; the sidebar's cached loader then ``take``s the finished model instead of loading
 it again. Importing transformers' BERT code and reading the weights is most of a cold start
 (about 3 s of 5.7 s on 2 cores), and it overlaps here with work in other processes (the browser).
-This module imports nothing heavy itself.
+
+Once the first page of such a server was drawn, ``after_first_page`` runs one background task
+(``ui.state.warm_up``: the libraries of the other pages imported, the Sparsify page's default setting
+computed), so a first visit to another page does not pay for them. A process that never called
+``start`` (tests, ``streamlit run app.py`` by hand) warms nothing. This module imports nothing heavy
+itself.
 """
 from __future__ import annotations
 
+import ast
+import importlib
+import importlib.util
+import logging
 import os
 import threading
+import time
 from concurrent.futures import Future
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 _futures: dict[str, Future] = {}
 _lock = threading.Lock()
+_state = {"started": False, "warm": False}
+TIMING_LOG = logging.getLogger("sparsekit.timing")  # the same logger as ui.state's (SPARSEKIT_LOG_TIMINGS=1)
+WARM_DELAY_S = 1.0
+"""Seconds the background warm-up waits after the first page: the browser draws that page meanwhile."""
 
 
 def _load(spec: str, future: Future) -> None:
     try:
+        t0 = time.perf_counter()
         import sparsekit  # noqa: PLC0415 (the point is to import it off the main thread)
 
+        t1 = time.perf_counter()
         loaded = sparsekit.load_model(spec)
+        t2 = time.perf_counter()
         loaded.quality()  # the dense reference, which the Model page shows first
+        TIMING_LOG.info("preload %s import %.3f load %.3f quality %.3f s", spec, t1 - t0, t2 - t1,
+                        time.perf_counter() - t2)
         future.set_result(loaded)
     except BaseException as err:  # reported to whoever takes it; the loader then tries itself
         future.set_exception(err)
@@ -32,11 +53,22 @@ def start(spec: str = "minilm") -> None:
     """Begin loading ``spec`` on a daemon thread (once per process)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads; see app.py
     with _lock:
+        _state["started"] = True
         if spec in _futures:
             return
         future: Future = Future()
         _futures[spec] = future
     threading.Thread(target=_load, args=(spec, future), name=f"preload-{spec}", daemon=True).start()
+
+
+def started() -> bool:
+    """Whether this process preloads (``start`` was called: a server from ``scripts/serve.py``)."""
+    return _state["started"]
+
+
+def warm_scheduled() -> bool:
+    """Whether ``after_first_page`` has scheduled this process's warm-up already."""
+    return _state["warm"]
 
 
 def take(spec: str) -> Any | None:
@@ -50,3 +82,59 @@ def take(spec: str) -> Any | None:
         return future.result()
     except Exception:
         return None
+
+
+def page_libraries(root: Path) -> list[str]:
+    """The library modules (``sparsekit.*``, pandas, plotly...) that the page scripts ``views/*.py`` and
+    their ``ui/*.py`` helpers import at their top: what a first visit to a page would import."""
+    names: set[str] = set()
+    for path in sorted([*(root / "views").glob("*.py"), *(root / "ui").glob("*.py")]):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module)
+                names.update(f"{node.module}.{a.name}" for a in node.names)
+    keep = ("sparsekit", "pandas", "plotly", "numpy")
+    return sorted(n for n in names if n.split(".")[0] in keep)
+
+
+def warm_imports(names: list[str]) -> list[str]:
+    """Import ``names`` (a ``from x import y`` name that is not a module is skipped); returns those that
+    failed (logged: the page that needs one will show its error itself)."""
+    failed = []
+    for name in names:
+        try:
+            if name in _MISSING or importlib.util.find_spec(name) is None:
+                continue
+            importlib.import_module(name)
+        except ModuleNotFoundError:  # ``from pkg import function``: pkg.function is no module
+            _MISSING.add(name)
+        except Exception as err:  # noqa: BLE001 (a warm-up must not take the server down)
+            TIMING_LOG.info("warm-up could not import %s: %s", name, err)
+            failed.append(name)
+    return failed
+
+
+_MISSING: set[str] = set()
+
+
+def after_first_page(task: Callable[[], None], delay: float | None = None) -> bool:
+    """Run ``task`` on a daemon thread after ``delay`` seconds (default ``WARM_DELAY_S``), once per
+    process and only in a process that preloads (``started``). Returns whether it was scheduled now."""
+    with _lock:
+        if not _state["started"] or _state["warm"]:
+            return False
+        _state["warm"] = True
+
+    def run() -> None:
+        time.sleep(WARM_DELAY_S if delay is None else delay)
+        t0 = time.perf_counter()
+        try:
+            task()
+        except Exception as err:  # noqa: BLE001 (the pages compute what the warm-up could not)
+            TIMING_LOG.info("warm-up failed: %s", err)
+        TIMING_LOG.info("warm-up %.3f s", time.perf_counter() - t0)
+
+    threading.Thread(target=run, name="warm-up", daemon=True).start()
+    return True

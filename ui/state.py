@@ -7,6 +7,9 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import Future
+from dataclasses import replace
+from pathlib import Path
 
 import streamlit as st
 
@@ -16,7 +19,9 @@ from sparsekit.models import BUILTIN_SPECS, list_model_dirs, model_roots
 from sparsekit.methods.cost import estimate_seconds
 from sparsekit.models.digits import digits_model_cached, trained_digits_model
 from sparsekit.methods import get_method
+from sparsekit.layers import prunable_layers
 from sparsekit.sparsify import SparsifyConfig
+from ui import preload
 from ui.cached import loaded_model, model_quality
 from ui.format import KIND_LABELS
 from ui.heavy import heavy_job
@@ -82,6 +87,12 @@ def _results() -> _Results:
 @st.cache_resource(show_spinner=False)
 def _timings() -> dict[tuple[str, str], float]:
     """(model key, method) -> seconds the last sparsify of that model with that method took."""
+    return {}
+
+
+@st.cache_resource(show_spinner=False)
+def _prefetched() -> dict[tuple[str, str], Future]:
+    """(model key, config JSON) -> the quality of a setting the background warm-up computes (``warm_up``)."""
     return {}
 
 
@@ -268,4 +279,66 @@ def sparse_quality(model_key: str, loaded, config: SparsifyConfig) -> dict[str, 
         TIMING_LOG.info("quality %s %.3f s", config.label(), seconds)
         _timings()[(model_key, "quality")] = seconds
 
+    pending = _prefetched().get((model_key, config.to_json()))
+    if pending is not None:
+        if pending.cancel():  # the warm-up has not begun it: this page computes it now
+            _prefetched().pop((model_key, config.to_json()), None)
+        else:  # begun or done: wait for that pass instead of running a second one
+            try:
+                return dict(pending.result())
+            except Exception:  # noqa: BLE001 (measured below, where an error is shown)
+                pass
     return model_quality(model_key, config.to_json(), loaded, sparsified(model_key, loaded, config), measured)
+
+
+WARM_MAX_WEIGHTS = 50_000_000
+"""The warm-up computes the Sparsify page's default setting only for models the page updates live."""
+
+
+def warm_up(loaded, model_key: str) -> bool:
+    """After the first page of a preloading server (``ui.preload``) was drawn, in the background: compute
+    the Sparsify page's default setting (2:4 magnitude) with its quality and the Masks page's default
+    comparison (2:4 random) for this model, into the shared stores the pages read, then import the
+    libraries of the other pages. A page that asks for the quality meanwhile waits for the pass begun
+    instead of running a second one, or takes it over if it has not begun. Returns whether it was
+    scheduled (once per process; never in a process that does not preload, such as AppTest runs)."""
+    if loaded is None or not preload.started() or preload.warm_scheduled():
+        return False
+    shown = SparsifyConfig()
+    configs = [c for c in (shown, replace(shown, method="random")) if _results().get((model_key, c.to_json())) is None]
+    small = sum(int(m.weight.numel()) for _, m in prunable_layers(loaded.module)) <= WARM_MAX_WEIGHTS
+    key = (model_key, shown.to_json())
+    store, timings, pending = _results(), _timings(), _prefetched()
+    measure = small and shown in configs and key not in pending
+    future: Future = Future()
+
+    def task() -> None:
+        if small and configs:
+            prefetch(measure and future.set_running_or_notify_cancel())  # False: a page took it over
+        preload.warm_imports(preload.page_libraries(Path(__file__).resolve().parents[1]))
+
+    def prefetch(with_quality: bool) -> None:
+        try:
+            for config in configs:
+                with store.key_lock((model_key, config.to_json())):
+                    if store.get((model_key, config.to_json())) is None:
+                        start = time.perf_counter()
+                        result = sparsekit.sparsify(loaded, config, progress=False)
+                        timings[(model_key, config.method)] = time.perf_counter() - start
+                        store.put((model_key, config.to_json()), result)
+                if config is shown and with_quality:
+                    start = time.perf_counter()
+                    quality = loaded.quality(store.get(key).model)
+                    timings[(model_key, "quality")] = time.perf_counter() - start
+                    TIMING_LOG.info("warm-up quality %s %.3f s", config.label(), timings[(model_key, "quality")])
+                    future.set_result(quality)
+        except BaseException as err:  # the pages compute it themselves and show the error
+            if with_quality and not future.done():
+                future.set_exception(err)
+
+    if measure:
+        pending[key] = future
+    scheduled = preload.after_first_page(task)
+    if not scheduled and measure:
+        pending.pop(key, None)
+    return scheduled

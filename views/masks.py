@@ -1,11 +1,12 @@
 """Masks: look inside one layer's mask, its N:M groups, and compare two masks."""
 import dataclasses
+import json
 
 import pandas as pd
 import streamlit as st
 
-from sparsekit import viz
 from sparsekit.recipes.masks import masks_headline, masks_recipe
+from ui.figures import figure
 from ui.format import table_view
 from ui.next_step import next_step
 from ui.notebook import notebook_button, upload_digest
@@ -65,20 +66,24 @@ irow = start = 0
 
 overview, zoom_tab, groups_tab, compare_tab = st.tabs(["Overview", "Zoom", "N:M groups", "Compare"],
                                                       key="mask_view", bind="query-params")
+# Built once per input (ui.figures): a rerun that changes only the zoom or the second setting rebuilds only
+# that figure. The key names the model, the setting shown and the layer; each figure adds its own inputs.
+shown = json.dumps([key, config.to_json(), layer])
 with overview:
-    chart(viz.mask_heatmap(m2, title=f"{layer}: kept fraction per tile", m=config.m if nm else None))
+    chart(figure("mask_heatmap", shown, m2, title=f"{layer}: kept fraction per tile", m=config.m if nm else None))
     left, right = st.columns(2)
     with left:
-        chart(viz.magnitude_histogram(w2, m2))
+        chart(figure("magnitude_histogram", shown, w2, m2))
     with right:
-        chart(viz.density_profile(m2))
+        chart(figure("density_profile", shown, m2))
 
 with zoom_tab:
     z1, z2, z3 = st.columns(3)
     size = z3.slider("Block size", 4, 64, 12, key="zoom_size", bind="query-params", help="values are printed up to 20×20")
     row0 = int(z1.number_input("First row", 0, max(0, rows - 1), 0, key="zoom_row", bind="query-params"))
     col0 = int(z2.number_input("First column", 0, max(0, cols - 1), 0, key="zoom_col", bind="query-params"))
-    chart(viz.mask_zoom_figure(w2, m2, row0, col0, size, size, m=config.m if nm else None))
+    chart(figure("mask_zoom_figure", f"{shown}|{row0},{col0},{size}", w2, m2, row0, col0, size, size,
+                 m=config.m if nm else None))
 
 with groups_tab:
     if not nm:
@@ -89,9 +94,10 @@ with groups_tab:
         irow = int(g1.number_input("Row", 0, rows - 1, 0, key="grp_row"))
         n_groups = cols // config.m
         start = int(g2.number_input("First group", 0, n_groups - 1, 0, key="grp_start"))
-        chart(viz.nm_group_figure(w2, m2, config.m, irow, start, min(8, n_groups - start)))
+        chart(figure("nm_group_figure", f"{shown}|{irow},{start}", w2, m2, config.m, irow, start,
+                     min(8, n_groups - start)))
         st.subheader("Which positions each group kept")
-        chart(viz.nm_pattern_figure(m2, config.m))
+        chart(figure("nm_pattern_figure", shown, m2, config.m))
         st.caption(f"Every group of {config.m} along a row keeps {config.n} positions: one of the patterns above "
                    "(1 = kept, position 0 first). Magnitude pruning of weights without positional structure uses "
                    "them about equally; a skew shows positions the layer favours.")
@@ -124,7 +130,7 @@ with compare_tab:
         d3.metric("Kept in both", f"{diff['both_kept']:,}")
         d4.metric("Kept, second mask", f"{kept_b:,}", f"{kept_b - kept_a:+,}" if kept_b != kept_a else None,
                   delta_color="off", delta_description="vs this mask")
-        chart(viz.mask_diff_figure(m2, mb2, labels=(config.label(), other.label())))
+        chart(figure("mask_diff_figure", f"{shown}|{other.to_json()}", m2, mb2, labels=(config.label(), other.label())))
         st.dataframe(**table_view(pd.DataFrame([{"both kept": diff["both_kept"], f"only {config.label()}": diff["only_a"],
                                                  f"only {other.label()}": diff["only_b"],
                                                  "both pruned": diff["both_pruned"]}])),

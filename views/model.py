@@ -2,9 +2,9 @@
 import pandas as pd
 import streamlit as st
 
-from sparsekit import viz
 from sparsekit.recipes.model import model_headline, model_recipe
 from sparsekit.report import layer_table, params_by_type
+from ui.figures import figure
 from ui.format import KIND_LABELS, metric_text, source_details
 from ui.next_step import next_step
 from ui.notebook import notebook_button, upload_digest
@@ -30,7 +30,7 @@ with st.expander("Start here: a first tour in five steps", expanded="tour_seen" 
     st.caption("The pages are listed at the top of the sidebar; every page works on the model picked below them.")
     next_step("views/sparsify.py", "Next: Sparsify this model (step 2)", ":material/content_cut:")
 
-loaded, _ = require_model()
+loaded, model_key = require_model()
 
 table = layer_table(loaded)
 counts = params_by_type(loaded)
@@ -61,7 +61,7 @@ if loaded.kind == "encoder":
 
 left, right = st.columns([1, 2])
 with left:
-    st.plotly_chart(viz.params_by_type_figure(counts), width="stretch")
+    st.plotly_chart(figure("params_by_type_figure", model_key, counts), width="stretch")
 with right:
     st.subheader(f"Prunable layers ({head['prunable_layers']})")
     st.dataframe(pd.DataFrame(table), hide_index=True, height=min(38 + 35 * len(table), 360),

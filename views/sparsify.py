@@ -4,10 +4,10 @@ from dataclasses import replace
 import pandas as pd
 import streamlit as st
 
-from sparsekit import viz
 from sparsekit.export import masks_safetensors, weights_safetensors
 from sparsekit.report import report_csv
 from sparsekit.recipes.pages import sparsify_recipe
+from ui.figures import figure
 from ui.format import change_text, metric_text, size_text
 from ui.notebook import notebook_button, upload_digest
 from ui.sparsify import apply_gate, fit_banner, prunable_weights, report_table, uniform_comparison_text
@@ -94,10 +94,10 @@ st.caption("Memory: dense = all values; bitmask = kept values + 1 bit per weight
            "per kept value (PyTorch's 2-bit metadata for 2:4). 1 KB = 1024 bytes.")
 left, right = st.columns(2)
 with left:
-    st.plotly_chart(viz.layer_kept_figure(result.report), width="stretch")
+    st.plotly_chart(figure("layer_kept_figure", f"{key}|{config.to_json()}", result.report), width="stretch")
 with right:
     if any(r.pruned for r in result.report):
-        st.plotly_chart(viz.memory_figure(result.report), width="stretch")
+        st.plotly_chart(figure("memory_figure", f"{key}|{config.to_json()}", result.report), width="stretch")
 
 st.subheader("Downloads")
 stem = f"{loaded.name}-{config.label()}".replace(" ", "_").replace(":", "-").replace("/", "_")

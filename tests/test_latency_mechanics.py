@@ -1,0 +1,198 @@
+"""Issue #24's latency work, checked by counting, never by the clock: what a cold start imports, which
+figures a rerun rebuilds, and the background warm-up after a preloading server's first page."""
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import sparsekit
+from devtools import ROOT
+from devtools.apptest import figures, page_app
+from sparsekit import viz
+from sparsekit.sparsify import SparsifyConfig
+from tests.conftest import shared_model
+
+TIMEOUT = 180
+NOT_ON_FIRST_PAGE = ["transformers", "captum", "ray", "nbformat", "sklearn", "matplotlib",
+                     "sparsekit.attention", "sparsekit.attribution", "sparsekit.sensitivity", "sparsekit.recovery"]
+
+
+def imported_after(code: str, names: list[str]) -> list[str]:
+    """Which of ``names`` are in ``sys.modules`` after running ``code`` in a fresh interpreter."""
+    probe = f"import sys\nsys.path.insert(0, {str(ROOT)!r})\n{code}\nimport json\n" \
+            f"print(json.dumps([m for m in {names!r} if m in sys.modules]))"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_the_app_and_its_first_page_import_nothing_they_do_not_draw():
+    # app.py's imports and the Model page's (views/model.py, read from the file so the list cannot drift)
+    import ast
+
+    tree = ast.parse((ROOT / "views" / "model.py").read_text())
+    page = "\n".join(ast.unparse(n) for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)))
+    assert "sparsekit" in page and "ui.state" in page
+    found = imported_after("import streamlit\nfrom ui.state import sidebar_model\nfrom ui.widgets import "
+                           f"note_unapplied_link_values\n{page}", NOT_ON_FIRST_PAGE + ["pandas"])
+    assert found == ["pandas"]  # the probe itself works: pandas is one the page does import
+
+
+def test_the_attention_page_still_gets_its_library():
+    # The lazy imports moved into ui.cached's functions: the library is found when they run.
+    found = imported_after("from ui import cached\nimport inspect\nsrc = inspect.getsource(cached.attention_capture)\n"
+                           "assert 'from sparsekit.attention import capture_attention' in src\n"
+                           "exec('from sparsekit.attention import capture_attention')", ["sparsekit.attention"])
+    assert found == ["sparsekit.attention"]
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Count each sparsekit.viz figure builder's calls (ui.figures looks the builder up by name per call),
+    with the shared figure cache emptied first."""
+    from ui import figures as cached_figures
+
+    cached_figures._built.clear()
+    calls: dict[str, int] = {}
+    for name in ("layer_kept_figure", "memory_figure", "params_by_type_figure", "mask_heatmap",
+                 "magnitude_histogram", "density_profile", "mask_zoom_figure", "nm_group_figure",
+                 "nm_pattern_figure", "mask_diff_figure"):
+        real = getattr(viz, name)
+
+        def wrapper(*args, _real=real, _name=name, **kwargs):
+            calls[_name] = calls.get(_name, 0) + 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(viz, name, wrapper)
+    yield calls
+    cached_figures._built.clear()
+
+
+def test_a_sparsify_rerun_with_the_same_setting_builds_no_figure(counted):
+    at = page_app("sparsify", "digits:mlp", TIMEOUT)
+    at.run()
+    assert not at.exception
+    first = figures(at)
+    assert counted == {"layer_kept_figure": 1, "memory_figure": 1}
+    at.run()
+    assert counted == {"layer_kept_figure": 1, "memory_figure": 1}
+    assert figures(at) == first  # the same figures shown
+    at.selectbox(key="sp_nm").set_value("1:4").run()
+    assert counted == {"layer_kept_figure": 2, "memory_figure": 2}
+    kept = next(f for f in figures(at) if f["data"] and "kept" in json.dumps(f["layout"].get("title", "")).lower())
+    fresh = viz.layer_kept_figure(sparsekit.sparsify(shared_model("digits:mlp"), SparsifyConfig(n=1, m=4)).report)
+    assert json.loads(fresh.to_json())["data"] == kept["data"]  # the cached figure is the one for 1:4
+
+
+def test_a_masks_rerun_rebuilds_only_the_figure_whose_input_changed(counted):
+    at = page_app("masks", "digits:mlp", TIMEOUT)
+    at.run()
+    assert not at.exception
+    built = dict(counted)
+    assert built == {name: 1 for name in ("mask_heatmap", "magnitude_histogram", "density_profile", "mask_zoom_figure",
+                                          "nm_group_figure", "nm_pattern_figure", "mask_diff_figure")}
+    at.run()
+    assert counted == built
+    def zoom():
+        return next(f for f in figures(at) if f["layout"]["title"]["text"].startswith("weights in rows"))
+
+    before = zoom()
+    at.number_input(key="zoom_col").set_value(2).run()
+    assert counted == {**built, "mask_zoom_figure": 2}
+    assert zoom() != before  # the new zoom's figure, not the cached first one
+    at.number_input(key="zoom_col").set_value(0).run()
+    assert counted == {**built, "mask_zoom_figure": 2} and zoom() == before  # the first zoom again, from the cache
+    layer = at.selectbox(key="mask_layer")
+    other = next(o for o in layer.options if o != layer.value)
+    layer.set_value(other).run()
+    assert all(counted[name] == built[name] + 1 for name in built if name != "mask_zoom_figure")
+
+
+def test_the_figure_helper_names_a_missing_builder():
+    from ui.figures import figure
+
+    with pytest.raises(AttributeError, match="no figure builder named 'no_such_figure'"):
+        figure("no_such_figure", "key")
+
+
+# ---------------------------------------------------------------------------------------------
+# The warm-up after a preloading server's first page (ui.preload, ui.state.warm_up)
+
+
+@pytest.fixture
+def preloading(monkeypatch):
+    """This process as scripts/serve.py makes it (preload started, no warm-up yet), with empty stores."""
+    from ui import preload, state
+
+    monkeypatch.setitem(preload._state, "started", True)
+    monkeypatch.setitem(preload._state, "warm", False)
+    monkeypatch.setattr(preload, "WARM_DELAY_S", 0.0)
+    for fn in (state._results, state._timings, state._prefetched):
+        fn.clear()
+    yield preload, state
+    for fn in (state._results, state._timings, state._prefetched):
+        fn.clear()
+
+
+def wait_for_warm_up(timeout: float = 120) -> None:
+    deadline = time.perf_counter() + timeout
+    while any(t.name == "warm-up" for t in threading.enumerate()):
+        assert time.perf_counter() < deadline, "the warm-up did not finish"
+        time.sleep(0.05)
+
+
+def test_no_warm_up_where_nothing_preloads():
+    from ui import preload, state
+
+    assert not preload.started()  # tests never run scripts/serve.py
+    assert state.warm_up(shared_model("digits:mlp"), "digits:mlp#") is False
+    assert not preload.warm_scheduled()
+
+
+def test_warm_up_computes_the_default_settings_once_and_the_page_reads_them(preloading, monkeypatch):
+    preload, state = preloading
+    loaded = shared_model("digits:mlp")
+    calls = []
+    real = sparsekit.sparsify
+    monkeypatch.setattr(state.sparsekit, "sparsify", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    monkeypatch.setattr(state, "model_quality", lambda *a, **k: pytest.fail("measured again"))
+    assert state.warm_up(loaded, "digits:mlp#") is True
+    assert state.warm_up(loaded, "digits:mlp#") is False  # once per process
+    wait_for_warm_up()
+    assert [c.method for c in calls] == ["magnitude", "random"]
+    shown = SparsifyConfig()
+    expected = loaded.quality(real(loaded, shown, progress=False).model)  # an independent pass
+    assert state.sparse_quality("digits:mlp#", loaded, shown) == expected
+    assert state.is_computed("digits:mlp#", shown) and state.is_computed("digits:mlp#", SparsifyConfig(method="random"))
+    assert len(calls) == 2  # the page's sparsify and quality were served from the warm-up
+    assert state.last_duration("digits:mlp#", "magnitude") is not None  # the estimates learn from it
+
+
+def test_a_page_that_asks_first_takes_the_quality_over(preloading, monkeypatch):
+    preload, state = preloading
+    loaded = shared_model("digits:mlp")
+    monkeypatch.setattr(preload, "WARM_DELAY_S", 2.0)  # the page asks while the warm-up still waits
+    measured = []
+    monkeypatch.setattr(state, "model_quality", lambda key, cfg, lo, result, m: measured.append(cfg) or lo.quality(result.model))
+    assert state.warm_up(loaded, "digits:mlp#") is True
+    quality = state.sparse_quality("digits:mlp#", loaded, SparsifyConfig())
+    assert measured == [SparsifyConfig().to_json()]  # computed by the page, not waited for
+    assert quality == loaded.quality(state.sparsified("digits:mlp#", loaded, SparsifyConfig()).model)
+    assert not state._prefetched()  # the cancelled pass is forgotten
+    wait_for_warm_up()
+
+
+def test_page_libraries_are_the_views_imports_and_warm_imports_skips_names_that_are_no_module(tmp_path, monkeypatch):
+    from ui import preload
+
+    names = preload.page_libraries(ROOT)
+    assert {"sparsekit.viz", "sparsekit.attention", "pandas"} <= set(names)
+    assert not any(n.startswith(("streamlit", "ui.")) for n in names)
+    assert preload.warm_imports(["sparsekit.viz.layer_kept_figure", "sparsekit.report"]) == []
+    assert preload.warm_imports(["sparsekit.no_such_module_here"]) == []
+    (tmp_path / "warm_up_broken_module.py").write_text("raise RuntimeError('broken on purpose')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert preload.warm_imports(["warm_up_broken_module", "sparsekit.report"]) == ["warm_up_broken_module"]

@@ -226,7 +226,7 @@ def test_linear_2_4_on_cuda():
     assert any(r.status == "ok" and r.rel_error < 1e-2 for r in sparse)
 
 
-def test_cpu_run_reports_cuda_suites_as_skipped():
+def test_cpu_run_reports_cuda_suites_as_skipped(tmp_cache):
     if CUDA:
         pytest.skip("CPU-only behaviour")
     run = run_benchmarks(BenchConfig(suites=("linear",), device="cpu", square_sizes=(64,), batches=(2,), repeats=2))
@@ -327,7 +327,7 @@ def test_model_suite_converts_every_2_4_linear_emulated(monkeypatch, minilm):
     assert all(torch.equal(before[k], after[k]) for k in before)  # the shared model is untouched
 
 
-def test_time_budget_skips_late_cases_and_checkpoints(monkeypatch):
+def test_time_budget_skips_late_cases_and_checkpoints(monkeypatch, tmp_cache):
     from sparsekit.bench.harness import budget_spent, time_budget
 
     assert budget_spent() == ""

@@ -17,7 +17,8 @@ measured again.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from .. import serial
@@ -89,10 +90,12 @@ class Header:
     ceilings: dict[str, Any]
     identity: dict[str, Any]
     seconds: float = 0.0
+    created: float = field(default_factory=time.time)
+    """When the run started (a continued run keeps it)."""
 
     def to_json(self) -> str:
         return json.dumps({"env": self.env, "ceilings": self.ceilings, "identity": self.identity,
-                           "seconds": self.seconds}, default=str)
+                           "seconds": self.seconds, "created": self.created}, default=str)
 
     @classmethod
     def from_json(cls, text: Any) -> Header:
@@ -100,7 +103,7 @@ class Header:
         if not all(isinstance(data.get(k), dict) for k in ("env", "ceilings", "identity")):
             raise ValueError("a stored benchmark header needs env, ceilings and identity objects")
         return cls(env=data["env"], ceilings=data["ceilings"], identity=data["identity"],
-                   seconds=float(data["seconds"]))
+                   seconds=float(data["seconds"]), created=float(data["created"]))
 
 
 def load_cases(key: str, labels: Sequence[str]) -> dict[int, StoredCase]:

@@ -172,37 +172,43 @@ def stored_run(config: BenchConfig, *, loaded: LoadedModel | None = None, name: 
     """
     validate(config)
     device = resolve_device(config.device)
-    header = journal.load_header(journal.settings_key(journal_settings(config, device, loaded)))
-    if header is None or header.identity != journal.device_identity(environment(device)):
-        return None  # (nothing stored is looked for on the device until a header says there may be)
+    if journal.load_header(journal.settings_key(journal_settings(config, device, loaded))) is None:
+        return None
     return _run_benchmarks(config, device, loaded, None, name, None, None, True, measure=False)
 
 
 def _run_benchmarks(config: BenchConfig, device: str, loaded: LoadedModel | None, progress: ProgressFn | None,
                     name: str, checkpoint: Callable[[BenchRun], None] | None, stop: Callable[[], bool] | None,
                     resume: bool, *, measure: bool) -> BenchRun:
-    """The run (``measure``), or what the store holds of it (not ``measure``: nothing measured or forgotten)."""
+    """The run (``measure``), or what the store holds of it (not ``measure``: nothing measured or forgotten,
+    and the device not asked anything: the cases shown are those of the device identity the header names)."""
     cases = plan(config, device, loaded)
     labels = [c.label for c in cases]
-    env = environment(device)
-    identity = journal.device_identity(env)
     skey = journal.settings_key(journal_settings(config, device, loaded))
+    if not measure:
+        header = journal.load_header(skey)
+        if header is None:
+            return _record(config, cases, {}, journal.Header({"device": device}, {}, {}), name, complete=False)
+        identity = header.identity
+    else:
+        env = environment(device)
+        identity = journal.device_identity(env)
+        if not resume:
+            journal.clear(skey, journal.run_key(skey, identity), labels)
+        header = journal.load_header(skey)
+        if header is None or header.identity != identity:  # none, or another device's or versions': start afresh
+            if stop is not None and stop():
+                return _record(config, cases, {}, journal.Header(env, {}, identity), name, complete=False)
+            if progress is not None:
+                progress(0.0, "measuring the device's matmul and copy ceilings")
+            t0 = time.perf_counter()
+            ceil = measure_ceilings(device, parse_dtype(config.dtype), quick=device == "cpu")
+            env["semi_structured"] = semi_structured_available(device) or "available"
+            header = journal.Header(env=env, ceilings=ceil, identity=identity, seconds=time.perf_counter() - t0)
+            journal.save_header(skey, header)
     key = journal.run_key(skey, identity)
-    if not resume:
-        journal.clear(skey, key, labels)
-    header = journal.load_header(skey)
-    if header is None or header.identity != identity:  # none, or another device's or versions': start afresh
-        if not measure or (stop is not None and stop()):
-            return _record(config, cases, {}, env, {}, 0.0, name, complete=False)
-        if progress is not None:
-            progress(0.0, "measuring the device's matmul and copy ceilings")
-        t0 = time.perf_counter()
-        ceil = measure_ceilings(device, parse_dtype(config.dtype), quick=device == "cpu")
-        env["semi_structured"] = semi_structured_available(device) or "available"
-        header = journal.Header(env=env, ceilings=ceil, identity=identity, seconds=time.perf_counter() - t0)
-        journal.save_header(skey, header)
     done = journal.load_cases(key, labels)
-    reused = len(done)
+    reused = len(done) if measure else 0
     ends = {i for i in range(len(cases) - 1) if cases[i].suite != cases[i + 1].suite}  # a suite's last case
     complete = True
     with time_budget(config.time_budget_s):
@@ -221,27 +227,27 @@ def _run_benchmarks(config: BenchConfig, device: str, loaded: LoadedModel | None
                     journal.save_case(key, i, finished)  # a case the time budget cut short is not finished
                 done[i] = finished
             if checkpoint is not None and i in ends:
-                checkpoint(_record(config, cases, {j: c for j, c in done.items() if j <= i}, header.env,
-                                   header.ceilings, header.seconds, name, complete=False, reused=reused))
+                checkpoint(_record(config, cases, {j: c for j, c in done.items() if j <= i}, header, name,
+                                   complete=False, reused=reused))
     if progress is not None and complete:
         progress(1.0, "done")
-    run = _record(config, cases, done, header.env, header.ceilings, header.seconds, name, complete=complete,
-                  reused=reused)
+    run = _record(config, cases, done, header, name, complete=complete, reused=reused)
     if complete and measure:
         journal.clear(skey, key, labels)
     return run
 
 
-def _record(config: BenchConfig, cases: list[Case], done: dict[int, journal.StoredCase], env: dict[str, Any],
-            ceilings: dict[str, Any], seconds: float, name: str, *, complete: bool, reused: int = 0) -> BenchRun:
+def _record(config: BenchConfig, cases: list[Case], done: dict[int, journal.StoredCase], header: journal.Header,
+            name: str, *, complete: bool, reused: int = 0) -> BenchRun:
     """The run so far: the finished cases' results in plan order."""
-    env = dict(env)
+    env = dict(header.env)
     if config.time_budget_s is not None:
         env["time_budget_s"] = config.time_budget_s
-    env["wall_s"] = round(seconds + sum(c.seconds for c in done.values()), 1)
+    env["wall_s"] = round(header.seconds + sum(c.seconds for c in done.values()), 1)
     if reused:
         env["resumed_cases"] = reused
     suites = [s for s in config.suites if all(i in done for i, c in enumerate(cases) if c.suite == s)]
     return BenchRun(env=env, results=[r for i in range(len(cases)) if i in done for r in done[i].results],
-                    ceilings=dict(ceilings), suites=suites, name=name, complete=complete, cases_total=len(cases),
+                    ceilings=dict(header.ceilings), suites=suites, name=name, created=header.created,
+                    complete=complete, cases_total=len(cases),
                     not_reached=[c.label for i, c in enumerate(cases) if i not in done])

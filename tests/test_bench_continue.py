@@ -379,3 +379,12 @@ def test_page_chips_wrap_so_no_value_is_cut_off(tmp_cache):
         ms = at.multiselect(key=key)
         assert ms.proto.wrap, key
     assert [str(v) for v in at.multiselect(key="bench_densities").value] == ["0.1", "0.3", "0.5"]
+
+
+def test_page_says_an_imported_run_was_stopped(tmp_cache, saved):
+    part = run_benchmarks(CFG, progress=False, stop=lambda: len(saved) >= 1)  # as a stopped CLI run's file holds it
+    at = _page()
+    at.file_uploader(key="bench_import").set_value(("part.json", part.to_json().encode(), "application/json")).run()
+    assert not at.exception, at.exception
+    assert "This run was stopped after 1 of 5 cases" in _warnings(at)
+    assert len(_table(at)) == len(part.results) == 4

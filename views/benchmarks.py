@@ -88,6 +88,9 @@ def show_cases(run: BenchRun, head: dict, key: str, where: str) -> None:
 
 def show_run(run: BenchRun, key: str, where: str, config: BenchConfig | None = None, spec: str = "") -> None:
     head = benchmarks_headline(run)
+    if not run.complete:  # a file a stopped CLI run wrote
+        st.warning(f"This run was stopped after {run.cases_done} of {run.cases_total} cases: it holds the finished "
+                   "ones. The same `python -m sparsekit.bench` command, run again, measures only the rest.")
     measured_on(run)
     c = run.ceilings
     if head["ceilings"]:

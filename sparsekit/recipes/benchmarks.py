@@ -46,9 +46,11 @@ def benchmarks_headline(run: BenchRun) -> dict[str, Any]:
         ``device``; ``ceilings`` (the two metric texts); ``cases``: per case its suite, case, backend,
         status and speedup (the "All cases" table); ``faster``: where a sparse kernel beat dense;
         ``failed`` and ``over_budget`` (the page's error and warning counts); ``verdicts``: the 2:4
-        verdict per Linear shape (empty without the linear suite).
+        verdict per Linear shape (empty without the linear suite); ``complete``: False for a stopped run
+        (an imported file a stopped CLI run wrote), whose cases are the finished ones.
     """
     return {
+        "complete": run.complete,
         "device": str(run.env.get("device_name", run.env.get("device"))),
         "ceilings": ceiling_texts(run.ceilings),
         "cases": [{"suite": r.suite, "case": r.case, "backend": r.backend, "status": r.status,
@@ -82,7 +84,9 @@ def benchmarks_recipe(run: BenchRun, key: str, config: BenchConfig | None = None
     cells = [
         md("## The run\nTimings do not repeat exactly, so this notebook reads the run the page showed from the "
            "run store (the disk cache, `SPARSEKIT_CACHE_DIR`) and recomputes the page's verdicts from it. "
-           + ("Where the run is not stored here, it measures again with the page's settings (`run_benchmarks`)."
+           + ("Where the run is not stored here, it measures again with the page's settings (`run_benchmarks`; "
+              "each finished case is kept on disk as it finishes, so after an interrupt running the cell again "
+              "measures only the cases still missing)."
               if config is not None else "The run was imported or stored earlier: where it is not stored here, "
                                          "load the page's JSON download with `BenchRun.from_json`.")),
         code("from sparsekit.bench import BenchConfig, BenchRun, load_run, run_benchmarks, verdicts\n\n"

@@ -282,3 +282,43 @@ class FlipTracker:
         if len(self._windows) < 2:
             raise ValueError("this tracker keeps no whole-run window; create it with run_window=True")
         return self._windows[1].close(self.numel)
+
+    def to_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Everything the tracker holds, to continue it later (``from_state``): the previous masks and
+        each open window's per-entry counters as tensors (``prev/<i>``, ``w<j>/<i>``, ``i`` the layer's
+        position), the layers, summed flips and steps as JSON."""
+        names = list(self.numel)
+        tensors = {f"prev/{i}": self._prev[k] for i, k in enumerate(names)}
+        for j, window in enumerate(self._windows):
+            tensors.update({f"w{j}/{i}": window.counts[k] for i, k in enumerate(names)})
+        meta = {"layers": names, "windows": [{"flips": [w.flips[k] for k in names], "steps": w.steps}
+                                             for w in self._windows]}
+        return {k: v.detach().clone() for k, v in tensors.items()}, meta
+
+    @classmethod
+    def from_state(cls, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> "FlipTracker":
+        """Inverse of ``to_state``: a tracker that goes on exactly as the saved one would have.
+
+        Raises:
+            ValueError: a state that is not a tracker's (missing tensors, other shapes or dtypes).
+        """
+        try:
+            names = [str(k) for k in meta["layers"]]
+            prev = {k: tensors[f"prev/{i}"] for i, k in enumerate(names)}
+            windows = list(meta["windows"])
+            if not 1 <= len(windows) <= 2:
+                raise ValueError(f"a tracker has one or two windows, not {len(windows)}")
+            tracker = cls(prev, run_window=len(windows) == 2)
+            for j, (counts, saved) in enumerate(zip(tracker._windows, windows)):
+                for i, k in enumerate(names):
+                    c = tensors[f"w{j}/{i}"]
+                    if c.dtype != torch.uint8 or c.shape != prev[k].shape:
+                        raise ValueError(f"window counters of {k!r} do not match its mask")
+                    counts.counts[k] = c.clone()
+                    counts.flips[k] = int(saved["flips"][i])
+                counts.steps = int(saved["steps"])
+        except (KeyError, IndexError, TypeError) as err:
+            raise ValueError(f"not a flip tracker's state: {err!r}") from None
+        if any(v.dtype != torch.bool for v in prev.values()):
+            raise ValueError("not a flip tracker's state: previous masks must be bool")
+        return tracker

@@ -294,8 +294,8 @@ def test_stop_and_crash_leave_cache_readable(tmp_cache, data):
         if p.event == "epoch":
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
-        run_and_save(quick(epochs=3), data=data, callback=interrupt)
+    with pytest.raises(KeyboardInterrupt):  # resume=False: a new run, not the continuation of the first
+        run_and_save(quick(epochs=3), data=data, callback=interrupt, resume=False)
     runs = list_runs()
     assert [r["status"] for r in runs] == ["stopped", "failed", "stopped"]
     failed = load_run(runs[1]["run_id"])

@@ -39,7 +39,7 @@ from .config import (
     RecoveryConfig,
     default_recovery_config,
 )
-from .loop import StopFn, check_inputs, layer_levels, recover, recovered_model
+from .loop import StopFn, check_inputs, layer_levels, recover
 from .objectives import Objective, clean_corpus, make_objective, pooled_embeddings
 from .records import (
     FORMAT_VERSION,
@@ -56,7 +56,9 @@ from .store import (
     list_recoveries,
     load_recovery,
     recover_and_save,
+    recovered_model,
     recovered_safetensors,
+    resumable_recovery,
     save_recovery,
 )
 
@@ -66,5 +68,5 @@ __all__ = [
     "RecoveryInterval", "RecoveryProgress", "RecoveryRecord", "StopFn", "check_inputs", "clean_corpus", "compare_modes",
     "default_recovery_config", "delete_recovery", "gap_recovered", "layer_levels", "list_recoveries",
     "load_recovery", "make_objective", "pooled_embeddings", "record_from_bytes", "record_to_bytes", "recover",
-    "recover_and_save", "recovered_model", "recovered_safetensors", "save_recovery",
+    "recover_and_save", "recovered_model", "recovered_safetensors", "resumable_recovery", "save_recovery",
 ]

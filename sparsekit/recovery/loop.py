@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .. import serial
 from ..flips import FlipTracker
 from ..layers import GroupedView, grouped_view
 from ..masks import nm_mask, sad, serial_kernels
@@ -19,13 +20,14 @@ from ..models.base import LoadedModel
 from ..models.sentences import SENTENCES
 from ..progress import ProgressFn as BarFn
 from ..progress import reporter
+from ..resume import ResumeError, ResumeState, capture, restore
 from ..sparsify import SparsifyResult
 from ..store import process_token
 from ..topology import MaskHistory
 from ..training.ste import FixedMask, dense_weight, mask_buffer, sparse_forward_weight, weight_parametrizations
 from .config import RecoveryConfig
 from .objectives import Objective, clean_corpus, make_objective
-from .records import ProgressFn, RecoveryInterval, RecoveryProgress, RecoveryRecord
+from .records import ProgressFn, RecoveryInterval, RecoveryProgress, RecoveryRecord, record_from_bytes, record_to_bytes
 
 StopFn = Callable[[], bool]
 """Asked before every step; True stops the run there (status ``stopped``)."""
@@ -217,6 +219,8 @@ def recover(
     stop: StopFn | None = None,
     checkpoint: Callable[[RecoveryRecord], object] | None = None,
     objective: Objective | None = None,
+    resume_from: ResumeState | None = None,
+    save_state: Callable[[ResumeState], object] | None = None,
 ) -> RecoveryRecord:
     """Fine-tune a pruned model to win back the quality pruning cost.
 
@@ -237,6 +241,11 @@ def recover(
             when the run fails or is interrupted.
         objective: ``make_objective(loaded, loss, corpus)`` built already, to share its distillation
             targets between runs of the same model, loss and corpus (``compare_modes`` does).
+        resume_from: a ``ResumeState`` that ``save_state`` received from an earlier call with the same
+            inputs: the run continues from that evaluation point (record, trained weights, masks,
+            optimiser, schedule, batch order, random state, flip counters) and ends exactly as a run
+            never stopped (wall times aside); the ``start`` event then reports the steps already done.
+        save_state: ``save_state(ResumeState)`` after every evaluation but the last.
 
     Returns:
         The ``RecoveryRecord`` (status ``complete``, ``stopped``, or ``failed`` when the loss stops
@@ -245,6 +254,7 @@ def recover(
     Raises:
         ValueError: bad settings or inputs (empty corpus, zero steps, unknown mode, a non-N:M
             result with a moving mask, a result of another model ...), before any training.
+        ResumeError: ``resume_from`` does not fit these inputs (nothing has run then).
     """
     levels = check_inputs(result, loaded, config)
     if loaded.kind == "image-classifier" and corpus is not None:
@@ -271,7 +281,8 @@ def recover(
           reporter(None if callable(progress) else progress, "recover") as bar):
         torch.manual_seed(config.seed)
         report = progress if callable(progress) else _bar_progress(bar)
-        return _recover(result, loaded, config, levels, objective, loss_kind, notes, name, report, stop, checkpoint)
+        return _recover(result, loaded, config, levels, objective, loss_kind, notes, name, report, stop, checkpoint,
+                        resume_from, save_state)
 
 
 def _bar_progress(bar: BarFn | None) -> ProgressFn | None:
@@ -300,24 +311,61 @@ class _SinceEval:
     lr: float = float("nan")
 
 
+def _trained_names(session: _Session) -> set[str]:
+    """The state-dict entries a recovery changes: the trained parameters and the mask buffers."""
+    trained = {n for n, p in session.model.named_parameters() if p.requires_grad}
+    return trained | {n for n, _ in session.model.named_buffers() if n.endswith("parametrizations.weight.0.mask")}
+
+
+def _restore(state: ResumeState, session: _Session, opt: torch.optim.Optimizer,
+             sched: torch.optim.lr_scheduler.LambdaLR, gen: torch.Generator,
+             ) -> tuple[RecoveryRecord, FlipTracker, torch.Tensor, int, float]:
+    """Put back a state ``_recover`` saved at an evaluation: ``(record, tracker, order, pos, lr)``.
+
+    Raises:
+        ResumeError: a state of other inputs, or one that does not fit the model.
+    """
+    blob, tracker, extra = restore(state, "recovery", config=serial.to_json(session.config), module=session.model,
+                                   opt=opt, sched=sched, generator=gen)
+    try:
+        record = record_from_bytes(blob)
+        order, pos, lr = state.tensor("extra/order"), int(extra["pos"]), float(extra["lr"])
+    except Exception as err:
+        raise ResumeError(f"unreadable resume state: {err}") from None
+    if record.steps_done != state.step or record.status != "running" or not record.intervals \
+            or record.intervals[-1].step != state.step or set(record.history.layers) != set(session.layers):
+        raise ResumeError(f"the resume state is not at an evaluation of this run (step {state.step})")
+    return record, tracker, order, pos, lr
+
+
 def _recover(result: SparsifyResult, loaded: LoadedModel, config: RecoveryConfig, levels: dict[str, int],
              objective: Objective, loss_kind: str, notes: list[str], name: str, progress: ProgressFn | None,
-             stop: StopFn | None, checkpoint: Callable[[RecoveryRecord], object] | None) -> RecoveryRecord:
-    start_time = time.perf_counter()
-    dense_quality = loaded.quality()
-    metric = next(iter(dense_quality))
+             stop: StopFn | None, checkpoint: Callable[[RecoveryRecord], object] | None,
+             resume_from: ResumeState | None = None,
+             save_state: Callable[[ResumeState], object] | None = None) -> RecoveryRecord:
     session = _Session(result, loaded, config, levels)
-    record = RecoveryRecord(
-        config=config, sparsify_config=result.config, model_spec=loaded.spec, model_name=loaded.name,
-        loss_kind=loss_kind, metric=metric, higher_is_better=loaded.higher_is_better.get(metric, True),
-        dense_quality=dense_quality, name=name, created=time.time(), notes=notes, owner=process_token(),
-        history=MaskHistory({k: tuple(v.shape) for k, v in session.start.items()}),
-    )
-    record.history.record(0, 0.0, session.start)
-    tracker = FlipTracker(session.start, run_window=True)
     opt, sched = _optimizer(session.params, config)
-    last = _SinceEval(session.start)
-    step = 0
+    gen = torch.Generator().manual_seed(config.seed)
+    order, pos, lr = torch.empty(0, dtype=torch.long), objective.n_examples, float("nan")
+    masks = session.start
+    if resume_from is not None:
+        record, tracker, order, pos, lr = _restore(resume_from, session, opt, sched, gen)
+        record.status, record.message, record.owner = "running", "", process_token()
+        masks = session.masks() if config.moves_mask else session.start
+    else:
+        dense_quality = loaded.quality()
+        metric = next(iter(dense_quality))
+        record = RecoveryRecord(
+            config=config, sparsify_config=result.config, model_spec=loaded.spec, model_name=loaded.name,
+            loss_kind=loss_kind, metric=metric, higher_is_better=loaded.higher_is_better.get(metric, True),
+            dense_quality=dense_quality, name=name, created=time.time(), notes=notes, owner=process_token(),
+            history=MaskHistory({k: tuple(v.shape) for k, v in session.start.items()}),
+        )
+        record.history.record(0, 0.0, session.start)
+        tracker = FlipTracker(session.start, run_window=True)
+    start_time = time.perf_counter() - record.seconds  # a resumed run's clock goes on
+    last = _SinceEval({k: v.clone() for k, v in masks.items()}, lr=lr)
+    step = record.steps_done
 
     def evaluate(step: int, masks: dict[str, torch.Tensor], *, before: bool = False) -> RecoveryInterval:
         # Before training the score is the pruned model's own (the SparsifyResult as given).
@@ -351,23 +399,29 @@ def _recover(result: SparsifyResult, loaded: LoadedModel, config: RecoveryConfig
             checkpoint(record)
         return record
 
-    def closing(masks: dict[str, torch.Tensor]) -> None:
+    def closing(masks: dict[str, torch.Tensor], *, keep: bool = False) -> None:
+        """Evaluate at this step (once); ``keep``: also save the state and the record when steps are left,
+        before the progress callback sees the evaluation."""
         if not record.intervals or record.intervals[-1].step != step:
             interval = evaluate(step, masks)
+            if keep and step < config.steps:
+                if save_state is not None:
+                    save_state(capture("recovery", step, config=serial.to_json(config), module=session.model,
+                                       opt=opt, sched=sched, generator=gen, tracker=tracker,
+                                       record=record_to_bytes(record), names=_trained_names(session),
+                                       extra={"pos": pos, "lr": last.lr}, extra_tensors={"order": order}))
+                if checkpoint is not None:
+                    checkpoint(record)
             if progress is not None:
                 progress(RecoveryProgress("eval", step, config.steps, record.step_loss[-1], interval, masks, record,
                                           session.model))
 
-    masks = session.start
     try:
-        first = evaluate(0, session.start, before=True)
+        first = evaluate(0, session.start, before=True) if resume_from is None else record.intervals[-1]
         if checkpoint is not None:
             checkpoint(record)
         if progress is not None:
-            progress(RecoveryProgress("start", 0, config.steps, float("nan"), first, session.start, record,
-                                      session.model))
-        gen = torch.Generator().manual_seed(config.seed)
-        order, pos = torch.empty(0, dtype=torch.long), objective.n_examples
+            progress(RecoveryProgress("start", step, config.steps, float("nan"), first, masks, record, session.model))
         while step < config.steps:
             if stop is not None and stop():
                 closing(masks)
@@ -405,9 +459,7 @@ def _recover(result: SparsifyResult, loaded: LoadedModel, config: RecoveryConfig
             if progress is not None:
                 progress(RecoveryProgress("step", step, config.steps, loss_value, None, masks, record, session.model))
             if step % config.eval_every == 0 or step == config.steps:
-                closing(masks)
-                if checkpoint is not None and step < config.steps:
-                    checkpoint(record)
+                closing(masks, keep=True)
         return finish("complete", "", masks)
     except Exception as err:
         if record.status == "running":
@@ -418,22 +470,3 @@ def _recover(result: SparsifyResult, loaded: LoadedModel, config: RecoveryConfig
         if record.status == "running":
             finish("stopped", f"interrupted at step {step} of {config.steps}", None)
         raise
-
-
-def recovered_model(record: RecoveryRecord, loaded: LoadedModel) -> nn.Module:
-    """A fresh copy of the dense architecture holding the recovered weights (eval mode).
-
-    Args:
-        record: a recovery run with weights.
-        loaded: the dense model it was recovered from (only its architecture is used).
-
-    Returns:
-        The module; ``loaded.module`` is not touched.
-    """
-    if not record.weights:
-        raise ValueError(f"run {record.label!r} has no saved weights (status {record.status})")
-    if record.model_spec != loaded.spec:
-        raise ValueError(f"run {record.label!r} was recovered from {record.model_spec!r}, not {loaded.spec!r}")
-    module = copy.deepcopy(loaded.module)
-    module.load_state_dict(record.weights, strict=True)
-    return module.eval()

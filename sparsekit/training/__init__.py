@@ -67,7 +67,7 @@ from .records import (
     sad_summary,
 )
 from .ste import layer_plan, sparse_forward_weight
-from .store import _INDEX_KEY, _run_key, delete_run, list_runs, load_run, rename_run, save_run
+from .store import _INDEX_KEY, _run_key, delete_run, list_runs, load_run, rename_run, resumable_run, save_run
 
 # Private names kept importable from here for the tests and benchmarks that reach into them.
 _PRIVATE = (_INDEX_KEY, _Run, _run_key)
@@ -79,8 +79,8 @@ __all__ = [
     "METHODS", "METHOD_LABELS", "NM_METHODS", "OPTIMIZERS", "PATTERN_METHODS", "RunRecord", "SCHEDULES",
     "SNAPSHOT_UNITS", "STATUSES",
     "StepCallback", "TrainConfig", "TrainProgress", "at_chance", "chance_warning", "default_train_config",
-    "delete_run", "layer_plan", "list_runs", "load_run",
-    "metrics_csv", "owner_alive", "process_token", "rename_run", "run_and_save", "run_from_bytes", "run_to_bytes",
+    "delete_run", "layer_plan", "list_runs", "load_run", "metrics_csv", "owner_alive", "process_token", "rename_run",
+    "resumable_run", "run_and_save", "run_from_bytes", "run_to_bytes",
     "run_grid", "runs_json", "sad_csv", "sad_summary", "save_run", "sparse_forward_weight", "srste_effect_config",
     "train", "zhu_gupta_sparsity",
 ]

@@ -11,16 +11,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .. import serial
 from ..flips import FlipTracker, FlipWindow
 from ..masks import serial_kernels, unstructured_mask
 from ..models.digits import DigitsData, build_digits_model, digits_split
 from ..progress import ProgressArg, ProgressFn, reporter
+from ..resume import ResumeError, ResumeState, capture, restore
 from ..store import process_token
 from ..topology import MaskHistory
 from .config import TrainConfig, zhu_gupta_sparsity
-from .records import EpochMetrics, RunRecord, StepCallback, TrainProgress
+from .records import EpochMetrics, RunRecord, StepCallback, TrainProgress, run_from_bytes, run_to_bytes
 from .ste import FixedMask, _nm_mask_fn, _NMStraightThrough, dense_weight, layer_plan, mask_buffer
-from .store import save_run
+from .store import clear_resume_state, load_resume_state, resume_key, save_resume_state, save_run
 
 
 class _Run:
@@ -109,6 +111,8 @@ def train(
     callback: StepCallback | None = None,
     checkpoint: Callable[[RunRecord], object] | None = None,
     progress: ProgressArg = True,
+    resume_from: ResumeState | None = None,
+    save_state: Callable[[ResumeState], object] | None = None,
 ) -> RunRecord:
     """Train a digits model from scratch with one sparse-training method.
 
@@ -122,10 +126,19 @@ def train(
         progress: True (default) draws a bar of the steps done (``sparsekit.progress``), with the epoch,
             loss and held-out accuracy; False/None is silent; a ``progress(fraction, message)`` callable
             receives the same. Independent of ``callback``.
+        resume_from: a ``ResumeState`` that ``save_state`` received from an earlier call with the same
+            config and data: the run continues from that epoch's end (its record, weights, masks,
+            optimiser, schedule and random generators) and ends exactly as a run never stopped
+            (wall times aside). The ``start`` callback then reports the steps already done.
+        save_state: ``save_state(ResumeState)`` at the end of every epoch but the last, before the
+            epoch's callback (so a stop asked there resumes from that epoch).
 
     Returns:
         The ``RunRecord``; ``status`` is ``complete``, ``stopped`` (callback asked), or ``failed``
         (the loss became NaN/inf; ``message`` says when).
+
+    Raises:
+        ResumeError: ``resume_from`` does not fit this config (nothing has run then).
     """
     data = data if data is not None else digits_split()
     n_train = int(data.x_train.shape[0])
@@ -136,7 +149,7 @@ def train(
     # core (measured: 13 ms instead of 75 µs per step on this shared 2-core box).
     with torch.random.fork_rng(devices=[]), serial_kernels(), reporter(progress, "train") as bar:
         torch.manual_seed(config.seed)
-        return _train(config, name, data, _with_bar(callback, bar), checkpoint)
+        return _train(config, name, data, _with_bar(callback, bar), checkpoint, resume_from, save_state)
 
 
 def _with_bar(callback: StepCallback | None, bar: ProgressFn | None) -> StepCallback | None:
@@ -155,28 +168,8 @@ def _with_bar(callback: StepCallback | None, bar: ProgressFn | None) -> StepCall
     return both
 
 
-def _train(config: TrainConfig, name: str, data: DigitsData, callback: StepCallback | None,
-           checkpoint: Callable[[RunRecord], object] | None) -> RunRecord:
-    start_time = time.perf_counter()
-    run = _Run(config)
-    model = run.model
-    n_train = int(data.x_train.shape[0])
-    spe = config.steps_per_epoch(n_train)
-    total = config.epochs * spe
-    record = RunRecord(config=config, name=name, created=time.time(), steps_per_epoch=spe,
-                       history=MaskHistory({k: tuple(dense_weight(v).shape) for k, v in run.sparse.items()}),
-                       dense_layers=dict(run.dense), owner=process_token())
-    prune_steps: set[int] = set()
-    if config.method == "gradual":
-        t0, n_int, dt = config.gradual_schedule(total)
-        prune_steps = {t0 + k * dt for k in range(n_int + 1)}
-        record.prune_steps = sorted(prune_steps)
-
-        def prune(step: int) -> None:
-            run.prune_to(zhu_gupta_sparsity(step, initial=config.initial_sparsity, final=config.target_sparsity,
-                                            start=t0, n=n_int, every=dt))
-
-    params = list(model.parameters())
+def _optimizer(config: TrainConfig, params: list[torch.Tensor],
+               total: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     if config.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
                                                      weight_decay=config.weight_decay)
@@ -187,12 +180,66 @@ def _train(config: TrainConfig, name: str, data: DigitsData, callback: StepCallb
             opt, lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t, total) / total)))
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0)
+    return opt, sched
+
+
+def _capture(run: _Run, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LambdaLR,
+             gen: torch.Generator, tracker: FlipTracker, record: RunRecord) -> ResumeState:
+    """The state at an epoch's end: weights and mask buffers, optimiser, schedule, generators, flips, record."""
+    return capture("training", record.steps_done, config=serial.to_json(run.config), module=run.model, opt=opt,
+                   sched=sched, generator=gen, tracker=tracker, record=run_to_bytes(record))
+
+
+def _restore(state: ResumeState, run: _Run, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LambdaLR,
+             gen: torch.Generator, spe: int) -> tuple[RunRecord, FlipTracker]:
+    """Put a ``_capture``d state back.
+
+    Raises:
+        ResumeError: a state of another config, or one that does not fit the model.
+    """
+    blob, tracker, _ = restore(state, "training", config=serial.to_json(run.config), module=run.model, opt=opt,
+                               sched=sched, generator=gen)
+    try:
+        record = run_from_bytes(blob)
+    except Exception as err:
+        raise ResumeError(f"unreadable resume state: {err}") from None
+    if record.steps_done != state.step or record.steps_done % spe or record.status != "running":
+        raise ResumeError(f"the resume state is not at an epoch's end (step {record.steps_done}, {spe} per epoch)")
+    return record, tracker
+
+
+def _train(config: TrainConfig, name: str, data: DigitsData, callback: StepCallback | None,
+           checkpoint: Callable[[RunRecord], object] | None, resume_from: ResumeState | None = None,
+           save_state: Callable[[ResumeState], object] | None = None) -> RunRecord:
+    run = _Run(config)
+    model = run.model
+    n_train = int(data.x_train.shape[0])
+    spe = config.steps_per_epoch(n_train)
+    total = config.epochs * spe
+    prune_steps: set[int] = set()
+    if config.method == "gradual":
+        t0, n_int, dt = config.gradual_schedule(total)
+        prune_steps = {t0 + k * dt for k in range(n_int + 1)}
+
+        def prune(step: int) -> None:
+            run.prune_to(zhu_gupta_sparsity(step, initial=config.initial_sparsity, final=config.target_sparsity,
+                                            start=t0, n=n_int, every=dt))
+
+    opt, sched = _optimizer(config, list(model.parameters()), total)
     gen = torch.Generator().manual_seed(config.seed)
     snap_period = (spe if config.snapshot_unit == "epoch" else 1) * config.snapshot_every
-
     # Per-step flips need the masks after every step: 0.14 ms for all of the CNN's layers
     # (measured, serial kernels), small next to the step's forward and backward pass.
     tracker: FlipTracker | None = None
+    if resume_from is not None:
+        record, tracker = _restore(resume_from, run, opt, sched, gen, spe)
+        record.status, record.message, record.owner = "running", "", process_token()
+    else:
+        record = RunRecord(config=config, name=name, created=time.time(), steps_per_epoch=spe,
+                           history=MaskHistory({k: tuple(dense_weight(v).shape) for k, v in run.sparse.items()}),
+                           dense_layers=dict(run.dense), owner=process_token(), prune_steps=sorted(prune_steps))
+    # A resumed run's clock goes on from its checkpoint.
+    start_time = time.perf_counter() - record.seconds
 
     def snapshot(step: int, masks: dict[str, torch.Tensor] | None = None) -> None:
         if not record.history.steps or record.history.steps[-1] != step:
@@ -217,21 +264,23 @@ def _train(config: TrainConfig, name: str, data: DigitsData, callback: StepCallb
             checkpoint(record)
         return record
 
-    step = 0
+    step = record.steps_done
     loss_value = step_lr = float("nan")
     try:
-        if 0 in prune_steps:
-            prune(0)
-        start_masks = run.masks()
-        snapshot(0, start_masks)
-        tracker = FlipTracker(start_masks)
+        if resume_from is None:
+            if 0 in prune_steps:
+                prune(0)
+            start_masks = run.masks()
+            snapshot(0, start_masks)
+            tracker = FlipTracker(start_masks)
         if checkpoint is not None:
             checkpoint(record)
         model.train()
-        if callback is not None and callback(TrainProgress("start", 0, total, 0.0, loss_value, None, record, model)):
-            return finish("stopped", f"stopped at step 0 of {total}")
+        if callback is not None and callback(TrainProgress("start", step, total, step / spe, loss_value, None,
+                                                           record, model)):
+            return finish("stopped", f"stopped at step {step} of {total}")
         stop = False
-        for epoch in range(config.epochs):
+        for epoch in range(step // spe, config.epochs):
             order = torch.randperm(n_train, generator=gen)
             epoch_loss, epoch_correct, epoch_seen = 0.0, 0, 0
             for lo in range(0, n_train, config.batch_size):
@@ -278,6 +327,8 @@ def _train(config: TrainConfig, name: str, data: DigitsData, callback: StepCallb
             if stop:
                 snapshot(step)
                 return finish("stopped", f"stopped at step {step} of {total}")
+            if save_state is not None and tracker is not None and epoch + 1 < config.epochs:
+                save_state(_capture(run, opt, sched, gen, tracker, record))
             if callback is not None and callback(TrainProgress("epoch", step, total, step / spe, loss_value,
                                                                metrics, record, model)):
                 snapshot(step)
@@ -317,20 +368,54 @@ def run_and_save(
     data: DigitsData | None = None,
     callback: StepCallback | None = None,
     progress: ProgressArg = True,
+    resume: bool = True,
 ) -> RunRecord:
     """``train`` with the run kept in the disk cache from its first step: saved at the start, after
     every epoch, and at the end, also when it is stopped or raises (status ``stopped``/``failed``).
 
+    A run stopped half-way (the callback, Ctrl-C, an exception, the app's Stop button, or its process
+    gone) is continued by the same call: at every epoch's end but the last, the run's full state
+    (weights and masks, optimiser, schedule, random generators, flip counters, the record so far) is
+    kept in the disk cache under the config and the data (``sparsekit.resume``), and a call that finds
+    the state of a stopped run continues that run (same ``run_id``, status back to ``running``) from its
+    last finished epoch, training only the epochs left. The result equals an uninterrupted run's
+    (weights, metrics, masks, step losses, flip rates; only wall times differ). The state is dropped
+    when the run completes or fails on a non-finite loss. A state that cannot be read is ignored.
+
     Args:
         config: the settings (a ``ValueError`` for bad ones is raised before anything is saved).
-        name: the run's name.
+        name: the run's name (a continued run keeps the name it has in the store).
         data: the digits split (default ``digits_split()``).
         callback: as for ``train``.
         progress: as for ``train`` (True: a bar of the steps done).
+        resume: False starts afresh (a new run) even when a stopped run of this config could be continued.
 
     Returns:
         The saved ``RunRecord`` (with its ``run_id``).
     """
     data = data if data is not None else digits_split()
     config.validate(int(data.x_train.shape[0]))
-    return train(config, name=name, data=data, callback=callback, checkpoint=save_run, progress=progress)
+    key = resume_key(config, data)
+    found = load_resume_state(key) if resume else None
+    if not resume:
+        clear_resume_state(key)
+    stored_name = [found[1].name] if found is not None else []
+
+    def checkpoint(record: RunRecord) -> None:
+        if stored_name:  # a continued run keeps a name given in the store since it stopped
+            record.name = stored_name.pop()
+        save_run(record)
+
+    def keep(state: ResumeState) -> None:
+        save_resume_state(key, state)
+
+    try:
+        record = train(config, name=name, data=data, callback=callback, checkpoint=checkpoint, progress=progress,
+                       resume_from=found[0] if found is not None else None, save_state=keep)
+    except ResumeError:  # a state that does not fit (checked before anything ran): start afresh
+        stored_name.clear()
+        record = train(config, name=name, data=data, callback=callback, checkpoint=checkpoint, progress=progress,
+                       save_state=keep)
+    if record.status != "stopped":
+        clear_resume_state(key)
+    return record

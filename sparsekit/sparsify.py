@@ -159,6 +159,44 @@ def layer_mask(weight: torch.Tensor, view: GroupedView, config: SparsifyConfig, 
     return unstructured_mask(weight, float(config.sparsity), scores=scores)
 
 
+def masked_copy(source: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
+    """A deep copy of ``source`` (in eval mode) whose layers named in ``masks`` hold ``weight * mask``.
+
+    The same values as copying the module and multiplying each weight by its mask in place, with each
+    masked weight written once (``sparsify`` of a layer-local method: the copy of MiniLM's pruned
+    weights and their product were two passes over 42 MB). Parameter sharing, ``requires_grad`` and
+    memory layout follow ``copy.deepcopy``; a parametrized weight (computed, not a parameter) is
+    multiplied in the copy afterwards, as before.
+
+    Args:
+        source: the module; not modified.
+        masks: layer name -> bool mask of that layer's weight shape (True = kept).
+
+    Returns:
+        The pruned copy.
+    """
+    modules = dict(source.named_modules())
+    memo: dict[int, object] = {}
+    later = []
+    with torch.no_grad():
+        for name, mask in masks.items():
+            param = modules[name]._parameters.get("weight")
+            if param is None:
+                later.append(name)
+                continue
+            data = param.detach()
+            product = torch.empty_like(data, memory_format=torch.preserve_format)
+            torch.mul(data, mask.to(device=data.device, dtype=data.dtype), out=product)
+            memo[id(param)] = type(param)(product, param.requires_grad)
+        copied = copy.deepcopy(source, memo)
+        copied_modules = dict(copied.named_modules())
+        for name in later:
+            weight = layer_weight(copied_modules[name])
+            weight.mul_(masks[name].to(weight.dtype))
+    copied.eval()
+    return copied
+
+
 def layer_reasons(model: nn.Module | LoadedModel, config: SparsifyConfig) -> dict[str, str]:
     """Why each Linear/Conv layer would stay dense under ``config`` ('' = it is pruned).
 
@@ -244,13 +282,17 @@ def _prune_copy(model: nn.Module | LoadedModel, config: SparsifyConfig, progress
             f"(layers={config.layers!r}, include={config.include!r}, exclude={config.exclude!r})"
         )
     reasons = layer_reasons(source, config)
-    pruned_model = copy.deepcopy(source)
-    pruned_model.eval()
+    alloc_needed = alloc_on and any(not r for r in reasons.values())
+    # A layer-local method on a uniform allocation needs no copy until its masks are known: the copy is
+    # then made with each pruned weight written once as weight * mask (``masked_copy``), not copied
+    # and multiplied in place. Wanda, SparseGPT, Taylor and OWL work on the copy, which is made first.
+    direct = method.run is None and not alloc_needed
+    pruned_model = source if direct else copy.deepcopy(source).eval()  # direct: replaced by masked_copy below
     new_modules = dict(pruned_model.named_modules())
     views = {name: grouped_view(module, config.conv_grouping) for name, module in layers}
 
     alloc: Allocation | None = None
-    if alloc_on and any(not r for r in reasons.values()):
+    if alloc_needed:
         fingerprint = None
         if config.allocation == "sensitivity":
             fingerprint = model_fingerprint(source)
@@ -318,9 +360,12 @@ def _prune_copy(model: nn.Module | LoadedModel, config: SparsifyConfig, progress
             else:
                 layer_config = alloc.layer_config(config, name) if alloc is not None else config
                 mask = layer_mask(weight, views[name], layer_config, scores_of(name, weight))
-            layer_weight(new_modules[name]).mul_(mask.to(weight.dtype))
+            if not direct:
+                layer_weight(new_modules[name]).mul_(mask.to(weight.dtype))
             masks[name] = mask
             report[slot] = build_layer_report(name, module, views[name], int(mask.sum()), "", nm_of(name))
+    if direct:
+        pruned_model = masked_copy(source, masks)
     if progress is not None:
         progress(1.0, "done")
     filled = [r for r in report if r is not None]
@@ -343,6 +388,6 @@ def _prune_copy(model: nn.Module | LoadedModel, config: SparsifyConfig, progress
 __all__ = [
     "ALLOCATIONS", "CALIBRATED_METHODS", "CALIBRATION_ORDERS", "CONV_GROUPINGS", "LAYER_SETS", "LayerReport", "MAX_M",
     "MAX_SPARSITY", "METHODS", "PATTERNS", "SCOPES", "SparsifyConfig", "SparsifyResult", "format_bytes", "is_2_4",
-    "layer_group", "layer_mask", "layer_reasons", "layer_table", "params_by_type", "prunable_layers",
+    "layer_group", "layer_mask", "layer_reasons", "layer_table", "masked_copy", "params_by_type", "prunable_layers",
     "report_csv", "semi_structured_check", "sparsify",
 ]

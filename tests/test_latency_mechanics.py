@@ -196,3 +196,72 @@ def test_page_libraries_are_the_views_imports_and_warm_imports_skips_names_that_
     (tmp_path / "warm_up_broken_module.py").write_text("raise RuntimeError('broken on purpose')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     assert preload.warm_imports(["warm_up_broken_module", "sparsekit.report"]) == ["warm_up_broken_module"]
+
+
+# ---------------------------------------------------------------------------------------------
+# sparsify's copy for layer-local methods (sparsekit.sparsify.masked_copy)
+
+
+def bits(t):
+    """A tensor's exact bit pattern (tells -0.0 from 0.0, unlike torch.equal)."""
+    import torch
+
+    return t.detach().contiguous().view(torch.int32 if t.element_size() == 4 else torch.int16)
+
+
+def copied_then_multiplied(source, masks):
+    """The reference: what sparsify did before, a deep copy and each weight multiplied in place."""
+    import copy
+
+    import torch
+
+    pruned = copy.deepcopy(source).eval()
+    modules = dict(pruned.named_modules())
+    with torch.no_grad():
+        for name, mask in masks.items():
+            modules[name].weight.mul_(mask.to(modules[name].weight.dtype))
+    return pruned
+
+
+def same_bits(a, b) -> bool:
+    import torch
+
+    return a.shape == b.shape and torch.equal(bits(a), bits(b))
+
+
+@pytest.mark.parametrize("spec", ["digits:mlp", "digits:cnn"])
+@pytest.mark.parametrize("cfg", [SparsifyConfig(), SparsifyConfig(method="random", n=1, m=4),
+                                 SparsifyConfig(pattern="unstructured", sparsity=0.6, scope="global")])
+def test_sparsify_copy_is_bit_for_bit_the_copy_then_multiply(spec, cfg):
+    loaded = shared_model(spec)
+    before = {k: v.clone() for k, v in loaded.module.state_dict().items()}
+    result = sparsekit.sparsify(loaded, cfg, progress=False)
+    reference = copied_then_multiplied(loaded.module, result.masks)
+    got, want = result.model.state_dict(), reference.state_dict()
+    assert list(got) == list(want)
+    for k in want:
+        assert same_bits(got[k], want[k]) and got[k].stride() == want[k].stride(), k
+    after = loaded.module.state_dict()
+    assert list(after) == list(before) and all(same_bits(after[k], before[k]) for k in before)  # untouched
+    src = {p.data_ptr() for p in loaded.module.parameters()}
+    assert not src & {p.data_ptr() for p in result.model.parameters()}  # nothing shared with the model
+    assert [p.requires_grad for p in result.model.parameters()] == [p.requires_grad for p in reference.parameters()]
+    assert not result.model.training and any(m.sum() < m.numel() for m in result.masks.values())
+
+
+def test_masked_copy_keeps_shared_weights_shared_and_the_source_in_its_mode():
+    import torch
+    from torch import nn
+
+    from sparsekit.sparsify import masked_copy
+
+    torch.manual_seed(0)
+    source = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))
+    source[2].weight = source[0].weight  # one parameter in two layers
+    source.train()
+    mask = torch.rand(8, 8) > 0.5
+    copied = masked_copy(source, {"0": mask})
+    assert copied[2].weight is copied[0].weight  # shared in the copy too, as deepcopy keeps it
+    assert same_bits(copied[0].weight, copied_then_multiplied(source, {"0": mask})[0].weight)
+    assert source.training and not copied.training  # the copy is in eval mode, the source unchanged
+    assert torch.equal(source[0].weight * mask, copied[0].weight) and (source[0].weight != copied[0].weight).any()

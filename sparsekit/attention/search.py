@@ -14,12 +14,18 @@ and mean recall per layer and head (each input weighs the same). Then
 Either way the plan is never above the budget on the calibration inputs; a budget too small for
 the sparsest candidates is refused with the density they need. The uniform baseline is the single
 candidate with the best mean recall whose mean density is at most the plan's.
+
+The measuring is done layer by layer, and each finished layer is kept in the disk cache
+(``search_units``): a search stopped half-way (``stop``, Ctrl-C, Streamlit's Stop, an exception)
+continues with the same call, measuring only the layers not yet stored, and ends with the numbers an
+uninterrupted search gives. The candidate grids are in ``search_space``.
 """
 from __future__ import annotations
 
 import csv
 import heapq
 import io
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
@@ -27,8 +33,10 @@ import torch
 from torch import Tensor
 
 from .. import serial
+from ..progress import ProgressArg, ProgressFn, reporter
+from . import search_units as units
 from .capture import AttentionCapture
-from .metrics import density, recall, spec_masks
+from .search_space import DEFAULT_FAMILIES, SEARCH_FAMILIES, candidate_specs
 from .specs import AttentionPlan, PatternSpec
 
 if TYPE_CHECKING:
@@ -37,52 +45,9 @@ if TYPE_CHECKING:
 ALLOCATIONS = ("head", "global")
 
 
-def _window_grid(n: int) -> list[PatternSpec]:
-    return [PatternSpec.of("sliding_window", window=w) for w in (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
-            if w < n]
-
-
-def _a_shape_grid(n: int) -> list[PatternSpec]:
-    return [PatternSpec.of("a_shape", sink=s, local=w)
-            for s in (1, 2, 4) for w in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) if s < n and w < n]
-
-
-def _vertical_slash_grid(n: int) -> list[PatternSpec]:
-    sizes = (0, 1, 2, 4, 8, 16, 32)
-    return [PatternSpec.of("vertical_slash", vertical=v, slash=s) for v in sizes for s in sizes if v < n and s < n]
-
-
-def _block_topk_grid(n: int) -> list[PatternSpec]:
-    return [PatternSpec.of("block_topk", block=b, topk=k) for b in (2, 4, 8, 16) for k in (0, 1, 2, 3, 4, 6, 8)
-            if b < n and k < -(-n // b)]
-
-
-def _dilated_grid(n: int) -> list[PatternSpec]:
-    return [PatternSpec.of("dilated_window", window=w, dilation=d) for d in (2, 3) for w in (4, 8, 16, 32, 64)
-            if w < n]
-
-
-def _bigbird_grid(n: int) -> list[PatternSpec]:
-    return [PatternSpec.of("bigbird", block=b, global_blocks=1, random_blocks=r) for b in (2, 4, 8) for r in (0, 1, 2)
-            if b < n]
-
-
-def _longformer_grid(n: int) -> list[PatternSpec]:
-    return [PatternSpec.of("longformer", window=w, n_global=g) for g in (1, 2) for w in (1, 2, 4, 8, 16, 32) if w < n]
-
-
-SEARCH_FAMILIES: dict[str, Callable[[int], list[PatternSpec]]] = {
-    "sliding_window": _window_grid,
-    "a_shape": _a_shape_grid,
-    "vertical_slash": _vertical_slash_grid,
-    "block_topk": _block_topk_grid,
-    "dilated_window": _dilated_grid,
-    "bigbird": _bigbird_grid,
-    "longformer": _longformer_grid,
-}
-"""Family -> parameter grid for inputs of at most ``n`` tokens (sizes that would cover the whole
-sequence are left out)."""
-DEFAULT_FAMILIES = ("sliding_window", "a_shape", "vertical_slash", "block_topk")
+BLOCK_SECONDS = 2.0
+"""Layers are measured in blocks of about this long (the first alone): a stop waits at most this, and
+larger blocks spend less on per-call overhead. The numbers do not depend on the blocks."""
 
 
 @dataclass(frozen=True)
@@ -120,40 +85,6 @@ class SearchConfig:
             raise ValueError(f"unknown pattern families {unknown}; choose from {', '.join(SEARCH_FAMILIES)}")
 
 
-def candidate_specs(families: Sequence[str], max_len: int) -> list[PatternSpec]:
-    """The candidates of the chosen families for inputs of at most ``max_len`` tokens.
-
-    Args:
-        families: keys of ``SEARCH_FAMILIES``.
-        max_len: longest calibration input.
-
-    Returns:
-        The specs, without duplicates, in family order.
-    """
-    out: list[PatternSpec] = []
-    for fam in families:
-        for spec in SEARCH_FAMILIES[fam](max_len):
-            if spec not in out:
-                out.append(spec)
-    return out
-
-
-def _stack_by_length(captures: Sequence[AttentionCapture]) -> list[tuple[AttentionCapture, int]]:
-    """Captures of equal length merged into one (inputs stacked along the layer axis), so each
-    candidate is built once per length instead of once per input."""
-    by_len: dict[int, list[AttentionCapture]] = {}
-    for cap in captures:
-        by_len.setdefault(cap.seq_len, []).append(cap)
-    merged = []
-    for group in by_len.values():
-        first = group[0]
-        scores, probs, query, key, value = (torch.cat([getattr(c, name) for c in group])
-                                            for name in ("scores", "probs", "query", "key", "value"))
-        merged.append((AttentionCapture(scores, probs, query, key, value, first.tokens, first.causal,
-                                        first.layer_names, first.model), len(group)))
-    return merged
-
-
 def evaluate_candidates(captures: Sequence[AttentionCapture], specs: Sequence[PatternSpec]) -> tuple[Tensor, Tensor]:
     """Mean density and recall of every candidate at every head over the captures.
 
@@ -166,58 +97,75 @@ def evaluate_candidates(captures: Sequence[AttentionCapture], specs: Sequence[Pa
     """
     if not captures:
         raise ValueError("the search needs at least one calibration capture")
-    n_layers, n_heads = captures[0].n_layers, captures[0].n_heads
-    dens = torch.zeros(len(specs), n_layers, n_heads, dtype=torch.float64)
-    rec = torch.zeros_like(dens)
-    for merged, count in _stack_by_length(captures):
-        allowed = merged.allowed
-        for c, spec in enumerate(specs):
-            mask = spec_masks(merged, spec, strict=False)
-            dens[c] += density(mask, allowed).view(count, n_layers, n_heads).sum(0)
-            rec[c] += recall(merged.probs, mask).double().view(count, n_layers, n_heads).sum(0)
-    return dens / len(captures), rec / len(captures)
+    n_layers = captures[0].n_layers
+    return units.measure_layers(units.stack_by_length(captures), specs, range(n_layers), n_layers, len(captures))
 
 
 @dataclass
 class SearchResult:
-    """The per-head plan, its numbers on the calibration inputs, and the uniform baseline."""
+    """The per-head plan, its numbers on the calibration inputs, and the uniform baseline.
+
+    A search that was stopped gives a partial result (``complete=False``): the layers it measured have
+    their numbers and, per head, the candidate with the highest recall within the budget on its own;
+    the layers not reached (``not_reached``) are NaN with choice ``-1`` (no pattern, ``None`` in the
+    plan and the rows); it has no uniform baseline and no summary. The same call continues it.
+    """
 
     config: SearchConfig
     candidates: list[PatternSpec]
     density: Tensor
-    """float64 ``[candidates, layers, heads]``: mean density on the calibration inputs."""
+    """float64 ``[candidates, layers, heads]``: mean density on the calibration inputs (NaN: not measured)."""
     recall: Tensor
-    """float64 ``[candidates, layers, heads]``: mean recall on the calibration inputs."""
+    """float64 ``[candidates, layers, heads]``: mean recall on the calibration inputs (NaN: not measured)."""
     choice: Tensor
-    """long ``[layers, heads]``: the chosen candidate of each head."""
+    """long ``[layers, heads]``: the chosen candidate of each head (-1: none yet)."""
     uniform: int
-    """Index of the uniform baseline candidate."""
+    """Index of the uniform baseline candidate (-1 in a partial result)."""
     n_inputs: int = 0
+    complete: bool = True
+    """False when the search was stopped before every layer was measured."""
+    not_reached: tuple[int, ...] = ()
+    """Layers a stopped search did not measure (empty when complete)."""
     plan: AttentionPlan = field(init=False)
 
     def __post_init__(self) -> None:
-        self.plan = AttentionPlan(tuple(tuple(self.candidates[int(c)] for c in row) for row in self.choice))
+        self.plan = AttentionPlan(tuple(tuple(self.candidates[int(c)] if c >= 0 else None for c in row)
+                                        for row in self.choice))
 
     def _pick(self, values: Tensor) -> Tensor:
-        return values.gather(0, self.choice.unsqueeze(0)).squeeze(0)
+        picked = values.gather(0, self.choice.clamp(min=0).unsqueeze(0)).squeeze(0)
+        return torch.where(self.choice >= 0, picked, torch.full_like(picked, float("nan")))
+
+    def _require_complete(self) -> None:
+        if not self.complete:
+            raise ValueError(f"the search was stopped after {self.layers_done} of {self.choice.shape[0]} layers; "
+                             "run the same call again to finish it")
+
+    @property
+    def layers_done(self) -> int:
+        """Layers measured."""
+        return self.choice.shape[0] - len(self.not_reached)
 
     @property
     def plan_density(self) -> Tensor:
-        """float64 ``[layers, heads]``."""
+        """float64 ``[layers, heads]`` (NaN where no candidate is chosen)."""
         return self._pick(self.density)
 
     @property
     def plan_recall(self) -> Tensor:
-        """float64 ``[layers, heads]``."""
+        """float64 ``[layers, heads]`` (NaN where no candidate is chosen)."""
         return self._pick(self.recall)
 
     @property
     def uniform_spec(self) -> PatternSpec:
-        """The uniform baseline pattern."""
+        """The uniform baseline pattern (a complete search only)."""
+        self._require_complete()
         return self.candidates[self.uniform]
 
     def summary(self) -> dict[str, float | str]:
-        """Mean density and recall of the plan and of the uniform baseline (calibration inputs)."""
+        """Mean density and recall of the plan and of the uniform baseline (calibration inputs; a
+        complete search only)."""
+        self._require_complete()
         return {
             "budget": float(self.config.budget),
             "plan_density": float(self.plan_density.mean()),
@@ -232,20 +180,26 @@ class SearchResult:
         out: dict[str, int] = {}
         for row in self.plan.heads:
             for spec in row:
-                if spec is not None:  # a search plan has a pattern at every head
+                if spec is not None:  # a complete search has a pattern at every head
                     out[spec.name] = out.get(spec.name, 0) + 1
         return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
-    def rows(self) -> list[dict[str, float | int | str]]:
-        """One dict per head: its choice, density and recall, and the uniform baseline's recall."""
+    def rows(self) -> list[dict[str, float | int | str | None]]:
+        """One dict per head: its choice, density and recall, and the uniform baseline's recall (None
+        where a stopped search has no number yet)."""
         dens, rec = self.plan_density, self.plan_recall
-        labels = self.plan.labels()
+        u = self.uniform if self.complete else -1
+
+        def num(t: Tensor) -> float | None:
+            return None if bool(t.isnan()) else float(t)
+
         return [
-            {"layer": layer, "head": head, "pattern": labels[layer][head],
-             "density": float(dens[layer, head]), "recall": float(rec[layer, head]),
-             "uniform_pattern": self.uniform_spec.label,
-             "uniform_density": float(self.density[self.uniform, layer, head]),
-             "uniform_recall": float(self.recall[self.uniform, layer, head])}
+            {"layer": layer, "head": head,
+             "pattern": spec.label if (spec := self.plan.heads[layer][head]) is not None else None,
+             "density": num(dens[layer, head]), "recall": num(rec[layer, head]),
+             "uniform_pattern": self.candidates[u].label if u >= 0 else None,
+             "uniform_density": num(self.density[u, layer, head]) if u >= 0 else None,
+             "uniform_recall": num(self.recall[u, layer, head]) if u >= 0 else None}
             for layer in range(dens.shape[0]) for head in range(dens.shape[1])
         ]
 
@@ -266,6 +220,17 @@ def _too_small(budget: float, floor: float, what: str, spec: PatternSpec) -> Val
     )
 
 
+def _best_fitting(dens: Tensor, rec: Tensor, budget: float) -> Tensor:
+    """Per head, the highest recall whose density is within the budget (-1 where none is, or the head
+    was not measured); ties go to the lower density, then to the earlier candidate."""
+    fits = dens <= budget  # NaN (not measured) never fits
+    score = torch.where(fits, rec, torch.full_like(rec, -1.0))
+    best = score.max(0, keepdim=True).values
+    tied = fits & (score == best)
+    cheapest = torch.where(tied, dens, torch.full_like(dens, float("inf")))
+    return torch.where(fits.any(0), cheapest.argmin(0), torch.full_like(cheapest.argmin(0), -1))
+
+
 def _per_head(dens: Tensor, rec: Tensor, budget: float, specs: Sequence[PatternSpec]) -> Tensor:
     fits = dens <= budget
     if not bool(fits.any(0).all()):
@@ -274,12 +239,7 @@ def _per_head(dens: Tensor, rec: Tensor, budget: float, specs: Sequence[PatternS
         layer, head = divmod(int(worst), dens.shape[2])
         raise _too_small(budget, float(floor.flatten()[worst]), f"at layer {layer}, head {head}",
                          specs[int(idx.flatten()[worst])])
-    # Highest recall that fits; ties go to the lower density, then to the earlier candidate.
-    score = torch.where(fits, rec, torch.full_like(rec, -1.0))
-    best = score.max(0, keepdim=True).values
-    tied = fits & (score == best)
-    cheapest = torch.where(tied, dens, torch.full_like(dens, float("inf")))
-    return cheapest.argmin(0)
+    return _best_fitting(dens, rec, budget)
 
 
 def _hull(points: list[tuple[float, float, int]]) -> list[tuple[float, float, int]]:
@@ -350,20 +310,7 @@ def _uniform(dens: Tensor, rec: Tensor, ceiling: float) -> int:
     return int(torch.where(tied, mean_d, torch.full_like(mean_d, float("inf"))).argmin())
 
 
-def search_heads(captures: Sequence[AttentionCapture], config: SearchConfig = SearchConfig()) -> SearchResult:
-    """Choose a pattern and parameter per head with the highest recall within the density budget.
-
-    Args:
-        captures: calibration captures (``calibration_captures(loaded)``).
-        config: budget, allocation and families.
-
-    Returns:
-        The plan with its calibration numbers and the uniform baseline at no more density.
-
-    Raises:
-        ValueError: a bad config (e.g. a zero budget), no captures, or a budget below the
-            sparsest candidate.
-    """
+def _checked(captures: Sequence[AttentionCapture], config: SearchConfig) -> list[PatternSpec]:
     config.validate()
     if not captures:
         raise ValueError("the search needs at least one calibration capture")
@@ -373,13 +320,101 @@ def search_heads(captures: Sequence[AttentionCapture], config: SearchConfig = Se
     specs = candidate_specs(config.families, max(c.seq_len for c in captures))
     if not specs:
         raise ValueError("the chosen families have no candidate for inputs this short")
-    dens, rec = evaluate_candidates(captures, specs)
+    return specs
+
+
+def search_heads(captures: Sequence[AttentionCapture], config: SearchConfig = SearchConfig(), *,
+                 progress: ProgressArg = True, stop: Callable[[], bool] | None = None,
+                 use_cache: bool = True) -> SearchResult:
+    """Choose a pattern and parameter per head with the highest recall within the density budget.
+
+    Args:
+        captures: calibration captures (``calibration_captures(loaded)``).
+        config: budget, allocation and families.
+        progress: True (default): a ``tqdm.auto`` bar when the search takes over 2 s; False: silent; or a
+            ``progress(fraction, message)`` callback, called before each block of layers it measures.
+        stop: optional callable, asked before each block of layers to measure; when it returns True the
+            search ends there and gives a partial result (``complete=False``).
+        use_cache: read and write the disk cache: each layer's numbers are stored as they are measured
+            (``search_units``), so a search that was stopped (``stop``, Ctrl-C, a killed process) is
+            continued by the same call, measuring only the layers not yet stored; a search with another
+            budget or allocation over the same captures and families measures nothing again.
+
+    Returns:
+        The plan with its calibration numbers and the uniform baseline at no more density.
+
+    Raises:
+        ValueError: a bad config (e.g. a zero budget), no captures, or a budget below the
+            sparsest candidate.
+    """
+    with reporter(progress, "per-head search") as report:
+        return _search(captures, config, report, stop, use_cache)
+
+
+def _search(captures: Sequence[AttentionCapture], config: SearchConfig, progress: ProgressFn | None,
+            stop: Callable[[], bool] | None, use_cache: bool) -> SearchResult:
+    specs = _checked(captures, config)
+    n_layers, n_heads = captures[0].n_layers, captures[0].n_heads
+    key = units.search_key(captures, specs) if use_cache else ""
+    done = units.load_units(key, n_layers, len(specs), n_heads) if use_cache else {}
+    groups: list[tuple[AttentionCapture, int]] | None = None
+    per_layer: float | None = None  # seconds, from the first block measured in this call
+    complete = True
+    while len(done) < n_layers:
+        if stop is not None and stop():
+            complete = False
+            break
+        todo = [layer for layer in range(n_layers) if layer not in done]
+        block = todo[:units.block_size(per_layer, BLOCK_SECONDS, len(todo))]
+        if progress is not None:
+            progress(len(done) / n_layers, f"layer {block[0]} ({len(done) + 1}/{n_layers})")
+        if groups is None:
+            groups = units.stack_by_length(captures)
+        start = time.perf_counter()
+        dens, rec = units.measure_layers(groups, specs, block, n_layers, len(captures))
+        per_layer = (time.perf_counter() - start) / len(block)
+        for i, layer in enumerate(block):
+            done[layer] = units.LayerUnit(dens[:, i].clone(), rec[:, i].clone(), per_layer)
+            if use_cache:
+                units.save_unit(key, layer, done[layer])
+    nan = torch.full((len(specs), n_heads), float("nan"), dtype=torch.float64)
+    dens = torch.stack([done[layer].density if layer in done else nan for layer in range(n_layers)], 1)
+    rec = torch.stack([done[layer].recall if layer in done else nan for layer in range(n_layers)], 1)
+    if not complete:
+        return SearchResult(config=config, candidates=specs, density=dens, recall=rec,
+                            choice=_best_fitting(dens, rec, float(config.budget)), uniform=-1, n_inputs=len(captures),
+                            complete=False, not_reached=tuple(layer for layer in range(n_layers) if layer not in done))
+    if progress is not None:
+        progress(1.0, "done")
     budget = float(config.budget)
     choice = _per_head(dens, rec, budget, specs) if config.allocation == "head" else _global(dens, rec, budget, specs)
     picked = dens.gather(0, choice.unsqueeze(0)).squeeze(0)
     uniform = _uniform(dens, rec, float(picked.mean()))
     return SearchResult(config=config, candidates=specs, density=dens, recall=rec, choice=choice,
                         uniform=uniform, n_inputs=len(captures))
+
+
+def cached_search(captures: Sequence[AttentionCapture], config: SearchConfig = SearchConfig(), *,
+                  partial: bool = False) -> SearchResult | None:
+    """The search the disk cache holds for these captures and config, or None (nothing is measured).
+
+    Args:
+        captures: the calibration captures.
+        config: budget, allocation and families.
+        partial: also give a stopped search (``complete=False``) when at least one layer is stored.
+
+    Returns:
+        The ``SearchResult`` or None.
+
+    Raises:
+        ValueError: as ``search_heads`` (a bad config, or a budget below the sparsest candidate).
+    """
+    specs = _checked(captures, config)
+    n_layers, n_heads = captures[0].n_layers, captures[0].n_heads
+    stored = units.load_units(units.search_key(captures, specs), n_layers, len(specs), n_heads)
+    if not stored or (len(stored) < n_layers and not partial):
+        return None
+    return search_heads(captures, config, progress=False, stop=lambda: True)
 
 
 def plan_comparison_rows(result: SearchResult, plan_quality: AttentionQuality, uniform_quality: AttentionQuality,

@@ -182,6 +182,22 @@ def test_what_a_stored_case_is_kept_for(tmp_cache, measured, saved, monkeypatch)
     assert _timed_labels(measured) == labels
 
 
+def test_showing_a_stopped_run_does_not_load_the_model_suites_model(tmp_cache, saved, monkeypatch):
+    cfg = BenchConfig(suites=("linear", "model"), device="cpu", square_sizes=(64,), batches=(2,), repeats=2,
+                      model="config:minilm")
+    real = runner.config_model
+    loads: list[str] = []
+    monkeypatch.setattr(runner, "config_model", lambda spec: loads.append(spec) or real(spec))
+    part = run_benchmarks(cfg, progress=False, stop=lambda: len(saved) >= 1)
+    assert part.cases_done == 1 and part.not_reached == ["whole model, batch 2"] and loads == []
+    shown = stored_run(cfg)
+    assert shown is not None and shown.cases_done == 1 and loads == []
+    done = run_benchmarks(cfg, progress=False)
+    assert loads == ["config:minilm"] and done.complete  # loaded for the one case that needs it
+    model = [r for r in done.results if r.suite == "model"]
+    assert len(model) == 1 and model[0].status == "skipped" and model[0].case.startswith("minilm (config")
+
+
 def test_cases_the_time_budget_skipped_are_not_kept(tmp_cache, measured, saved, monkeypatch):
     ticks = iter(range(10**6))
     monkeypatch.setattr(harness, "budget_clock", lambda: 0.4 * next(ticks))

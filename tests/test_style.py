@@ -443,19 +443,23 @@ RAW_NAME = r"^[a-z]+(_[a-z]+)+$"
 
 def _shown_tables(at):
     """Per dataframe on the page: its headers as the reader sees them (the column config's label, else
-    the column name), the values, the styled cell texts and the placeholder for missing values."""
+    the column name), the values, the Styler's cell texts of the columns that show them, and the
+    placeholder for missing values."""
     import json
+
+    import pyarrow as pa
     out = []
     for d in at.dataframe:
         config = json.loads(d.proto.columns or "{}")
         names = list(d.proto.column_order) or [str(c) for c in d.value.columns]
-        heads = []
-        for name in names:
-            cfg = config.get(name, {})
-            label = cfg.get("label") if isinstance(cfg, dict) else cfg
-            heads.append(label or name)
-        styled = d.proto.arrow_data.styler.display_values if d.proto.arrow_data.HasField("styler") else b""
-        out.append((heads, d.value, styled, d.proto.placeholder))
+        heads = [(config.get(n, {}).get("label") if isinstance(config.get(n), dict) else config.get(n)) or n for n in names]
+        texts = []
+        if d.proto.arrow_data.HasField("styler"):
+            shown = pa.ipc.open_stream(d.proto.arrow_data.styler.display_values).read_pandas()
+            # A column with a format of its own (NumberColumn, ProgressColumn) shows that, not the Styler's text.
+            formatted = {n for n, c in config.items() if isinstance(c, dict) and (c.get("type_config") or {}).get("format")}
+            texts = [str(v) for c in shown.columns if str(c) not in formatted for v in shown[c]]
+        out.append((heads, d.value, texts, d.proto.placeholder))
     return out
 
 
@@ -465,13 +469,13 @@ def _assert_human_tables(at, where):
     from ui.format import MISSING
     tables = _shown_tables(at)
     assert tables, f"{where}: no table"
-    for heads, frame, styled, placeholder in tables:
+    for heads, frame, texts, placeholder in tables:
         assert not [h for h in heads if re.match(RAW_NAME, h)], (where, heads)
-        assert b"None" not in styled and b"nan" not in styled, (where, heads)
-        # A missing value the Styler does not write (a configured number column) shows the placeholder.
+        assert not [t for t in texts if t in ("None", "nan", "NaN", "<NA>")], (where, heads)
+        # A missing value the Styler does not write (a column with its own format) shows the placeholder.
         if frame.isna().to_numpy().any():
             assert placeholder == MISSING, (where, heads)
-        assert not frame.astype(str).isin(["None", "nan"]).to_numpy().any(), (where, heads)
+        assert not [v for v in frame.to_numpy().ravel() if isinstance(v, str) and v in ("None", "nan")], (where, heads)
     return tables
 
 
@@ -531,3 +535,18 @@ def test_training_study_table_names_sad_metrics_with_units(tmp_cache):
     for shown in ("held-out accuracy (%)", "early SAD (% of sparse weights)", "late SAD (% of sparse weights)",
                   "late flipped (% of sparse weights)"):
         assert shown in settings[0], settings[0]
+
+
+@pytest.mark.xfail(strict=True, reason="ui/sparsify.py (another owner) still draws the report without table_view: "
+                                      "st.dataframe(**table_view(frame[order], config), hide_index=True, ...)")
+def test_sparsify_report_table_has_human_headers_and_no_none(digits_cache):
+    from devtools.apptest import page_app
+    # Unstructured: no layer has an N:M size, so every 'N:M KB' cell is missing.
+    cfg = SparsifyConfig(pattern="unstructured", sparsity=0.5)
+    at = page_app("sparsify", "digits:cnn", 180, config_json=cfg.to_json())
+    at.run()
+    assert not at.exception, at.exception
+    tables = _assert_human_tables(at, "sparsify")
+    report = next(t for t in tables if "kept_fraction" in t[1].columns)
+    assert report[1]["N:M KB"].isna().all()
+    assert "type" in report[0] and "layer_type" not in report[0]

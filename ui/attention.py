@@ -9,20 +9,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from typing import Any
 
 import pandas as pd
 import streamlit as st
+
+from sparsekit import viz
 
 from sparsekit.attention import PATTERNS, PatternSpec
 from sparsekit.attention.capture import passage_ids
 from sparsekit.attention.masks import MAX_PARAM
 from sparsekit.attention.search import ALLOCATIONS, DEFAULT_FAMILIES, SEARCH_FAMILIES, SearchConfig
 from sparsekit.attention.specs import COMBINATORS
+from sparsekit.cache import get_cache, make_key
 from sparsekit.models.sentences import SENTENCES
 from sparsekit.recipes.attention import PASSAGE_TOKENS, AttentionInput, fit_text_input, token_limit
 from ui.cached import attention_quality, digits_data
 from ui.format import change_text, metric_text
+from ui.long_jobs import duration_text
 
 MAX_WIDGET = 4096  # parameter inputs accept more than any sequence, so the library can say why it does not fit
 # Browsers refuse a paste longer than max_chars outright (the box stays empty), so the bound sits far above
@@ -221,3 +226,75 @@ def search_form() -> tuple[SearchConfig, int]:
     families = st.multiselect("Pattern families searched", list(SEARCH_FAMILIES), default=list(DEFAULT_FAMILIES),
                               key="att_families", format_func=lambda f: PATTERNS[f].title)
     return SearchConfig(budget=budget_pct / 100, allocation=allocation, families=tuple(families)), count
+
+
+class SearchProgress:
+    """The search's bar: layers done of all and, from the first layer measured in this run on, the time
+    left (layers a stopped run finished come back at once and do not count towards the rate)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.first: tuple[float, float] | None = None
+        self.bar = st.progress(0.0, text="Searching…")
+
+    def __call__(self, fraction: float, message: str) -> None:
+        now = time.monotonic()
+        if self.first is None:
+            self.first = (fraction, now)
+        f0, t0 = self.first
+        left = (now - t0) * (1 - fraction) / (fraction - f0) if fraction > f0 else None
+        eta = f", {duration_text(left)} left" if left is not None else " (time left: after the first layer)"
+        self.bar.progress(min(max(fraction, 0.0), 1.0),
+                          text=f"Searching: {round(fraction * self.total)} of {self.total} layers done{eta} · {message}")
+
+    def empty(self) -> None:
+        self.bar.empty()
+
+
+def search_buttons(job: dict[str, Any]) -> Any:
+    """The search's button for the job's status, with a press applied: Run (``att_search``) when idle,
+    Stop (``att_search_stop``) while running, Continue (``att_search_continue``) when stopped; none once
+    done. Returns the placeholder holding it, to clear when the search finishes in this run."""
+    slot = st.empty()
+    stop_drawn = job["status"] == "running"
+    if stop_drawn and slot.button("Stop", key="att_search_stop", help="keep the layers measured so far and show them"):
+        job["status"] = "stopped"
+    if job["status"] == "idle" and slot.button("Run the per-head search", key="att_search", type="primary"):
+        job["status"] = "running"
+    elif job["status"] == "stopped" and slot.button("Continue", key="att_search_continue", type="primary",
+                                                    help="measure only the layers not done yet"):
+        job["status"] = "running"
+    if job["status"] == "running" and not stop_drawn:
+        slot.button("Stop", key="att_search_stop", help="keep the layers measured so far and show them")
+    return slot
+
+
+def _started_key(model_key: str, job_id: str) -> str:
+    return make_key("attention-search-page", model_key, job_id)
+
+
+def mark_started(model_key: str, job_id: str) -> None:
+    """Note on disk that the page started this search, so a reload looks for its stored layers."""
+    get_cache()[_started_key(model_key, job_id)] = "1"
+
+
+def was_started(model_key: str, job_id: str) -> bool:
+    """Whether the page ever started this search (the calibration captures are needed to find its layers:
+    without this note, a page view would compute them just to find nothing)."""
+    return get_cache().get(_started_key(model_key, job_id)) is not None
+
+
+def partial_search_section(result) -> None:
+    """A stopped search: what it measured (the finished layers' best pattern within the budget per
+    head; the other layers empty) and a note that Continue measures only the rest."""
+    total = result.choice.shape[0]
+    st.warning(f"Stopped after {result.layers_done} of {total} layers. The grid and the table show the finished "
+               "layers (the others are empty); Continue measures only the rest.")
+    if result.config.allocation == "global":
+        st.caption("Each finished head shows its best pattern within the budget on its own; the budget over the "
+                   "mean of all heads is shared out once every layer is measured.")
+    st.plotly_chart(viz.head_grid_figure(result.plan_recall, title="best recall within the budget per layer and head "
+                                         "(empty: not measured yet)", colorbar="recall"), width="stretch")
+    frame = pd.DataFrame(result.rows()).drop(columns=["uniform_pattern", "uniform_density", "uniform_recall"])
+    st.dataframe(frame.style.format({"density": "{:.4f}", "recall": "{:.4f}"}, na_rep="—"), hide_index=True,
+                 height=320)

@@ -9,13 +9,15 @@ from sparsekit import viz
 from sparsekit.attention import attention_support
 from sparsekit.attention.apply import model_shape
 from sparsekit.attention.metrics import measure, plan_masks
-from sparsekit.attention.search import plan_comparison_rows
+from sparsekit.attention.search import cached_search, plan_comparison_rows, search_heads
 from sparsekit.recipes.attention import attention_headline, attention_recipe
 from sparsekit.viz.attention import head_picker_figure
-from ui.attention import (GRID_KEY, combined_pattern_form, head_form, input_form, quality_section, scope_form,
-                          search_form)
-from ui.cached import attention_capture, attention_quality, attention_search
+from ui.attention import (GRID_KEY, SearchProgress, combined_pattern_form, head_form, input_form, mark_started,
+                          partial_search_section, quality_section, scope_form, search_buttons, search_form,
+                          was_started)
+from ui.cached import attention_calibration, attention_capture, attention_quality
 from ui.heavy import heavy_job
+from ui.long_jobs import job_state
 from ui.format import change_text, metric_text
 from ui.notebook import notebook_button, upload_digest
 from ui.state import require_model
@@ -129,16 +131,55 @@ st.markdown(
 )
 config, count = search_form()
 config_json = json.dumps({"config": config.to_json(), "count": count})
-if st.button("Run the per-head search", key="att_search", type="primary"):
-    st.session_state["att_search_ran"] = config_json
-if st.session_state.get("att_search_ran") != config_json:
-    st.caption("Press the button to search with these settings.")
+job_id = f"{key}|{config_json}"
+job = job_state("att_search_jobs", job_id)
+if job["status"] == "idle" and not job.get("looked") and was_started(key, job_id):
+    # A reload (a new session) finds the layers a stopped search kept; nothing is measured without a click.
+    job["looked"] = True
+    try:
+        found = cached_search(attention_calibration(key, count, loaded), config, partial=True)
+    except ValueError:
+        found = None  # the search itself says why, when the button is pressed
+    if found is not None and not found.complete:
+        job["status"] = "stopped"
+button_slot = search_buttons(job)
+if job["status"] == "idle":
+    st.caption("Press the button to search with these settings. Each finished layer is kept on disk: Stop shows "
+               "the layers done so far, and Continue measures only the rest.")
     offer_notebook()
     st.stop()
 try:
-    with st.spinner("Measuring every candidate on the calibration inputs…"):
+    with st.spinner("Capturing the calibration inputs…"):
+        captures = attention_calibration(key, count, loaded)
+    if job["status"] == "running":
+        mark_started(key, job_id)
+        bar = SearchProgress(captures[0].n_layers)
+        # Each layer is stored as it finishes: a Stop press (a rerun) or a closed tab keeps them.
         with heavy_job("attention_search", loaded, once=f"attention_search {key} {config_json} {count}"):
-            result = attention_search(key, config_json, count, loaded, config)
+            result = search_heads(captures, config, progress=bar)
+        bar.empty()
+        job["status"] = "done" if result.complete else "stopped"
+        button_slot.empty()
+    else:
+        result = job["result"] if job["status"] == "done" else cached_search(captures, config, partial=True)
+except ValueError as err:
+    job["status"] = "idle"
+    button_slot.empty()
+    st.error(f"Cannot search: {err}")
+    offer_notebook()
+    st.stop()
+if result is None or not result.complete:
+    if result is None:
+        st.info("The search was stopped before its first layer finished; Continue starts it.")
+    else:
+        partial_search_section(result)
+    offer_notebook()
+    st.stop()
+if job["status"] != "done":  # another session finished the search this one had stopped
+    job["status"] = "done"
+    button_slot.empty()
+job["result"] = result
+try:
     with st.spinner("Running the model with the plan and with the uniform pattern…"):
         plan_q = attention_quality(key, result.plan.to_json(), loaded, result.plan, None, None)
         uniform_q = attention_quality(key, result.uniform_spec.to_json(), loaded, result.uniform_spec, None, None)

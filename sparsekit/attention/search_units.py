@@ -7,7 +7,7 @@ keyed by the captures' content and the candidate list, not by the budget or the 
 with another budget over the same captures and families measures nothing again.
 
 Each unit is JSON (float64 values written with ``repr``, so they read back bit for bit); an entry
-that cannot be read or does not fit the search (another shape, values outside 0..1) is measured again.
+that cannot be read or does not fit the search (another shape, values outside 0..1, NaN) is measured again.
 """
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ from .specs import PatternSpec
 
 UNIT_VERSION = 1
 """Bump when a stored unit's contents or meaning change."""
+SLACK = 1e-4
+"""How far above 1 a stored recall may read (float32 rounding) before the unit counts as damaged."""
 _FIELDS = ("scores", "probs", "query", "key", "value")
 
 
@@ -52,7 +54,8 @@ class LayerUnit:
         if dens.dim() != 2 or dens.shape != rec.shape:
             raise ValueError("a search unit holds two [candidates, heads] tables")
         for t in (dens, rec):
-            if not bool(((t >= 0) & (t <= 1)).all()):  # NaN fails too
+            # A recall summed in float32 can pass 1 by a rounding step; NaN fails both tests.
+            if not bool(((t >= 0) & (t <= 1 + SLACK)).all()):
                 raise ValueError("a search unit's densities and recalls lie in 0..1")
         return cls(dens, rec, float(data["seconds"]))
 

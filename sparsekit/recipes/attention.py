@@ -234,11 +234,14 @@ def attention_recipe(spec: str, source: AttentionInput, pattern: PatternSpec, la
         config, count = search
         cells += [
             md("## Search a pattern per head\nEvery candidate is measured on the calibration inputs; each head gets "
-               "the one with the highest recall within the density budget, compared with the best single pattern."),
+               "the one with the highest recall within the density budget, compared with the best single pattern. "
+               "Each layer is kept on disk as it is measured: after an interrupt (Ctrl-C, a stopped kernel) the same "
+               "cell measures only the layers not yet done."),
             code("from sparsekit.attention import SearchConfig, calibration_captures, search_heads\n"
                  "from sparsekit.attention.search import plan_comparison_rows\n\n"
                  f"search_config = {config_literal(config)}\n"
-                 f"result = search_heads(calibration_captures(model, {int(count)}), search_config)\n"
+                 f"result = search_heads(calibration_captures(model, {int(count)}), search_config)  "
+                 "# run again after an interrupt: it continues\n"
                  "plan_quality = attention_quality(model, result.plan)\n"
                  "uniform_quality = attention_quality(model, result.uniform_spec)\n"
                  "plan_comparison_rows(result, plan_quality, uniform_quality, model.metric_names)"),

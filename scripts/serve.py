@@ -17,7 +17,9 @@ sys.path.insert(0, str(ROOT))
 def main() -> None:
     from ui import preload  # noqa: PLC0415
 
-    preload.start("minilm")  # first: the model loads while Streamlit is imported and starts
+    # First: the model loads while Streamlit is imported and starts; after the first page the server
+    # warms the others in the background (ui/preload.py).
+    preload.start("minilm", warm_up=True)
 
     from streamlit.web import cli  # noqa: PLC0415
 

@@ -144,10 +144,12 @@ def wait_for_warm_up(timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
-def test_no_warm_up_where_nothing_preloads():
+def test_no_warm_up_outside_the_server():
     from ui import preload, state
 
-    assert not preload.started()  # tests never run scripts/serve.py
+    preload.start("digits:mlp")  # a preload alone (as tests/test_app.py's) is not a server that warms up
+    assert preload.take("digits:mlp") is not None
+    assert not preload.started()  # only scripts/serve.py starts with warm_up=True
     assert state.warm_up(shared_model("digits:mlp"), "digits:mlp#") is False
     assert not preload.warm_scheduled()
 

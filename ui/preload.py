@@ -8,8 +8,8 @@ it again. Importing transformers' BERT code and reading the weights is most of a
 
 Once the first page of such a server was drawn, ``after_first_page`` runs one background task
 (``ui.state.warm_up``: the libraries of the other pages imported, the Sparsify page's default setting
-computed), so a first visit to another page does not pay for them. A process that never called
-``start`` (tests, ``streamlit run app.py`` by hand) warms nothing. This module imports nothing heavy
+computed), so a first visit to another page does not pay for them. Only a process that called
+``start(..., warm_up=True)`` does (tests and ``streamlit run app.py`` by hand warm nothing). This module imports nothing heavy
 itself.
 """
 from __future__ import annotations
@@ -49,11 +49,12 @@ def _load(spec: str, future: Future) -> None:
         future.set_exception(err)
 
 
-def start(spec: str = "minilm") -> None:
-    """Begin loading ``spec`` on a daemon thread (once per process)."""
+def start(spec: str = "minilm", *, warm_up: bool = False) -> None:
+    """Begin loading ``spec`` on a daemon thread (once per process); ``warm_up``: this process is the app's
+    server (``scripts/serve.py``), which also warms the other pages after its first one (``after_first_page``)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads; see app.py
     with _lock:
-        _state["started"] = True
+        _state["started"] = _state["started"] or warm_up
         if spec in _futures:
             return
         future: Future = Future()
@@ -62,7 +63,7 @@ def start(spec: str = "minilm") -> None:
 
 
 def started() -> bool:
-    """Whether this process preloads (``start`` was called: a server from ``scripts/serve.py``)."""
+    """Whether this process is a server that warms up (``start(..., warm_up=True)``: ``scripts/serve.py``)."""
     return _state["started"]
 
 

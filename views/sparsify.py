@@ -41,8 +41,6 @@ st.session_state["config_json"] = config.to_json()
 
 try:
     result = sparsified(key, loaded, config)  # draws per-layer progress for the calibrated methods
-    with st.spinner("Measuring quality of the sparse model…"):
-        quality = sparse_quality(key, loaded, config)
 except ValueError as err:
     st.error(f"Cannot apply these settings: {err}")
     st.stop()
@@ -50,42 +48,9 @@ except ValueError as err:
 dense = loaded.quality()
 summary = result.summary()
 fit_banner(loaded, config, summary, banner)
-cols = st.columns(4)
-cols[0].metric("Layers with weights removed", f"{summary['layers_with_zeros']} / {summary['layers_total']}",
-               help="Linear/Conv layers that lost at least one weight (a layer the pattern cannot take stays dense; "
-                    "0 % sparsity removes nothing)")
-cols[1].metric("Kept in pruned layers", f"{summary['kept_fraction_pruned_layers']:.1%}")
-headline = next(iter(quality))
-delta = quality[headline] - dense[headline]
-cols[2].metric(loaded.metric_names.get(headline, headline), metric_text(quality[headline]),
-               f"{change_text(delta, quality[headline])} vs dense" if delta else None,
-               delta_color="normal" if loaded.higher_is_better.get(headline, True) else "inverse",
-               help=f"measured on {loaded.info['eval_budget']}" if loaded.info.get("eval_budget") else None)
-cols[3].metric("Kept in all Linear/Conv", f"{summary['kept_fraction_all_layers']:.1%}")
-notebook_button(sparsify_recipe(loaded.spec, config, upload_sha256=upload_digest(loaded)), key="sp_notebook")
-if loaded.info.get("eval_budget"):
-    st.caption(f"Quality measured on {loaded.info['eval_budget']}; the dense model's outputs are computed once "
-               "per model and reused for every setting.")
-if result.calibration_note:
-    st.caption(f"Calibration order: {result.calibration_note}.")
-if result.allocation_note:
-    st.caption(f"Allocation: {result.allocation_note}")
-if config.allocation != "uniform" and config.pattern != "dense":
-    uniform = replace(config, allocation="uniform")
-    try:
-        with st.spinner(f"Measuring {uniform.label()} (uniform allocation) for comparison…"):
-            uniform_quality = sparse_quality(key, loaded, uniform)
-    except ValueError as err:
-        st.caption(f"No uniform comparison: {err}")
-    else:
-        st.info(uniform_comparison_text(loaded, headline, quality, uniform_quality), icon=":material/balance:")
-
-st.subheader("Quality before and after")
-st.dataframe(pd.DataFrame([
-    {"metric": loaded.metric_names.get(k, k), "dense": dense[k], "sparse": quality[k], "change": quality[k] - dense[k],
-     "dense ": metric_text(dense[k]), "sparse ": metric_text(quality[k]), "change ": change_text(quality[k] - dense[k], dense[k])}
-    for k in quality
-]), hide_index=True, column_order=["metric", "dense ", "sparse ", "change "])
+# The quality pass (most of a new setting's time on MiniLM) runs last: the per-layer report, figures and
+# downloads below reach the browser first and are drawn while it runs; its numbers fill this place above them.
+top = st.container()
 
 st.subheader("Per-layer report")
 report_table(result.report, COUNTING_HELP)
@@ -109,3 +74,47 @@ d1.download_button("Masks (.safetensors)", lambda: masks_safetensors(result), f"
 d2.download_button(f"Pruned weights (.safetensors, {size_text(weights_bytes)})", lambda: weights_safetensors(result),
                    f"{stem}-weights.safetensors", mime="application/octet-stream", on_click="ignore")
 d3.download_button("Report (.csv)", report_csv(result), f"{stem}-report.csv", mime="text/csv", on_click="ignore")
+
+with top:
+    try:
+        with st.spinner("Measuring quality of the sparse model…"):
+            quality = sparse_quality(key, loaded, config)
+    except ValueError as err:
+        st.error(f"Cannot apply these settings: {err}")
+        st.stop()
+    cols = st.columns(4)
+    cols[0].metric("Layers with weights removed", f"{summary['layers_with_zeros']} / {summary['layers_total']}",
+                   help="Linear/Conv layers that lost at least one weight (a layer the pattern cannot take stays dense; "
+                        "0 % sparsity removes nothing)")
+    cols[1].metric("Kept in pruned layers", f"{summary['kept_fraction_pruned_layers']:.1%}")
+    headline = next(iter(quality))
+    delta = quality[headline] - dense[headline]
+    cols[2].metric(loaded.metric_names.get(headline, headline), metric_text(quality[headline]),
+                   f"{change_text(delta, quality[headline])} vs dense" if delta else None,
+                   delta_color="normal" if loaded.higher_is_better.get(headline, True) else "inverse",
+                   help=f"measured on {loaded.info['eval_budget']}" if loaded.info.get("eval_budget") else None)
+    cols[3].metric("Kept in all Linear/Conv", f"{summary['kept_fraction_all_layers']:.1%}")
+    notebook_button(sparsify_recipe(loaded.spec, config, upload_sha256=upload_digest(loaded)), key="sp_notebook")
+    if loaded.info.get("eval_budget"):
+        st.caption(f"Quality measured on {loaded.info['eval_budget']}; the dense model's outputs are computed once "
+                   "per model and reused for every setting.")
+    if result.calibration_note:
+        st.caption(f"Calibration order: {result.calibration_note}.")
+    if result.allocation_note:
+        st.caption(f"Allocation: {result.allocation_note}")
+    if config.allocation != "uniform" and config.pattern != "dense":
+        uniform = replace(config, allocation="uniform")
+        try:
+            with st.spinner(f"Measuring {uniform.label()} (uniform allocation) for comparison…"):
+                uniform_quality = sparse_quality(key, loaded, uniform)
+        except ValueError as err:
+            st.caption(f"No uniform comparison: {err}")
+        else:
+            st.info(uniform_comparison_text(loaded, headline, quality, uniform_quality), icon=":material/balance:")
+
+    st.subheader("Quality before and after")
+    st.dataframe(pd.DataFrame([
+        {"metric": loaded.metric_names.get(k, k), "dense": dense[k], "sparse": quality[k], "change": quality[k] - dense[k],
+         "dense ": metric_text(dense[k]), "sparse ": metric_text(quality[k]), "change ": change_text(quality[k] - dense[k], dense[k])}
+        for k in quality
+    ]), hide_index=True, column_order=["metric", "dense ", "sparse ", "change "])

@@ -361,21 +361,34 @@ def test_training_colour_is_the_method_in_any_order_or_subset():
     assert len(set(seen.values())) == 5
 
 
-def test_runs_sharing_a_method_get_shades_of_it_whatever_the_order():
+def test_a_run_keeps_its_shade_in_any_company():
     import colorsys
 
-    from sparsekit.viz import METHOD_COLORS, run_colors
+    from sparsekit.viz import METHOD_COLORS, SHADE_LEVELS, run_colors, shade
 
     def hue(c):
         return colorsys.rgb_to_hls(*(int(c[i:i + 2], 16) / 255 for i in (1, 3, 5)))[0] * 360
-    runs = [_train_run("ste", 2, 4)[0], _train_run("ste", 1, 4)[0], _train_run("srste", 2, 4, seed=1)[0],
-            _train_run("srste", 2, 4, seed=0)[0]]
-    a, b = run_colors(runs), run_colors(runs[::-1])
-    assert a == b and len(set(a.values())) == 4
-    # 1:4 sorts before 2:4 and seed 0 before seed 1: those keep the method's colour.
-    assert a["ste-1-4-0"] == METHOD_COLORS["ste"] and a["srste-2-4-0"] == METHOD_COLORS["srste"]
-    for key, colour in a.items():
-        assert abs(hue(colour) - hue(METHOD_COLORS[key.split("-")[0]])) < 3, (key, colour)
+    ste24, ste14, ste48 = (_train_run("ste", n, m)[0] for n, m in ((2, 4), (1, 4), (4, 8)))
+    sr0, sr1 = (_train_run("srste", 2, 4, seed=s)[0] for s in (0, 1))
+    runs = [ste24, ste14, ste48, sr1, sr0]
+    full = run_colors(runs)
+    assert full == run_colors(runs[::-1]) and len(set(full.values())) == 5
+    # A run alone (as the live chart draws it while it trains), or beside any other runs: the same colour.
+    for run in runs:
+        assert run_colors([run]) == {run.run_id: full[run.run_id]}
+        assert run_colors([sr1, run, ste14])[run.run_id] == full[run.run_id]
+    # 2:4 seed 0 is the method's own colour; 4:8 and 1:4 (the next presets) and seed 1 are shades of it.
+    assert full[ste24.run_id] == METHOD_COLORS["ste"] and full[sr0.run_id] == METHOD_COLORS["srste"]
+    assert full[ste48.run_id] == shade(METHOD_COLORS["ste"], SHADE_LEVELS[1])
+    assert full[ste14.run_id] == shade(METHOD_COLORS["ste"], SHADE_LEVELS[2])
+    assert full[sr1.run_id] == shade(METHOD_COLORS["srste"], SHADE_LEVELS[1])
+    for run in runs:
+        assert abs(hue(full[run.run_id]) - hue(METHOD_COLORS[run.config.method])) < 3, run.label
+    # Two runs that would share a shade (same method, pattern and seed; another learning rate) still differ.
+    from dataclasses import replace
+    other = replace(ste24, run_id="ste-2-4-0-lr", config=replace(ste24.config, lr=0.01))
+    both = run_colors([other, ste24])
+    assert both[ste24.run_id] == METHOD_COLORS["ste"] and both[other.run_id] != both[ste24.run_id]
 
 
 def test_seed_study_studies_and_recovery_use_the_training_colours():

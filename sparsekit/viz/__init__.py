@@ -14,11 +14,14 @@ from ._style import (
     MODE_COLORS,
     PRUNED_COLOR,
     RUN_COLORS,
+    SHADE_LEVELS,
     SKIPPED_COLOR,
     color_map,
     log_ticks,
     method_color,
     method_colors,
+    shade,
+    shade_level,
 )
 from .attention import (
     ATTENTION_FAMILY_COLORS,
@@ -82,6 +85,7 @@ __all__ = [
     "study_interval_figure", "study_pareto_figure", "study_quality_figure", "ATTENTION_FAMILY_COLORS",
     "allocation_figure", "capture_figure", "head_metrics_figure", "study_figure", "run_figure", "recovery_figure",
     "bench_run_figure", "MODE_COLORS", "method_color", "method_colors", "variant_colors",
+    "SHADE_LEVELS", "shade", "shade_level",
     "DEFAULT_MAX_CELLS", "LABEL_ALL_TOKENS", "DIFF_COLORS", "FLIP_COLORSCALE", "KEPT_COLOR", "METHOD_COLORS",
     "PRUNED_COLOR", "RUN_COLORS", "SKIPPED_COLOR", "STUDY_COLORS", "TEXT_CELLS_MAX", "agreement_figure",
     "attention_heatmap", "attention_speedup_figure", "attribution_maps_figure", "bench_figures", "color_map",

@@ -8,6 +8,8 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from ..config import NM_PRESETS
+
 KEPT_COLOR = "#1f77b4"
 PRUNED_COLOR = "#b0b0b0"
 SKIPPED_COLOR = "#b0b0b0"
@@ -135,37 +137,56 @@ def shade(color: str, level: float) -> str:
     return "#" + "".join(f"{round(v + (target - v) * abs(level)):02x}" for v in rgb)
 
 
-def method_colors(items: Iterable[tuple[str, str, Any]]) -> dict[str, str]:
-    """One colour per series, a function of its method: every series of a method in the method's colour
-    (``method_color``), several series of one method told apart by shade (``SHADE_LEVELS``) in the order
-    of their ``variant`` (then their key). The colours do not depend on the order of ``items`` nor on
-    the other methods present.
+def method_colors(items: Iterable[tuple[str, str, int]]) -> dict[str, str]:
+    """One colour per series, a function of its method: every series of a method in a shade of the
+    method's colour (``method_color``), the shade the series prefers (``SHADE_LEVELS[level]``, level 0
+    the method's colour itself). Series of one method that prefer the same shade are told apart: in
+    order of (level, key), each takes the first shade not yet taken. So a series keeps its colour in
+    every figure, in any order, beside any other method, and beside other series of its own method
+    unless two of them meet on one shade.
 
     Args:
-        items: ``(key, method, variant)`` per series: key as the figures look it up (a run id), the
-            method (or recovery mode), and a sort key that orders the series of one method (pattern,
-            λ_w, seed, ...; the same types for every item of a method).
+        items: ``(key, method, level)`` per series: key as the figures look it up (a run id), the
+            method (or recovery mode), and the preferred shade (``shade_level`` of a run).
 
     Returns:
         key -> colour.
     """
-    by_method: dict[str, dict[str, Any]] = {}
-    for key, method, variant in items:
-        by_method.setdefault(str(method), {}).setdefault(key, variant)
+    by_method: dict[str, dict[str, int]] = {}
+    for key, method, level in items:
+        by_method.setdefault(str(method), {}).setdefault(key, int(level))
     out: dict[str, str] = {}
-    for method, variants in by_method.items():
+    count = len(SHADE_LEVELS)
+    for method, levels in by_method.items():
         base = method_color(method)
-        for rank, key in enumerate(sorted(variants, key=lambda k: (variants[k], k))):
-            out[key] = shade(base, SHADE_LEVELS[rank % len(SHADE_LEVELS)])
+        taken: set[int] = set()
+        for key in sorted(levels, key=lambda k: (levels[k], k)):  # noqa: B023 (used at once)
+            want = levels[key] % count
+            free = [(want + step) % count for step in range(count) if (want + step) % count not in taken]
+            level = free[0] if free else want  # more runs of one method than shades: shades repeat
+            taken.add(level)
+            out[key] = shade(base, SHADE_LEVELS[level])
     return out
 
 
-def run_order(run: Any) -> tuple:
-    """How the runs of one method are ordered for their shades: by pattern (M, then N), λ_w, target
-    sparsity, seed, then label (works for training and recovery records alike)."""
+def shade_level(run: Any) -> int:
+    """The shade a run prefers among the runs of its method (index into ``SHADE_LEVELS``), a function of
+    the run alone, so that it has one colour in every figure, live or saved: its N:M pattern's place in
+    ``NM_PRESETS`` (2:4 in the method's own colour, then 4:8, 1:4, ...), for a gradual run its target
+    sparsity (the default in the method's colour), moved on by its seed. Works for training and
+    recovery records (anything with a ``config``)."""
     cfg = getattr(run, "config", None)
-    return (int(getattr(cfg, "m", 0) or 0), int(getattr(cfg, "n", 0) or 0), float(getattr(cfg, "lambda_w", 0) or 0),
-            float(getattr(cfg, "target_sparsity", 0) or 0), int(getattr(cfg, "seed", 0) or 0), str(run.label))
+    n, m = getattr(cfg, "n", None), getattr(cfg, "m", None)
+    if getattr(cfg, "method", None) == "gradual":
+        target = float(getattr(cfg, "target_sparsity", 0.0))
+        default = getattr(type(cfg), "target_sparsity", target)  # the dataclass field's default
+        level = 0 if target == default else 1 + zlib.crc32(f"{target:g}".encode()) % (len(SHADE_LEVELS) - 1)
+    elif isinstance(n, int) and isinstance(m, int):
+        level = (NM_PRESETS.index((n, m)) if (n, m) in NM_PRESETS
+                 else len(NM_PRESETS) + zlib.crc32(f"{n}:{m}".encode()) % (len(SHADE_LEVELS) - len(NM_PRESETS)))
+    else:
+        level = 0
+    return level + int(getattr(cfg, "seed", 0) or 0)
 
 
 def _number_text(v: float) -> str:

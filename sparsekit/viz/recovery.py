@@ -12,7 +12,16 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..flips import FlipWindow, window_series
-from ._style import METHOD_COLORS, ZERO_COLORSCALE, _empty, _log_axis, _number_text, _pct_text, method_colors, run_order
+from ._style import (
+    METHOD_COLORS,
+    ZERO_COLORSCALE,
+    _empty,
+    _log_axis,
+    _number_text,
+    _pct_text,
+    method_colors,
+    shade_level,
+)
 
 if TYPE_CHECKING:
     from ..recovery import RecoveryRecord
@@ -28,8 +37,8 @@ def _key(rec: Any) -> str:
 def recovery_colors(records: Sequence[Any]) -> dict[str, str]:
     """One colour per run (keyed by its run id, or its label before it is saved), a function of its
     recovery mode (``MODE_COLORS``: fixed mask, STE, SR-STE, the same in New recovery, Saved runs and
-    on every page); several runs of one mode get shades of it (``method_colors``, ordered by
-    ``run_order``), whatever the order or the other runs.
+    on every page), in the shade of its seed (``shade_level``); runs of one mode that meet on a shade
+    are told apart (``method_colors``), whatever their order.
 
     Args:
         records: recovery (or training) runs; a record without a mode is coloured by its method.
@@ -41,7 +50,7 @@ def recovery_colors(records: Sequence[Any]) -> dict[str, str]:
         cfg = getattr(rec, "config", None)
         return str(getattr(cfg, "mode", None) or getattr(cfg, "method", None) or "")
 
-    return method_colors([(_key(rec), mode(rec), run_order(rec)) for rec in records])
+    return method_colors([(_key(rec), mode(rec), shade_level(rec)) for rec in records])
 
 
 def _colors(records: Sequence[Any], colors: Mapping[str, str] | None) -> list[str]:

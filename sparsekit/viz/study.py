@@ -31,7 +31,11 @@ def _groups(groups: Sequence[Group], metric: str, what: str) -> list[Group]:
 def variant_colors(groups: Sequence[Group]) -> dict[str, str]:
     """variant -> colour: the method's colour on every page (``METHOD_COLORS``), the λ_w variants of
     one method (SR-STE at several λ_w) shades of it in order of λ_w, whatever the order of ``groups``."""
-    return method_colors([(g.variant, g.method, -1.0 if g.lambda_w is None else float(g.lambda_w)) for g in groups])
+    def lam(g: Group) -> float:
+        return -1.0 if g.lambda_w is None else float(g.lambda_w)
+
+    ranks = {m: sorted({lam(g) for g in groups if g.method == m}) for m in {g.method for g in groups}}
+    return method_colors([(g.variant, g.method, ranks[g.method].index(lam(g))) for g in groups])
 
 
 def _ok(x: float | None) -> bool:

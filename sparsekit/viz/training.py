@@ -23,7 +23,7 @@ from ._style import (
     _number_text,
     _pct_text,
     method_colors,
-    run_order,
+    shade_level,
 )
 from ._style import (
     RUN_COLORS as RUN_COLORS,  # ui/training.py's live run colours import it from here
@@ -49,10 +49,11 @@ def run_key(run: RunRecord) -> str:
 
 
 def run_colors(runs: Sequence[RunRecord]) -> dict[str, str]:
-    """One colour per run, a function of its training method (``METHOD_COLORS``: dense, STE, SR-STE,
-    gradual, random), so a method has the same colour in every figure, whatever runs are picked and
-    in what order; several runs of one method get shades of it (``method_colors``, ordered by
-    ``run_order``: pattern, λ_w, seed). Pass the map to every figure of the same runs.
+    """One colour per run, a function of the run: its training method's colour (``METHOD_COLORS``:
+    dense, STE, SR-STE, gradual, random) in the shade of its N:M pattern and seed (``shade_level``;
+    STE 2:4 seed 0 is STE's own colour). A run has that colour in every figure, live or saved, whatever
+    runs are picked and in what order; two runs of one method that meet on a shade are told apart
+    (``method_colors``). Pass the map to every figure of the same runs.
 
     Args:
         runs: training runs.
@@ -60,7 +61,7 @@ def run_colors(runs: Sequence[RunRecord]) -> dict[str, str]:
     Returns:
         ``run_key(run)`` -> colour.
     """
-    return method_colors([(run_key(run), run.config.method, run_order(run)) for run in runs])
+    return method_colors([(run_key(run), run.config.method, shade_level(run)) for run in runs])
 
 
 def _colors_for(runs: Sequence[RunRecord], colors: Mapping[str, str] | None) -> list[str]:

@@ -1,20 +1,23 @@
 """Streamlit pieces of the Recovery page: the figures, summary, per-layer SAD and download of a set of
 recovery runs (just made, or reopened from the run store), and the saved-runs view (``ui.saved_runs``):
-the table of every saved run, reopening some, deleting one."""
+the table of every saved run, reopening some, deleting one; and a stopped batch of New recovery ("Stopped at
+step k of N", its curves so far)."""
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime, timezone
 from typing import Callable, Sequence
 
 import pandas as pd
 import streamlit as st
 
-from sparsekit import recovery, viz
+from sparsekit import recovery, serial, viz
 from sparsekit.recipes import Recipe
 from sparsekit.recipes.recovery import recovery_rows, saved_recovery_recipe
-from sparsekit.recovery import MODE_LABELS, RecoveryRecord
+from sparsekit.recovery import MODE_LABELS, RecoveryConfig, RecoveryRecord
 from sparsekit.sparsify import SparsifyConfig
+from sparsekit.store import process_token
 from ui.format import shown_path, table_view
 from ui.notebook import notebook_button
 from ui.saved_runs import SavedRuns
@@ -191,3 +194,66 @@ def saved_runs_view() -> None:
     if records:
         show_records(records, key="rc_saved", label_of=lambda r: labels.get(r.run_id, r.label), origin=True,
                      notebook=lambda pick: saved_recovery_recipe([r.run_id for r in records], layer_run=pick))
+
+
+# ---------------------------------------------------------------------------------------------
+# Stopped runs of the New recovery view
+
+
+def batch_runs(spec: str, sparsify_config: SparsifyConfig, configs: Sequence[RecoveryConfig]) -> list[dict | None]:
+    """For each config, the index summary of the newest saved run of this model, starting setting and
+    recovery config, or None."""
+    want = json.loads(sparsify_config.to_json())
+    entries = newest_first(recovery.list_recoveries())
+    out: list[dict | None] = []
+    for cfg in configs:
+        cj = json.loads(json.dumps(serial.to_json(cfg)))
+        out.append(next((e for e in entries if e.get("model_spec") == spec and e.get("sparsify_config") == want
+                         and e.get("config") == cj), None))
+    return out
+
+
+def _settled(spec: str, sparsify_config: SparsifyConfig, configs: Sequence[RecoveryConfig]) -> list[dict | None]:
+    # A Stop press interrupts the run, which then saves itself as stopped; a fast rerun can start
+    # before that save: wait for this process's running runs to settle (at most 10 s).
+    me = process_token()
+    deadline = time.monotonic() + 10
+    while True:
+        found = batch_runs(spec, sparsify_config, configs)
+        if time.monotonic() > deadline or not any(e is not None and e["status"] == "running" and e.get("owner") == me
+                                                   for e in found):
+            return found
+        time.sleep(0.1)
+
+
+def resume_step(record: RecoveryRecord) -> int:
+    """The step a stopped run continues from: its last evaluation on the ``eval_every`` grid (where its
+    resume state was kept)."""
+    every = max(record.config.eval_every, 1)
+    return max([iv.step for iv in record.intervals if iv.step % every == 0 and iv.step <= record.steps_done],
+               default=0)
+
+
+def show_stopped(spec: str, sparsify_config: SparsifyConfig, configs: Sequence[RecoveryConfig]) -> None:
+    """The runs of a stopped batch: "Stopped at step k of N" for the stopped one, what Continue will do,
+    and the curves so far of every run of the batch that has started."""
+    found = _settled(spec, sparsify_config, configs)
+    records = []
+    for cfg, entry in zip(configs, found):
+        if entry is None or entry["status"] not in ("stopped", "complete", "running"):
+            continue
+        try:
+            record = recovery.load_recovery(entry["run_id"])
+        except (KeyError, ValueError):
+            continue
+        records.append(record)
+        if record.status == "stopped":
+            st.warning(f"{mode_label(record)}: stopped at step {record.steps_done:,} of {cfg.steps:,}. Continue trains "
+                       f"only the steps left, from its last evaluation (step {resume_step(record):,}); the finished "
+                       "run is the same as one never stopped.")
+    left = [MODE_LABELS[c.mode] for c, e in zip(configs, found) if e is None or e["status"] not in
+            ("stopped", "complete", "running")]
+    if left:
+        st.caption(f"Not started yet: {', '.join(left)} (Continue runs them after the stopped one).")
+    if records:
+        st.plotly_chart(viz.recovery_curves_figure(records), width="stretch", key="rc_partial")

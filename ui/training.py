@@ -1,5 +1,5 @@
 """Streamlit pieces of the Training page: the new-runs form (bound to the URL), the live-progress run
-loop, the saved runs (``ui.saved_runs``), at-chance warnings, the side-by-side flip maps, and the seed
+loop (stopped runs and Continue: ``ui.stopped_runs``), the saved runs (``ui.saved_runs``), at-chance warnings, the side-by-side flip maps, and the seed
 study tab (SR-STE vs STE over K seeds, with intervals) with the note on where SR-STE's effect shows."""
 from __future__ import annotations
 
@@ -21,12 +21,13 @@ from sparsekit.training.seedconfig import SeedStudyConfig, parse_floats, parse_p
 from sparsekit.training.seedresults import METRICS, SeedStudyResult
 from sparsekit.training.seedstudy import cached_runs, run_seed_study
 from sparsekit.training.ste import layer_plan
-from sparsekit.viz.training import RUN_COLORS, flip_maps_figure, run_key
+from sparsekit.viz.training import flip_maps_figure, run_colors
 from ui.cached import training_run
 from ui.format import table_view
 from ui.heavy import heavy_job
 from ui.notebook import notebook_button
 from ui.saved_runs import SavedRuns
+from ui.stopped_runs import finished
 
 OPTIMIZER_LABELS = {"sgd": "SGD + momentum", "adamw": "AdamW"}
 URL = "query-params"
@@ -134,26 +135,7 @@ def training_form(sidebar_arch: str) -> tuple[list[TrainConfig], list[str], str]
     return configs, errors, prefix
 
 
-def wait_for_interrupted(starting: bool) -> None:
-    """After an interrupted training run (unless new runs are starting): wait for it to save itself,
-    then say so."""
-    interrupted = st.session_state.pop("tr_training", None)
-    if not interrupted or starting:
-        return
-    # With fast reruns Streamlit starts this run while the interrupted one is still saving itself
-    # in its own thread: wait for that save so the table below shows the final status.
-    with st.spinner("Saving the interrupted run…"):
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            entry = next((r for r in training.list_runs() if r["run_id"] == interrupted), None)
-            if entry is None or entry["status"] != "running":
-                break
-            time.sleep(0.1)
-    st.info("Training was interrupted (the Stop button, or a change on the page); the partial run is saved "
-            "with status 'stopped' (see Saved runs).")
-
-
-def _progress_callback(i: int, box, color: str):
+def _progress_callback(i: int, box):
     bar = box.progress(0.0, text="starting…")
     # Full width, one below the other: side by side, each chart had half a column.
     warn, curves, sads = box.empty(), box.empty(), box.empty()
@@ -175,7 +157,7 @@ def _progress_callback(i: int, box, color: str):
                 warn.warning(message + " Stop the run and change the settings.")
             else:
                 warn.empty()
-            colors = {run_key(rec): color}
+            colors = run_colors([rec])  # a run's colour is a function of the run: the same in the comparison
             curves.plotly_chart(viz.training_curves_figure([rec], colors=colors), key=f"tr_live_c{i}_{p.step}")
             if rec.history.layers and len(rec.history) > 1:
                 sads.plotly_chart(viz.sad_series_figure([rec], fraction=True, colors=colors),
@@ -184,26 +166,29 @@ def _progress_callback(i: int, box, color: str):
     return on_progress
 
 
-def train_with_progress(configs: list[TrainConfig], prefix: str, first_color: int = 0) -> list[str]:
+def train_with_progress(configs: list[TrainConfig], prefix: str) -> list[str]:
     """Train and save each config in turn, with a live status box per run; returns the new run ids.
 
-    Run i is drawn in colour ``first_color + i`` of ``RUN_COLORS``: the colour it gets in the
-    comparison below when it follows ``first_color`` runs there."""
+    A stopped run of a config is continued from its last finished epoch (``training.run_and_save``). Each
+    run is drawn in its own colour (``viz.training.run_colors``), the one it has in the comparison below."""
     new_ids = []
     for i, cfg in enumerate(configs):
         name = f"{prefix.strip()} {cfg.label()}" if prefix.strip() else ""
         # Not used as a context manager: leaving the `with` block would mark the run complete.
         box = st.status(f"Run {i + 1} of {len(configs)}: {cfg.label()}", expanded=True)
-        on_progress = _progress_callback(i, box, RUN_COLORS[(first_color + i) % len(RUN_COLORS)])
+        on_progress = _progress_callback(i, box)
         try:
             with heavy_job("training", label=name):
                 rec = training.run_and_save(cfg, name=name, callback=on_progress, progress=False)
         except Exception as err:  # the run saved itself as 'failed'; the page carries on
             st.session_state.pop("tr_training", None)
+            finished(cfg)
             box.update(label=f"Run {i + 1}: {cfg.label()} failed", state="error")
             st.error(f"{cfg.label()} failed ({type(err).__name__}): {err}")
             continue
         st.session_state.pop("tr_training", None)
+        if rec.status != "stopped":
+            finished(cfg)
         new_ids.append(rec.run_id)
         acc = f"{rec.final_accuracy:.2f}%" if rec.final_accuracy is not None else "n/a"
         if rec.status == "complete":

@@ -1,14 +1,16 @@
 """Recovery: fine-tune the pruned model to win back quality (fixed mask, STE, SR-STE on one budget), with
 live curves, SAD per interval and per layer, flip rate and oscillation; runs persist and export, and
-the Saved runs view lists, reopens and deletes them."""
+the Saved runs view lists, reopens and deletes them. Stop keeps a run where it got to (shown as "Stopped at step
+k of N" with its curves); Continue trains only the steps left."""
 import streamlit as st
 
 from sparsekit import recovery, viz
 from sparsekit.recipes.recovery import recovery_recipe
 from sparsekit.recovery import MODE_LABELS, MODES, default_recovery_config
 from ui.heavy import heavy_job
+from ui.long_jobs import job_buttons, job_state
 from ui.notebook import upload_digest
-from ui.recovery import saved_runs_view, show_records
+from ui.recovery import batch_runs, saved_runs_view, show_records, show_stopped
 from ui.state import require_model, sparsified
 from ui.widgets import current_config
 
@@ -66,15 +68,34 @@ if not configs:
 runs = st.session_state.setdefault("rc_runs", {})
 run_key = (key, config.to_json(), tuple(c.to_json() for c in configs))
 records = runs.get(run_key)
+# Recover / Stop / Continue (ui.long_jobs): every run is saved as it goes, with a resume state at each
+# evaluation; a Stop press (or a reload) finds the stopped run, and Continue trains only the steps left.
+job = job_state("rc_jobs", repr(run_key))
+if records is not None:
+    job["status"] = "done"
+elif job["status"] != "running":
+    found = batch_runs(loaded.spec, config, configs)
+    stopped = any(e is not None and e["status"] == "stopped" for e in found)
+    job["status"] = "stopped" if stopped else "idle"
+    job["parts"] = [e["run_id"] for e in found if stopped and e is not None and e["status"] == "complete"]
+slot = job_buttons(job, st, "rc", f"Recover ({len(configs)} run{'s' if len(configs) > 1 else ''} of {steps} steps)")
+if job["status"] == "idle":
+    st.stop()
+if job["status"] == "stopped":
+    show_stopped(loaded.spec, config, configs)
+    st.stop()
 if records is None:
-    if not st.button(f"Recover ({len(configs)} run{'s' if len(configs) > 1 else ''} of {steps} steps)", type="primary",
-                     key="rc_run"):
-        st.stop()
     result = sparsified(key, loaded, config)
+    found = batch_runs(loaded.spec, config, configs)
     records = []
     chart = st.empty()
     bar = st.progress(0.0, text="Recovering…")
     for i, cfg in enumerate(configs):
+        entry = found[i]
+        if entry is not None and entry["status"] == "complete" and entry["run_id"] in job["parts"]:
+            records.append(recovery.load_recovery(entry["run_id"]))  # finished before the stop: not run again
+            continue
+
         def progress(p, i=i, cfg=cfg):
             frac = (i + p.step / max(p.total_steps, 1)) / len(configs)
             bar.progress(min(frac, 1.0), text=f"{MODE_LABELS[cfg.mode]}: step {p.step} of {p.total_steps}, "
@@ -84,12 +105,25 @@ if records is None:
                                    key=f"rc_live_{i}_{p.step}")
         try:
             with heavy_job("recovery", loaded):
-                records.append(recovery.recover_and_save(result, loaded, cfg, progress=progress))
+                # A stopped run of these settings is continued from its last evaluation (resume=True).
+                rec = recovery.recover_and_save(result, loaded, cfg, progress=progress)
         except ValueError as err:
+            job["status"] = "idle"
             st.error(f"{MODE_LABELS[cfg.mode]}: {err}")
             st.stop()
+        records.append(rec)
+        if rec.status != "complete":
+            break
+        job["parts"].append(rec.run_id)
     bar.empty()
     chart.empty()
+    slot.empty()
+    if len(records) < len(configs) or any(r.status != "complete" for r in records):
+        job["status"] = "stopped"  # the library's stop ended a run: the next press carries on
+        slot.button("Continue", key="rc_continue", help="carry on from the last evaluation of the stopped run")
+        show_stopped(loaded.spec, config, configs)
+        st.stop()
+    job["status"] = "done"
     runs[run_key] = records
 
 show_records(records, notebook=lambda pick: recovery_recipe(loaded.spec, config, configs, layer_run=pick,

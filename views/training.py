@@ -8,9 +8,9 @@ from sparsekit.viz.training import run_colors
 from ui.format import table_view
 from ui.notebook import notebook_button
 from ui.state import get_model
+from ui.stopped_runs import continue_panel, start_batch, wait_for_interrupted
 from ui.training import (fill_effect_preset, fit_warnings, flip_maps, load_selected, render_effect_note,
-                         render_seed_study, saved_runs, train_with_progress, training_form, wait_for_interrupted,
-                         warn_at_chance)
+                         render_seed_study, saved_runs, train_with_progress, training_form, warn_at_chance)
 
 MAX_COMPARE = 8
 
@@ -53,15 +53,20 @@ with runs_tab:
     start = go_col.button("Train", type="primary", disabled=bool(errors), key="tr_go",
                           help="changing anything on the page while runs train stops them")
     wait_for_interrupted(start)
-
+    # A stopped run of these settings (the Stop button, or found after a reload) keeps its last finished
+    # epoch on disk: Continue trains only the rest.
+    todo = configs if start else ([] if errors else continue_panel(configs))
     if start:
+        start_batch(configs)
+
+    if todo:
         # Any click while a run trains makes Streamlit interrupt the script at its next element call;
         # the run then saves itself as 'stopped' before the interruption goes on.
         stop_col.button("Stop", key="tr_stop", help="stops the current run; what it learnt so far is kept")
         before = st.session_state.get("tr_selected", [])
-        # The new runs join the comparison after the runs already picked: live colours match theirs there.
-        new_ids = train_with_progress(configs, prefix, first_color=min(len(before), MAX_COMPARE - len(configs)))
-        st.session_state["tr_selected"] = (before + new_ids)[-MAX_COMPARE:]
+        new_ids = train_with_progress(todo, prefix)  # the new runs join the comparison after those already picked
+        st.session_state["tr_selected"] = [r for r in before if r not in new_ids] + new_ids
+        st.session_state["tr_selected"] = st.session_state["tr_selected"][-MAX_COMPARE:]
 
     # ----------------------------------------------------------------------------- saved runs
 

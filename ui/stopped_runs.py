@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import time
+from functools import lru_cache
 
 import streamlit as st
 
 from sparsekit import serial, training, viz
-from sparsekit.models.digits import digits_split
+from sparsekit.models.digits import DigitsData, digits_split
 from sparsekit.training import RunRecord, TrainConfig
 
 
@@ -32,6 +33,12 @@ def wait_for_interrupted(starting: bool) -> None:
             "with status 'stopped' (see Saved runs), and Continue below carries it on from its last finished epoch.")
 
 
+@lru_cache(maxsize=1)
+def _split() -> DigitsData:
+    """The digits split every training run of the page uses (read only; 0.1 s a call otherwise)."""
+    return digits_split()
+
+
 def _config_id(cfg: TrainConfig) -> str:
     return json.dumps(serial.to_json(cfg), sort_keys=True)
 
@@ -49,7 +56,7 @@ def finished(cfg: TrainConfig) -> None:
 def stopped_runs(configs: list[TrainConfig]) -> tuple[list[RunRecord], list[TrainConfig]]:
     """The form's runs to continue: ``(stopped runs with a resume state, configs to train)``; the configs
     are those stopped runs' and the ones a Train press of this session asked for and did not finish."""
-    data = digits_split()
+    data = _split()
     pending = set(st.session_state.get("tr_pending", []))
     stopped, todo = [], []
     for cfg in configs:

@@ -18,7 +18,8 @@ and since the pruned mask, the per-step flip rate and the oscillating weights (`
 ``RecoveryRecord.gap_recovered`` is the share of the dense-to-pruned gap won back.
 
 The shared dense model and the given result are never changed. Runs persist in the run store
-(``recover_and_save``, ``load_recovery``, ``list_recoveries``), the recovered weights export as
+(``recover_and_save``, ``load_recovery``, ``list_recoveries``; a stopped run is continued from its last
+evaluation by the same ``recover_and_save`` call, ``resumable_recovery`` names it), the recovered weights export as
 safetensors (``recovered_safetensors``), and ``compare_modes`` runs fixed / STE / SR-STE side by side.
 
 Modules: ``config`` (settings and bounds), ``objectives`` (data and losses per model kind),

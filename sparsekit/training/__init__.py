@@ -12,7 +12,9 @@
 
 A run is seeded and deterministic. ``train`` returns a ``RunRecord`` (metrics, bit-packed mask
 snapshots, final weights); ``run_and_save`` also keeps it in the run store (one key per run plus an
-index, each written atomically), so a stopped or crashed run leaves a readable partial entry.
+index, each written atomically), so a stopped or crashed run leaves a readable partial entry, and keeps
+its state at every epoch's end (``sparsekit.resume``): the same call run again continues a stopped run
+from its last finished epoch and ends exactly as a run never stopped (``resumable_run`` names it).
 
 Modules: ``config`` (settings, bounds and per-architecture defaults), ``ste`` (masked forward weights),
 ``loop`` (training), ``records`` (what a run produces, its bytes, exports, SAD summary and the at-chance

@@ -193,6 +193,10 @@ def test_page_libraries_are_the_views_imports_and_warm_imports_skips_names_that_
     names = preload.page_libraries(ROOT)
     assert {"sparsekit.viz", "sparsekit.attention", "pandas"} <= set(names)
     assert not any(n.startswith(("streamlit", "ui.")) for n in names)
+    first = preload.page_libraries(ROOT, ["model"])  # what the preload imports beside the dense pass
+    assert {"sparsekit.viz", "pandas", "sparsekit.recipes.model"} <= set(first) < set(names)
+    assert "sparsekit.recipes" in first  # through ui/notebook.py, a helper the Model page imports
+    assert not any(n.startswith("sparsekit.attention") for n in first)
     assert preload.warm_imports(["sparsekit.viz.layer_kept_figure", "sparsekit.report"]) == []
     assert preload.warm_imports(["sparsekit.no_such_module_here"]) == []
     (tmp_path / "warm_up_broken_module.py").write_text("raise RuntimeError('broken on purpose')\n")

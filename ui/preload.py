@@ -25,6 +25,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable
 
+_ROOT = Path(__file__).resolve().parents[1]
 _futures: dict[str, Future] = {}
 _lock = threading.Lock()
 _state = {"started": False, "warm": False}
@@ -41,6 +42,10 @@ def _load(spec: str, future: Future) -> None:
         t1 = time.perf_counter()
         loaded = sparsekit.load_model(spec)
         t2 = time.perf_counter()
+        # The first page's libraries (pandas, plotly, sparsekit.viz) import beside the dense pass, which
+        # runs in torch's threads without the interpreter lock: the page no longer imports them after it.
+        threading.Thread(target=warm_imports, args=(page_libraries(_ROOT, ["model"]),), name="preload-imports",
+                         daemon=True).start()
         loaded.quality()  # the dense reference, which the Model page shows first
         TIMING_LOG.info("preload %s import %.3f load %.3f quality %.3f s", spec, t1 - t0, t2 - t1,
                         time.perf_counter() - t2)
@@ -85,17 +90,28 @@ def take(spec: str) -> Any | None:
         return None
 
 
-def page_libraries(root: Path) -> list[str]:
-    """The library modules (``sparsekit.*``, pandas, plotly...) that the page scripts ``views/*.py`` and
-    their ``ui/*.py`` helpers import at their top: what a first visit to a page would import."""
+def _imports(path: Path) -> set[str]:
     names: set[str] = set()
-    for path in sorted([*(root / "views").glob("*.py"), *(root / "ui").glob("*.py")]):
-        for node in ast.parse(path.read_text(encoding="utf-8")).body:
-            if isinstance(node, ast.Import):
-                names.update(a.name for a in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                names.add(node.module)
-                names.update(f"{node.module}.{a.name}" for a in node.names)
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return names
+
+
+def page_libraries(root: Path, pages: list[str] | None = None) -> list[str]:
+    """The library modules (``sparsekit.*``, pandas, plotly...) that the page scripts ``views/<page>.py``
+    (default: every page) and the ``ui/*.py`` helpers they import import at their top: what a first visit
+    to those pages would import."""
+    files = sorted((root / "views").glob("*.py")) if pages is None else [root / "views" / f"{p}.py" for p in pages]
+    names: set[str] = set()
+    for path in files:
+        names |= _imports(path)
+    for helper in sorted(n for n in names if n.startswith("ui.")):
+        if (root / "ui" / f"{helper[3:]}.py").is_file():
+            names |= _imports(root / "ui" / f"{helper[3:]}.py")
     keep = ("sparsekit", "pandas", "plotly", "numpy")
     return sorted(n for n in names if n.split(".")[0] in keep)
 

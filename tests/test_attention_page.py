@@ -243,3 +243,32 @@ def test_minilm_text_inputs(minilm):
 def test_model_without_attention_says_so():
     at = run("digits:mlp")
     assert any("has no attention layers" in i.value for i in at.info)
+
+
+def test_search_too_small_budget_then_a_finished_search_after_a_reload(tmp_cache, monkeypatch):
+    from sparsekit.attention import search_units
+
+    saved = []
+    real = search_units.save_unit
+    monkeypatch.setattr(search_units, "save_unit", lambda key, layer, unit: saved.append(layer) or real(key, layer, unit))
+    at = run("digits:vit", att_calib=4)
+    at.number_input(key="att_budget").set_value(1.0).run()
+    at.button(key="att_search").click().run()
+    assert any("below what the sparsest candidate needs" in e.value for e in at.error) and saved == [0, 1]
+    # The error leaves the Run button (no Stop, no Continue); a press measures nothing again.
+    assert [b.key for b in at.button if b.key and b.key.startswith("att_search")] == ["att_search"]
+    at.button(key="att_search").click().run()
+    assert any("below what the sparsest candidate needs" in e.value for e in at.error) and saved == [0, 1]
+    # Another budget over the same calibration inputs uses the layers already measured.
+    at.number_input(key="att_budget").set_value(30.0).run()
+    at.button(key="att_search").click().run()
+    assert not at.error and not at.warning and saved == [0, 1]
+    assert [b.key for b in at.button if b.key and b.key.startswith("att_search")] == []
+    finished = at.dataframe[-1].value
+    # A reload of a finished search offers the button (no stopped state); the press measures nothing.
+    again = run("digits:vit", att_calib=4)
+    again.number_input(key="att_budget").set_value(30.0).run()
+    assert not again.warning and any("Press the button" in c.value for c in again.caption)
+    again.button(key="att_search").click().run()
+    assert not again.error and saved == [0, 1]
+    assert again.dataframe[-1].value.to_dict("records") == finished.to_dict("records")

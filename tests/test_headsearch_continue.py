@@ -153,10 +153,15 @@ def test_numbers_do_not_depend_on_the_blocks_and_match_a_plain_loop(tmp_cache, m
     config = SearchConfig(budget=0.5)
     monkeypatch.setattr(search_mod, "BLOCK_SECONDS", 0.0)
     one_by_one = search_heads(caps, config, progress=False, use_cache=False)
-    monkeypatch.setattr(search_mod, "BLOCK_SECONDS", 1e9)  # the first layer alone, then the other four together
-    two_blocks = search_heads(caps, config, progress=False, use_cache=False)
+    monkeypatch.setattr(search_mod, "BLOCK_SECONDS", 1e9)  # blocks of 1, 2 and 2 layers
+    blocks = []
+    real = search_units.measure_layers
+    monkeypatch.setattr(search_units, "measure_layers", lambda g, s, layers, *a: blocks.append(list(layers))
+                        or real(g, s, layers, *a))
+    doubling = search_heads(caps, config, progress=False, use_cache=False)
+    assert blocks == [[0], [1, 2], [3, 4]]
     dens, rec = evaluate_candidates(caps, one_by_one.candidates)  # every layer in one pass
-    assert same(one_by_one, two_blocks)
+    assert same(one_by_one, doubling)
     assert torch.equal(dens, one_by_one.density) and torch.equal(rec, one_by_one.recall)
     # A plain loop over inputs, layers and heads for a few candidates (no search or metrics code).
     for c in (0, len(one_by_one.candidates) // 2, len(one_by_one.candidates) - 1):
@@ -191,6 +196,15 @@ def test_another_budget_measures_nothing_again_and_bad_input_is_refused(tmp_cach
         search_heads(caps, SearchConfig(), progress="yes")  # type: ignore[arg-type]
     # A family whose grid changes the candidates is another search: nothing stored for it yet.
     assert cached_search(caps, SearchConfig(families=("sliding_window",)), partial=True) is None
+
+
+def test_block_sizes():
+    assert search_units.block_size(None, 5.0, 6) == 1
+    assert search_units.block_size((1, 1.0), 5.0, 6) == 2
+    assert search_units.block_size((2, 4.9), 5.0, 3) == 3  # doubled, then cut to what remains
+    assert search_units.block_size((4, 7.0), 5.0, 9) == 4
+    assert search_units.block_size((4, 10.5), 5.0, 9) == 2
+    assert search_units.block_size((1, 30.0), 5.0, 9) == 1
 
 
 def test_progress_false_and_a_progress_callback(tmp_cache, capsys, one_layer_blocks):

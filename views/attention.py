@@ -143,6 +143,11 @@ if job["status"] == "idle" and not job.get("looked") and was_started(key, job_id
     if found is not None and not found.complete:
         job["status"] = "stopped"
 button_slot = search_buttons(job)
+if job["status"] == "idle" and job.get("error"):
+    st.error(job["error"])
+    offer_notebook()
+    st.stop()
+job.pop("error", None)  # a press clears it
 if job["status"] == "idle":
     st.caption("Press the button to search with these settings. Each finished layer is kept on disk: Stop shows "
                "the layers done so far, and Continue measures only the rest.")
@@ -163,11 +168,9 @@ try:
     else:
         result = job["result"] if job["status"] == "done" else cached_search(captures, config, partial=True)
 except ValueError as err:
-    job["status"] = "idle"
-    button_slot.empty()
-    st.error(f"Cannot search: {err}")
-    offer_notebook()
-    st.stop()
+    # Back to the Run button (drawn by the next run: this one used its key), with the message kept until a press.
+    job["status"], job["error"] = "idle", f"Cannot search: {err}"
+    st.rerun()
 if result is None or not result.complete:
     if result is None:
         st.info("The search was stopped before its first layer finished; Continue starts it.")

@@ -45,9 +45,10 @@ if TYPE_CHECKING:
 ALLOCATIONS = ("head", "global")
 
 
-BLOCK_SECONDS = 2.0
-"""Layers are measured in blocks of about this long (the first alone): a stop waits at most this, and
-larger blocks spend less on per-call overhead. The numbers do not depend on the blocks."""
+BLOCK_SECONDS = 5.0
+"""Layers are measured in blocks (the first alone, then doubling while a block takes less than this):
+larger blocks spend less on per-call overhead, a stop waits for the block under way. The numbers do not
+depend on the blocks (``search_units.block_size``)."""
 
 
 @dataclass(frozen=True)
@@ -358,23 +359,23 @@ def _search(captures: Sequence[AttentionCapture], config: SearchConfig, progress
     key = units.search_key(captures, specs) if use_cache else ""
     done = units.load_units(key, n_layers, len(specs), n_heads) if use_cache else {}
     groups: list[tuple[AttentionCapture, int]] | None = None
-    per_layer: float | None = None  # seconds, from the first block measured in this call
+    last: tuple[int, float] | None = None  # (layers, seconds) of the last block measured in this call
     complete = True
     while len(done) < n_layers:
         if stop is not None and stop():
             complete = False
             break
         todo = [layer for layer in range(n_layers) if layer not in done]
-        block = todo[:units.block_size(per_layer, BLOCK_SECONDS, len(todo))]
+        block = todo[:units.block_size(last, BLOCK_SECONDS, len(todo))]
         if progress is not None:
             progress(len(done) / n_layers, f"layer {block[0]} ({len(done) + 1}/{n_layers})")
         if groups is None:
             groups = units.stack_by_length(captures)
         start = time.perf_counter()
         dens, rec = units.measure_layers(groups, specs, block, n_layers, len(captures))
-        per_layer = (time.perf_counter() - start) / len(block)
+        last = (len(block), time.perf_counter() - start)
         for i, layer in enumerate(block):
-            done[layer] = units.LayerUnit(dens[:, i].clone(), rec[:, i].clone(), per_layer)
+            done[layer] = units.LayerUnit(dens[:, i].clone(), rec[:, i].clone(), last[1] / len(block))
             if use_cache:
                 units.save_unit(key, layer, done[layer])
     nan = torch.full((len(specs), n_heads), float("nan"), dtype=torch.float64)

@@ -25,9 +25,6 @@ from ._style import (
     method_colors,
     shade_level,
 )
-from ._style import (
-    RUN_COLORS as RUN_COLORS,  # ui/training.py's live run colours import it from here
-)
 
 if TYPE_CHECKING:
     from ..seedstudy import SeedStudyResult

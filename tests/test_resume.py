@@ -371,3 +371,43 @@ def test_resume_state_refuses_bad_bytes():
             rs.ResumeState.from_bytes(blob)  # type: ignore[arg-type]
     get_cache().set("k", b"junk")
     assert rs.load_state("k", "training") is None
+
+
+# ----------------------------------------------------------------------------- study cells (seed study)
+
+
+def test_study_training_cell_interrupted_half_way_continues_from_its_last_epoch(data, monkeypatch):
+    """A seed-study / training-study cell goes through ``train_resuming``: Ctrl-C in its third epoch,
+    then the same cell again trains only the last epoch (counted at the epoch evaluations) and gives
+    the record of an uninterrupted run."""
+    from sparsekit.study import StudySpec
+    from sparsekit.study.cells import run_training
+    from sparsekit.training import loop
+
+    spec = StudySpec(name="t", kind="training", methods=("srste",), patterns=("2:4",), seeds=(1,),
+                     train=sparsekit.training.TrainConfig(arch="mlp", epochs=EPOCHS, batch_size=256))
+    [cell] = spec.cells()
+    real = loop._epoch_metrics
+    epochs: list[int] = []
+
+    def counting(*args, **kwargs):
+        epochs.append(args[2])  # the step the epoch ended at
+        if interrupt_at is not None and len(epochs) == interrupt_at:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "_epoch_metrics", counting)
+    interrupt_at: int | None = EPOCHS  # after epochs 1 and 2 are done (and the state of epoch 2 kept)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(cell, data=data)
+    spe = epochs[0]
+    interrupt_at, epochs = None, []
+    resumed = run_training(cell, data=data)
+    assert epochs == [EPOCHS * spe]  # only the last epoch trained again
+    cfg = cell.train_config()
+    assert get_cache().get(training_key(cfg, data, owner="study-cell")) is None  # done: the state is gone
+    epochs.clear()
+    fresh = run_training(cell, data=data)  # nothing kept now: a run from step 0
+    assert len(epochs) == EPOCHS
+    assert resumed.metrics == fresh.metrics and resumed.detail == {**fresh.detail, "seconds": resumed.detail["seconds"]}
+    same_training(loop.train(cfg, data=data, progress=False), loop.train_resuming(cfg, data=data))

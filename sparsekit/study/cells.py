@@ -173,7 +173,8 @@ def run_oneshot(cell: Cell, *, loaded: LoadedModel | None = None, calibration: C
 
 
 def run_training(cell: Cell, *, data: DigitsData | None = None) -> CellRecord:
-    """Train one STE/SR-STE cell on the digits data and measure it (``seedresults.run_metrics``).
+    """Train one STE/SR-STE cell on the digits data and measure it (``seedresults.run_metrics``). A cell
+    interrupted half-way continues from its last finished epoch when run again (``train_resuming``).
 
     Args:
         cell: the cell.
@@ -183,12 +184,12 @@ def run_training(cell: Cell, *, data: DigitsData | None = None) -> CellRecord:
         The record (see ``run_cell``).
     """
     from ..models.digits import digits_split
-    from ..training.loop import train
+    from ..training.loop import train_resuming
     from ..training.seedresults import LOWER_IS_BETTER, METRICS, run_metrics
 
     cfg = cell.train_config()
     start = time.perf_counter()
-    run = run_metrics(train(cfg, data=data if data is not None else digits_split(), progress=None))
+    run = run_metrics(train_resuming(cfg, data=data if data is not None else digits_split()))
     detail = asdict(run)
     return CellRecord(
         **cell.labels(), status="done", error=None,

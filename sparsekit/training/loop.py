@@ -22,7 +22,7 @@ from ..topology import MaskHistory
 from .config import TrainConfig, zhu_gupta_sparsity
 from .records import EpochMetrics, RunRecord, StepCallback, TrainProgress, run_from_bytes, run_to_bytes
 from .ste import FixedMask, _nm_mask_fn, _NMStraightThrough, dense_weight, layer_plan, mask_buffer
-from .store import clear_resume_state, load_resume_state, resume_key, save_resume_state, save_run
+from .store import clear_resume_state, load_cell_state, load_resume_state, resume_key, save_resume_state, save_run
 
 
 class _Run:
@@ -416,6 +416,36 @@ def run_and_save(
         stored_name.clear()
         record = train(config, name=name, data=data, callback=callback, checkpoint=checkpoint, progress=progress,
                        save_state=keep)
+    if record.status != "stopped":
+        clear_resume_state(key)
+    return record
+
+
+def train_resuming(config: TrainConfig, *, data: DigitsData | None = None) -> RunRecord:
+    """``train`` (silent) that a study cell calls: its last epoch's state is kept in the disk cache under
+    the config and the data (not in the run store), so a cell interrupted half-way (Ctrl-C, a stop, a
+    worker gone) is continued by the same call from its last finished epoch, with the result of a run
+    never stopped. The state is dropped once the run ends.
+
+    Args:
+        config: the settings.
+        data: the digits split (default ``digits_split()``).
+
+    Returns:
+        The ``RunRecord`` (not saved in the run store).
+    """
+    data = data if data is not None else digits_split()
+    config.validate(int(data.x_train.shape[0]))
+    key = resume_key(config, data, owner="study-cell")
+
+    def keep(state: ResumeState) -> None:
+        save_resume_state(key, state)
+
+    found = load_cell_state(key)
+    try:
+        record = train(config, data=data, progress=None, resume_from=found, save_state=keep)
+    except ResumeError:  # a state that does not fit (checked before anything ran): start afresh
+        record = train(config, data=data, progress=None, save_state=keep)
     if record.status != "stopped":
         clear_resume_state(key)
     return record

@@ -50,10 +50,11 @@ delete_run = STORE.remove
 RESUME_KIND = "training"
 
 
-def resume_key(config: TrainConfig, data: DigitsData) -> str:
-    """The cache key of the resume state of a run of ``config`` on ``data`` (config JSON + data digest)."""
+def resume_key(config: TrainConfig, data: DigitsData, *, owner: str = "training-run") -> str:
+    """The cache key of the resume state of a run of ``config`` on ``data`` (config JSON + data digest);
+    ``owner`` keeps apart states of runs in the run store and of study cells, which are not stored there."""
     digest = tensor_digest(data.x_train, data.y_train, data.x_test, data.y_test)
-    return state_key("training-run", serial.to_json(config), digest)
+    return state_key(owner, serial.to_json(config), digest)
 
 
 def resumable_run(config: TrainConfig, data: DigitsData | None = None) -> RunRecord | None:
@@ -85,6 +86,11 @@ def load_resume_state(key: str) -> tuple[ResumeState, RunRecord] | None:
         return None
     stored = _stored_run(state)
     return None if stored is None else (state, stored)
+
+
+def load_cell_state(key: str) -> ResumeState | None:
+    """A study cell's resume state at ``key`` (no stored run behind it), or None."""
+    return load_state(key, RESUME_KIND)
 
 
 def save_resume_state(key: str, state: ResumeState) -> None:

@@ -563,3 +563,18 @@ def test_sparsify_report_table_has_human_headers_and_no_none(digits_cache):
     report = next(t for t in tables if "kept_fraction" in t[1].columns)
     assert report[1]["N:M KB"].isna().all()
     assert "type" in report[0] and "layer_type" not in report[0]
+
+
+def test_saved_runs_table_shows_a_missing_value_as_a_dash(monkeypatch):
+    """A failed run has no accuracy: the saved-runs table (Training and Recovery) draws it as the dash
+    every other table uses, not ``None``."""
+    import streamlit as st
+
+    from ui.format import MISSING
+    from ui.saved_runs import SavedRuns
+
+    seen = {}
+    monkeypatch.setattr(st, "dataframe", lambda data, **kw: seen.update(kw, data=data))
+    runs = SavedRuns(prefix="tr", delete_run=lambda run_id: None, manage_key="k", manage_title="t", chosen_key="c")
+    runs.table([{"id": "a", "accuracy": None}], {})
+    assert seen.get("placeholder") == MISSING and seen["data"] == [{"id": "a", "accuracy": None}]

@@ -9,6 +9,8 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import streamlit as st
 
+from ui.format import MISSING
+
 T = TypeVar("T")
 
 
@@ -51,8 +53,9 @@ class SavedRuns:
             (st.error if kind == "error" else st.success)(message)
 
     def table(self, rows: Sequence[Mapping[str, Any]] | Any, column_config: Mapping[str, Any]) -> None:
-        """The saved runs, one row each (``id`` names the run)."""
-        st.dataframe(rows, hide_index=True, width="stretch", column_config=dict(column_config))
+        """The saved runs, one row each (``id`` names the run); a missing value (a failed run's accuracy)
+        shows as ``MISSING``, not ``None``."""
+        st.dataframe(rows, hide_index=True, width="stretch", column_config=dict(column_config), placeholder=MISSING)
 
     # ----------------------------------------------------------------------------- rename and delete
 

@@ -272,6 +272,28 @@ def test_attention_page_stop_then_continue_measures_only_the_rest(tmp_cache, tmp
     assert saved == [0, 1] + [0, 1]  # the uninterrupted search in its own cache, nothing more
 
 
+def test_attention_page_search_stopped_by_the_library_offers_continue(tmp_cache, saved, monkeypatch):
+    real = search_mod.search_heads
+
+    def stopping(captures, config, **kwargs):  # what a stop hook after the first layer does
+        kwargs.setdefault("stop", lambda: len(saved) >= 1)
+        return real(captures, config, **kwargs)
+
+    monkeypatch.setattr(search_mod, "search_heads", stopping)
+    at = page_app("attention", "digits:vit", 300, att_calib=4)
+    at.run()
+    at.button(key="att_search").click().run()
+    assert not at.exception and not at.error and saved == [0]
+    assert "Stopped after 1 of 2 layers" in " ".join(w.value for w in at.warning)
+    assert [b.key for b in at.button if b.key and b.key.startswith("att_search")] == ["att_search_continue"]
+    monkeypatch.setattr(search_mod, "search_heads", real)
+    at.button(key="att_search_continue").click().run()
+    assert not at.exception and not at.error and not at.warning and saved == [0, 1]
+    vit = sparsekit.load_model("digits:vit")
+    whole = real(calibration_captures(vit, 4), SearchConfig(), progress=False, use_cache=False)
+    assert at.dataframe[-1].value.to_dict("records") == whole.rows()
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Ctrl-C in a separate process
 

@@ -165,6 +165,8 @@ try:
         bar.empty()
         job["status"] = "done" if result.complete else "stopped"
         button_slot.empty()
+        if not result.complete:  # the library's stop ended it: the next press carries on
+            button_slot.button("Continue", key="att_search_continue", help="measure only the layers not done yet")
     else:
         result = job["result"] if job["status"] == "done" else cached_search(captures, config, partial=True)
 except ValueError as err:

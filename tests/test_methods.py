@@ -125,3 +125,26 @@ def test_method_fields_are_checked():
     assert "bad-stats" not in REGISTRY and "bad-output" not in REGISTRY
     assert get_method("random").uses_seed and not get_method("magnitude").uses_seed
     assert get_method("taylor").run_output == "scores" and get_method("sparsegpt").run_output == "masks"
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties", "zeros", "nan"])
+def test_wanda_row_mask_keeps_what_a_stable_sort_keeps(kind):
+    """row_unstructured_mask finds each row's threshold with topk; it must keep exactly what a stable
+    descending sort of |scores| keeps (ties: the lower index), at every sparsity."""
+    from sparsekit.methods.wanda import row_unstructured_mask
+
+    g = torch.Generator().manual_seed(7)
+    for rows, cols in ((1, 1), (5, 4), (40, 33), (64, 96)):
+        x = torch.randn(rows, cols, generator=g)
+        if kind == "ties":
+            x = torch.randint(-3, 4, (rows, cols), generator=g).float()  # -0.0 and 0.0 tie too
+            x[x == 0] *= -1.0
+        elif kind == "zeros":
+            x = torch.zeros(rows, cols)
+        elif kind == "nan":
+            x[0, -1] = float("nan")
+        for sparsity in (0.0, 0.1, 0.25, 0.5, 0.75, 0.99):
+            k = cols - round(sparsity * cols)
+            order = torch.sort(x.abs(), dim=1, descending=True, stable=True).indices
+            want = torch.zeros(rows, cols, dtype=torch.bool).scatter_(1, order[:, :k], True)
+            assert torch.equal(row_unstructured_mask(x, sparsity), want), (rows, cols, sparsity)

@@ -9,15 +9,17 @@ Layers outside every block (embeddings, heads) are pruned on arrival in both ord
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Mapping
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import grouped_view, is_prunable, layer_weight
+from ..layers import grouped_view, is_conv1d_transposed, is_prunable, layer_weight
+from .stats import InputStats
 from .types import Calibration, MethodOutput, ProgressFn, PruneSettings
 
 CONTRASTIVE_TEMPERATURE = 0.05
@@ -167,9 +169,16 @@ class LayerInputs:
         """Rows of X ``[tokens, cols]`` for this layer's input ``x``."""
         x = x.detach()
         if not self.conv:
+            flat = x.reshape(-1, x.shape[-1])
             if token_mask is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(token_mask.shape):
-                return x[token_mask].float()  # padding tokens are not calibration data
-            return x.reshape(-1, x.shape[-1]).float()
+                # Padding tokens are not calibration data. Packed rows (a causal LM's calibration)
+                # pad only the end of the last row: the real tokens are then a leading slice, no copy.
+                real = token_mask.reshape(-1)
+                count = int(real.sum())
+                if bool(real[:count].all()):
+                    return flat[:count].float()
+                return x[token_mask].float()
+            return flat.float()
         mod = self.module
         if isinstance(mod, nn.Conv2d):
             x4 = x
@@ -200,37 +209,32 @@ class LayerInputs:
 
 
 
-class InputStats:
-    """What a calibrated method needs of one layer's inputs, accumulated over forward calls.
+def _zero_forward(view: LayerInputs) -> Callable[..., torch.Tensor] | None:
+    """A stand-in forward giving zeros of the layer's output shape: a plain ``nn.Linear`` or GPT-2
+    ``Conv1D`` (others: None)."""
+    module = view.module
+    if "forward" in vars(module) or not (type(module) is nn.Linear or is_conv1d_transposed(module)):
+        return None
+    rows = view.view.matrix_shape[0]
 
-    SparseGPT: ``X^T X`` and the number of calibration *samples* (sequences or images), so that
-    ``H = 2 X^T X / n_samples`` as the reference's ``add_batch`` builds it (it counts sequences, not
-    tokens; the count matters where an input is dead on every token: its diagonal is set to 1 and
-    the 1 % dampening is relative to the live ones). Wanda: the squared L2 norm of every input
-    feature over all calibration tokens.
-    """
+    def forward(x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        return x.new_zeros(*x.shape[:-1], rows)
+    return forward
 
-    def __init__(self, kind: str) -> None:
-        if kind not in ("norms", "hessian"):
-            raise ValueError(f"stats kind must be 'norms' or 'hessian', got {kind!r}")
-        self.kind = kind
-        self.samples = 0
-        self.total: torch.Tensor | None = None
 
-    def add(self, X: torch.Tensor, samples: int) -> None:
-        Xd = X.double()
-        part = Xd.pow(2).sum(0) if self.kind == "norms" else Xd.T @ Xd
-        self.total = part if self.total is None else self.total + part
-        self.samples += int(samples)
-
-    def accumulated(self) -> torch.Tensor:
-        """``total``, once at least one input was added."""
-        if self.total is None:
-            raise ValueError("no inputs were added: the layer was never called")
-        return self.total
-
-    def hessian(self) -> torch.Tensor:
-        return (2.0 / max(self.samples, 1)) * self.accumulated()
+@contextlib.contextmanager
+def _skipped(view: LayerInputs | None) -> Iterator[None]:
+    """Within the block, the layer's forward hooks still run (its inputs are captured) but it
+    computes zeros instead of its output."""
+    forward = _zero_forward(view) if view is not None else None
+    if view is None or forward is None:
+        yield
+        return
+    vars(view.module)["forward"] = forward
+    try:
+        yield
+    finally:
+        del vars(view.module)["forward"]
 
 
 class _AllPruned(Exception):
@@ -282,6 +286,13 @@ def sequential_prune(model: nn.Module, names: Sequence[str], config: PruneSettin
     through the pruned block. ``"layer"``: each layer is pruned when the forward reaches it, so a
     block's later layers see inputs from its already-pruned earlier ones. Layers outside every
     block (embeddings, heads) are pruned on arrival in both orders.
+
+    The extra forward only needs the block's layer inputs, so the layer it calls last (GPT-2's
+    ``mlp.c_proj``, a third of a block's multiply-adds) computes zeros there instead of its output
+    once an earlier block of the same class has shown that no layer of the block runs after it
+    (checked again on every block: if one does, that block's extra forward is run again in full).
+    The forward stops after the last pruned layer, so the last block's pruned output and a language
+    model's output layer are never computed.
     """
     modules = dict(model.named_modules())
     channel = config.conv_grouping == "channel" and config.pattern == "nm"
@@ -291,11 +302,12 @@ def sequential_prune(model: nn.Module, names: Sequence[str], config: PruneSettin
     total = len(names)
     order = config.calibration_order
     blocks: dict[nn.Module, list[str]] = {}
+    block_names: dict[nn.Module, str] = {}
     if order == "block":
         for bname, block in transformer_blocks(model):
             inside = [n for n in names if n.startswith(bname + ".")]
             if inside:
-                blocks[block] = inside
+                blocks[block], block_names[block] = inside, bname
         if blocks:
             out.order = "block"
             out.order_note = (f"block order: {len(blocks)} transformer blocks, each pruned on inputs from one "
@@ -309,6 +321,8 @@ def sequential_prune(model: nn.Module, names: Sequence[str], config: PruneSettin
         out.order_note = "layer order: each layer pruned on inputs from all already-pruned layers before it"
     capturing: dict[str, InputStats] | None = None  # a block's layers -> their stats, during its extra forward
     in_block = False
+    calls: list[str] = []  # the block's layers in the order its extra forward calls them
+    skippable: dict[type, str] = {}  # block class -> the layer (relative name) its extra forward can skip
 
     def prune(view: LayerInputs, stats: InputStats) -> None:
         if progress is not None:
@@ -333,6 +347,7 @@ def sequential_prune(model: nn.Module, names: Sequence[str], config: PruneSettin
         if capturing is not None:
             if view.name in capturing:
                 capturing[view.name].add(X, samples)
+                calls.append(view.name)
             return
         stats = InputStats(stats_kind)
         stats.add(X, samples)
@@ -345,12 +360,28 @@ def sequential_prune(model: nn.Module, names: Sequence[str], config: PruneSettin
         todo = [n for n in blocks[block] if n not in out.masks]
         if not todo:
             return None
-        capture = {n: InputStats(stats_kind) for n in todo}
-        capturing, in_block = capture, True
-        try:
-            block(*args, **kwargs)
-        finally:
-            capturing, in_block = None, False
+        bname = block_names[block]
+        rel = skippable.get(type(block))
+        skip = modules.get(f"{bname}.{rel}") if rel is not None and f"{bname}.{rel}" in todo else None
+        capture: dict[str, InputStats] = {}
+        for attempt in (skip, None):
+            capture = {n: InputStats(stats_kind) for n in todo}
+            calls.clear()
+            capturing, in_block = capture, True
+            try:
+                with _skipped(views[attempt] if attempt is not None else None):
+                    block(*args, **kwargs)
+            finally:
+                capturing, in_block = None, False
+            if attempt is None:
+                break
+            if calls.count(views[attempt].name) == 1 and calls[-1] == views[attempt].name:
+                break  # nothing ran after the skipped layer: every input is what a full forward gives
+            skippable.pop(type(block), None)  # it did: capture again without skipping
+        if skip is None and type(block) not in skippable and calls and calls.count(calls[-1]) == 1:
+            last = views[modules[calls[-1]]]
+            if _zero_forward(last) is not None:
+                skippable[type(block)] = calls[-1][len(bname) + 1:]
         for n in todo:
             if capture[n].total is not None:
                 prune(views[modules[n]], capture[n])

@@ -13,6 +13,7 @@ from torch import nn
 from ..masks import unstructured_mask
 from .base import Method, register
 from .calibration import InputStats, LayerInputs, check_calibration, sequential_prune
+from .columnpass import column_pass
 from .types import Calibration, MethodOutput, ProgressFn, PruneSettings, one_thread
 
 SPARSEGPT_BLOCK = 128
@@ -57,8 +58,9 @@ def sparsegpt_prune(
         algorithm's own estimate of the increase in ``||WX - W'X||^2``).
 
     Threads: the factorisation and the lazy block updates are large BLAS calls and use torch's
-    threads; the column-by-column pass inside each block (thousands of small ops, each of which
-    would wait at an OpenMP barrier with several threads) runs on one thread.
+    threads; on the CPU the column-by-column pass inside each block is one compiled kernel whose
+    threads (at most torch's count) split the rows, which are independent there, so the result does
+    not depend on the thread count.
     """
     if (sparsity is None) == (nm is None):
         raise ValueError("give exactly one of sparsity (unstructured) or nm=(n, m)")
@@ -144,16 +146,13 @@ def _sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float | No
     ErrT = torch.empty(blocksize, rows, dtype=torch.float32, device=device)
     scaleT = torch.empty(blocksize, rows, dtype=torch.float32, device=device)
     keepT = torch.empty(blocksize, rows, dtype=torch.bool, device=device)
-    if nm is not None:
-        before = _nm_before(m, device)
     loss = 0.0
+    threads = torch.get_num_threads()
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         count = i2 - i1
-        # The column pass: thousands of small ops, on one thread (with more, each one would wait at
-        # an OpenMP barrier). Its arithmetic is the textbook order, op for op (err = w * pruned *
-        # (1 / d), folded into one exact factor as pruned is 0 or 1, then a rank-1 update of the
-        # block's later columns), so the masks do not move at near-ties.
+        # The block's own work on one thread (a few small ops, plus the column pass: one compiled
+        # kernel on the CPU, whose threads split the rows; thousands of torch ops elsewhere).
         with one_thread():
             W1 = W[:, i1:i2].clone()
             ErrT1, scaleT1, keepT1 = ErrT[:count], scaleT[:count], keepT[:count]
@@ -164,19 +163,8 @@ def _sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float | No
             if sparsity is not None:
                 keep1 = unstructured_mask(W1, float(sparsity), scores=W1**2 / d2)
                 torch.mul(~keep1.t(), inv_d, out=scaleT1)
-            for i in range(count):
-                if nm is not None and i % m == 0:
-                    # The group's mask is chosen only now, after the errors of the earlier
-                    # columns have been folded into it.
-                    score = (W1[:, i : i + m] ** 2 / d2[i : i + m]).t().contiguous()
-                    pruned = _nm_pruned(score, n, before)
-                    torch.logical_not(pruned, out=keepT1[i : i + m])
-                    torch.mul(pruned, inv_d[i : i + m], out=scaleT1[i : i + m])
-                # Column i is final once its own error is taken out: the kept weights stay, the
-                # pruned ones go, and the error (w - q) / d is spread over the columns to come.
-                err = torch.mul(W1[:, i], scaleT1[i], out=ErrT1[i])
-                if i + 1 < count:
-                    W1[:, i + 1 :].addr_(err, U1[i, i + 1 :], alpha=-1.0)
+            if device.type != "cpu" or not column_pass(W1, U1, d2, inv_d, scaleT1, keepT1, ErrT1, nm, threads):
+                _column_pass_torch(W1, U1, d2, inv_d, scaleT1, keepT1, ErrT1, nm)
             if nm is not None:
                 keep1 = keepT1.t()
             keep[:, i1:i2] = keep1
@@ -187,6 +175,25 @@ def _sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float | No
             W[:, i2:].addmm_(ErrT1.t(), U[i1:i2, i2:], alpha=-1.0)
     # Every pruned entry is 0 already: a block's columns are not touched after its pass.
     return W.to(weight.dtype), keep, {"damp": used, "damp_raised": used > base, "loss": loss}
+
+
+def _column_pass_torch(W1: torch.Tensor, U1: torch.Tensor, d2: torch.Tensor, inv_d: torch.Tensor,
+                       scaleT1: torch.Tensor, keepT1: torch.Tensor, ErrT1: torch.Tensor,
+                       nm: tuple[int, int] | None) -> None:
+    """The column pass of one block in torch ops (see ``columnpass``): thousands of small ops, on one
+    thread (with more, each one would wait at an OpenMP barrier)."""
+    count = W1.shape[1]
+    n, m = nm if nm is not None else (0, 0)
+    before = _nm_before(max(m, 1), W1.device)
+    for i in range(count):
+        if m and i % m == 0:
+            score = (W1[:, i : i + m] ** 2 / d2[i : i + m]).t().contiguous()
+            pruned = _nm_pruned(score, n, before)
+            torch.logical_not(pruned, out=keepT1[i : i + m])
+            torch.mul(pruned, inv_d[i : i + m], out=scaleT1[i : i + m])
+        err = torch.mul(W1[:, i], scaleT1[i], out=ErrT1[i])
+        if i + 1 < count:
+            W1[:, i + 1 :].addr_(err, U1[i, i + 1 :], alpha=-1.0)
 
 
 def keep_layer(layer: LayerInputs, weight: torch.Tensor, config: PruneSettings, stats: InputStats,

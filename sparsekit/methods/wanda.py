@@ -47,9 +47,29 @@ def row_unstructured_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r}")
     rows, cols = scores.shape
     keep_count = cols - int(round(float(sparsity) * cols))
-    order = torch.sort(scores.detach().abs(), dim=1, descending=True, stable=True).indices
-    keep = torch.zeros(rows, cols, dtype=torch.bool, device=scores.device)
-    keep.scatter_(1, order[:, :keep_count], True)
+    s = scores.detach().abs()
+    if keep_count in (0, cols) or bool(torch.isnan(s).any()):
+        order = torch.sort(s, dim=1, descending=True, stable=True).indices
+        keep = torch.zeros(rows, cols, dtype=torch.bool, device=scores.device)
+        keep.scatter_(1, order[:, :keep_count], True)
+        return keep
+    # What a stable descending sort keeps, without sorting: every score above the row's
+    # keep_count-th largest, then as many of the scores equal to it as fit, lowest index first.
+    # (torch.topk over the smaller side is several times faster than a sort or kthvalue.)
+    if keep_count <= cols - keep_count + 1:
+        threshold = torch.topk(s, keep_count, dim=1, sorted=False).values.amin(1, keepdim=True)
+    else:
+        smallest = torch.topk(s, cols - keep_count + 1, dim=1, largest=False, sorted=False).values
+        threshold = smallest.amax(1, keepdim=True)
+    keep = s > threshold
+    tied = s == threshold
+    room = keep_count - keep.sum(1)
+    crowded = (tied.sum(1) > room).nonzero().squeeze(1)  # rows with more ties than room: rare
+    keep.logical_or_(tied)
+    if crowded.numel():
+        t = tied[crowded]
+        first = t.logical_and_(t.cumsum(1) <= room[crowded, None])
+        keep[crowded] = (s[crowded] > threshold[crowded]).logical_or_(first)
     return keep
 
 

@@ -578,3 +578,15 @@ def test_saved_runs_table_shows_a_missing_value_as_a_dash(monkeypatch):
     runs = SavedRuns(prefix="tr", delete_run=lambda run_id: None, manage_key="k", manage_title="t", chosen_key="c")
     runs.table([{"id": "a", "accuracy": None}], {})
     assert seen.get("placeholder") == MISSING and seen["data"] == [{"id": "a", "accuracy": None}]
+
+
+def test_attention_search_tables_have_human_headers(tmp_cache):
+    """The per-head search's comparison and per-head tables (raw ``uniform_density`` before)."""
+    from devtools.apptest import page_app
+
+    at = page_app("attention", "digits:vit", 300, att_calib=4)
+    at.run()
+    at.button(key="att_search").click().run()
+    assert not at.exception and not at.error
+    tables = _assert_human_tables(at, "attention search")
+    assert any("uniform density" in heads for heads, *_ in tables)

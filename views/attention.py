@@ -18,7 +18,7 @@ from ui.attention import (GRID_KEY, SearchProgress, combined_pattern_form, head_
 from ui.cached import attention_calibration, attention_capture, attention_quality
 from ui.heavy import heavy_job
 from ui.long_jobs import job_state
-from ui.format import change_text, metric_text
+from ui.format import change_text, metric_text, table_view
 from ui.notebook import notebook_button, upload_digest
 from ui.state import require_model
 
@@ -204,11 +204,11 @@ r3.metric(loaded.metric_names.get(headline, headline), metric_text(plan_q.sparse
           f"{change_text(plan_q.sparse[headline] - uniform_q.sparse[headline], plan_q.sparse[headline])} vs uniform",
           delta_color="normal" if loaded.higher_is_better.get(headline, True) else "inverse")
 compare = pd.DataFrame(plan_comparison_rows(result, plan_q, uniform_q, loaded.metric_names))
-st.dataframe(compare, hide_index=True)
+st.dataframe(**table_view(compare), hide_index=True)
 st.plotly_chart(viz.plan_grid_figure(
     result, title="chosen pattern per head (cell text: recall on the calibration inputs)"), width="stretch")
 st.plotly_chart(viz.search_tradeoff_figure(result), width="stretch")
-st.dataframe(pd.DataFrame(result.rows()), hide_index=True, height=320)
+st.dataframe(**table_view(pd.DataFrame(result.rows())), hide_index=True, height=320)
 
 st.markdown("**Downloads**")
 d1, d2 = st.columns(2)

@@ -1,10 +1,11 @@
 """Train a small GPT-2-architecture causal LM here, on text every install has, for the causal-LM rows
-of the benchmarks (no pretrained causal LM ships with sparsekit and none can be downloaded).
+of the benchmarks: a bigger one than the shipped ``lm:small`` (4 x 128, ``scripts/train_lm_small.py``),
+with MiniLM's WordPiece vocabulary.
 
     python benchmarks/train_causal_lm.py --out DIR [--minutes 4] [--steps N] [--seed 0]
                                          [--layers 4 --width 256 --heads 4] [--extra-text FILE ...]
 
-Corpus: ``sparsekit/data/recovery_corpus.txt`` (810 everyday sentences shipped with sparsekit) and the
+Corpus (``sparsekit.models.lm_corpus``, shared with the shipped ``lm:small``): ``sparsekit/data/recovery_corpus.txt`` (810 everyday sentences shipped with sparsekit) and the
 English documentation in Python's standard library (``pydoc_data.topics.topics``, about 465k
 characters; its exact text depends on the Python version). Each sentence or paragraph is tokenised
 with MiniLM's uncased WordPiece tokenizer (30,522 ids) as ``[CLS] text [SEP]`` - the form in which
@@ -31,100 +32,37 @@ and is dominated by them. The held-out rows (``validation.json``) are the text i
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
 import platform
-import re
 import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import torch  # noqa: E402
+
+# The corpus and the leakage check are the library's (lm:small trains on the same text).
+from sparsekit.models.lm_corpus import (  # noqa: E402,F401
+    MIN_UNIT_WORDS,
+    SHINGLE_WORDS,
+    check_no_leakage,
+    corpus_units,
+    pydoc_digest,
+    pydoc_units,
+)
 
 SEQ_LEN = 128
 """Tokens per training row; also the model's ``n_positions`` (sparsekit's calibration packs rows of
 128 tokens and the evaluation sentences are shorter)."""
 VAL_EVERY = 20
 """Every 20th row of the shuffled rows is held out (5 %)."""
-SHINGLE_WORDS = 10
-"""A run of this many consecutive words of a built-in sentence found in the training text counts as
-leakage, as does the whole sentence (case and spacing ignored)."""
-MIN_UNIT_WORDS = 3
-"""Shorter pieces of the documentation (headings, stray symbols) are dropped."""
 VALIDATION_FILE = "validation.json"
 """The held-out rows, saved next to the model for evaluations on text like the training text."""
 _TOKENIZER_PREFIXES = ("tokenizer", "vocab", "special_tokens")
-
-
-def _normalise(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
-def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+", text.lower())
-
-
-def pydoc_units() -> list[str]:
-    """The standard library's documentation topics (sorted by name) cut into sentences and paragraphs."""
-    import pydoc_data.topics
-
-    topics = pydoc_data.topics.topics
-    text = "\n\n".join(topics[k] for k in sorted(topics))
-    pieces = re.split(r"(?<=[.!?])\s+|\n\s*\n", text)
-    return [" ".join(p.split()) for p in pieces if len(p.split()) >= MIN_UNIT_WORDS]
-
-
-def corpus_units(extra_texts: Sequence[str] = ()) -> dict[str, list[str]]:
-    """Training text by source: ``recovery`` (one sentence each), ``pydoc`` and ``extra`` (non-empty lines).
-
-    Args:
-        extra_texts: more text (each string split into its non-empty lines).
-
-    Returns:
-        source -> list of units, each tokenised as one ``[CLS] unit [SEP]``.
-    """
-    from sparsekit.data import recovery_corpus
-
-    units = {"recovery": list(recovery_corpus()), "pydoc": pydoc_units()}
-    extra = [" ".join(line.split()) for t in extra_texts for line in t.splitlines() if line.strip()]
-    if extra:
-        units["extra"] = extra
-    return units
-
-
-def check_no_leakage(units: Iterable[str], sentences: Sequence[str] | None = None) -> None:
-    """Raise if any built-in sentence (or a run of ``SHINGLE_WORDS`` of its words) is in the text.
-
-    Args:
-        units: the training text pieces.
-        sentences: the sentences to look for (default: every built-in sentence of
-            ``sparsekit.models.sentences``, which holds both the evaluation and the calibration ones).
-
-    Raises:
-        ValueError: naming the sentences found (at most five).
-    """
-    if sentences is None:
-        from sparsekit.models.sentences import SENTENCES as sentences
-    units = list(units)
-    text = "\n".join(_normalise(u) for u in units)
-    # Shingles per unit and across unit boundaries alike: the rows are packed end to end.
-    words = _words(" ".join(units))
-    shingles = {tuple(words[i:i + SHINGLE_WORDS]) for i in range(len(words) - SHINGLE_WORDS + 1)}
-    found = []
-    for s in sentences:
-        w = _words(s)
-        windows = [tuple(w[i:i + SHINGLE_WORDS]) for i in range(len(w) - SHINGLE_WORDS + 1)]
-        if _normalise(s) in text or any(x in shingles for x in windows):
-            found.append(s)
-    if found:
-        listing = "; ".join(repr(s[:80]) for s in found[:5]) + (f" (+{len(found) - 5} more)" if len(found) > 5 else "")
-        raise ValueError(f"{len(found)} built-in evaluation/calibration sentence(s) appear in the training text, "
-                         f"so the model would be scored on text it trained on: {listing}")
 
 
 def _tokenizer():
@@ -305,7 +243,6 @@ def train(
     for f in minilm_dir().iterdir():
         if f.is_file() and f.name.startswith(_TOKENIZER_PREFIXES):
             shutil.copy(f, out / f.name)
-    import pydoc_data.topics
     record = {
         "model": {"architecture": "GPT2LMHeadModel", "layers": layers, "width": width, "heads": heads,
                   "n_positions": SEQ_LEN, "vocab_size": vocab, "parameters": n_params,
@@ -319,7 +256,7 @@ def train(
         "corpus": {"pieces": {k: len(v) for k, v in units.items()}, "tokens": token_counts,
                    "characters": {k: sum(len(u) for u in v) for k, v in units.items()},
                    "train_rows": len(train_rows), "val_rows": len(val_rows),
-                   "pydoc_sha256": hashlib.sha256(repr(sorted(pydoc_data.topics.topics.items())).encode()).hexdigest()},
+                   "pydoc_sha256": pydoc_digest()},
         "history": history,
         "environment": {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine()},
     }

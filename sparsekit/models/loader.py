@@ -20,6 +20,7 @@ import torch
 from ..progress import ProgressFn
 from .base import LoadedModel, check_budget
 from .digits import load_digits
+from .lm_small import LM_SMALL_DIR, LM_SMALL_SPEC, load_lm_small
 from .text import load_hf_text_model, load_minilm
 from .weights import _FLOAT_DTYPES, _PICKLE_SUFFIXES, CONVERT_HINT, loaded_bytes, parse_weights, safetensors_header
 
@@ -33,6 +34,8 @@ BUILTIN_SPECS: Mapping[str, str] = MappingProxyType(
         "digits:mlp": "MLP on 8x8 digits (weights shipped; trained by scripts/train_digits.py)",
         "digits:cnn": "CNN on 8x8 digits (weights shipped; trained by scripts/train_digits.py)",
         "digits:vit": "vision transformer on 8x8 digits (weights shipped; trained by scripts/train_digits.py)",
+        LM_SMALL_SPEC: "small GPT-2 causal LM, 4 layers x 128 (weights and tokenizer shipped, 1.35M parameters; "
+                       "trained by scripts/train_lm_small.py)",
     }
 )
 """Spec -> description of the models that need no download and accept ``weights=`` uploads."""
@@ -352,12 +355,13 @@ def load_model(
     """Load a model from any supported source.
 
     Args:
-        spec: ``"minilm"``, ``"digits:mlp"``, ``"digits:cnn"``, ``"digits:vit"``, or
+        spec: ``"minilm"``, ``"digits:mlp"``, ``"digits:cnn"``, ``"digits:vit"``, ``"lm:small"`` (a small
+            GPT-2 causal LM shipped with sparsekit), or
             ``"hf:<dir>"`` (a Hugging Face model directory under ``$SPARSEKIT_MODEL_ROOTS``,
             absolute or relative to a root) / ``"hf:<owner/name>"`` (a hub id, from the local hub
             cache when offline).
         weights: safetensors bytes, or the path of a ``.safetensors`` file under the model roots,
-            holding your own weights for a built-in architecture (``minilm`` or ``digits:*``).
+            holding your own weights for a built-in architecture (``minilm``, ``digits:*``, ``lm:small``).
         memory_budget_mb: largest accepted weight size in MB (default
             ``$SPARSEKIT_MEMORY_BUDGET_MB`` or 2048); checked before any weights are read.
         progress: optional ``progress(fraction, message)`` callback for slow steps.
@@ -385,16 +389,24 @@ def load_model(
     if key.startswith("hf:"):
         if weights is not None:
             raise ValueError(
-                "weights= replaces the weights of a built-in architecture (minilm, digits:*); "
+                "weights= replaces the weights of a built-in architecture (minilm, digits:*, lm:small); "
                 "for a Hugging Face model put the safetensors files in its directory"
             )
         return _load_hf(text[3:].strip(), memory_budget_mb, progress, allow_hub)
     if key not in BUILTIN_SPECS:
+        if key.startswith("lm:"):
+            shipped = ", ".join(s for s in BUILTIN_SPECS if s.startswith("lm:"))
+            raise ValueError(f"unknown causal LM {spec!r}: the shipped ones are {shipped} (other causal LMs load as "
+                             f"hf:<dir>); valid specs: {_spec_list()}")
         raise ValueError(f"unknown model spec {spec!r}; valid specs: {_spec_list()}")
 
     state, digest = _read_weights(weights, memory_budget_mb) if weights is not None else (None, None)
     if key == "minilm":
         model = load_minilm(state_dict=state, memory_budget_mb=memory_budget_mb, progress=progress)
+    elif key == LM_SMALL_SPEC:
+        # The shipped folder passes the same policy as any Hugging Face directory before it loads.
+        notes = vet_model_dir(LM_SMALL_DIR, memory_budget_mb)
+        model = load_lm_small(state_dict=state, notes=notes, progress=progress)
     else:
         model = load_digits(key.split(":", 1)[1], state_dict=state, memory_budget_mb=memory_budget_mb,
                             progress=progress)

@@ -590,3 +590,20 @@ def test_attention_search_tables_have_human_headers(tmp_cache):
     assert not at.exception and not at.error
     tables = _assert_human_tables(at, "attention search")
     assert any("uniform density" in heads for heads, *_ in tables)
+
+
+def test_stop_and_continue_help_names_what_the_page_keeps():
+    """Stop/Continue's help names the page's own unit (the Benchmarks page said "layers" for its cases)."""
+    from streamlit.testing.v1 import AppTest
+
+    def page():
+        import streamlit as st
+
+        from ui.long_jobs import job_buttons
+        job = st.session_state.setdefault("job", {"status": "stopped", "parts": [], "result": None})
+        job_buttons(job, st, "b", "Run benchmarks", "cases")
+
+    at = AppTest.from_function(page).run()
+    assert at.button(key="b_continue").help == "carry on from the cases already done"
+    at.button(key="b_continue").click().run()
+    assert at.button(key="b_stop").help == "keep the cases finished so far and show them"

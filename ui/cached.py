@@ -75,13 +75,6 @@ def attention_calibration(model_key: str, count: int, _loaded):
     return calibration_captures(_loaded, count)
 
 
-@st.cache_resource(show_spinner=False, max_entries=16)
-def attention_search(model_key: str, config_json: str, count: int, _loaded, _config):
-    from sparsekit.attention.search import search_heads
-
-    return search_heads(attention_calibration(model_key, count, _loaded), _config)
-
-
 @st.cache_resource(show_spinner=False)
 def digits_data():
     """The digits train/test split (the Attention page's held-out images)."""

@@ -71,23 +71,25 @@ def job_state(name: str, job_id: str) -> dict[str, Any]:
     return jobs.setdefault(job_id, {"status": "idle", "parts": [], "result": None})
 
 
-def job_buttons(job: dict[str, Any], where: Any, key: str, start: str) -> Any:
+def job_buttons(job: dict[str, Any], where: Any, key: str, start: str, unit: str = "parts") -> Any:
     """One button that fits the job's status, with a press applied: ``start`` when idle, Stop
-    while running, Continue when stopped (keys ``{key}_run``, ``{key}_stop``, ``{key}_continue``).
+    while running, Continue when stopped (keys ``{key}_run``, ``{key}_stop``, ``{key}_continue``);
+    their help names what the job finishes one by one (``unit``, plural: ``units``, ``cases``, ``runs``).
 
     Returns:
         The placeholder holding the button, to clear once the job has finished in this run.
     """
     slot = where.empty()
     stop_drawn = job["status"] == "running"
-    if stop_drawn and slot.button("Stop", key=f"{key}_stop", help="keep the layers finished so far and show them"):
+    stop_help = f"keep the {unit} finished so far and show them"
+    if stop_drawn and slot.button("Stop", key=f"{key}_stop", help=stop_help):
         job["status"], job["result"] = "stopped", None
     # A press changes the status within this run: the placeholder then shows the next button.
     if job["status"] == "idle" and slot.button(start, key=f"{key}_run"):
         job["status"] = "running"
     elif job["status"] == "stopped" and slot.button("Continue", key=f"{key}_continue",
-                                                    help="carry on from the layers already done"):
+                                                    help=f"carry on from the {unit} already done"):
         job["status"], job["result"] = "running", None
     if job["status"] == "running" and not stop_drawn:
-        slot.button("Stop", key=f"{key}_stop", help="keep the layers finished so far and show them")
+        slot.button("Stop", key=f"{key}_stop", help=stop_help)
     return slot

@@ -145,7 +145,7 @@ def run_here(config: BenchConfig, model, spec: str) -> bool:
     except ValueError as err:
         st.error(f"Cannot run these settings: {err}")
         return False
-    slot = job_buttons(job, st, "bench", "Run benchmarks")
+    slot = job_buttons(job, st, "bench", "Run benchmarks", "cases")
     if job["status"] == "running":
         bar = CaseProgress()
         try:

@@ -59,7 +59,7 @@ if configs and rows is None:
     have = {i: hit[0] for i, c in enumerate(configs) if (hit := cmp.cached_rows(loaded, [c]))}
     if sweep["status"] != "running":
         sweep["status"] = "stopped" if have and get_cache().get(started) else "idle"
-    sweep_slot = job_buttons(sweep, st, "cmp", f"Run comparison ({len(configs)} settings)")
+    sweep_slot = job_buttons(sweep, st, "cmp", f"Run comparison ({len(configs)} settings)", "settings")
     if sweep["status"] == "running":
         get_cache()[started] = "1"
         bar = EstimatingProgress("Comparing")
@@ -141,7 +141,7 @@ pn, pm = NM_CHOICES[perm_pattern]
 job = job_state("cmp_perm_jobs", f"{key}|{perm_pattern}")
 if job["status"] == "idle" and (hit := cmp.cached_permuted_row(loaded, pn, pm, max_seconds_per_layer=PERM_SECONDS)):
     job.update(status="done", result=hit)
-stop_slot = job_buttons(job, pc1, "cmp_perm", "Search a permutation")
+stop_slot = job_buttons(job, pc1, "cmp_perm", "Search a permutation", "layers")
 try:
     if job["status"] == "running":
         # Each finished layer lands in job["parts"] at once: a Stop press (a rerun) keeps them.

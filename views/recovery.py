@@ -78,7 +78,8 @@ elif job["status"] != "running":
     stopped = any(e is not None and e["status"] == "stopped" for e in found)
     job["status"] = "stopped" if stopped else "idle"
     job["parts"] = [e["run_id"] for e in found if stopped and e is not None and e["status"] == "complete"]
-slot = job_buttons(job, st, "rc", f"Recover ({len(configs)} run{'s' if len(configs) > 1 else ''} of {steps} steps)")
+slot = job_buttons(job, st, "rc", f"Recover ({len(configs)} run{'s' if len(configs) > 1 else ''} of {steps} steps)",
+                   "runs and evaluations")
 if job["status"] == "idle":
     st.stop()
 if job["status"] == "stopped":

@@ -85,7 +85,7 @@ except ValueError as err:
     st.stop()
 if scan is not None and job["status"] != "running":
     job["status"] = "done" if scan.complete else "stopped"
-stop_slot = job_buttons(job, st, "sen", "Run scan")
+stop_slot = job_buttons(job, st, "sen", "Run scan", "units")
 if job["status"] == "idle":
     st.info(f"{len(config.settings())} settings × every unit of {loaded.name}. A full scan of MiniLM's 36 layers "
             "at 3 settings takes minutes on 2 cores; the proxy alone takes seconds. Each finished unit is kept on "

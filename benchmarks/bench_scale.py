@@ -9,7 +9,14 @@ load (`sparsekit.load_model`, after the imports and mask kernels are warm), dens
 2:4 sparsify per method (for Wanda and SparseGPT also the app's estimate made before it starts, from
 the previous quality pass's speed), the quality of that sparse model, and an attention capture of 128 tokens
 for the text models; and the process's peak resident memory after each size (ru_maxrss, which only
-grows, so it is the running peak). It prints one table, then the slope of each step's seconds
+grows, so it is the running peak).
+
+Ratios (issue #28): each calibrated sparsify is divided by one dense forward over its calibration
+tokens (``model(**calibration)`` with the output layer, measured just before it), and each quality
+pass by one dense forward over the quality pass's own batches (the same forward without the
+metric); ``--repeats N`` alternates forward and step N times and reports the medians, so the ratios
+hold on a shared machine where the seconds do not. The header gives the tokens counted, torch's
+threads, ``OMP_WAIT_POLICY`` (sparsekit sets PASSIVE on import) and the load average. It prints one table, then the slope of each step's seconds
 against parameters (a least-squares fit of log time on log parameters over the sizes measured) and
 the largest GPT-2 shape the memory budget (`SPARSEKIT_MEMORY_BUDGET_MB`, default 2048 MB of
 parameter bytes) allows. A size whose parameters exceed the budget is reported as skipped.
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import os
 import platform
 import resource
@@ -75,16 +83,46 @@ def timed(fn):
     return value, time.perf_counter() - start
 
 
+def calibration_forward(loaded) -> float:
+    """Seconds of one dense forward over the calibration batch (output layer included)."""
+    from sparsekit.methods.calibration import run_model  # noqa: PLC0415
+
+    with torch.inference_mode():
+        return timed(lambda: run_model(loaded.module, loaded.calibration))[1]
+
+
+def quality_forward(loaded) -> float | None:
+    """Seconds of one dense forward over the quality pass's own batches, without the metric (None
+    for a model whose metric has no token batches)."""
+    batches = getattr(loaded.quality_fn, "batches", None)
+    if not batches:
+        return None
+    batches = [b[1] if isinstance(b, tuple) else b for b in batches]
+    extra = {"use_cache": False} if loaded.kind == "causal-lm" else {}
+
+    def run():
+        with torch.inference_mode():
+            for batch in batches:
+                loaded.module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra)
+    return timed(run)[1]
+
+
 def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(spec: str, label: str, methods: list[str]) -> dict:
+def measure(spec: str, label: str, methods: list[str], repeats: int = 1) -> dict:
     row: dict = {"size": label}
     loaded, row["load"] = timed(lambda: sparsekit.load_model(spec))
     row["params"] = loaded.n_params
     _, row["dense quality"] = timed(loaded.quality)
     tokens = loaded.info.get("n_eval_tokens")
+    calib = loaded.calibration
+    if isinstance(calib, dict):
+        mask = calib.get("attention_mask")
+        row["calibration tokens"] = int(mask.sum()) if mask is not None else int(calib["input_ids"].numel())
+        row["calibration positions"] = int(calib["input_ids"].numel())
+    row["eval tokens"] = tokens
     last_quality = None
     for method in methods:
         config = sparsekit.SparsifyConfig(pattern="nm", n=2, m=4, method=method)
@@ -92,11 +130,25 @@ def measure(spec: str, label: str, methods: list[str]) -> dict:
             # What the app shows before the first run: an estimate from the last quality pass's speed.
             row[f"estimate {method}"] = estimate_seconds(loaded.module, config, loaded.calibration,
                                                          last_quality / tokens)
-        result, row[f"sparsify {method}"] = timed(lambda: sparsekit.sparsify(loaded, config))
-        sparse = result.model
-        _, row[f"quality {method}"] = timed(lambda: loaded.quality(sparse))
+        seconds, ratios, q_seconds, q_ratios = [], [], [], []
+        for _ in range(repeats):  # forward, step, forward, step, ...: each ratio from neighbours in time
+            forward = calibration_forward(loaded)
+            result, step = timed(lambda: sparsekit.sparsify(loaded, config, progress=False))
+            seconds.append(step)
+            ratios.append(step / forward)
+            sparse = result.model
+            q_forward = quality_forward(loaded)
+            _, q_step = timed(lambda: loaded.quality(sparse))
+            q_seconds.append(q_step)
+            if q_forward:
+                q_ratios.append(q_step / q_forward)
+            result = sparse = None  # free the copy before the next one
+        row[f"sparsify {method}"] = statistics.median(seconds)
+        row[f"sparsify {method} / fwd"] = statistics.median(ratios)
+        row[f"quality {method}"] = statistics.median(q_seconds)
+        if q_ratios:
+            row[f"quality {method} / fwd"] = statistics.median(q_ratios)
         last_quality = row[f"quality {method}"]
-        result = sparse = None  # free the copy before the next method
     if loaded.tokenizer is not None:
         ids = passage_ids(loaded, 128)
         _, row["attention 128 tok"] = timed(lambda: capture_attention(loaded, ids))
@@ -119,6 +171,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="digits,minilm,gpt2-small,gpt2-medium")
     parser.add_argument("--methods", default="magnitude,wanda,sparsegpt")
+    parser.add_argument("--repeats", type=int, default=1, help="alternated forward/step pairs per step (medians shown)")
     args = parser.parse_args()
     methods = args.methods.split(",")
     budget = memory_budget_mb()
@@ -146,21 +199,27 @@ def main() -> None:
             else:
                 parser.error(f"unknown size {size!r}")
             print(f"measuring {size}…", file=sys.stderr, flush=True)
-            rows.append(measure(spec, size, methods))
+            rows.append(measure(spec, size, methods, args.repeats))
     keys = [k for k in rows[0] if k not in ("size", "params")]
     for r in rows[1:]:
         keys += [k for k in r if k not in keys and k not in ("size", "params")]
-    print(f"# {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{time.strftime('%Y-%m-%d %H:%M')}; seconds unless noted; 2:4 for every method")
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    print(f"# {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, load average {load} (at the end), "
+          f"{time.strftime('%Y-%m-%d %H:%M')}; seconds unless noted (medians of {args.repeats}); 2:4 for every method; "
+          "'/ fwd': the step over one dense forward (sparsify: over its calibration tokens, output layer included; "
+          "quality: over its evaluation batches), measured next to it")
     print("| size | params (M) | " + " | ".join(keys) + " |")
     print("|---|---:|" + "---:|" * len(keys))
     for r in rows:
-        cells = [f"{r[k]:,.0f}" if k == "peak RSS MB" else (f"{r[k]:.2f}" if k in r else "–") for k in keys]
+        cells = [("–" if r.get(k) is None else f"{r[k]:,.0f}") if k == "peak RSS MB" or "tokens" in k or "positions" in k
+                 else (f"{r[k]:.2f}×" if k.endswith("/ fwd") and r.get(k) is not None
+                       else (f"{r[k]:.2f}" if r.get(k) is not None else "–")) for k in keys]
         print(f"| {r['size']} | {r['params'] / 1e6:,.1f} | " + " | ".join(cells) + " |")
     params = [r["params"] for r in rows]
     print("\nslope of log seconds on log parameters (1 = linear in size):")
     for k in keys:
-        if k == "peak RSS MB" or k.startswith("estimate"):
+        if k == "peak RSS MB" or k.startswith("estimate") or k.endswith("/ fwd") or "tokens" in k or "positions" in k:
             continue
         s = slope(params, [r.get(k) for r in rows])
         print(f"  {k}: {'–' if s is None else f'{s:.2f}'}")

@@ -217,3 +217,12 @@ def test_a_layer_running_after_the_skipped_one_redoes_the_extra_forward(method, 
         assert torch.equal(fast.masks[name], plain.masks[name]), name
     for (k, a), (_, b) in zip(fast.model.state_dict().items(), plain.model.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+def test_the_estimate_says_what_the_calibration_forward_runs():
+    from sparsekit.methods.cost import calibration_text
+
+    assert calibration_text(_calibration(packed=True)) == "43 calibration tokens (3 rows)"  # 48 positions, 5 padding
+    assert calibration_text({"input_ids": torch.zeros(1, 7, dtype=torch.long)}) == "7 calibration tokens (1 row)"
+    assert calibration_text(torch.zeros(1200, 8)) == "1,200 calibration samples"
+    assert calibration_text(None) == ""

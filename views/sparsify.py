@@ -5,6 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from sparsekit.export import masks_safetensors, weights_safetensors
+from sparsekit.methods.cost import calibration_text
 from sparsekit.report import report_csv
 from sparsekit.recipes.pages import sparsify_recipe
 from ui.figures import figure
@@ -34,7 +35,7 @@ config = config_form("sp", current_config(), url=True)
 if config is None:
     st.stop()
 config = apply_gate(config, prunable_weights(loaded), last_duration(key, config.method), is_computed(key, config),
-                    estimated_duration(key, loaded, config))
+                    estimated_duration(key, loaded, config), calibration_text(loaded.calibration))
 if config is None:
     st.stop()
 st.session_state["config_json"] = config.to_json()

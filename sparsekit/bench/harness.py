@@ -54,6 +54,7 @@ def environment(device: str) -> dict[str, Any]:
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),  # sparsekit sets PASSIVE on import
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if device.startswith("cuda") and torch.cuda.is_available():

@@ -10,8 +10,10 @@ same machine, under the same load):
   output on), once in layer order, or the method's own ``calibration_passes`` (Taylor: forward and
   backward, three);
 - the method's per-layer work (``Method.layer_flops``; SparseGPT's Hessian, factor and updates),
-  whose column-by-column part runs on one thread through many small ops
-  (``COLUMN_PASS_SLOWDOWN`` times the rate of the matmuls).
+  whose column-by-column part runs slower than the matmuls (``COLUMN_PASS_SLOWDOWN`` times their
+  rate).
+
+The page says what the calibration forward will run (``calibration_text``).
 
 ``benchmarks/bench_scale.py`` prints each estimate next to the time measured in the same run.
 """
@@ -23,10 +25,11 @@ from ..layers import grouped_view, layer_weight, prunable_layers, tied_layers
 from .base import get_method
 from .types import Calibration, PruneSettings
 
-COLUMN_PASS_SLOWDOWN = 40.0
-"""Column-pass flops run this many times slower than the forward's matmuls: fitted on the GPT-2
-small-size model on 2 cores, where SparseGPT took 14.0 s and the other terms came to 9.9 s (one run;
-``benchmarks/bench_scale.py`` shows how well it carries to other sizes)."""
+COLUMN_PASS_SLOWDOWN = 7.0
+"""Column-pass flops run this many times slower than the forward's matmuls. The pass is one compiled
+kernel since issue #28 (40 before, when it was thousands of torch ops): measured against the GPT-2
+small-size model's dense forward on 2 shared cores, the median of three alternated runs gave 6.9
+(one outlier 22; ``benchmarks/bench_scale.py`` shows how well the estimate holds)."""
 
 
 def forward_weights(module: nn.Module) -> int:
@@ -47,6 +50,21 @@ def calibration_tokens(calibration: Calibration) -> int:
     ids = calibration["input_ids"] if isinstance(calibration, dict) else calibration
     shape = tuple(ids.shape)
     return int(shape[0] * shape[1]) if isinstance(calibration, dict) and len(shape) == 2 else int(shape[0])
+
+
+def calibration_text(calibration: Calibration | None) -> str:
+    """What the calibration forward runs, for the estimate shown before it: ``1,287 calibration tokens
+    (11 rows)`` (padding left out), ``256 calibration images``; empty without calibration."""
+    if calibration is None:
+        return ""
+    if isinstance(calibration, dict):
+        ids = calibration["input_ids"]
+        mask = calibration.get("attention_mask")
+        tokens = int(mask.sum()) if mask is not None else int(ids.numel())
+        rows = int(ids.shape[0])
+        return f"{tokens:,} calibration tokens ({rows:,} row{'s' if rows != 1 else ''})"
+    count = int(calibration.shape[0])
+    return f"{count:,} calibration sample{'s' if count != 1 else ''}"
 
 
 def estimate_seconds(module: nn.Module, config: PruneSettings, calibration: Calibration | None,

@@ -223,8 +223,10 @@ def column_blocks(rows: int, cols: int) -> list[int]:
 def layer_flops(rows: int, cols: int, tokens: int) -> tuple[float, float]:
     """Work of one layer beyond the calibration forward (``sparsekit.methods.cost``): ``2 T cols²``
     for ``XᵀX``, ``(4/3) cols³`` for the Cholesky factor and its inverse, ``rows cols²`` for the lazy
-    block updates; and the column-by-column pass inside each block, ``2 rows cols 128``, which runs on
-    one thread through many small ops (returned apart: it runs slower than the matmuls)."""
+    block updates; and the column-by-column pass inside each block, ``2 rows cols 128``, a compiled
+    kernel that runs slower than the matmuls (returned apart). ``XᵀX`` and the factor run in float64
+    on only the lower block triangle and one Cholesky plus one triangular inverse; the float32 terms
+    above stand for them, as measured (``benchmarks/bench_scale.py`` prints estimate and time)."""
     matmul = 2.0 * tokens * cols**2 + (4.0 / 3.0) * cols**3 + rows * cols**2
     return matmul, 2.0 * rows * cols * min(SPARSEGPT_BLOCK, cols)
 

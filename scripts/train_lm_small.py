@@ -2,11 +2,13 @@
 
     python scripts/train_lm_small.py                    # the shipped run (fixed steps, seeded)
     python scripts/train_lm_small.py --out DIR --steps 50 --layers 1 --width 32 --heads 2   # a quick try
+    python scripts/train_lm_small.py --heldout-only     # rewrite heldout.json only (same seeded split, no training)
 
 Corpus (``sparsekit.models.lm_corpus``): the 810 everyday sentences of ``sparsekit/data/recovery_corpus.txt``
 and the English documentation topics of Python's standard library (``pydoc_data.topics``, PSF licence),
-duplicates dropped. Of a seeded shuffle of the pieces every 20th is held out for evaluation (saved as
-``heldout.json``) and the 10th after it for validation (the loss curve); a held-out or validation piece
+duplicates dropped. Of a seeded shuffle of the pieces every 20th is held out for evaluation (saved in
+``heldout.json``: the recovery sentences as text, the documentation pieces as references - topic, index, SHA-256 -
+that ``lm_small_heldout`` rebuilds from the installed topics) and the 10th after it for validation (the loss curve); a held-out or validation piece
 sharing a run of 10 words with the training pieces goes back to training, so the training text is exactly the
 corpus without the pieces in ``heldout.json``. Before anything is trained the
 built-in evaluation and calibration sentences (``sparsekit.models.sentences``) are looked for in the
@@ -74,6 +76,41 @@ def split_units(units: dict[str, list[str]], seed: int) -> tuple[list[str], list
     held = [p for i, p in enumerate(pieces) if role[i] == 1]
     val = [p for i, p in enumerate(pieces) if role[i] == 2]
     return train, held, val
+
+
+def write_heldout(out: Path, held: list[str], val: list[str]) -> None:
+    """``heldout.json``: the held-out and validation pieces as ``lm_corpus.piece_refs`` (no documentation text),
+    one per line; checked to rebuild to exactly ``held`` and ``val`` before the file is replaced."""
+    refs = {"heldout": lm_corpus.piece_refs(held), "validation": lm_corpus.piece_refs(val)}
+    for name, texts in (("heldout", held), ("validation", val)):
+        again, failed = lm_corpus.rebuild_pieces(refs[name])
+        if failed or again != texts:
+            raise RuntimeError(f"the {name} references do not rebuild to the same texts; {HELDOUT_FILE} not written")
+    about = ("corpus pieces held out of training (every 20th of a seeded shuffle, none sharing a run of "
+             f"{lm_corpus.SHINGLE_WORDS} words with the training text); validation: the pieces the loss curve was "
+             "measured on, not trained on either. Sentences of sparsekit/data/recovery_corpus.txt (source "
+             "'recovery') are stored as text; pieces of Python's documentation topics (source 'pydoc') only as "
+             "references: topic name in pydoc_data.topics, index among that topic's pieces as "
+             "sparsekit.models.lm_corpus.pydoc_topic_units cuts them, and the piece's SHA-256; "
+             "sparsekit.models.lm_small_heldout rebuilds them")
+    lines = [f'"about": {json.dumps(about)}', f'"pydoc_sha256": {json.dumps(lm_corpus.pydoc_digest())}']
+    for name in ("heldout", "validation"):
+        lines.append(f'"{name}": [\n' + ",\n".join(json.dumps(r, ensure_ascii=False) for r in refs[name]) + "\n]")
+    (out / HELDOUT_FILE).write_text("{\n" + ",\n".join(lines) + "\n}\n", encoding="utf-8")
+
+
+def heldout_only(out: Path, seed: int) -> None:
+    """Rewrite ``heldout.json`` of a trained folder from the same seeded split, without training; refuses when
+    the split's training text is not the one ``training.json`` records (another corpus or Python)."""
+    record = json.loads((out / RECORD_FILE).read_text(encoding="utf-8"))
+    train_texts, held, val = split_units(lm_corpus.corpus_units(), seed)
+    digest = hashlib.sha256("\n".join(train_texts).encode()).hexdigest()
+    if seed != record["training"]["seed"] or digest != record["corpus"]["train_text_sha256"]:
+        raise SystemExit(f"seed {seed} on this corpus and Python gives training text {digest[:12]}..., but "
+                         f"{out / RECORD_FILE} records seed {record['training']['seed']} and "
+                         f"{record['corpus']['train_text_sha256'][:12]}...: not the split this model was trained on")
+    write_heldout(out, held, val)
+    print(f"wrote {out / HELDOUT_FILE}: {len(held)} held-out and {len(val)} validation pieces")
 
 
 def train_tokenizer(texts: list[str], vocab: int, out: Path):
@@ -183,11 +220,7 @@ def train(out_dir: Path, *, steps: int, seed: int, layers: int, width: int, head
     for f in work.iterdir():
         shutil.copy(f, out / f.name)
     shutil.rmtree(work)
-    (out / HELDOUT_FILE).write_text(json.dumps({
-        "about": "corpus pieces held out of training (every 20th of a seeded shuffle, none sharing a run of "
-                 f"{lm_corpus.SHINGLE_WORDS} words with the training text); validation: the pieces the loss curve "
-                 "was measured on, not trained on either", "texts": held, "validation": val}, indent=0) + "\n",
-        encoding="utf-8")
+    write_heldout(out, held, val)
     loaded = load_lm_small(out)  # the float16 weights as load_model reads them
     held_ppl = heldout_perplexity(loaded.module, heldout_rows(loaded.tokenizer, lm_small_heldout(out)))
     eval_ppl = loaded.quality()["perplexity"]
@@ -229,7 +262,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--warmup", type=float, default=0.05)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--heldout-only", action="store_true",
+                        help=f"only rewrite {HELDOUT_FILE} of the trained --out folder from the --seed split")
     args = parser.parse_args()
+    if args.heldout_only:
+        heldout_only(Path(args.out), args.seed)
+        return
     print(f"torch {torch.__version__}, Python {platform.python_version()}, {platform.processor() or platform.machine()}, "
           f"load average {os.getloadavg()[0]:.1f}", flush=True)
     train(Path(args.out), steps=args.steps, seed=args.seed, layers=args.layers, width=args.width, heads=args.heads,

@@ -4,7 +4,8 @@ The folder ``bundled/lm_small`` is a Hugging Face model directory written by
 ``scripts/train_lm_small.py``: ``config.json`` and ``model.safetensors`` (a ``GPT2LMHeadModel``,
 float16), its byte-level BPE tokenizer (``tokenizer.json``, trained on the same text),
 ``training.json`` (what the run did and measured) and ``heldout.json`` (the corpus pieces it never
-trained on). It loads through the same transformers code as ``hf:`` causal LMs, as float32.
+trained on: the project's own sentences as text, Python's documentation pieces as references rebuilt from
+the installed ``pydoc_data.topics``). It loads through the same transformers code as ``hf:`` causal LMs, as float32.
 
 Quality, like every causal LM here, is perplexity on the built-in evaluation sentences (all 120 of
 them, which the training script checks are absent from its text) and next-token agreement with the
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import json
 import math
+import platform
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -22,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..progress import ProgressFn
+from . import lm_corpus
 from .base import LoadedModel
 from .sentences import SENTENCES
 from .text import _build_text_model, _from_pretrained, pack, padding_id
@@ -66,22 +70,46 @@ def lm_small_record(path: str | Path | None = None) -> dict[str, Any]:
     return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
 
 
-def lm_small_heldout(path: str | Path | None = None) -> list[str]:
+def lm_small_heldout(path: str | Path | None = None, *, part: str = "heldout", strict: bool = False) -> list[str]:
     """The corpus pieces (sentences, documentation paragraphs) held out of training, in corpus order.
+
+    ``heldout.json`` keeps the project's own sentences as text and the documentation pieces as references
+    (topic, index, SHA-256); those are cut again from this Python's ``pydoc_data.topics``
+    (``lm_corpus.rebuild_pieces``). When the topics differ from the ones the model was trained on, only the
+    pieces whose hash matches are returned, with a warning saying how many of how many: a perplexity on
+    them is then not comparable to ``heldout_perplexity`` in ``training.json``.
 
     Args:
         path: a folder written by ``scripts/train_lm_small.py`` (default: the shipped one).
+        part: ``"heldout"`` (the evaluation pieces) or ``"validation"`` (the loss curve's).
+        strict: raise instead of warning when a piece cannot be rebuilt.
 
     Returns:
         The texts.
 
     Raises:
-        ValueError: the folder has no ``heldout.json``.
+        ValueError: the folder has no ``heldout.json``, it is malformed, or (``strict``) a piece cannot be rebuilt.
     """
     file = _folder(path) / HELDOUT_FILE
     if not file.is_file():
-        raise ValueError(f"{file.parent} has no {HELDOUT_FILE}; `{_RETRAIN}` writes it")
-    return list(json.loads(file.read_text(encoding="utf-8"))["texts"])
+        raise ValueError(f"{file.parent} has no {HELDOUT_FILE}; `{_RETRAIN} --heldout-only` writes it")
+    if part not in ("heldout", "validation"):
+        raise ValueError(f"part must be 'heldout' or 'validation', not {part!r}")
+    data = json.loads(file.read_text(encoding="utf-8"))
+    refs = data.get(part, data.get("texts") if part == "heldout" else None)  # "texts": files written before references
+    if not isinstance(refs, list):
+        raise ValueError(f"{file} has no list {part!r}; rewrite it with `{_RETRAIN} --heldout-only`")
+    texts, failed = lm_corpus.rebuild_pieces(refs)
+    if failed:
+        message = (f"lm:small {part} text: rebuilt {len(texts)} of {len(refs)} pieces; {len(failed)} could not be "
+                   f"rebuilt from this Python's documentation topics (pydoc_data.topics, Python "
+                   f"{platform.python_version()}; they differ from the ones {file.name} was written from), so "
+                   f"only the {len(texts)} matching pieces are returned and a perplexity on them is not "
+                   f"comparable to the heldout_perplexity recorded in {RECORD_FILE}")
+        if strict:
+            raise ValueError(message)
+        warnings.warn(message, UserWarning, stacklevel=2)
+    return texts
 
 
 def heldout_rows(tokenizer: Any, texts: Sequence[str], seq_len: int = SEQ_LEN) -> dict[str, torch.Tensor]:

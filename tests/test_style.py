@@ -550,8 +550,6 @@ def test_training_study_table_names_sad_metrics_with_units(tmp_cache):
         assert shown in settings[0], settings[0]
 
 
-@pytest.mark.xfail(strict=True, reason="ui/sparsify.py (another owner) still draws the report without table_view: "
-                                      "st.dataframe(**table_view(frame[order], config), hide_index=True, ...)")
 def test_sparsify_report_table_has_human_headers_and_no_none(digits_cache):
     from devtools.apptest import page_app
     # Unstructured: no layer has an N:M size, so every 'N:M KB' cell is missing.

@@ -7,7 +7,7 @@ import streamlit as st
 from sparsekit.layers import fitting_group_sizes, group_widths, prunable_layers
 from sparsekit.methods import REGISTRY
 from sparsekit.sparsify import MAX_M, SparsifyConfig
-from ui.format import change_text, metric_text
+from ui.format import change_text, metric_text, table_view
 from ui.long_jobs import duration_text
 
 LIVE_MAX_WEIGHTS = 50_000_000
@@ -130,7 +130,7 @@ def report_table(report, counting_help: str) -> None:
     for label in sizes.values():
         config[label] = st.column_config.NumberColumn(label, format="%.1f")
     height = min(38 + 35 * len(frame), 420)  # a 5-layer model gets 5 rows, not 5 rows and 10 blanks
-    st.dataframe(frame[order], hide_index=True, height=height, column_config=config, width="stretch")
+    st.dataframe(**table_view(frame[order], config), hide_index=True, height=height, width="stretch")
 
 
 def uniform_comparison_text(loaded, metric: str, allocated: dict[str, float], uniform: dict[str, float]) -> str:

@@ -605,3 +605,12 @@ def test_stop_and_continue_help_names_what_the_page_keeps():
     assert at.button(key="b_continue").help == "carry on from the cases already done"
     at.button(key="b_continue").click().run()
     assert at.button(key="b_stop").help == "keep the cases finished so far and show them"
+
+
+def test_model_page_tables_have_human_headers(digits_cache):
+    """The Model page's prunable-layer table (a raw ``weight_shape`` header before)."""
+    from devtools.apptest import page_app
+    at = page_app("model", "digits:cnn", 180)
+    at.run()
+    assert not at.exception, at.exception
+    _assert_human_tables(at, "model")

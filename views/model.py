@@ -5,7 +5,7 @@ import streamlit as st
 from sparsekit.recipes.model import model_headline, model_recipe
 from sparsekit.report import layer_table, params_by_type
 from ui.figures import figure
-from ui.format import KIND_LABELS, metric_text, source_details
+from ui.format import KIND_LABELS, metric_text, source_details, table_view
 from ui.next_step import next_step
 from ui.notebook import notebook_button, upload_digest
 from ui.state import require_model
@@ -64,8 +64,8 @@ with left:
     st.plotly_chart(figure("params_by_type_figure", model_key, counts), width="stretch")
 with right:
     st.subheader(f"Prunable layers ({head['prunable_layers']})")
-    st.dataframe(pd.DataFrame(table), hide_index=True, height=min(38 + 35 * len(table), 360),
-                 column_config={"params": st.column_config.NumberColumn("params", format="localized")})
+    st.dataframe(**table_view(pd.DataFrame(table), {"params": st.column_config.NumberColumn("params", format="localized")}),
+                 hide_index=True, height=min(38 + 35 * len(table), 360))
 
 with st.expander("Source details"):
     st.dataframe(pd.DataFrame(source_details(loaded), columns=["detail", "value"]), hide_index=True, width="stretch")

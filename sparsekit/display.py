@@ -8,8 +8,10 @@ builder the class names in ``FIGURE``.
 
 The library never imports ``sparsekit.viz``: plotly lives only there, and viz sits above the library
 (its builders take these records). Instead viz hands its builders to this module when it is imported
-(``register_figures``); ``figure()`` looks the named builder up here, and until ``sparsekit.viz`` has
-been imported (``from sparsekit import viz``, as every notebook of the gallery does) it says so.
+(``register_figure_finder``: a function that finds a builder by name, importing only the figure module
+that owns it; ``register_figures`` hands over builders themselves); ``figure()`` looks the named builder up
+here (``figure_builder``), and until ``sparsekit.viz`` has been imported (``from sparsekit import viz``,
+as every notebook of the gallery does) it says so.
 """
 from __future__ import annotations
 
@@ -22,7 +24,9 @@ from typing import Any, ClassVar
 MAX_ROWS = 10
 """Table rows shown in a card (the rest are counted in a footnote)."""
 _FIGURES: dict[str, Callable[..., Any]] = {}
-"""Figure builders by name, handed over by ``sparsekit.viz`` when it is imported."""
+"""Figure builders by name, handed over (``register_figures``) or found (``register_figure_finder``)."""
+_FINDERS: list[Callable[[str], Callable[..., Any] | None]] = []
+"""Functions name -> builder or None, asked in order for a name not in ``_FIGURES``."""
 
 
 def register_figures(builders: Mapping[str, Callable[..., Any]]) -> None:
@@ -32,6 +36,27 @@ def register_figures(builders: Mapping[str, Callable[..., Any]]) -> None:
         if not callable(builder):
             raise TypeError(f"figure builder {name!r} is not callable")
         _FIGURES[name] = builder
+
+
+def register_figure_finder(finder: Callable[[str], Callable[..., Any] | None]) -> None:
+    """Let ``finder(name) -> builder or None`` supply builders on demand (``sparsekit.viz`` does, so that a
+    figure imports only its own module)."""
+    if finder not in _FINDERS:
+        _FINDERS.append(finder)
+
+
+def figure_builder(name: str) -> Callable[..., Any] | None:
+    """The registered builder called ``name`` (found and remembered on first use), or None."""
+    builder = _FIGURES.get(name)
+    if builder is None:
+        for finder in _FINDERS:
+            builder = finder(name)
+            if builder is not None:
+                if not callable(builder):
+                    raise TypeError(f"figure builder {name!r} is not callable")
+                _FIGURES[name] = builder
+                break
+    return builder
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -117,7 +142,7 @@ class Shown:
         """The plot of this result (a plotly ``Figure``), drawn by ``sparsekit.viz.<FIGURE>``."""
         if not self.FIGURE:
             raise TypeError(f"{type(self).__name__} has no figure")
-        builder = _FIGURES.get(self.FIGURE)
+        builder = figure_builder(self.FIGURE)
         if builder is None:
             raise RuntimeError(f"{type(self).__name__}.figure() draws with sparsekit.viz.{self.FIGURE}: import the "
                                "figures first (from sparsekit import viz; it needs plotly)")
@@ -125,4 +150,5 @@ class Shown:
         return builder(subject, **kwargs)
 
 
-__all__ = ["Card", "MAX_ROWS", "Shown", "fmt", "percent", "register_figures"]
+__all__ = ["Card", "MAX_ROWS", "Shown", "figure_builder", "fmt", "percent", "register_figure_finder",
+           "register_figures"]

@@ -349,10 +349,14 @@ def test_every_declared_figure_is_registered_by_viz():
     shown = {cls for cls in _subclasses(Shown)}
     declared = {cls.FIGURE for cls in shown if cls.FIGURE}
     assert len(declared) >= 10
-    missing = declared - set(display._FIGURES)
+    missing = {name for name in declared if display.figure_builder(name) is None}
     assert not missing, missing
     for name in declared:
-        assert inspect.signature(display._FIGURES[name]).parameters  # takes the result (or its attribute)
+        builder = display.figure_builder(name)
+        assert builder is getattr(sparsekit.viz, name)  # the viz builder itself, not a stand-in
+        assert inspect.signature(builder).parameters  # takes the result (or its attribute)
+    # Constants and unknown names are no builders.
+    assert display.figure_builder("KEPT_COLOR") is None and display.figure_builder("no_such_figure") is None
 
 
 def _subclasses(cls):
@@ -377,9 +381,33 @@ def test_figure_before_viz_is_imported_says_what_to_do(monkeypatch):
     from sparsekit import display
 
     monkeypatch.setattr(display, "_FIGURES", {})
+    monkeypatch.setattr(display, "_FINDERS", [])
     torch.manual_seed(0)
     result = sparsekit.sparsify(nn.Sequential(nn.Linear(8, 4)), sparsekit.SparsifyConfig())
     with pytest.raises(RuntimeError, match="from sparsekit import viz"):
         result.figure()
     with pytest.raises(TypeError, match="not callable"):
         display.register_figures({"x": 3})
+
+
+def test_a_finder_supplies_a_builder_once_and_a_bad_one_is_refused(monkeypatch):
+    from sparsekit import display
+
+    monkeypatch.setattr(display, "_FIGURES", {})
+    monkeypatch.setattr(display, "_FINDERS", [])
+    asked = []
+
+    def finder(name):
+        asked.append(name)
+        return {"layer_kept_figure": lambda report: ("drawn", report), "bad": 3}.get(name)
+
+    display.register_figure_finder(finder)
+    display.register_figure_finder(finder)  # registered once
+    torch.manual_seed(0)
+    result = sparsekit.sparsify(nn.Sequential(nn.Linear(8, 4)), sparsekit.SparsifyConfig())
+    assert result.figure() == ("drawn", result.report)
+    assert result.figure() == ("drawn", result.report)
+    assert asked == ["layer_kept_figure"]  # found once, then remembered
+    with pytest.raises(TypeError, match="not callable"):
+        display.figure_builder("bad")
+    assert display.figure_builder("unknown") is None

@@ -271,3 +271,59 @@ def test_masked_copy_keeps_shared_weights_shared_and_the_source_in_its_mode():
     assert same_bits(copied[0].weight, copied_then_multiplied(source, {"0": mask})[0].weight)
     assert source.training and not copied.training  # the copy is in eval mode, the source unchanged
     assert torch.equal(source[0].weight * mask, copied[0].weight) and (source[0].weight != copied[0].weight).any()
+
+
+# Every name sparsekit.viz exported before it imported its modules on first use (issue #24): all must still resolve.
+OLD_VIZ_NAMES = {
+    "study_interval_figure", "study_pareto_figure", "study_quality_figure", "ATTENTION_FAMILY_COLORS",
+    "allocation_figure", "capture_figure", "head_metrics_figure", "study_figure", "run_figure", "recovery_figure",
+    "bench_run_figure", "MODE_COLORS", "method_color", "method_colors", "variant_colors",
+    "SHADE_LEVELS", "shade", "shade_level",
+    "DEFAULT_MAX_CELLS", "LABEL_ALL_TOKENS", "DIFF_COLORS", "FLIP_COLORSCALE", "KEPT_COLOR", "METHOD_COLORS",
+    "PRUNED_COLOR", "RUN_COLORS", "SKIPPED_COLOR", "STUDY_COLORS", "TEXT_CELLS_MAX", "agreement_figure",
+    "attention_heatmap", "attention_speedup_figure", "attribution_maps_figure", "bench_figures", "color_map",
+    "compare_figure", "density_profile", "flip_count_figure", "flip_maps_figure", "flip_rate_figure",
+    "head_grid_figure", "head_picker_figure", "lambda_sweep_figure", "layer_kept_figure", "log_ticks",
+    "magnitude_histogram", "mask_diff_figure", "mask_heatmap", "mask_zoom_figure", "memory_figure", "nm_group_figure",
+    "nm_pattern_figure", "paired_difference_figure", "params_by_type_figure", "plan_grid_figure", "quality_figure",
+    "recovery_colors", "recovery_curves_figure", "recovery_gap_figure", "recovery_sad_figure", "recovery_sad_heatmap",
+    "run_colors", "run_key", "sad_heatmap_figure", "sad_series_figure", "search_tradeoff_figure", "sensitivity_heatmap",
+    "sensitivity_proxy_figure", "seed_study_figure", "speedup_batch_figure", "speedup_density_figure",
+    "token_attribution_figure", "training_curves_figure",
+}
+FIGURE_LIBRARIES = ["sparsekit.study", "sparsekit.training", "sparsekit.viz.study", "sparsekit.viz.training",
+                    "sparsekit.viz.attention", "sparsekit.viz.recovery"]
+
+
+def test_viz_imports_only_the_figure_modules_a_page_draws():
+    # The Model page's figure, and a result's .figure(), in a fresh interpreter that imported sparsekit.viz.
+    code = ("import sparsekit, torch\nfrom sparsekit import viz\nfrom sparsekit.viz import params_by_type_figure\n"
+            "assert len(params_by_type_figure({'Linear': 10, 'Embedding': 4}).data) == 1\n"
+            "torch.manual_seed(0)\n"
+            "r = sparsekit.sparsify(torch.nn.Sequential(torch.nn.Linear(8, 4)), sparsekit.SparsifyConfig())\n"
+            "assert r.figure().data\nassert 'run_figure' in dir(viz)")
+    assert imported_after(code, FIGURE_LIBRARIES + ["sparsekit.viz.reports"]) == ["sparsekit.viz.reports"]
+    # Asking for a training figure imports its module (and only then).
+    assert set(imported_after("from sparsekit.viz import run_figure", FIGURE_LIBRARIES)) >= {
+        "sparsekit.training", "sparsekit.viz.training"}
+
+
+def test_every_old_viz_name_resolves_to_its_modules_object():
+    import importlib
+    import pkgutil
+
+    assert set(viz.__all__) == OLD_VIZ_NAMES
+    # Independent of viz's own table: the module of sparsekit.viz (or maskstats) that defines each name.
+    modules = [importlib.import_module(f"sparsekit.viz.{m.name}") for m in pkgutil.iter_modules(viz.__path__)]
+    modules.append(importlib.import_module("sparsekit.maskstats"))
+    for name in OLD_VIZ_NAMES:
+        owners = [m for m in modules if name in vars(m) and (getattr(vars(m)[name], "__module__", m.__name__)
+                                                              == m.__name__ or not callable(vars(m)[name]))]
+        assert owners, name
+        assert getattr(viz, name) is getattr(owners[0], name), name
+    namespace: dict = {}
+    exec("from sparsekit.viz import *", namespace)  # noqa: S102  (the star import walks __all__)
+    assert OLD_VIZ_NAMES <= set(namespace)
+    assert viz.masks is importlib.import_module("sparsekit.viz.masks")  # submodules as attributes
+    with pytest.raises(AttributeError, match="no attribute 'no_such_figure'"):
+        viz.no_such_figure  # noqa: B018

@@ -139,7 +139,8 @@ def test_cuda_masks_equal_textbook_obs():
 @pytest.mark.parametrize("rows,cols,kw,seed", [(70, 256, {"nm": (2, 4)}, 20), (33, 200, {"nm": (1, 4)}, 21),
                                                (40, 264, {"nm": (3, 8)}, 22), (64, 300, {"sparsity": 0.5}, 23),
                                                (17, 130, {"sparsity": 0.7}, 24)])
-def test_compiled_column_pass_gives_the_torch_ops_bits(rows, cols, kw, seed, monkeypatch):
+@pytest.mark.parametrize("layout", ["row-major", "column-major"])  # column-major: a GPT-2 Conv1D's [in, out].t()
+def test_compiled_column_pass_gives_the_torch_ops_bits(rows, cols, kw, seed, layout, monkeypatch):
     # The CPU kernel must reproduce the torch column pass bit for bit (weights, masks, loss),
     # including where torch's addr_ fuses the multiply-add and where it rounds twice; ties too.
     from sparsekit.methods import sparsegpt
@@ -149,6 +150,8 @@ def test_compiled_column_pass_gives_the_torch_ops_bits(rows, cols, kw, seed, mon
         pytest.skip("this torch build's addr_ rounding is not one the kernel reproduces (the torch ops run)")
     w, h = random_layer(rows, cols, seed, zero_rows=(1,))
     w[2] = (w[2] * 2).round() / 2  # many equal scores in one row
+    if layout == "column-major":
+        w = w.t().contiguous().t()
     fast = sparsegpt_prune(w, h, **kw)
     monkeypatch.setattr(sparsegpt, "column_pass", lambda *args: False)
     plain = sparsegpt_prune(w, h, **kw)

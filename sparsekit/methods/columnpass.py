@@ -51,10 +51,14 @@ def _fma(typingctx: Any, a: Any, b: Any, c: Any) -> Any:  # numba's intrinsic pr
 
 @numba.njit(inline="always")
 def _spread(w: np.ndarray, u: np.ndarray, err: np.float32, start: int, count: int,
-            width: int) -> None:  # pragma: no cover - compiled
-    # w[j] -= err * u[j] for j >= start: fused in the first whole runs of ``width``, twice
-    # rounded after them (torch's addr_ with alpha=-1 on one row).
-    fused_end = start + ((count - start) // width) * width if width else start
+            width: int, whole: bool) -> None:  # pragma: no cover - compiled
+    # w[j] -= err * u[j] for j >= start as torch's addr_ (alpha=-1) rounds it: on a row-major
+    # block, fused in the first whole runs of ``width`` along the row and twice rounded after them;
+    # on a column-major block (width 0), fused along the whole row or not at all (``whole``).
+    if width:
+        fused_end = start + ((count - start) // width) * width
+    else:
+        fused_end = count if whole else start
     neg = -err
     for j in range(start, fused_end):
         w[j] = _fma(neg, u[j], w[j])  # type: ignore[call-arg]  # the intrinsic takes typingctx itself
@@ -64,7 +68,8 @@ def _spread(w: np.ndarray, u: np.ndarray, err: np.float32, start: int, count: in
 
 @numba.njit(parallel=True, cache=True, boundscheck=False)
 def _kernel(W1: np.ndarray, U1: np.ndarray, d2: np.ndarray, inv_d: np.ndarray, scaleT: np.ndarray,
-            keepT: np.ndarray, errT: np.ndarray, n: int, m: int, width: int) -> None:  # pragma: no cover
+            keepT: np.ndarray, errT: np.ndarray, n: int, m: int, width: int,
+            fused_rows: int) -> None:  # pragma: no cover
     rows, count = W1.shape
     tasks = (rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
     for task in numba.prange(tasks):
@@ -87,13 +92,14 @@ def _kernel(W1: np.ndarray, U1: np.ndarray, d2: np.ndarray, inv_d: np.ndarray, s
                         scaleT[i + k, r] = inv_d[i + k] if rank >= n else np.float32(0.0)
                 err = w[i] * scaleT[i, r]
                 errT[i, r] = err
-                _spread(w, U1[i], err, i + 1, count, width)
+                _spread(w, U1[i], err, i + 1, count, width, r < fused_rows)
 
 
 @numba.njit(cache=True)
-def _spread_rows(W: np.ndarray, err: np.ndarray, u: np.ndarray, width: int) -> None:  # pragma: no cover
+def _spread_rows(W: np.ndarray, err: np.ndarray, u: np.ndarray, width: int,
+                 fused_rows: int) -> None:  # pragma: no cover
     for r in range(W.shape[0]):
-        _spread(W[r], u, err[r], 0, W.shape[1], width)
+        _spread(W[r], u, err[r], 0, W.shape[1], width, r < fused_rows)
 
 
 @functools.cache
@@ -104,20 +110,27 @@ def fused_width() -> int | None:
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # the torch column pass runs addr_ on one thread
     try:
-        cases = []
+        cases = []  # (column-major, W, err, u, torch's result)
         for length in (1, 5, 15, 16, 17, 31, 33, 47, 50, 70, 100, 127):
             base = torch.randn(64, length + 3, generator=g)
             err, u = torch.randn(64, generator=g), torch.randn(length, generator=g)
             want = base.clone()
             want[:, 2:2 + length].addr_(err, u, alpha=-1.0)
-            cases.append((base[:, 2:2 + length].contiguous(), err, u, want[:, 2:2 + length]))
+            cases.append((False, base[:, 2:2 + length].contiguous(), err, u, want[:, 2:2 + length]))
+        for rows in (1, 7, 16, 37, 64, 100):  # a transposed (Conv1D) weight's blocks are column-major
+            base = torch.randn(9, rows, generator=g).t()
+            err, u = torch.randn(rows, generator=g), torch.randn(6, generator=g)
+            want = base.clone()
+            want[:, 3:].addr_(err, u, alpha=-1.0)
+            cases.append((True, base[:, 3:].contiguous(), err, u, want[:, 3:]))
     finally:
         torch.set_num_threads(before)
     for width in _WIDTHS:
         ok = True
-        for W, err, u, want in cases:
+        for colmajor, W, err, u, want in cases:
             got = W.clone()
-            _spread_rows(got.numpy(), err.numpy(), u.numpy(), width)
+            fused_rows = (W.shape[0] // width) * width if width else 0
+            _spread_rows(got.numpy(), err.numpy(), u.numpy(), 0 if colmajor else width, fused_rows if colmajor else 0)
             ok = ok and torch.equal(got.view(torch.int32), want.view(torch.int32))
         if ok:
             return width
@@ -130,7 +143,7 @@ def column_pass(W1: torch.Tensor, U1: torch.Tensor, d2: torch.Tensor, inv_d: tor
     the kernel cannot give torch's bits.
 
     Args:
-        W1: ``[rows, count]`` contiguous, the block's weights (updated in place).
+        W1: ``[rows, count]`` row- or column-major, the block's weights (updated in place).
         U1: ``[count, count]``, the block's part of the upper Cholesky factor of ``H^-1``.
         d2: ``[count]``, its squared diagonal; ``inv_d``: ``1 / diagonal``, ``[count]`` or ``[count, 1]``.
         scaleT1: ``[count, rows]`` contiguous: ``pruned / d`` per entry (unstructured: given;
@@ -141,14 +154,23 @@ def column_pass(W1: torch.Tensor, U1: torch.Tensor, d2: torch.Tensor, inv_d: tor
         threads: most threads the kernel may use.
     """
     width = fused_width()
-    if width is None:
+    rows = W1.shape[0]
+    colmajor = not W1.is_contiguous() and W1.stride(0) == 1 and W1.stride(1) == rows
+    if width is None or not (W1.is_contiguous() or colmajor):
         return False
+    # torch vectorises along the stride-1 dimension: along each row of a row-major block, down each
+    # column of a column-major one (a transposed Conv1D weight's), where whole rows are then fused
+    # or not. The kernel works on a row-major copy either way.
+    fused_rows = (rows // width) * width if colmajor and width else 0
+    work = W1.contiguous() if colmajor else W1
     n, m = nm if nm is not None else (0, 0)
     previous = numba.get_num_threads()
     numba.set_num_threads(max(1, min(numba.config.NUMBA_NUM_THREADS, threads)))  # type: ignore[attr-defined]
     try:
-        _kernel(W1.numpy(), U1.contiguous().numpy(), d2.contiguous().numpy(), inv_d.reshape(-1).contiguous().numpy(),
-                scaleT1.numpy(), keepT1.numpy(), ErrT1.numpy(), n, m, width)
+        _kernel(work.numpy(), U1.contiguous().numpy(), d2.contiguous().numpy(), inv_d.reshape(-1).contiguous().numpy(),
+                scaleT1.numpy(), keepT1.numpy(), ErrT1.numpy(), n, m, 0 if colmajor else width, fused_rows)
     finally:
         numba.set_num_threads(previous)
+    if colmajor:
+        W1.copy_(work)
     return True

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 import sparsekit
 from devtools import ROOT
@@ -327,3 +328,75 @@ def test_every_old_viz_name_resolves_to_its_modules_object():
     assert viz.masks is importlib.import_module("sparsekit.viz.masks")  # submodules as attributes
     with pytest.raises(AttributeError, match="no attribute 'no_such_figure'"):
         viz.no_such_figure  # noqa: B018
+
+
+@pytest.fixture
+def counted_embeds(monkeypatch):
+    """Count the dense forwards of every encoder fidelity (``EmbeddingFidelity.embed`` on its dense module)."""
+    from sparsekit.models import text_metrics
+
+    calls = []
+    real = text_metrics.EmbeddingFidelity.embed
+
+    def embed(self, module):
+        calls.append(module is self.dense)
+        return real(self, module)
+
+    monkeypatch.setattr(text_metrics.EmbeddingFidelity, "embed", embed)
+    return calls
+
+
+def test_a_second_load_reads_the_dense_reference_from_disk(tmp_cache, counted_embeds):
+    from safetensors.torch import load
+
+    from sparsekit.cache import get_cache
+    from sparsekit.models.text_metrics import top_k_neighbours
+
+    first = sparsekit.load_model("minilm")
+    dense = first.quality()
+    assert counted_embeds == [True]  # computed once, stored
+    second = sparsekit.load_model("minilm")
+    assert second.module is not first.module
+    assert second.quality() == dense  # the same numbers, from the stored reference
+    assert counted_embeds == [True]  # no second dense forward
+    stored = second.quality_fn.reference
+    fresh = first.quality_fn.embed(first.module)  # an independent pass
+    assert stored.dtype == fresh.dtype and torch.equal(stored, fresh)  # bit for bit
+    assert torch.equal(second.quality_fn.reference_neighbours, top_k_neighbours(fresh, second.quality_fn.k))
+
+    # A damaged entry (bytes flipped in the tensor data, or not safetensors at all) is computed again.
+    key = second.quality_fn.reference_key()
+    raw = get_cache().get(key)
+    for bad in (raw[:-8] + bytes(b ^ 0xFF for b in raw[-8:]), b"not a safetensors file", raw[: len(raw) // 2]):
+        get_cache().set(key, bad)
+        counted_embeds.clear()
+        third = sparsekit.load_model("minilm")
+        assert third.quality() == dense and counted_embeds == [True]
+        assert torch.equal(load(get_cache().get(key))["reference"], fresh)  # stored again, whole
+    # Another evaluation set is another entry.
+    third.quality_fn.set_eval_ids([[101, 7592, 102], [101, 2088, 102], [101, 102]])
+    assert third.quality_fn.reference_key() != key
+
+
+def test_other_weights_are_another_key_and_a_module_changed_in_place_is_recomputed(tmp_cache, counted_embeds):
+    from sparsekit.cache import get_cache
+
+    first = sparsekit.load_model("minilm")
+    key = first.quality_fn.reference_key()
+    first.quality()
+    other = sparsekit.load_model("minilm")
+    with torch.no_grad():
+        other.module.embeddings.word_embeddings.weight[0, 0] += 1.0  # another weights file, as far as the key knows
+    changed = type(other.quality_fn)(other.module, [[101, 7592, 102], [101, 2088, 102]], other.quality_fn.pad_id)
+    fresh = sparsekit.load_model("minilm")
+    twin = type(fresh.quality_fn)(fresh.module, [[101, 7592, 102], [101, 2088, 102]], fresh.quality_fn.pad_id)
+    assert changed.reference_key() != twin.reference_key()
+    assert twin.reference_key() != key  # the evaluation ids are part of the key too
+    # The first model changed in place after its reference was stored: computed, never read from the old entry.
+    counted_embeds.clear()
+    with torch.no_grad():
+        first.module.embeddings.word_embeddings.weight[0, 0] += 1.0
+    again = first.quality_fn.reference
+    assert counted_embeds == [True]
+    assert torch.equal(again, first.quality_fn.embed(first.module))
+    assert get_cache().get(key) is not None  # the loaded weights' entry stays as it was

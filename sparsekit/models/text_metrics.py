@@ -16,8 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..cache import get_cache, make_key, model_fingerprint, read_entry, tensor_digest
 from .base import state_token
 from .sentences import SENTENCES
+from .weights import safetensors_header
 
 MAX_LENGTH = 128
 """Token limit per sentence (the built-in sentences are far shorter; user text is truncated)."""
@@ -30,6 +32,9 @@ LOGIT_BUDGET = 2**25
 128 MB per batch."""
 TOP_K = 5
 """Neighbours compared by the top-k agreement metric."""
+REFERENCE_VERSION = 1
+"""Version of what the dense reference embeddings hold (``sentence_embeddings``, ``length_batches``): bump it
+when that code changes, so the disk cache computes them again."""
 
 ENCODER_METRICS = {
     "cosine": "mean cosine to dense embeddings",
@@ -219,6 +224,7 @@ class EmbeddingFidelity:
         self.dense = dense
         self.pad_id = pad_id
         self.eval_key = 0
+        self._loaded_state = state_token(dense)
         self.set_eval_ids(ids)
 
     def set_eval_ids(self, ids: Sequence[Sequence[int]]) -> None:
@@ -241,10 +247,58 @@ class EmbeddingFidelity:
     def reference(self) -> torch.Tensor:
         state = state_token(self.dense)
         if self._reference is None or self._reference_state != state:
-            self._reference = self.embed(self.dense)
+            self._reference = self._stored_reference(state)
             self._reference_neighbours = None
             self._reference_state = state
         return self._reference
+
+    def reference_key(self) -> str:
+        """The disk cache key of the dense reference: the weights' fingerprint, the evaluation ids' digest,
+        the padding id and batch size (the batches), the embedding code's version, the module's class and
+        config, and torch's version, thread count, device and dtype (what the float order depends on)."""
+        param = next(self.dense.parameters(), None)
+        dtype = str(param.dtype) if param is not None else ""
+        config = getattr(self.dense, "config", None)
+        to_json = getattr(config, "to_json_string", None)
+        return make_key("dense-embeddings", REFERENCE_VERSION, model_fingerprint(self.dense), self.eval_digest,
+                        self.pad_id, BATCH_TOKENS, type(self.dense).__qualname__,
+                        to_json() if callable(to_json) else repr(config),
+                        str(getattr(config, "_attn_implementation", None)), torch.__version__,
+                        torch.get_num_threads(), str(_device(self.dense)), dtype)
+
+    def _stored_reference(self, state: tuple) -> torch.Tensor:
+        """The dense embeddings from the disk cache, else computed and stored. Only for the weights as loaded:
+        ``model_fingerprint`` remembers a module's first digest, so a module changed in place is computed."""
+        if state != self._loaded_state:
+            return self.embed(self.dense)
+        key = self.reference_key()
+        stored = read_entry(key, lambda raw: self._read_reference(raw, key))
+        if stored is not None:
+            return stored
+        reference = self.embed(self.dense)
+        from safetensors.torch import save
+
+        get_cache().set(key, save({"reference": reference.contiguous()},
+                                  metadata={"key": key, "digest": tensor_digest(reference)}))
+        return reference
+
+    def _read_reference(self, raw: Any, key: str) -> torch.Tensor:
+        """A stored reference (safetensors bytes), checked against its key, shape and content digest;
+        raises ValueError for anything else (the entry is then computed again)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load
+
+        if not isinstance(raw, bytes):
+            raise ValueError("the stored dense reference is not safetensors bytes")
+        meta = safetensors_header(raw).get("__metadata__") or {}
+        try:
+            reference = load(raw)["reference"]
+        except SafetensorError as err:
+            raise ValueError(f"damaged dense reference: {err}") from err
+        if (meta.get("key") != key or reference.dtype != torch.float32 or reference.dim() != 2
+                or reference.shape[0] != self.n or meta.get("digest") != tensor_digest(reference)):
+            raise ValueError("the stored dense reference does not match its key, shape or digest")
+        return reference
 
     @property
     def reference_neighbours(self) -> torch.Tensor:

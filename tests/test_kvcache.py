@@ -207,6 +207,11 @@ def test_streaming_and_h2o_evict_the_right_tokens(lm, ids):
     assert pruner.evicted.tolist() == [False] * 3 + [True] * 17 + [False] * 10
     assert (out.past_key_values.layers[2].values[..., 3:20, :] == 0).all()
     assert pruner.attention_mask(1).tolist() == [[1] * 3 + [0] * 17 + [1] * 11]
+    layers = out.past_key_values.layers
+    _, heads, _, d = layers[0].keys.shape
+    got = cache_bytes(out.past_key_values, KVConfig(method="streaming", sinks=3, window=10), pruner.evicted)
+    assert got["full"] == 2 * len(layers) * heads * 30 * d * 2
+    assert got["dense"] == 2 * len(layers) * heads * 13 * d * 2  # 3 sinks + 10 recent, stored dense
     assert res.perplexity != res.dense_perplexity
 
     h2o = KVPruner(KVConfig(method="h2o", heavy=5, recent=7))
@@ -243,7 +248,7 @@ def test_cache_bytes_matches_plain_count(lm, ids):
     old = tokens - 5
     kept_old = n * heads * old * (kept_count(d, 0.7) + kept_count(d, 0.3))
     window = 2 * n * heads * 5 * d * 2
-    assert got["dense"] == 2 * n * heads * tokens * d * 2
+    assert got["full"] == got["dense"] == 2 * n * heads * tokens * d * 2
     assert got["bitmap"] == window + 2 * n * heads * old * math.ceil(d / 8) + kept_old * 2
     assert got["csr"] == window + kept_old * 6 + 2 * n * heads * (old + 1) * 4
 

@@ -115,23 +115,25 @@ def cache_bytes(cache: Any, config: KVConfig | None, evicted: torch.Tensor | Non
                 value_bytes: int = VALUE_BYTES) -> dict[str, int]:
     """Bytes of a cache's keys and values, summed over layers.
 
-    ``dense``: every entry at ``value_bytes``. ``bitmap`` / ``csr``: the dense window at ``value_bytes`` an
-    entry, the older tokens in Mustafar's bitmap layout / CSR (``sparsekit.kvcache.masks``); evicted tokens
-    (streaming, h2o) cost nothing in either.
+    ``full``: every cached token, every entry at ``value_bytes`` (the unpruned cache). ``dense``: the tokens
+    not evicted, stored dense (the layout StreamingLLM and H2O use; equal to ``full`` for mustafar).
+    ``bitmap`` / ``csr``: the dense window at ``value_bytes`` an entry, the older tokens not evicted in
+    Mustafar's bitmap layout / CSR (``sparsekit.kvcache.masks``). Evicted tokens cost nothing but in ``full``.
     """
-    dense = bitmap = csr = 0
+    full = dense = bitmap = csr = 0
     for layer in cache.layers:
         for x in (layer.keys, layer.values):
             length = x.shape[-2]
-            dense += dense_bytes(x.numel(), value_bytes)
+            full += dense_bytes(x.numel(), value_bytes)
             window = 0 if config is None else min(length, config.dense_tokens)
             old = x[..., : length - window, :]
             if evicted is not None and evicted.numel():
                 old = old[..., ~evicted[: length - window], :]
             recent = dense_bytes(x[..., length - window:, :].numel(), value_bytes)
+            dense += recent + dense_bytes(old.numel(), value_bytes)
             bitmap += recent + bitmap_bytes(old, value_bytes)
             csr += recent + csr_bytes(old, value_bytes)
-    return {"dense": dense, "bitmap": bitmap, "csr": csr}
+    return {"full": full, "dense": dense, "bitmap": bitmap, "csr": csr}
 
 
 def _step(module: nn.Module, ids: torch.Tensor, cache: Any, pruner: KVPruner | None, start: int) -> Any:
@@ -201,7 +203,7 @@ class KVResult:
 
 
 def evaluate_kv(model: LoadedModel | nn.Module, ids: torch.Tensor, config: KVConfig, *, prompt: int = 32,
-                new_tokens: int = 16) -> KVResult:
+                new_tokens: int = 16, generation_prompt: int | None = None) -> KVResult:
     """Teacher-forced perplexity, next-token agreement and greedy generation with the cache under ``config``.
 
     Args:
@@ -209,7 +211,9 @@ def evaluate_kv(model: LoadedModel | nn.Module, ids: torch.Tensor, config: KVCon
         ids: one token sequence ``[tokens]``; the first ``prompt`` are the prefill.
         config: the pruning or eviction setting.
         prompt: prefill length; perplexity and agreement cover the later positions.
-        new_tokens: greedy tokens generated after the prompt, dense and pruned.
+        new_tokens: greedy tokens generated, dense and pruned.
+        generation_prompt: the first tokens of ``ids`` that greedy generation starts from (default
+            ``prompt``); a longer one makes the eviction windows bite during generation.
 
     Returns:
         A ``KVResult``.
@@ -236,7 +240,10 @@ def evaluate_kv(model: LoadedModel | nn.Module, ids: torch.Tensor, config: KVCon
     ppl = math.exp(float(F.cross_entropy(pruned_logits, targets)))
     dense_ppl = math.exp(float(F.cross_entropy(dense_logits, targets)))
     agree = float((pruned_logits.argmax(-1) == dense_logits.argmax(-1)).float().mean())
-    head = ids[:prompt]
+    gen_prompt = prompt if generation_prompt is None else generation_prompt
+    if not 1 <= gen_prompt <= ids.numel():
+        raise ValueError(f"generation_prompt must be 1 to {ids.numel()} tokens, got {gen_prompt}")
+    head = ids[:gen_prompt]
     return KVResult(
         config=config, perplexity=ppl, dense_perplexity=dense_ppl, agreement=agree,
         generated=greedy_generate(module, head, new_tokens, config) if new_tokens else [],

@@ -12,7 +12,7 @@ from sparsekit.kvcache import (
     KVConfig, KVPruner, bitmap_bytes, cache_bytes, channel_mask, csr_bytes, evaluate_kv, greedy_generate,
     kept_count, mustafar_reference_mask, token_mask,
 )
-from tests.conftest import shared_model
+from conftest import make_tiny_llama, shared_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -268,3 +268,26 @@ def test_model_not_mutated_and_encoder_refused(lm, ids):
         greedy_generate(lm, torch.cat([ids] * 4)[:250], 10)
     with pytest.raises(ValueError, match="prompt length"):
         evaluate_kv(lm, ids[:10], KVConfig(), prompt=11)
+
+
+def test_tiny_llama_gqa_cache(tmp_path, monkeypatch):
+    import sparsekit
+
+    make_tiny_llama(tmp_path / "tiny-llama")
+    monkeypatch.setenv("SPARSEKIT_MODEL_ROOTS", str(tmp_path))
+    llama = sparsekit.load_model("hf:tiny-llama")
+    ids = llama.calibration["input_ids"][0][llama.calibration["attention_mask"][0].bool()]
+    ids = torch.cat([ids, ids])[:40]
+    zero = evaluate_kv(llama, ids, KVConfig(k_sparsity=0.0, v_sparsity=0.0, residual_length=4), prompt=8,
+                       new_tokens=6)
+    assert zero.perplexity == pytest.approx(zero.dense_perplexity, rel=1e-5)
+    assert zero.generated == _no_cache_greedy(llama.module, ids[:8], 6)
+    pruned = evaluate_kv(llama, ids, KVConfig(k_sparsity=0.5, v_sparsity=0.5, residual_length=4), prompt=8,
+                         new_tokens=6)
+    assert pruned.perplexity != zero.perplexity
+    heads, d = llama.module.config.num_key_value_heads, llama.module.config.head_dim
+    old = 39 - 4  # 39 cached tokens at the end, 4 in the dense window
+    layers = llama.module.config.num_hidden_layers
+    entries = 2 * layers * heads * 39 * d
+    assert pruned.kept_fraction == pytest.approx((entries - 2 * layers * heads * old * (d - kept_count(d, 0.5)))
+                                                 / entries)

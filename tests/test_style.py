@@ -614,3 +614,24 @@ def test_model_page_tables_have_human_headers(digits_cache):
     at.run()
     assert not at.exception, at.exception
     _assert_human_tables(at, "model")
+
+
+def test_resumed_progress_counts_parts_and_starts_the_clock_at_the_first_part_computed():
+    """One bar for continued jobs (scan, head search, benchmarks): parts done of all, and no time left
+    until a part was computed in this run (parts from disk come back at once)."""
+    from streamlit.testing.v1 import AppTest
+
+    def page():
+        from ui.long_jobs import ResumedProgress
+        scan = ResumedProgress("Scanning", 4, "units")
+        scan(0.5, "two from disk")  # the clock starts here: no rate yet
+        share = ResumedProgress("Measuring", counts=lambda message: "ceilings" not in message)
+        share(0.25, "ceilings")
+        share(0.5, "case 2")
+        assert share.first == (0.5, share.first[1])  # the warm-up did not start the clock
+
+    at = AppTest.from_function(page).run()
+    assert not at.exception, at.exception
+    texts = [p.proto.text for p in at.get("progress")]
+    assert texts[0] == "Scanning: 2 of 4 units done (time left: after the first unit) · two from disk"
+    assert texts[1] == "Measuring: 50% · case 2"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from typing import Any
 
 import pandas as pd
@@ -27,7 +26,6 @@ from sparsekit.models.sentences import SENTENCES
 from sparsekit.recipes.attention import PASSAGE_TOKENS, AttentionInput, fit_text_input, token_limit
 from ui.cached import attention_quality, digits_data
 from ui.format import change_text, metric_text
-from ui.long_jobs import duration_text
 
 MAX_WIDGET = 4096  # parameter inputs accept more than any sequence, so the library can say why it does not fit
 # Browsers refuse a paste longer than max_chars outright (the box stays empty), so the bound sits far above
@@ -226,29 +224,6 @@ def search_form() -> tuple[SearchConfig, int]:
     families = st.multiselect("Pattern families searched", list(SEARCH_FAMILIES), default=list(DEFAULT_FAMILIES),
                               key="att_families", format_func=lambda f: PATTERNS[f].title)
     return SearchConfig(budget=budget_pct / 100, allocation=allocation, families=tuple(families)), count
-
-
-class SearchProgress:
-    """The search's bar: layers done of all and, from the first layer measured in this run on, the time
-    left (layers a stopped run finished come back at once and do not count towards the rate)."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.first: tuple[float, float] | None = None
-        self.bar = st.progress(0.0, text="Searching…")
-
-    def __call__(self, fraction: float, message: str) -> None:
-        now = time.monotonic()
-        if self.first is None:
-            self.first = (fraction, now)
-        f0, t0 = self.first
-        left = (now - t0) * (1 - fraction) / (fraction - f0) if fraction > f0 else None
-        eta = f", {duration_text(left)} left" if left is not None else " (time left: after the first layer)"
-        self.bar.progress(min(max(fraction, 0.0), 1.0),
-                          text=f"Searching: {round(fraction * self.total)} of {self.total} layers done{eta} · {message}")
-
-    def empty(self) -> None:
-        self.bar.empty()
 
 
 def search_buttons(job: dict[str, Any]) -> Any:

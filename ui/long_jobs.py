@@ -9,7 +9,7 @@ run the same way; the job then carries on from its finished parts.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import streamlit as st
 
@@ -59,6 +59,43 @@ class EstimatingProgress:
         left = time_left(f, now - self.start)
         eta = f", {duration_text(left)} left" if left is not None else ""
         self.bar.progress(f, text=f"{self.label}: {f:.0%}{eta} · {message}")
+
+    def empty(self) -> None:
+        self.bar.empty()
+
+
+class ResumedProgress:
+    """The bar of a job whose finished parts may come back from disk (a continued scan, search or
+    benchmark run): parts done of all (or the share done, without ``total``) and, from the first part
+    computed in this run on, the time left; parts a stopped run finished come back at once and do not
+    count towards the rate.
+
+    Args:
+        verb: the bar's word (``Scanning``).
+        total: parts in all, or None to show the share done.
+        unit: the parts' name in the plural (``units``).
+        counts: whether a message starts the clock (a warm-up message, say, does not).
+    """
+
+    def __init__(self, verb: str, total: int | None = None, unit: str = "", *,
+                 counts: Callable[[str], bool] = lambda message: True) -> None:
+        self.verb, self.total, self.unit, self.counts = verb, total, unit, counts
+        self.first: tuple[float, float] | None = None
+        self.bar = st.progress(0.0, text=f"{verb}…")
+
+    def __call__(self, fraction: float, message: str) -> None:
+        now = time.monotonic()
+        if self.first is None and self.counts(message):
+            self.first = (fraction, now)
+        f0, t0 = self.first or (fraction, now)
+        left = (now - t0) * (1 - fraction) / (fraction - f0) if fraction > f0 else None
+        if left is not None:
+            eta = f", {duration_text(left)} left"
+        else:
+            eta = f" (time left: after the first {self.unit[:-1]})" if self.total is not None else ""
+        done = (f"{round(fraction * self.total)} of {self.total} {self.unit} done" if self.total is not None
+                else f"{fraction:.0%}")
+        self.bar.progress(min(max(fraction, 0.0), 1.0), text=f"{self.verb}: {done}{eta} · {message}")
 
     def empty(self) -> None:
         self.bar.empty()

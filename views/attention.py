@@ -12,12 +12,12 @@ from sparsekit.attention.metrics import measure, plan_masks
 from sparsekit.attention.search import cached_search, plan_comparison_rows, search_heads
 from sparsekit.recipes.attention import attention_headline, attention_recipe
 from sparsekit.viz.attention import head_picker_figure
-from ui.attention import (GRID_KEY, SearchProgress, combined_pattern_form, head_form, input_form, mark_started,
+from ui.attention import (GRID_KEY, combined_pattern_form, head_form, input_form, mark_started,
                           partial_search_section, quality_section, scope_form, search_buttons, search_form,
                           was_started)
 from ui.cached import attention_calibration, attention_capture, attention_quality
 from ui.heavy import heavy_job
-from ui.long_jobs import job_state
+from ui.long_jobs import ResumedProgress, job_state
 from ui.format import change_text, metric_text, table_view
 from ui.notebook import notebook_button, upload_digest
 from ui.state import require_model
@@ -158,7 +158,7 @@ try:
         captures = attention_calibration(key, count, loaded)
     if job["status"] == "running":
         mark_started(key, job_id)
-        bar = SearchProgress(captures[0].n_layers)
+        bar = ResumedProgress("Searching", captures[0].n_layers, "layers")
         # Each layer is stored as it finishes: a Stop press (a rerun) or a closed tab keeps them.
         with heavy_job("attention_search", loaded, once=f"attention_search {key} {config_json} {count}"):
             result = search_heads(captures, config, progress=bar)

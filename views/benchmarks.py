@@ -1,6 +1,5 @@
 """Benchmarks: does the sparsity actually run faster, at these shapes, on this hardware?"""
 import json
-import time
 from dataclasses import asdict, replace
 
 import pandas as pd
@@ -25,7 +24,7 @@ from sparsekit.layers import prunable_layers
 from sparsekit.recipes.benchmarks import FAILED_STATUSES, benchmarks_headline, benchmarks_recipe
 from ui.format import table_view
 from ui.heavy import heavy_job
-from ui.long_jobs import duration_text, job_buttons, job_state
+from ui.long_jobs import ResumedProgress, job_buttons, job_state
 from ui.notebook import notebook_button
 from ui.state import get_model
 
@@ -110,27 +109,6 @@ def show_run(run: BenchRun, key: str, where: str, config: BenchConfig | None = N
         st.rerun()
 
 
-class CaseProgress:
-    """The run's bar: cases done of all and, from the first case measured in this run on, the time left
-    (cases a stopped run finished come back at once and do not count towards the rate)."""
-
-    def __init__(self) -> None:
-        self.first: tuple[float, float] | None = None
-        self.bar = st.progress(0.0, text="Measuring…")
-
-    def __call__(self, fraction: float, message: str) -> None:
-        now = time.monotonic()
-        if self.first is None and "ceilings" not in message:
-            self.first = (fraction, now)
-        f0, t0 = self.first or (fraction, now)
-        left = (now - t0) * (1 - fraction) / (fraction - f0) if fraction > f0 else None
-        eta = f", {duration_text(left)} left" if left is not None else ""
-        self.bar.progress(min(max(fraction, 0.0), 1.0), text=f"Measuring: {fraction:.0%}{eta} · {message}")
-
-    def empty(self) -> None:
-        self.bar.empty()
-
-
 def run_here(config: BenchConfig, model, spec: str) -> bool:
     """The run of these settings: its button (Run, Stop while it runs, Continue once stopped), the run itself,
     and a stopped run's finished cases. Returns whether a stopped run is shown."""
@@ -147,7 +125,7 @@ def run_here(config: BenchConfig, model, spec: str) -> bool:
         return False
     slot = job_buttons(job, st, "bench", "Run benchmarks", "cases")
     if job["status"] == "running":
-        bar = CaseProgress()
+        bar = ResumedProgress("Measuring", counts=lambda message: "ceilings" not in message)
         try:
             # Each case is stored as it finishes: a Stop press (a rerun), a closed tab or an error keeps them.
             with heavy_job("benchmark"):

@@ -1,7 +1,6 @@
 """Sensitivity: prune one layer (or one block's attention or MLP) at a time, see which ones the model can
 spare, and spend a global budget unevenly from what the scan found."""
 
-import time
 
 import pandas as pd
 import streamlit as st
@@ -14,7 +13,7 @@ from sparsekit.sensitivity import GROUPINGS, SensitivityConfig, cached_scan, sca
 from sparsekit.sparsify import SparsifyConfig
 from sparsekit.viz.sensitivity import layer_sparsity_figure
 from ui.heavy import heavy_job
-from ui.long_jobs import duration_text, job_buttons, job_state
+from ui.long_jobs import ResumedProgress, job_buttons, job_state
 from ui.notebook import notebook_button, upload_digest
 from ui.state import require_model
 
@@ -27,29 +26,6 @@ st.markdown(
     "measured on the same sentences or held-out digits the quality metric uses, so its drops are optimistic "
     "for unseen data."
 )
-
-
-class ScanProgress:
-    """The scan's bar: units done of all and, from the first unit computed in this run on, the time left
-    (units a stopped run finished come back at once and do not count towards the rate)."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.first: tuple[float, float] | None = None
-        self.bar = st.progress(0.0, text="Scanning…")
-
-    def __call__(self, fraction: float, message: str) -> None:
-        now = time.monotonic()
-        if self.first is None:
-            self.first = (fraction, now)
-        f0, t0 = self.first
-        left = (now - t0) * (1 - fraction) / (fraction - f0) if fraction > f0 else None
-        eta = f", {duration_text(left)} left" if left is not None else " (time left: after the first unit)"
-        self.bar.progress(min(max(fraction, 0.0), 1.0),
-                          text=f"Scanning: {round(fraction * self.total)} of {self.total} units done{eta} · {message}")
-
-    def empty(self) -> None:
-        self.bar.empty()
 
 
 loaded, key = require_model()
@@ -92,7 +68,7 @@ if job["status"] == "idle":
             "disk: Stop shows the units done so far, and Continue computes only the rest.")
     st.stop()
 if job["status"] == "running":
-    bar = ScanProgress(len(scan_units(loaded.module, config)))
+    bar = ResumedProgress("Scanning", len(scan_units(loaded.module, config)), "units")
     try:
         # Each unit is stored as it finishes: a Stop press (a rerun) or a closed tab keeps them.
         with heavy_job("scan", loaded):

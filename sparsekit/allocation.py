@@ -27,6 +27,7 @@ from .display import Card, Shown, percent
 from .layers import layer_weight
 from .methods import REGISTRY, Calibration, Method, MethodOutput, PruneSettings, get_method
 from .methods.calibration import InputStats, LayerInputs, capture_input_stats, check_calibration, sequential_prune
+from .methods.types import LayerJournal
 from .progress import ProgressFn
 
 
@@ -256,7 +257,8 @@ def allocate(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], config: 
 
 
 def run_allocated(method: Method, model: nn.Module, names: Sequence[str], config: SparsifyConfig,
-                  calibration: Calibration | None, progress: ProgressFn | None, allocation: Allocation) -> MethodOutput:
+                  calibration: Calibration | None, progress: ProgressFn | None, allocation: Allocation,
+                  journal: LayerJournal | None = None) -> MethodOutput:
     """A model-level method on the copy with each layer at its own target.
 
     Args:
@@ -267,6 +269,7 @@ def run_allocated(method: Method, model: nn.Module, names: Sequence[str], config
         calibration: calibration inputs.
         progress: optional callback.
         allocation: the per-layer targets.
+        journal: where the calibrated run keeps its finished layers (``sequential_prune``).
 
     Returns:
         The method's ``MethodOutput``.
@@ -282,7 +285,7 @@ def run_allocated(method: Method, model: nn.Module, names: Sequence[str], config
                 return count_mask(layer, weight, stats, allocation.pruned[layer.name]), None
             return inner(layer, weight, allocation.layer_config(config, layer.name), stats, notes)
 
-        return sequential_prune(model, names, config, calibration, progress, keep, method.stats)
+        return sequential_prune(model, names, config, calibration, progress, keep, method.stats, journal)
     assert method.run is not None
     out = method.run(model, names, config, calibration, progress)
     if out.masks:

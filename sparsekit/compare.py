@@ -302,7 +302,8 @@ def permuted_nm_row(loaded: LoadedModel, n: int = 2, m: int = 4, *, use_cache: b
         loaded: a ``LoadedModel`` (never modified).
         n: kept per group.
         m: group size.
-        use_cache: read a cached row.
+        use_cache: read a cached row, and the layers a stopped or interrupted search of these inputs
+            kept on disk (``permute_channels``); False searches every layer afresh.
         max_seconds_per_layer: search time limit per layer (``permutation.permute_channels``).
         progress: True (default): a ``tqdm.auto`` bar when the call takes over 2 s; False: silent; or a
             ``progress(fraction, message)`` callback (``sparsekit.progress``).
@@ -326,7 +327,7 @@ def permuted_nm_row(loaded: LoadedModel, n: int = 2, m: int = 4, *, use_cache: b
         return hit
     start = time.perf_counter()
     perm = permute_channels(loaded, n, m, max_seconds_per_layer=max_seconds_per_layer, progress=progress,
-                            should_stop=should_stop, on_layer=on_layer, resume=resume)
+                            should_stop=should_stop, on_layer=on_layer, resume=resume, use_cache=use_cache)
     search_seconds = time.perf_counter() - start
     result = sparsify(perm.model, config, progress=None)
     quality = loaded.quality(result.model)

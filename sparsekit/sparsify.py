@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from .allocation import Allocation, DropCurves, allocate, run_allocated
-from .cache import model_fingerprint
+from . import serial
+from .cache import model_fingerprint, tensor_digest
 from .config import ALLOCATIONS, CALIBRATION_ORDERS, LAYER_SETS, MAX_M, MAX_SPARSITY, PATTERNS, SCOPES, SparsifyConfig
 from .display import Card, Shown, percent
 from .layers import (
@@ -28,10 +29,11 @@ from .layers import (
 )
 from .masks import nm_mask, topk_keep, unstructured_mask
 from .methods import CALIBRATED_METHODS, METHODS, MethodOutput, get_method
-from .methods.calibration import check_calibration
+from .methods.calibration import check_calibration, sequential_prune
 from .methods.types import Calibration
 from .models.base import LoadedModel, module_of
 from .progress import ProgressArg, ProgressFn, reporter
+from .pruned_layers import PrunedLayerStore
 from .report import (
     LayerReport,
     build_layer_report,
@@ -68,6 +70,9 @@ class SparsifyResult(Shown):
     layer kept dense at the n = M level)."""
     allocation_note: str = ""
     """Non-uniform allocation only: the spread of the layer targets and the overall count achieved."""
+    resumed_layers: list[str] = field(default_factory=list)
+    """Wanda/SparseGPT: layers taken from an interrupted run of the same call instead of computed
+    (``sparsify(resume=True)``); empty otherwise."""
 
     FIGURE = "layer_kept_figure"
     FIGURE_INPUT = "report"
@@ -234,6 +239,7 @@ def sparsify(
     progress: ProgressArg = True,
     calibration: Calibration | None = None,
     sensitivity: DropCurves | None = None,
+    resume: bool = True,
 ) -> SparsifyResult:
     """Prune a deep copy of ``model`` according to ``config``.
 
@@ -246,6 +252,11 @@ def sparsify(
             batch, or a dict with ``input_ids``/``attention_mask``); default: the LoadedModel's ``calibration``.
         sensitivity: a ``sparsekit.sensitivity.SensitivityScan`` of this model, for
             ``allocation="sensitivity"``.
+        resume: Wanda and SparseGPT (True, the default): a run that goes on for more than
+            ``sparsekit.pruned_layers.CHECKPOINT_AFTER_S`` keeps each finished layer on disk, so the
+            same call, interrupted (Ctrl-C, Jupyter's stop button) and run again, takes those layers
+            instead of computing them and gives the result of an uninterrupted run (``resumed_layers``
+            names them). False: neither read nor write them.
 
     Returns:
         A ``SparsifyResult`` with the pruned copy, masks (True = kept) and a per-layer report.
@@ -254,11 +265,22 @@ def sparsify(
         layer's sparsity and ``allocation_note`` the overall count.
     """
     with reporter(progress, "sparsify") as report:
-        return _prune_copy(model, config, report, calibration, sensitivity)
+        return _prune_copy(model, config, report, calibration, sensitivity, resume)
+
+
+def _journal(source: nn.Module, config: SparsifyConfig, calibration: Calibration | None,
+             alloc: Allocation | None) -> PrunedLayerStore:
+    """Where a calibrated run of these inputs keeps its finished layers."""
+    batch = calibration if isinstance(calibration, dict) else {"x": calibration} if calibration is not None else {}
+    digest = tensor_digest(*(batch[k] for k in sorted(batch))) + ",".join(sorted(batch))
+    levels = {} if alloc is None else {"levels": alloc.levels, "pruned": alloc.pruned, "sparsity": alloc.sparsity}
+    return PrunedLayerStore(PrunedLayerStore.run_key(model_fingerprint(source), serial.to_json(config), digest,
+                                                     levels))
 
 
 def _prune_copy(model: nn.Module | LoadedModel, config: SparsifyConfig, progress: ProgressFn | None,
-                calibration: Calibration | None, sensitivity: DropCurves | None) -> SparsifyResult:
+                calibration: Calibration | None, sensitivity: DropCurves | None,
+                resume: bool = True) -> SparsifyResult:
     config.validate()
     method = get_method(config.method)
     alloc_on = config.allocation != "uniform" and config.pattern != "dense"
@@ -325,10 +347,19 @@ def _prune_copy(model: nn.Module | LoadedModel, config: SparsifyConfig, progress
     # Model-level methods (Wanda and SparseGPT prune the copy in place; Taylor returns scores) run
     # once on the copy; layer-local ones score each layer when it comes up.
     output = MethodOutput()
+    journal: PrunedLayerStore | None = None
     if method.run is not None and todo:
         names = [n for n, _ in todo]
+        if resume and method.keep_layer is not None:
+            journal = _journal(source, config, calibration, alloc)
         if alloc is not None:
-            output = run_allocated(method, pruned_model, names, config, calibration, progress, alloc)
+            output = run_allocated(method, pruned_model, names, config, calibration, progress, alloc, journal)
+        elif method.keep_layer is not None:
+            # Wanda, SparseGPT: their run is this call, with the journal that lets it go on
+            check_calibration(calibration, config.method)
+            assert calibration is not None
+            output = sequential_prune(pruned_model, names, config, calibration, progress, method.keep_layer,
+                                      method.stats, journal)
         else:
             output = method.run(pruned_model, names, config, calibration, progress)
 
@@ -371,6 +402,9 @@ def _prune_copy(model: nn.Module | LoadedModel, config: SparsifyConfig, progress
         progress(1.0, "done")
     filled = [r for r in report if r is not None]
     assert len(filled) == len(report)  # every pruned layer's slot was filled above
+    resumed = list(journal.taken) if journal is not None else []
+    if journal is not None:
+        journal.clear()  # finished: an interrupted run's layers are no longer needed
     return SparsifyResult(
         model=pruned_model,
         masks=masks,
@@ -383,6 +417,7 @@ def _prune_copy(model: nn.Module | LoadedModel, config: SparsifyConfig, progress
         views=views,
         allocation=dict(alloc.sparsity) if alloc is not None else {},
         allocation_note=alloc.note if alloc is not None else "",
+        resumed_layers=resumed,
     )
 
 

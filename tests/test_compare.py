@@ -215,7 +215,9 @@ def test_permuted_row_stops_without_caching_and_resumes(mlp, tmp_cache):
     perm = sparsekit.permutation.permute_channels(mlp, 2, 4, resume=done, should_stop=lambda: True)
     assert part.quality == pytest.approx(mlp.quality(sparsify(perm.model, SparsifyConfig()).model))
     again = cmp.permuted_nm_row(mlp, 2, 4, max_seconds_per_layer=limit, should_stop=lambda: True)
-    assert again.cached is False and again.layers_searched == 0  # the stopped row was not cached
+    # the stopped row was not cached, its finished layer was (on disk), and nothing else was searched
+    assert again.cached is False and again.layers_searched == 1 and again.not_reached == ["head"]
+    assert [r["perm"] for r in again.layers] == [r["perm"] for r in done]
     full = cmp.permuted_nm_row(mlp, 2, 4, max_seconds_per_layer=limit, resume=part.layers)
     fresh = cmp.permuted_nm_row(mlp, 2, 4, max_seconds_per_layer=limit, use_cache=False)
     assert not full.stopped and full.layers_searched == 2

@@ -1,6 +1,6 @@
 """Ctrl-C in a notebook or a terminal keeps finished work: a study, a sensitivity scan, a seed study, a
-training run and a recovery run, each in its own Python process with its own disk cache, get SIGINT once
-their first unit (cell, layer, run; a training epoch, a recovery evaluation interval) has finished; the
+training run, a recovery run, a calibrated sparsify (SparseGPT) and a channel permutation search, each in its own Python process with its own disk cache, get SIGINT once
+their first unit (cell, layer, run; a training epoch, a recovery evaluation interval; a pruned or permuted layer) has finished; the
 same call run again computes only what is missing, and its result equals an uninterrupted run's."""
 from __future__ import annotations
 
@@ -117,13 +117,47 @@ for iv in out["intervals"]:
 out["weights"] = tensor_digest(*(rec.weights[k] for k in sorted(rec.weights)))
 print("RESULT", json.dumps([rec.status, rec.step_loss, rec.step_flip_rate, out], sort_keys=True))
 """,
+    "sparsify": """
+import sparsekit
+from sparsekit import pruned_layers
+from sparsekit.cache import tensor_digest
+pruned_layers.CHECKPOINT_AFTER_S = 0.0  # write every finished layer (a real run waits 2 s before the first)
+real = pruned_layers.PrunedLayerStore.put
+computed = []
+def put(self, name, mask, weight, note):
+    real(self, name, mask, weight, note)
+    computed.append(name)
+    finished("UNIT", len(computed))
+pruned_layers.PrunedLayerStore.put = put
+vit = sparsekit.load_model("digits:vit")
+result = sparsekit.sparsify(vit, sparsekit.SparsifyConfig(method="sparsegpt", pattern="nm", n=2, m=4),
+                            progress=False)
+assert len(computed) + len(result.resumed_layers) == len(result.masks)
+print("COMPUTED", len(computed), flush=True)
+state = result.model.state_dict()
+print("RESULT", json.dumps([tensor_digest(*(result.masks[k] for k in sorted(result.masks))),
+                            tensor_digest(*(state[k] for k in sorted(state))), result.notes]))
+""",
+    "permute": """
+import sparsekit
+from sparsekit.permutation import permute_channels
+searched = []
+def on_layer(row):
+    searched.append(row["layer"])
+    finished("UNIT", len(searched))
+perm = permute_channels(sparsekit.load_model("digits:mlp"), 2, 4, max_seconds_per_layer=1e9, on_layer=on_layer,
+                        progress=False)
+print("COMPUTED", len(searched), flush=True)
+print("RESULT", json.dumps([[r["layer"], r["perm"], r["kept_after"]] for r in perm.rows]))
+""",
 }
-TOTAL = {"study": 6, "scan": 3, "seeds": 4, "train": 3, "recovery": 3}
+TOTAL = {"study": 6, "scan": 3, "seeds": 4, "train": 3, "recovery": 3, "sparsify": 14, "permute": 2}
 """Units each job computes from nothing (the study's magnitude cells share one key per pattern; a training
 run's epochs; a recovery run's evaluation intervals)."""
-AGAIN = {"train": 3, "recovery": 3}
-"""Units the job computes when run once more after finishing: studies and scans find every unit cached (0);
-a training or recovery run that completed is not a cache of results, so the same call is a new run."""
+AGAIN = {"train": 3, "recovery": 3, "sparsify": 14}
+"""Units the job computes when run once more after finishing: studies, scans and permutation searches find
+every unit cached (0); a training, recovery or sparsify run that completed is not a cache of results, so the
+same call is a new run."""
 
 
 def _command(job: str) -> list[str]:

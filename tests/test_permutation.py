@@ -1,4 +1,6 @@
 """Channel permutation: progress, stopping early, resuming; checked against a full run and plain loops."""
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -35,7 +37,7 @@ def x():
 
 @pytest.fixture(scope="module")
 def full(model, x):
-    return permute_channels(model, 2, 4, calibration=x, max_seconds_per_layer=NO_TIME_LIMIT)
+    return permute_channels(model, 2, 4, calibration=x, max_seconds_per_layer=NO_TIME_LIMIT, use_cache=False)
 
 
 def original_coordinates_masks(result, model, n=2, m=4):
@@ -67,7 +69,7 @@ def original_coordinates_masks(result, model, n=2, m=4):
 
 def test_progress_rises_to_one(model, x):
     seen = []
-    permute_channels(model, 2, 4, calibration=x, max_seconds_per_layer=NO_TIME_LIMIT,
+    permute_channels(model, 2, 4, calibration=x, max_seconds_per_layer=NO_TIME_LIMIT, use_cache=False,
                      progress=lambda f, msg: seen.append((f, msg)))
     fractions = [f for f, _ in seen]
     assert fractions[-1] == 1.0
@@ -92,7 +94,7 @@ def test_stop_after_k_layers_keeps_exactly_those(model, x, full, k):
     def on_layer(row):
         finished.append(row["layer"])
 
-    part = permute_channels(model, 2, 4, calibration=x, max_seconds_per_layer=NO_TIME_LIMIT,
+    part = permute_channels(model, 2, 4, calibration=x, max_seconds_per_layer=NO_TIME_LIMIT, use_cache=False,
                             on_layer=on_layer, should_stop=lambda: len(finished) >= k)
     names = ["2", "4", "6"]
     assert part.stopped and part.layers_searched == k
@@ -128,7 +130,7 @@ def test_stop_mid_search_leaves_that_layer_unpermuted(model, x, full):
         if ": 4, round 1" in message:
             in_search.append(message)
 
-    part = permute_channels(model, 2, 4, calibration=x, max_seconds_per_layer=NO_TIME_LIMIT,
+    part = permute_channels(model, 2, 4, calibration=x, max_seconds_per_layer=NO_TIME_LIMIT, use_cache=False,
                             progress=progress, should_stop=lambda: bool(in_search))
     assert in_search and part.stopped
     assert [r["layer"] for r in part.rows] == ["2"] and part.not_reached == ["4", "6"]
@@ -137,19 +139,19 @@ def test_stop_mid_search_leaves_that_layer_unpermuted(model, x, full):
 
 
 def test_resume_finishes_like_a_full_run(model, x, full):
-    first = permute_channels(model, 2, 4, calibration=x, max_seconds_per_layer=NO_TIME_LIMIT,
+    first = permute_channels(model, 2, 4, calibration=x, max_seconds_per_layer=NO_TIME_LIMIT, use_cache=False,
                              should_stop=lambda: True if len(done) >= 1 else False,
                              on_layer=(done := []).append)
     assert first.layers_searched == 1
     searched = []
-    rest = permute_channels(model, 2, 4, calibration=x, max_seconds_per_layer=NO_TIME_LIMIT,
+    rest = permute_channels(model, 2, 4, calibration=x, max_seconds_per_layer=NO_TIME_LIMIT, use_cache=False,
                             resume=done, on_layer=searched.append)
     assert [r["layer"] for r in searched] == ["4", "6"]  # the resumed layer was not searched again
     assert not rest.stopped and rest.layers_searched == 3
     for name in ("2", "4", "6"):
         assert torch.equal(rest.perms[name], full.perms[name])
     # Resuming with a stop at once applies the stored layers and nothing else.
-    again = permute_channels(model, 2, 4, calibration=x, resume=done, should_stop=lambda: True)
+    again = permute_channels(model, 2, 4, calibration=x, resume=done, should_stop=lambda: True, use_cache=False)
     assert again.layers_searched == 1 and again.not_reached == ["4", "6"]
     assert torch.equal(again.perms["2"], full.perms["2"])
 
@@ -176,3 +178,39 @@ def test_search_progress_and_stop():
     stopped = search_permutation(w, 2, 4, should_stop=lambda: True)
     assert stopped.stopped and stopped.rounds == 0 and torch.equal(stopped.perm, torch.arange(64))
     assert stopped.kept_after == stopped.kept_before
+
+
+def test_the_same_call_goes_on_from_the_layers_it_kept_on_disk(model, x, full, tmp_cache):
+    from sparsekit.cache import get_cache
+    from sparsekit.permutation.channels import _LayerRows
+
+    searched: list[str] = []
+
+    def run(**kw):
+        searched.clear()
+        result = permute_channels(model, 2, 4, calibration=x, max_seconds_per_layer=NO_TIME_LIMIT,
+                                  on_layer=lambda row: searched.append(row["layer"]), **kw)
+        return result, list(searched)
+
+    first, _ = run(should_stop=lambda: len(searched) >= 1)
+    searched = list(searched)
+    assert first.stopped and searched == ["2"] and first.stored_layers == []
+    rest, searched = run()  # the same call: no rows handed over
+    assert searched == ["4", "6"] and rest.stored_layers == ["2"] and not rest.stopped
+    for name in ("2", "4", "6"):
+        assert torch.equal(rest.perms[name], full.perms[name])
+    assert [r["kept_after"] for r in rest.rows] == [r["kept_after"] for r in full.rows]
+    again, searched = run()
+    assert searched == [] and again.stored_layers == ["2", "4", "6"]
+    with torch.no_grad():
+        assert torch.allclose(again.model(x), model(x), atol=1e-5)
+    # other inputs never take them; a damaged or misfit row is searched again; use_cache=False ignores them
+    assert run(max_rounds=7)[0].stored_layers == []
+    other = chain(seed=3)
+    assert permute_channels(other, 2, 4, calibration=x, max_seconds_per_layer=NO_TIME_LIMIT).stored_layers == []
+    rows = _LayerRows(model, 2, 4, 100, NO_TIME_LIMIT)
+    get_cache().set(rows._key("4"), "{not json")
+    get_cache().set(rows._key("6"), json.dumps({**full.rows[2], "perm": [0, 0, 1]}))
+    fixed, searched = run()
+    assert fixed.stored_layers == ["2"] and searched == ["4", "6"]
+    assert run(use_cache=False)[1] == ["2", "4", "6"]

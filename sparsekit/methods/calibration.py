@@ -20,7 +20,7 @@ from torch import nn
 
 from ..layers import grouped_view, is_conv1d_transposed, is_prunable, layer_weight
 from .stats import InputStats
-from .types import Calibration, MethodOutput, ProgressFn, PruneSettings
+from .types import Calibration, LayerJournal, MethodOutput, ProgressFn, PruneSettings
 
 CONTRASTIVE_TEMPERATURE = 0.05
 """Temperature of the encoder calibration loss (SimCSE's value)."""
@@ -277,7 +277,8 @@ def transformer_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def sequential_prune(model: nn.Module, names: Sequence[str], config: PruneSettings, calibration: Calibration,
-                     progress: ProgressFn | None, keep: KeepFn, stats_kind: str) -> MethodOutput:
+                     progress: ProgressFn | None, keep: KeepFn, stats_kind: str,
+                     journal: LayerJournal | None = None) -> MethodOutput:
     """Wanda/SparseGPT over the model in one calibration forward.
 
     ``calibration_order="block"`` (the papers' reference code): at each transformer block, one
@@ -293,6 +294,11 @@ def sequential_prune(model: nn.Module, names: Sequence[str], config: PruneSettin
     (checked again on every block: if one does, that block's extra forward is run again in full).
     The forward stops after the last pruned layer, so the last block's pruned output and a language
     model's output layer are never computed.
+
+    ``journal`` (optional) keeps each finished layer and gives back those an interrupted run of the same
+    inputs finished: such a layer takes its stored mask and weights instead of being computed, and a
+    block whose layers are all stored needs no extra forward. The forward itself runs through every
+    layer, stored or not, so the later layers see the inputs of an uninterrupted run.
     """
     modules = dict(model.named_modules())
     channel = config.conv_grouping == "channel" and config.pattern == "nm"
@@ -324,12 +330,23 @@ def sequential_prune(model: nn.Module, names: Sequence[str], config: PruneSettin
     calls: list[str] = []  # the block's layers in the order its extra forward calls them
     skippable: dict[type, str] = {}  # block class -> the layer (relative name) its extra forward can skip
 
-    def prune(view: LayerInputs, stats: InputStats) -> None:
+    def stored(view: LayerInputs):  # -> FinishedLayer | None
+        return journal.get(view.name, tuple(layer_weight(view.module).shape)) if journal is not None else None
+
+    def prune(view: LayerInputs, stats: InputStats | None, done=None) -> None:
         if progress is not None:
             progress(0.9 * len(out.masks) / max(total, 1), f"{config.method}: {view.name}")
         weight = layer_weight(view.module)
         with torch.no_grad():
-            mask, new = keep(view, weight, config, stats, out.notes)
+            if done is not None:  # finished by an interrupted run of these inputs
+                mask, new = done.mask, done.weight
+                if done.note:
+                    out.notes[view.name] = done.note
+            else:
+                assert stats is not None
+                mask, new = keep(view, weight, config, stats, out.notes)
+                if journal is not None:
+                    journal.put(view.name, mask, new, out.notes.get(view.name, ""))
             if new is not None:
                 weight.copy_(new.to(weight.dtype))
             weight.mul_(mask.to(weight.dtype))
@@ -342,13 +359,17 @@ def sequential_prune(model: nn.Module, names: Sequence[str], config: PruneSettin
         if view is None or view.name in out.masks or not args or not isinstance(args[0], torch.Tensor):
             return
         x = args[0]
-        X = view.columns(x, tokens)
         samples = x.shape[0] if x.dim() >= 2 else 1  # sequences, images, or rows of a 2-D batch
         if capturing is not None:
             if view.name in capturing:
-                capturing[view.name].add(X, samples)
+                capturing[view.name].add(view.columns(x, tokens), samples)
                 calls.append(view.name)
             return
+        done = stored(view)
+        if done is not None:
+            prune(view, None, done)
+            return
+        X = view.columns(x, tokens)
         stats = InputStats(stats_kind)
         stats.add(X, samples)
         prune(view, stats)
@@ -359,6 +380,12 @@ def sequential_prune(model: nn.Module, names: Sequence[str], config: PruneSettin
             return None
         todo = [n for n in blocks[block] if n not in out.masks]
         if not todo:
+            return None
+        finished = {n: stored(views[modules[n]]) for n in todo}
+        if all(f is not None for f in finished.values()):
+            # Every layer of the block was finished by an interrupted run: no extra forward needed.
+            for n in todo:
+                prune(views[modules[n]], None, finished[n])
             return None
         bname = block_names[block]
         rel = skippable.get(type(block))
@@ -383,7 +410,9 @@ def sequential_prune(model: nn.Module, names: Sequence[str], config: PruneSettin
             if _zero_forward(last) is not None:
                 skippable[type(block)] = calls[-1][len(bname) + 1:]
         for n in todo:
-            if capture[n].total is not None:
+            if finished[n] is not None:
+                prune(views[modules[n]], None, finished[n])
+            elif capture[n].total is not None:
                 prune(views[modules[n]], capture[n])
         return None
 

@@ -40,6 +40,26 @@ class PruneSettings(Protocol):
     def calibration_order(self) -> str: ...
 
 
+class FinishedLayer(Protocol):
+    """A layer an interrupted run finished: its mask (True = kept), its new weight (None = unchanged)
+    and the method's remark on it."""
+
+    @property
+    def mask(self) -> torch.Tensor: ...
+    @property
+    def weight(self) -> torch.Tensor | None: ...
+    @property
+    def note(self) -> str: ...
+
+
+class LayerJournal(Protocol):
+    """Where a calibrated run keeps its finished layers so that the same call, interrupted, goes on
+    (``sparsekit.pruned_layers.PrunedLayerStore``)."""
+
+    def get(self, name: str, shape: tuple[int, ...]) -> FinishedLayer | None: ...
+    def put(self, name: str, mask: torch.Tensor, weight: torch.Tensor | None, note: str) -> None: ...
+
+
 @contextlib.contextmanager
 def one_thread() -> Iterator[None]:
     """Run the block on one torch thread (restored afterwards)."""
@@ -70,4 +90,4 @@ class MethodOutput:
     """One line saying which order was used and why."""
 
 
-__all__ = ["Calibration", "MethodOutput", "ProgressFn", "PruneSettings", "one_thread"]
+__all__ = ["Calibration", "FinishedLayer", "LayerJournal", "MethodOutput", "ProgressFn", "PruneSettings", "one_thread"]

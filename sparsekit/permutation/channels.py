@@ -3,6 +3,7 @@ outputs reordered together (the function stays the same), with progress, stop an
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -10,6 +11,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..cache import get_cache, make_key, model_fingerprint, read_entry
 from ..layers import in_features, is_conv1d_transposed, is_prunable, layer_weight, out_features, prunable_layers
 from ..methods.calibration import calibration_slice, check_calibration, main_output, run_model
 from ..methods.types import Calibration
@@ -90,6 +92,9 @@ class ChannelPermutation:
     ``not_reached`` are left as they were."""
     not_reached: list[str] = field(default_factory=list)
     """Consumer layers the run did not get to because it was stopped."""
+    stored_layers: list[str] = field(default_factory=list)
+    """Consumer layers whose permutation an earlier call with the same inputs had found (kept on disk,
+    ``use_cache``), taken instead of searched again."""
 
     @property
     def layers_searched(self) -> int:
@@ -116,6 +121,7 @@ def permute_channels(
     should_stop: StopFn | None = None,
     on_layer: Callable[[dict], None] | None = None,
     resume: Sequence[Mapping] | None = None,
+    use_cache: bool = True,
 ) -> ChannelPermutation:
     """Permute input channels of N:M-prunable layers, and the producing layers' outputs with them.
 
@@ -149,6 +155,10 @@ def permute_channels(
         resume: rows of an earlier run of the same model with the same ``n``, ``m`` and limits
             (``rows`` or what ``on_layer`` received): those layers take their stored permutation
             instead of a new search.
+        use_cache: True (default): each layer's row is kept in the disk cache as soon as it is found,
+            under the model's weights, ``n``, ``m``, the limits and the layer; the same call, stopped
+            or interrupted (Ctrl-C) and run again, takes the finished layers from there
+            (``stored_layers``) and searches only the others. False: neither read nor write them.
 
     Returns:
         A ``ChannelPermutation`` with the permuted copy and a per-layer report.
@@ -160,7 +170,7 @@ def permute_channels(
     with reporter(progress, "channel permutation") as report:
         return _permute_channels(model, n, m, calibration=calibration, include=include, max_rounds=max_rounds,
                                  max_seconds_per_layer=max_seconds_per_layer, progress=report,
-                                 should_stop=should_stop, on_layer=on_layer, resume=resume)
+                                 should_stop=should_stop, on_layer=on_layer, resume=resume, use_cache=use_cache)
 
 
 def _permute_channels(
@@ -176,6 +186,7 @@ def _permute_channels(
     should_stop: StopFn | None = None,
     on_layer: Callable[[dict], None] | None = None,
     resume: Sequence[Mapping] | None = None,
+    use_cache: bool = True,
 ) -> ChannelPermutation:
 
     if not 1 <= n < m:
@@ -191,6 +202,8 @@ def _permute_channels(
     if not layers:
         raise ValueError("the model has no Linear or Conv layers to permute")
     resumed = _resume_rows(resume)
+    store = _LayerRows(source, n, m, max_rounds, max_seconds_per_layer) if use_cache else None
+    stored_layers: list[str] = []
     work = copy.deepcopy(source).eval()
     mods = dict(work.named_modules())
     names = [name for name, _ in layers]
@@ -220,6 +233,10 @@ def _permute_channels(
         if reason:
             skipped[cname] = reason
         elif cname in resumed:
+            plan.append((cname, None))
+        elif store is not None and (row := store.get(cname, in_features(mods[cname]))) is not None:
+            resumed[cname] = row
+            stored_layers.append(cname)
             plan.append((cname, None))
         elif stopped or stop_now():
             stopped = True
@@ -278,17 +295,55 @@ def _permute_channels(
             "perm": found.perm.tolist(),
         }
         rows.append(row)
+        if store is not None:
+            store.put(cname, row)
         if on_layer is not None:
             on_layer(dict(row))
     with torch.no_grad():
         if not _outputs_close(run_model(work, sample), reference):  # every pair was checked; belt and braces
+            if stored_layers and store is not None:
+                store.forget(stored_layers)
+                raise ValueError("the permutations kept on disk for this model change its output; they were removed: "
+                                 "run again to search afresh")
             if resumed:
                 raise ValueError("the resumed permutations change the model's output: they come from another "
                                  "model or setting; search afresh")
             raise RuntimeError("the permuted model's outputs differ from the original's")
     report(1.0, "permutation stopped" if stopped else "permutation done")
     return ChannelPermutation(model=work, rows=rows, skipped=skipped, perms=perms, n=n, m=m, stopped=stopped,
-                              not_reached=not_reached)
+                              not_reached=not_reached, stored_layers=stored_layers)
+
+
+class _LayerRows:
+    """The rows of finished layers kept in the disk cache, by the model's weights, N:M, the search
+    limits and the layer (a row is JSON: plain numbers and the permutation as a list)."""
+
+    VERSION = 1
+
+    def __init__(self, source: nn.Module, n: int, m: int, max_rounds: int, max_seconds: float) -> None:
+        self.base = make_key("permutation-run", self.VERSION, model_fingerprint(source), n, m, int(max_rounds),
+                             float(max_seconds))
+
+    def _key(self, layer: str) -> str:
+        return make_key("permutation-layer", self.VERSION, self.base, layer)
+
+    def get(self, layer: str, channels: int) -> dict | None:
+        """The row of ``layer`` (``channels`` inputs), or None: missing, damaged or not a permutation."""
+        row = read_entry(self._key(layer), json.loads)
+        if not isinstance(row, dict) or row.get("layer") != layer or not all(
+                k in row for k in ("producers", "perm", "kept_before", "kept_after", "kept_unstructured")):
+            return None
+        perm = row["perm"]
+        if not isinstance(perm, list) or sorted(p for p in perm if isinstance(p, int)) != list(range(channels)):
+            return None
+        return row
+
+    def put(self, layer: str, row: dict) -> None:
+        get_cache().set(self._key(layer), json.dumps(row))
+
+    def forget(self, layers: Sequence[str]) -> None:
+        for layer in layers:
+            get_cache().delete(self._key(layer))
 
 
 def _static_check(names: list[str], idx: int, mods: dict, m: int) -> tuple[str, list[list[str]]]:

@@ -26,7 +26,14 @@ from .config import SparsifyConfig
 from .display import Card, Shown, percent
 from .layers import layer_weight
 from .methods import REGISTRY, Calibration, Method, MethodOutput, PruneSettings, get_method
-from .methods.calibration import InputStats, LayerInputs, capture_input_stats, check_calibration, sequential_prune
+from .methods.calibration import (
+    InputStats,
+    LayerInputs,
+    capture_input_stats,
+    check_calibration,
+    sequential_prune,
+    transformer_blocks,
+)
 from .methods.types import LayerJournal
 from .progress import ProgressFn
 
@@ -64,6 +71,9 @@ class Allocation(Shown):
     method_sparsity: dict[str, float] = field(default_factory=dict)
     """Unstructured: layer -> the sparsity handed to its method so that it prunes exactly ``pruned``
     (SparseGPT rounds per block of columns, so this can differ slightly from ``sparsity``)."""
+    blocks: dict[str, str] = field(default_factory=dict)
+    """OWL with ``owl_unit="block"``: layer -> the transformer block it was scored with (layers
+    outside every block are absent: they stay at the target)."""
 
     FIGURE = "allocation_figure"
 
@@ -74,7 +84,8 @@ class Allocation(Shown):
         head = {"layers": str(len(self.sparsity)),
                 "overall sparsity": f"{percent(pruned / total if total else 0.0, 2)} ({pruned:,} of {total:,})",
                 "requested": f"{self.requested_pruned:,} pruned"}
-        rows = [{"layer": n, "weights": self.numel[n], "sparsity": percent(s, 2),
+        rows = [{"layer": n, **({"block": self.blocks[n]} if self.blocks else {}),
+                 "weights": self.numel[n], "sparsity": percent(s, 2),
                  **({"N kept of M": self.levels[n]} if n in self.levels else {}),
                  **({"score": self.scores[n]} if n in self.scores else {})} for n, s in self.sparsity.items()]
         return Card(f"Allocation ({self.kind}, {self.pattern})", head, rows, self.note)
@@ -84,6 +95,26 @@ class Allocation(Shown):
         if self.pattern == "nm":
             return replace(config, n=self.levels[name])
         return replace(config, sparsity=self.method_sparsity.get(name, self.sparsity[name]))
+
+
+def _owl_metrics(model: nn.Module, names: Sequence[str], calibration: Calibration) -> dict[str, torch.Tensor]:
+    """Each layer's Wanda metric ``|W_ij| * ||X_j||_2`` (float64; input norms from one dense forward).
+    A layer the forward never reaches gets ``|W|`` alone."""
+    stats = capture_input_stats(model, names, calibration, "norms")
+    modules = dict(model.named_modules())
+    out = {}
+    for name in names:
+        view = LayerInputs(name, modules[name], False)
+        metric = view.matrix(layer_weight(modules[name]).detach()).double().abs()
+        total = stats[name].total
+        if total is not None:
+            metric = metric * total.sqrt().unsqueeze(0)
+        out[name] = metric
+    return out
+
+
+def _outlier_share(metric: torch.Tensor, m: float) -> float:
+    return float((metric > m * metric.mean()).double().mean())
 
 
 def owl_outlier_ratios(model: nn.Module, names: Sequence[str], calibration: Calibration, m: float) -> dict[str, float]:
@@ -99,17 +130,46 @@ def owl_outlier_ratios(model: nn.Module, names: Sequence[str], calibration: Cali
     Returns:
         layer -> D_l in [0, 1]. A layer the forward never reaches is scored on ``|W|`` alone.
     """
-    stats = capture_input_stats(model, names, calibration, "norms")
-    modules = dict(model.named_modules())
-    out = {}
+    return {name: _outlier_share(metric, m) for name, metric in _owl_metrics(model, names, calibration).items()}
+
+
+def owl_block_groups(model: nn.Module, names: Sequence[str]) -> tuple[dict[str, list[str]], list[str]]:
+    """The layers of ``names`` grouped by transformer block (``transformer_blocks``), in model order.
+
+    Returns:
+        ``(block -> its layers among names, layers outside every block)``; no groups when the
+        model has no transformer blocks.
+    """
+    groups: dict[str, list[str]] = {}
+    outside = []
+    prefixes = [b + "." for b, _ in transformer_blocks(model)]
     for name in names:
-        view = LayerInputs(name, modules[name], False)
-        metric = view.matrix(layer_weight(modules[name]).detach()).double().abs()
-        total = stats[name].total
-        if total is not None:
-            metric = metric * total.sqrt().unsqueeze(0)
-        out[name] = float((metric > m * metric.mean()).double().mean())
-    return out
+        block = next((p[:-1] for p in prefixes if name.startswith(p)), None)
+        if block is None:
+            outside.append(name)
+        else:
+            groups.setdefault(block, []).append(name)
+    return groups, outside
+
+
+def owl_block_ratios(model: nn.Module, groups: dict[str, list[str]], calibration: Calibration,
+                     m: float) -> dict[str, float]:
+    """OWL's outlier ratio per transformer block, as the authors' code computes it (luuyin/OWL
+    ``lib/prune_all.py``): the metrics ``|W| * ||X||`` of all the block's layers flattened into one
+    vector, D = the share of its entries above ``m`` times that vector's mean.
+
+    Args:
+        model: the dense module (hooked for one forward: pass a copy).
+        groups: block -> its layers (``owl_block_groups``).
+        calibration: calibration inputs.
+        m: the outlier threshold multiple.
+
+    Returns:
+        block -> D in [0, 1].
+    """
+    metrics = _owl_metrics(model, [n for layers in groups.values() for n in layers], calibration)
+    return {block: _outlier_share(torch.cat([metrics[n].reshape(-1) for n in layers]), m)
+            for block, layers in groups.items()}
 
 
 def owl_sparsities(ratios: dict[str, float], numel: dict[str, int], sparsity: float, lam: float,
@@ -165,6 +225,41 @@ def _owl_calibration(calibration: Calibration | None) -> None:
     check_calibration(calibration, "owl allocation")
 
 
+def _owl_targets(model: nn.Module, names: list[str], numel: dict[str, int], config: SparsifyConfig,
+                 calibration: Calibration, target: float
+                 ) -> tuple[list[list[str]], dict[str, float], dict[str, float], dict[str, str], str]:
+    """OWL's units, real-valued layer sparsities, scores, layer -> block and the note's head.
+
+    ``owl_unit="block"``: one D per transformer block from all its layers' metrics together, one
+    sparsity per block (the weight-count weighted shift keeps the blocks' mean at ``target``; over
+    blocks of equal size that is the authors' plain mean). Layers outside every block stay at
+    ``target``: the authors' code prunes only the blocks' Linear layers and leaves them out of OWL.
+    A model without transformer blocks falls back to one unit per layer, and the note says so.
+    """
+    lam, m = float(config.owl_lambda), float(config.owl_m)
+    head = f"OWL (M={config.owl_m:g}, λ={config.owl_lambda:g}"
+    groups, outside = owl_block_groups(model, names) if config.owl_unit == "block" else ({}, names)
+    if not groups:
+        ratios = owl_outlier_ratios(model, names, calibration, m)
+        why = ("; the model has no transformer blocks, so each layer is scored alone"
+               if config.owl_unit == "block" else "")
+        return ([[n] for n in names], owl_sparsities(ratios, numel, target, lam), ratios, {},
+                f"{head}, unit: layer{why})")
+    ratios = owl_block_ratios(model, groups, calibration, m)
+    per_block = owl_sparsities(ratios, {b: sum(numel[n] for n in ls) for b, ls in groups.items()}, target, lam)
+    ideal = {n: per_block.get(block, target) for block, ls in groups.items() for n in ls}
+    ideal.update({n: target for n in outside})
+    blocks = {n: block for block, ls in groups.items() for n in ls}
+    scores = {n: ratios[blocks[n]] for n in blocks}
+    units = list(groups.values()) + [[n] for n in outside]
+    rest = (f"; {len(outside)} layer{'s' if len(outside) != 1 else ''} outside every block ("
+            f"{', '.join(outside[:4])}{', ...' if len(outside) > 4 else ''}) at the target, as the authors' code "
+            "prunes only the blocks' layers" if outside else "")
+    return (units, {n: ideal[n] for n in names}, scores, blocks,
+            f"{head}, unit: transformer block, D over each block's layers together, one sparsity per block "
+            f"over {len(groups)} blocks{rest})")
+
+
 def allocate(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], config: SparsifyConfig,
              calibration: Calibration | None = None, scan: DropCurves | None = None,
              fingerprint: str | None = None) -> Allocation:
@@ -184,15 +279,12 @@ def allocate(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], config: 
     names = [n for n, _ in layers]
     numel = {n: layer_weight(m).numel() for n, m in layers}
     total = sum(numel.values())
+    blocks: dict[str, str] = {}
     if config.allocation == "owl":
         _owl_calibration(calibration)
         assert calibration is not None
-        ratios = owl_outlier_ratios(model, names, calibration, float(config.owl_m))
         target_s = float(config.sparsity) if config.pattern == "unstructured" else 1 - config.n / config.m
-        ideal = owl_sparsities(ratios, numel, target_s, float(config.owl_lambda))
-        head = f"OWL (M={config.owl_m:g}, λ={config.owl_lambda:g})"
-        units = [[n] for n in names]
-        scores = ratios
+        units, ideal, scores, blocks, head = _owl_targets(model, names, numel, config, calibration, target_s)
     elif config.allocation == "sensitivity":
         if scan is None or not callable(getattr(scan, "allocation_curves", None)):
             raise ValueError("sensitivity must be a SensitivityScan (sensitivity_scan(...)), got "
@@ -208,8 +300,9 @@ def allocate(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], config: 
         requested = total - total * config.n // m
         if config.allocation == "owl":
             levels = list(range(1, m + 1))
-            options = [[(numel[u[0]] * (m - n) // m, numel[u[0]] * (n / m - (1 - ideal[u[0]])) ** 2)
-                        for n in reversed(levels)] for u in units]
+            options = [[(sum(numel[x] * (m - n) // m for x in u),
+                         sum(numel[x] * (n / m - (1 - ideal[x])) ** 2 for x in u)) for n in reversed(levels)]
+                       for u in units]
             level_of = [list(reversed(levels))] * len(units)
         else:
             level_of = [[int(n) for n, _ in c] for c in curves]
@@ -229,7 +322,7 @@ def allocate(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], config: 
                 f"{want / total:.4%}" + (", exact)" if kept == want else
                                         f"; {want - kept} weights fewer kept: the levels allow no closer total)"))
         return Allocation(config.allocation, "nm", {n: 1 - level[n] / m for n in names}, pruned, numel, requested,
-                          level, scores, note)
+                          level, scores, note, blocks=blocks)
 
     sparsity = float(config.sparsity)
     requested = int(round(sparsity * total))
@@ -253,7 +346,7 @@ def allocate(model: nn.Module, layers: Sequence[tuple[str, nn.Module]], config: 
             + (", exact)" if got == requested else f"; {got - requested} more pruned: SparseGPT's per-block counts "
                                                     "allow no exact total)"))
     return Allocation(config.allocation, "unstructured", per, counts, numel, requested, {}, scores, note,
-                      {n: grids[n].sparsity(counts[n]) for n in names})
+                      {n: grids[n].sparsity(counts[n]) for n in names}, blocks)
 
 
 def run_allocated(method: Method, model: nn.Module, names: Sequence[str], config: SparsifyConfig,

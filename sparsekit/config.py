@@ -29,6 +29,10 @@ MAX_OWL_M = 100.0
 """Largest OWL outlier threshold (a multiple of a layer's mean ``|W|·‖X‖``)."""
 MAX_OWL_LAMBDA = 0.5
 """Largest OWL lambda (half the span of the layer sparsities)."""
+OWL_UNITS = ("block", "layer")
+"""What OWL scores as one unit: ``block`` (a transformer block: the outlier ratio over all its
+layers together, one sparsity for all of them, as the authors' code does) or ``layer`` (each
+layer alone)."""
 NM_PRESETS: tuple[tuple[int, int], ...] = ((2, 4), (4, 8), (1, 4), (2, 8), (1, 2))
 """The N:M patterns offered first (N = kept), 2:4 first: the one sparse tensor cores run."""
 
@@ -87,6 +91,11 @@ class SparsifyConfig:
     """OWL: an entry is an outlier when its ``|W| * ||X||`` exceeds this multiple of its layer's mean."""
     owl_lambda: float = 0.08
     """OWL: half the span of the layer sparsities around the target (the paper's lambda)."""
+    owl_unit: str = "block"
+    """OWL: ``block`` scores each transformer block as one unit (the outlier ratio of all its layers'
+    ``|W| * ||X||`` together) and gives all its layers one sparsity, as the authors' code does; layers
+    outside every block stay at the target. ``layer`` scores each layer alone. Models without
+    transformer blocks use ``layer`` either way (the allocation note says so)."""
 
     def validate(self) -> None:
         """Raise ``ValueError`` with a clear message for any setting out of bounds."""
@@ -129,6 +138,9 @@ class SparsifyConfig:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= MAX_OWL_LAMBDA:
             raise ValueError(f"owl_lambda (half the span of the layer sparsities) must be a number between 0 and "
                              f"{MAX_OWL_LAMBDA:g}, got {v!r}")
+        if self.owl_unit not in OWL_UNITS:
+            raise ValueError(f"owl_unit (what OWL scores as one unit) must be one of {OWL_UNITS}, "
+                             f"got {self.owl_unit!r}")
         if self.allocation != "uniform" and self.pattern == "unstructured" and self.scope == "global":
             raise ValueError(f"allocation={self.allocation!r} needs scope='layer': a global ranking already "
                              "chooses the layer sparsities itself")
@@ -162,16 +174,20 @@ class SparsifyConfig:
             head = f"{self.sparsity:.0%} unstructured" + (" (global)" if self.scope == "global" else "")
         layer_order = get_method(self.method).calibration_order and self.calibration_order == "layer"
         order = " (layer order)" if layer_order else ""
-        alloc_labels = {"uniform": "", "owl": ", OWL allocation", "sensitivity": ", sensitivity allocation"}
+        owl = ", OWL allocation" + (" (per layer)" if self.owl_unit == "layer" else "")
+        alloc_labels = {"uniform": "", "owl": owl, "sensitivity": ", sensitivity allocation"}
         alloc = alloc_labels.get(self.allocation, "")
         return f"{head} {self.method}{order}{alloc}"
 
     def to_json(self) -> str:
         # The allocation fields are left out at their defaults, so a uniform config keeps the JSON
-        # (and the cache keys built from it) it had before they existed.
+        # (and the cache keys built from it) it had before they existed. An OWL config always names
+        # its unit: results cached before the unit existed (per layer, keyed without it) are not
+        # taken for the block default.
         data = asdict(self)
         for f in fields(self):
-            if f.name in _ALLOCATION_FIELDS and data[f.name] == f.default:
+            if f.name in _ALLOCATION_FIELDS and data[f.name] == f.default and not (
+                    f.name == "owl_unit" and self.allocation == "owl"):
                 del data[f.name]
         return json.dumps(data, sort_keys=True)
 
@@ -185,8 +201,8 @@ class SparsifyConfig:
         return cls(**data)
 
 
-_ALLOCATION_FIELDS = ("allocation", "owl_m", "owl_lambda")
+_ALLOCATION_FIELDS = ("allocation", "owl_m", "owl_lambda", "owl_unit")
 
 
 __all__ = ["ALLOCATIONS", "CALIBRATION_ORDERS", "LAYER_SETS", "MAX_M", "MAX_OWL_LAMBDA", "MAX_OWL_M", "MAX_SPARSITY",
-           "NM_PRESETS", "PATTERNS", "SCOPES", "SparsifyConfig", "nm_label"]
+           "NM_PRESETS", "OWL_UNITS", "PATTERNS", "SCOPES", "SparsifyConfig", "nm_label"]

@@ -25,6 +25,7 @@ NM_PRESETS = [nm_label(n, m) for n, m in NM_PAIRS]
 OTHER_NM = "other N:M…"
 LAYER_LABELS = {"all": "All Linear/Conv", "mlp": "MLP (feed-forward) only", "attention": "Attention projections only"}
 ALLOCATION_LABELS = {"uniform": "Uniform (every layer the same)", "owl": "OWL (outlier-weighted)"}
+OWL_UNIT_LABELS = {"block": "per transformer block", "layer": "per layer"}
 ALLOCATION_HELP = ("uniform: every pruned layer gets the pattern. OWL (Yin et al. 2023): layers with more outlier "
                    "activations |w|·‖x‖ > M × their mean are pruned less, within ±λ of the target, and the overall "
                    "share pruned (counted by weight over the pruned layers) stays the requested one; under N:M "
@@ -220,7 +221,7 @@ def config_form(prefix: str, initial: SparsifyConfig, *, compact: bool = False,
                                     index=["channel", "kernel"].index(initial.conv_grouping), key=f"{prefix}_grouping",
                                     help="channel: M input channels at one kernel position (NVIDIA ASP); "
                                          "kernel: along the flattened in×kh×kw axis (original SR-STE)")
-        allocation, owl_m, owl_lambda = "uniform", initial.owl_m, initial.owl_lambda
+        allocation, owl_m, owl_lambda, owl_unit = "uniform", initial.owl_m, initial.owl_lambda, initial.owl_unit
         if not compact and pattern != "dense" and scope == "layer":
             allocation = linked(f"{prefix}_allocation", url,
                                 "the allocation is one of " + ", ".join(ALLOCATION_LABELS.values()),
@@ -237,10 +238,16 @@ def config_form(prefix: str, initial: SparsifyConfig, *, compact: bool = False,
                                                        initial.owl_lambda, 0.25)), step=0.01, key=f"{prefix}_owl_l",
                                                    help="under N:M the levels are 1/M apart: λ below that leaves "
                                                         "every layer at N:M"))
+                owl_unit = st.selectbox("OWL unit", list(OWL_UNIT_LABELS), format_func=OWL_UNIT_LABELS.get,
+                                        index=list(OWL_UNIT_LABELS).index(initial.owl_unit)
+                                        if initial.owl_unit in OWL_UNIT_LABELS else 0, key=f"{prefix}_owl_unit",
+                                        help="block: one outlier ratio per transformer block over all its layers, "
+                                             "one sparsity for the block (the authors' code); layer: each layer "
+                                             "scored alone. Models without transformer blocks score layers.")
     config = SparsifyConfig(pattern=pattern, n=n, m=m, sparsity=sparsity, scope=scope, method=method, seed=seed,
                             layers=layers, include=include, exclude=exclude, keep_first_dense=first,
                             keep_last_dense=last, conv_grouping=grouping, calibration_order=order,
-                            allocation=allocation, owl_m=owl_m, owl_lambda=owl_lambda)
+                            allocation=allocation, owl_m=owl_m, owl_lambda=owl_lambda, owl_unit=owl_unit)
     try:
         config.validate()
     except ValueError as err:

@@ -5,8 +5,9 @@ Three methods:
 - ``mustafar`` (Mustafar, arXiv 2505.22913): zero the smallest-|x| entries of the cached keys (at
   ``k_sparsity``) and values (at ``v_sparsity``), per token vector (``axis="token"``) or per channel
   over the pruned tokens (``axis="channel"``); the ``residual_length`` most recent tokens stay dense
-  and tokens are pruned as they leave that window. Only the magnitude score is implemented
-  (``score="magnitude"``); the authors' output-aware score is refused with a message saying so.
+  and tokens are pruned as they leave that window. Entries are ranked by ``|x|`` (``score="magnitude"``)
+  or by the authors' output-aware score (``score="output"``: keys weighted by the recent queries, values by
+  the attention they received; exact formula in ``sparsekit.kvcache.score``).
 - ``streaming`` (StreamingLLM): keep the first ``sinks`` tokens and the last ``window`` tokens,
   evict the rest.
 - ``h2o`` (Heavy-Hitter Oracle): keep the ``recent`` last tokens and the ``heavy`` older tokens with
@@ -22,7 +23,7 @@ __all__ = ["AXES", "METHODS", "SCORES", "KVConfig"]
 
 METHODS = ("mustafar", "streaming", "h2o")
 AXES = ("token", "channel")
-SCORES = ("magnitude",)
+SCORES = ("magnitude", "output")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class KVConfig(JsonConfig):
     axis: str = "token"
     """``token``: each token's head vector (D entries); ``channel``: each channel over the pruned tokens."""
     score: str = "magnitude"
+    """``magnitude`` (|x|) or ``output`` (Mustafar's output-aware score, ``sparsekit.kvcache.score``; mustafar)."""
     residual_length: int = 16
     """Most recent tokens kept dense (mustafar)."""
     sinks: int = 4
@@ -64,11 +66,12 @@ class KVConfig(JsonConfig):
         if self.axis not in AXES:
             raise ValueError(f"KVConfig.axis must be 'token' (each token vector) or 'channel' (each channel over "
                              f"the pruned tokens), got {self.axis!r}")
-        if self.score == "output":
-            raise ValueError("KVConfig.score='output' (Mustafar's output-aware score) is not implemented in "
-                             "sparsekit; use score='magnitude'")
         if self.score not in SCORES:
-            raise ValueError(f"KVConfig.score must be 'magnitude', got {self.score!r}")
+            raise ValueError(f"KVConfig.score must be 'magnitude' (|x|) or 'output' (Mustafar's output-aware "
+                             f"score), got {self.score!r}")
+        if self.score == "output" and self.method != "mustafar":
+            raise ValueError(f"KVConfig.score='output' ranks entries for mustafar pruning; {self.method} evicts "
+                             "whole tokens: leave score='magnitude'")
         for name in ("residual_length", "sinks", "window", "heavy", "recent"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:

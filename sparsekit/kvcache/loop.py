@@ -8,26 +8,29 @@ evicted tokens (streaming, h2o) get a 0 in the attention mask passed to the next
 entries are zeroed too, so the byte count sees them gone). H2O evicts per token over all layers and heads
 (attention summed over them), since the attention mask is per token.
 
-``evaluate_kv`` measures, on one token sequence: perplexity under teacher forcing with the pruned cache
-(over the positions after the prompt), next-token agreement with the dense model's full forward, and
-greedy generation of ``new_tokens`` tokens dense against pruned; plus the cache bytes at the end.
+``run_kv`` runs one token sequence that way (the model's attention goes through
+``sparsekit.attention.session`` on a private copy, so the queries, attention and per-head outputs are
+read by a ``KVRecorder``); ``dense_reference`` is the full forward through the same attention code;
+``sparsekit.kvcache.evaluate`` turns both into perplexity, agreement, errors and bytes.
 The model is only read: no weight or config is changed.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..attention.session import active, private_copy
 from ..models.base import LoadedModel
 from .config import KVConfig
-from .masks import VALUE_BYTES, bitmap_bytes, channel_mask, csr_bytes, dense_bytes, token_mask
+from .masks import VALUE_BYTES, bitmap_bytes, csr_bytes, dense_bytes, score_mask
+from .score import KVRecorder, n_rep_of
 
-__all__ = ["KVPruner", "KVResult", "cache_bytes", "causal_module", "evaluate_kv", "greedy_generate"]
+__all__ = ["KVPruner", "KVTrace", "cache_bytes", "causal_module", "dense_reference", "greedy_generate",
+           "private_causal", "run_kv"]
 
 
 def causal_module(model: LoadedModel | nn.Module) -> nn.Module:
@@ -54,13 +57,33 @@ def _max_positions(module: nn.Module) -> int | None:
     return None
 
 
+def private_causal(model: LoadedModel | nn.Module) -> tuple[nn.Module, int]:
+    """A private copy of a causal LM (shared weights, new module objects) whose attention calls go through
+    ``sparsekit.attention.session`` (so a ``KVRecorder`` sees them), and its query heads per key/value head."""
+    module = causal_module(model)
+    loaded = model if isinstance(model, LoadedModel) else cast(
+        LoadedModel, SimpleNamespace(module=module, kind="causal-lm", name=type(module).__name__))
+    return private_copy(loaded), n_rep_of(module.config)
+
+
 @dataclass
 class KVPruner:
-    """Prunes one sequence's cache under ``config``; ``attention_mask`` is the mask for the next step."""
+    """Prunes one sequence's cache under ``config``; ``attention_mask`` is the mask for the next step.
+
+    Mustafar per token prunes each token once, when it leaves the dense window (``done`` tokens so far);
+    per channel, the mask is recomputed over every token out of the window at each step (each channel keeps
+    ``kept_count(tokens out of the window)``). The output-aware score reads ``recorder`` (the step's
+    ``KVRecorder``); a token's weights are fixed when it leaves the window.
+    """
 
     config: KVConfig
     evicted: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
     score: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    recorder: KVRecorder | None = None
+    done: int = 0
+    """Tokens that have left the dense window and been pruned."""
+    weights: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
+    """(layer, ``keys``/``values``) -> the output-aware weights of the tokens out of the window (per channel)."""
 
     @property
     def needs_attention(self) -> bool:
@@ -79,6 +102,36 @@ class KVPruner:
             for a in attentions:  # [batch, heads, queries, keys]
                 self.score[: a.shape[-1]] += a.float().sum(dim=(0, 1, 2))
 
+    def _output_weight(self, layer: int, name: str, start: int, old: int) -> torch.Tensor:
+        if self.recorder is None:
+            raise RuntimeError("the output-aware score needs the attention recorder of the cache loop "
+                               "(run through evaluate_kv or greedy_generate)")
+        if name == "keys":
+            w = self.recorder.key_weight(layer)
+            return w.expand(*w.shape[:2], old - start, w.shape[-1])
+        return self.recorder.value_weight(layer, old)[..., start:old, :]
+
+    def _prune_mustafar(self, layers: Any, old: int) -> None:
+        cfg = self.config
+        start = self.done
+        for i, layer in enumerate(layers):
+            for name, s in (("keys", cfg.k_sparsity), ("values", cfg.v_sparsity)):
+                if s == 0:
+                    continue
+                x = getattr(layer, name)
+                lo = start if cfg.axis == "token" else 0
+                part = x[..., lo:old, :]
+                if cfg.score == "magnitude":
+                    score = part.abs()
+                else:
+                    w = self._output_weight(i, name, start, old)
+                    if cfg.axis == "channel":
+                        prev = self.weights.get((i, name))
+                        w = w if prev is None else torch.cat([prev, w], dim=-2)
+                        self.weights[(i, name)] = w
+                    score = (part.float() * w).abs()
+                part.masked_fill_(~score_mask(score, s, cfg.axis), 0)
+
     def prune(self, cache: Any) -> None:
         """Prune ``cache`` (a ``DynamicCache``) in place for the tokens it holds now."""
         layers = cache.layers
@@ -87,17 +140,13 @@ class KVPruner:
             self.evicted = torch.cat([self.evicted, torch.zeros(length - self.evicted.numel(), dtype=torch.bool)])
         cfg = self.config
         old = max(0, length - cfg.dense_tokens)  # tokens [0, old) have left the dense window
-        if old == 0:
+        if old <= self.done:
             return
         if cfg.method == "mustafar":
-            for layer in layers:
-                for name, s in (("keys", cfg.k_sparsity), ("values", cfg.v_sparsity)):
-                    if s == 0:
-                        continue
-                    part = getattr(layer, name)[..., :old, :]
-                    mask = token_mask(part, s) if cfg.axis == "token" else channel_mask(part, s)
-                    part.masked_fill_(~mask, 0)
+            self._prune_mustafar(layers, old)
+            self.done = old
             return
+        self.done = old
         if cfg.method == "streaming":
             self.evicted[cfg.sinks:old] = True
         else:
@@ -136,7 +185,8 @@ def cache_bytes(cache: Any, config: KVConfig | None, evicted: torch.Tensor | Non
     return {"full": full, "dense": dense, "bitmap": bitmap, "csr": csr}
 
 
-def _step(module: nn.Module, ids: torch.Tensor, cache: Any, pruner: KVPruner | None, start: int) -> Any:
+def _step(module: nn.Module, ids: torch.Tensor, cache: Any, pruner: KVPruner | None, start: int,
+          recorder: KVRecorder | None = None) -> Any:
     n = ids.shape[-1]
     kwargs: dict[str, Any] = {"input_ids": ids, "past_key_values": cache, "use_cache": True,
                               "position_ids": torch.arange(start, start + n).unsqueeze(0)}
@@ -144,7 +194,12 @@ def _step(module: nn.Module, ids: torch.Tensor, cache: Any, pruner: KVPruner | N
         kwargs["attention_mask"] = pruner.attention_mask(n)
         if pruner.needs_attention:
             kwargs["output_attentions"] = True
-    out = module(**kwargs)
+        pruner.recorder = recorder
+    if recorder is None:
+        out = module(**kwargs)
+    else:
+        with active(recorder):
+            out = module(**kwargs)
     if pruner is not None:
         if pruner.needs_attention:
             pruner.observe(out.attentions, start + n)
@@ -169,84 +224,71 @@ def _check_ids(module: nn.Module, ids: torch.Tensor, prompt: int, extra: int = 0
 def greedy_generate(model: LoadedModel | nn.Module, prompt_ids: torch.Tensor, new_tokens: int,
                     config: KVConfig | None = None) -> list[int]:
     """Greedy decoding of ``new_tokens`` tokens after ``prompt_ids``, the cache pruned by ``config`` (None: dense)."""
-    module = causal_module(model)
+    module, n_rep = private_causal(model)
     ids = _check_ids(module, prompt_ids, int(torch.as_tensor(prompt_ids).numel()), new_tokens)
     pruner = None if config is None else KVPruner(config)
+    recorder = None if config is None else KVRecorder(config.residual_length, n_rep)
     out_ids: list[int] = []
     with torch.inference_mode():
-        out = _step(module, ids.unsqueeze(0), None, pruner, 0)
+        out = _step(module, ids.unsqueeze(0), None, pruner, 0, recorder)
         pos = ids.numel()
         for i in range(new_tokens):
             nxt = int(out.logits[0, -1].argmax())
             out_ids.append(nxt)
             if i + 1 < new_tokens:
-                out = _step(module, torch.tensor([[nxt]]), out.past_key_values, pruner, pos)
+                out = _step(module, torch.tensor([[nxt]]), out.past_key_values, pruner, pos, recorder)
                 pos += 1
     return out_ids
 
 
 @dataclass
-class KVResult:
-    """``evaluate_kv``'s measurements (one run)."""
+class KVTrace:
+    """One token-by-token run with the cache under a config (``run_kv``)."""
 
-    config: KVConfig
-    perplexity: float
-    dense_perplexity: float
-    agreement: float
-    """Fraction of positions after the prompt where the pruned and the dense argmax agree."""
-    generated: list[int]
-    dense_generated: list[int]
-    bytes: dict[str, int]
-    """Cache bytes at the end of the teacher-forced run (``cache_bytes``)."""
-    kept_fraction: float
-    """Nonzero cache entries (of tokens not evicted) over all cache entries at the end."""
+    logits: torch.Tensor
+    """``[positions, vocab]``: the next-token logits at positions ``prompt - 1 .. tokens - 2``."""
+    cache: Any
+    """The pruned ``DynamicCache`` at the end (tokens ``0 .. tokens - 2``)."""
+    pruner: KVPruner
+    recorder: KVRecorder
+    """With each layer's per-head attention outputs of positions ``0 .. tokens - 2``."""
 
 
-def evaluate_kv(model: LoadedModel | nn.Module, ids: torch.Tensor, config: KVConfig, *, prompt: int = 32,
-                new_tokens: int = 16, generation_prompt: int | None = None) -> KVResult:
-    """Teacher-forced perplexity, next-token agreement and greedy generation with the cache under ``config``.
+def run_kv(model: LoadedModel | nn.Module, ids: torch.Tensor, config: KVConfig, prompt: int = 32) -> KVTrace:
+    """Prefill ``ids[:prompt]``, then feed ``ids[prompt:-1]`` one token a step (teacher forcing), the cache
+    pruned after the prefill and after every step; records every layer's attention outputs per head.
 
     Args:
-        model: a causal LM (``sparsekit.load_model("lm:small")`` or an ``hf:`` GPT-2/LLaMA).
-        ids: one token sequence ``[tokens]``; the first ``prompt`` are the prefill.
+        model: a causal LM.
+        ids: one token sequence ``[tokens]``.
         config: the pruning or eviction setting.
-        prompt: prefill length; perplexity and agreement cover the later positions.
-        new_tokens: greedy tokens generated, dense and pruned.
-        generation_prompt: the first tokens of ``ids`` that greedy generation starts from (default
-            ``prompt``); a longer one makes the eviction windows bite during generation.
+        prompt: prefill length (1 to ``tokens - 1``).
 
     Returns:
-        A ``KVResult``.
+        A ``KVTrace``.
     """
-    module = causal_module(model)
+    module, n_rep = private_causal(model)
     ids = _check_ids(module, ids, prompt)
     if ids.numel() - prompt < 1:
         raise ValueError("the text needs at least one token after the prompt to measure perplexity")
-    targets = ids[prompt:]
     pruner = KVPruner(config)
+    recorder = KVRecorder(config.residual_length, n_rep, keep_outputs=True)
     with torch.inference_mode():
-        full = torch.ones(1, ids.numel(), dtype=torch.long)
-        dense_logits = module(input_ids=ids.unsqueeze(0), attention_mask=full).logits[0, prompt - 1:-1].float()
-        out = _step(module, ids[:prompt].unsqueeze(0), None, pruner, 0)
+        out = _step(module, ids[:prompt].unsqueeze(0), None, pruner, 0, recorder)
         logits = [out.logits[0, -1].float()]
         for pos in range(prompt, ids.numel() - 1):
-            out = _step(module, ids[pos:pos + 1].unsqueeze(0), out.past_key_values, pruner, pos)
+            out = _step(module, ids[pos:pos + 1].unsqueeze(0), out.past_key_values, pruner, pos, recorder)
             logits.append(out.logits[0, -1].float())
-        pruned_logits = torch.stack(logits)
-        cache = out.past_key_values
-        nbytes = cache_bytes(cache, config, pruner.evicted)
-        total = sum(x.numel() for layer in cache.layers for x in (layer.keys, layer.values))
-        nonzero = sum(int(torch.count_nonzero(x)) for layer in cache.layers for x in (layer.keys, layer.values))
-    ppl = math.exp(float(F.cross_entropy(pruned_logits, targets)))
-    dense_ppl = math.exp(float(F.cross_entropy(dense_logits, targets)))
-    agree = float((pruned_logits.argmax(-1) == dense_logits.argmax(-1)).float().mean())
-    gen_prompt = prompt if generation_prompt is None else generation_prompt
-    if not 1 <= gen_prompt <= ids.numel():
-        raise ValueError(f"generation_prompt must be 1 to {ids.numel()} tokens, got {gen_prompt}")
-    head = ids[:gen_prompt]
-    return KVResult(
-        config=config, perplexity=ppl, dense_perplexity=dense_ppl, agreement=agree,
-        generated=greedy_generate(module, head, new_tokens, config) if new_tokens else [],
-        dense_generated=greedy_generate(module, head, new_tokens) if new_tokens else [],
-        bytes=nbytes, kept_fraction=nonzero / total if total else 0.0,
-    )
+    return KVTrace(torch.stack(logits), out.past_key_values, pruner, recorder)
+
+
+def dense_reference(model: LoadedModel | nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, KVRecorder]:
+    """One full forward of ``ids`` without a cache through the same attention code as ``run_kv``: the logits
+    ``[tokens, vocab]`` and a recorder with every layer's per-head attention outputs."""
+    module, n_rep = private_causal(model)
+    ids = _check_ids(module, ids, 1)
+    recorder = KVRecorder(1, n_rep, keep_outputs=True)
+    with torch.inference_mode(), active(recorder):
+        full = torch.ones(1, ids.numel(), dtype=torch.long)
+        logits = module(input_ids=ids.unsqueeze(0), attention_mask=full, use_cache=False).logits[0].float()
+    return logits, recorder

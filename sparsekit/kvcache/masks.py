@@ -25,7 +25,7 @@ import torch
 
 __all__ = [
     "INDEX_BYTES", "VALUE_BYTES", "bitmap_bytes", "channel_mask", "csr_bytes", "dense_bytes", "kept_count",
-    "mustafar_reference_mask", "token_mask",
+    "mustafar_reference_mask", "score_mask", "token_mask",
 ]
 
 VALUE_BYTES = 2
@@ -59,6 +59,28 @@ def _keep_largest(scores: torch.Tensor, keep: int) -> torch.Tensor:
     return mask
 
 
+def score_mask(score: torch.Tensor, sparsity: float, axis: str = "token") -> torch.Tensor:
+    """Keep-mask from a score tensor ``[..., tokens, D]`` with the count convention above: per token vector
+    (``axis="token"``, ``kept_count(D)`` of the highest scores) or per channel (``axis="channel"``,
+    ``kept_count(tokens)``); equal scores ranked by position, the earlier entry kept.
+
+    Args:
+        score: non-negative scores (``|x|`` for magnitude, ``|x * w|`` for the output-aware scores).
+        sparsity: fraction zeroed per vector, in [0, 1).
+        axis: ``token`` or ``channel``.
+
+    Returns:
+        A bool tensor shaped like ``score``, True where an entry is kept.
+    """
+    if axis == "token":
+        return _keep_largest(score, kept_count(score.shape[-1], sparsity))
+    if axis != "channel":
+        raise ValueError(f"axis must be 'token' or 'channel', got {axis!r}")
+    if score.dim() < 2:
+        raise ValueError(f"a per-channel mask needs [..., tokens, D], got shape {tuple(score.shape)}")
+    return _keep_largest(score.transpose(-1, -2), kept_count(score.shape[-2], sparsity)).transpose(-1, -2)
+
+
 def token_mask(x: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Per-token magnitude mask: each vector ``x[b, h, t, :]`` keeps ``kept_count(D, sparsity)`` entries.
 
@@ -69,7 +91,7 @@ def token_mask(x: torch.Tensor, sparsity: float) -> torch.Tensor:
     Returns:
         A bool tensor shaped like ``x``, True where an entry is kept.
     """
-    return _keep_largest(x.abs(), kept_count(x.shape[-1], sparsity))
+    return score_mask(x.abs(), sparsity, "token")
 
 
 def channel_mask(x: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -85,8 +107,7 @@ def channel_mask(x: torch.Tensor, sparsity: float) -> torch.Tensor:
     """
     if x.dim() < 2:
         raise ValueError(f"channel_mask needs [..., tokens, D], got shape {tuple(x.shape)}")
-    scores = x.abs().transpose(-1, -2)
-    return _keep_largest(scores, kept_count(x.shape[-2], sparsity)).transpose(-1, -2)
+    return score_mask(x.abs(), sparsity, "channel")
 
 
 def mustafar_reference_mask(x: torch.Tensor, sparsity: float) -> torch.Tensor:

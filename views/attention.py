@@ -17,6 +17,7 @@ from ui.attention import (GRID_KEY, combined_pattern_form, head_form, input_form
                           was_started)
 from ui.cached import attention_calibration, attention_capture, attention_quality
 from ui.heavy import heavy_job
+from ui.kvcache import kv_section
 from ui.long_jobs import ResumedProgress, job_state
 from ui.format import change_text, metric_text, table_view
 from ui.notebook import notebook_button, upload_digest
@@ -35,6 +36,11 @@ loaded, key = require_model()
 reason = attention_support(loaded)
 if reason:
     st.info(f"{reason}. Pick MiniLM, the digits ViT or a Hugging Face text model in the sidebar.")
+    st.stop()
+
+if st.radio("View", ["Attention patterns", "KV cache"], key="att_view", horizontal=True, bind="query-params",
+            help="KV cache: prune or evict a causal LM's key/value cache while it generates") == "KV cache":
+    kv_section(loaded, key)
     st.stop()
 
 # ---------------------------------------------------------------------------------------------

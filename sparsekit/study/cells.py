@@ -14,6 +14,7 @@ What a seed changes (the record says it in ``seed_matters`` and ``seed_effect``)
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -201,6 +202,52 @@ def run_training(cell: Cell, *, data: DigitsData | None = None) -> CellRecord:
     )
 
 
+def run_kv(cell: Cell, *, loaded: LoadedModel | None = None) -> CellRecord:
+    """Measure one KV-cache cell (``sparsekit.kvcache.evaluate_kv`` on its held-out text; ``study.kvcells``).
+
+    Args:
+        cell: the cell (``kind="kv"``).
+        loaded: the causal LM (default: loaded once per process by spec).
+
+    Returns:
+        The record: ``kvcells.KV_METRICS``, ``kept_fraction`` (nonzero cache entries of all),
+        ``memory_bytes`` (the cache in its cheapest layout), ``dense_bytes`` (the full dense cache) and the
+        bytes per layout, the ``KVConfig`` run and both generations in ``detail``.
+    """
+    from ..kvcache import causal_module, evaluate_kv
+    from .kvcells import (
+        KV_HIGHER_IS_BETTER,
+        KVStudy,
+        head_dim_of,
+        kv_config_for,
+        kv_metrics,
+        kv_text_ids,
+        parse_kv_pattern,
+    )
+
+    loaded = loaded if loaded is not None else worker_model(cell.model)
+    module = causal_module(loaded)
+    data = json.loads(cell.config)
+    settings = KVStudy.from_json(data["settings"])
+    k, v = parse_kv_pattern(data["pattern"])
+    config = kv_config_for(data["method"], k, v, settings.residual_length, settings.tokens - 1, head_dim_of(module))
+    ids = kv_text_ids(loaded, int(data["text"]), settings.tokens)
+    start = time.perf_counter()
+    result = evaluate_kv(loaded, ids, config, prompt=settings.prompt, new_tokens=settings.new_tokens,
+                         generation_prompt=settings.tokens if settings.new_tokens else None)
+    metrics = kv_metrics(result)
+    return CellRecord(
+        **cell.labels(), status="done", error=None, metrics=dict(metrics),
+        higher_is_better={m: KV_HIGHER_IS_BETTER[m] for m in metrics}, kept_fraction=result.kept_fraction,
+        memory_bytes=int(metrics["cache_bytes"]), dense_bytes=result.bytes["full"], seed_matters=True,
+        seed_effect=cell.seed_effect, calibration=None, seconds=time.perf_counter() - start,
+        detail={"config": json.loads(config.to_json()), "bytes": dict(result.bytes),
+                "dense_perplexity": result.dense_perplexity, "generated": list(result.generated),
+                "dense_generated": list(result.dense_generated), "text": int(data["text"]),
+                "attention_error": [list(row) for row in result.attention_error]},
+    )
+
+
 def run_cell(cell: Cell, *, loaded: LoadedModel | None = None, calibration: Calibration | None = None,
              data: DigitsData | None = None) -> CellRecord:
     """Run one cell. Pure: same cell, same record (apart from ``RUNTIME_FIELDS``) on any backend.
@@ -225,6 +272,8 @@ def run_cell(cell: Cell, *, loaded: LoadedModel | None = None, calibration: Cali
         record = run_oneshot(cell, loaded=loaded, calibration=calibration)
     elif cell.kind == "training":
         record = run_training(cell, data=data)
+    elif cell.kind == "kv":
+        record = run_kv(cell, loaded=loaded)
     else:
         raise ValueError(f"unknown cell kind {cell.kind!r}")
     return CellRecord.from_json(finite_json(replace(record, worker=worker_info()).to_json()))

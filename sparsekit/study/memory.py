@@ -75,8 +75,8 @@ def cell_memory_mb(spec: StudySpec) -> dict[str, float | None]:
     Returns:
         model spec -> MB (None where the size cannot be told here).
     """
-    factor = ONESHOT_FACTOR if spec.kind == "oneshot" else TRAINING_FACTOR
-    models: Iterable[str] = spec.models if spec.kind == "oneshot" else (f"digits:{spec.train_base().arch}",)
+    factor = ONESHOT_FACTOR if spec.kind != "training" else TRAINING_FACTOR
+    models: Iterable[str] = spec.models if spec.kind in ("oneshot", "kv") else (f"digits:{spec.train_base().arch}",)
     out: dict[str, float | None] = {}
     for model in models:
         size = model_param_bytes(model)
@@ -98,8 +98,8 @@ def check_memory(spec: StudySpec, budget_mb: float, where: str) -> dict[str, flo
     Raises:
         ValueError: a model's cells need more than the budget; the message names both numbers.
     """
-    factor = ONESHOT_FACTOR if spec.kind == "oneshot" else TRAINING_FACTOR
-    parts = ("the dense model, the pruned copy and working memory" if spec.kind == "oneshot"
+    factor = ONESHOT_FACTOR if spec.kind != "training" else TRAINING_FACTOR
+    parts = ("the dense model, the pruned copy and working memory" if spec.kind != "training"
              else "weights, gradients, optimiser state and masks")
     estimates = cell_memory_mb(spec)
     for model, need in estimates.items():

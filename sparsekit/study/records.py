@@ -29,7 +29,7 @@ class CellRecord:
     """
 
     kind: str
-    """``oneshot`` or ``training``."""
+    """``oneshot``, ``training`` or ``kv``."""
     model: str
     """Model spec (``digits:mlp``, ``minilm``, ``hf:...``)."""
     method: str
@@ -124,7 +124,9 @@ def read_record(raw: object) -> CellRecord | None:
         record = CellRecord.from_json(json.loads(raw))
         if record.done and record.kind == "oneshot":
             record.compare_row()
-        elif record.done:
+        elif record.done and record.kind == "kv" and not isinstance(record.detail, dict):
+            return None
+        elif record.done and record.kind != "kv":
             record.seed_run()
     except (ValueError, TypeError):
         return None

@@ -30,10 +30,11 @@ from ..stats import DEFAULT_CONFIDENCE
 from ..training.config import DEFAULT_LAMBDA_W, MAX_LAMBDA_W, TrainConfig, default_train_config
 from ..training.seedresults import METRICS as TRAINING_METRICS
 from ..training.seedresults import STUDY_VERSION as TRAINING_VERSION
+from .kvcells import KV_VERSION, KVStudy, canonical_kv_pattern, check_kv_spec, kv_cell_config
 
 CELL_VERSION = 1
 """Part of every cell key: bump when a study record's contents or meaning change."""
-KINDS = ("oneshot", "training")
+KINDS = ("oneshot", "training", "kv")
 TRAINING_METHODS = ("ste", "srste")
 QUALITY_METRICS = ("accuracy", *ENCODER_METRICS, *CAUSAL_METRICS)
 """Quality metrics the model zoo produces (digits accuracy, encoder fidelity, causal-LM fidelity)."""
@@ -137,7 +138,7 @@ class Cell:
 
     def identity(self) -> dict[str, Any]:
         """Everything the result depends on (the seed label and the method name are inside ``config``)."""
-        version = COMPARE_VERSION if self.kind == "oneshot" else TRAINING_VERSION
+        version = {"oneshot": COMPARE_VERSION, "kv": KV_VERSION}.get(self.kind, TRAINING_VERSION)
         out = {"kind": self.kind, "model": self.model, "config": json.loads(self.config),
                "calibration_seed": self.calibration_seed, "versions": [CELL_VERSION, version]}
         files = model_files_token(self.model)
@@ -240,6 +241,8 @@ class StudySpec:
     are set per cell, snapshots are taken every epoch. None = ``default_train_config("cnn")``."""
     confidence: float = DEFAULT_CONFIDENCE
     """Coverage of the intervals over seeds."""
+    kv: KVStudy | None = None
+    """KV only (``study.kvcells``): settings every cell shares (seeds are held-out text indices); None = defaults."""
 
     def __post_init__(self) -> None:
         for name in ("models", "methods", "patterns", "metrics"):
@@ -251,6 +254,8 @@ class StudySpec:
             object.__setattr__(self, "base", SparsifyConfig.from_json(json.dumps(dict(self.base))))
         if isinstance(self.train, Mapping):
             object.__setattr__(self, "train", TrainConfig.from_json(dict(self.train)))
+        if isinstance(self.kv, Mapping):
+            object.__setattr__(self, "kv", KVStudy.from_json(dict(self.kv)))
 
     @property
     def study_id(self) -> str:
@@ -265,8 +270,8 @@ class StudySpec:
     def validate(self) -> None:
         """Raise ``ValueError`` with a message a user understands for anything out of bounds."""
         if self.kind not in KINDS:
-            raise ValueError(f"unknown study kind {self.kind!r}; choose oneshot (prune and measure) or training "
-                             "(train with STE/SR-STE)")
+            raise ValueError(f"unknown study kind {self.kind!r}; choose oneshot (prune and measure), training "
+                             "(train with STE/SR-STE) or kv (prune the KV cache of a causal LM)")
         if not isinstance(self.name, str):
             raise ValueError(f"the study's name must be text (a string in quotes), got {type(self.name).__name__} "
                              f"{self.name!r}")
@@ -274,6 +279,8 @@ class StudySpec:
             raise ValueError(f"the study needs a name of 1 to {MAX_NAME} characters, got {self.name!r}")
         if not isinstance(self.confidence, (int, float)) or not 0.5 <= self.confidence < 1.0:
             raise ValueError(f"confidence must be in [0.5, 1), got {self.confidence!r}")
+        if self.kv is not None and self.kind != "kv":
+            raise ValueError("kv settings belong to a KV study (kind kv); leave kv empty for this study")
         self._check_seeds()
         for axis in ("methods", "patterns"):
             values = getattr(self, axis)
@@ -285,13 +292,17 @@ class StudySpec:
                 raise ValueError(f"{axis} lists a value twice: {list(values)}")
         if self.kind == "oneshot":
             self._check_oneshot()
+        elif self.kind == "kv":
+            check_kv_spec(self)
+            for model in self.models:
+                _check_model(model)
         else:
             self._check_training()
         count = self.cell_count()
         if count > MAX_CELLS:
             raise ValueError(f"this study has {count} cells ({self._grid_text()}), over the limit of {MAX_CELLS}; "
                              "use fewer models, methods, patterns or seeds")
-        for cell in self.cells():
+        for cell in self.cells() if self.kind != "kv" else ():
             (cell.sparsify_config() if cell.kind == "oneshot" else cell.train_config()).validate()
 
     def _check_seeds(self) -> None:
@@ -356,13 +367,13 @@ class StudySpec:
 
     def cell_count(self) -> int:
         """Cells of the grid (computed without building them)."""
-        if self.kind == "oneshot":
+        if self.kind in ("oneshot", "kv"):
             return len(self.models) * len(self.methods) * len(self.patterns) * len(self.seeds)
         variants = sum(len(self._lambdas()) if m == "srste" else 1 for m in self.methods)
         return variants * len(self.patterns) * len(self.seeds)
 
     def _grid_text(self) -> str:
-        if self.kind == "oneshot":
+        if self.kind in ("oneshot", "kv"):
             return (f"{len(self.models)} models × {len(self.methods)} methods × {len(self.patterns)} patterns × "
                     f"{len(self.seeds)} seeds")
         return (f"{len(self.methods)} methods × {len(self._lambdas())} λ_w × {len(self.patterns)} patterns × "
@@ -388,6 +399,11 @@ class StudySpec:
                         for method in self.methods:
                             out.append(_oneshot_axis_cell(model, base, pattern, n, m, s, method, seed))
             return out
+        if self.kind == "kv":
+            settings = self.kv or KVStudy()
+            return [Cell("kv", model, method, canonical_kv_pattern(p), seed, kv_cell_config(method, p, seed, settings),
+                         None, None, "held-out text") for model in self.models for seed in self.seeds
+                    for p in self.patterns for method in self.methods]
         train = self.train_base()
         for seed in self.seeds:
             for p in self.patterns:

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
         speedup_density_figure,
     )
     from .compare import METHOD_COLORS, compare_figure
+    from .kvcache import KV_METHOD_STYLES, kv_quality_bytes_figure
     from .masks import (
         TEXT_CELLS_MAX,
         density_profile,
@@ -112,6 +113,9 @@ _OWNERS: dict[str, tuple[str, ...]] = {
     ".compare": (
         "METHOD_COLORS", "compare_figure",
     ),
+    ".kvcache": (
+        "KV_METHOD_STYLES", "kv_quality_bytes_figure",
+    ),
     ".masks": (
         "TEXT_CELLS_MAX", "density_profile", "magnitude_histogram", "mask_diff_figure", "mask_heatmap",
         "mask_zoom_figure", "nm_group_figure", "nm_pattern_figure",
@@ -154,7 +158,7 @@ __all__ = [
     "recovery_colors", "recovery_curves_figure", "recovery_gap_figure", "recovery_sad_figure", "recovery_sad_heatmap",
     "run_colors", "run_key", "sad_heatmap_figure", "sad_series_figure", "search_tradeoff_figure", "sensitivity_heatmap",
     "sensitivity_proxy_figure", "seed_study_figure", "speedup_batch_figure", "speedup_density_figure",
-    "token_attribution_figure", "training_curves_figure",
+    "token_attribution_figure", "training_curves_figure", "KV_METHOD_STYLES", "kv_quality_bytes_figure",
 ]
 
 

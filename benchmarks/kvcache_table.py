@@ -2,15 +2,18 @@
 (Mustafar per-token / per-channel, magnitude and output-aware; StreamingLLM and H2O sized to keep the same
 entries) at 30-90 % sparsity, over several held-out texts, printed as README's Markdown table: mean
 perplexity with its 95 % interval over texts, the paired perplexity change against the dense model on the
-same texts (95 % interval), next-token agreement with dense (95 % interval) and the cache's bytes per
+same texts (geometric mean of the per-text ratios with its 95 % interval, from the paired log differences),
+next-token agreement with dense (95 % interval) and the cache's bytes per
 layout at the end of a text.
 
     python benchmarks/kvcache_table.py [--texts 8] [--tokens 128] [--prompt 32] [--residual 16] [--json out.json]
+    python benchmarks/kvcache_table.py --from-json out.json   # the table again from saved rows
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -27,10 +30,9 @@ from sparsekit.stats import mean_interval, paired_difference  # noqa: E402
 SPARSITIES = (0.3, 0.5, 0.7, 0.9)
 
 
-def _ci(values: list[float], digits: int = 3, signed: bool = False) -> str:
+def _ci(values: list[float], digits: int = 3) -> str:
     iv = mean_interval(values)
-    f = "+." if signed else "."
-    return f"{iv.mean:{f}{digits}g} [{iv.low:{f}{digits}g}, {iv.high:{f}{digits}g}]"
+    return f"{iv.mean:.{digits}g} [{iv.low:.{digits}g}, {iv.high:.{digits}g}]"
 
 
 def main() -> None:
@@ -40,7 +42,14 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=32, help="prefill tokens; quality over the later positions")
     parser.add_argument("--residual", type=int, default=16, help="residual_length: newest tokens kept dense")
     parser.add_argument("--json", default="", help="also write the sweep's rows here")
+    parser.add_argument("--from-json", default="", help="print the table from rows saved by --json (no run)")
     args = parser.parse_args()
+    if args.from_json:
+        with open(args.from_json) as fh:
+            out = json.load(fh)
+        print(f"lm:small, rows from {args.from_json}")
+        table(out)
+        return
     torch.set_num_threads(1)
     model = sparsekit.load_model("lm:small")
     rows = heldout_rows(model.tokenizer, lm_small_heldout())
@@ -53,27 +62,35 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(out, fh, indent=1)
-    dense = {r["text"]: r["dense_perplexity"] for r in out}
-    n = len(texts)
-    print(f"lm:small, {n} held-out texts of {args.tokens} tokens, prompt {args.prompt}, residual_length "
+    print(f"lm:small, {len(texts)} held-out texts of {args.tokens} tokens, prompt {args.prompt}, residual_length "
           f"{args.residual}; {len(out)} runs in {seconds:.0f} s (CPU, 1 thread)")
-    print(f"dense perplexity: {_ci([dense[t] for t in range(n)])} (mean [95 % CI] over texts)\n")
-    print("| method | sparsity | perplexity | Δ perplexity vs dense (paired) | next-token agreement | kept entries "
-          "| own-layout bytes | bitmap bytes | CSR bytes | kept tokens dense | dense cache bytes |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for method in SWEEP_METHODS:
-        for s in SPARSITIES:
+    table(out)
+
+
+def table(out: list[dict]) -> None:
+    """Print the Markdown table of ``kv_sweep`` rows."""
+    dense = {r["text"]: r["dense_perplexity"] for r in out}
+    texts = sorted(dense)
+    full = {r["bytes_dense"] for r in out}
+    print(f"dense perplexity: {_ci([dense[t] for t in texts])} (mean [95 % CI] over {len(texts)} texts); "
+          f"dense cache {', '.join(f'{b:,}' for b in sorted(full))} bytes (fp16)\n")
+    print("| method | sparsity | perplexity | perplexity / dense (paired) | next-token agreement | kept entries "
+          "| own-layout bytes | bitmap bytes | CSR bytes | kept tokens dense |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    methods = [m for m in SWEEP_METHODS if any(r["method"] == m for r in out)]
+    for method in methods:
+        for s in sorted({r["sparsity"] for r in out if r["method"] == method}):
             cell = sorted((r for r in out if r["method"] == method and r["sparsity"] == s), key=lambda r: r["text"])
             ppl = [r["perplexity"] for r in cell]
-            diff = paired_difference(ppl, [dense[r["text"]] for r in cell]).diff
+            logs = paired_difference([math.log(p) for p in ppl], [math.log(dense[r["text"]]) for r in cell]).diff
             agree = [r["agreement"] for r in cell]
 
             def mean(key: str, cell: list = cell) -> float:
                 return sum(r[key] for r in cell) / len(cell)
 
-            print(f"| {method} | {s:.0%} | {_ci(ppl)} | {diff.mean:+.3g} [{diff.low:+.3g}, {diff.high:+.3g}] "
-                  f"| {_ci(agree)} | {mean('kept_fraction'):.3f} | {mean('bytes'):,.0f} | {mean('bytes_bitmap'):,.0f} "
-                  f"| {mean('bytes_csr'):,.0f} | {mean('bytes_kept_dense'):,.0f} | {mean('bytes_dense'):,.0f} |",
+            print(f"| {method} | {s:.0%} | {_ci(ppl)} | {math.exp(logs.mean):.3f} [{math.exp(logs.low):.3f}, "
+                  f"{math.exp(logs.high):.3f}] | {_ci(agree)} | {mean('kept_fraction'):.3f} | {mean('bytes'):,.0f} "
+                  f"| {mean('bytes_bitmap'):,.0f} | {mean('bytes_csr'):,.0f} | {mean('bytes_kept_dense'):,.0f} |",
                   flush=True)
 
 

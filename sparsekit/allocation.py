@@ -12,6 +12,10 @@ that take the pattern), weighted by weight count, since layers differ in size.
 - N:M at N:M: each layer gets a level n:M of the same M (n = M is dense), so the result still runs
   on N:M kernels. The kept total never exceeds ``N/M * total``; the levels may not allow it exactly,
   and the remainder (requested kept minus kept) is reported.
+
+OWL's unit (``SparsifyConfig.owl_unit``): ``block`` (default, the authors' code) scores each
+transformer block once over all its layers and gives them one target; layers outside every block stay
+at the overall target; ``layer`` scores each layer alone (also the fallback for models without blocks).
 """
 from __future__ import annotations
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from .allocation import Allocation, DropCurves, allocate, run_allocated
 from . import serial
+from .allocation import Allocation, DropCurves, allocate, run_allocated
 from .cache import model_fingerprint, tensor_digest
 from .config import ALLOCATIONS, CALIBRATION_ORDERS, LAYER_SETS, MAX_M, MAX_SPARSITY, PATTERNS, SCOPES, SparsifyConfig
 from .display import Card, Shown, percent

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..layers import grouped_view, is_conv1d_transposed, is_prunable, layer_weight
 from .stats import InputStats
-from .types import Calibration, LayerJournal, MethodOutput, ProgressFn, PruneSettings
+from .types import Calibration, FinishedLayer, LayerJournal, MethodOutput, ProgressFn, PruneSettings
 
 CONTRASTIVE_TEMPERATURE = 0.05
 """Temperature of the encoder calibration loss (SimCSE's value)."""
@@ -330,10 +330,10 @@ def sequential_prune(model: nn.Module, names: Sequence[str], config: PruneSettin
     calls: list[str] = []  # the block's layers in the order its extra forward calls them
     skippable: dict[type, str] = {}  # block class -> the layer (relative name) its extra forward can skip
 
-    def stored(view: LayerInputs):  # -> FinishedLayer | None
+    def stored(view: LayerInputs) -> FinishedLayer | None:
         return journal.get(view.name, tuple(layer_weight(view.module).shape)) if journal is not None else None
 
-    def prune(view: LayerInputs, stats: InputStats | None, done=None) -> None:
+    def prune(view: LayerInputs, stats: InputStats | None, done: FinishedLayer | None = None) -> None:
         if progress is not None:
             progress(0.9 * len(out.masks) / max(total, 1), f"{config.method}: {view.name}")
         weight = layer_weight(view.module)

@@ -91,9 +91,12 @@ with groups_tab:
     else:
         st.subheader("N:M group inspector")
         g1, g2 = st.columns(2)
-        irow = int(g1.number_input("Row", 0, rows - 1, 0, key="grp_row"))
+        irow = int(linked("grp_row", True, f"the row is a whole number from 0 to {rows - 1}", lambda: g1.number_input(
+            "Row", 0, rows - 1, 0, key="grp_row", bind="query-params")))
         n_groups = cols // config.m
-        start = int(g2.number_input("First group", 0, n_groups - 1, 0, key="grp_start"))
+        start = int(linked("grp_start", True, f"the first group is a whole number from 0 to {n_groups - 1}",
+                           lambda: g2.number_input("First group", 0, n_groups - 1, 0, key="grp_start",
+                                                   bind="query-params")))
         chart(figure("nm_group_figure", f"{shown}|{irow},{start}", w2, m2, config.m, irow, start,
                      min(8, n_groups - start)))
         st.subheader("Which positions each group kept")
@@ -105,7 +108,7 @@ with groups_tab:
 with compare_tab:
     st.caption("Pick a second setting (e.g. random instead of magnitude, or 1:4 instead of 2:4).")
     default_b = dataclasses.replace(config, method="random" if config.method == "magnitude" else "magnitude")
-    other = config_form("mb", default_b, compact=True)
+    other = config_form("mb", default_b, compact=True, url=True)  # in the link, as the setting shown
     result_b = None
     if other is not None:
         try:

@@ -10,6 +10,7 @@ from sparsekit.report import report_csv
 from sparsekit.recipes.pages import sparsify_recipe
 from ui.figures import figure
 from ui.format import change_text, metric_text, size_text
+from ui.links import apply_config_link, keep_config_in_link
 from ui.notebook import notebook_button, upload_digest
 from ui.sparsify import apply_gate, fit_banner, prunable_weights, report_table, uniform_comparison_text
 from ui.state import estimated_duration, is_computed, last_duration, require_model, sparse_quality, sparsified
@@ -31,9 +32,11 @@ COUNTING_HELP = ("Unstructured: sparsekit prunes round(s·count) weights of each
 loaded, key = require_model()
 banner = st.container()  # the M-fit warning goes above the form, where it is seen first
 
+apply_config_link("sp_config")  # a shared link's whole setting (ui.links), before the form reads the current one
 config = config_form("sp", current_config(), url=True)
 if config is None:
     st.stop()
+keep_config_in_link("sp_config", config)
 config = apply_gate(config, prunable_weights(loaded), last_duration(key, config.method), is_computed(key, config),
                     estimated_duration(key, loaded, config), calibration_text(loaded.calibration))
 if config is None:

@@ -18,6 +18,7 @@ from sparsekit.bench import (
     save_run,
     stored_run,
 )
+from sparsekit.bench.kv_suite import DEFAULT_SPARSITIES, DEFAULT_WINDOW, kv_summary, kv_verdicts
 from sparsekit.bench.runner import CUDA_ONLY, SUITES
 from sparsekit.bench.suites import semi_structured_available
 from sparsekit.layers import prunable_layers
@@ -50,7 +51,19 @@ elif why_not:
 
 DENSITIES, SEQ_LENS, BATCHES = [0.01, 0.05, 0.1, 0.3, 0.5], [512, 1024, 2048], [1, 16, 256, 2048]
 SUITE_LABELS = {"linear": "Linear: dense vs 2:4", "formats": "CSR / BSR vs dense",
-                "attention": "FlexAttention block-sparse vs SDPA", "model": "Whole MiniLM: dense vs 2:4"}
+                "attention": "FlexAttention block-sparse vs SDPA", "model": "Whole MiniLM: dense vs 2:4",
+                "kv": "KV-cache decode: CSR / masked vs SDPA"}
+KV_LENS = [1024, 4096, 16384]
+KV_SHAPES = {"12 heads × 64 (GPT-2 small, small LLaMA)": (12, 64), "4 heads × 32 (lm:small)": (4, 32)}
+KV_EXPLAINED = (
+    "One decode step: a single query token (batch 1) attends to a cache of L tokens. K and V are pruned per "
+    "token by magnitude (`sparsekit.kvcache.token_mask`: each vector of D keeps D − ⌊s·D⌋ entries; the most "
+    "recent *window* tokens stay dense). Timed against **dense SDPA on the full cache**: **masked dense** (the "
+    "same SDPA on the zeroed cache: the same FLOPs and bytes, so zeros alone buy nothing) and **CSR** "
+    "(K in CSR times q, softmax, then Vᵀ in CSR times the weights: two torch CSR × vector products, all heads "
+    "in one block-diagonal matrix); on CUDA also `torch.bmm` with batched CSR. Each kernel is checked against "
+    "a float64 recomputation first. The memory of K + V is shown as dense, bitmap + values (Mustafar's layout) "
+    "and CSR, at the timed dtype.")
 
 
 def measured_on(run: BenchRun) -> None:
@@ -74,6 +87,14 @@ def show_cases(run: BenchRun, head: dict, key: str, where: str) -> None:
     figures = viz.bench_figures(run.results)
     for suite, fig in figures.items():
         st.plotly_chart(fig, width="stretch", key=f"fig_{suite}_{where}_{key}")
+    kv = kv_verdicts(run.results)
+    if kv:
+        st.subheader("KV-cache decode: verdict per case")
+        st.markdown("\n".join(f"- {line}" for line in kv_summary(run.results)))
+        st.caption("speedup = dense SDPA time / kernel time; range = dense q1 / kernel q3 to dense q3 / kernel q1 "
+                   "(the interquartile ranges); *faster* or *slower* only when the whole range is on one side of 1. "
+                   "Memory: K and V together.")
+        st.dataframe(pd.DataFrame(kv), hide_index=True, key=f"kv_verdicts_{where}_{key}")
     if "linear" in figures and head["verdicts"]:
         st.subheader("2:4 verdict per Linear shape")
         st.dataframe(pd.DataFrame(head["verdicts"]), hide_index=True, key=f"verdicts_{where}_{key}")
@@ -169,7 +190,8 @@ with run_tab:
     keep = dict(persist_state="page")
     size, densities, seq_lens, window, batches, use_model = 2048, DENSITIES, SEQ_LENS, 64, BATCHES, True
     gpu = [s for s in suites if s in CUDA_ONLY]
-    shown = [g for g in ("formats", "attention") if g in suites] + (["gpu"] if gpu else [])
+    kv_lens, kv_sparsities, kv_shapes, kv_window = KV_LENS, list(DEFAULT_SPARSITIES), list(KV_SHAPES), DEFAULT_WINDOW
+    shown = [g for g in ("formats", "attention", "kv") if g in suites] + (["gpu"] if gpu else [])
     col = dict(zip([*shown, "all"], st.columns(len(shown) + 1)))
     if "formats" in col:
         col["formats"].markdown("**CSR / BSR**")
@@ -183,6 +205,17 @@ with run_tab:
         seq_lens = col["attention"].multiselect("Lengths (tokens)", [256, 512, 1024, 2048, 4096, 8192],
                                                 default=SEQ_LENS, key="bench_seq", wrap=True, **keep)
         window = int(col["attention"].number_input("Sliding window (tokens)", 1, 8192, 64, key="bench_window", **keep))
+    if "kv" in col:
+        col["kv"].markdown("**KV cache (decode)**")
+        kv_lens = col["kv"].multiselect("Cached tokens L", [64, 256, 1024, 2048, 4096, 8192, 16384, 32768],
+                                        default=KV_LENS, key="bench_kv_lens", wrap=True, **keep)
+        kv_sparsities = col["kv"].multiselect("K/V sparsity", [0.3, 0.5, 0.6, 0.7, 0.8, 0.9],
+                                              default=list(DEFAULT_SPARSITIES), key="bench_kv_sparsities", wrap=True,
+                                              **keep)
+        kv_shapes = col["kv"].multiselect("Heads × head dim", list(KV_SHAPES), default=list(KV_SHAPES),
+                                          key="bench_kv_shapes", wrap=True, **keep)
+        kv_window = int(col["kv"].number_input("Dense window (recent tokens)", 0, 4096, DEFAULT_WINDOW,
+                                               key="bench_kv_window", **keep))
     if "gpu" in col:
         col["gpu"].markdown("**2:4 on the GPU**")
         batches = col["gpu"].multiselect("Batch sizes (linear/model)", [1, 8, 16, 64, 256, 512, 2048, 8192],
@@ -209,6 +242,12 @@ with run_tab:
                "Pick at least one density for CSR/BSR." if "formats" in suites and not densities else
                "Pick at least one attention length." if "attention" in suites and not seq_lens else
                "Pick at least one batch size." if any(s in suites for s in CUDA_ONLY) and not batches else "")
+    problem = problem or ("" if "kv" not in suites else
+                          "Pick at least one cache length for the KV suite." if not kv_lens else
+                          "Pick at least one K/V sparsity." if not kv_sparsities else
+                          "Pick at least one heads × head dim shape." if not kv_shapes else "")
+    if "kv" in suites:
+        st.caption(KV_EXPLAINED)
     stopped_shown = False
     if problem:
         if st.button("Run benchmarks", key="bench_run"):
@@ -217,6 +256,8 @@ with run_tab:
         config = BenchConfig(suites=tuple(suites), device=device, formats_shape=(size, size),
                              densities=tuple(sorted(densities)), seq_lens=tuple(sorted(seq_lens)), window=window,
                              batches=tuple(sorted(batches)), repeats=repeats, layer_shapes=layer_shapes,
+                             kv_lens=tuple(sorted(kv_lens)), kv_sparsities=tuple(sorted(kv_sparsities)),
+                             kv_shapes=tuple(KV_SHAPES[s] for s in kv_shapes), kv_window=kv_window,
                              time_budget_s=budget)
         spec = model.spec if model is not None and "model" in suites else ""
         stopped_shown = run_here(config, model if "model" in suites else None, spec)

@@ -6,6 +6,7 @@ same JSON the Benchmarks page imports. Each finished case is kept on disk as it 
 
     python -m sparsekit.bench --gpu-all --out gpu.json      # every suite on CUDA (< 8 min on one GPU)
     python -m sparsekit.bench --suites formats attention --quick --out cpu.json
+    python -m sparsekit.bench --suites kv --device cpu --out kv.json   # decode attention over a pruned KV cache
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import torch
 
 from ..layers import prunable_layers
 from ..models import load_model
+from .kv_suite import kv_summary, kv_verdicts
 from .records import BenchRun
 from .runner import SUITES, BenchConfig, run_benchmarks, stored_run
 from .suites import config_model, verdicts
@@ -51,6 +53,14 @@ def _shapes(text: str) -> tuple[tuple[int, int], ...]:
             f"expected comma-separated OUTxIN shapes (e.g. 4096x11008), got {text!r}") from None
 
 
+def _kv_shapes(text: str) -> tuple[tuple[int, int], ...]:
+    try:
+        return _shapes(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated HEADSxHEAD_DIM pairs (e.g. 12x64,4x32), got {text!r}") from None
+
+
 def build_config(args: argparse.Namespace) -> BenchConfig:
     cfg = BenchConfig()
     kw: dict[str, Any] = {}  # BenchConfig field -> value
@@ -60,7 +70,8 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
         kw["suites"] = tuple(args.suites)
     if args.quick:
         kw.update(square_sizes=(512, 1024), batches=(1, 16, 256), formats_shape=(1024, 1024), formats_cols=64,
-                  densities=(0.05, 0.2, 0.5), seq_lens=(512, 1024), repeats=5)
+                  densities=(0.05, 0.2, 0.5), seq_lens=(512, 1024), kv_lens=(256, 1024), kv_sparsities=(0.5,),
+                  repeats=5)
     for name in ("device", "dtype", "repeats", "window", "time_budget_s", "model"):
         value = getattr(args, name)
         if value is not None:
@@ -75,6 +86,9 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
         kw["seq_lens"] = args.seq_lens
     if args.layer_shapes:
         kw["layer_shapes"] = args.layer_shapes
+    for name in ("kv_lens", "kv_sparsities", "kv_shapes", "kv_window"):
+        if getattr(args, name) is not None:
+            kw[name] = getattr(args, name)
     if args.model_shapes:
 
         spec = args.model_shapes
@@ -104,8 +118,9 @@ def print_run(run: BenchRun, out: TextIO = sys.stdout) -> None:
               f"{'TFLOP/s':>9}  status", file=out)
         for r in rows:
             p = r.params
+            shown = ("sparsity", "density") if suite == "kv" else ("density", "block_density", "batch")
             extra = ", ".join(f"{k}={p[k]:.3g}" if isinstance(p[k], float) else f"{k}={p[k]}"
-                              for k in ("density", "block_density", "batch") if k in p)
+                              for k in shown if k in p)
             med = f"{r.median_ms:.3f}" if r.median_ms is not None else "-"
             iqr = f"{r.iqr_ms:.3f}" if r.iqr_ms is not None else "-"
             sp = f"{r.speedup:.2f}x" if r.speedup is not None else "-"
@@ -119,6 +134,19 @@ def print_run(run: BenchRun, out: TextIO = sys.stdout) -> None:
         for row in v:
             best = f"{row['best_speedup']:.2f}x" if row["best_speedup"] else "-"
             print(f"{row['shape']:<14}{row['backend']:<18}{row['verdict']}  (best {best})", file=out)
+    kv = kv_verdicts(run.results)
+    if kv:
+        print("\n== KV decode: speedup over dense SDPA (IQR range), memory of K+V per layout ==", file=out)
+        print(f"{'shape':<10}{'tokens':>7}{'s':>5}  {'backend':<19}{'speedup':>8}  {'range':<12}{'verdict':<22}"
+              f"{'dense MiB':>10}{'bitmap MiB':>11}{'CSR MiB':>9}", file=out)
+        for row in kv:
+            sp = f"{row['speedup']:.2f}x" if row["speedup"] is not None else "-"
+            verdict = row["verdict"] if len(row["verdict"]) <= 21 else row["verdict"][:18] + "..."
+            print(f"{row['shape']:<10}{row['tokens']:>7}{row['sparsity']:>5.2f}  {row['backend'][:18]:<19}{sp:>8}  "
+                  f"{row['range'] or '-':<12}{verdict:<22}{row['dense MiB'] or 0:>10.2f}{row['bitmap MiB'] or 0:>11.2f}"
+                  f"{row['CSR MiB'] or 0:>9.2f}", file=out)
+        for line in kv_summary(run.results):
+            print(line, file=out)
 
 
 def interrupted_line(config: BenchConfig | None) -> str:
@@ -148,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--densities", type=_floats, help="kept fractions for CSR/BSR, e.g. 0.01,0.1,0.5")
     parser.add_argument("--seq-lens", type=_ints)
     parser.add_argument("--window", type=int)
+    parser.add_argument("--kv-lens", type=_ints, metavar="L,...", help="kv suite: cached tokens, e.g. 1024,8192,32768")
+    parser.add_argument("--kv-sparsities", type=_floats, metavar="S,...",
+                        help="kv suite: fraction of each K/V vector zeroed, in [0, 1), e.g. 0.5,0.7")
+    parser.add_argument("--kv-shapes", type=_kv_shapes, metavar="HxD,...",
+                        help="kv suite: heads x head dim, e.g. 12x64,4x32")
+    parser.add_argument("--kv-window", type=int, metavar="TOKENS", help="kv suite: recent tokens kept dense")
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--time-budget", dest="time_budget_s", type=float, metavar="SECONDS",
                         help="cases that would start after this many seconds are reported as skipped")

@@ -13,6 +13,7 @@ from ..progress import ProgressArg, ProgressFn, reporter
 from . import journal
 from .harness import Case, budget_spent, environment, parse_dtype, time_budget
 from .harness import ceilings as measure_ceilings
+from .kv_suite import DEFAULT_LENS, DEFAULT_SHAPES, DEFAULT_SPARSITIES, DEFAULT_WINDOW, check_kv_settings, kv_cases
 from .records import BenchRun
 from .suites import (
     attention_cases,
@@ -25,7 +26,7 @@ from .suites import (
     semi_structured_available,
 )
 
-SUITES = ("linear", "formats", "attention", "model")
+SUITES = ("linear", "formats", "attention", "model", "kv")
 CUDA_ONLY = {"linear": "2:4 semi-structured kernels", "model": "2:4-accelerated whole-model forward"}
 
 
@@ -35,7 +36,8 @@ class BenchConfig:
 
     suites: tuple[str, ...] = ("linear", "formats", "attention")
     """Which suites: linear (2:4 vs dense, CUDA), formats (CSR/BSR vs dense), attention
-    (FlexAttention vs SDPA), model (whole MiniLM 2:4 vs dense, CUDA)."""
+    (FlexAttention vs SDPA), model (whole MiniLM 2:4 vs dense, CUDA), kv (one decode step over a pruned KV
+    cache: masked dense and CSR vs dense SDPA; ``kv_suite``)."""
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
     dtype: str = "fp16"
@@ -57,6 +59,14 @@ class BenchConfig:
     model: str = "minilm"
     """The model suite's model when none is passed in: a ``load_model`` spec, or ``config:bert-base`` /
     ``config:minilm`` (built from its config with random weights, no files needed)."""
+    kv_lens: tuple[int, ...] = DEFAULT_LENS
+    """Cached tokens of the kv suite."""
+    kv_sparsities: tuple[float, ...] = DEFAULT_SPARSITIES
+    """Fraction of each K and V vector the kv suite zeroes (``sparsekit.kvcache.token_mask``), in [0, 1)."""
+    kv_shapes: tuple[tuple[int, int], ...] = DEFAULT_SHAPES
+    """(heads, head dim) of the kv suite's query and cache."""
+    kv_window: int = DEFAULT_WINDOW
+    """Most recent tokens the kv suite keeps dense."""
     time_budget_s: float | None = None
     """Wall-clock budget for the timed cases; cases that would start later are reported as
     skipped ("time budget spent") so a long run ends on time with everything accounted for."""
@@ -83,6 +93,8 @@ def validate(config: BenchConfig) -> None:
     for b in config.batches:
         if isinstance(b, bool) or not isinstance(b, int) or b < 1:
             raise ValueError(f"batch sizes must be positive whole numbers, got {b!r}")
+    if "kv" in config.suites:
+        check_kv_settings(config.kv_lens, config.kv_sparsities, config.kv_shapes, config.kv_window)
     time_budget(config.time_budget_s)  # validates
 
 
@@ -96,6 +108,9 @@ def journal_settings(config: BenchConfig, device: str, loaded: LoadedModel | Non
                              else config.model)
     else:
         settings.pop("model")
+    if "kv" not in config.suites:  # so a run without it keeps the key it had before the kv suite existed
+        for name in ("kv_lens", "kv_sparsities", "kv_shapes", "kv_window"):
+            settings.pop(name)
     return settings
 
 
@@ -120,6 +135,10 @@ def plan(config: BenchConfig, device: str, loaded: LoadedModel | None = None) ->
 
             cases += model_cases(loaded if loaded is not None else load, [b for b in config.batches if b <= 1024],
                                  device=device, dtype=half, repeats=config.repeats)
+        elif suite == "kv":
+            dtype = half if device.startswith("cuda") else torch.float32
+            cases += kv_cases(config.kv_lens, config.kv_sparsities, config.kv_shapes, device=device, dtype=dtype,
+                              window=config.kv_window, repeats=config.repeats)
     return cases
 
 

@@ -1,0 +1,13 @@
+"""Structured alternatives to masks: transformations of a model that change the shape of its
+weights instead of zeroing entries (Monarch projection; SliceGPT), reported on the same
+kept-parameters and stored-bytes axes as ``sparsekit.sparsify``."""
+from .monarch import MonarchLinear, monarch_blocks_for_budget, monarch_params, monarch_project
+from .monarch_model import MonarchConfig, MonarchLayer, MonarchResult, monarchize
+from .slicegpt import SlicedRMSNorm, slice_model, sliced_width
+from .slicegpt_result import LayerShape, SliceResult
+
+__all__ = [
+    "MonarchConfig", "MonarchLayer", "MonarchLinear", "MonarchResult", "monarch_blocks_for_budget", "monarch_params",
+    "monarch_project", "monarchize",
+    "LayerShape", "SliceResult", "SlicedRMSNorm", "slice_model", "sliced_width",
+]

@@ -271,6 +271,11 @@ def test_sweep_rows_and_bad_input(lm, ids):
         assert r["bytes_dense"] == dense_bytes
         assert r["bytes"] == (r["bytes_bitmap"] if r["method"].startswith("mustafar") else r["bytes_kept_dense"])
         assert KVConfig.from_json(r["config"]).to_json() == r["config"]
+        if r["text"] == 1:  # one text per method: the row is evaluate_kv's result for its config
+            res = evaluate_kv(lm, texts[1], KVConfig.from_json(r["config"]), prompt=16, new_tokens=0)
+            assert (r["perplexity"], r["agreement"]) == (res.perplexity, res.agreement)
+            flat = [e for layer in res.attention_error for e in layer]
+            assert r["attention_error"] == pytest.approx(sum(flat) / len(flat))
     mus = [r for r in rows if r["method"] == "mustafar-token"]
     assert mus[0]["kept_fraction"] == pytest.approx((4 + 35 * kept_count(d, 0.5) / d) / 39)
     for method in ("streaming", "h2o"):

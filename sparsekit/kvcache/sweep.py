@@ -104,8 +104,9 @@ def kv_sweep(loaded: LoadedModel, methods: Sequence[str] = SWEEP_METHODS,
         One dict per cell, in method, sparsity, text order: ``method``, ``sparsity``, ``text`` (index),
         ``tokens``, ``perplexity``, ``dense_perplexity``, ``agreement``, ``kept_fraction``, ``bytes_dense``
         (the unpruned cache), ``bytes_bitmap``, ``bytes_csr``, ``bytes_kept_dense`` (kept tokens stored dense),
-        ``bytes`` (the method's own layout: bitmap for Mustafar, kept tokens dense for eviction) and
-        ``config`` (the ``KVConfig`` as JSON).
+        ``bytes`` (the method's own layout: bitmap for Mustafar, kept tokens dense for eviction),
+        ``attention_error`` (the mean over layers and heads of ``KVResult.attention_error``) and ``config``
+        (the ``KVConfig`` as JSON).
     """
     module = causal_module(loaded)
     for m in methods:
@@ -141,6 +142,7 @@ def kv_sweep(loaded: LoadedModel, methods: Sequence[str] = SWEEP_METHODS,
                         "agreement": r.agreement, "kept_fraction": r.kept_fraction,
                         "bytes_dense": r.bytes["full"], "bytes_bitmap": r.bytes["bitmap"],
                         "bytes_csr": r.bytes["csr"], "bytes_kept_dense": r.bytes["dense"], "bytes": own,
+                        "attention_error": sum(map(sum, r.attention_error)) / max(1, sum(map(len, r.attention_error))),
                         "config": cfg.to_json(),
                     })
         if report is not None:

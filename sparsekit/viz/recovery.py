@@ -123,7 +123,7 @@ def recovery_sad_figure(records: Sequence[RecoveryRecord], *, layer: str | None 
         A figure with one ``Scatter`` per run (the step-0 point of the interval series is left out).
     """
     title = ("SAD from the pruned mask" if from_start else "SAD per evaluation interval") + \
-        (" (fraction of weights)" if fraction else " (weights)")
+        (" (% of weights)" if fraction else " (weights)")
     if not records:
         return _empty(title, "no runs to show")
     fig = go.Figure()

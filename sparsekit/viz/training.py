@@ -150,7 +150,7 @@ def sad_series_figure(runs: Sequence[RunRecord], *, kind: str = "interval", laye
         raise ValueError(f"kind must be one of {', '.join(_SAD_TITLES)}, got {kind!r}")
     if reports is not None and len(reports) != len(runs):
         raise ValueError(f"{len(reports)} SAD reports for {len(runs)} runs")
-    title = _SAD_TITLES[kind] + (" (fraction of weights)" if fraction else " (weights)")
+    title = _SAD_TITLES[kind] + (" (% of weights)" if fraction else " (weights)")
     if not runs:
         return _empty(title, "no runs to show")
     log_y = (kind == "interval") if log_y is None else bool(log_y)

@@ -142,9 +142,11 @@ def test_sweep_runs_as_a_study_and_plots_direct_numbers(lm, tmp_cache):
     at = run(kv_sweep_methods=["mustafar-token", "h2o"], kv_sweep_sparsities=[50, 90], kv_sweep_texts=2)
     at.button(key="kv_sweep_run").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
-    fig = titled(at, "perplexity against cache bytes")
-    traces = {t["name"]: t for t in fig["data"]}
-    assert set(traces) == {"mustafar-token", "h2o"}
+    library = titled(at, "KV cache: quality against cache bytes")
+    ratio = titled(at, "perplexity relative to dense")
+    lib = {t["name"]: t for t in library["data"] if t.get("xaxis", "x") == "x" and t["name"] != "dense cache"}
+    mine = {t["name"]: t for t in ratio["data"]}
+    assert set(lib) == set(mine) == {"mustafar-token", "h2o"}
     for method, sparsity in (("mustafar-token", 0.5), ("h2o", 0.9)):
         if method == "h2o":  # 16 + round(79 * (32 - 28) / 32) = 26 tokens, half recent
             cfg = KVConfig(method="h2o", heavy=13, recent=13)
@@ -152,10 +154,43 @@ def test_sweep_runs_as_a_study_and_plots_direct_numbers(lm, tmp_cache):
             cfg = KVConfig(k_sparsity=sparsity, v_sparsity=sparsity, residual_length=16)
         runs = [evaluate_kv(lm, heldout(lm, t, 96), cfg, prompt=24, new_tokens=0) for t in (0, 1)]
         ppl = sum(r.perplexity for r in runs) / 2
+        rel = sum(r.perplexity / r.dense_perplexity for r in runs) / 2
         own = sum(r.bytes["bitmap" if method != "h2o" else "dense"] for r in runs) / 2
-        t = traces[method]
-        i = [k for k, p in enumerate(t["text"]) if p == f"kv:{sparsity:g}"][0]
+        t = lib[method]
+        i = t["text"].index(f"{sparsity:.0%}")
         assert decode(t["y"])[i] == pytest.approx(ppl, rel=1e-9) and decode(t["x"])[i] == pytest.approx(own)
-    # The sweep's cells are in the cache: a new session shows the figure without a press.
+        t = mine[method]
+        i = t["text"].index(f"kv:{sparsity:g}")
+        assert decode(t["y"])[i] == pytest.approx(rel, rel=1e-9) and decode(t["x"])[i] == pytest.approx(own)
+    # The sweep's cells are in the cache: a new session shows the figures without a press.
     again = run(kv_sweep_methods=["mustafar-token", "h2o"], kv_sweep_sparsities=[50, 90], kv_sweep_texts=2)
-    assert titled(again, "perplexity against cache bytes")
+    assert titled(again, "perplexity relative to dense")
+
+
+@pytest.mark.slow  # a fresh kernel runs the notebook
+def test_notebook_reproduces_the_view(lm, downloads):
+    nbclient = pytest.importorskip("nbclient")
+    import nbformat
+
+    from devtools import ROOT
+    from sparsekit.recipes import parse_headline
+
+    at = run(params={"kv_method": "H2O (heavy hitters + recent window)", "kv_k": "70.0", "kv_v": "50.0",
+                     "kv_text_index": "1", "kv_tokens": "64", "kv_window": "8", "kv_new": "8", "kv_layer": "1",
+                     "kv_head": "2"})
+    assert not at.error, [e.value for e in at.error]
+    nb = nbformat.reads(downloads["Open as notebook (.ipynb)"].decode(), as_version=4)
+    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    text = "\n".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "stream")
+    head = parse_headline(text)
+    # Independent: H2O sized at the mean sparsity 0.6: 8 + round(55 * (32 - 19) / 32) = 30 tokens, 15 recent.
+    direct = evaluate_kv(lm, heldout(lm, 1, 64), KVConfig(method="h2o", heavy=15, recent=15), prompt=16,
+                         new_tokens=8, generation_prompt=64)
+    assert head["perplexity"] == pytest.approx(direct.perplexity, rel=1e-4)
+    assert head["cache_bytes"] == direct.bytes["dense"] and metric(at, "Cache bytes") == f"{head['cache_bytes']:,}"
+    assert metric(at, "Perplexity") == f"{head['perplexity']:.2f}"
+    assert metric(at, "Next-token agreement") == f"{head['agreement']:.1%}"
+    plots = [o["data"]["application/vnd.plotly.v1+json"] for c in nb.cells for o in c.get("outputs", [])
+             if "application/vnd.plotly.v1+json" in o.get("data", {})]
+    assert [p["layout"]["title"]["text"] for p in plots][:2] == ["pruned keys, layer 1 head 2",
+                                                                 "pruned values, layer 1 head 2"]

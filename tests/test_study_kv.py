@@ -53,6 +53,7 @@ def test_kv_grid_runs_locally_and_equals_direct_calls(lm, tmp_cache, monkeypatch
         direct = evaluate_kv(lm, rows[r.seed], cfg, prompt=12, new_tokens=4, generation_prompt=40)
         assert r.metrics["perplexity"] == pytest.approx(direct.perplexity, rel=1e-9)
         assert r.metrics["agreement"] == pytest.approx(direct.agreement, rel=1e-9)
+        assert r.metrics["perplexity_ratio"] == pytest.approx(direct.perplexity / direct.dense_perplexity, rel=1e-9)
         b = direct.bytes
         assert r.metrics["cache_bytes"] == b["bitmap" if r.method.startswith("mustafar") else "dense"] == r.memory_bytes
         heads = [e for row in direct.attention_error for e in row]

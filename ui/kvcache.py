@@ -26,9 +26,11 @@ from sparsekit.study import StudySpec, run_study, study_records, study_status
 from sparsekit.study.aggregate import summarize
 from sparsekit.study.kvcells import KV_METHODS, KVStudy, head_dim_of, kv_config_for, kv_text_ids
 from sparsekit.viz.kvview import kv_cache_heatmap, kv_groups_figure
+from sparsekit.recipes.kvcache import kv_headline, kv_recipe
 from ui.format import table_view
 from ui.heavy import heavy_job
 from ui.long_jobs import ResumedProgress, job_buttons, job_state
+from ui.notebook import notebook_button, upload_digest
 
 URL = "query-params"
 METHOD_TITLES = {
@@ -180,16 +182,17 @@ def count_caption(config: KVConfig, head_dim: int, cached: int) -> str:
 
 def metrics_section(view: KVView) -> None:
     r = view.result
-    own = r.bytes["bitmap"] if r.config.method == "mustafar" else r.bytes["dense"]
+    h = kv_headline(r)
     m1, m2, m3, m4 = st.columns(4)
-    m1.metric("Perplexity", f"{r.perplexity:.2f}", f"{r.perplexity - r.dense_perplexity:+.2f} vs dense",
+    m1.metric("Perplexity", f"{h['perplexity']:.2f}", f"{h['perplexity'] - h['dense_perplexity']:+.2f} vs dense",
               delta_color="inverse", help=f"teacher forced over {r.positions} tokens after the prefill of "
-                                          f"{view.prompt}; dense {r.dense_perplexity:.2f}")
-    m2.metric("Next-token agreement", f"{r.agreement:.1%}", help="share of positions where the argmax equals dense")
-    m3.metric("Cache bytes", f"{own:,}", f"{own / r.bytes['full'] - 1:+.1%} vs dense", delta_color="inverse",
+                                          f"{view.prompt}; dense {h['dense_perplexity']:.2f}")
+    m2.metric("Next-token agreement", f"{h['agreement']:.1%}", help="share of positions where the argmax equals dense")
+    m3.metric("Cache bytes", f"{h['cache_bytes']:,}", f"{h['cache_bytes'] / h['dense_bytes'] - 1:+.1%} vs dense",
+              delta_color="inverse",
               help=("Mustafar's bitmap layout" if r.config.method == "mustafar" else "the kept tokens stored dense")
-              + f"; dense {r.bytes['full']:,}, CSR {r.bytes['csr']:,} (fp16 values)")
-    m4.metric("Kept entries", f"{r.kept_fraction:.1%}", help="nonzero cache entries of all, at the end of the text")
+              + f"; dense {h['dense_bytes']:,}, CSR {r.bytes['csr']:,} (fp16 values)")
+    m4.metric("Kept entries", f"{h['kept_fraction']:.1%}", help="nonzero cache entries of all, at the end of the text")
 
 
 def heatmap_section(loaded, view: KVView, ids: torch.Tensor, config: KVConfig) -> tuple[int, int]:
@@ -253,7 +256,7 @@ def sweep_form(n_texts: int) -> tuple[list[str], list[int], int]:
                              format_func=METHOD_TITLES.get)
     sparsities = c2.multiselect("Sparsities (%)", list(range(10, 100, 10)), default=list(SWEEP_SPARSITIES),
                                 key="kv_sweep_sparsities")
-    texts = int(c3.number_input("Texts", 1, max(1, n_texts), min(2, max(1, n_texts)), key="kv_sweep_texts",
+    texts = int(c3.number_input("Texts", 1, max(1, n_texts), min(3, max(1, n_texts)), key="kv_sweep_texts",
                                 help="held-out texts; the interval is taken over them"))
     return methods, sorted(sparsities), texts
 
@@ -316,19 +319,19 @@ def sweep_section(loaded, model_key: str, s: KVSettings, n_tokens: int, stem: st
     if failed:
         st.warning(f"{len(failed)} cells failed; the first: {failed[0].error}")
     groups = summarize(records)
-    dense = next((r.dense_bytes for r in records if r.done and r.dense_bytes), None)
-    f1, f2 = st.columns(2)
-    f1.plotly_chart(kv_groups_figure(groups, metric="perplexity", metric_label="perplexity", dense_bytes=dense,
-                                     title=f"perplexity against cache bytes (mean over {texts} texts, interval)"),
-                    width="stretch", key="kv_sweep_ppl")
-    f2.plotly_chart(kv_groups_figure(groups, metric="agreement", metric_label="next-token agreement",
-                                     dense_bytes=dense, title="next-token agreement against cache bytes"),
-                    width="stretch", key="kv_sweep_agree")
-    rows = sweep_rows(records)
+    rows = sweep_rows(records, n_tokens)
     figure = getattr(viz, "kv_quality_bytes_figure", None)
     if figure is not None:
         st.plotly_chart(figure(rows), width="stretch", key="kv_sweep_library_fig")
-    st.dataframe(**table_view(pd.DataFrame([g.as_dict() for g in groups])), hide_index=True)
+    dense = next((r.dense_bytes for r in records if r.done and r.dense_bytes), None)
+    st.caption("Texts differ far more in perplexity than the settings do, so with few texts the interval of the "
+               "perplexity itself is wide; the perplexity over each text's own dense perplexity varies much less:")
+    st.plotly_chart(kv_groups_figure(groups, metric="perplexity_ratio", metric_label="perplexity / dense perplexity",
+                                     dense_bytes=dense, title=f"perplexity relative to dense against cache bytes "
+                                                              f"(mean and {spec.confidence:.0%} interval over "
+                                                              f"{texts} texts)"),
+                    width="stretch", key="kv_sweep_ratio")
+    st.dataframe(**table_view(group_table(groups)), hide_index=True)
     d1, d2 = st.columns(2)
     d1.download_button("Sweep cells (.csv)", pd.DataFrame(rows).to_csv(index=False), f"{stem}-kv-sweep.csv",
                        mime="text/csv", key="kv_dl_sweep")
@@ -336,7 +339,23 @@ def sweep_section(loaded, model_key: str, s: KVSettings, n_tokens: int, stem: st
                        mime="application/json", key="kv_dl_sweep_json")
 
 
-def sweep_rows(records) -> list[dict[str, Any]]:
+def group_table(groups) -> pd.DataFrame:
+    """One row per method × sparsity: means with their interval over texts, bytes and kept share."""
+    out = []
+    for g in groups:
+        row: dict[str, Any] = {"method": g.method, "pattern": g.pattern, "texts": len(g.seeds)}
+        for m in ("perplexity", "perplexity_ratio", "agreement", "attention_error"):
+            iv = g.metrics.get(m)
+            if iv is not None:
+                row[m] = iv.mean
+                row[f"{m} interval"] = "—" if not math.isfinite(iv.low) else f"[{iv.low:.4g}, {iv.high:.4g}]"
+        row["cache bytes"] = g.memory_bytes
+        row["kept entries"] = g.kept_fraction
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def sweep_rows(records, tokens: int) -> list[dict[str, Any]]:
     """Finished KV study records as ``kv_sweep``-style rows (method, sparsity, text, quality, bytes)."""
     out = []
     for r in records:
@@ -345,9 +364,10 @@ def sweep_rows(records) -> list[dict[str, Any]]:
         b = r.detail["bytes"] if r.detail else {}
         k = r.detail["config"]["k_sparsity"] if r.detail else math.nan
         out.append({"method": r.method, "pattern": r.pattern, "sparsity": float(r.pattern.split(":")[1].split("/")[0])
-                    if r.pattern.startswith("kv:") else k, "text": r.seed, "perplexity": r.metrics.get("perplexity"),
+                    if r.pattern.startswith("kv:") else k, "text": r.seed, "tokens": tokens, "perplexity": r.metrics.get("perplexity"),
                     "dense_perplexity": r.detail.get("dense_perplexity") if r.detail else None,
-                    "agreement": r.metrics.get("agreement"), "attention_error": r.metrics.get("attention_error"),
+                    "perplexity_ratio": r.metrics.get("perplexity_ratio"), "agreement": r.metrics.get("agreement"),
+                    "attention_error": r.metrics.get("attention_error"),
                     "kept_fraction": r.kept_fraction, "bytes": r.memory_bytes, "bytes_dense": b.get("full"),
                     "bytes_bitmap": b.get("bitmap"), "bytes_csr": b.get("csr"), "bytes_kept_dense": b.get("dense")})
     return out
@@ -390,6 +410,10 @@ def kv_section(loaded, model_key: str) -> None:
                     width="stretch", key="kv_head_error")
     generations_section(loaded, view, ids)
     stem = f"{loaded.name}-kv".replace(" ", "_").replace(":", "-").replace("/", "_").replace(",", "")
+    notebook_button(kv_recipe(loaded.spec, settings.method, settings.k_pct / 100, settings.v_pct / 100, settings.window,
+                              text_index=settings.text_index if settings.source == HELDOUT else None,
+                              tokens=settings.tokens, text=settings.text, new_tokens=settings.new_tokens, layer=layer,
+                              head=head, upload_sha256=upload_digest(loaded)), key="kv_notebook")
     d1, d2, d3 = st.columns(3)
     d1.download_button("Result (.json)", result_json(view, settings), f"{stem}.json", mime="application/json",
                        key="kv_dl_result")

@@ -17,10 +17,12 @@ tokens they keep as ``kv_sweep`` does (``kvcache.sweep_config``): the dense wind
 of the text they keep as many entries as Mustafar does.
 
 Metrics of a cell (``kv_metrics``): ``perplexity`` (teacher forced with the pruned cache, over the tokens
-after the prefill), ``agreement`` (next-token argmax equal to the dense model's), ``attention_error`` (the mean
-over layers and heads of the relative attention-output error), ``cache_bytes`` (the cache at the end of the
-text in the method's own layout, as ``kv_sweep``'s ``bytes``: Mustafar's bitmap, the kept tokens dense for
-eviction) and ``generated_equal`` (share of the greedy tokens equal to dense).
+after the prefill), ``perplexity_ratio`` (that over the dense model's perplexity on the same text: texts differ
+far more in perplexity than settings do, so the ratio's interval over texts is the tighter one), ``agreement``
+(next-token argmax equal to the dense model's), ``attention_error`` (the mean over layers and heads of the
+relative attention-output error), ``cache_bytes`` (the cache at the end of the text in the method's own
+layout, as ``kv_sweep``'s ``bytes``: Mustafar's bitmap, the kept tokens dense for eviction) and
+``generated_equal`` (share of the greedy tokens equal to dense).
 """
 from __future__ import annotations
 
@@ -44,9 +46,9 @@ KV_VERSION = 1
 KV_METHODS = ("mustafar-token", "mustafar-channel", "mustafar-token-output", "mustafar-channel-output", "streaming",
               "h2o")
 """The names of ``sparsekit.kvcache.SWEEP_METHODS`` (checked equal by the tests)."""
-KV_METRICS = ("perplexity", "agreement", "attention_error", "cache_bytes", "generated_equal")
-KV_HIGHER_IS_BETTER = {"perplexity": False, "agreement": True, "attention_error": False, "cache_bytes": False,
-                       "generated_equal": True}
+KV_METRICS = ("perplexity", "perplexity_ratio", "agreement", "attention_error", "cache_bytes", "generated_equal")
+KV_HIGHER_IS_BETTER = {"perplexity": False, "perplexity_ratio": False, "agreement": True, "attention_error": False,
+                       "cache_bytes": False, "generated_equal": True}
 MAX_TEXT_TOKENS = 4096
 
 
@@ -165,7 +167,8 @@ def kv_metrics(result: Any) -> dict[str, float]:
     same = sum(a == d for a, d in zip(result.generated, result.dense_generated))
     heads = [e for row in result.attention_error for e in row]
     own = b["bitmap"] if result.config.method == "mustafar" else b["dense"]
-    return {"perplexity": result.perplexity, "agreement": result.agreement,
+    return {"perplexity": result.perplexity, "perplexity_ratio": result.perplexity / result.dense_perplexity,
+            "agreement": result.agreement,
             "attention_error": sum(heads) / len(heads) if heads else math.nan, "cache_bytes": float(own),
             "generated_equal": same / len(result.dense_generated) if result.dense_generated else 1.0}
 

@@ -91,6 +91,7 @@ def kv_groups_figure(groups: Sequence[Any], *, metric: str, metric_label: str, d
         ))
     if dense_bytes is not None:
         fig.add_vline(x=dense_bytes, line=dict(color="grey", dash="dot"), annotation_text="dense cache")
-    fig.update_layout(title=title, xaxis_title="cache bytes (cheapest layout: dense-of-kept, bitmap or CSR)",
-                      yaxis_title=metric_label, height=420, legend_title_text="method")
+    fig.update_layout(title=title, yaxis_title=metric_label,
+                      xaxis_title="cache bytes (Mustafar: bitmap + kept values; eviction: kept tokens dense)",
+                      height=420, legend_title_text="method")
     return fig

@@ -77,7 +77,7 @@ class KVRecorder(Session):
         """``[b, kv_heads, tokens, 1]``: the attention each of the first ``tokens`` cached tokens received from
         the last ``window`` queries (summed over each group); a query that came before a token gives it 0."""
         rows = self.attention[layer]
-        total = torch.zeros(*rows[0].shape[:-1], tokens)
+        total = rows[0].new_zeros(*rows[0].shape[:-1], tokens)
         for row in rows:
             n = min(tokens, row.shape[-1])
             total[..., :n] += row[..., :n]

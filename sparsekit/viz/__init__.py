@@ -2,7 +2,7 @@
 
 One module per area: ``masks`` (one layer's mask), ``reports`` (a sparsified model), ``sensitivity``
 (layer sensitivity scans), ``bench`` (kernel timings), ``training`` (training runs, SAD, seed
-studies), ``recovery`` (recovery runs, flip rate and oscillation), ``attention``, ``compare`` and
+studies), ``recovery`` (recovery runs, flip rate and oscillation), ``attention``, ``compare``, ``kvcache`` and
 ``attribution``; ``_style`` holds what they share. Every public name is importable from here, so
 ``from sparsekit import viz; viz.mask_heatmap(...)`` works whatever module a builder lives in. Names are
 imported on first use (PEP 562): asking for one imports the module that owns it, so a page that draws

@@ -210,3 +210,16 @@ def test_cli_runs_the_suite_and_writes_it(tmp_path):
     shapes = subprocess.run([sys.executable, "-m", "sparsekit.bench", "--suites", "kv", "--kv-shapes", "12"],
                             capture_output=True, text=True, timeout=300)
     assert shapes.returncode == 2 and "HEADSxHEAD_DIM" in shapes.stderr
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (CUDA)")
+def test_kv_suite_on_cuda_checks_every_kernel():
+    res = kv.kv_suite([256, 1024], [0.5], [(4, 32)], device="cuda", dtype=torch.float16, window=16, repeats=3)
+    assert {r.device for r in res} == {"cuda"}
+    for r in res:
+        # a kernel torch lacks here is skipped with its reason; none may be wrong or crash
+        assert r.status in ("ok", "skipped"), (r.backend, r.status, r.message)
+        if r.status == "ok":
+            assert r.rel_error < 1e-2
+    assert all(r.status == "ok" for r in res if r.backend in ("SDPA dense", "masked dense"))

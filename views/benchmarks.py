@@ -62,8 +62,9 @@ KV_EXPLAINED = (
     "same SDPA on the zeroed cache: the same FLOPs and bytes, so zeros alone buy nothing) and **CSR** "
     "(K in CSR times q, softmax, then Vᵀ in CSR times the weights: two torch CSR × vector products, all heads "
     "in one block-diagonal matrix); on CUDA also `torch.bmm` with batched CSR. Each kernel is checked against "
-    "a float64 recomputation first. The memory of K + V is shown as dense, bitmap + values (Mustafar's layout) "
-    "and CSR, at the timed dtype.")
+    "a float64 recomputation first. Masked dense does the dense kernel's work, so its verdicts show how often "
+    "this machine's noise alone reads as a difference. The memory of K + V is shown as dense, bitmap + values "
+    "(Mustafar's layout) and CSR, at the timed dtype.")
 
 
 def measured_on(run: BenchRun) -> None:

@@ -12,8 +12,8 @@ pruned per token by magnitude at sparsity ``s`` with ``sparsekit.kvcache.token_m
   (V stored as CSR of its transpose, one row per channel). Both products are ``torch`` CSR × dense
   column (SpMV) with int32 indices, each over a block-diagonal matrix that holds every head
   (``[H·L, H·D]`` for K, ``[H·D, H·L]`` for Vᵀ), so one call covers all heads. Why Vᵀ: on CPU torch
-  has no batched CSR matmul, and ``p @ V_csr`` (dense × CSR, V stored by token) or a CSC view of V
-  went through a path 30–300× slower than the SpMV in this project's measurements (torch 2.13).
+  has no batched CSR matmul, and ``p @ V_csr`` (dense × CSR, V stored by token) took 6–55× the time of
+  the Vᵀ SpMV at 1k–32k tokens (12 heads × 64, torch 2.13, 2 loaded cores), a CSC view of V about 70×.
   The price of Vᵀ: a decode step appends a column to it, which CSR cannot do in place;
 - **CSR batched (bmm)**, CUDA only: ``torch.bmm`` of a batched CSR ``[H, L, D]`` (and ``[H, D, L]``
   for Vᵀ) with the query, torch's cuSPARSE path (torch has no CPU kernel for it: listed as skipped).

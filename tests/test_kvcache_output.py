@@ -191,8 +191,14 @@ def test_decode_time_pruning_equals_pruning_once_at_the_end(lm, ids):
 
     from sparsekit.kvcache.loop import _step
 
+    class AllQueries(KVRecorder):
+        def after_softmax(self, layer, scores, probs, query, key, value, allowed):
+            self.seen_q = getattr(self, "seen_q", {})
+            self.seen_q.setdefault(layer, []).append(query.clone())
+            super().after_softmax(layer, scores, probs, query, key, value, allowed)
+
     module, n_rep = private_causal(lm)
-    pruner, rec = Snap(cfg), KVRecorder(cfg.residual_length, n_rep)
+    pruner, rec = Snap(cfg), AllQueries(cfg.residual_length, n_rep, keep_outputs=True)
     prompt = 12
     with torch.inference_mode():
         out = _step(module, ids[:prompt].unsqueeze(0), None, pruner, 0, rec)
@@ -209,6 +215,17 @@ def test_decode_time_pruning_equals_pruning_once_at_the_end(lm, ids):
         end_v = torch.cat([full_v[..., :old, :] * token_mask(full_v[..., :old, :], 0.7), full_v[..., old:, :]], -2)
         assert torch.equal(layer.keys, end_k)
         assert torch.equal(layer.values, end_v)
+        # Every layer's attention at every position = plain softmax(qK^T/sqrt(d))V over the cache as it was
+        # then: the raw keys/values, those that had left the window before the step pruned once.
+        q = torch.cat(rec.seen_q[i], dim=-2)[0]
+        got = rec.head_outputs(i)[0]
+        for p in range(length):
+            gone = 0 if p < prompt else max(0, p - cfg.residual_length)
+            km, vm = full_k[0, :, : p + 1].clone(), full_v[0, :, : p + 1].clone()
+            km[:, :gone] = km[:, :gone] * token_mask(km[:, :gone], 0.5)
+            vm[:, :gone] = vm[:, :gone] * token_mask(vm[:, :gone], 0.7)
+            want = _plain_attention(q[:, p:p + 1], km, vm)[:, 0]
+            torch.testing.assert_close(got[:, p], want, atol=1e-6, rtol=1e-6)
     # Layer 0 against the plain dense keys: the same, pruned once.
     _, k, _ = _layer0_plain(lm, ids)
     want = torch.cat([k[:, :old] * token_mask(k[:, :old], 0.5), k[:, old:]], dim=1)

@@ -26,12 +26,13 @@ else
   shapes_of=config:minilm; model=config:bert-base
 fi
 if [ "$dry" = 1 ]; then
-  exec "$py" -m sparsekit.bench --device cpu --quick --suites linear model attention formats \
+  exec "$py" -m sparsekit.bench --device cpu --quick --suites linear model attention formats kv \
     --model-shapes config:minilm --model config:minilm --sizes 64 --layer-shapes 96x64 --batches 1,4 \
+    --kv-lens 256,512 --kv-sparsities 0.5 --kv-shapes 4x32 \
     --densities 0.5 --seq-lens 128 --repeats 2 --time-budget "${BENCH_BUDGET:-120}" \
     --name "GPU suite (dry run, CPU)" --out "$out"
 fi
-exec "$py" -m sparsekit.bench --gpu-all --suites linear model attention formats \
+exec "$py" -m sparsekit.bench --gpu-all --suites linear model attention formats kv \
   --model-shapes "$shapes_of" --model "$model" --layer-shapes 11008x4096,4096x11008 \
   --batches 1,8,64,512,2048,8192 --sizes 1024,4096,8192 --seq-lens 1024,4096,16384 --repeats 20 \
   --time-budget "${BENCH_BUDGET:-400}" --name "GPU suite" --out "$out"

@@ -92,7 +92,7 @@ def test_gpu_check_dry_run_installs_wheels_runs_everything_but_cuda_and_summaris
         assert heading in summary, summary
     assert len(summary.splitlines()) <= 45  # one screen
     run = json.loads((out / "gpu-bench.json").read_text())
-    assert run["suites"] == ["linear", "model", "attention", "formats"]
+    assert run["suites"] == ["linear", "model", "attention", "formats", "kv"]
     assert run["env"]["device"] == "cpu"
     flex = [r for r in run["results"] if r["backend"].startswith("flex")]
     assert flex and all(r["status"] == "ok" for r in flex)

@@ -87,7 +87,7 @@ def build_config(args: argparse.Namespace) -> BenchConfig:
     if args.layer_shapes:
         kw["layer_shapes"] = args.layer_shapes
     for name in ("kv_lens", "kv_sparsities", "kv_shapes", "kv_window"):
-        if getattr(args, name) is not None:
+        if getattr(args, name, None) is not None:
             kw[name] = getattr(args, name)
     if args.model_shapes:
 

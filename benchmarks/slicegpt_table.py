@@ -43,7 +43,7 @@ def calibration_set(tokenizer, pool: list[str], seed: int, rows: int) -> dict[st
     picked, tokens = [], 0
     for text in order:
         picked.append(text)
-        tokens += len(tokenizer(text)["input_ids"])
+        tokens += len(tokenizer(text, verbose=False)["input_ids"])
         if tokens > (rows + 1) * ROW_TOKENS:
             break
     packed = heldout_rows(tokenizer, picked, ROW_TOKENS)

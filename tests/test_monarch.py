@@ -270,3 +270,19 @@ def test_other_bad_inputs():
         MonarchLinear(8, 8, 2)(torch.randn(3, 6))
     with pytest.raises(ValueError, match="Monarch factors must be"):
         monarch_dense(torch.randn(2, 3, 4), torch.randn(2, 2, 3))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (CUDA)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_on_cuda_the_layer_stays_there_and_equals_the_cpu_reference(dtype):
+    gen = torch.Generator().manual_seed(5)
+    w = torch.randn(96, 64, generator=gen, dtype=torch.float64)
+    layer = MonarchLinear.from_weight(w.to("cuda", dtype), 8, torch.zeros(96, device="cuda", dtype=dtype))
+    assert layer.left.device.type == "cuda" and layer.left.dtype == dtype
+    cpu_left, cpu_right = monarch_project(w, 8)
+    dense = reference_monarch(cpu_left, cpu_right)
+    x = torch.randn(4, 64, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        y = layer(x.to("cuda", dtype)).double().cpu()
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    assert torch.allclose(y, x @ dense.T, rtol=tol, atol=tol * float((x @ dense.T).abs().max()))

@@ -256,3 +256,10 @@ def test_card_shows_the_reports_fields():
     assert "tensor(" not in text and "Sequential" not in text
     with pytest.raises(TypeError, match="has no figure"):
         result.figure()
+
+
+def test_progress_callback_sees_every_layer_and_the_end():
+    seen = []
+    monarchize(net(), MonarchConfig(blocks=2), progress=lambda f, msg: seen.append((f, msg)))
+    assert [m for _, m in seen] == ["projecting 0", "projecting 2", "projecting 4", "projecting 6", "done"]
+    assert [f for f, _ in seen] == [0.0, 0.25, 0.5, 0.75, 1.0]

@@ -10,6 +10,7 @@ import sparsekit
 import sparsekit.permutation
 from sparsekit.permutation import permute_channels
 from sparsekit.sparsify import SparsifyConfig, sparsify
+from ui.format import change_text, metric_text
 from ui.long_jobs import duration_text, time_left
 from devtools.apptest import decode, figures, page_app
 
@@ -175,7 +176,7 @@ def test_permutation_progress_stop_and_continue(mlp, digits_cache, monkeypatch):
     assert job["parts"][0]["perm"] == full.perms["fc2"].tolist()  # the finished layer was kept as it was
     metrics = {m.label: m for m in at.metric}
     partial = manual_permuted_accuracy(mlp, {"fc2": job["parts"][0]["perm"]})
-    assert metrics["held-out accuracy (%), permuted"].value == f"{partial:.4g}"
+    assert metrics["held-out accuracy (%), permuted"].value == metric_text(partial)
 
     at.button(key="cmp_perm_continue").click().run()
     assert not at.exception and not at.error and not at.warning
@@ -183,11 +184,11 @@ def test_permutation_progress_stop_and_continue(mlp, digits_cache, monkeypatch):
     metrics = {m.label: m for m in at.metric}
     assert metrics["Recovered share of the gap"].value == f"{full.recovered_share():.1%}"
     permuted = manual_permuted_accuracy(mlp, {k: v.tolist() for k, v in full.perms.items()})
-    assert metrics["held-out accuracy (%), permuted"].value == f"{permuted:.4g}"
+    assert metrics["held-out accuracy (%), permuted"].value == metric_text(permuted)
     plain = mlp.quality(sparsify(mlp, SparsifyConfig()).model)["accuracy"]
-    assert metrics["held-out accuracy (%), magnitude 2:4"].value == f"{plain:.4g}"
+    assert metrics["held-out accuracy (%), magnitude 2:4"].value == metric_text(plain)
     change = permuted - plain
-    assert metrics["held-out accuracy (%), permuted"].proto.delta == (f"{change:+.4g}" if change else "")
+    assert metrics["held-out accuracy (%), permuted"].proto.delta == (change_text(change, plain) if change else "")
     assert not at.get("button") or all(b.key != "cmp_perm_stop" for b in at.button)
 
     # Finished searches are cached: a new session shows the result without a click.

@@ -91,16 +91,16 @@ def test_compare_page_notebook(downloads):
     assert head["metric"] == "accuracy" and head["settings"] == 4
     label = "held-out accuracy (%)"
     ranking = next(m.value for m in at.markdown if m.value.startswith("Dense:"))
-    assert ranking == f"Dense: {head['dense']:.4g} ({label}). Best first:  \n" + "  \n".join(
-        f"**{pattern}**: " + ", ".join(f"{method} {value:.4g}" for method, value in ranked)
+    assert ranking == f"Dense: {metric_text(head['dense'])} ({label}). Best first:  \n" + "  \n".join(
+        f"**{pattern}**: " + ", ".join(f"{method} {metric_text(value)}" for method, value in ranked)
         for pattern, ranked in head["best_first"].items())
     table = at.dataframe[0].value
     assert list(table.index) == list(head["table"]) == ["4:8", "unstructured 60%"]
     assert same({p: {m: rounded(v) for m, v in row.items()} for p, row in table.to_dict("index").items()}, head["table"])
     share = head["recovered_share"]
     assert metric(at, "Recovered share of the gap") == ("–" if share is None else f"{share:.1%}")
-    assert metric(at, f"{label}, magnitude 1:4") == f"{head['plain']:.4g}"
-    assert metric(at, f"{label}, permuted") == f"{head['permuted']:.4g}"
+    assert metric(at, f"{label}, magnitude 1:4") == metric_text(head['plain'])
+    assert metric(at, f"{label}, permuted") == metric_text(head['permuted'])
     layers = next(d.value for d in at.dataframe if "recovered_share" in d.value.columns)
     assert list(layers["layer"]) == head["permuted_layers"] and head["permuted_layers"]
     assert plotly_outputs(nb) == 2

@@ -8,6 +8,7 @@ import math
 from devtools.apptest import page_app
 from sparsekit.recipes import rounded
 from test_page_notebooks import NOTEBOOK_LABEL, run_notebook, same
+from ui.format import metric_text
 
 
 def _source(nb) -> str:
@@ -39,7 +40,7 @@ def test_sensitivity_page_notebook(downloads, tmp_cache):
     assert "sparsity=0.6, method='wanda'" in src and "load_model('digits:mlp')" in src
     assert head["settings"] == ["4:8", "90%"]
     # The subheader's dense quality and the caption's Spearman ρ.
-    assert any(f"positive = worse than dense {head['dense_quality']:.4g})" in h.value for h in at.subheader)
+    assert any(f"positive = worse than dense {metric_text(head['dense_quality'])})" in h.value for h in at.subheader)
     rho = ", ".join(f"{s}: {r}" for s, r in zip(head["settings"], head["spearman"]))
     assert any(c.value.startswith(f"Spearman ρ of proxy vs measured drop across units: {rho} (") for c in at.caption)
     # The per-unit table.

@@ -10,7 +10,7 @@ from sparsekit.cache import get_cache, make_key
 from sparsekit.export import export_files, export_zip
 from sparsekit.recipes.compare import compare_headline, compare_recipe
 from sparsekit.sparsify import SparsifyConfig
-from ui.format import table_view
+from ui.format import change_text, metric_text, table_view
 from ui.heavy import heavy_job
 from ui.long_jobs import EstimatingProgress, job_buttons, job_state
 from ui.notebook import notebook_button, upload_digest
@@ -98,8 +98,8 @@ if rows:
     dense = cmp.dense_row(loaded)
     all_rows = [dense, *rows]
     sweep_head = compare_headline(metric, configs=configs, rows=rows, dense=dense, higher_is_better=higher)
-    st.markdown(f"Dense: {sweep_head['dense']:.4g} ({label}). Best first:  \n" + "  \n".join(
-        f"**{pattern}**: " + ", ".join(f"{method} {value:.4g}" for method, value in ranked)
+    st.markdown(f"Dense: {metric_text(sweep_head['dense'])} ({label}). Best first:  \n" + "  \n".join(
+        f"**{pattern}**: " + ", ".join(f"{method} {metric_text(value)}" for method, value in ranked)
         for pattern, ranked in sweep_head["best_first"].items()))
     left, right = st.columns(2)
     for col, x in ((left, "sparsity"), (right, "memory")):
@@ -169,9 +169,10 @@ if prow is not None:
         a, b, c = st.columns(3)
         share = perm_head["recovered_share"]
         a.metric("Recovered share of the gap", "–" if share is None else f"{share:.1%}")
-        b.metric(f"{label}, magnitude {perm_pattern}", f"{perm_head['plain']:.4g}")
+        b.metric(f"{label}, magnitude {perm_pattern}", metric_text(perm_head["plain"]))
         change = perm_head["permuted"] - perm_head["plain"]
-        c.metric(f"{label}, permuted", f"{perm_head['permuted']:.4g}", f"{change:+.4g}" if change else None,
+        c.metric(f"{label}, permuted", metric_text(perm_head["permuted"]),
+                 change_text(change, perm_head["plain"]) if change else None,
                  delta_color="normal" if higher else "inverse")
     if prow.layers:
         st.dataframe(**table_view(pd.DataFrame(prow.layers).drop(columns=["perm"], errors="ignore"), {

@@ -12,6 +12,7 @@ from sparsekit.recipes.sensitivity import ALLOCATIONS, allocation_row, sensitivi
 from sparsekit.sensitivity import GROUPINGS, SensitivityConfig, cached_scan, scan_units, sensitivity_scan
 from sparsekit.sparsify import SparsifyConfig
 from sparsekit.viz.sensitivity import layer_sparsity_figure
+from ui.format import metric_text
 from ui.heavy import heavy_job
 from ui.long_jobs import ResumedProgress, job_buttons, job_state
 from ui.notebook import notebook_button, upload_digest
@@ -103,7 +104,7 @@ if mode == "full":
                   "the measured drop does)." + (f" ρ over {len(head['units'])} units: too few to judge."
                                                 if len(head["units"]) < FEW_UNITS else ""))
 label = loaded.metric_names.get(scan.metric, scan.metric)
-st.subheader(f"Per unit: drop in {label} (positive = worse than dense {head['dense_quality']:.4g})")
+st.subheader(f"Per unit: drop in {label} (positive = worse than dense {metric_text(head['dense_quality'])})")
 table = pd.DataFrame({"unit": head["units"], "weights": head["weights"]})
 for j, setting in enumerate(head["settings"]):
     if mode == "full":

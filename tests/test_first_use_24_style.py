@@ -102,3 +102,22 @@ def test_sensitivity_subheader_has_the_sparsify_page_precision(tmp_cache, monkey
         at.button(key="sen_run").click().run()
     assert not at.exception, at.exception
     assert any("worse than dense 123.46)" in h.value for h in at.subheader), [h.value for h in at.subheader]
+
+
+# Cut-off chips (#24: Recovery "SR-STE", the Studies pattern chip, Benchmarks "0.5"): in a column a multiselect
+# keeps its chips on one scrolling row and the last one fades out under the clear button; the Benchmarks page
+# wraps them (d7f54e2). Every settings multiselect of the other pages wraps them too.
+
+@pytest.mark.parametrize("page, radio", [("study", None), ("study", ("st_kind", "training")), ("recovery", None),
+                                         ("sensitivity", None), ("compare", None), ("training", None),
+                                         ("attention", ("att_scope", "Chosen layers and heads"))])
+def test_every_multiselect_wraps_its_chips(tmp_cache, page, radio):
+    from devtools.apptest import page_app
+    at = page_app(page, "digits:vit" if page == "attention" else "digits:cnn", 300)
+    at.run()
+    if radio is not None:
+        at.radio(key=radio[0]).set_value(radio[1]).run()
+    assert not at.exception, at.exception
+    boxes = at.multiselect
+    assert len(boxes) >= 1
+    assert [ms.key for ms in boxes if not ms.proto.wrap] == [], page

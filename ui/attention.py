@@ -176,8 +176,8 @@ def scope_form(n_layers: int, n_heads: int, layer: int, head: int) -> tuple[tupl
     if any(fitted):
         st.info(f"The chosen layers and heads were fitted to this model ({n_layers} layers × {n_heads} heads).")
     s1, s2 = st.columns(2)
-    layers = tuple(s1.multiselect("Layers", list(range(n_layers)), default=[layer], key="att_layers"))
-    heads = tuple(s2.multiselect("Heads", list(range(n_heads)), default=[head], key="att_heads"))
+    layers = tuple(s1.multiselect("Layers", list(range(n_layers)), default=[layer], key="att_layers", wrap=True))
+    heads = tuple(s2.multiselect("Heads", list(range(n_heads)), default=[head], key="att_heads", wrap=True))
     if not layers or not heads:
         st.error("Choose at least one layer and one head to apply the pattern to.")
         return None
@@ -222,7 +222,7 @@ def search_form() -> tuple[SearchConfig, int]:
                           format_func=lambda a: {"head": "each head", "global": "the mean over heads"}[a])
     count = int(f3.number_input("Calibration inputs", 1, 64, 16, key="att_calib"))
     families = st.multiselect("Pattern families searched", list(SEARCH_FAMILIES), default=list(DEFAULT_FAMILIES),
-                              key="att_families", format_func=lambda f: PATTERNS[f].title)
+                              key="att_families", wrap=True, format_func=lambda f: PATTERNS[f].title)
     return SearchConfig(budget=budget_pct / 100, allocation=allocation, families=tuple(families)), count
 
 

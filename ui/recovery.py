@@ -185,7 +185,7 @@ def saved_runs_view() -> None:
     if shown and any(r not in by_id for r in shown):  # runs another session deleted meanwhile drop out
         st.session_state["rc_saved_pick"] = [r for r in shown if r in by_id]
     picked = st.multiselect("Reopen", list(by_id), default=default_pick(entries), format_func=labels.get,
-                            key="rc_saved_pick", help="the same figures, summary and download as a fresh run")
+                            key="rc_saved_pick", wrap=True, help="the same figures, summary and download as a fresh run")
     SAVED.manage(list(by_id), labels)
     if not picked:
         st.info("Choose runs to reopen.")

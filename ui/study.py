@@ -47,12 +47,12 @@ def oneshot_form() -> StudySpec | None:
     c1, c2 = st.columns(2)
     sidebar = st.session_state.get("_model_key", "").split("#", 1)[0]  # a study starts from the sidebar's model
     models = c1.multiselect("Models", choices, default=[sidebar if sidebar in choices else "minilm"], key="st_models",
-                            format_func=lambda s: MODEL_LABELS.get(s, s.removeprefix("hf:")))
-    methods = c2.multiselect("Methods", list(REGISTRY), default=["magnitude", "wanda"], key="st_methods",
+                            wrap=True, format_func=lambda s: MODEL_LABELS.get(s, s.removeprefix("hf:")))
+    methods = c2.multiselect("Methods", list(REGISTRY), default=["magnitude", "wanda"], key="st_methods", wrap=True,
                              format_func=lambda m: REGISTRY[m].label)
     c3, c4, c5 = st.columns([2, 1, 1])
     patterns = c3.multiselect("Patterns", PATTERNS, default=["unstructured:0.3", "unstructured:0.5",
-                                                             "unstructured:0.7"], key="st_patterns",
+                                                             "unstructured:0.7"], key="st_patterns", wrap=True,
                               format_func=_pattern_label)
     seeds = int(c4.number_input("Seeds", 1, 64, 4, key="st_seeds",
                                 help="A seed draws the calibration subset (Wanda, SparseGPT, Taylor) or the random "
@@ -69,9 +69,9 @@ def training_form() -> StudySpec | None:
     arch = c1.selectbox("Model", ["cnn", "mlp", "vit"], index=["cnn", "mlp", "vit"].index(sidebar)
                         if sidebar in ("cnn", "mlp", "vit") else 0, key="st_arch",
                         format_func=lambda a: f"Digits {ARCH_LABELS[a]}")
-    methods = c2.multiselect("Methods", ["ste", "srste"], default=["ste", "srste"], key="st_tmethods",
+    methods = c2.multiselect("Methods", ["ste", "srste"], default=["ste", "srste"], key="st_tmethods", wrap=True,
                              format_func=lambda m: {"ste": "STE", "srste": "SR-STE"}[m])
-    patterns = c3.multiselect("N:M (keep N of M)", TRAIN_PATTERNS, default=["2:4"], key="st_tpatterns")
+    patterns = c3.multiselect("N:M (keep N of M)", TRAIN_PATTERNS, default=["2:4"], key="st_tpatterns", wrap=True)
     c4, c5, c6, c7 = st.columns(4)
     base = default_train_config(arch)
     epochs = int(c4.number_input("Epochs", 2, 200, max(2, base.epochs), key="st_epochs",

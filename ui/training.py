@@ -91,7 +91,7 @@ def training_form(sidebar_arch: str) -> tuple[list[TrainConfig], list[str], str]
         follow_arch_defaults(arch, _ARCH_FIELDS, "tr_defaults_arch")
         d = default_train_config(arch)
         methods = st.multiselect("Methods", training.METHODS, default=["ste", "srste"], format_func=METHOD_LABELS.get,
-                                 key="tr_methods", bind=URL)
+                                 key="tr_methods", wrap=True, bind=URL)
         patterns_text = st.text_input("N:M patterns (keep N of every M)", "2:4, 1:4", max_chars=100, key="tr_patterns",
                                       bind=URL, help="comma-separated, e.g. 2:4, 1:4, 2:8; N counts the kept weights")
         grouping = st.selectbox("Conv grouping", ["channel", "kernel"], key="tr_grouping", bind=URL,

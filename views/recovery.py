@@ -46,7 +46,7 @@ except ValueError as err:
 c1, c2, c3, c4 = st.columns([2, 1, 1, 1])  # the modes' chips (fixed mask, STE, SR-STE) fit on one line
 keep = dict(persist_state="page")  # a look at the saved runs keeps these settings (and the runs they show)
 modes = c1.multiselect("Modes (same budget each)", list(MODES), default=list(MODES) if config.pattern == "nm"
-                       else ["fixed"], format_func=MODE_LABELS.get, key="rc_modes",
+                       else ["fixed"], format_func=MODE_LABELS.get, key="rc_modes", wrap=True,
                        help="STE and SR-STE need an N:M pattern (the mask is recomputed per group of M)", **keep)
 steps = int(c2.number_input("Steps", 1, 20000, defaults.steps, key="rc_steps", **keep))
 lr = float(c3.number_input("Learning rate", 1e-6, 1.0, float(defaults.lr), format="%g", key="rc_lr", **keep))

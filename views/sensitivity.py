@@ -34,8 +34,8 @@ NM = {"2:4": (2, 4), "1:4": (1, 4), "4:8": (4, 8)}
 FEW_UNITS = 5  # a Spearman ρ over fewer units says little: the caption says so
 c1, c2, c3, c4 = st.columns(4)
 method = c1.selectbox("Method", list(REGISTRY), format_func=lambda m: REGISTRY[m].label, key="sen_method")
-pcts = c2.multiselect("Unstructured (% pruned)", [30, 50, 70, 90], default=[50, 70, 90], key="sen_pcts")
-nms = c3.multiselect("N:M (keep N of M)", list(NM), default=["2:4"], key="sen_nm")
+pcts = c2.multiselect("Unstructured (% pruned)", [30, 50, 70, 90], default=[50, 70, 90], key="sen_pcts", wrap=True)
+nms = c3.multiselect("N:M (keep N of M)", list(NM), default=["2:4"], key="sen_nm", wrap=True)
 grouping = c4.selectbox("Unit", GROUPINGS, key="sen_grouping",
                         format_func={"layer": "one layer", "block-kind": "block: attention / MLP"}.get)
 mode = st.radio("Measure", ["full", "proxy"], horizontal=True, key="sen_mode",

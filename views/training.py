@@ -74,7 +74,7 @@ with runs_tab:
     by_id, labels = saved_runs()
 
     st.session_state["tr_selected"] = [r for r in st.session_state.get("tr_selected", list(by_id)[-4:]) if r in by_id]
-    selected = st.multiselect("Runs to compare", list(by_id), format_func=labels.get, key="tr_selected",
+    selected = st.multiselect("Runs to compare", list(by_id), format_func=labels.get, key="tr_selected", wrap=True,
                               max_selections=MAX_COMPARE)
     if not selected:
         st.info("Pick runs to compare.")

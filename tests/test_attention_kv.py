@@ -160,7 +160,7 @@ def test_sweep_runs_as_a_study_and_plots_direct_numbers(lm, tmp_cache):
         i = t["text"].index(f"{sparsity:.0%}")
         assert decode(t["y"])[i] == pytest.approx(ppl, rel=1e-9) and decode(t["x"])[i] == pytest.approx(own)
         t = mine[method]
-        i = t["text"].index(f"kv:{sparsity:g}")
+        i = t["text"].index(f"{sparsity:.0%}")
         assert decode(t["y"])[i] == pytest.approx(rel, rel=1e-9) and decode(t["x"])[i] == pytest.approx(own)
     # The sweep's cells are in the cache: a new session shows the figures without a press.
     again = run(kv_sweep_methods=["mustafar-token", "h2o"], kv_sweep_sparsities=[50, 90], kv_sweep_texts=2)

@@ -155,3 +155,14 @@ def test_kv_grid_on_ray_equals_local(ray_cluster, tmp_path, monkeypatch):
     result = study.run_study(spec, "ray", ray_address=ray_cluster.address, progress=False)
     assert result.status.state == "finished"
     assert [cells.comparable(r) for r in result.records] == expected
+
+
+def test_text_count_and_ids_match_the_packed_rows(lm):
+    from sparsekit.study.kvcells import kv_text_count, kv_text_ids
+
+    rows = heldout_rows(lm.tokenizer, lm_small_heldout(), 64)
+    full = [i for i in range(rows["input_ids"].shape[0]) if int(rows["attention_mask"][i].sum()) == 64]
+    assert kv_text_count(lm, 64) == len(full) and full == list(range(len(full)))
+    assert torch.equal(kv_text_ids(lm, len(full) - 1, 64), rows["input_ids"][len(full) - 1])
+    with pytest.raises(ValueError, match=f"there are {len(full)} texts of 64 tokens"):
+        kv_text_ids(lm, len(full), 64)

@@ -24,7 +24,7 @@ from sparsekit import viz
 from sparsekit.kvcache import (KVConfig, KVResult, causal_module, evaluate_kv, kept_count, run_kv)
 from sparsekit.study import StudySpec, run_study, study_records, study_status
 from sparsekit.study.aggregate import summarize
-from sparsekit.study.kvcells import KV_METHODS, KVStudy, head_dim_of, kv_config_for, kv_text_ids
+from sparsekit.study.kvcells import KV_METHODS, KVStudy, head_dim_of, kv_config_for, kv_text_count, kv_text_ids
 from sparsekit.viz.kvview import kv_cache_heatmap, kv_groups_figure
 from sparsekit.recipes.kvcache import kv_headline, kv_recipe
 from ui.format import table_view
@@ -261,20 +261,9 @@ def sweep_form(n_texts: int) -> tuple[list[str], list[int], int]:
     return methods, sorted(sparsities), texts
 
 
-def full_texts(loaded, tokens: int) -> int:
-    """How many held-out texts of ``tokens`` tokens there are."""
-    count = 0
-    while True:
-        try:
-            kv_text_ids(loaded, count, tokens)
-        except ValueError:
-            return count
-        count += 1
-
-
 @st.cache_data(show_spinner=False, max_entries=64)
 def texts_available(model_key: str, tokens: int, _loaded) -> int:
-    return full_texts(_loaded, tokens)
+    return kv_text_count(_loaded, tokens)
 
 
 def sweep_section(loaded, model_key: str, s: KVSettings, n_tokens: int, stem: str) -> None:
@@ -298,7 +287,7 @@ def sweep_section(loaded, model_key: str, s: KVSettings, n_tokens: int, stem: st
     slot = job_buttons(job, st, "kv_sweep", f"Run the sweep ({total} cells)", unit="cells")
     st.download_button("Sweep as a study spec (.json)", spec.to_json(), f"{stem}-kv-study.json",
                        mime="application/json", key="kv_dl_spec",
-                       help="run it elsewhere: python -m sparsekit.study spec.json (add --ray-address for a cluster)")
+                       help="run it elsewhere: python -m sparsekit.study run spec.json (--backend ray --ray ADDRESS for a cluster)")
     if job["status"] == "running":
         bar = ResumedProgress("Sweeping", total, "cells")
 

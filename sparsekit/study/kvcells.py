@@ -38,10 +38,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KV_METHODS", "KV_METRICS", "KV_VERSION", "KVStudy", "canonical_kv_pattern", "check_kv_spec", "head_dim_of",
-    "kv_cell_config", "kv_config_for", "kv_metrics", "kv_text_ids", "parse_kv_pattern",
+    "kv_cell_config", "kv_config_for", "kv_metrics", "kv_text_count", "kv_text_ids", "parse_kv_pattern",
 ]
 
-KV_VERSION = 1
+KV_VERSION = 2
 """Part of every KV cell key: bump when a KV record's contents or meaning change."""
 KV_METHODS = ("mustafar-token", "mustafar-channel", "mustafar-token-output", "mustafar-channel-output", "streaming",
               "h2o")
@@ -137,6 +137,18 @@ def head_dim_of(module: Any) -> int:
     return int(hidden) // int(heads)
 
 
+def _full_rows(loaded: Any, tokens: int) -> Any:
+    from ..models.lm_small import heldout_rows, lm_small_heldout
+
+    rows = heldout_rows(loaded.tokenizer, lm_small_heldout(), tokens)
+    return rows["input_ids"][rows["attention_mask"].sum(dim=1) == tokens]
+
+
+def kv_text_count(loaded: Any, tokens: int) -> int:
+    """How many held-out texts of ``tokens`` tokens there are (``kv_text_ids``)."""
+    return int(_full_rows(loaded, tokens).shape[0])
+
+
 def kv_text_ids(loaded: Any, index: int, tokens: int) -> Any:
     """Held-out text ``index``: the small LM's held-out pieces tokenised with the model's tokenizer, laid end
     to end and cut into rows of ``tokens`` (``lm_small.heldout_rows``); only full rows count.
@@ -144,10 +156,7 @@ def kv_text_ids(loaded: Any, index: int, tokens: int) -> Any:
     Raises:
         ValueError: an index past the full rows.
     """
-    from ..models.lm_small import heldout_rows, lm_small_heldout
-
-    rows = heldout_rows(loaded.tokenizer, lm_small_heldout(), tokens)
-    full = rows["input_ids"][rows["attention_mask"].sum(dim=1) == tokens]
+    full = _full_rows(loaded, tokens)
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < full.shape[0]:
         raise ValueError(f"held-out text {index!r} does not exist: there are {full.shape[0]} texts of {tokens} "
                          "tokens (indices from 0)")
@@ -170,7 +179,7 @@ def kv_metrics(result: Any) -> dict[str, float]:
     return {"perplexity": result.perplexity, "perplexity_ratio": result.perplexity / result.dense_perplexity,
             "agreement": result.agreement,
             "attention_error": sum(heads) / len(heads) if heads else math.nan, "cache_bytes": float(own),
-            "generated_equal": same / len(result.dense_generated) if result.dense_generated else 1.0}
+            "generated_equal": same / len(result.dense_generated) if result.dense_generated else math.nan}
 
 
 def check_kv_spec(spec: Any) -> None:

@@ -9,8 +9,9 @@ import numpy as np
 import plotly.graph_objects as go
 
 from ._style import method_color
+from .kvcache import KV_METHOD_STYLES
 
-__all__ = ["kv_cache_heatmap", "kv_groups_figure"]
+__all__ = ["kv_cache_heatmap", "kv_groups_figure", "pattern_label"]
 
 ZERO_COLOR = "#d9d9d9"
 """Background showing through where an entry is zeroed (pruned) or its token evicted."""
@@ -56,6 +57,18 @@ def kv_cache_heatmap(values: Any, *, title: str, window: int, tokens: Sequence[s
     return fig
 
 
+def pattern_label(pattern: str) -> str:
+    """``kv:0.5`` -> ``50%``; ``kv:0.7/0.3`` -> ``K70%/V30%`` (other text as it is)."""
+    head, _, tail = pattern.partition(":")
+    try:
+        parts = [float(p) for p in tail.split("/")]
+    except ValueError:
+        return pattern
+    if head != "kv" or not parts:
+        return pattern
+    return f"{parts[0]:.0%}" if len(parts) == 1 else f"K{parts[0]:.0%}/V{parts[1]:.0%}"
+
+
 def kv_groups_figure(groups: Sequence[Any], *, metric: str, metric_label: str, dense_bytes: float | None = None,
                      title: str) -> go.Figure:
     """Quality against cache bytes, one line per method, a point per sparsity (``study.aggregate.Group``s of a
@@ -82,11 +95,13 @@ def kv_groups_figure(groups: Sequence[Any], *, metric: str, metric_label: str, d
         mean = [i.mean for i in iv]
         plus = [0.0 if not np.isfinite(i.high) else i.high - i.mean for i in iv]
         minus = [0.0 if not np.isfinite(i.low) else i.mean - i.low for i in iv]
+        color, dash = KV_METHOD_STYLES.get(method, (method_color(method), "dot"))
         fig.add_trace(go.Scatter(
-            x=[g.memory_bytes for g in rows], y=mean, mode="lines+markers", name=method,
-            line=dict(color=method_color(method)), text=[g.pattern for g in rows],
+            x=[g.memory_bytes for g in rows], y=mean, mode="lines+markers+text", name=method,
+            line=dict(color=color, dash=dash), text=[pattern_label(g.pattern) for g in rows],
+            textposition="top center", textfont=dict(size=9, color=color),
             error_y=dict(type="data", array=plus, arrayminus=minus, visible=True),
-            hovertemplate="%{text}<br>cache %{x:,.0f} bytes<br>" + metric_label + " %{y:.4g}<extra>" + method
+            hovertemplate="sparsity %{text}<br>cache %{x:,.0f} bytes<br>" + metric_label + " %{y:.4g}<extra>" + method
                           + "</extra>",
         ))
     if dense_bytes is not None:

@@ -140,6 +140,7 @@ def test_your_text_past_the_context():
 
 def test_sweep_runs_as_a_study_and_plots_direct_numbers(lm, tmp_cache):
     at = run(kv_sweep_methods=["mustafar-token", "h2o"], kv_sweep_sparsities=[50, 90], kv_sweep_texts=2)
+    assert [ms.key for ms in at.multiselect if not ms.proto.wrap] == []  # chips wrap, as on the other pages
     at.button(key="kv_sweep_run").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     library = titled(at, "KV cache: quality against cache bytes")

@@ -253,9 +253,9 @@ def sweep_spec(loaded, s: KVSettings, methods: list[str], sparsities: list[int],
 def sweep_form(n_texts: int) -> tuple[list[str], list[int], int]:
     c1, c2, c3 = st.columns([3, 2, 1])
     methods = c1.multiselect("Methods", list(KV_METHODS), default=list(SWEEP_DEFAULT_METHODS), key="kv_sweep_methods",
-                             format_func=METHOD_TITLES.get)
+                             wrap=True, format_func=METHOD_TITLES.get)
     sparsities = c2.multiselect("Sparsities (%)", list(range(10, 100, 10)), default=list(SWEEP_SPARSITIES),
-                                key="kv_sweep_sparsities")
+                                key="kv_sweep_sparsities", wrap=True)
     texts = int(c3.number_input("Texts", 1, max(1, n_texts), min(3, max(1, n_texts)), key="kv_sweep_texts",
                                 help="held-out texts; the interval is taken over them"))
     return methods, sorted(sparsities), texts

@@ -195,3 +195,26 @@ def test_notebook_reproduces_the_view(lm, downloads):
              if "application/vnd.plotly.v1+json" in o.get("data", {})]
     assert [p["layout"]["title"]["text"] for p in plots][:2] == ["pruned keys, layer 1 head 2",
                                                                  "pruned values, layer 1 head 2"]
+
+
+def test_hf_llama_directory_with_grouped_query_attention(hf_root, monkeypatch):
+    """An ``hf:`` LLaMA (2 KV heads for 4 query heads, head dim 8): the view picks among the KV heads, and its
+    numbers equal a direct call on the same directory."""
+    import sparsekit
+
+    monkeypatch.setenv("SPARSEKIT_MODEL_ROOTS", str(hf_root))
+    at = page_app("attention", "hf", TIMEOUT)
+    at.query_params["att_view"] = "KV cache"
+    at.run()
+    at.sidebar.selectbox(key="hf_choice").set_value(str(hf_root / "tiny-llama")).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    llama = sparsekit.load_model(f"hf:{hf_root / 'tiny-llama'}")
+    assert at.selectbox(key="kv_head").options == ["0", "1"]
+    ids = heldout(llama, 0, 96)
+    direct = evaluate_kv(llama, ids, KVConfig(k_sparsity=0.5, v_sparsity=0.5, residual_length=16), prompt=24,
+                         new_tokens=16, generation_prompt=96)
+    assert metric(at, "Perplexity") == f"{direct.perplexity:.2f}"
+    assert metric(at, "Cache bytes") == f"{direct.bytes['bitmap']:,}"
+    assert any("keys keep N = 4 of 8" in c.value for c in at.caption)
+    z = decode(titled(at, "pruned keys, layer 0 head 0")["data"][0]["z"])
+    assert z.shape == (95, 8)

@@ -91,6 +91,10 @@ def test_changed_sparsity_and_method_show_another_direct_call(lm):
     assert metric(at, "Perplexity") == f"{direct.perplexity:.2f}"
     assert metric(at, "Cache bytes") == f"{direct.bytes['dense']:,}"
     assert any("keeps 56 of the 95 cached tokens" in c.value for c in at.caption)
+    # Evicted tokens are grey rows: the 39 between the 4 sinks and the 52 newest.
+    z = decode(titled(at, "pruned keys, layer 0 head 0")["data"][0]["z"])
+    gone = np.isnan(z).all(axis=1)
+    assert gone.sum() == 39 and gone[4:43].all() and "39 tokens evicted" in json.dumps(titled(at, "pruned keys")["layout"])
 
 
 def test_url_opens_a_view(lm):

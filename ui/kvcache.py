@@ -203,11 +203,11 @@ def heatmap_section(loaded, view: KVView, ids: torch.Tensor, config: KVConfig) -
     tokens = [f"{i} {t}" for i, t in enumerate(loaded.tokenizer.convert_ids_to_tokens(ids[:-1].tolist()))]
     window = min(config.dense_tokens, len(tokens))
     gone = sum(view.evicted)
-    note = f", {gone} evicted tokens (grey rows)" if gone else ""
+    note = f"; {gone} tokens evicted (grey rows)" if gone else ""
     h1, h2 = st.columns(2)
     for col, name, x in ((h1, "keys", view.keys), (h2, "values", view.values)):
         col.plotly_chart(kv_cache_heatmap(x[layer, head], tokens=tokens, window=window, colorbar=name[0].upper(),
-                                          title=f"pruned {name}, layer {layer} head {head} (grey = zeroed{note})"),
+                                          title=f"pruned {name}, layer {layer} head {head}<br><sup>grey = zeroed{note}</sup>"),
                          width="stretch", key=f"kv_heat_{name}")
     return layer, head
 

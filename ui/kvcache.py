@@ -9,6 +9,7 @@ Ray where ``SPARSEKIT_RAY_ADDRESS`` is set), and a stopped sweep continues where
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -154,11 +155,25 @@ def kv_view_data(loaded, ids: torch.Tensor, config: KVConfig, prompt: int, new_t
     return KVView(result, keys, values, evicted, prompt)
 
 
+@contextlib.contextmanager
+def one_torch_thread():
+    """Torch on one thread in this (the session's script) thread, restored after: a token-by-token decode of a
+    small model is many tiny ops, where a second thread only waits (default view on lm:small, 2 busy cores:
+    0.7-0.9 s on one thread, 8-10 s on two). OpenMP's count is per calling thread, so other sessions keep theirs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @st.cache_resource(show_spinner=False, max_entries=32)
 def kv_computed(model_key: str, ids_key: str, config_json: str, prompt: int, new_tokens: int, _loaded,
                 _ids) -> KVView:
     """``kv_view_data``, cached per model, text ids (their digest), config and lengths."""
-    return kv_view_data(_loaded, _ids, KVConfig.from_json(config_json), prompt, new_tokens)
+    with one_torch_thread():
+        return kv_view_data(_loaded, _ids, KVConfig.from_json(config_json), prompt, new_tokens)
 
 
 def ids_digest(ids: torch.Tensor) -> str:
@@ -294,7 +309,7 @@ def sweep_section(loaded, model_key: str, s: KVSettings, n_tokens: int, stem: st
         def show(st_: Any) -> None:
             bar((st_.done + st_.failed) / st_.total if st_.total else 1.0, f"{st_.done}/{st_.total} cells done")
 
-        with heavy_job("study", loaded, once=None):
+        with heavy_job("study", loaded, once=None), one_torch_thread():
             result = run_study(spec, progress=show)
         bar.empty()
         job["status"] = "done" if result.status.state == "finished" else "stopped"

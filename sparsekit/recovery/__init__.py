@@ -52,6 +52,7 @@ from .records import (
     record_from_bytes,
     record_to_bytes,
 )
+from .soup import SoupResult, SoupRound, model_soup, next_config, uniform_soup
 from .store import (
     delete_recovery,
     list_recoveries,
@@ -70,4 +71,5 @@ __all__ = [
     "default_recovery_config", "delete_recovery", "gap_recovered", "layer_levels", "list_recoveries",
     "load_recovery", "make_objective", "pooled_embeddings", "record_from_bytes", "record_to_bytes", "recover",
     "recover_and_save", "recovered_model", "recovered_safetensors", "resumable_recovery", "save_recovery",
+    "SoupResult", "SoupRound", "model_soup", "next_config", "uniform_soup",
 ]

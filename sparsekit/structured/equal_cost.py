@@ -21,9 +21,10 @@ family, the setting and the reason in ``FamilyPoints.skipped``.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from ..config import SparsifyConfig
@@ -81,14 +82,14 @@ class FamilyPoints:
                  **{m: r.quality.get(m) for m in names}} for r in self.rows]
 
 
-def model_params(module: nn.Module, masks: dict[str, object] | None = None) -> int:
+def model_params(module: nn.Module, masks: Mapping[str, torch.Tensor] | None = None) -> int:
     """Parameter entries stored: every tensor once, a masked weight by its kept entries (``masks``: parameter
     name -> boolean mask with True = kept)."""
     masks = masks or {}
     total = 0
     for name, p in module.named_parameters():
         mask = masks.get(name)
-        total += int(mask.count_nonzero()) if mask is not None else p.numel()  # type: ignore[attr-defined]
+        total += int(mask.count_nonzero()) if mask is not None else p.numel()
     return total
 
 
@@ -215,9 +216,8 @@ def family_points(loaded: LoadedModel, *, unstructured: Sequence[float] = (0.5, 
 def _setting(family: str, value: object) -> str:
     if family == "unstructured":
         return f"{float(value):.0%}"  # type: ignore[arg-type]
-    if family == "N:M":
-        n, m = value  # type: ignore[misc]
-        return f"{n}:{m}"
+    if family == "N:M" and isinstance(value, tuple):
+        return f"{value[0]}:{value[1]}"
     if family == "SliceGPT":
         return f"slice {float(value):.0%}"  # type: ignore[arg-type]
     return f"{value} blocks"

@@ -2,11 +2,11 @@
 
 One module per area: ``masks`` (one layer's mask), ``reports`` (a sparsified model), ``sensitivity``
 (layer sensitivity scans), ``bench`` (kernel timings), ``training`` (training runs, SAD, seed
-studies), ``recovery`` (recovery runs, flip rate and oscillation), ``attention``, ``compare``, ``kvcache`` and
-``attribution``; ``_style`` holds what they share. Every public name is importable from here, so
-``from sparsekit import viz; viz.mask_heatmap(...)`` works whatever module a builder lives in. Names are
-imported on first use (PEP 562): asking for one imports the module that owns it, so a page that draws
-masks never imports the study or training figures and the libraries behind them.
+studies), ``recovery`` (recovery runs, flip rate and oscillation), ``attention``, ``compare``, ``families``
+(the equal-cost figure), ``kvcache`` and ``attribution``; ``_style`` holds what they share. Every public name
+is importable from here, so ``from sparsekit import viz; viz.mask_heatmap(...)`` works whatever module a
+builder lives in. Names are imported on first use (PEP 562): asking for one imports the module that owns
+it, so a page that draws masks never imports the study or training figures and the libraries behind them.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ..maskstats import DEFAULT_MAX_CELLS
     from ._style import (
         DIFF_COLORS,
+        FAMILY_COLORS,
         KEPT_COLOR,
         MODE_COLORS,
         PRUNED_COLOR,
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
         speedup_density_figure,
     )
     from .compare import METHOD_COLORS, compare_figure
+    from .families import family_cost_figure
     from .kvcache import KV_METHOD_STYLES, kv_quality_bytes_figure
     from .masks import (
         TEXT_CELLS_MAX,
@@ -96,8 +98,8 @@ _OWNERS: dict[str, tuple[str, ...]] = {
         "DEFAULT_MAX_CELLS",
     ),
     "._style": (
-        "DIFF_COLORS", "KEPT_COLOR", "MODE_COLORS", "PRUNED_COLOR", "RUN_COLORS", "SHADE_LEVELS", "SKIPPED_COLOR",
-        "color_map", "log_ticks", "method_color", "method_colors", "shade", "shade_level",
+        "DIFF_COLORS", "FAMILY_COLORS", "KEPT_COLOR", "MODE_COLORS", "PRUNED_COLOR", "RUN_COLORS", "SHADE_LEVELS",
+        "SKIPPED_COLOR", "color_map", "log_ticks", "method_color", "method_colors", "shade", "shade_level",
     ),
     ".attention": (
         "ATTENTION_FAMILY_COLORS", "LABEL_ALL_TOKENS", "attention_heatmap", "capture_figure", "head_grid_figure",
@@ -112,6 +114,9 @@ _OWNERS: dict[str, tuple[str, ...]] = {
     ),
     ".compare": (
         "METHOD_COLORS", "compare_figure",
+    ),
+    ".families": (
+        "family_cost_figure",
     ),
     ".kvcache": (
         "KV_METHOD_STYLES", "kv_quality_bytes_figure",
@@ -159,6 +164,7 @@ __all__ = [
     "run_colors", "run_key", "sad_heatmap_figure", "sad_series_figure", "search_tradeoff_figure", "sensitivity_heatmap",
     "sensitivity_proxy_figure", "seed_study_figure", "speedup_batch_figure", "speedup_density_figure",
     "token_attribution_figure", "training_curves_figure", "KV_METHOD_STYLES", "kv_quality_bytes_figure",
+    "FAMILY_COLORS", "family_cost_figure",
 ]
 
 

@@ -191,3 +191,11 @@ def shade_level(run: Any) -> int:
 
 def _number_text(v: float) -> str:
     return f"{v:g}"
+
+
+FAMILY_COLORS = {
+    "dense": "#888888", "unstructured": "#1f77b4", "N:M": "#d95f02", "SliceGPT": "#7570b3", "Monarch": "#e7298a",
+}
+"""One colour per family of structure (``sparsekit.structured.equal_cost.FAMILIES``) on every page: dense the
+same mid-grey as ``METHOD_COLORS['dense']``, unstructured the blue of magnitude pruning (its default method),
+N:M orange, SliceGPT purple, Monarch magenta."""

@@ -21,7 +21,7 @@ family, the setting and the reason in ``FamilyPoints.skipped``.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -133,7 +133,8 @@ def _blocks(values: object) -> tuple[int, ...]:
     return tuple(dict.fromkeys(out))
 
 
-def _masked_row(loaded: LoadedModel, config: SparsifyConfig, family: str, setting: str) -> FamilyRow:
+def _masked_row(loaded: LoadedModel, config: SparsifyConfig, family: str, setting: str,
+                measure: Callable[[nn.Module], dict[str, float]]) -> FamilyRow:
     result = sparsify(loaded, config, progress=False)
     pruned = [r for r in result.report if r.pruned]
     masks = {result.weight_names[r.name]: result.masks[r.name] for r in pruned}
@@ -145,13 +146,14 @@ def _masked_row(loaded: LoadedModel, config: SparsifyConfig, family: str, settin
         if fmt is None:  # cannot happen for an N:M config (every pruned layer has an N:M size); be explicit
             raise ValueError(f"{r.name}: no N:M size in the report")
         byte_count += fmt
-    return FamilyRow(family, setting, kept, model_params(loaded.module), byte_count, loaded.quality(result.model),
+    return FamilyRow(family, setting, kept, model_params(loaded.module), byte_count, measure(result.model),
                      f"{len(pruned)}/{len(result.report)} layers masked, {config.method}")
 
 
 def family_points(loaded: LoadedModel, *, unstructured: Sequence[float] = (0.5, 0.7),
                   nm: Sequence[tuple[int, int]] = ((2, 4),), slicegpt: Sequence[float] = (0.1, 0.2, 0.3),
                   monarch_blocks: Sequence[int] = (4, 16), method: str = "magnitude",
+                  quality: Callable[[nn.Module], dict[str, float]] | None = None,
                   progress: ProgressArg = True) -> FamilyPoints:
     """The dense model and every family's settings on one axis (kept parameters; stored bytes), with quality.
 
@@ -163,6 +165,8 @@ def family_points(loaded: LoadedModel, *, unstructured: Sequence[float] = (0.5, 
         slicegpt: SliceGPT slicing fractions of the residual width, each in [0, 1).
         monarch_blocks: Monarch block counts (every Linear whose sizes they divide and which they shrink).
         method: the scoring method of the unstructured and N:M masks (``sparsekit.methods.METHODS``).
+        quality: ``module -> {metric: value}`` measuring every model (default ``loaded.quality``; e.g. add a
+            held-out perplexity).
         progress: True (a ``tqdm.auto`` bar after 2 s), False, or a ``progress(fraction, message)`` callback.
 
     Returns:
@@ -185,8 +189,11 @@ def family_points(loaded: LoadedModel, *, unstructured: Sequence[float] = (0.5, 
             + [("SliceGPT", f) for f in fractions] + [("Monarch", b) for b in blocks])
     if not jobs:
         raise ValueError("choose at least one setting: unstructured, nm, slicegpt or monarch_blocks are all empty")
+    measure = quality if quality is not None else loaded.quality
+    if not callable(measure):
+        raise ValueError(f"quality must be a function module -> dict of metrics, got {type(quality).__name__}")
     dense_params = model_params(loaded.module)
-    rows = [FamilyRow("dense", "dense", dense_params, dense_params, model_bytes(loaded.module), loaded.quality(),
+    rows = [FamilyRow("dense", "dense", dense_params, dense_params, model_bytes(loaded.module), measure(loaded.module),
                       "the model as loaded")]
     skipped: list[tuple[str, str, str]] = []
     with reporter(progress, "family points") as report:
@@ -200,10 +207,10 @@ def family_points(loaded: LoadedModel, *, unstructured: Sequence[float] = (0.5, 
                 config = (SparsifyConfig(pattern="unstructured", sparsity=float(value), method=method)  # type: ignore[arg-type]
                           if family == "unstructured" else
                           SparsifyConfig(pattern="nm", n=value[0], m=value[1], method=method))  # type: ignore[index]
-                rows.append(_masked_row(loaded, config, family, setting))
+                rows.append(_masked_row(loaded, config, family, setting, measure))
                 continue
             try:
-                rows.append(_structured_row(loaded, family, value, dense_params))
+                rows.append(_structured_row(loaded, family, value, dense_params, measure))
             except ValueError as err:
                 reason = str(err)
                 model_wide = family == "SliceGPT" and not reason.startswith("slicing")
@@ -223,14 +230,15 @@ def _setting(family: str, value: object) -> str:
     return f"{value} blocks"
 
 
-def _structured_row(loaded: LoadedModel, family: str, value: object, dense_params: int) -> FamilyRow:
+def _structured_row(loaded: LoadedModel, family: str, value: object, dense_params: int,
+                    measure: Callable[[nn.Module], dict[str, float]]) -> FamilyRow:
     if family == "SliceGPT":
         sliced = slice_model(loaded, float(value), progress=False)  # type: ignore[arg-type]
         return FamilyRow(family, _setting(family, value), model_params(sliced.module), dense_params,
-                         model_bytes(sliced.module), loaded.quality(sliced.module),
+                         model_bytes(sliced.module), measure(sliced.module),
                          f"width {sliced.width} → {sliced.kept_width}")
     mon = monarchize(loaded, MonarchConfig(blocks=int(value)), progress=False)  # type: ignore[call-overload]
     s = mon.summary()
     return FamilyRow(family, _setting(family, value), model_params(mon.model), dense_params, model_bytes(mon.model),
-                     loaded.quality(mon.model), f"{s['layers_projected']}/{s['layers_total']} layers projected")
+                     measure(mon.model), f"{s['layers_projected']}/{s['layers_total']} layers projected")
 

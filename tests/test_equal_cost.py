@@ -174,6 +174,8 @@ def test_figure_traces_carry_the_rows_and_the_family_colours(vit_points):
         assert ("MB" in fig.layout.xaxis.title.text) == (x == "bytes")
         assert "count" in fig.layout.xaxis.title.text or x == "bytes"
     assert len(set(FAMILY_COLORS.values())) == len(FAMILY_COLORS)  # one colour per family
+    assert family_cost_figure(points, "accuracy").layout.yaxis.type is None
+    assert family_cost_figure(points, "accuracy", log_y=True).layout.yaxis.type == "log"
 
 
 def test_figure_bad_input(vit_points):

@@ -30,7 +30,8 @@ def _rows(rows: object) -> tuple[list[FamilyRow], list[tuple[str, str, str]]]:
 
 
 def family_cost_figure(rows: FamilyPoints | Sequence[FamilyRow], metric: str, *, x: str = "params",
-                       metric_label: str | None = None, higher_is_better: bool = True) -> go.Figure:
+                       metric_label: str | None = None, higher_is_better: bool = True,
+                       log_y: bool = False) -> go.Figure:
     """Quality against kept parameters (or stored bytes) for each family of structure, one colour per family.
 
     Args:
@@ -39,6 +40,7 @@ def family_cost_figure(rows: FamilyPoints | Sequence[FamilyRow], metric: str, *,
         x: ``"params"`` (kept parameters of the whole model) or ``"bytes"`` (stored bytes, MB).
         metric_label: y-axis title (default: the metric key).
         higher_is_better: shown in the axis title.
+        log_y: a log y axis (perplexities that span orders of magnitude).
 
     Returns:
         A figure with one trace per family (``meta`` = the family, colour ``FAMILY_COLORS``), points sorted by x
@@ -87,7 +89,7 @@ def family_cost_figure(rows: FamilyPoints | Sequence[FamilyRow], metric: str, *,
     fig.update_layout(title=dict(text=f"{title}<br><sup>{subtitle}</sup>"), height=480, margin=dict(b=110),
                       legend=dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0, title_text="family"))
     fig.update_xaxes(title_text=X_AXES[x])
-    fig.update_yaxes(title_text=f"{metric_label or metric} ({direction})")
+    fig.update_yaxes(title_text=f"{metric_label or metric} ({direction})", type="log" if log_y else None)
     return fig
 
 

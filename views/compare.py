@@ -1,4 +1,5 @@
-"""Compare: pruning methods x patterns x sparsity on the loaded model; channel permutation; export."""
+"""Compare: pruning methods x patterns x sparsity on the loaded model; channel permutation; structure families
+at equal cost; export."""
 import math
 
 import pandas as pd
@@ -10,6 +11,7 @@ from sparsekit.cache import get_cache, make_key
 from sparsekit.export import export_files, export_zip
 from sparsekit.recipes.compare import compare_headline, compare_recipe
 from sparsekit.sparsify import SparsifyConfig
+from ui.compare_families import families_section
 from ui.format import change_text, metric_text, table_view
 from ui.heavy import heavy_job
 from ui.long_jobs import EstimatingProgress, job_buttons, job_state
@@ -185,6 +187,8 @@ if prow is not None:
             st.dataframe(**table_view(pd.DataFrame([{"layer": k, "why": v} for k, v in prow.skipped.items()])),
                          hide_index=True)
 
+family_view = families_section(loaded, key, [NM_CHOICES[p] for p in nm], pcts, metric, label, higher)
+
 st.subheader("Export")
 st.markdown("A pruned model as `.safetensors`, its masks, and a JSON manifest (config, per-layer report, quality), "
             "in one zip. `sparsekit.export.reload_export(zip_bytes)` loads it back through the model loader.")
@@ -211,4 +215,4 @@ with notebook_slot.container():
         permutation_note=("The page showed a permutation search that was stopped part way; it is left out here "
                           "(`cmp.permuted_nm_row` runs the whole search)." if prow is not None and not finished
                           else ""),
-        upload_sha256=upload_digest(loaded)), key="cmp_notebook")
+        upload_sha256=upload_digest(loaded), families=family_view[1] if family_view else None), key="cmp_notebook")

@@ -11,13 +11,15 @@ from typing import Any, Sequence
 from ..compare import best_first, pivot
 from ..config import SparsifyConfig
 from ..evaluate import CompareRow, PermutedRow
+from ..structured.equal_cost import FamilyPoints
 from .base import Recipe, code, literal, md
 from .pages import load_cell
 
 
 def compare_headline(metric: str, *, configs: Sequence[SparsifyConfig] = (), rows: Sequence[CompareRow] | None = None,
                      dense: CompareRow | None = None, higher_is_better: bool = True,
-                     permuted: PermutedRow | None = None, plain: CompareRow | None = None) -> dict[str, Any]:
+                     permuted: PermutedRow | None = None, plain: CompareRow | None = None,
+                     families: FamilyPoints | None = None) -> dict[str, Any]:
     """What the Compare page shows for ``metric``.
 
     Args:
@@ -28,6 +30,7 @@ def compare_headline(metric: str, *, configs: Sequence[SparsifyConfig] = (), row
         higher_is_better: whether a larger ``metric`` is better.
         permuted: a finished ``compare.permuted_nm_row``, None when no search is shown.
         plain: the plain magnitude row of the same N:M pattern (with ``permuted``).
+        families: the structure families the page measured (``structured.equal_cost.family_points``).
 
     Returns:
         ``metric`` and ``settings``; with rows also ``dense`` (its value), ``table`` (pattern ->
@@ -36,6 +39,8 @@ def compare_headline(metric: str, *, configs: Sequence[SparsifyConfig] = (), row
         ``permuted`` and ``permuted_layers``.
     """
     head: dict[str, Any] = {"metric": metric, "settings": len(configs)}
+    if families is not None:
+        head["families"] = [[r.family, r.setting, r.kept_params, float(r.quality[metric])] for r in families.rows]
     if rows:
         if dense is None:
             raise ValueError("give the dense row with the sweep's rows")
@@ -57,8 +62,10 @@ def compare_headline(metric: str, *, configs: Sequence[SparsifyConfig] = (), row
 def compare_recipe(spec: str, methods: Sequence[str], nm_patterns: Sequence[tuple[int, int]],
                    sparsities: Sequence[float], metric: str, *, swept: bool,
                    permutation: tuple[int, int, float] | None = None, permutation_note: str = "",
-                   upload_sha256: str = "") -> Recipe:
-    """The Compare page: the sweep it showed and the permutation search it showed.
+                   upload_sha256: str = "",
+                   families: tuple[Sequence[float], Sequence[tuple[int, int]], Sequence[float], Sequence[int]]
+                   | None = None) -> Recipe:
+    """The Compare page: the sweep it showed, the permutation search and the structure families it showed.
 
     Args:
         spec: the model spec.
@@ -71,6 +78,7 @@ def compare_recipe(spec: str, methods: Sequence[str], nm_patterns: Sequence[tupl
         permutation: ``(n, m, max_seconds_per_layer)`` of a finished permutation search the page showed.
         permutation_note: why a permutation the page showed is left out (e.g. a stopped search).
         upload_sha256: set when the model's weights were uploaded in the browser.
+        families: ``(unstructured, nm, slicegpt, monarch_blocks)`` of the structure families the page showed.
     """
     methods, sparsities = list(methods), list(sparsities)
     nm_patterns = [(int(n), int(m)) for n, m in nm_patterns]
@@ -119,11 +127,25 @@ def compare_recipe(spec: str, methods: Sequence[str], nm_patterns: Sequence[tupl
         if permutation_note:
             cells.append(md(permutation_note))
         cells.append(code("permuted = plain = None"))
+    if families is not None:
+        unstructured, fam_nm, slices, blocks = families
+        cells += [
+            md("## Structure families at equal cost\nUnstructured and N:M masks (magnitude), SliceGPT and Monarch "
+               "on one axis: the parameters the whole model keeps, counted the same way for every family."),
+            code("from sparsekit.structured.equal_cost import family_points\n\n"
+                 f"families = family_points(model, unstructured={literal([float(v) for v in unstructured])}, "
+                 f"nm={literal([(int(n), int(m)) for n, m in fam_nm])},\n"
+                 f"                         slicegpt={literal([float(v) for v in slices])}, "
+                 f"monarch_blocks={literal([int(b) for b in blocks])})\n"
+                 "viz.family_cost_figure(families, metric, metric_label=label, higher_is_better=higher)"),
+        ]
+    else:
+        cells.append(code("families = None"))
     cells += [
         md("## Headline values (the ranking, the table and the permutation's figures)"),
         code("from sparsekit.recipes.compare import compare_headline\n\n"
              "headline = compare_headline(metric, configs=configs, rows=rows, dense=dense, higher_is_better=higher,\n"
-             "                            permuted=permuted, plain=plain)\nheadline"),
+             "                            permuted=permuted, plain=plain, families=families)\nheadline"),
     ]
     shown = (f"It compared pruning methods on `{spec}` by {metric}"
              + (" (the sweep)" if has_configs and swept else "")

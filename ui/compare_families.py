@@ -1,0 +1,65 @@
+"""Compare page: every family of structure (unstructured, N:M, SliceGPT, Monarch) on one equal-cost axis."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+import streamlit as st
+
+from sparsekit import viz
+from sparsekit.models.base import LoadedModel
+from sparsekit.structured.equal_cost import FamilyPoints, family_points
+from ui.format import table_view
+from ui.heavy import heavy_job
+from ui.long_jobs import EstimatingProgress
+
+SLICE_CHOICES = [10, 20, 30, 40, 50]
+Settings = tuple[tuple[float, ...], tuple[tuple[int, int], ...], tuple[float, ...], tuple[int, ...]]
+BLOCK_CHOICES = [2, 4, 8, 16, 32, 64]
+
+
+def families_section(loaded: LoadedModel, key: str, nm: Sequence[tuple[int, int]], pcts: Sequence[int],
+                     metric: str, label: str, higher: bool) -> tuple[FamilyPoints, Settings] | None:
+    """The section: settings, a button that measures every family (magnitude masks, no fine-tuning), the
+    figure against kept parameters or stored bytes, the table and a CSV. Returns the points shown and their
+    settings ``(unstructured, nm, slicegpt, monarch_blocks)``, if any."""
+    st.subheader("Structure families at equal cost")
+    st.markdown(
+        "Unstructured and N:M masks (the choices above, magnitude), **SliceGPT** (rotate the residual stream by "
+        "PCA, then delete a fraction of its width; pre-LayerNorm GPT-2/Llama only) and **Monarch** (each Linear "
+        "projected onto two block-diagonal factors) on one axis: the parameters the whole model keeps, counted "
+        "the same way for every family, or the bytes each stores in its own format. No fine-tuning.")
+    c1, c2, c3 = st.columns([1, 1, 1])
+    slices = c1.multiselect("SliceGPT (% of width sliced)", SLICE_CHOICES, default=[20, 40], key="cmp_fam_slice",
+                            wrap=True, bind="query-params")
+    blocks = c2.multiselect("Monarch blocks", BLOCK_CHOICES, default=[4, 16], key="cmp_fam_blocks", wrap=True,
+                            bind="query-params")
+    x = c3.radio("x axis", ["params", "bytes"], key="cmp_fam_x", horizontal=True,
+                 format_func=lambda v: "kept parameters" if v == "params" else "stored bytes")
+    settings: Settings = (tuple(p / 100 for p in pcts), tuple(nm), tuple(s / 100 for s in slices), tuple(blocks))
+    store = st.session_state.setdefault("cmp_families", {})
+    store_key = f"{key}|{settings}"
+    if c1.button("Measure the families", key="cmp_fam_run"):
+        bar = EstimatingProgress("Measuring each family")
+        try:
+            with heavy_job("sweep", loaded, label="structure families"):
+                store[store_key] = family_points(loaded, unstructured=settings[0], nm=settings[1],
+                                                 slicegpt=settings[2], monarch_blocks=settings[3], progress=bar)
+        except ValueError as err:
+            st.error(f"Cannot measure the families: {err}")
+        bar.empty()
+    points: FamilyPoints | None = store.get(store_key)
+    if points is None:
+        st.caption("Nothing measured for these settings yet: each setting prunes, slices or projects a copy and "
+                   "measures it (seconds on the digits models, a few minutes on a language model).")
+        return None
+    st.plotly_chart(viz.family_cost_figure(points, metric, x=x, metric_label=label, higher_is_better=higher),
+                    width="stretch", key="cmp_fam_fig", theme="streamlit")
+    table = pd.DataFrame(points.table([metric]))
+    st.dataframe(**table_view(table, {"kept share": st.column_config.NumberColumn(format="percent")}),
+                 hide_index=True, width="stretch")
+    if points.skipped:
+        st.caption("Not measured: " + "; ".join(f"{fam} {setting}: {why}" for fam, setting, why in points.skipped))
+    st.download_button("Families (.csv)", table.to_csv(index=False),
+                       f"{loaded.name}-families.csv".replace("/", "_"), mime="text/csv", key="cmp_fam_csv")
+    return points, settings

@@ -53,8 +53,14 @@ def families_section(loaded: LoadedModel, key: str, nm: Sequence[tuple[int, int]
         st.caption("Nothing measured for these settings yet: each setting prunes, slices or projects a copy and "
                    "measures it (seconds on the digits models, a few minutes on a language model).")
         return None
-    st.plotly_chart(viz.family_cost_figure(points, metric, x=x, metric_label=label, higher_is_better=higher),
+    values = [v for r in points.rows if (v := r.quality.get(metric)) is not None and v > 0]
+    # A perplexity that blows up (a coarse Monarch projection) would flatten every other point: log scale then.
+    log_y = bool(values) and not higher and max(values) > 10 * min(values)
+    st.plotly_chart(viz.family_cost_figure(points, metric, x=x, metric_label=label, higher_is_better=higher,
+                                           log_y=log_y),
                     width="stretch", key="cmp_fam_fig", theme="streamlit")
+    if log_y:
+        st.caption("The quality axis is logarithmic: the values span more than a factor of 10.")
     table = pd.DataFrame(points.table([metric]))
     st.dataframe(**table_view(table, {"kept share": st.column_config.NumberColumn(format="percent")}),
                  hide_index=True, width="stretch")

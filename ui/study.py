@@ -23,7 +23,7 @@ from ui.heavy import heavy_job
 from ui.long_jobs import duration_text
 
 MODEL_LABELS = {"minilm": "MiniLM (bundled)", "digits:mlp": "Digits MLP", "digits:cnn": "Digits CNN",
-                "digits:vit": "Digits ViT"}
+                "digits:vit": "Digits ViT", "lm:small": "Small GPT-2 LM"}
 TRAIN_PATTERNS = [nm_label(n, m) for n, m in NM_PRESETS[:4]]
 PATTERNS = [*TRAIN_PATTERNS, "unstructured:0.3", "unstructured:0.5", "unstructured:0.7", "unstructured:0.9"]
 MAX_UPLOAD_BYTES = 64 * 1024
@@ -82,6 +82,37 @@ def training_form() -> StudySpec | None:
     name = c7.text_input("Name", "SR-STE vs STE", max_chars=80, key="st_tname")
     return _spec(name=name, kind="training", models=(), methods=tuple(methods), patterns=tuple(patterns),
                  seeds=tuple(range(seeds)), lambda_w=(float(lam),), train=replace(base, epochs=epochs))
+
+
+def kv_form() -> StudySpec | None:
+    """Widgets for a KV-cache grid (methods × K = V sparsities × held-out texts of a causal LM)."""
+    from ui.kvcache import METHOD_TITLES, SWEEP_DEFAULT_METHODS, SWEEP_SPARSITIES  # the Attention page's names
+    from sparsekit.study.kvcells import KV_METHODS, KVStudy
+
+    c1, c2 = st.columns(2)
+    sidebar = st.session_state.get("_model_key", "").split("#", 1)[0]
+    causal = ["lm:small", *(s for s in model_choices() if s.startswith("hf:"))]
+    model = c1.selectbox("Causal LM", causal, index=causal.index(sidebar) if sidebar in causal else 0, key="st_kv_model",
+                         format_func=lambda s: MODEL_LABELS.get(s, s.removeprefix("hf:")),
+                         help="the KV cache belongs to causal language models (an encoder keeps none)")
+    methods = c2.multiselect("Methods", list(KV_METHODS), default=list(SWEEP_DEFAULT_METHODS), key="st_kv_methods",
+                             wrap=True, format_func=METHOD_TITLES.get)
+    c3, c4, c5, c6 = st.columns([2, 1, 1, 1])
+    sparsities = c3.multiselect("K = V sparsity (%)", list(range(10, 100, 10)), default=list(SWEEP_SPARSITIES),
+                                key="st_kv_sparsities", wrap=True,
+                                help="N = kept: a vector of D entries keeps D − ⌊s·D⌋ (Mustafar); the eviction "
+                                     "baselines keep as many entries as whole tokens")
+    texts = int(c4.number_input("Held-out texts", 2, 64, 8, key="st_kv_texts",
+                                help="each text is one seed of the study: intervals are over texts"))
+    tokens = int(c5.number_input("Tokens per text", 16, 256, 128, key="st_kv_tokens"))
+    window = int(c6.number_input("Dense window", 0, 64, 16, key="st_kv_window", help="Mustafar's residual_length"))
+    try:
+        settings = KVStudy(tokens=tokens, prompt=max(1, min(32, tokens // 4)), residual_length=window, new_tokens=0)
+    except ValueError as err:
+        st.error(f"Cannot build this study: {err}")
+        return None
+    return _spec(name=f"KV cache {model}", kind="kv", models=(model,), methods=tuple(methods),
+                 patterns=tuple(f"kv:{p / 100:g}" for p in sparsities), seeds=tuple(range(texts)), kv=settings)
 
 
 def uploaded_spec() -> StudySpec | None:

@@ -8,8 +8,8 @@ from sparsekit import study
 from sparsekit.recipes.study import study_recipe
 from ui.notebook import notebook_button
 from ui.long_jobs import job_state
-from ui.study import (backend_choice, oneshot_form, results, run_study, status_text, study_buttons, training_form,
-                      uploaded_spec)
+from ui.study import (backend_choice, kv_form, oneshot_form, results, run_study, status_text, study_buttons,
+                      training_form, uploaded_spec)
 
 st.title("Studies")
 st.markdown(
@@ -20,10 +20,10 @@ st.markdown(
     "its spec and `python -m sparsekit.study run SPEC.json` (add `--backend ray --ray ADDRESS` for a cluster)."
 )
 
-kind = st.radio("Study", ["oneshot", "training", "upload"], horizontal=True, key="st_kind",
+kind = st.radio("Study", ["oneshot", "training", "kv", "upload"], horizontal=True, key="st_kind",
                 format_func={"oneshot": "One-shot pruning", "training": "Sparse training (SR-STE vs STE)",
-                             "upload": "From a spec file"}.get)
-spec = {"oneshot": oneshot_form, "training": training_form, "upload": uploaded_spec}[kind]()
+                             "kv": "KV-cache pruning", "upload": "From a spec file"}.get)
+spec = {"oneshot": oneshot_form, "training": training_form, "kv": kv_form, "upload": uploaded_spec}[kind]()
 if spec is None:
     st.stop()
 

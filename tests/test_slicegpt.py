@@ -199,3 +199,13 @@ def test_models_it_does_not_apply_to(model_root):
     gpt2 = sparsekit.load_model("hf:family/tiny-gpt2")
     with pytest.raises(ValueError, match="LoadedModel or an nn.Module"):
         slice_model(copy.copy(gpt2.info), 0.2, progress=False)
+
+
+def test_result_names_its_model_as_the_other_results_do():
+    import dataclasses
+
+    from sparsekit.structured.slicegpt_result import SliceResult
+
+    fields = {f.name: None for f in dataclasses.fields(SliceResult)}
+    result = SliceResult(**{**fields, "module": torch.nn.Linear(2, 2)})
+    assert result.model is result.module

@@ -78,6 +78,11 @@ class SliceResult(Shown):
     """Calibration tokens the rotations were computed on."""
 
     @property
+    def model(self) -> nn.Module:
+        """The sliced model (the same object as ``module``), named as in ``SparsifyResult`` and ``MonarchResult``."""
+        return self.module
+
+    @property
     def kept_fraction(self) -> float:
         """``params_after / params_before`` (above 1 where untying the head and the shortcut matrices add more than
         slicing removes)."""

@@ -214,3 +214,22 @@ def test_bad_input(kwargs, message):
 def test_not_a_loaded_model():
     with pytest.raises(ValueError, match="takes a LoadedModel"):
         family_points(shared_model("digits:mlp").module, progress=False)  # type: ignore[arg-type]
+
+
+def test_points_show_a_card_and_draw_their_figure():
+    from sparsekit.display import percent
+    from sparsekit.structured.equal_cost import FamilyPoints, FamilyRow
+
+    rows = [FamilyRow("dense", "dense", 100, 100, 400, {"accuracy": 97.5}),
+            FamilyRow("unstructured", "50%", 60, 100, 300, {"accuracy": 90.0})]
+    points = FamilyPoints("digits:mlp", rows, [("SliceGPT", "all", "no blocks")])
+    card = points.summary_card()
+    assert card.title == "FamilyPoints: digits:mlp" and card.headline == {"settings": "1", "skipped": "1"}
+    assert [r["kept"] for r in card.rows] == [percent(1.0), percent(0.6)]
+    assert [r["bytes"] for r in card.rows] == ["400 B", "300 B"]
+    assert "SliceGPT all: no blocks" in card.note and "FamilyPoints" in repr(points)
+    assert "<table" in points._repr_html_()
+    from sparsekit import viz  # noqa: F401  (registers the figures)
+
+    fig = points.figure(metric="accuracy")
+    assert {t.meta for t in fig.data} >= {"unstructured"}

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..config import SparsifyConfig
+from ..display import Card, Shown, percent
 from ..methods import METHODS
 from ..models.base import LoadedModel
 from ..progress import ProgressArg, reporter
@@ -65,14 +66,26 @@ class FamilyRow:
         return self.kept_params / self.dense_params if self.dense_params else 1.0
 
 
-@dataclass
-class FamilyPoints:
-    """``family_points``' result: the rows (dense first) and the families or settings that were skipped."""
+@dataclass(repr=False)
+class FamilyPoints(Shown):
+    """``family_points``' result: the rows (dense first) and the families or settings that were skipped.
+    In Jupyter it shows a card (one row per setting); ``.figure(metric=...)`` draws
+    ``viz.family_cost_figure``."""
 
     model: str
     rows: list[FamilyRow]
     skipped: list[tuple[str, str, str]] = field(default_factory=list)
     """``(family, setting, reason)``; ``setting`` is ``all`` when the family does not apply to the model."""
+
+    FIGURE = "family_cost_figure"
+
+    def summary_card(self) -> Card:
+        """The settings measured and skipped, and one row per setting: kept share, bytes, quality."""
+        head = {"settings": str(sum(r.family != "dense" for r in self.rows)), "skipped": str(len(self.skipped))}
+        rows = [{"family": r.family, "setting": r.setting, "kept": percent(r.kept_share),
+                 "bytes": f"{r.stored_bytes:,} B", **r.quality} for r in self.rows]
+        note = "; ".join(f"{fam} {setting}: {why}" for fam, setting, why in self.skipped)
+        return Card(f"FamilyPoints: {self.model}", head, rows, note)
 
     def table(self, metrics: Sequence[str] | None = None) -> list[dict[str, object]]:
         """Flat dicts (family, setting, kept parameters, kept share, stored bytes, each metric) for printing."""

@@ -8,7 +8,8 @@
   reporting ``events.Event``s;
 - ``memory``: refuses up front a grid whose cells would not fit a worker;
 - ``aggregate``: intervals over seeds, paired differences, Pareto fronts, CSV/JSON;
-- ``runner``: ``run_study``, ``study_status``, ``study_records``, ``export``.
+- ``runner``: ``run_study``, ``study_status``, ``study_records``, ``export``;
+- ``soupcells`` / ``soupstudy``: model soups as studies (ingredients are cells; ``soup_study``, ``soup_results``).
 
 Command line: ``python -m sparsekit.study --help``.
 """
@@ -32,6 +33,8 @@ from .events import Event
 from .memory import ONESHOT_FACTOR, TRAINING_FACTOR, cell_memory_mb, check_memory, model_param_bytes
 from .records import CellRecord
 from .runner import StudyResult, execute, export, run_study, study_records, study_status
+from .soupcells import SoupStudy, ingredient_seeds
+from .soupstudy import SoupGroup, SoupOutcome, SoupStudyResult, soup_results, soup_study
 from .spec import (
     CELL_VERSION,
     KINDS,
@@ -59,5 +62,6 @@ __all__ = [
     "canonical_pattern", "cell_memory_mb", "check_memory", "cluster_resources", "comparable", "execute", "export",
     "make_backend", "model_param_bytes", "oneshot_cell", "paired_differences", "pareto_front", "parse_pattern",
     "records_csv", "run_cell", "run_study", "safe_run", "study_records", "study_status", "summarize", "summary_csv",
-    "summary_markdown", "training_cell",
+    "summary_markdown", "training_cell", "SoupGroup", "SoupOutcome", "SoupStudy", "SoupStudyResult", "ingredient_seeds",
+    "soup_results", "soup_study",
 ]

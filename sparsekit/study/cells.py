@@ -248,6 +248,21 @@ def run_kv(cell: Cell, *, loaded: LoadedModel | None = None) -> CellRecord:
     )
 
 
+def run_soup(cell: Cell, *, loaded: LoadedModel | None = None) -> CellRecord:
+    """Run one soup ingredient (``study.soupcells.run_ingredient``): a fixed-mask recovery with the cell's seed.
+
+    Returns:
+        The record: the ingredient's final quality as metrics, the whole run (weights, mask) in ``detail``.
+    """
+    from .soupcells import SEED_EFFECT, run_ingredient
+
+    out = run_ingredient(cell.config, loaded if loaded is not None else worker_model(cell.model))
+    return CellRecord(**cell.labels(), status="done", error=None, metrics=out["metrics"],
+                      higher_is_better=out["higher_is_better"], kept_fraction=out["kept_fraction"], memory_bytes=None,
+                      dense_bytes=None, seed_matters=True, seed_effect=SEED_EFFECT, calibration=None,
+                      seconds=out["seconds"], detail=out["detail"])
+
+
 def run_cell(cell: Cell, *, loaded: LoadedModel | None = None, calibration: Calibration | None = None,
              data: DigitsData | None = None) -> CellRecord:
     """Run one cell. Pure: same cell, same record (apart from ``RUNTIME_FIELDS``) on any backend.
@@ -274,6 +289,8 @@ def run_cell(cell: Cell, *, loaded: LoadedModel | None = None, calibration: Cali
         record = run_training(cell, data=data)
     elif cell.kind == "kv":
         record = run_kv(cell, loaded=loaded)
+    elif cell.kind == "soup":
+        record = run_soup(cell, loaded=loaded)
     else:
         raise ValueError(f"unknown cell kind {cell.kind!r}")
     return CellRecord.from_json(finite_json(replace(record, worker=worker_info()).to_json()))

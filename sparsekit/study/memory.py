@@ -76,7 +76,7 @@ def cell_memory_mb(spec: StudySpec) -> dict[str, float | None]:
         model spec -> MB (None where the size cannot be told here).
     """
     factor = ONESHOT_FACTOR if spec.kind != "training" else TRAINING_FACTOR
-    models: Iterable[str] = spec.models if spec.kind in ("oneshot", "kv") else (f"digits:{spec.train_base().arch}",)
+    models: Iterable[str] = spec.models if spec.kind != "training" else (f"digits:{spec.train_base().arch}",)
     out: dict[str, float | None] = {}
     for model in models:
         size = model_param_bytes(model)

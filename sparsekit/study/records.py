@@ -124,9 +124,9 @@ def read_record(raw: object) -> CellRecord | None:
         record = CellRecord.from_json(json.loads(raw))
         if record.done and record.kind == "oneshot":
             record.compare_row()
-        elif record.done and record.kind == "kv" and not isinstance(record.detail, dict):
+        elif record.done and record.kind in ("kv", "soup") and not isinstance(record.detail, dict):
             return None
-        elif record.done and record.kind != "kv":
+        elif record.done and record.kind not in ("kv", "soup"):
             record.seed_run()
     except (ValueError, TypeError):
         return None

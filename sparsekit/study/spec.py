@@ -1,11 +1,9 @@
 """What a study is: a grid of sparsity experiments (``StudySpec``) and the cells it enumerates (``Cell``).
 
-Two kinds of study:
-
-- ``oneshot``: every model × pattern × method × seed is pruned once (``sparsekit.sparsify``) and measured
-  with the model's own quality metric.
-- ``training``: every N:M pattern × method (``ste``/``srste``) × λ_w × seed trains a digits model from
-  scratch (``sparsekit.training``) and measures late SAD, final accuracy and late flips.
+Kinds: ``oneshot`` (every model × pattern × method × seed pruned once by ``sparsekit.sparsify``, measured with
+the model's own quality metric), ``training`` (every N:M pattern × ``ste``/``srste`` × λ_w × seed trains a digits
+model from scratch and measures late SAD, final accuracy and late flips), ``kv`` (``study.kvcells``) and ``soup``
+(``study.soupcells``: the ingredients of model soups).
 
 Patterns are strings: ``N:M`` keeps N of every M consecutive weights (``2:4``); ``unstructured:S`` prunes
 the fraction S of each layer's weights (``unstructured:0.5``). A cell's ``key`` is a hash of everything
@@ -31,10 +29,11 @@ from ..training.config import DEFAULT_LAMBDA_W, MAX_LAMBDA_W, TrainConfig, defau
 from ..training.seedresults import METRICS as TRAINING_METRICS
 from ..training.seedresults import STUDY_VERSION as TRAINING_VERSION
 from .kvcells import KV_VERSION, KVStudy, canonical_kv_pattern, check_kv_spec, kv_cell_config
+from .soupcells import SOUP_VERSION, SoupStudy, check_soup_spec, ingredient_seeds, soup_cell_config
 
 CELL_VERSION = 1
 """Part of every cell key: bump when a study record's contents or meaning change."""
-KINDS = ("oneshot", "training", "kv")
+KINDS = ("oneshot", "training", "kv", "soup")
 TRAINING_METHODS = ("ste", "srste")
 QUALITY_METRICS = ("accuracy", *ENCODER_METRICS, *CAUSAL_METRICS)
 """Quality metrics the model zoo produces (digits accuracy, encoder fidelity, causal-LM fidelity)."""
@@ -138,7 +137,8 @@ class Cell:
 
     def identity(self) -> dict[str, Any]:
         """Everything the result depends on (the seed label and the method name are inside ``config``)."""
-        version = {"oneshot": COMPARE_VERSION, "kv": KV_VERSION}.get(self.kind, TRAINING_VERSION)
+        version = {"oneshot": COMPARE_VERSION, "kv": KV_VERSION, "soup": SOUP_VERSION}.get(self.kind,
+                                                                                         TRAINING_VERSION)
         out = {"kind": self.kind, "model": self.model, "config": json.loads(self.config),
                "calibration_seed": self.calibration_seed, "versions": [CELL_VERSION, version]}
         files = model_files_token(self.model)
@@ -162,8 +162,9 @@ class Cell:
         return f"{self.model} {self.pattern} {self.method}{lam} seed {self.seed}"
 
     def sparsify_config(self) -> SparsifyConfig:
-        """The pruning config of a oneshot cell."""
-        return SparsifyConfig.from_json(self.config)
+        """The pruning config of a oneshot (or soup) cell."""
+        own = json.dumps(json.loads(self.config)["sparsify"]) if self.kind == "soup" else self.config
+        return SparsifyConfig.from_json(own)
 
     def train_config(self) -> TrainConfig:
         """The training config of a training cell."""
@@ -243,6 +244,8 @@ class StudySpec:
     """Coverage of the intervals over seeds."""
     kv: KVStudy | None = None
     """KV only (``study.kvcells``): settings every cell shares (seeds are held-out text indices); None = defaults."""
+    soup: SoupStudy | None = None
+    """Soup only (``study.soupcells``): k, rounds, recovery settings (seeds are outer seeds); None = defaults."""
 
     def __post_init__(self) -> None:
         for name in ("models", "methods", "patterns", "metrics"):
@@ -256,6 +259,8 @@ class StudySpec:
             object.__setattr__(self, "train", TrainConfig.from_json(dict(self.train)))
         if isinstance(self.kv, Mapping):
             object.__setattr__(self, "kv", KVStudy.from_json(dict(self.kv)))
+        if isinstance(self.soup, Mapping):
+            object.__setattr__(self, "soup", SoupStudy.from_json(dict(self.soup)))
 
     @property
     def study_id(self) -> str:
@@ -271,7 +276,7 @@ class StudySpec:
         """Raise ``ValueError`` with a message a user understands for anything out of bounds."""
         if self.kind not in KINDS:
             raise ValueError(f"unknown study kind {self.kind!r}; choose oneshot (prune and measure), training "
-                             "(train with STE/SR-STE) or kv (prune the KV cache of a causal LM)")
+                             "(train with STE/SR-STE), kv (prune the KV cache of a causal LM) or soup (a model soup)")
         if not isinstance(self.name, str):
             raise ValueError(f"the study's name must be text (a string in quotes), got {type(self.name).__name__} "
                              f"{self.name!r}")
@@ -279,8 +284,9 @@ class StudySpec:
             raise ValueError(f"the study needs a name of 1 to {MAX_NAME} characters, got {self.name!r}")
         if not isinstance(self.confidence, (int, float)) or not 0.5 <= self.confidence < 1.0:
             raise ValueError(f"confidence must be in [0.5, 1), got {self.confidence!r}")
-        if self.kv is not None and self.kind != "kv":
-            raise ValueError("kv settings belong to a KV study (kind kv); leave kv empty for this study")
+        for extra, what in (("kv", "KV"), ("soup", "soup")):
+            if getattr(self, extra) is not None and self.kind != extra:
+                raise ValueError(f"{extra} settings belong to a {what} study (kind {extra}); leave {extra} empty")
         self._check_seeds()
         for axis in ("methods", "patterns"):
             values = getattr(self, axis)
@@ -290,7 +296,7 @@ class StudySpec:
                 raise ValueError(f"at most {MAX_AXIS} {axis}, got {len(values)}")
             if len(set(values)) != len(values):
                 raise ValueError(f"{axis} lists a value twice: {list(values)}")
-        if self.kind == "oneshot":
+        if self.kind in ("oneshot", "soup"):
             self._check_oneshot()
         elif self.kind == "kv":
             check_kv_spec(self)
@@ -303,7 +309,7 @@ class StudySpec:
             raise ValueError(f"this study has {count} cells ({self._grid_text()}), over the limit of {MAX_CELLS}; "
                              "use fewer models, methods, patterns or seeds")
         for cell in self.cells() if self.kind != "kv" else ():
-            (cell.sparsify_config() if cell.kind == "oneshot" else cell.train_config()).validate()
+            (cell.train_config() if cell.kind == "training" else cell.sparsify_config()).validate()
 
     def _check_seeds(self) -> None:
         if not isinstance(self.seeds, tuple):
@@ -340,6 +346,8 @@ class StudySpec:
             raise ValueError(f"unknown metric(s) {bad}; oneshot metrics are {', '.join(QUALITY_METRICS)}")
         if self.base is not None and not isinstance(self.base, SparsifyConfig):
             raise ValueError("base must be SparsifyConfig settings")
+        if self.kind == "soup":
+            check_soup_spec(self)
 
     def _check_training(self) -> None:
         bad = [m for m in self.methods if m not in TRAINING_METHODS]
@@ -367,15 +375,17 @@ class StudySpec:
 
     def cell_count(self) -> int:
         """Cells of the grid (computed without building them)."""
-        if self.kind in ("oneshot", "kv"):
-            return len(self.models) * len(self.methods) * len(self.patterns) * len(self.seeds)
+        if self.kind in ("oneshot", "kv", "soup"):
+            k = (self.soup or SoupStudy()).ingredients if self.kind == "soup" else 1
+            return len(self.models) * len(self.methods) * len(self.patterns) * len(self.seeds) * k
         variants = sum(len(self._lambdas()) if m == "srste" else 1 for m in self.methods)
         return variants * len(self.patterns) * len(self.seeds)
 
     def _grid_text(self) -> str:
-        if self.kind in ("oneshot", "kv"):
+        if self.kind in ("oneshot", "kv", "soup"):
+            k = f" × {(self.soup or SoupStudy()).ingredients} ingredients" if self.kind == "soup" else ""
             return (f"{len(self.models)} models × {len(self.methods)} methods × {len(self.patterns)} patterns × "
-                    f"{len(self.seeds)} seeds")
+                    f"{len(self.seeds)} seeds{k}")
         return (f"{len(self.methods)} methods × {len(self._lambdas())} λ_w × {len(self.patterns)} patterns × "
                 f"{len(self.seeds)} seeds")
 
@@ -399,6 +409,12 @@ class StudySpec:
                         for method in self.methods:
                             out.append(_oneshot_axis_cell(model, base, pattern, n, m, s, method, seed))
             return out
+        if self.kind == "soup":
+            soup, base = self.soup or SoupStudy(), self.base or SparsifyConfig()
+            return [Cell("soup", model, method, canonical_pattern(p), s, soup_cell_config(_oneshot_axis_cell(
+                model, base, *parse_pattern(p), method, 0).sparsify_config(), soup.recovery, s), None, None,
+                "order of the training examples") for model in self.models for o in self.seeds for p in self.patterns
+                for method in self.methods for s in ingredient_seeds(o, soup.ingredients)]
         if self.kind == "kv":
             settings = self.kv or KVStudy()
             return [Cell("kv", model, method, canonical_kv_pattern(p), seed, kv_cell_config(method, p, seed, settings),

@@ -1,6 +1,8 @@
 """Structured alternatives to masks: transformations of a model that change the shape of its
 weights instead of zeroing entries (Monarch projection; SliceGPT), reported on the same
-kept-parameters and stored-bytes axes as ``sparsekit.sparsify``."""
+kept-parameters and stored-bytes axes as ``sparsekit.sparsify``. ``SliceResult.save`` and
+``MonarchResult.save`` write a folder (safetensors + JSON); ``load_structured`` rebuilds the model from it."""
+from .io import load_structured
 from .monarch import MonarchLinear, monarch_blocks_for_budget, monarch_params, monarch_project
 from .monarch_model import MonarchConfig, MonarchLayer, MonarchResult, monarchize
 from .slicegpt import SlicedRMSNorm, slice_model, sliced_width
@@ -10,4 +12,5 @@ __all__ = [
     "MonarchConfig", "MonarchLayer", "MonarchLinear", "MonarchResult", "monarch_blocks_for_budget", "monarch_params",
     "monarch_project", "monarchize",
     "LayerShape", "SliceResult", "SlicedRMSNorm", "slice_model", "sliced_width",
+    "load_structured",
 ]

@@ -11,7 +11,11 @@ Counts are of weight entries: a bias stays as it was and is left out of both sid
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,7 +35,12 @@ from ..models.base import LoadedModel, module_of
 from ..progress import ProgressArg, reporter
 from ..serial import JsonConfig
 from ..sparsify import layer_reasons
+from .folder import write_folder
 from .monarch import MonarchLinear, monarch_blocks_for_budget
+
+LAYOUT = ("M = P L Pᵀ R; right[k, j, i] = R_k[j, i], left[j, l, k] = L_j[l, k]; "
+          "M[l·b + j, k·p + i] = L_j[l, k]·R_k[j, i]")
+"""The factor layout and permutations of ``MonarchLinear`` (written to a saved folder, checked when loading)."""
 
 MAX_BLOCKS = 4096
 """Largest block count a config accepts."""
@@ -132,6 +141,32 @@ class MonarchResult(Shown):
     """All parameters of the model (embeddings, norms and biases too; shared ones once)."""
     model_bytes_before: int = 0
     model_bytes_after: int = 0
+    base_spec: str = ""
+    """The spec of the dense model ('' when projected from a bare module)."""
+    base_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """Every parameter's shape in the dense model (shared ones once), for ``save``."""
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the model to ``folder``: ``model.safetensors`` (the Monarch factors and every other weight) and
+        ``structure.json`` (the base model's spec and shapes, the config, each layer's shape and block count, the
+        factor layout and permutations). Nothing is pickled; reload it with
+        ``sparsekit.structured.load_structured(folder, base=loaded)``.
+
+        Returns:
+            The folder's path.
+        """
+        modules = dict(self.model.named_modules())
+        description: dict[str, Any] = {
+            "config": json.loads(self.config.to_json()), "layout": LAYOUT,
+            "layers": [dict(dataclasses.asdict(r), shape=list(r.shape),
+                            bias=r.projected and getattr(modules.get(r.name), "bias", None) is not None)
+                       for r in self.layers],
+            "model_params": [self.model_params_before, self.model_params_after],
+            "model_bytes": [self.model_bytes_before, self.model_bytes_after],
+        }
+        base = {"spec": self.base_spec, "class": type(self.model).__name__,
+                "shapes": {n: list(s) for n, s in self.base_shapes.items()}}
+        return write_folder(folder, "monarch", self.model, base, description)
 
     def summary(self) -> dict[str, float | int]:
         """Totals: ``layers_projected``, ``layers_total``; weight entries of the projected layers before and
@@ -266,7 +301,9 @@ def monarchize(model: nn.Module | LoadedModel, config: MonarchConfig, *, progres
             report(1.0, "done")
     copied.eval()
     params_after, bytes_after = _unique_params(copied)
-    return MonarchResult(copied, config, rows, params_before, params_after, bytes_before, bytes_after)
+    return MonarchResult(copied, config, rows, params_before, params_after, bytes_before, bytes_after,
+                         model.spec if isinstance(model, LoadedModel) else "",
+                         {n: tuple(p.shape) for n, p in source.named_parameters()})
 
 
-__all__ = ["MAX_BLOCKS", "MonarchConfig", "MonarchLayer", "MonarchResult", "monarchize"]
+__all__ = ["LAYOUT", "MAX_BLOCKS", "MonarchConfig", "MonarchLayer", "MonarchResult", "monarchize"]

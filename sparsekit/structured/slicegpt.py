@@ -29,58 +29,47 @@ What is done, in the order of the authors' code (microsoft/TransformerCompressio
 
 At ``fraction = 0`` the result is the dense model rotated, equal to it up to float rounding. Post-LayerNorm models
 (BERT, MiniLM) normalise the stream itself after each residual add, so no rotation of the stream passes through
-their norms; they are refused, as are models without transformer blocks and architectures not listed here.
+their norms; they are refused, as are models without transformer blocks and architectures not listed here. The
+digits ViT is pre-LN and handled the same way (``slicegpt_vit``: patch embedding, class token and position embedding
+write the stream; calibration is a batch of images, every token counted). The weight operations live in
+``slicegpt_ops``.
 """
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from ..layers import is_conv1d_transposed
-from ..methods.calibration import (
-    calibration_size,
-    calibration_slice,
-    check_calibration,
-    run_model,
-    token_mask,
-    transformer_blocks,
-)
+from ..methods.calibration import check_calibration, token_mask, transformer_blocks
 from ..models.base import LoadedModel
+from ..models.digits_nets import DigitsViT
 from ..progress import ProgressArg, ProgressFn, reporter
+from .slicegpt_ops import (
+    SlicedRMSNorm,
+    StreamBlock,
+    StreamParts,
+    centre_stream_writer,
+    centre_writer,
+    fold_norm,
+    pca,
+    read,
+    rotate_stream_writer,
+    second_moment,
+    write,
+)
 from .slicegpt_result import SliceResult, shape_rows
+from .slicegpt_vit import make_sliced, vit_parts
 
-__all__ = ["POST_LN_TYPES", "SUPPORTED_TYPES", "SlicedRMSNorm", "slice_model", "sliced_width"]
+__all__ = ["POST_LN_TYPES", "SUPPORTED_TYPES", "SlicedRMSNorm", "model_parts", "slice_model", "sliced_width",
+           "to_sliced_structure"]
 
 SUPPORTED_TYPES = ("gpt2", "llama")
 """``config.model_type`` values SliceGPT handles here."""
 POST_LN_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "albert", "mpnet", "camembert")
 """Encoder families that normalise after the residual add (post-LN)."""
-CHUNK_ROWS = 16
-"""Calibration rows per forward."""
-
-
-class SlicedRMSNorm(nn.Module):
-    """``x / sqrt(‖x‖² / full_width + eps)`` without parameters: what a folded LayerNorm or RMSNorm becomes. The
-    divisor stays the original width after slicing (the authors' ``RMSN(mean_dim)``)."""
-
-    def __init__(self, width: int, full_width: int, eps: float) -> None:
-        super().__init__()
-        self.width, self.full_width, self.eps = width, full_width, float(eps)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).sum(-1, keepdim=True) / self.full_width + self.eps)
-        return h.to(x.dtype)
-
-    def extra_repr(self) -> str:
-        return f"{self.width}, full_width={self.full_width}, eps={self.eps}"
-
-
 def sliced_width(hidden: int, fraction: float) -> int:
     """The kept width ``⌊(1 − fraction)·hidden⌋`` (the authors' ``int((1 - sparsity) * hidden_size)``).
 
@@ -146,31 +135,12 @@ def _sliced_class(base: type, arch: str) -> type:
 # Architectures
 
 
-@dataclass
-class _Block:
-    module: nn.Module
-    norms: tuple[str, str]
-    attn_in: list[nn.Module]
-    attn_out: nn.Module
-    mlp_in: list[nn.Module]
-    mlp_out: nn.Module
-
-
-@dataclass
-class _Parts:
-    arch: str
-    embeddings: list[nn.Embedding]
-    blocks: list[_Block]
-    final_owner: nn.Module
-    final_name: str
-    head: nn.Linear
-    eps: float
-
-
 def _refusal(module: nn.Module) -> str | None:
     config = getattr(module, "config", None)
     model_type = getattr(config, "model_type", None)
     name = type(module).__name__
+    if any(isinstance(m, SlicedRMSNorm) for m in module.modules()):
+        return f"{name} is already sliced (its norms are SlicedRMSNorm); slice the dense model instead"
     if not transformer_blocks(module):
         return (f"SliceGPT needs a transformer (a list of repeated blocks on a residual stream); {name} has no "
                 "transformer blocks")
@@ -180,9 +150,11 @@ def _refusal(module: nn.Module) -> str | None:
         return (f"SliceGPT needs a pre-LayerNorm transformer; {name} ({model_type or 'post-LN'}) normalises the "
                 "residual stream after each residual add (post-LN), so the stream passes through a LayerNorm that "
                 "an orthogonal rotation of it cannot pass through, and its principal directions cannot be sliced")
+    if isinstance(module, DigitsViT):
+        return None
     if model_type not in SUPPORTED_TYPES:
-        return (f"SliceGPT is implemented here for GPT-2 and Llama causal LMs (model_type {SUPPORTED_TYPES}); "
-                f"{name} has model_type {model_type!r}")
+        return (f"SliceGPT is implemented here for GPT-2 and Llama causal LMs (model_type {SUPPORTED_TYPES}) and "
+                f"the digits ViT; {name} has model_type {model_type!r}")
     if getattr(module, "lm_head", None) is None:
         return f"SliceGPT needs the causal LM with its head (a *ForCausalLM model); {name} has no lm_head"
     if getattr(config, "add_cross_attention", False):
@@ -190,194 +162,97 @@ def _refusal(module: nn.Module) -> str | None:
     return None
 
 
-def _parts(module: Any) -> _Parts:
+def model_parts(module: Any) -> StreamParts:
+    """The stream's writers, the blocks, the final norm and the head of a model ``slice_model`` accepts (or of a
+    sliced one: the same attributes)."""
+    if isinstance(module, DigitsViT):
+        return vit_parts(module)
+    width = int(module.config.hidden_size)
     if module.config.model_type == "gpt2":
         t = module.transformer
-        blocks = [_Block(b, ("ln_1", "ln_2"), [b.attn.c_attn], b.attn.c_proj, [b.mlp.c_fc], b.mlp.c_proj)
+        blocks = [StreamBlock(b, ("ln_1", "ln_2"), [b.attn.c_attn], b.attn.c_proj, [b.mlp.c_fc], b.mlp.c_proj)
                   for b in t.h]
-        return _Parts("gpt2", [t.wte, t.wpe], blocks, t, "ln_f", module.lm_head, float(t.ln_f.eps))
+        return StreamParts("gpt2", [t.wte, t.wpe], blocks, t, "ln_f", module.lm_head, float(t.ln_f.eps), width)
     m = module.model
-    blocks = [_Block(b, ("input_layernorm", "post_attention_layernorm"),
-                     [b.self_attn.q_proj, b.self_attn.k_proj, b.self_attn.v_proj], b.self_attn.o_proj,
-                     [b.mlp.gate_proj, b.mlp.up_proj], b.mlp.down_proj) for b in m.layers]
-    return _Parts("llama", [m.embed_tokens], blocks, m, "norm", module.lm_head, float(m.norm.variance_epsilon))
+    blocks = [StreamBlock(b, ("input_layernorm", "post_attention_layernorm"),
+                          [b.self_attn.q_proj, b.self_attn.k_proj, b.self_attn.v_proj], b.self_attn.o_proj,
+                          [b.mlp.gate_proj, b.mlp.up_proj], b.mlp.down_proj) for b in m.layers]
+    eps = float(getattr(m.norm, "variance_epsilon", getattr(m.norm, "eps", 1e-6)))
+    return StreamParts("llama", [m.embed_tokens], blocks, m, "norm", module.lm_head, eps, width)
 
 
-# --------------------------------------------------------------------------------------------------
-# Weights as float64 matrices [out, in], written back in the model's dtype
-
-
-def _matrix(m: Any) -> torch.Tensor:
-    w = m.weight.detach().double()
-    return w.T if is_conv1d_transposed(m) else w
-
-
-def _bias(m: nn.Module) -> torch.Tensor | None:
-    b = getattr(m, "bias", None)
-    return None if b is None else b.detach().double()
-
-
-def _put(m: Any, w: torch.Tensor, b: torch.Tensor | None = None) -> None:
-    dtype = m.weight.dtype
-    if isinstance(m, nn.Embedding):
-        m.weight = nn.Parameter(w.to(dtype).contiguous())
-        m.embedding_dim = w.shape[1]
-        return
-    if is_conv1d_transposed(m):
-        m.weight = nn.Parameter(w.T.to(dtype).contiguous())
-        m.nf, m.nx = w.shape
-    else:
-        m.weight = nn.Parameter(w.to(dtype).contiguous())
-        m.out_features, m.in_features = w.shape
-    if b is not None:
-        m.bias = nn.Parameter(b.to(dtype).contiguous())
-
-
-def _fold_norm(norm: nn.Module, readers: list[nn.Module]) -> None:
-    """``W·(γ⊙x + β) + b = (W·diag γ)·x + (b + W·β)`` for each reader."""
-    gamma = getattr(norm, "weight", None)
-    beta = getattr(norm, "bias", None)
-    for r in readers:
-        w, b = _matrix(r), _bias(r)
-        if beta is not None:
-            shift = w @ beta.detach().double()
-            b = shift if b is None else b + shift
-        _put(r, w * gamma.detach().double() if gamma is not None else w, b)
-
-
-def _centre_writer(m: nn.Module) -> None:
-    w, b = _matrix(m), _bias(m)
-    _put(m, w - w.mean(0, keepdim=True), None if b is None else b - b.mean())
-
-
-def _fold_norms(parts: _Parts, width: int) -> None:
-    """Step 1 of the module docstring (the model's output is unchanged)."""
-    final = getattr(parts.final_owner, parts.final_name)
-    parts.head.weight = nn.Parameter(parts.head.weight.detach().clone())  # untie from the token embedding
-    layernorm = parts.arch == "gpt2"
-    for blk in parts.blocks:
-        _fold_norm(getattr(blk.module, blk.norms[0]), blk.attn_in)
-        _fold_norm(getattr(blk.module, blk.norms[1]), blk.mlp_in)
-        if layernorm:
-            _centre_writer(blk.attn_out)
-            _centre_writer(blk.mlp_out)
-    _fold_norm(final, [parts.head])
-    if layernorm:
-        for e in parts.embeddings:
-            w = e.weight.detach().double()
-            _put(e, w - w.mean(-1, keepdim=True))
-    for blk in parts.blocks:
-        for attr in blk.norms:
-            setattr(blk.module, attr, SlicedRMSNorm(width, width, parts.eps))
+def to_sliced_structure(parts: StreamParts, norm_widths: list[int] | None = None) -> None:
+    """Replace every norm by a ``SlicedRMSNorm`` (width ``norm_widths[i]``, default the full width; the blocks'
+    two norms in order, then the final norm) and every block's class by its sliced subclass, with no shortcut
+    matrices yet. Changes no weight."""
+    width = parts.width
+    widths = list(norm_widths) if norm_widths is not None else [width] * (2 * len(parts.blocks) + 1)
+    for i, blk in enumerate(parts.blocks):
+        for j, attr in enumerate(blk.norms):
+            setattr(blk.module, attr, SlicedRMSNorm(widths[2 * i + j], width, parts.eps))
+        if parts.arch == "vit":
+            make_sliced(blk.module)
+            continue
         blk.module.__class__ = _sliced_class(type(blk.module), parts.arch)
         blk.module.register_parameter("attn_shortcut", None)
         blk.module.register_parameter("mlp_shortcut", None)
-    setattr(parts.final_owner, parts.final_name, SlicedRMSNorm(width, width, parts.eps))
+    setattr(parts.final_owner, parts.final_name, SlicedRMSNorm(widths[-1], width, parts.eps))
 
 
-# --------------------------------------------------------------------------------------------------
-# Principal directions of one position of the stream
+def _fold_norms(parts: StreamParts) -> None:
+    """Step 1 of the module docstring (the model's output is unchanged)."""
+    final = getattr(parts.final_owner, parts.final_name)
+    parts.head.weight = nn.Parameter(parts.head.weight.detach().clone())  # untie from the token embedding
+    layernorm = parts.arch in ("gpt2", "vit")
+    for blk in parts.blocks:
+        fold_norm(getattr(blk.module, blk.norms[0]), blk.attn_in)
+        fold_norm(getattr(blk.module, blk.norms[1]), blk.mlp_in)
+        if layernorm:
+            centre_writer(blk.attn_out)
+            centre_writer(blk.mlp_out)
+    fold_norm(final, [parts.head])
+    if layernorm:
+        for w in parts.writers:
+            centre_stream_writer(w)
+    to_sliced_structure(parts)
 
 
-class _Stop(Exception):
-    pass
-
-
-def _second_moment(model: nn.Module, calibration: dict[str, torch.Tensor], module: nn.Module, output: bool
-                   ) -> torch.Tensor:
-    """``Σ xᵀx`` (float64) over the calibration tokens of ``module``'s input (or output); the forward stops there."""
-    total: list[torch.Tensor] = []
-    mask: list[torch.Tensor | None] = [None]
-
-    def add(x: Any) -> None:
-        x = x[0] if isinstance(x, tuple) else x
-        rows = x.detach().double().reshape(-1, x.shape[-1])
-        if mask[0] is not None:
-            rows = rows[mask[0].reshape(-1)]
-        h = rows.T @ rows
-        if total:
-            total[0] += h
-        else:
-            total.append(h)
-        raise _Stop
-
-    def pre(_m: nn.Module, args: tuple, kwargs: dict) -> None:
-        add(args[0] if args else kwargs["hidden_states"])
-
-    def post(_m: nn.Module, _args: tuple, out: Any) -> None:
-        add(out)
-
-    handle = module.register_forward_hook(post) if output else module.register_forward_pre_hook(pre, with_kwargs=True)
-    try:
-        with torch.no_grad():
-            for start in range(0, calibration_size(calibration), CHUNK_ROWS):
-                chunk = calibration_slice(calibration, start, start + CHUNK_ROWS)
-                mask[0] = token_mask(chunk)
-                try:
-                    run_model(model, chunk)
-                except _Stop:
-                    continue
-                raise RuntimeError(f"the calibration forward never reached {type(module).__name__}")
-    finally:
-        handle.remove()
-    return total[0]
-
-
-def _pca(h: torch.Tensor, keep: int) -> tuple[torch.Tensor, float]:
-    """Eigenvectors of ``h``, largest eigenvalue first, and the share of ``trace(h)`` the first ``keep`` hold."""
-    values, vectors = torch.linalg.eigh(h)
-    order = torch.argsort(values, descending=True)
-    values, vectors = values[order], vectors[:, order]
-    total = float(values.clamp(min=0).sum())
-    return vectors, (float(values[:keep].clamp(min=0).sum()) / total if total > 0 else 1.0)
-
-
-def _read(readers: list[nn.Module], q: torch.Tensor) -> None:
-    for r in readers:
-        _put(r, _matrix(r) @ q)
-
-
-def _write(writer: nn.Module, q: torch.Tensor) -> None:
-    b = _bias(writer)
-    _put(writer, q.T @ _matrix(writer), None if b is None else q.T @ b)
-
-
-def _rotate_and_slice(model: nn.Module, parts: _Parts, calibration: dict[str, torch.Tensor], width: int, d: int,
-                      slice_head: bool, report: ProgressFn | None) -> list[tuple[str, float]]:
+def _rotate_and_slice(model: nn.Module, parts: StreamParts, calibration: Any, d: int, slice_head: bool,
+                      report: ProgressFn | None) -> list[tuple[str, float]]:
     """Step 2 of the module docstring; returns (position, share of the second moment kept) per position."""
     kept: list[tuple[str, float]] = []
     steps = 1 + 2 * len(parts.blocks)
     dtype = parts.head.weight.dtype
 
-    def pca(module: nn.Module, output: bool, where: str, keep: int) -> torch.Tensor:
+    def principal(module: nn.Module, output: bool, where: str, keep: int) -> torch.Tensor:
         if report is not None:
             report(len(kept) / steps, f"PCA of {where}")
-        q, share = _pca(_second_moment(model, calibration, module, output), keep)
+        q, share = pca(second_moment(model, calibration, module, output), keep)
         kept.append((where, share))
         return q
 
     first = parts.blocks[0].module
-    q = pca(first, False, "block 0 input", d)[:, :d]
-    for e in parts.embeddings:
-        _put(e, e.weight.detach().double() @ q)
+    q = principal(first, False, "block 0 input", d)[:, :d]
+    for w in parts.writers:
+        rotate_stream_writer(w, q)
     for i, blk in enumerate(parts.blocks):
         last = i == len(parts.blocks) - 1
         m = blk.module
         getattr(m, blk.norms[0]).width = d
-        _read(blk.attn_in, q)
+        read(blk.attn_in, q)
         m.attn_shortcut = nn.Parameter(q.T.to(dtype))  # d × D: back to the unrotated stream for now
-        q_mid = pca(getattr(m, blk.norms[1]), False, f"block {i} between attention and MLP", d)[:, :d]
+        q_mid = principal(getattr(m, blk.norms[1]), False, f"block {i} between attention and MLP", d)[:, :d]
         m.attn_shortcut = nn.Parameter((q.T @ q_mid).to(dtype))
-        _write(blk.attn_out, q_mid)
+        write(blk.attn_out, q_mid)
         getattr(m, blk.norms[1]).width = d
-        _read(blk.mlp_in, q_mid)
+        read(blk.mlp_in, q_mid)
         m.mlp_shortcut = nn.Parameter(q_mid.T.to(dtype))
-        d_out = width if last and not slice_head else d
-        q_out = pca(m, True, f"block {i} output", d_out)[:, :d_out]
+        d_out = parts.width if last and not slice_head else d
+        q_out = principal(m, True, f"block {i} output", d_out)[:, :d_out]
         m.mlp_shortcut = nn.Parameter((q_mid.T @ q_out).to(dtype))
-        _write(blk.mlp_out, q_out)
+        write(blk.mlp_out, q_out)
         q = q_out
-    _read([parts.head], q)
+    read([parts.head], q)
     getattr(parts.final_owner, parts.final_name).width = q.shape[1]
     if report is not None:
         report(1.0, "done")
@@ -386,24 +261,25 @@ def _rotate_and_slice(model: nn.Module, parts: _Parts, calibration: dict[str, to
 
 def slice_model(loaded: LoadedModel | nn.Module, fraction: float, calibration: Any = None, progress: ProgressArg = True,
                 *, slice_head: bool = True) -> SliceResult:
-    """SliceGPT: a smaller dense copy of a pre-LN causal LM whose residual stream keeps its ``1 − fraction`` largest
-    principal directions (see the module docstring). The given model is never modified.
+    """SliceGPT: a smaller dense copy of a pre-LN transformer whose residual stream keeps its ``1 − fraction``
+    largest principal directions (see the module docstring). The given model is never modified.
 
     Args:
-        loaded: a ``LoadedModel`` (GPT-2 or Llama ``hf:`` directory, ``lm:small``) or its module.
+        loaded: a ``LoadedModel`` (GPT-2 or Llama ``hf:`` directory, ``lm:small``, ``digits:vit``) or its module.
         fraction: share of the residual width deleted, in [0, 1); 0 rotates without slicing.
-        calibration: token tensors (``input_ids``, ``attention_mask``) whose signals give the rotations (default:
-            ``loaded.calibration``).
+        calibration: what gives the rotations: token tensors (``input_ids``, ``attention_mask``) for a language
+            model, a float image batch ``[n, 1, 8, 8]`` for the digits ViT (default: ``loaded.calibration``).
         progress: True (a ``tqdm.auto`` bar after 2 s), False, or a ``progress(fraction, message)`` callback.
         slice_head: slice the last block's output and the head too (default; False, the authors' default
-            ``do_slice_head=False``, keeps them at the full width, Llama only).
+            ``do_slice_head=False``, keeps them at the full width; not for GPT-2).
 
     Returns:
         A ``SliceResult``: the sliced module, each layer's weight shape before and after, parameter counts.
 
     Raises:
-        ValueError: a fraction outside [0, 1) or one that leaves no dimension, no calibration tokens, or a model
-            SliceGPT does not apply to (post-LN, no transformer blocks, another architecture), saying why.
+        ValueError: a fraction outside [0, 1) or one that leaves no dimension, no or the wrong kind of calibration
+            data, or a model SliceGPT does not apply to (post-LN, no transformer blocks, another architecture),
+            saying why.
     """
     source = loaded.module if isinstance(loaded, LoadedModel) else loaded
     if not isinstance(source, nn.Module):
@@ -411,29 +287,39 @@ def slice_model(loaded: LoadedModel | nn.Module, fraction: float, calibration: A
     reason = _refusal(source)
     if reason is not None:
         raise ValueError(reason)
-    config: Any = source.config
-    if not slice_head and config.model_type == "gpt2":
-        raise ValueError("slice_head=False needs Llama: transformers' GPT-2 reshapes the final stream to the "
-                         "embeddings' width, so a sliced GPT-2 slices its head too (slice_head=True)")
-    width = int(config.hidden_size)
+    vit = isinstance(source, DigitsViT)
+    net: Any = source  # a transformers model or the ViT: read their sizes untyped
+    if not slice_head and not vit and net.config.model_type == "gpt2":
+        raise ValueError("slice_head=False needs Llama (or the digits ViT): transformers' GPT-2 reshapes the final "
+                         "stream to the embeddings' width, so a sliced GPT-2 slices its head too (slice_head=True)")
+    width = int(net.pos_embed.shape[-1]) if vit else int(net.config.hidden_size)
     d = sliced_width(width, fraction)
     if calibration is None and isinstance(loaded, LoadedModel):
         calibration = loaded.calibration
     check_calibration(calibration, "slicegpt")
-    if not isinstance(calibration, dict):
+    if vit and not isinstance(calibration, torch.Tensor):
+        raise ValueError("slicegpt calibrates the digits ViT on images (a float tensor [n, 1, 8, 8]), not on tokens")
+    if not vit and not isinstance(calibration, dict):
         raise ValueError("slicegpt calibrates on token tensors (a dict with input_ids), not on a float tensor")
     model: Any = copy.deepcopy(source).eval()
-    model.config.tie_word_embeddings = False
-    parts = _parts(model)
+    if not vit:
+        model.config.tie_word_embeddings = False
+    parts = model_parts(model)
     with reporter(progress, "slicegpt") as report, torch.no_grad():
-        _fold_norms(parts, width)
-        kept = _rotate_and_slice(model, parts, calibration, width, d, slice_head, report)
-    tokens = token_mask(calibration)
+        _fold_norms(parts)
+        kept = _rotate_and_slice(model, parts, calibration, d, slice_head, report)
+    tokens = token_mask(calibration) if isinstance(calibration, dict) else None
+    n_tokens = (int(tokens.sum()) if tokens is not None else int(calibration["input_ids"].numel())
+                if isinstance(calibration, dict) else int(calibration.shape[0]) * _vit_tokens(source))
     return SliceResult(
         module=model, fraction=float(fraction), width=width, kept_width=d, slice_head=slice_head,
         architecture=parts.arch, layers=shape_rows(source, model),
         params_before=sum(p.numel() for p in source.parameters()),
         params_after=sum(p.numel() for p in model.parameters()),
-        variance_kept=kept,
-        calibration_tokens=int(tokens.sum()) if tokens is not None else int(calibration["input_ids"].numel()),
+        variance_kept=kept, calibration_tokens=n_tokens,
+        base_spec=loaded.spec if isinstance(loaded, LoadedModel) else "",
     )
+
+
+def _vit_tokens(vit: Any) -> int:
+    return int(vit.pos_embed.shape[1])

@@ -3,10 +3,14 @@ and how much of each stream position's second moment the kept directions hold.""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from torch import nn
 
 from ..display import Card, Shown, fmt, percent
+from .folder import write_folder
+from .slicegpt_ops import SlicedRMSNorm
 
 __all__ = ["LayerShape", "SliceResult", "shape_rows"]
 
@@ -65,7 +69,7 @@ class SliceResult(Shown):
     slice_head: bool
     """Whether the last block's output and the head were sliced too."""
     architecture: str
-    """``gpt2`` or ``llama``."""
+    """``gpt2``, ``llama`` or ``vit`` (the digits ViT)."""
     layers: list[LayerShape]
     """Every parameter's shape before and after."""
     params_before: int
@@ -75,7 +79,9 @@ class SliceResult(Shown):
     variance_kept: list[tuple[str, float]]
     """Stream position -> share of ``Σ xᵀx`` (its trace) that the kept directions hold, on the calibration tokens."""
     calibration_tokens: int
-    """Calibration tokens the rotations were computed on."""
+    """Calibration tokens the rotations were computed on (the ViT: images × 17 tokens)."""
+    base_spec: str = ""
+    """The spec of the dense model (``lm:small``, ``digits:vit``; '' when sliced from a bare module)."""
 
     @property
     def model(self) -> nn.Module:
@@ -100,3 +106,27 @@ class SliceResult(Shown):
                 + ("head sliced" if self.slice_head else "last block output and head rotated, not sliced"))
         return Card(f"SliceResult: slice {percent(self.fraction)} ({self.architecture})", head, rows, note)
 
+    def save(self, folder: str | Path) -> Path:
+        """Write the sliced model to ``folder``: ``model.safetensors`` (its weights, shortcut matrices included) and
+        ``structure.json`` (the base model's spec and shapes, every weight's shape before and after, the norms'
+        widths, the shortcut matrices' names, the slicing settings). Nothing is pickled; reload it with
+        ``sparsekit.structured.load_structured(folder, base=loaded)``.
+
+        Returns:
+            The folder's path.
+        """
+        description: dict[str, Any] = {
+            "fraction": self.fraction, "width": self.width, "kept_width": self.kept_width,
+            "slice_head": self.slice_head, "architecture": self.architecture,
+            "layers": [[r.name, list(r.before) if r.before else None, list(r.after) if r.after else None]
+                       for r in self.layers],
+            "params_before": self.params_before, "params_after": self.params_after,
+            "variance_kept": [[w, s] for w, s in self.variance_kept], "calibration_tokens": self.calibration_tokens,
+            "norms": {n: [m.width, m.full_width, m.eps] for n, m in self.module.named_modules()
+                      if isinstance(m, SlicedRMSNorm)},
+            "shortcuts": [n for n, _ in self.module.named_parameters()
+                          if n.endswith(("attn_shortcut", "mlp_shortcut"))],
+        }
+        base = {"spec": self.base_spec, "class": type(self.module).__name__,
+                "shapes": {r.name: list(r.before) for r in self.layers if r.before is not None}}
+        return write_folder(folder, "slicegpt", self.module, base, description)

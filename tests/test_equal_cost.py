@@ -117,12 +117,22 @@ def test_monarch_counts_and_bytes_against_the_rebuilt_model(vit_points):
         assert got.quality == pytest.approx(loaded.quality(rebuilt))
 
 
-def test_slicegpt_does_not_apply_to_the_vit_and_says_why(vit_points):
-    _, points = vit_points
-    assert [(f, s) for f, s, _ in points.skipped] == [("SliceGPT", "all")]
-    assert "GPT-2 and Llama" in points.skipped[0][2]
-    assert not [r for r in points.rows if r.family == "SliceGPT"]
-    assert [r.family for r in points.rows] == ["dense"] + ["unstructured"] * 2 + ["N:M"] * 2 + ["Monarch"] * 2
+def test_slicegpt_points_of_the_vit(vit_points):
+    """The digits ViT is pre-LN: its SliceGPT point is the sliced model's count, against the rebuilt model and a
+    hand formula (d = 51 of 64: embeddings 4d + d + d + 17d, per block 3(64d + 64) + 64d + d + 128d + 128 + 128d + d
+    + 2d², head 10d + 10)."""
+    loaded, points = vit_points
+    assert points.skipped == []
+    assert [r.family for r in points.rows] == (["dense"] + ["unstructured"] * 2 + ["N:M"] * 2 + ["SliceGPT"]
+                                               + ["Monarch"] * 2)
+    got = row(points, "SliceGPT", "slice 20%")
+    sliced = slice_model(loaded, 0.2, progress=False)
+    d = 51
+    formula = 23 * d + 2 * (3 * (64 * d + 64) + 64 * d + d + 128 * d + 128 + 128 * d + d + 2 * d * d) + 10 * d + 10
+    plain = sum(p.numel() for _, p in unique_params(sliced.module))
+    assert sliced.kept_width == d and got.kept_params == plain == formula == sliced.params_after
+    assert got.stored_bytes == 4 * plain and got.detail == "width 64 → 51"
+    assert got.quality == pytest.approx(loaded.quality(sliced.module))
 
 
 def test_monarch_that_fits_no_layer_and_slicegpt_without_blocks_are_skipped():
@@ -135,6 +145,8 @@ def test_monarch_that_fits_no_layer_and_slicegpt_without_blocks_are_skipped():
     assert "no layer can be projected" in reasons[("Monarch", "3 blocks")]
     assert [(r.family, r.setting) for r in points.rows] == [("dense", "dense"), ("unstructured", "50%"),
                                                               ("Monarch", "2 blocks")]
+    title = family_cost_figure(points, "accuracy").layout.title.text  # the skipped ones named in the figure
+    assert "not applicable: Monarch 3 blocks, SliceGPT" in title
 
 
 def test_slicegpt_counts_against_the_rebuilt_model_and_a_fraction_leaving_nothing(model_root):
@@ -160,7 +172,7 @@ def test_figure_traces_carry_the_rows_and_the_family_colours(vit_points):
     for x, scale in (("params", None), ("bytes", 2**20)):
         fig = family_cost_figure(points, "accuracy", x=x)
         traces = {t.meta: t for t in fig.data}
-        assert set(traces) == {"dense", "unstructured", "N:M", "Monarch"}
+        assert set(traces) == {"dense", "unstructured", "N:M", "SliceGPT", "Monarch"}
         for family, trace in traces.items():
             rows = sorted((r for r in points.rows if r.family == family),
                           key=lambda r: r.kept_params if scale is None else r.stored_bytes)
@@ -170,7 +182,7 @@ def test_figure_traces_carry_the_rows_and_the_family_colours(vit_points):
             assert list(trace.text) == ["dense" if family == "dense" else r.setting for r in rows]
             assert trace.marker.color == FAMILY_COLORS[family]
         assert traces["dense"].marker.symbol == "star"
-        assert "SliceGPT" in fig.layout.title.text  # named as not applicable
+        assert "not applicable" not in fig.layout.title.text  # every family applies to the ViT
         assert ("MB" in fig.layout.xaxis.title.text) == (x == "bytes")
         assert "count" in fig.layout.xaxis.title.text or x == "bytes"
     assert len(set(FAMILY_COLORS.values())) == len(FAMILY_COLORS)  # one colour per family

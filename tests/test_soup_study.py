@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import sparsekit
+from sparsekit import viz
 from sparsekit.recovery import default_recovery_config, model_soup, uniform_soup
 from sparsekit.stats import mean_interval, paired_difference
 from sparsekit.study import SoupStudy, StudySpec, ingredient_seeds, run_study, soup_results, soup_study, soupcells
@@ -73,6 +74,17 @@ def test_the_study_soup_equals_model_soup_with_the_same_seeds(tmp_cache, counted
     assert any("held-out accuracy (%)" in k for k in got.rows()[0]) and "soup − mean (pp)" in got.rows()[0]
     assert len(got.csv().strip().splitlines()) == 3
     assert "4 soups" in repr(got).replace("soups 4", "4 soups") and "soup accuracy" in repr(got)
+    # The figure: one trace per level, each setting's mean and interval over outer seeds.
+    fig = viz.soup_figure(got)
+    assert [t.name for t in fig.data] == ["dense", "pruned, before recovery", "mean ingredient", "best ingredient",
+                                          "soup"]
+    soup_trace = fig.data[-1]
+    assert list(soup_trace.x) == [g.label for g in got.groups]
+    assert list(soup_trace.y) == [g.levels["soup"].mean for g in got.groups]
+    assert list(soup_trace.error_y.array) == [g.levels["soup"].high - g.levels["soup"].mean for g in got.groups]
+    assert soup_trace.marker.color[0] == viz.MODE_COLORS["fixed"]
+    assert fig.data[1].marker.color[0] == viz.method_color("magnitude")
+    assert len(viz.soup_figure([]).data) == 0
     # Read again from the cache: nothing computed, the same soups.
     counted.clear()
     again = soup_results(spec)

@@ -1,6 +1,7 @@
 """Recovery: fine-tune the pruned model to win back quality (fixed mask, STE, SR-STE on one budget), with
 live curves, SAD per interval and per layer, flip rate and oscillation; runs persist and export, and
-the Saved runs view lists, reopens and deletes them. Stop keeps a run where it got to (shown as "Stopped at step
+the Saved runs view lists, reopens and deletes them; the Model soup view averages k fixed-mask recoveries
+(``ui.recovery_soup``). Stop keeps a run where it got to (shown as "Stopped at step
 k of N" with its curves); Continue trains only the steps left."""
 import streamlit as st
 
@@ -11,6 +12,7 @@ from ui.heavy import heavy_job
 from ui.long_jobs import job_buttons, job_state
 from ui.notebook import upload_digest
 from ui.recovery import batch_runs, saved_runs_view, show_records, show_stopped
+from ui.recovery_soup import soup_view
 from ui.state import require_model, sparsified
 from ui.widgets import current_config
 
@@ -26,7 +28,8 @@ st.markdown(
 )
 
 # Saved runs need neither a loaded model nor a pruned setting: runs of every model are listed.
-view = st.radio("View", ["New recovery", "Saved runs"], horizontal=True, key="rc_view", label_visibility="collapsed")
+view = st.radio("View", ["New recovery", "Model soup", "Saved runs"], horizontal=True, key="rc_view",
+                label_visibility="collapsed")
 if view == "Saved runs":
     saved_runs_view()
     st.stop()
@@ -41,6 +44,9 @@ try:
     defaults = default_recovery_config(loaded.kind)
 except ValueError as err:
     st.error(f"Cannot recover this model: {err}")
+    st.stop()
+if view == "Model soup":
+    soup_view(loaded, config)  # ui.recovery_soup: k fixed-mask recoveries averaged, as a study of ingredients
     st.stop()
 
 c1, c2, c3, c4 = st.columns([2, 1, 1, 1])  # the modes' chips (fixed mask, STE, SR-STE) fit on one line

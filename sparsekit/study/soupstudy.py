@@ -144,6 +144,10 @@ class SoupStudyResult(Shown):
         return Card(f"SoupStudyResult {self.spec.name}", head, self.rows(), note)
 
 
+def _num(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
 def _text(value: float) -> Any:
     return "" if isinstance(value, float) and math.isnan(value) else value
 
@@ -163,7 +167,7 @@ def _soup_outcome(spec: StudySpec, cells: Sequence[Any], records: Sequence[CellR
     metric = str(detail.get("metric") or next(iter(quality)))
     higher = bool(records[0].higher_is_better.get(metric, True))
     return SoupOutcome(cells[0].model, cells[0].method, cells[0].pattern, outer, tuple(r.seed for r in records),
-                       metric, higher, float(quality[metric]), tuple(float(r.metrics[metric]) for r in records),
+                       metric, higher, float(quality[metric]), tuple(_num(r.metrics.get(metric)) for r in records),
                        float(detail["pruned_quality"][metric]), float(detail["dense_quality"][metric]),
                        {k: float(v) for k, v in quality.items()})
 

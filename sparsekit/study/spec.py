@@ -412,7 +412,7 @@ class StudySpec:
         if self.kind == "soup":
             soup, base = self.soup or SoupStudy(), self.base or SparsifyConfig()
             return [Cell("soup", model, method, canonical_pattern(p), s, soup_cell_config(_oneshot_axis_cell(
-                model, base, *parse_pattern(p), method, 0).sparsify_config(), soup.recovery, s), None, None,
+                model, base, *parse_pattern(p), method, base.seed).sparsify_config(), soup.recovery, s), None, None,
                 "order of the training examples") for model in self.models for o in self.seeds for p in self.patterns
                 for method in self.methods for s in ingredient_seeds(o, soup.ingredients)]
         if self.kind == "kv":

@@ -3,10 +3,11 @@
 One module per area: ``masks`` (one layer's mask), ``reports`` (a sparsified model), ``sensitivity``
 (layer sensitivity scans), ``bench`` (kernel timings), ``training`` (training runs, SAD, seed
 studies), ``recovery`` (recovery runs, flip rate and oscillation), ``attention``, ``compare``, ``families``
-(the equal-cost figure), ``kvcache`` and ``attribution``; ``_style`` holds what they share. Every public name
-is importable from here, so ``from sparsekit import viz; viz.mask_heatmap(...)`` works whatever module a
-builder lives in. Names are imported on first use (PEP 562): asking for one imports the module that owns
-it, so a page that draws masks never imports the study or training figures and the libraries behind them.
+(the equal-cost figure), ``kvcache``, ``attribution`` and ``soup`` (model soups); ``_style`` holds what they
+share. Every public name is importable from here, so ``from sparsekit import viz; viz.mask_heatmap(...)``
+works whatever module a builder lives in. Names are imported on first use (PEP 562): asking for one imports
+the module that owns it, so a page that draws masks never imports the study or training figures
+and the libraries behind them.
 """
 from __future__ import annotations
 
@@ -76,6 +77,7 @@ if TYPE_CHECKING:
     )
     from .reports import layer_kept_figure, memory_figure, params_by_type_figure, quality_figure
     from .sensitivity import allocation_figure, sensitivity_heatmap, sensitivity_proxy_figure
+    from .soup import soup_figure, soup_level_colors
     from .study import study_figure, study_interval_figure, study_pareto_figure, study_quality_figure, variant_colors
     from .training import (
         FLIP_COLORSCALE,
@@ -135,6 +137,9 @@ _OWNERS: dict[str, tuple[str, ...]] = {
     ".sensitivity": (
         "allocation_figure", "sensitivity_heatmap", "sensitivity_proxy_figure",
     ),
+    ".soup": (
+        "soup_figure", "soup_level_colors",
+    ),
     ".study": (
         "study_figure", "study_interval_figure", "study_pareto_figure", "study_quality_figure", "variant_colors",
     ),
@@ -164,7 +169,7 @@ __all__ = [
     "run_colors", "run_key", "sad_heatmap_figure", "sad_series_figure", "search_tradeoff_figure", "sensitivity_heatmap",
     "sensitivity_proxy_figure", "seed_study_figure", "speedup_batch_figure", "speedup_density_figure",
     "token_attribution_figure", "training_curves_figure", "KV_METHOD_STYLES", "kv_quality_bytes_figure",
-    "FAMILY_COLORS", "family_cost_figure",
+    "FAMILY_COLORS", "family_cost_figure", "soup_figure", "soup_level_colors",
 ]
 
 

@@ -8,6 +8,7 @@ import streamlit as st
 
 from sparsekit import viz
 from sparsekit.models.base import LoadedModel
+from sparsekit.structured import MonarchConfig, monarchize, slice_model, structured_zip
 from sparsekit.structured.equal_cost import FamilyPoints, family_points
 from ui.format import table_view
 from ui.heavy import heavy_job
@@ -26,7 +27,7 @@ def families_section(loaded: LoadedModel, key: str, nm: Sequence[tuple[int, int]
     st.subheader("Structure families at equal cost")
     st.markdown(
         "Unstructured and N:M masks (the choices above, magnitude), **SliceGPT** (rotate the residual stream by "
-        "PCA, then delete a fraction of its width; pre-LayerNorm GPT-2/Llama only) and **Monarch** (each Linear "
+        "PCA, then delete a fraction of its width; pre-LayerNorm models: GPT-2, Llama, the digits ViT) and **Monarch** (each Linear "
         "projected onto two block-diagonal factors) on one axis: the parameters the whole model keeps, counted "
         "the same way for every family, or the bytes each stores in its own format. No fine-tuning.")
     c1, c2, c3 = st.columns([1, 1, 1])
@@ -68,4 +69,38 @@ def families_section(loaded: LoadedModel, key: str, nm: Sequence[tuple[int, int]
         st.caption("Not measured: " + "; ".join(f"{fam} {setting}: {why}" for fam, setting, why in points.skipped))
     st.download_button("Families (.csv)", table.to_csv(index=False),
                        f"{loaded.name}-families.csv".replace("/", "_"), mime="text/csv", key="cmp_fam_csv")
+    _model_download(loaded, points, settings, store_key)
     return points, settings
+
+
+def _model_download(loaded: LoadedModel, points: FamilyPoints, settings: Settings, store_key: str) -> None:
+    """A chosen SliceGPT or Monarch point, made again (deterministic: the same calibration and projection) and
+    offered as a zip of its saved folder (safetensors + structure.json; ``load_structured`` reloads it)."""
+    measured = {(r.family, r.setting) for r in points.rows}
+    values: dict[str, tuple[str, float | int]] = {}
+    for f in settings[2]:
+        values[f"SliceGPT slice {f:.0%}"] = ("SliceGPT", f)
+    for b in settings[3]:
+        values[f"Monarch {b} blocks"] = ("Monarch", b)
+    labels = [label for label, (family, _) in values.items() if (family, label[len(family) + 1:]) in measured]
+    if not labels:
+        return
+    c1, c2 = st.columns([2, 1], vertical_alignment="bottom")
+    pick = c1.selectbox("Download a sliced or Monarch model", labels, key="cmp_fam_pick")
+    files = st.session_state.setdefault("cmp_fam_files", {})
+    file_key = f"{store_key}|{pick}"
+    name = f"{loaded.spec}-{pick}".replace(":", "-").replace("/", "_").replace(" ", "-").replace("%", "pct")
+    if c2.button("Prepare the download", key="cmp_fam_prepare"):
+        family, value = values[pick]
+        try:
+            with heavy_job("sweep", loaded, label=f"{pick} for download"), st.spinner(f"Making {pick}"):
+                result = (slice_model(loaded, float(value), progress=False) if family == "SliceGPT"
+                          else monarchize(loaded, MonarchConfig(blocks=int(value)), progress=False))
+                files[file_key] = structured_zip(result, name)
+        except ValueError as err:
+            st.error(f"Cannot make {pick}: {err}")
+    data = files.get(file_key)
+    if data is not None:
+        st.download_button(f"{pick} (.zip)", data, f"{name}.zip", mime="application/zip", key="cmp_fam_zip")
+        st.caption(f"model.safetensors and structure.json, no pickle. Reload: `load_structured('{name}', "
+                   f"base=sparsekit.load_model('{loaded.spec}'))` from `sparsekit.structured`.")

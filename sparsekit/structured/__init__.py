@@ -2,7 +2,7 @@
 weights instead of zeroing entries (Monarch projection; SliceGPT), reported on the same
 kept-parameters and stored-bytes axes as ``sparsekit.sparsify``. ``SliceResult.save`` and
 ``MonarchResult.save`` write a folder (safetensors + JSON); ``load_structured`` rebuilds the model from it."""
-from .io import load_structured
+from .io import load_structured, structured_zip
 from .monarch import MonarchLinear, monarch_blocks_for_budget, monarch_params, monarch_project
 from .monarch_model import MonarchConfig, MonarchLayer, MonarchResult, monarchize
 from .slicegpt import SlicedRMSNorm, slice_model, sliced_width
@@ -12,5 +12,5 @@ __all__ = [
     "MonarchConfig", "MonarchLayer", "MonarchLinear", "MonarchResult", "monarch_blocks_for_budget", "monarch_params",
     "monarch_project", "monarchize",
     "LayerShape", "SliceResult", "SlicedRMSNorm", "slice_model", "sliced_width",
-    "load_structured",
+    "load_structured", "structured_zip",
 ]

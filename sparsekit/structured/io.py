@@ -6,6 +6,9 @@ weights, so its outputs equal the saved model's bit for bit.
 from __future__ import annotations
 
 import copy
+import io
+import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,23 @@ from .slicegpt import model_parts, to_sliced_structure
 from .slicegpt_ops import SlicedRMSNorm
 from .slicegpt_result import LayerShape, SliceResult
 
-__all__ = ["load_structured"]
+__all__ = ["load_structured", "structured_zip"]
+
+
+def structured_zip(result: SliceResult | MonarchResult, name: str = "model") -> bytes:
+    """``result.save`` into a zip (the two files under the folder ``name``/), as bytes: what a browser downloads.
+    Unzip it and pass the folder to ``load_structured``."""
+    if not isinstance(result, (SliceResult, MonarchResult)):
+        raise ValueError(f"structured_zip takes a SliceResult or a MonarchResult, got {type(result).__name__}")
+    if not name or any(c in name for c in "/\\") or name in (".", ".."):
+        raise ValueError(f"the folder name inside the zip must be a plain name, got {name!r}")
+    buffer = io.BytesIO()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = result.save(Path(tmp) / name)
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for file in sorted(folder.iterdir()):
+                archive.write(file, f"{name}/{file.name}")
+    return buffer.getvalue()
 
 
 def load_structured(folder: str | Path, base: LoadedModel | nn.Module | None = None) -> SliceResult | MonarchResult:

@@ -155,3 +155,22 @@ def test_soup_settings_belong_to_a_soup_study():
         soup_results(StudySpec(kind="oneshot", methods=("magnitude",)))
     with pytest.raises(ValueError, match="a soup needs a pruned model|prunes nothing"):
         soupcells.check_soup_spec(dataclasses.replace(spec_of(), patterns=("dense",)))
+
+
+@pytest.mark.slow
+def test_a_soup_study_continues_on_ray_and_equals_the_local_one(ray_cluster, tmp_path, monkeypatch, counted):
+    import os
+
+    from sparsekit.study import study_records
+
+    spec = spec_of(k=2, seeds=(0, 1))
+    monkeypatch.setenv("SPARSEKIT_CACHE_DIR", str(tmp_path / "local-cache"))
+    local = soup_study(spec, "local", progress=False)
+    monkeypatch.setenv("SPARSEKIT_CACHE_DIR", str(tmp_path / "ray-cache"))
+    counted.clear()
+    run_study(spec, "local", progress=False, stop=lambda: len(counted) >= 1)  # one ingredient here, then stopped
+    got = soup_study(spec, "ray", ray_address=ray_cluster.address, progress=False)
+    assert got.status.computed == 3 and got.complete and len(counted) == 1  # the other three on Ray workers
+    workers = {r.seed: r.worker["pid"] for r in study_records(spec)}
+    assert workers[counted[0]] == os.getpid() and all(p != os.getpid() for s, p in workers.items() if s != counted[0])
+    assert got.outcomes == local.outcomes  # the soups of weights recovered in Ray workers equal the local ones

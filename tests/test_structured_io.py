@@ -235,3 +235,23 @@ def test_a_folder_for_another_base_model(saved, model_root):
         load_structured(lm_folder, base=tiny.module)
     with pytest.raises(ValueError, match="base must be a LoadedModel or an nn.Module"):
         load_structured(vit_folder, base="digits:vit")  # type: ignore[arg-type]
+
+
+def test_zip_of_the_folder(saved, tmp_path):
+    import io
+    import zipfile
+
+    from sparsekit.structured import structured_zip
+
+    loaded, result, folder = saved["digits:mlp monarch budget"]
+    data = structured_zip(result, "mlp-monarch")
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        assert sorted(archive.namelist()) == ["mlp-monarch/model.safetensors", "mlp-monarch/structure.json"]
+        assert archive.read("mlp-monarch/structure.json") == (folder / STRUCTURE_FILE).read_bytes()
+        archive.extractall(tmp_path)
+    back = load_structured(tmp_path / "mlp-monarch", base=loaded)
+    assert torch.equal(outputs(loaded, back.model), outputs(loaded, result.model))
+    with pytest.raises(ValueError, match="SliceResult or a MonarchResult"):
+        structured_zip(loaded.module)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="plain name"):
+        structured_zip(result, "../up")

@@ -32,6 +32,9 @@ __all__ = ["LEVELS", "SoupGroup", "SoupOutcome", "SoupStudyResult", "soup_result
 
 LEVELS = ("dense", "before", "mean", "best", "soup")
 """The levels a soup setting reports, in the figure's order."""
+DIGITS = 10
+"""Decimals the paired differences are taken at: a soup that scores its mean ingredient exactly differs by 0, not by
+the float noise of averaging k scores (7e-15)."""
 LEVEL_LABELS = {"dense": "dense", "before": "pruned, before recovery", "mean": "mean ingredient",
                 "best": "best ingredient", "soup": "soup"}
 
@@ -216,11 +219,11 @@ def summarize_soups(outcomes: Sequence[SoupOutcome], confidence: float) -> list[
     out = []
     for (model, method, pattern), items in groups.items():
         levels = {lv: mean_interval([o.level(lv) for o in items], confidence) for lv in LEVELS}
-        soup = [o.soup for o in items]
+        soup = [round(o.soup, DIGITS) for o in items]
         out.append(SoupGroup(model, method, pattern, items[0].metric, items[0].higher_is_better,
                              tuple(o.outer for o in items), levels,
-                             paired_difference(soup, [o.best for o in items], confidence),
-                             paired_difference(soup, [o.mean for o in items], confidence)))
+                             paired_difference(soup, [round(o.best, DIGITS) for o in items], confidence),
+                             paired_difference(soup, [round(o.mean, DIGITS) for o in items], confidence)))
     return out
 
 

@@ -34,7 +34,7 @@ from sparsekit.structured.equal_cost import FamilyPoints, family_points  # noqa:
 SETTINGS = {
     "lm:small": dict(unstructured=(0.5, 0.7, 0.9), nm=((2, 4), (1, 4)), slicegpt=(0.1, 0.2, 0.3, 0.4, 0.5),
                      monarch_blocks=(16, 32, 64)),
-    "digits:vit": dict(unstructured=(0.5, 0.7, 0.9), nm=((2, 4), (1, 4)), slicegpt=(0.2,),
+    "digits:vit": dict(unstructured=(0.5, 0.7, 0.9), nm=((2, 4), (1, 4)), slicegpt=(0.2, 0.5, 0.7, 0.8),
                        monarch_blocks=(4, 8, 16)),
 }
 

@@ -156,3 +156,14 @@ def test_open_as_notebook_prints_the_page_values(tmp_cache, monkeypatch):
     shown = [o for c in nb.cells for o in c.get("outputs", []) if c.source.startswith("from sparsekit.recovery")]
     soup, study_soup = ast.literal_eval(shown[-1]["data"]["text/plain"])  # a tuple of two floats
     assert soup == study_soup
+
+
+def test_a_minilm_soup_says_what_it_costs_before_it_runs(tmp_cache):
+    at = page_app("recovery", "minilm", 300, config_json=MAGNITUDE_24.to_json(), rc_view="Model soup")
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    loaded = sparsekit.load_model("minilm")
+    note = " ".join(i.value for i in at.info)
+    assert "6 ingredients is a whole recovery run of 50 steps" in note
+    assert f"about {loaded.n_params * 4 * 1.4 / 2**20:,.0f} MB each" in note
+    assert [b.label for b in at.button if b.key == "rs_run"] == ["Make soups (6 ingredients of 50 steps)"]

@@ -20,6 +20,9 @@ from ui.notebook import notebook_button, upload_digest
 LARGE_WEIGHTS = 50_000_000
 """Above this many prunable weights the view warns: every ingredient is a whole recovery run (MiniLM-sized
 models take minutes each on a CPU, and each stored ingredient holds the model's weights)."""
+HEAVY_WEIGHTS = 1_000_000
+"""Above this many prunable weights the view notes the cost (MiniLM: 22 M weights, each stored ingredient ~120 MB,
+a 2-step ingredient ~9 s on 2 CPU cores after a first one of ~26 s that also computes the distillation targets)."""
 DEFAULT_INGREDIENTS = 3
 DEFAULT_OUTER = 2
 DEFAULT_STEPS = 50
@@ -71,12 +74,16 @@ def soup_view(loaded, config: SparsifyConfig) -> None:
     status = study.study_status(spec)
     done_records = [r for r in study.study_records(spec) if r.done]
     per = sum(r.seconds or 0.0 for r in done_records) / len(done_records) if done_records else None
+    guess = (f" At {duration_text(per)} per finished ingredient so far, the rest takes "
+             f"{duration_text(per * (total - status.done))}." if per and status.done < total else "")
+    if HEAVY_WEIGHTS < weights <= LARGE_WEIGHTS:
+        st.info(f"{loaded.name} has {weights / 1e6:,.1f} M prunable weights: each of the {total} ingredients is a "
+                f"whole recovery run of {steps:,} steps, kept on disk with its weights (about "
+                f"{int(getattr(loaded, 'n_params', weights)) * 4 * 1.4 / 2**20:,.0f} MB each).{guess}")
     if weights > LARGE_WEIGHTS:
-        guess = f"; at {duration_text(per)} per ingredient, {duration_text(per * (total - status.done))} " \
-                "for the rest" if per else ""
         st.warning(f"{loaded.name} has {weights / 1e6:,.0f} M prunable weights: each of the {total} ingredients "
                    f"is a whole recovery run of {steps:,} steps (minutes each on a CPU), and each one is kept on "
-                   f"disk with its weights{guess}. Try few steps, k = 2 and one outer seed first.")
+                   f"disk with its weights. Try few steps, k = 2 and one outer seed first.{guess}")
     job = job_state("rs_jobs", spec.study_id)
     if job["status"] != "running":
         job["status"] = "done" if status.done >= total else ("stopped" if status.done else "idle")

@@ -84,7 +84,9 @@ def sweep_configs(
     return configs
 
 
-def _calibration_digest(calibration: Calibration | None) -> str:
+def calibration_digest(calibration: Calibration | None) -> str:
+    """SHA-256 of a calibration batch (a dict of tensors in key order, or one tensor); '' for none: the part
+    of a cache key that names the calibration data."""
     if calibration is None:
         return ""
     if isinstance(calibration, dict):
@@ -176,7 +178,7 @@ def _row_keys(loaded: LoadedModel, configs: Sequence[SparsifyConfig],
 
     fingerprint = model_fingerprint(loaded.module)
     calib = calibration if calibration is not None else getattr(loaded, "calibration", None)
-    calib_digest = _calibration_digest(calib)
+    calib_digest = calibration_digest(calib)
     # Only calibrated methods depend on the calibration data.
     return [make_key("compare", COMPARE_VERSION, CELL_VERSION, loaded.spec, fingerprint, c.to_json(),
                      calib_digest if get_method(c.method).needs_calibration else "") for c in configs]
@@ -272,7 +274,7 @@ def markdown_table(rows: Sequence[CompareRow], metric: str, *, digits: int = 3) 
 def _permuted_key(loaded: LoadedModel, n: int, m: int, max_seconds_per_layer: float) -> str:
     return make_key("compare-perm", COMPARE_VERSION, PERMUTED_ROW_VERSION, loaded.spec,
                     model_fingerprint(loaded.module), n, m, max_seconds_per_layer,
-                    _calibration_digest(getattr(loaded, "calibration", None)))
+                    calibration_digest(getattr(loaded, "calibration", None)))
 
 
 def cached_permuted_row(loaded: LoadedModel, n: int = 2, m: int = 4, *,

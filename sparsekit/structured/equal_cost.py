@@ -18,15 +18,22 @@ The counting rule, the same for every family:
 ``family_points`` never raises for a family that does not apply to the model (SliceGPT on a post-LN model,
 the digits ViT or a model without blocks; Monarch where no layer fits the block count): it records the
 family, the setting and the reason in ``FamilyPoints.skipped``.
+
+Each finished setting is kept in the disk cache (keyed by the model's weights, its calibration batch, the
+setting, the method and the quality function), so a call stopped half-way (Ctrl-C, Jupyter's stop button)
+and run again measures only the settings it had not finished (``FamilyPoints.resumed`` names the others).
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
+from ..cache import get_cache, make_key, model_fingerprint, read_entry
+from ..compare import calibration_digest
 from ..config import SparsifyConfig
 from ..display import Card, Shown, percent
 from ..methods import METHODS
@@ -40,6 +47,8 @@ __all__ = ["FAMILIES", "FamilyPoints", "FamilyRow", "family_points", "model_byte
 
 FAMILIES = ("dense", "unstructured", "N:M", "SliceGPT", "Monarch")
 """The families, in the order rows are produced (and the figure's legend)."""
+POINTS_VERSION = 1
+"""Version of what a kept row holds and how it is measured: bump it when either changes."""
 
 
 @dataclass(frozen=True)
@@ -76,12 +85,16 @@ class FamilyPoints(Shown):
     rows: list[FamilyRow]
     skipped: list[tuple[str, str, str]] = field(default_factory=list)
     """``(family, setting, reason)``; ``setting`` is ``all`` when the family does not apply to the model."""
+    resumed: list[str] = field(default_factory=list)
+    """Settings (``"family setting"``) read from an earlier, interrupted or finished call instead of measured."""
 
     FIGURE = "family_cost_figure"
 
     def summary_card(self) -> Card:
         """The settings measured and skipped, and one row per setting: kept share, bytes, quality."""
         head = {"settings": str(sum(r.family != "dense" for r in self.rows)), "skipped": str(len(self.skipped))}
+        if self.resumed:
+            head["kept from an earlier call"] = str(len(self.resumed))
         rows = [{"family": r.family, "setting": r.setting, "kept": percent(r.kept_share),
                  "bytes": f"{r.stored_bytes:,} B", **r.quality} for r in self.rows]
         note = "; ".join(f"{fam} {setting}: {why}" for fam, setting, why in self.skipped)
@@ -167,6 +180,7 @@ def family_points(loaded: LoadedModel, *, unstructured: Sequence[float] = (0.5, 
                   nm: Sequence[tuple[int, int]] = ((2, 4),), slicegpt: Sequence[float] = (0.1, 0.2, 0.3),
                   monarch_blocks: Sequence[int] = (4, 16), method: str = "magnitude",
                   quality: Callable[[nn.Module], dict[str, float]] | None = None,
+                  quality_key: str | None = None, resume: bool = True,
                   progress: ProgressArg = True) -> FamilyPoints:
     """The dense model and every family's settings on one axis (kept parameters; stored bytes), with quality.
 
@@ -180,6 +194,10 @@ def family_points(loaded: LoadedModel, *, unstructured: Sequence[float] = (0.5, 
         method: the scoring method of the unstructured and N:M masks (``sparsekit.methods.METHODS``).
         quality: ``module -> {metric: value}`` measuring every model (default ``loaded.quality``; e.g. add a
             held-out perplexity).
+        quality_key: a name for your own ``quality`` function; with it, its finished settings are kept and
+            reused like the default's (without it, a custom ``quality`` measures every setting each call).
+        resume: reuse the settings an earlier call with the same inputs finished, and keep each new one
+            (False: measure all, keep nothing).
         progress: True (a ``tqdm.auto`` bar after 2 s), False, or a ``progress(fraction, message)`` callback.
 
     Returns:
@@ -205,7 +223,13 @@ def family_points(loaded: LoadedModel, *, unstructured: Sequence[float] = (0.5, 
     measure = quality if quality is not None else loaded.quality
     if not callable(measure):
         raise ValueError(f"quality must be a function module -> dict of metrics, got {type(quality).__name__}")
+    if quality_key is not None and (not isinstance(quality_key, str) or not quality_key):
+        raise ValueError(f"quality_key must be a non-empty string naming the quality function, got {quality_key!r}")
+    if quality is None:
+        quality_key = f"loaded.quality {getattr(loaded.quality_fn, 'eval_key', None)!r}"
+    base_key = _base_key(loaded, method, quality_key) if resume and quality_key is not None else None
     dense_params = model_params(loaded.module)
+    resumed: list[str] = []
     rows = [FamilyRow("dense", "dense", dense_params, dense_params, model_bytes(loaded.module), measure(loaded.module),
                       "the model as loaded")]
     skipped: list[tuple[str, str, str]] = []
@@ -216,21 +240,53 @@ def family_points(loaded: LoadedModel, *, unstructured: Sequence[float] = (0.5, 
                 report(step / len(jobs), f"{family} {setting}")
             if any(f == family and s == "all" for f, s, _ in skipped):
                 continue
+            key = None if base_key is None else make_key("family-point", base_key, family, value)
+            kept = None if key is None else read_entry(key, _read_row)
+            if kept is not None:
+                rows.append(kept)
+                resumed.append(f"{family} {setting}")
+                continue
             if family in ("unstructured", "N:M"):
                 config = (SparsifyConfig(pattern="unstructured", sparsity=float(value), method=method)  # type: ignore[arg-type]
                           if family == "unstructured" else
                           SparsifyConfig(pattern="nm", n=value[0], m=value[1], method=method))  # type: ignore[index]
-                rows.append(_masked_row(loaded, config, family, setting, measure))
-                continue
-            try:
-                rows.append(_structured_row(loaded, family, value, dense_params, measure))
-            except ValueError as err:
-                reason = str(err)
-                model_wide = family == "SliceGPT" and not reason.startswith("slicing")
-                skipped.append((family, "all" if model_wide else setting, reason))
+                row = _masked_row(loaded, config, family, setting, measure)
+            else:
+                try:
+                    row = _structured_row(loaded, family, value, dense_params, measure)
+                except ValueError as err:
+                    reason = str(err)
+                    model_wide = family == "SliceGPT" and not reason.startswith("slicing")
+                    skipped.append((family, "all" if model_wide else setting, reason))
+                    continue
+            rows.append(row)
+            if key is not None:
+                get_cache().set(key, json.dumps(asdict(row)))
         if report is not None:
             report(1.0, "done")
-    return FamilyPoints(loaded.spec, rows, skipped)
+    return FamilyPoints(loaded.spec, rows, skipped, resumed)
+
+
+def _base_key(loaded: LoadedModel, method: str, quality_key: str) -> str:
+    """What every kept setting of this call shares: the weights, the calibration batch, method and quality."""
+    return make_key("family-points", POINTS_VERSION, torch.__version__, loaded.spec, model_fingerprint(loaded.module),
+                    calibration_digest(loaded.calibration), method, quality_key)
+
+
+def _read_row(raw: object) -> FamilyRow:
+    """A kept row (JSON of ``FamilyRow``); raises ValueError for anything else, so it is measured again."""
+    data = json.loads(raw) if isinstance(raw, (str, bytes)) else None
+    if not isinstance(data, dict) or set(data) != {f for f in FamilyRow.__dataclass_fields__}:
+        raise ValueError("not a kept family row")
+    quality = data["quality"]
+    if (data["family"] not in FAMILIES or not isinstance(data["setting"], str)
+            or not all(isinstance(data[k], int) and not isinstance(data[k], bool)
+                       for k in ("kept_params", "dense_params", "stored_bytes"))
+            or not isinstance(quality, dict)
+            or not all(isinstance(k, str) and isinstance(v, (int, float)) for k, v in quality.items())):
+        raise ValueError("not a kept family row")
+    return FamilyRow(data["family"], data["setting"], data["kept_params"], data["dense_params"], data["stored_bytes"],
+                     {k: float(v) for k, v in quality.items()}, str(data["detail"]))
 
 
 def _setting(family: str, value: object) -> str:

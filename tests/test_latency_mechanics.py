@@ -291,7 +291,7 @@ OLD_VIZ_NAMES = {
     "run_colors", "run_key", "sad_heatmap_figure", "sad_series_figure", "search_tradeoff_figure", "sensitivity_heatmap",
     "sensitivity_proxy_figure", "seed_study_figure", "speedup_batch_figure", "speedup_density_figure",
     "token_attribution_figure", "training_curves_figure", "KV_METHOD_STYLES", "kv_quality_bytes_figure",
-    "FAMILY_COLORS", "family_cost_figure",
+    "FAMILY_COLORS", "family_cost_figure", "soup_figure", "soup_level_colors",
 }
 FIGURE_LIBRARIES = ["sparsekit.study", "sparsekit.training", "sparsekit.viz.study", "sparsekit.viz.training",
                     "sparsekit.viz.attention", "sparsekit.viz.recovery"]

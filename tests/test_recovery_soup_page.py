@@ -65,9 +65,14 @@ def test_the_page_soup_equals_the_study_and_model_soup(tmp_cache, counted):
     assert sorted(counted) == [0, 1, 2, 3] and direct.complete
     head = soup_headline(direct)
     table = at.dataframe[0].value
-    assert list(table.columns) == list(head["table"][0])
-    assert table.iloc[0].to_dict() == {k: v for k, v in head["table"][0].items()}
-    assert "soup: held-out accuracy (%)" in table.columns and "soup − mean (pp)" in table.columns
+    # One row per level or difference, one column per pruned setting: the study's row on its side.
+    row = head["table"][0]
+    assert list(table.columns) == ["level", row["pruned"]]
+    assert dict(zip(table["level"], table[row["pruned"]])) == {k: str(v) for k, v in row.items()
+                                                               if k not in ("model", "pruned")}
+    assert "soup: held-out accuracy (%)" in set(table["level"]) and "soup − mean (pp)" in set(table["level"])
+    # Done: no Stop button is left on the page.
+    assert not [b for b in at.button if b.key in ("rs_stop", "rs_continue")]
     # The figure's soup point is the mean of model_soup's soups, run directly with the same seeds.
     mlp = sparsekit.load_model("digits:mlp")
     pruned = sparsekit.sparsify(mlp, MAGNITUDE_24, progress=False)
@@ -76,6 +81,13 @@ def test_the_page_soup_equals_the_study_and_model_soup(tmp_cache, counted):
     assert [o.soup for o in direct.outcomes] == [s.soup for s in soups]
     fig = figures(at)[0]
     by_name = {t["name"]: decode(t["y"])[0] for t in fig["data"]}
+    group = direct.groups[0]
+    assert by_name["soup − mean"] == pytest.approx(group.soup_minus_mean.diff.mean, abs=1e-12)
+    assert by_name["soup − best"] == pytest.approx(group.soup_minus_best.diff.mean, abs=1e-12)
+    # The levels' axis spans their intervals (a few points), not 0-100.
+    low, high = fig["layout"]["yaxis"]["range"]
+    levels = [group.levels[lv] for lv in ("dense", "before", "mean", "best", "soup")]
+    assert low < min(i.low for i in levels) and high > max(i.high for i in levels) and high - low < 20
     assert by_name["soup"] == pytest.approx(sum(s.soup for s in soups) / 2, abs=1e-9)
     assert by_name["mean ingredient"] == pytest.approx(sum(s.mean for s in soups) / 2, abs=1e-9)
     assert by_name["best ingredient"] == pytest.approx(sum(s.best for s in soups) / 2, abs=1e-9)
@@ -108,8 +120,10 @@ def test_stop_then_continue_computes_only_the_missing_ingredients(tmp_cache, cou
     assert not at.exception and not at.error and not at.warning, [e.value for e in at.error]
     assert sorted(counted) == [0, 1, 2, 3]  # ingredient 0 was not computed again
     assert any("4 of 4 ingredients done" in s.value for s in at.success)
-    shown = at.dataframe[0].value.iloc[0].to_dict()
-    assert shown == soup_headline(soup_results(by_hand()))["table"][0]
+    table = at.dataframe[0].value
+    row = soup_headline(soup_results(by_hand()))["table"][0]
+    assert dict(zip(table["level"], table[row["pruned"]])) == {k: str(v) for k, v in row.items()
+                                                               if k not in ("model", "pruned")}
 
 
 def test_a_dense_setting_and_an_unloadable_model_get_a_message(tmp_cache):

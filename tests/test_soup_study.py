@@ -9,8 +9,9 @@ import torch
 import sparsekit
 from sparsekit import viz
 from sparsekit.recovery import default_recovery_config, model_soup, uniform_soup
-from sparsekit.stats import mean_interval, paired_difference
+from sparsekit.stats import mean_interval
 from sparsekit.study import SoupStudy, StudySpec, ingredient_seeds, run_study, soup_results, soup_study, soupcells
+from sparsekit.study import soupstudy
 from sparsekit.study.store import lookup
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -67,9 +68,19 @@ def test_the_study_soup_equals_model_soup_with_the_same_seeds(tmp_cache, counted
         group = next(g for g in got.groups if g.pattern == pattern)
         assert group.outers == (0, 1)
         assert group.levels["soup"] == mean_interval([o.soup for o in mine], spec.confidence)
-        assert group.soup_minus_mean == paired_difference([round(o.soup, 10) for o in mine],
-                                                          [round(o.mean, 10) for o in mine], spec.confidence)
+        # Each pair's difference rounded to 10 decimals, then the interval (plain loop, stats' own t interval).
+        diffs = [round(o.soup - o.mean, 10) for o in mine]
+        ref_diff = mean_interval(diffs, spec.confidence)
+        assert group.soup_minus_mean.diff.mean == round(sum(diffs) / len(diffs), 10)
+        assert (group.soup_minus_mean.diff.low, group.soup_minus_mean.diff.high) == pytest.approx(
+            (ref_diff.low, ref_diff.high), abs=1e-12, nan_ok=True)
+        assert group.soup_minus_mean.a_lower == sum(d < 0 for d in diffs)
+        assert group.soup_minus_mean.ties == sum(d == 0 for d in diffs)
         assert group.soup_minus_best.diff.mean == pytest.approx(sum(o.soup - o.best for o in mine) / 2)
+    # Differences that cancel give exactly 0 (the soup scored 1/360 above its mean ingredient on one seed and
+    # 1/360 below on the other: rounded first, the mean was 5e-11).
+    cancel = soupstudy.rounded_difference([96.80555555555556, 97.5], [96.71296296296296, 97.59259259259258], 0.95)
+    assert cancel.diff.mean == 0.0 and cancel.a_lower == 1 and cancel.ties == 0
     # The table names its units and the CSV has one row per setting.
     assert any("held-out accuracy (%)" in k for k in got.rows()[0]) and "soup − mean (pp)" in got.rows()[0]
     assert len(got.csv().strip().splitlines()) == 3
@@ -77,8 +88,13 @@ def test_the_study_soup_equals_model_soup_with_the_same_seeds(tmp_cache, counted
     # The figure: one trace per level, each setting's mean and interval over outer seeds.
     fig = viz.soup_figure(got)
     assert [t.name for t in fig.data] == ["dense", "pruned, before recovery", "mean ingredient", "best ingredient",
-                                          "soup"]
-    soup_trace = fig.data[-1]
+                                          "soup", "soup − best", "soup − mean"]
+    soup_trace = fig.data[4]
+    # The right panel: the paired differences with their intervals, on their own axis.
+    for trace, attr in ((fig.data[5], "soup_minus_best"), (fig.data[6], "soup_minus_mean")):
+        assert trace.xaxis == "x2" and list(trace.y) == [getattr(g, attr).diff.mean for g in got.groups]
+        assert list(trace.error_y.arrayminus) == [getattr(g, attr).diff.mean - getattr(g, attr).diff.low
+                                                  for g in got.groups]
     assert list(soup_trace.x) == [g.label for g in got.groups]
     assert list(soup_trace.y) == [g.levels["soup"].mean for g in got.groups]
     assert list(soup_trace.error_y.array) == [g.levels["soup"].high - g.levels["soup"].mean for g in got.groups]

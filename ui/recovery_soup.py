@@ -109,8 +109,8 @@ def soup_view(loaded, config: SparsifyConfig) -> None:
         if failed:
             st.error(f"{len(failed)} ingredient(s) failed: {failed[0].error}")
         job["status"] = "done" if result.complete else "stopped"
+        slot.empty()  # the Stop button drawn while the ingredients ran
         if not result.complete:
-            slot.empty()
             slot.button("Continue", key="rs_continue", help="carry on from the ingredients already done")
     else:
         result = soup_results(spec, loaded=loaded)
@@ -123,6 +123,15 @@ def soup_view(loaded, config: SparsifyConfig) -> None:
     show_soup(result, spec, upload_digest(loaded))
 
 
+def level_table(rows: list[dict]) -> pd.DataFrame:
+    """``SoupStudyResult.rows()`` turned on its side: one row per level or difference (its name with the unit),
+    one column per pruned setting, so nine levels fit the page's width."""
+    columns = {f"{r['model']} {r['pruned']}" if len({x["model"] for x in rows}) > 1 else str(r["pruned"]): r
+               for r in rows}
+    names = [k for k in rows[0] if k not in ("model", "pruned")]
+    return pd.DataFrame([{"level": name, **{col: str(r[name]) for col, r in columns.items()}} for name in names])
+
+
 def show_soup(result: study.SoupStudyResult, spec: StudySpec, upload_sha256: str) -> None:
     """The figure, the table (with units), the CSV download and "Open as notebook"."""
     if not result.groups:
@@ -130,7 +139,7 @@ def show_soup(result: study.SoupStudyResult, spec: StudySpec, upload_sha256: str
         return
     st.plotly_chart(viz.soup_figure(result), width="stretch", key="rs_figure")
     head = soup_headline(result)
-    st.dataframe(pd.DataFrame(head["table"]), hide_index=True)
+    st.dataframe(level_table(head["table"]), hide_index=True, width="stretch")
     st.caption(f"Each level: mean [{spec.confidence:.0%} t-interval] over outer seeds; soup − best and soup − mean "
                "are paired by outer seed (pp: percentage points).")
     left, right = st.columns(2)

@@ -14,7 +14,7 @@ import copy
 import csv
 import io
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 from ..display import Card, Shown, fmt
@@ -33,8 +33,8 @@ __all__ = ["LEVELS", "SoupGroup", "SoupOutcome", "SoupStudyResult", "soup_result
 LEVELS = ("dense", "before", "mean", "best", "soup")
 """The levels a soup setting reports, in the figure's order."""
 DIGITS = 10
-"""Decimals the paired differences are taken at: a soup that scores its mean ingredient exactly differs by 0, not by
-the float noise of averaging k scores (7e-15)."""
+"""Decimals each paired difference (and their mean) is rounded to: a soup that scores its mean ingredient exactly
+differs by 0, not by the float noise of averaging k scores (7e-15)."""
 LEVEL_LABELS = {"dense": "dense", "before": "pruned, before recovery", "mean": "mean ingredient",
                 "best": "best ingredient", "soup": "soup"}
 
@@ -219,12 +219,20 @@ def summarize_soups(outcomes: Sequence[SoupOutcome], confidence: float) -> list[
     out = []
     for (model, method, pattern), items in groups.items():
         levels = {lv: mean_interval([o.level(lv) for o in items], confidence) for lv in LEVELS}
-        soup = [round(o.soup, DIGITS) for o in items]
         out.append(SoupGroup(model, method, pattern, items[0].metric, items[0].higher_is_better,
                              tuple(o.outer for o in items), levels,
-                             paired_difference(soup, [round(o.best, DIGITS) for o in items], confidence),
-                             paired_difference(soup, [round(o.mean, DIGITS) for o in items], confidence)))
+                             rounded_difference([o.soup for o in items], [o.best for o in items], confidence),
+                             rounded_difference([o.soup for o in items], [o.mean for o in items], confidence)))
     return out
+
+
+def rounded_difference(a: Sequence[float], b: Sequence[float], confidence: float) -> PairedDifference:
+    """``a − b`` paired, each difference rounded to ``DIGITS`` decimals and so their mean: equal scores differ by
+    exactly 0, and a mean of differences that cancel is 0, not float noise (5e-11 when the scores were rounded
+    first)."""
+    diffs = [round(x - y, DIGITS) for x, y in zip(a, b)]
+    pd = paired_difference(diffs, [0.0] * len(diffs), confidence)
+    return replace(pd, diff=replace(pd.diff, mean=round(pd.diff.mean, DIGITS)))
 
 
 def soup_study(spec: StudySpec, backend: Any = None, *, ray_address: str | None = None, workers: int | None = None,

@@ -1,5 +1,7 @@
 """The Compare page's structure families: nothing runs before the click; the figure and table equal a direct
 ``family_points`` call with the page's settings; a family that does not apply is named, not an error."""
+import json
+
 import pytest
 
 import sparsekit
@@ -34,6 +36,11 @@ def test_families_section_equals_a_direct_call(mlp, digits_cache):
     assert list(table["family"]) == [r.family for r in direct.rows]
     assert list(table["kept params"]) == [r.kept_params for r in direct.rows]
     assert list(table["accuracy"]) == pytest.approx([r.quality["accuracy"] for r in direct.rows])
+    # One precision per column: accuracy with 2 decimals under its label with the unit, the share in %.
+    config = json.loads(at.dataframe[-1].proto.columns)
+    assert config["accuracy"]["label"] == "held-out accuracy (%)" and config["accuracy"]["type_config"]["format"] == "%.2f"
+    assert config["kept share"]["label"] == "kept share (%)" and config["kept share"]["type_config"]["format"] == "%.1f"
+    assert list(table["kept share"]) == pytest.approx([100 * r.kept_share for r in direct.rows])
     # SliceGPT does not apply to an MLP: named under the figure, not an error
     assert direct.skipped and any("SliceGPT" in c.value for c in at.caption)
     fig = figures(at)[-1]

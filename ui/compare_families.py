@@ -63,14 +63,26 @@ def families_section(loaded: LoadedModel, key: str, nm: Sequence[tuple[int, int]
     if log_y:
         st.caption("The quality axis is logarithmic: the values span more than a factor of 10.")
     table = pd.DataFrame(points.table([metric]))
-    st.dataframe(**table_view(table, {"kept share": st.column_config.NumberColumn(format="percent")}),
-                 hide_index=True, width="stretch")
+    st.dataframe(**table_view(*shown_families(table, metric, label)), hide_index=True, width="stretch")
     if points.skipped:
         st.caption("Not measured: " + "; ".join(f"{fam} {setting}: {why}" for fam, setting, why in points.skipped))
     st.download_button("Families (.csv)", table.to_csv(index=False),
                        f"{loaded.name}-families.csv".replace("/", "_"), mime="text/csv", key="cmp_fam_csv")
     _model_download(loaded, points, settings, store_key)
     return points, settings
+
+
+def shown_families(table: pd.DataFrame, metric: str, label: str) -> tuple[pd.DataFrame, dict]:
+    """The families table as the page shows it: the kept share in % with one decimal, the metric under its
+    label (with its unit) at one precision for the whole column (2 decimals for values of 10 and more, else 4,
+    as ``metric_text`` writes one value), bytes with separators. The values stay numbers."""
+    shown = table.copy()
+    shown["kept share"] = shown["kept share"] * 100
+    values = [abs(v) for v in shown[metric] if v is not None and v == v]
+    digits = 2 if values and max(values) >= 10 else 4
+    return shown, {"kept share": st.column_config.NumberColumn("kept share (%)", format="%.1f"),
+                   metric: st.column_config.NumberColumn(label, format=f"%.{digits}f"),
+                   "bytes": st.column_config.NumberColumn("stored bytes", format="localized")}
 
 
 def _model_download(loaded: LoadedModel, points: FamilyPoints, settings: Settings, store_key: str) -> None:

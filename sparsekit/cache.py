@@ -324,6 +324,16 @@ def tensor_digest(*tensors: torch.Tensor) -> str:
     return h.hexdigest()
 
 
+def calibration_digest(calibration: torch.Tensor | dict[str, torch.Tensor] | None) -> str:
+    """SHA-256 of a calibration batch (a dict of tensors in key order, or one tensor); '' for none: the part
+    of a cache key that names the calibration data."""
+    if calibration is None:
+        return ""
+    if isinstance(calibration, dict):
+        return tensor_digest(*(calibration[k] for k in sorted(calibration)))
+    return tensor_digest(calibration)
+
+
 def model_fingerprint(module: nn.Module) -> str:
     """SHA-256 of a module's state dict (names, shapes, dtypes and bytes); remembered per module."""
     known = _FINGERPRINTS.get(module)

@@ -5,6 +5,9 @@ with the model's own metric. The weight memory of each result is counted in the 
 format per layer (dense, bitmask, CSR or N:M-compressed, see ``sparsify.format_bytes``). Results
 are cached on disk as JSON, keyed by a hash of the model's weights, the config and the
 calibration data, so a sweep is computed once per model.
+
+Beyond masks, ``family_points`` (from ``sparsekit.structured``, re-exported here) puts unstructured, N:M,
+SliceGPT and Monarch on one equal-cost axis (kept parameters; stored bytes).
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from torch import nn
 
-from .cache import get_cache, make_key, model_fingerprint, tensor_digest
+from .cache import calibration_digest, get_cache, make_key, model_fingerprint
 from .config import NM_PRESETS, SparsifyConfig
 from .evaluate import COMPARE_VERSION, CompareRow, PermutedRow, best_format_bytes, summary_number
 from .evaluate import evaluate as evaluate  # re-exported: sparsekit.compare.evaluate
@@ -27,6 +30,8 @@ from .models.base import LoadedModel
 from .permutation import permute_channels
 from .progress import ProgressArg, ProgressFn, reporter
 from .sparsify import sparsify
+from .structured.equal_cost import FamilyPoints as FamilyPoints  # re-exported: sparsekit.compare.FamilyPoints
+from .structured.equal_cost import family_points as family_points  # re-exported: the equal-cost axis
 
 PERMUTED_ROW_VERSION = 2  # 2: layers carry their perm; stopped, layers_searched, not_reached
 """Version of the cached ``permuted_nm_row`` rows (on top of ``COMPARE_VERSION``)."""
@@ -82,16 +87,6 @@ def sweep_configs(
     for c in configs:
         c.validate()
     return configs
-
-
-def calibration_digest(calibration: Calibration | None) -> str:
-    """SHA-256 of a calibration batch (a dict of tensors in key order, or one tensor); '' for none: the part
-    of a cache key that names the calibration data."""
-    if calibration is None:
-        return ""
-    if isinstance(calibration, dict):
-        return tensor_digest(*(calibration[k] for k in sorted(calibration)))
-    return tensor_digest(calibration)
 
 
 def dense_row(loaded: LoadedModel) -> CompareRow:

@@ -45,6 +45,13 @@ def stop_at(step: int):
     return progress
 
 
+def test_one_function_under_both_names():
+    import sparsekit.compare
+    import sparsekit.structured
+
+    assert sparsekit.compare.family_points is sparsekit.structured.family_points is family_points
+
+
 def test_a_stopped_call_goes_on_and_equals_an_unstopped_one(tmp_cache, counted):
     loaded = shared_model("digits:mlp")
     reference = family_points(loaded, resume=False, progress=False, **SETTINGS)

@@ -32,8 +32,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from ..cache import get_cache, make_key, model_fingerprint, read_entry
-from ..compare import calibration_digest
+from ..cache import calibration_digest, get_cache, make_key, model_fingerprint, read_entry
 from ..config import SparsifyConfig
 from ..display import Card, Shown, percent
 from ..methods import METHODS

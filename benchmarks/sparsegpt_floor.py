@@ -109,8 +109,8 @@ def main() -> None:
     for key, label in [("fwd", "one dense forward over the calibration batch"),
                        ("g64", "XᵀX of every layer, float64 (sparsekit's `gram`)"),
                        ("f64", "factorisation of every H, float64 (sparsekit)"),
-                       ("g32", "XᵀX of every layer, float32 (the authors')"),
-                       ("f32", "factorisation of every H, float32 (the authors')")]:
+                       ("g32", "XᵀX of every layer, float32 (the authors' precision)"),
+                       ("f32", "factorisation of every H, float32 (the authors' precision)")]:
         print(f"| {label} | {med[key]:.2f} | {med[key] / fwd:.2f}× |")
     f64, f32 = (med["g64"] + med["f64"]) / fwd, (med["g32"] + med["f32"]) / fwd
     print(f"| float64 linear algebra together | {med['g64'] + med['f64']:.2f} | {f64:.2f}× |")

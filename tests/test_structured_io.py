@@ -63,7 +63,11 @@ def saved(tmp_path_factory):
 def test_round_trip_is_bit_exact(saved, case):
     loaded, result, folder = saved[case]
     assert sorted(p.name for p in folder.iterdir()) == [WEIGHTS_FILE, STRUCTURE_FILE]
+    before = {k: v.clone() for k, v in loaded.module.state_dict().items()}
     back = load_structured(folder, base=loaded)
+    # The base (shared between the app's sessions) is copied, never changed.
+    after = loaded.module.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert type(back) is type(result)
     assert back.model is not result.model and back.model is not loaded.module
     want, got = outputs(loaded, result.model), outputs(loaded, back.model)

@@ -78,7 +78,7 @@ class Attention(nn.Module):
         self.score_mask: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, c = x.shape
+        b, t, _ = x.shape
 
         def heads(y: torch.Tensor) -> torch.Tensor:
             return y.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
@@ -92,7 +92,8 @@ class Attention(nn.Module):
         probs = scores.softmax(dim=-1)
         if self.record_attention:
             self.last_attention = probs.detach()
-        out = (probs @ v).transpose(1, 2).reshape(b, t, c)
+        # The heads' width, which equals the input's here (a SliceGPT-sliced stream is narrower than the heads).
+        out = (probs @ v).transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)
         return self.proj(out)
 
 

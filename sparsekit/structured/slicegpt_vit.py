@@ -10,12 +10,11 @@ reads the final norm.
 
 Two module classes change (subclasses, so ``isinstance`` checks and the attention recording still work):
 ``SlicedViTBlock`` adds ``x·S`` instead of ``x`` on each residual (the shortcut matrices), and ``SlicedViTAttention``
-reshapes the heads' output to the heads' width (``n_heads·head_dim``) instead of the input's width, which is the
-sliced one.
+marks the attention of a sliced block (``Attention.forward`` reshapes the heads' output to the heads' width,
+``n_heads·head_dim``, not the sliced input's).
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -28,24 +27,8 @@ __all__ = ["SlicedViTAttention", "SlicedViTBlock", "vit_parts"]
 
 
 class SlicedViTAttention(Attention):
-    """The digits ViT's attention reading a sliced stream (its heads keep their width)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, _ = x.shape
-        inner = self.n_heads * self.head_dim
-
-        def heads(y: torch.Tensor) -> torch.Tensor:
-            return y.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-
-        q, k, v = heads(self.q(x)), heads(self.k(x)), heads(self.v(x))
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
-        if self.score_mask is not None:
-            scores = scores.masked_fill(~self.score_mask.to(torch.bool), torch.finfo(scores.dtype).min)
-        probs = scores.softmax(dim=-1)
-        if self.record_attention:
-            self.last_attention = probs.detach()
-        out = (probs @ v).transpose(1, 2).reshape(b, t, inner)
-        return self.proj(out)
+    """The digits ViT's attention reading a sliced stream: ``Attention.forward`` already reshapes the heads'
+    output to the heads' width, so only the class name marks a sliced model's attention."""
 
 
 class SlicedViTBlock(Block):
